@@ -1,0 +1,41 @@
+"""ce-inspect: per-token cross-entropy of an answer given a prompt, exactly as training computes it.
+
+Notebook use::
+
+    from ce_inspect import load, score
+    lm = load()                      # bundled SmolLM2-135M-Instruct; or load("path/or/hub-id")
+    result = score(lm, "Where is the capital of China?", " The capital is Beijing.")
+    result.summary.mean, [(t.token, t.loss) for t in result.tokens]
+
+Importing this package does not import torch or transformers; ``load`` does.
+"""
+
+from .encoding import IGNORE_INDEX, Encoded, Layout, encode, encode_pair
+from .errors import CeInspectError
+from .loading import LoadedModel, load
+from .result import SCHEMA_VERSION, ScoreResult, SequenceToken, Summary, TokenScore
+from .scoring import ScoreOptions, cross_entropy, score, score_batch, score_encoded, token_figures
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SCHEMA_VERSION",
+    "CeInspectError",
+    "Encoded",
+    "Layout",
+    "LoadedModel",
+    "ScoreOptions",
+    "ScoreResult",
+    "SequenceToken",
+    "Summary",
+    "TokenScore",
+    "cross_entropy",
+    "encode",
+    "encode_pair",
+    "load",
+    "score",
+    "score_batch",
+    "score_encoded",
+    "token_figures",
+]

