@@ -161,9 +161,7 @@ def load(
             source, name = "gguf", str(path)
         elif path.is_dir():
             if not (path / "config.json").is_file():
-                raise ModelLoadError(
-                    f"{spec} is a folder but not a Hugging Face model folder (it has no config.json)"
-                )
+                raise ModelLoadError(f"{spec} is a folder but not a Hugging Face model folder (it has no config.json)")
             folder, source, name = str(path), "folder", str(path)
         elif path.exists():
             raise ModelLoadError(f"{spec} is a file but not a .gguf model; pass a model folder or a .gguf file")
@@ -314,9 +312,7 @@ def build_gguf_cache(gguf: Path, folder: Path) -> None:
     try:
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-            )
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"could not read the GGUF file {gguf}: {_one_line(exc)}") from exc
         tokenizer.save_pretrained(str(tmp))

@@ -326,9 +326,7 @@ def _model_losses(lm: LoadedModel, examples: Sequence[Encoded]) -> list[float]:
     for example in examples:
         ids = torch.tensor([example.input_ids], device=device)
         # The model's loss always ignores -100, whatever ignore_index the user chose for display.
-        labels = torch.tensor(
-            [[t if t != example.ignore_index else -100 for t in example.labels]], device=device
-        )
+        labels = torch.tensor([[t if t != example.ignore_index else -100 for t in example.labels]], device=device)
         losses.append(float(lm.model(input_ids=ids, labels=labels, use_cache=False).loss))
     return losses
 

@@ -5,38 +5,15 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from .options import (
-    OUTPUT,
-    ChunkOpt,
-    DeviceMapOpt,
-    DeviceOpt,
-    DtypeOpt,
-    IgnoreIndexOpt,
-    ModelOpt,
-    NoEosOpt,
-    NoMaskPromptOpt,
-    ReductionOpt,
-    RevisionOpt,
-    SepOpt,
-    SmoothingOpt,
-    TopKOpt,
-    TruncateOpt,
-    TrustOpt,
-    VerifyOpt,
-    check_device,
-    check_reduction,
-    make_layout,
-    read_text,
-    write_atomic,
-)
+from .options import OUTPUT, Common, read_text, shared_options, write_atomic
 
 app = typer.Typer(
     name="ce-inspect",
-    help="See, token by token, the cross-entropy loss a causal LM assigns to an answer, exactly as training computes it.",
+    help="See, token by token, the cross-entropy loss a causal LM gives an answer, exactly as training computes it.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -60,63 +37,36 @@ def setup_logging(quiet: bool) -> None:
 
 
 @app.command()
+@shared_options
 def run(
-    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Prompt text (masked).")] = None,
-    answer: Annotated[Optional[str], typer.Option("--answer", "-a", help="Answer text (scored).")] = None,
+    common: Common,
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt text (masked).")] = None,
+    answer: Annotated[str | None, typer.Option("--answer", "-a", help="Answer text (scored).")] = None,
     prompt_file: Annotated[
-        Optional[Path], typer.Option(help="Read the prompt from a file, verbatim ('-' for stdin).")
+        Path | None, typer.Option(help="Read the prompt from a file, verbatim ('-' for stdin).")
     ] = None,
     answer_file: Annotated[
-        Optional[Path], typer.Option(help="Read the answer from a file, verbatim ('-' for stdin).")
+        Path | None, typer.Option(help="Read the answer from a file, verbatim ('-' for stdin).")
     ] = None,
-    model: ModelOpt = None,
-    revision: RevisionOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    device_map: DeviceMapOpt = None,
-    trust_remote_code: TrustOpt = False,
-    sep: SepOpt = None,
-    no_eos: NoEosOpt = False,
-    ignore_index: IgnoreIndexOpt = -100,
-    no_mask_prompt: NoMaskPromptOpt = False,
-    truncate_prompt: TruncateOpt = False,
-    label_smoothing: SmoothingOpt = 0.0,
-    reduction: ReductionOpt = "mean",
-    top_k: TopKOpt = 0,
-    verify: VerifyOpt = False,
-    chunk_tokens: ChunkOpt = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON document to stdout and nothing else.", rich_help_panel=OUTPUT)
     ] = False,
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Also write the JSON document to FILE.", rich_help_panel=OUTPUT)
+        Path | None,
+        typer.Option("--output", "-o", help="Also write the JSON document to FILE.", rich_help_panel=OUTPUT),
     ] = None,
 ) -> None:
     """Score ANSWER given PROMPT: per-token target, probability, loss and rank, with mean and sum."""
-    check_device(device, dtype)
-    check_reduction(reduction)
     if str(prompt_file) == "-" and str(answer_file) == "-":
         raise typer.BadParameter("only one of --prompt-file and --answer-file can be '-' (stdin)")
     prompt_text = read_text(prompt, prompt_file, "prompt")
     answer_text = read_text(answer, answer_file, "answer")
-    layout = make_layout(sep, no_eos, ignore_index, no_mask_prompt, truncate_prompt)
     setup_logging(quiet=json_out)
 
-    from .. import ScoreOptions, load, score
+    from ..scoring import score
 
-    options = ScoreOptions(
-        reduction=reduction, label_smoothing=label_smoothing, top_k=top_k, verify=verify, chunk_tokens=chunk_tokens
-    )
-    lm = load(
-        model,
-        revision=revision,
-        device=device,
-        dtype=dtype,
-        device_map=device_map,
-        trust_remote_code=trust_remote_code,
-        quiet=json_out,
-    )
-    result = score(lm, prompt_text, answer_text, layout=layout, options=options)
+    lm = common.load(quiet=json_out)
+    result = score(lm, prompt_text, answer_text, layout=common.layout(), options=common.score_options())
 
     if output is not None:
         write_atomic(output, result.to_json() + "\n")

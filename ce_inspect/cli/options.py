@@ -6,15 +6,23 @@ below turn the parsed values into the library's objects without importing torch.
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..encoding import IGNORE_INDEX, Layout
 from ..loading import DTYPES
+from ..scoring import ScoreOptions
+
+if TYPE_CHECKING:
+    from ..loading import LoadedModel
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 MODEL = "Model"
@@ -23,7 +31,7 @@ SCORING = "Scoring"
 OUTPUT = "Output"
 
 ModelOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--model",
         "-m",
@@ -32,40 +40,43 @@ ModelOpt = Annotated[
         rich_help_panel=MODEL,
     ),
 ]
-RevisionOpt = Annotated[
-    Optional[str], typer.Option(help="Hub revision (branch, tag or commit).", rich_help_panel=MODEL)
-]
+RevisionOpt = Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).", rich_help_panel=MODEL)]
 DeviceOpt = Annotated[
     str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (auto picks cuda when there is one).", rich_help_panel=MODEL)
 ]
 DtypeOpt = Annotated[
     str,
-    typer.Option(help="auto, float32, bfloat16 or float16 (auto: float32 on CPU, the checkpoint's dtype on GPU).",
-                 rich_help_panel=MODEL),
+    typer.Option(
+        help="auto, float32, bfloat16 or float16 (auto: float32 on CPU, the checkpoint's dtype on GPU).",
+        rich_help_panel=MODEL,
+    ),
 ]
 DeviceMapOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(help="Let accelerate place a large model across devices (e.g. auto).", rich_help_panel=MODEL),
 ]
 TrustOpt = Annotated[
-    bool, typer.Option(help="Allow the model folder's own Python code to run.", rich_help_panel=MODEL)
+    bool,
+    typer.Option("--trust-remote-code", help="Allow the model folder's own Python code to run.", rich_help_panel=MODEL),
 ]
 SepOpt = Annotated[
-    Optional[str], typer.Option(help="Separator text between prompt and answer (masked).", rich_help_panel=LAYOUT)
+    str | None, typer.Option(help="Separator text between prompt and answer (masked).", rich_help_panel=LAYOUT)
 ]
 NoEosOpt = Annotated[
     bool, typer.Option("--no-eos", help="Do not append (and score) the EOS token.", rich_help_panel=LAYOUT)
 ]
-IgnoreIndexOpt = Annotated[
-    int, typer.Option(help="Label value of masked positions.", rich_help_panel=LAYOUT)
-]
+IgnoreIndexOpt = Annotated[int, typer.Option(help="Label value of masked positions.", rich_help_panel=LAYOUT)]
 NoMaskPromptOpt = Annotated[
     bool,
     typer.Option("--no-mask-prompt", help="Score prompt tokens too (pre-training style loss).", rich_help_panel=LAYOUT),
 ]
 TruncateOpt = Annotated[
     bool,
-    typer.Option(help="Drop prompt tokens from the left when the example exceeds the context.", rich_help_panel=LAYOUT),
+    typer.Option(
+        "--truncate-prompt",
+        help="Drop prompt tokens from the left when the example exceeds the context.",
+        rich_help_panel=LAYOUT,
+    ),
 ]
 SmoothingOpt = Annotated[
     float, typer.Option(min=0.0, max=1.0, help="CrossEntropyLoss label_smoothing.", rich_help_panel=SCORING)
@@ -77,39 +88,128 @@ TopKOpt = Annotated[
     int, typer.Option(min=0, help="Show the model's K most likely tokens at each position.", rich_help_panel=SCORING)
 ]
 VerifyOpt = Annotated[
-    bool, typer.Option(help="Also run the model's own loss and report the difference.", rich_help_panel=SCORING)
+    bool,
+    typer.Option("--verify", help="Also run the model's own loss and report the difference.", rich_help_panel=SCORING),
 ]
 ChunkOpt = Annotated[
-    Optional[int],
-    typer.Option(min=1, help="Scored positions per output-head chunk (default: sized to ~256 MB).",
-                 rich_help_panel=SCORING),
+    int | None,
+    typer.Option(
+        min=1, help="Scored positions per output-head chunk (default: sized to ~256 MB).", rich_help_panel=SCORING
+    ),
 ]
 
 
-def check_device(device: str, dtype: str) -> None:
-    """Reject malformed device/dtype strings before anything heavy is imported."""
-    if not _DEVICE_RE.match(device.strip().lower()):
-        raise typer.BadParameter(f"{device!r}: use auto, cpu, cuda, cuda:N or mps", param_hint="--device")
-    if dtype not in DTYPES:
-        raise typer.BadParameter(f"{dtype!r}: use one of {', '.join(DTYPES)}", param_hint="--dtype")
+@dataclass(frozen=True)
+class Common:
+    """The shared options of a command, parsed; turns them into library objects."""
+
+    model: str | None = None
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    device_map: str | None = None
+    trust_remote_code: bool = False
+    sep: str | None = None
+    no_eos: bool = False
+    ignore_index: int = IGNORE_INDEX
+    no_mask_prompt: bool = False
+    truncate_prompt: bool = False
+    label_smoothing: float = 0.0
+    reduction: str = "mean"
+    top_k: int = 0
+    verify: bool = False
+    chunk_tokens: int | None = None
+
+    def check(self) -> None:
+        """Reject malformed strings before anything heavy is imported."""
+        if not _DEVICE_RE.match(self.device.strip().lower()):
+            raise typer.BadParameter(f"{self.device!r}: use auto, cpu, cuda, cuda:N or mps", param_hint="--device")
+        if self.dtype not in DTYPES:
+            raise typer.BadParameter(f"{self.dtype!r}: use one of {', '.join(DTYPES)}", param_hint="--dtype")
+        if self.reduction not in ("mean", "sum", "none"):
+            raise typer.BadParameter(f"{self.reduction!r}: use mean, sum or none", param_hint="--reduction")
+
+    def layout(self) -> Layout:
+        return Layout(
+            sep=self.sep or None,
+            add_eos=not self.no_eos,
+            ignore_index=self.ignore_index,
+            mask_prompt=not self.no_mask_prompt,
+            truncate_prompt=self.truncate_prompt,
+        )
+
+    def score_options(self) -> ScoreOptions:
+        return ScoreOptions(
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+            top_k=self.top_k,
+            verify=self.verify,
+            chunk_tokens=self.chunk_tokens,
+        )
+
+    def load(self, quiet: bool) -> LoadedModel:
+        from ..loading import load
+
+        return load(
+            self.model,
+            revision=self.revision,
+            device=self.device,
+            dtype=self.dtype,
+            device_map=self.device_map,
+            trust_remote_code=self.trust_remote_code,
+            quiet=quiet,
+        )
 
 
-def check_reduction(reduction: str) -> None:
-    if reduction not in ("mean", "sum", "none"):
-        raise typer.BadParameter(f"{reduction!r}: use mean, sum or none", param_hint="--reduction")
+# The shared options, declared once: (parameter name, Annotated type, default). Names match Common's fields.
+_SHARED: list[tuple[str, Any, Any]] = [
+    ("model", ModelOpt, None),
+    ("revision", RevisionOpt, None),
+    ("device", DeviceOpt, "auto"),
+    ("dtype", DtypeOpt, "auto"),
+    ("device_map", DeviceMapOpt, None),
+    ("trust_remote_code", TrustOpt, False),
+    ("sep", SepOpt, None),
+    ("no_eos", NoEosOpt, False),
+    ("ignore_index", IgnoreIndexOpt, IGNORE_INDEX),
+    ("no_mask_prompt", NoMaskPromptOpt, False),
+    ("truncate_prompt", TruncateOpt, False),
+    ("label_smoothing", SmoothingOpt, 0.0),
+    ("reduction", ReductionOpt, "mean"),
+    ("top_k", TopKOpt, 0),
+    ("verify", VerifyOpt, False),
+    ("chunk_tokens", ChunkOpt, None),
+]
 
 
-def make_layout(
-    sep: str | None, no_eos: bool, ignore_index: int = IGNORE_INDEX, no_mask_prompt: bool = False,
-    truncate_prompt: bool = False,
-) -> Layout:
-    return Layout(
-        sep=sep or None,
-        add_eos=not no_eos,
-        ignore_index=ignore_index,
-        mask_prompt=not no_mask_prompt,
-        truncate_prompt=truncate_prompt,
-    )
+def shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a Typer command every shared model/layout/scoring option; it receives them as ``common: Common``.
+
+    Commands declare only their own options; adding an option here adds it to every command at once.
+    """
+    own = inspect.signature(func, eval_str=True)
+    hints = typing.get_type_hints(func, include_extras=True)
+    params = [
+        p.replace(annotation=hints.get(p.name, p.annotation)) for p in own.parameters.values() if p.name != "common"
+    ]
+    names = [name for name, _, _ in _SHARED]
+    params += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+        for name, annotation, default in _SHARED
+    ]
+
+    def command(**kwargs: Any) -> Any:
+        common = Common(**{name: kwargs.pop(name) for name in names})
+        common.check()
+        return func(common=common, **kwargs)
+
+    command.__name__ = func.__name__
+    command.__qualname__ = func.__qualname__
+    command.__doc__ = func.__doc__
+    command.__module__ = func.__module__
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
 
 
 def read_text(value: str | None, file: Path | None, name: str) -> str:

@@ -78,11 +78,16 @@ def summary_table(result: ScoreResult) -> Table:
     grid.add_row("sum", fmt(s.sum))
     grid.add_row("scored tokens", str(s.count))
     grid.add_row("perplexity", fmt(s.perplexity, 3) if s.perplexity is not None else "overflow")
-    grid.add_row("greedy hits", f"{s.greedy_hits}/{s.count}" + ("  (the answer is the greedy continuation)" if s.is_greedy else ""))
+    grid.add_row(
+        "greedy hits",
+        f"{s.greedy_hits}/{s.count}" + ("  (the answer is the greedy continuation)" if s.is_greedy else ""),
+    )
     if s.label_smoothing:
         grid.add_row("label smoothing", f"{s.label_smoothing}  (mean NLL without it: {fmt(s.mean_nll)})")
     if s.reduction != "mean":
-        grid.add_row(f"reduction={s.reduction}", fmt(headline) if headline is not None else f"{len(s.per_token)} values (--json)")
+        grid.add_row(
+            f"reduction={s.reduction}", fmt(headline) if headline is not None else f"{len(s.per_token)} values (--json)"
+        )
     if s.model_loss is not None:
         ok = s.verify_abs_diff is not None and s.verify_abs_diff < 1e-4
         grid.add_row(
@@ -114,14 +119,29 @@ def render_result(result: ScoreResult, console: Console | None = None) -> None:
     special = {t.token_id for t in result.tokens if t.special}
     console.print(
         Text.assemble(
-            ("model ", "dim"), (result.model, "bold"), ("  device ", "dim"), result.device, ("  dtype ", "dim"), result.dtype
+            ("model ", "dim"),
+            (result.model, "bold"),
+            ("  device ", "dim"),
+            result.device,
+            ("  dtype ", "dim"),
+            result.dtype,
         )
     )
     legend = Text.assemble(
-        ("masked", "dim"), "  scored loss: ", ("<0.5", "on dark_green"), " ", ("<2", "black on yellow"), " ",
-        ("<4", "black on dark_orange"), " ", ("≥4", "on red"), "   ␣ space  ↵ newline  ⇥ tab",
+        ("masked", "dim"),
+        "  scored loss: ",
+        ("<0.5", "on dark_green"),
+        " ",
+        ("<2", "black on yellow"),
+        " ",
+        ("<4", "black on dark_orange"),
+        " ",
+        ("≥4", "on red"),
+        "   ␣ space  ↵ newline  ⇥ tab",
     )
-    console.print(Panel(Group(sequence_view(result.sequence, special), Text(), legend), title="sequence", title_align="left"))
+    console.print(
+        Panel(Group(sequence_view(result.sequence, special), Text(), legend), title="sequence", title_align="left")
+    )
     top_k = max((len(t.top_k) for t in result.tokens), default=0)
     console.print(token_table(result.tokens, top_k))
     console.print(summary_table(result))

@@ -1,0 +1,142 @@
+"""Offline fixtures: tiny randomly initialised causal LMs with a byte-level tokenizer, built in well under a second."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Never touch a model hub from tests.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+# ChatML, like SmolLM2's, with a default system prompt injected when none is given.
+CHATML = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are tiny.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def byte_tokenizer(add_bos: bool = True, chat_template: str | None = CHATML):
+    """A byte-level BPE tokenizer with a few merges, so some tokens span several characters."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("Ċ", "Ċ"), ("e", "r")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+def build_model(folder: Path, arch: str = "llama", add_bos: bool = True, seed: int = 0, **config_overrides) -> Path:
+    """Save a tiny random model of ``arch`` with the byte tokenizer to ``folder``; return the folder."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer = byte_tokenizer(add_bos=add_bos)
+    vocab = len(tokenizer)
+    common = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if arch == "llama":
+        config = AutoConfig.for_model(
+            "llama",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=False,
+            **common,
+        )
+    elif arch == "gpt2":
+        config = AutoConfig.for_model("gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=256, **common)
+    elif arch == "gemma2":
+        config = AutoConfig.for_model(
+            "gemma2",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=256,
+            final_logit_softcapping=3.0,
+            **common,
+        )
+    else:
+        raise ValueError(arch)
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # larger weights than the default init, so losses spread out
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    return build_model(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    return build_model(tmp_path_factory.mktemp("tiny-gpt2"), "gpt2", add_bos=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_llama_dir):
+    from ce_inspect import load
+
+    return load(str(tiny_llama_dir), device="cpu", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The bundled default model (built into the cache on first use, ~40 s; then ~1 s)."""
+    from ce_inspect import load
+
+    return load(device="cpu", quiet=True)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch, request, tmp_path_factory):
+    """Tests that build caches write them to a private folder, never the user's cache."""
+    if "default_model" in request.keywords:
+        return  # share one real cache across the default-model tests (see session_cache)
+    monkeypatch.setenv("CE_INSPECT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def write_json(path: Path, data) -> Path:
+    path.write_text(json.dumps(data))
+    return path
