@@ -132,12 +132,14 @@ def load(
     dtype: str = "auto",
     device_map: str | None = None,
     trust_remote_code: bool = False,
-    quiet: bool = False,
+    quiet: bool = True,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer for scoring.
 
     ``model`` is a local Hugging Face folder, a Hub id (taken from the HF cache, or downloaded when the
-    Hub is reachable), a ``.gguf`` file, or None for the bundled SmolLM2-135M-Instruct.
+    Hub is reachable), a ``.gguf`` file, or None for the bundled SmolLM2-135M-Instruct. ``quiet``
+    silences transformers' own warnings and progress bars (ce-inspect's progress goes to the
+    ``ce_inspect`` logger).
     """
     # Fail fast when the Hub is unreachable instead of retrying for minutes (set before HF imports).
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
@@ -171,6 +173,7 @@ def load(
             folder, source, name = spec, "hub", spec
 
     log.info("Loading %s ...", name)
+    _check_causal_lm(folder, source, revision, trust_remote_code)
     tokenizer = _load_tokenizer(folder, source, revision, trust_remote_code)
     hf_model = _load_model(folder, source, revision, trust_remote_code, torch_dtype, device_map)
     if device_map is None:
@@ -199,13 +202,46 @@ def _looks_like_path(spec: str) -> bool:
     return spec.count("/") > 1
 
 
+def urlparse_host() -> str:
+    from urllib.parse import urlparse
+
+    return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+_REACHABLE: dict[str, bool] = {}
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the Hub endpoint: huggingface_hub itself retries for ~50 s when it is down."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = urlparse_host(), endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    if host not in _REACHABLE:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            _REACHABLE[host] = True
+        except OSError:
+            _REACHABLE[host] = False
+    return _REACHABLE[host]
+
+
 def _hub_error(spec: str, revision: str | None, exc: Exception) -> ModelNotFoundError:
     rev = f" at revision {revision}" if revision else ""
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    why = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the Hub could not be reached or has no such model"
+    if _hub_offline():
+        why = "offline mode is on (HF_HUB_OFFLINE)"
+    elif not _REACHABLE.get(urlparse_host(), True):
+        why = "the Hub cannot be reached from here"
+    else:
+        why = "the Hub has no such model (or it is private or gated)"
     return ModelNotFoundError(
-        f"model {spec!r}{rev} is not a local path, is not in the Hugging Face cache, and {why} "
-        f"({type(exc).__name__}); download it where the Hub is reachable or pass a local folder"
+        f"model {spec!r}{rev} is not a local path, is not in the Hugging Face cache, and {why}; "
+        "download it where the Hub is reachable or pass a local folder"
     )
 
 
@@ -216,12 +252,33 @@ def _from_pretrained(loader: Any, folder: str, source: str, revision: str | None
     try:
         return loader(folder, revision=revision, local_files_only=True, **kwargs)
     except OSError as cached_exc:
-        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        if _hub_offline() or not _hub_reachable():
             raise _hub_error(folder, revision, cached_exc) from cached_exc
     try:
         return loader(folder, revision=revision, **kwargs)
     except OSError as exc:
         raise _hub_error(folder, revision, exc) from exc
+
+
+def _check_causal_lm(folder: str, source: str, revision: str | None, trust_remote_code: bool) -> None:
+    """Refuse a model without a causal-LM head before spending time on weights and tokenizer."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        config = _from_pretrained(
+            AutoConfig.from_pretrained, folder, source, revision, trust_remote_code=trust_remote_code
+        )
+    except ModelNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"could not read the model config in {folder}: {_one_line(exc)}") from exc
+    remote = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not remote:
+        raise ModelLoadError(
+            f"{folder} is a {config.model_type!r} model, not a causal language model "
+            "(AutoModelForCausalLM cannot load it); ce-inspect needs a decoder with a language-model head"
+        )
 
 
 def _load_tokenizer(folder: str, source: str, revision: str | None, trust_remote_code: bool) -> Any:
@@ -303,7 +360,7 @@ def build_gguf_cache(gguf: Path, folder: Path) -> None:
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("Converting %s to a safetensors cache (once; later runs reuse it) ...", gguf.name)
+    log.info("Converting %s to a safetensors cache in %s (once, ~20-40 s; later runs reuse it) ...", gguf.name, folder)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ce_inspect.loading import cache_root
+
 # Never touch a model hub from tests.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -115,25 +117,43 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_gpt2(tiny_gpt2_dir):
+    from ce_inspect import load
+
+    return load(str(tiny_gpt2_dir), device="cpu", quiet=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_llama(tiny_llama_dir):
     from ce_inspect import load
 
     return load(str(tiny_llama_dir), device="cpu", quiet=True)
 
 
+# The bundled model's conversion cache is the user's real one (what `ce-inspect run` itself builds and
+# reuses), so the ~40 s conversion happens once per machine, not once per test session.
+REAL_CACHE = str(cache_root())
+
+
 @pytest.fixture(scope="session")
 def smollm2():
-    """The bundled default model (built into the cache on first use, ~40 s; then ~1 s)."""
+    """The bundled default model (its cache is built on first use, ~40 s; then ~2 s)."""
     from ce_inspect import load
 
-    return load(device="cpu", quiet=True)
+    saved = os.environ.get("CE_INSPECT_CACHE")
+    os.environ["CE_INSPECT_CACHE"] = REAL_CACHE
+    try:
+        return load(device="cpu", quiet=True)
+    finally:
+        if saved is None:
+            del os.environ["CE_INSPECT_CACHE"]
+        else:
+            os.environ["CE_INSPECT_CACHE"] = saved
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(monkeypatch, request, tmp_path_factory):
-    """Tests that build caches write them to a private folder, never the user's cache."""
-    if "default_model" in request.keywords:
-        return  # share one real cache across the default-model tests (see session_cache)
+def _isolated_cache(monkeypatch, tmp_path_factory):
+    """Every test that builds a cache writes it to a private folder, never the user's cache."""
     monkeypatch.setenv("CE_INSPECT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import InputError
 from .options import OUTPUT, Common, read_text, shared_options, write_atomic
 
 app = typer.Typer(
@@ -61,11 +62,13 @@ def run(
         raise typer.BadParameter("only one of --prompt-file and --answer-file can be '-' (stdin)")
     prompt_text = read_text(prompt, prompt_file, "prompt")
     answer_text = read_text(answer, answer_file, "answer")
+    if not answer_text:
+        raise InputError("the answer is empty: there is nothing to score")
     setup_logging(quiet=json_out)
 
     from ..scoring import score
 
-    lm = common.load(quiet=json_out)
+    lm = common.load()
     result = score(lm, prompt_text, answer_text, layout=common.layout(), options=common.score_options())
 
     if output is not None:

@@ -147,7 +147,7 @@ class Common:
             chunk_tokens=self.chunk_tokens,
         )
 
-    def load(self, quiet: bool) -> LoadedModel:
+    def load(self, quiet: bool = True) -> LoadedModel:
         from ..loading import load
 
         return load(

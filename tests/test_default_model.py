@@ -1,0 +1,67 @@
+"""The bundled SmolLM2-135M-Instruct, end to end, against independent plain-transformers computations."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ce_inspect import ScoreOptions, load, score
+from ce_inspect import loading as loading_mod
+
+pytestmark = pytest.mark.default_model
+
+PROMPT = "Where is the capital of China?"
+ANSWER = " The capital is Beijing."
+
+
+def test_per_token_logprobs_match_plain_transformers(smollm2):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = score(smollm2, PROMPT, ANSWER, options=ScoreOptions(verify=True))
+    # Independent: a fresh model and tokenizer from the same weights, full logits, plain log-softmax.
+    tokenizer = AutoTokenizer.from_pretrained(smollm2.path)
+    model = AutoModelForCausalLM.from_pretrained(smollm2.path, dtype=torch.float32).eval()
+    prompt_ids = tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(ANSWER, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = torch.tensor([prompt_ids + answer_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+    expected = [logp[len(prompt_ids) + j - 1, t].item() for j, t in enumerate(answer_ids)]
+    assert [t.token_id for t in result.tokens] == answer_ids
+    assert [t.logprob for t in result.tokens] == pytest.approx(expected, abs=1e-4)
+    assert result.tokens[-1].token == "<|im_end|>" and result.tokens[-1].special
+    assert result.summary.verify_abs_diff < 1e-5
+
+
+def test_cache_is_reused(smollm2, monkeypatch):
+    monkeypatch.setenv("CE_INSPECT_CACHE", str(loading_mod.Path(smollm2.path).parents[1]))
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the cache was rebuilt although it is valid")
+
+    monkeypatch.setattr(loading_mod, "build_gguf_cache", no_rebuild)
+    again = load(device="cpu")
+    assert again.path == smollm2.path
+
+
+def test_cached_weights_equal_the_gguf(smollm2):
+    """The safetensors cache reproduces the dequantized GGUF exactly."""
+    from transformers import AutoModelForCausalLM
+
+    gguf = loading_mod.default_gguf_path()
+    direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+    ids = smollm2.tokenizer("The quick brown fox", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(direct(ids).logits, smollm2.model(ids).logits)
+
+
+def test_cli_json_on_default_model(smollm2, capsys, monkeypatch):
+    from ce_inspect.cli import main
+
+    monkeypatch.setenv("CE_INSPECT_CACHE", str(loading_mod.Path(smollm2.path).parents[1]))
+    assert main(["run", "-p", PROMPT, "-a", ANSWER, "--json", "--device", "cpu"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["model"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert doc["tokens"][-1]["token"] == "<|im_end|>"
