@@ -139,3 +139,19 @@ def test_failed_conversion_leaves_no_cache(monkeypatch, tmp_path):
         loading_mod.build_gguf_cache(gguf, target)
     assert not target.exists()
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_device_map_auto(tiny_llama_dir, tiny_llama):
+    from ce_inspect import ScoreOptions, score
+
+    mapped = load(str(tiny_llama_dir), device_map="auto")
+    assert mapped.device == "device_map=auto"
+    a = score(mapped, "abc", " def", options=ScoreOptions(verify=True))
+    b = score(tiny_llama, "abc", " def")
+    assert a.summary.mean == pytest.approx(b.summary.mean, abs=1e-6)
+    assert a.summary.verify_abs_diff < 1e-5
+
+
+def test_device_map_with_explicit_device_is_refused(tiny_llama_dir):
+    with pytest.raises(DeviceError, match="--device-map"):
+        load(str(tiny_llama_dir), device="cuda", device_map="auto")
