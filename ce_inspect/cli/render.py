@@ -120,8 +120,10 @@ def token_table(
         style = loss_style(t.loss)
         row: list[Any] = []
         if by_turn:
-            if t.turn != previous and previous is not object:
-                table.add_section()
+            if t.turn != previous:
+                if previous is not object:
+                    table.add_section()
+                previous_part = None  # a new section names its part again
             row.append(("-" if t.turn is None else str(t.turn)) if t.turn != previous else "")
             previous = t.turn
         if by_part:
@@ -240,6 +242,7 @@ def sequence_view(
         text.append_text(piece)
         if tok.token.endswith("\n"):
             text.append("\n")
+    text.rstrip()
     return text
 
 
