@@ -553,7 +553,7 @@ def _encode_conversation(
         notes.append(
             "the chat template injected a default system prompt you did not give: "
             + (repr(default_system) if span is not None else repr(text[:injected_end]))
-            + " (masked; --system sets your own)"
+            + (" (masked; --system sets your own)" if layout.mask_prompt else " (--system sets your own)")
         )
 
     # Where each message's rendering ends: the length of the conversation rendered up to it, when that
