@@ -7,14 +7,37 @@ Notebook use::
     result = score(lm, "Where is the capital of China?", " The capital is Beijing.")
     result.summary.mean, [(t.token, t.loss) for t in result.tokens]
 
+    # The same pair through the model's chat template; a conversation, every assistant turn scored:
+    score(lm, "Where is the capital of China?", "Beijing.", layout=Layout(chat=True))
+    result = score_messages(lm, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}])
+    [(t.turn, t.role, t.mean) for t in result.turns]
+
 Importing this package does not import torch or transformers; ``load`` does.
 """
 
-from .encoding import IGNORE_INDEX, Encoded, Layout, encode, encode_pair
+from .encoding import (
+    IGNORE_INDEX,
+    Encoded,
+    Layout,
+    encode,
+    encode_chat,
+    encode_messages,
+    encode_pair,
+    joint_split,
+    parse_messages,
+)
 from .errors import CeInspectError
 from .loading import LoadedModel, load
-from .result import SCHEMA_VERSION, ScoreResult, SequenceToken, Summary, TokenScore
-from .scoring import ScoreOptions, cross_entropy, score, score_batch, score_encoded, token_figures
+from .result import SCHEMA_VERSION, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
+from .scoring import (
+    ScoreOptions,
+    cross_entropy,
+    score,
+    score_batch,
+    score_encoded,
+    score_messages,
+    token_figures,
+)
 
 __version__ = "0.1.0"
 
@@ -30,12 +53,18 @@ __all__ = [
     "SequenceToken",
     "Summary",
     "TokenScore",
+    "TurnSummary",
     "cross_entropy",
     "encode",
+    "encode_chat",
+    "encode_messages",
     "encode_pair",
+    "joint_split",
     "load",
+    "parse_messages",
     "score",
     "score_batch",
     "score_encoded",
+    "score_messages",
     "token_figures",
 ]

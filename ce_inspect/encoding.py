@@ -1,13 +1,23 @@
-"""Prompt/answer -> the exact (input_ids, labels) a causal-LM training step would see.
+"""Prompt/answer (or a chat conversation) -> the exact (input_ids, labels) a causal-LM training step would see.
 
-Layout: [BOS if the tokenizer adds one] + prompt + [separator] + answer + [EOS unless disabled].
-Prompt and answer are tokenized separately, as most SFT collators do, then concatenated. Labels are
-the input ids with every position that is not trained set to ``ignore_index``; the shift by one
-happens in scoring, exactly where the model's own loss does it.
+Pair layout: [BOS if the tokenizer adds one] + prompt + [separator] + answer + [EOS unless disabled].
+``separate`` tokenization (the default, as most SFT collators do) tokenizes prompt and answer on their
+own and concatenates; ``joint`` tokenizes prompt + answer as one string and splits at the prompt's
+token length, as lm-evaluation-harness does. Both splits are always computed, so that a difference at
+the boundary can be reported whichever one is scored.
+
+Chat layout: the tokenizer's own chat template renders the conversation; each scored assistant turn
+is located by rendering the conversation before it with the generation prompt and checking that this
+is a token prefix of the full rendering. What follows the generation prompt, up to and including the
+end-of-turn token, is what the model has to generate, so it is what assistant-only training scores.
+
+Labels are the input ids with every position that is not trained set to ``ignore_index``; the shift
+by one happens in scoring, exactly where the model's own loss does it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,6 +31,11 @@ IGNORE_INDEX = -100
 
 #: Segment names used in ``Encoded.segments``; scored positions are those whose label is not ignored.
 BOS, PROMPT, SEP, ANSWER, EOS = "bos", "prompt", "sep", "answer", "eos"
+#: Chat segments: each message's content is named by its role (system, user, assistant, tool, ...);
+#: text the template adds around it is ``template``; the token that closes an assistant turn is ``eot``.
+TEMPLATE, EOT = "template", "eot"
+#: How a prompt/answer pair is split into tokens (see the module docstring).
+TOKENIZATIONS = ("separate", "joint")
 
 
 @dataclass(frozen=True)
@@ -34,10 +49,17 @@ class Encoded:
     truncated_prompt_tokens: int = 0
     notes: tuple[str, ...] = ()
     layout: dict[str, Any] = field(default_factory=dict)
+    #: Chat only: per position, the index of the message whose rendering holds it (None: template text
+    #: outside every message, such as an injected default system prompt). Empty for pairs.
+    turns: tuple[int | None, ...] = ()
+    #: Chat only: the role of each message, indexed like ``turns``.
+    turn_roles: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not (len(self.input_ids) == len(self.labels) == len(self.segments)):
             raise ValueError("input_ids, labels and segments must have the same length")
+        if self.turns and len(self.turns) != len(self.input_ids):
+            raise ValueError("turns must be empty or have one entry per position")
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -77,13 +99,44 @@ def _tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 @dataclass(frozen=True)
 class Layout:
-    """How a prompt/answer pair becomes a training example (the options `run` and `batch` share)."""
+    """How a prompt/answer pair becomes a training example (the options `run` and `batch` share).
+
+    ``chat`` renders the pair with the tokenizer's chat template (user = prompt, assistant = answer,
+    ``system`` as a system message); ``tokenization`` picks the pair split, ``separate`` or ``joint``.
+    With ``chat``, ``add_eos`` decides whether the template's end-of-turn token is scored.
+    """
 
     sep: str | None = None
     add_eos: bool = True
     ignore_index: int = IGNORE_INDEX
     mask_prompt: bool = True
     truncate_prompt: bool = False
+    chat: bool = False
+    system: str | None = None
+    tokenization: str = "separate"
+
+    def __post_init__(self) -> None:
+        if self.tokenization not in TOKENIZATIONS:
+            raise InputError(f"unknown tokenization {self.tokenization!r}; use separate or joint")
+        if self.chat:
+            _check_chat_layout(self)
+        elif self.system is not None:
+            raise InputError("--system needs --chat: the chat template is what places a system prompt")
+
+
+def _check_chat_layout(layout: Layout) -> None:
+    """Options that only make sense for a prompt/answer pair, rejected for a chat rendering."""
+    if layout.sep:
+        raise InputError("--sep does not apply with a chat template, which places its own separators; drop --sep")
+    if layout.tokenization != "separate":
+        raise InputError(
+            f"--tokenization {layout.tokenization} applies to prompt/answer pairs; a chat template is rendered and "
+            "tokenized as one string (its answer boundary is checked instead); drop --tokenization"
+        )
+    if layout.truncate_prompt:
+        raise InputError(
+            "--truncate-prompt cannot cut a chat conversation without breaking its template; shorten the conversation"
+        )
 
 
 def encode(
@@ -94,7 +147,9 @@ def encode(
     *,
     max_length: int | None = None,
 ) -> Encoded:
-    """Encode one pair with ``layout``; ``max_length`` is the model's context."""
+    """Encode one pair with ``layout`` (chat template or plain pair); ``max_length`` is the model's context."""
+    if layout.chat:
+        return encode_chat(tokenizer, prompt, answer, layout, max_length=max_length)
     return encode_pair(
         tokenizer,
         prompt,
@@ -105,6 +160,7 @@ def encode(
         mask_prompt=layout.mask_prompt,
         max_length=max_length,
         truncate_prompt=layout.truncate_prompt,
+        tokenization=layout.tokenization,
     )
 
 
@@ -119,16 +175,29 @@ def encode_pair(
     mask_prompt: bool = True,
     max_length: int | None = None,
     truncate_prompt: bool = False,
+    tokenization: str = "separate",
 ) -> Encoded:
-    """Build the training layout for one prompt/answer pair."""
+    """Build the training layout for one prompt/answer pair, split by ``tokenization``."""
+    if tokenization not in TOKENIZATIONS:
+        raise InputError(f"unknown tokenization {tokenization!r}; use separate or joint")
     if not answer:
         raise InputError("the answer is empty: there is nothing to score")
     bos = special_prefix(tokenizer)
-    prompt_ids = _tokens(tokenizer, prompt)
-    sep_ids = _tokens(tokenizer, sep) if sep else []
-    answer_ids = _tokens(tokenizer, answer)
-    if not answer_ids:
-        raise InputError(f"the answer {answer!r} yields no tokens with this tokenizer")
+    separate = (_tokens(tokenizer, prompt), _tokens(tokenizer, sep) if sep else [], _tokens(tokenizer, answer))
+    joint = joint_split(tokenizer, prompt + (sep or ""), answer)
+    boundary = _boundary(tokenizer, separate, joint, tokenization)
+    if tokenization == "separate":
+        prompt_ids, sep_ids, answer_ids = separate
+        if not answer_ids:
+            raise InputError(f"the answer {answer!r} yields no tokens with this tokenizer")
+    else:
+        # The separator is part of lm-evaluation-harness's context string, so it is tokenized with the prompt.
+        (prompt_ids, answer_ids), sep_ids = joint, []
+        if not answer_ids:
+            raise InputError(
+                f"with --tokenization joint the answer {answer!r} yields no tokens of its own: the prompt's tokens "
+                "absorb it; use --tokenization separate"
+            )
     eos_ids: list[int] = []
     if add_eos:
         if tokenizer.eos_token_id is None:
@@ -167,16 +236,18 @@ def encode_pair(
         segments.extend([name] * len(ids))
     trained = {ANSWER, EOS} if mask_prompt else {PROMPT, SEP, ANSWER, EOS}
     labels = [tid if seg in trained else ignore_index for tid, seg in zip(input_ids, segments)]
-    notes = ()
+    notes: list[str] = []
     if truncated:
-        notes = (f"dropped {truncated} prompt tokens from the left to fit the context of {max_length}",)
+        notes.append(f"dropped {truncated} prompt tokens from the left to fit the context of {max_length}")
+    if boundary["differs"]:
+        notes.append(boundary_note(boundary))
     return Encoded(
         input_ids=tuple(input_ids),
         labels=tuple(labels),
         segments=tuple(segments),
         ignore_index=ignore_index,
         truncated_prompt_tokens=truncated,
-        notes=notes,
+        notes=tuple(notes),
         layout={
             "kind": "pair",
             "bos": bool(bos),
@@ -185,10 +256,491 @@ def encode_pair(
             "mask_prompt": mask_prompt,
             "prompt_tokens": len(prompt_ids),
             "answer_tokens": len(answer_ids),
+            "tokenization": tokenization,
+            "boundary": boundary,
         },
+    )
+
+
+def joint_split(tokenizer: PreTrainedTokenizerBase, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-evaluation-harness's split of a (context, continuation) pair into (context ids, continuation ids).
+
+    Trailing whitespace of the context moves to the continuation; the continuation's ids are the ids of
+    the whole string after as many tokens as the context alone has (``_encode_pair`` in its HF model).
+    """
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = _tokens(tokenizer, context + continuation)
+    context_ids = _tokens(tokenizer, context)
+    return context_ids, whole[len(context_ids) :]
+
+
+def _boundary(
+    tokenizer: PreTrainedTokenizerBase,
+    separate: tuple[list[int], list[int], list[int]],
+    joint: tuple[list[int], list[int]],
+    used: str,
+) -> dict[str, Any]:
+    """Whether separate and joint tokenization give different tokens, or a different split, for this pair.
+
+    When they do: the tokens around the boundary under each, each marked ``prompt`` or ``answer``.
+    """
+    a, split_a = separate[0] + separate[1] + separate[2], len(separate[0]) + len(separate[1])
+    b, split_b = joint[0] + joint[1], len(joint[0])
+    info: dict[str, Any] = {
+        "differs": a != b or split_a != split_b,
+        "used": used,
+        "answer_tokens": {"separate": len(a) - split_a, "joint": len(b) - split_b},
+    }
+    if not info["differs"]:
+        return info
+    common = 0
+    while common < min(len(a), len(b)) and a[common] == b[common]:
+        common += 1
+    tail = 0
+    while tail < min(len(a), len(b)) - common and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    start = max(0, min(common, split_a, split_b) - 1)  # one shared token of context on the left
+
+    def window(ids: list[int], split: int) -> list[dict[str, Any]]:
+        end = min(len(ids), max(len(ids) - tail, split) + 1)  # and one on the right
+        texts = decode_tokens(tokenizer, ids[start:end])
+        return [
+            {"token_id": tid, "token": text, "part": PROMPT if start + j < split else ANSWER}
+            for j, (tid, text) in enumerate(zip(ids[start:end], texts))
+        ]
+
+    info.update({"start": start, "separate": window(a, split_a), "joint": window(b, split_b)})
+    return info
+
+
+def boundary_note(boundary: dict[str, Any]) -> str:
+    """One line for humans: how the two tokenizations split this pair, and that the scores depend on it."""
+
+    def shown(window: list[dict[str, Any]]) -> str:
+        out, previous = [], PROMPT
+        for tok in window:
+            if tok["part"] != previous:
+                out.append("|")
+                previous = tok["part"]
+            out.append(repr(tok["token"]))
+        if previous == PROMPT:
+            out.append("|")
+        return ("… " if boundary.get("start") else "") + " ".join(out)
+
+    return (
+        f"separate and joint tokenization differ at the prompt/answer boundary: separate {shown(boundary['separate'])}"
+        f", joint {shown(boundary['joint'])} ('|' is the split; answer tokens are scored). The scores depend on this "
+        f"choice; this run used {boundary['used']} (--tokenization)."
     )
 
 
 def decode_tokens(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[str]:
     """Each id decoded on its own, special tokens kept, so that the text is what the token adds."""
     return [tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False) for i in ids]
+
+
+# --- chat templates ------------------------------------------------------------------------------------
+
+#: Stand-ins for message contents when locating where a template puts them (private-use code points,
+#: which no template strips and no real message contains).
+_CONTENT_MARK, _SYSTEM_MARK = "\ue000", "\ue001"
+_GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
+
+
+def parse_messages(data: Any, source: str = "messages") -> list[dict[str, str]]:
+    """Validate a conversation: a list of ``{"role", "content"}`` objects (OpenAI / HF chat data).
+
+    Also takes ``{"messages": [...]}``, and OpenAI content parts when all of them are text.
+    ``source`` names the input in error messages.
+    """
+    if isinstance(data, dict) and "messages" in data:
+        data = data["messages"]
+    if not isinstance(data, list) or not data:
+        raise InputError(f'{source}: expected a non-empty JSON list of {{"role": ..., "content": ...}} messages')
+    messages = []
+    for i, message in enumerate(data):
+        if not isinstance(message, dict):
+            raise InputError(f"{source}: message {i} is not an object with role and content")
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not role:
+            raise InputError(f'{source}: message {i} has no "role" string (system, user, assistant, ...)')
+        if isinstance(content, list):
+            texts = [
+                part.get("text") if isinstance(part, dict) and part.get("type") == "text" else None for part in content
+            ]
+            if any(not isinstance(t, str) for t in texts):
+                raise InputError(
+                    f"{source}: message {i} ({role}) has a content part that is not text; only text is scored"
+                )
+            content = "".join(texts)  # type: ignore[arg-type]
+        if not isinstance(content, str):
+            raise InputError(f'{source}: message {i} ({role}) has no "content" string')
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def encode_chat(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    answer: str,
+    layout: Layout,
+    *,
+    max_length: int | None = None,
+) -> Encoded:
+    """The pair as one chat exchange (``layout.system`` if set, user = prompt, assistant = answer)."""
+    if not answer:
+        raise InputError("the answer is empty: there is nothing to score")
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    if layout.system is not None:
+        messages.insert(0, {"role": "system", "content": layout.system})
+    return _encode_conversation(tokenizer, messages, layout, max_length=max_length, last_turn=True, source="pair")
+
+
+def encode_messages(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[dict[str, Any]] | dict[str, Any],
+    layout: Layout,
+    *,
+    max_length: int | None = None,
+    last_turn: bool = False,
+) -> Encoded:
+    """A conversation, rendered with the tokenizer's chat template; every assistant turn is scored.
+
+    ``last_turn`` scores only the last assistant turn. ``layout.system`` adds a system message (an error
+    when the conversation has one). Pair-only options of ``layout`` (sep, joint tokenization,
+    truncation) are rejected; ``layout.chat`` need not be set.
+    """
+    msgs = parse_messages(messages)
+    _check_chat_layout(layout)
+    if last_turn and not layout.mask_prompt:
+        raise InputError("--last-turn scores one assistant turn and --no-mask-prompt every token; use one of them")
+    if layout.system is not None:
+        if msgs[0]["role"] == "system":
+            raise InputError("the conversation already starts with a system message; drop --system or that message")
+        msgs.insert(0, {"role": "system", "content": layout.system})
+    return _encode_conversation(tokenizer, msgs, layout, max_length=max_length, last_turn=last_turn, source="messages")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _chat_template(tokenizer: PreTrainedTokenizerBase) -> str:
+    try:
+        template = tokenizer.get_chat_template()
+    except (ValueError, AttributeError):
+        template = None
+    if not template:
+        raise InputError(
+            "this model's tokenizer has no chat template, so --chat/--messages cannot render a conversation; "
+            "score a plain prompt/answer pair instead, or use a model whose tokenizer defines one"
+        )
+    return template
+
+
+def _render(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], generation_prompt: bool = False
+) -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except Exception as exc:  # noqa: BLE001 - a template raising on this conversation is an input problem
+        raise InputError(f"the chat template failed on this conversation: {_one_line(exc)}") from exc
+
+
+def _try_render(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], generation_prompt: bool = False
+) -> str | None:
+    try:
+        return _render(tokenizer, messages, generation_prompt)
+    except InputError:
+        return None
+
+
+def _parting(a: str, b: str) -> int:
+    """The first index where two strings differ."""
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _injected_prefix(
+    tokenizer: PreTrainedTokenizerBase, first: dict[str, str], text: str
+) -> tuple[int, tuple[int, int] | None] | None:
+    """Text the template puts before the first message's own block when no system message is given.
+
+    Returns (its length, the span of its system-prompt content if it has the shape of a system block), or
+    None when the template injects nothing (or its structure cannot be told apart).
+    """
+    own = _try_render(tokenizer, [{"role": first["role"], "content": _CONTENT_MARK}])
+    system_only = _try_render(tokenizer, [{"role": "system", "content": _SYSTEM_MARK}])
+    with_system = _try_render(
+        tokenizer, [{"role": "system", "content": _SYSTEM_MARK}, {"role": first["role"], "content": _CONTENT_MARK}]
+    )
+    if own is None or system_only is None or with_system is None:
+        return None
+    if own.count(_CONTENT_MARK) != 1 or system_only.count(_SYSTEM_MARK) != 1 or not with_system.startswith(system_only):
+        return None
+    mark = own.index(_CONTENT_MARK)
+    opener = with_system[len(system_only) : with_system.find(_CONTENT_MARK)]
+    if not own[:mark].endswith(opener):
+        return None
+    injected = own[: mark - len(opener)]
+    if not injected or not text.startswith(injected):
+        return None
+    before, after = system_only.split(_SYSTEM_MARK)
+    if injected.startswith(before) and injected.endswith(after) and len(injected) >= len(before) + len(after):
+        return len(injected), (len(before), len(injected) - len(after))
+    return len(injected), None
+
+
+def special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """The named special tokens and every added token marked special (chat markers like <|im_end|>)."""
+    ids = set(tokenizer.all_special_ids)
+    for tid, added in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if getattr(added, "special", False):
+            ids.add(int(tid))
+    return ids
+
+
+def _encode_conversation(
+    tokenizer: PreTrainedTokenizerBase,
+    msgs: list[dict[str, str]],
+    layout: Layout,
+    *,
+    max_length: int | None,
+    last_turn: bool,
+    source: str,
+) -> Encoded:
+    template = _chat_template(tokenizer)
+    if not getattr(tokenizer, "is_fast", False):
+        raise InputError(
+            "the chat layout needs a fast (Rust-backed) tokenizer, for the character offsets of its tokens; "
+            "this model only has a slow one"
+        )
+    assistant = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    if not assistant:
+        raise InputError("the conversation has no assistant message: there is nothing to score")
+    if assistant[0] == 0:
+        raise InputError(
+            "the conversation opens with an assistant message, which nothing prompts; start with a user message"
+        )
+    targets = assistant[-1:] if last_turn else assistant
+    notes: list[str] = []
+
+    text = _render(tokenizer, msgs)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = list(enc["input_ids"])
+    offsets: list[tuple[int, int]] = [(int(s), int(e)) for s, e in enc["offset_mapping"]]
+
+    # Per character: the segment (a role for message content, else template) and the message it belongs to.
+    char_seg = [TEMPLATE] * len(text)
+    char_turn: list[int | None] = [None] * len(text)
+    injected = _injected_prefix(tokenizer, msgs[0], text) if msgs[0]["role"] != "system" else None
+    injected_end = injected[0] if injected else 0
+    default_system: str | None = None
+    if injected:
+        span = injected[1]
+        if span is not None:
+            default_system = text[span[0] : span[1]]
+            char_seg[span[0] : span[1]] = ["system"] * (span[1] - span[0])
+        notes.append(
+            "the chat template injected a default system prompt you did not give: "
+            + (repr(default_system) if span is not None else repr(text[:injected_end]))
+            + (" (masked; --system sets your own)" if layout.mask_prompt else " (--system sets your own)")
+        )
+
+    # Where each message's rendering ends: the length of the conversation rendered up to it, when that
+    # is a prefix of the whole; else (a template that renders a message differently when it is last) the
+    # end of the message's content.
+    ends: list[int | None] = []
+    for i in range(len(msgs)):
+        upto = text if i == len(msgs) - 1 else _try_render(tokenizer, msgs[: i + 1])
+        ends.append(len(upto) if upto is not None and text.startswith(upto) else None)
+
+    contents: list[tuple[int, int] | None] = []
+    cursor = injected_end
+    for i, message in enumerate(msgs):
+        # Where the template puts this message's content: render it with a marker in its place.
+        marked = _try_render(tokenizer, [*msgs[:i], {"role": message["role"], "content": _CONTENT_MARK}])
+        span = None
+        if marked is not None and _CONTENT_MARK in marked:
+            at = marked.index(_CONTENT_MARK)
+            if at >= cursor and text[:at] == marked[:at]:
+                for content in (message["content"], message["content"].strip()):
+                    if text.startswith(content, at):
+                        span = (at, at + len(content))
+                        break
+        contents.append(span)
+        if span is not None:
+            char_seg[span[0] : span[1]] = [message["role"]] * (span[1] - span[0])
+            cursor = span[1]
+        if ends[i] is None:
+            ends[i] = span[1] if span is not None else None
+    begin = injected_end
+    for i, end in enumerate(ends):
+        if end is None:
+            continue
+        char_turn[begin:end] = [i] * max(0, end - begin)
+        begin = max(begin, end)
+
+    # Per token: the segment of the content it overlaps (else template), and the turn of its first character.
+    segments: list[str] = []
+    turns: list[int | None] = []
+    for s, e in offsets:
+        roles = [seg for seg in char_seg[s:e] if seg != TEMPLATE]
+        segments.append("assistant" if "assistant" in roles else (roles[0] if roles else TEMPLATE))
+        turns.append(char_turn[s] if s < len(text) else (turns[-1] if turns else None))
+
+    special = special_ids(tokenizer)
+    scored: set[int] = set()
+    eot_positions: list[int] = []
+    inside_turn: list[int] = []
+    for k in targets:
+        where = f"assistant message {k}"
+        prompt_text = _render(tokenizer, msgs[:k], generation_prompt=True)
+        if not text.startswith(prompt_text):
+            at = _parting(prompt_text, text)
+            raise InputError(
+                f"the chat template is not prefix-consistent: the conversation before {where}, rendered with the "
+                f"generation prompt, is not a prefix of the full rendering (they part at character {at}: "
+                f"{prompt_text[at : at + 30]!r} vs {text[at : at + 30]!r}), so the answer span cannot be located"
+            )
+        prompt_ids = _tokens(tokenizer, prompt_text)
+        start = len(prompt_ids)
+        if ids[:start] != prompt_ids:
+            at = _parting(prompt_ids, ids)  # type: ignore[arg-type]
+            alone = decode_tokens(tokenizer, prompt_ids[at : at + 2])
+            inside = decode_tokens(tokenizer, ids[at : at + 2])
+            raise InputError(
+                f"the chat template is not prefix-consistent at the token level: before {where}, the generation "
+                f"prompt tokenizes as {alone} alone but as {inside} in the full conversation (the prompt's last "
+                "token merges with the answer's first), so no token boundary separates prompt and answer"
+            )
+        span = contents[k]
+        if span is None or ends[k] is None:
+            raise InputError(
+                f"the chat template changes the text of {where} (or renders it differently inside the whole "
+                "conversation), so its tokens cannot be located; check the template"
+            )
+        if span[0] < len(prompt_text):
+            raise InputError(f"the chat template's generation prompt overlaps the content of {where}")
+        stop = next((j for j in range(start, len(ids)) if offsets[j][0] >= ends[k]), len(ids))
+        content = [j for j in range(start, stop) if segments[j] == "assistant" and turns[j] == k]
+        last = content[-1] if content else start - 1
+        eot = next((j for j in range(last + 1, stop) if ids[j] in special), None)
+        end = eot if eot is not None else last
+        if end < start:
+            raise InputError(f"{where} renders to no tokens after the generation prompt; nothing to score")
+        if eot is not None:
+            segments[eot] = EOT
+            eot_positions.append(eot)
+        else:
+            notes.append(
+                f"the template closes {where} with no special token, so nothing after the answer is scored there"
+            )
+        # What follows the generation prompt is what the model must generate, template text included.
+        inside_turn += [j for j in range(start, end + 1) if segments[j] == TEMPLATE]
+        scored.update(range(start, end + 1))
+
+    template_mask = None
+    if _GENERATION_TAG.search(template):
+        template_mask, marked_positions = _generation_mask(tokenizer, msgs, ids, turns, set(targets), scored)
+        if template_mask.get("agrees") is False:
+            notes.append(_mask_note(tokenizer, ids, template_mask))
+        if marked_positions:
+            scored = marked_positions
+    if inside_turn:
+        notes.append(
+            "scored because the model must generate them after the generation prompt, though the template adds "
+            f"them: {decode_tokens(tokenizer, [ids[j] for j in inside_turn])}"
+        )
+    if not layout.add_eos:
+        scored -= set(eot_positions)
+        notes.append("the end-of-turn token is not scored (--no-eos)")
+
+    if max_length is not None and len(ids) > max_length:
+        raise SequenceTooLongError(
+            f"the conversation is {len(ids)} tokens but the model's context is {max_length}; shorten it "
+            "(--truncate-prompt cannot cut a chat)"
+        )
+    if layout.mask_prompt:
+        labels = [tid if j in scored and j > 0 else layout.ignore_index for j, tid in enumerate(ids)]
+    else:
+        labels = [tid if j > 0 else layout.ignore_index for j, tid in enumerate(ids)]
+    return Encoded(
+        input_ids=tuple(ids),
+        labels=tuple(labels),
+        segments=tuple(segments),
+        ignore_index=layout.ignore_index,
+        notes=tuple(notes),
+        turns=tuple(turns),
+        turn_roles=tuple(m["role"] for m in msgs),
+        layout={
+            "kind": "chat",
+            "source": source,
+            "eos": layout.add_eos,
+            "mask_prompt": layout.mask_prompt,
+            "system": layout.system,
+            "default_system_prompt": default_system,
+            "messages": len(msgs),
+            "roles": [m["role"] for m in msgs],
+            "scored_turns": list(targets),
+            "last_turn": last_turn,
+            "end_of_turn": decode_tokens(tokenizer, [ids[eot_positions[0]]])[0] if eot_positions else None,
+            "answer_tokens": sum(1 for j in scored if segments[j] == "assistant"),
+            "template_mask": template_mask,
+        },
+    )
+
+
+def _generation_mask(
+    tokenizer: PreTrainedTokenizerBase,
+    msgs: list[dict[str, str]],
+    ids: list[int],
+    turns: list[int | None],
+    targets: set[int],
+    prefix_scored: set[int],
+) -> tuple[dict[str, Any], set[int]]:
+    """The template's own ``{% generation %}`` mask over the scored turns, cross-checked with the prefix method.
+
+    Returns the report for the JSON layout and the positions to score (empty: keep the prefix method's).
+    """
+    try:
+        out = tokenizer.apply_chat_template(
+            [dict(m) for m in msgs], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        mask, mask_ids = list(out["assistant_masks"]), list(out["input_ids"])
+    except Exception as exc:  # noqa: BLE001 - the prefix method still stands without it
+        return {"used": False, "reason": f"the template's generation mask failed: {_one_line(exc)}"}, set()
+    if mask_ids != ids:
+        return {"used": False, "reason": "the template's tokenization differs from the rendering's"}, set()
+    marked = {j for j, m in enumerate(mask) if m and j > 0 and turns[j] in targets}
+    if not marked:
+        return {"used": False, "reason": "the template marks no token of the scored turns"}, set()
+    return {
+        "used": True,
+        "agrees": marked == prefix_scored,
+        "only_template": sorted(marked - prefix_scored),
+        "only_prefix": sorted(prefix_scored - marked),
+    }, marked
+
+
+def _mask_note(tokenizer: PreTrainedTokenizerBase, ids: list[int], report: dict[str, Any]) -> str:
+    def shown(positions: list[int]) -> str:
+        return ", ".join(f"{j}:{t!r}" for j, t in zip(positions, decode_tokens(tokenizer, [ids[j] for j in positions])))
+
+    return (
+        "the template's {% generation %} mask and the generation-prompt prefix disagree; scoring the template's "
+        "mask (what return_assistant_tokens_mask trains). Only the template marks: ["
+        + shown(report["only_template"])
+        + "]; only the prefix marks: ["
+        + shown(report["only_prefix"])
+        + "]"
+    )

@@ -35,6 +35,8 @@ class TokenDict(TypedDict, total=False):
     top_token: str
     top_prob: float
     top_k: list[AlternativeDict]
+    greedy: bool  # the target is the model's most likely next token (rank 1)
+    turn: int | None  # chat: index of the message the token belongs to; null for pairs
 
 
 class SummaryDict(TypedDict, total=False):
@@ -51,15 +53,33 @@ class SummaryDict(TypedDict, total=False):
     is_greedy: bool
     model_loss: float
     verify_abs_diff: float
+    sum_logprob: float  # log-likelihood of the scored tokens (lm-evaluation-harness's loglikelihood)
 
 
-class SequenceTokenDict(TypedDict):
+class TurnDict(TypedDict):
+    turn: int | None  # index of the message in the conversation; null: template text outside every message
+    role: str
+    count: int
+    mean: float
+    sum: float
+    mean_nll: float
+    perplexity: float | None
+    sum_logprob: float
+    greedy_hits: int
+    is_greedy: bool
+    first_index: int
+    last_index: int
+
+
+class SequenceTokenDict(TypedDict, total=False):
     index: int
     token_id: int
     token: str
     segment: str
     scored: bool
     loss: float | None
+    special: bool
+    turn: int | None
 
 
 class ResultDict(TypedDict, total=False):
@@ -72,6 +92,7 @@ class ResultDict(TypedDict, total=False):
     summary: SummaryDict
     sequence: list[SequenceTokenDict]
     notes: list[str]
+    turns: list[TurnDict]  # chat: one entry per turn with scored tokens; empty for pairs
 
 
 @dataclass(frozen=True)
@@ -99,6 +120,7 @@ class TokenScore:
     top_token: str
     top_prob: float
     top_k: tuple[Alternative, ...] = ()
+    turn: int | None = None
 
     @property
     def is_greedy(self) -> bool:
@@ -119,6 +141,8 @@ class TokenScore:
             "top_id": self.top_id,
             "top_token": self.top_token,
             "top_prob": self.top_prob,
+            "greedy": self.is_greedy,
+            "turn": self.turn,
         }
         if self.top_k:
             d["top_k"] = [{"token_id": a.token_id, "token": a.token, "prob": a.prob} for a in self.top_k]
@@ -135,6 +159,8 @@ class SequenceToken:
     segment: str
     scored: bool
     loss: float | None
+    special: bool = False
+    turn: int | None = None
 
     def to_dict(self) -> SequenceTokenDict:
         return {
@@ -144,6 +170,8 @@ class SequenceToken:
             "segment": self.segment,
             "scored": self.scored,
             "loss": self.loss,
+            "special": self.special,
+            "turn": self.turn,
         }
 
 
@@ -167,6 +195,7 @@ class Summary:
     model_loss: float | None = None
     verify_abs_diff: float | None = None
     per_token: tuple[float, ...] = ()
+    sum_logprob: float | None = None
 
     @property
     def perplexity(self) -> float | None:
@@ -204,7 +233,49 @@ class Summary:
             d["model_loss"] = self.model_loss
         if self.verify_abs_diff is not None:
             d["verify_abs_diff"] = self.verify_abs_diff
+        if self.sum_logprob is not None:
+            d["sum_logprob"] = self.sum_logprob
         return d
+
+
+@dataclass(frozen=True)
+class TurnSummary:
+    """The figures of one conversation turn's scored tokens (the overall Summary stays the token-level mean)."""
+
+    turn: int | None
+    role: str
+    count: int
+    mean: float
+    sum: float
+    mean_nll: float
+    sum_logprob: float
+    greedy_hits: int
+    first_index: int
+    last_index: int
+
+    @property
+    def perplexity(self) -> float | None:
+        return perplexity(self.mean_nll)
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy_hits == self.count
+
+    def to_dict(self) -> TurnDict:
+        return {
+            "turn": self.turn,
+            "role": self.role,
+            "count": self.count,
+            "mean": self.mean,
+            "sum": self.sum,
+            "mean_nll": self.mean_nll,
+            "perplexity": self.perplexity,
+            "sum_logprob": self.sum_logprob,
+            "greedy_hits": self.greedy_hits,
+            "is_greedy": self.is_greedy,
+            "first_index": self.first_index,
+            "last_index": self.last_index,
+        }
 
 
 @dataclass(frozen=True)
@@ -219,6 +290,7 @@ class ScoreResult:
     sequence: tuple[SequenceToken, ...]
     layout: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    turns: tuple[TurnSummary, ...] = ()
 
     def to_dict(self) -> ResultDict:
         return {
@@ -231,6 +303,7 @@ class ScoreResult:
             "summary": self.summary.to_dict(),
             "sequence": [s.to_dict() for s in self.sequence],
             "notes": list(self.notes),
+            "turns": [t.to_dict() for t in self.turns],
         }
 
     def to_json(self, indent: int | None = 2) -> str:

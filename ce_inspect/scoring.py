@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .encoding import Encoded, Layout, decode_tokens, encode
+from .encoding import Encoded, Layout, decode_tokens, encode, encode_messages, special_ids
 from .errors import InputError
-from .result import Alternative, ScoreResult, SequenceToken, Summary, TokenScore
+from .result import Alternative, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
 
 if TYPE_CHECKING:
     import torch
@@ -120,6 +120,21 @@ def score(
 ) -> ScoreResult:
     """Encode a prompt/answer pair with ``layout`` and score it: the library's one-call entry point."""
     example = encode(lm.tokenizer, prompt, answer, layout or Layout(), max_length=lm.context_length)
+    return score_encoded(lm, example, options)
+
+
+def score_messages(
+    lm: LoadedModel,
+    messages: Sequence[dict[str, Any]] | dict[str, Any],
+    *,
+    layout: Layout | None = None,
+    options: ScoreOptions | None = None,
+    last_turn: bool = False,
+) -> ScoreResult:
+    """Render a conversation with the model's chat template and score its assistant turns (or the last one)."""
+    example = encode_messages(
+        lm.tokenizer, messages, layout or Layout(), max_length=lm.context_length, last_turn=last_turn
+    )
     return score_encoded(lm, example, options)
 
 
@@ -339,7 +354,7 @@ def _results(
     options: ScoreOptions,
 ) -> list[ScoreResult]:
     tokenizer = lm.tokenizer
-    special = set(tokenizer.all_special_ids)
+    special = special_ids(tokenizer)
     results = []
     cursor = 0
     for example, model_loss in zip(examples, model_losses):
@@ -376,6 +391,7 @@ def _results(
                     top_token=alt_text[top_ids[j][0]],
                     top_prob=math.exp(top_logps[j][0]),
                     top_k=alternatives,
+                    turn=example.turns[position] if example.turns else None,
                 )
             )
         losses = [t.loss for t in tokens]
@@ -396,6 +412,7 @@ def _results(
             verify_abs_diff=None if model_loss is None else abs(model_loss - mean_nll),
             # CrossEntropyLoss(reduction="none") over the shifted sequence: 0 where the label is ignored.
             per_token=tuple(loss_at.get(i, 0.0) for i in range(1, len(example))),
+            sum_logprob=math.fsum(t.logprob for t in tokens),
         )
         sequence = tuple(
             SequenceToken(
@@ -405,6 +422,8 @@ def _results(
                 segment=example.segments[i],
                 scored=i in loss_at,
                 loss=loss_at.get(i),
+                special=tid in special,
+                turn=example.turns[i] if example.turns else None,
             )
             for i, (tid, text) in enumerate(zip(example.input_ids, decode_tokens(tokenizer, example.input_ids)))
         )
@@ -420,6 +439,33 @@ def _results(
                 sequence=sequence,
                 layout=layout,
                 notes=example.notes,
+                turns=turn_summaries(tokens, example.turn_roles) if example.turns else (),
             )
         )
     return results
+
+
+def turn_summaries(tokens: Sequence[TokenScore], roles: Sequence[str]) -> tuple[TurnSummary, ...]:
+    """Per-turn figures over the scored tokens, turns in the order they appear."""
+    groups: dict[int | None, list[TokenScore]] = {}
+    for t in tokens:
+        groups.setdefault(t.turn, []).append(t)
+    out = []
+    for turn, group in groups.items():
+        total = math.fsum(t.loss for t in group)
+        sum_logprob = math.fsum(t.logprob for t in group)
+        out.append(
+            TurnSummary(
+                turn=turn,
+                role=roles[turn] if turn is not None and turn < len(roles) else "template",
+                count=len(group),
+                mean=total / len(group),
+                sum=total,
+                mean_nll=-sum_logprob / len(group),
+                sum_logprob=sum_logprob,
+                greedy_hits=sum(t.is_greedy for t in group),
+                first_index=group[0].index,
+                last_index=group[-1].index,
+            )
+        )
+    return tuple(out)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import byte_tokenizer
 
 from ce_inspect import IGNORE_INDEX, Layout, encode, encode_pair
 from ce_inspect.encoding import special_prefix
 from ce_inspect.errors import InputError, SequenceTooLongError
-
-from .conftest import byte_tokenizer
 
 
 @pytest.fixture(scope="module")

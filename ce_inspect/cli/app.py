@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InputError
-from .options import OUTPUT, Common, read_text, shared_options, write_atomic
+from .options import OUTPUT, Common, read_messages, read_text, shared_options, write_atomic
 
 app = typer.Typer(
     name="ce-inspect",
@@ -49,6 +49,16 @@ def run(
     answer_file: Annotated[
         Path | None, typer.Option(help="Read the answer from a file, verbatim ('-' for stdin).")
     ] = None,
+    messages: Annotated[
+        Path | None,
+        typer.Option(
+            help="A conversation instead of prompt/answer: a JSON list of {role, content} ('-' for stdin). "
+            "Every assistant turn is scored, through the chat template."
+        ),
+    ] = None,
+    last_turn: Annotated[
+        bool, typer.Option("--last-turn", help="With --messages: score only the last assistant turn.")
+    ] = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON document to stdout and nothing else.", rich_help_panel=OUTPUT)
     ] = False,
@@ -57,19 +67,42 @@ def run(
         typer.Option("--output", "-o", help="Also write the JSON document to FILE.", rich_help_panel=OUTPUT),
     ] = None,
 ) -> None:
-    """Score ANSWER given PROMPT: per-token target, probability, loss and rank, with mean and sum."""
-    if str(prompt_file) == "-" and str(answer_file) == "-":
-        raise typer.BadParameter("only one of --prompt-file and --answer-file can be '-' (stdin)")
-    prompt_text = read_text(prompt, prompt_file, "prompt")
-    answer_text = read_text(answer, answer_file, "answer")
-    if not answer_text:
-        raise InputError("the answer is empty: there is nothing to score")
+    """Score ANSWER given PROMPT (or the assistant turns of a conversation): per-token target, probability,
+    loss and rank, with mean and sum."""
+    if messages is not None:
+        given = [
+            name
+            for name, value in (
+                ("--prompt", prompt),
+                ("--answer", answer),
+                ("--prompt-file", prompt_file),
+                ("--answer-file", answer_file),
+            )
+            if value is not None
+        ]
+        if given:
+            raise typer.BadParameter(f"--messages holds the whole conversation; drop {', '.join(given)}")
+        conversation = read_messages(messages)
+        layout = common.layout(chat=True)
+    else:
+        if last_turn:
+            raise typer.BadParameter("--last-turn needs --messages (a conversation with several assistant turns)")
+        if str(prompt_file) == "-" and str(answer_file) == "-":
+            raise typer.BadParameter("only one of --prompt-file and --answer-file can be '-' (stdin)")
+        prompt_text = read_text(prompt, prompt_file, "prompt")
+        answer_text = read_text(answer, answer_file, "answer")
+        if not answer_text:
+            raise InputError("the answer is empty: there is nothing to score")
+        layout = common.layout()
     setup_logging(quiet=json_out)
 
-    from ..scoring import score
+    from ..scoring import score, score_messages
 
     lm = common.load()
-    result = score(lm, prompt_text, answer_text, layout=common.layout(), options=common.score_options())
+    if messages is not None:
+        result = score_messages(lm, conversation, layout=layout, options=common.score_options(), last_turn=last_turn)
+    else:
+        result = score(lm, prompt_text, answer_text, layout=layout, options=common.score_options())
 
     if output is not None:
         write_atomic(output, result.to_json() + "\n")

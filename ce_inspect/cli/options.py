@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..encoding import IGNORE_INDEX, Layout
+from ..encoding import IGNORE_INDEX, TOKENIZATIONS, Layout
 from ..loading import DTYPES
 from ..scoring import ScoreOptions
 
@@ -78,6 +78,31 @@ TruncateOpt = Annotated[
         rich_help_panel=LAYOUT,
     ),
 ]
+ChatOpt = Annotated[
+    bool,
+    typer.Option(
+        "--chat",
+        help="Render prompt (user) and answer (assistant) with the tokenizer's chat template; score only the "
+        "assistant's tokens and its end-of-turn token.",
+        rich_help_panel=LAYOUT,
+    ),
+]
+SystemOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="System prompt for --chat/--messages (masked); replaces any default the template injects.",
+        rich_help_panel=LAYOUT,
+    ),
+]
+TokenizationOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="separate|joint",
+        help="separate (default): prompt and answer tokenized on their own, as SFT collators do; joint: "
+        "prompt+answer tokenized as one string and split at the prompt's length, as lm-evaluation-harness does.",
+        rich_help_panel=LAYOUT,
+    ),
+]
 SmoothingOpt = Annotated[
     float, typer.Option(min=0.0, max=1.0, help="CrossEntropyLoss label_smoothing.", rich_help_panel=SCORING)
 ]
@@ -114,6 +139,9 @@ class Common:
     ignore_index: int = IGNORE_INDEX
     no_mask_prompt: bool = False
     truncate_prompt: bool = False
+    chat: bool = False
+    system: str | None = None
+    tokenization: str | None = None
     label_smoothing: float = 0.0
     reduction: str = "mean"
     top_k: int = 0
@@ -128,15 +156,29 @@ class Common:
             raise typer.BadParameter(f"{self.dtype!r}: use one of {', '.join(DTYPES)}", param_hint="--dtype")
         if self.reduction not in ("mean", "sum", "none"):
             raise typer.BadParameter(f"{self.reduction!r}: use mean, sum or none", param_hint="--reduction")
+        if self.tokenization is not None and self.tokenization not in TOKENIZATIONS:
+            raise typer.BadParameter(f"{self.tokenization!r}: use separate or joint", param_hint="--tokenization")
 
-    def layout(self) -> Layout:
-        return Layout(
-            sep=self.sep or None,
-            add_eos=not self.no_eos,
-            ignore_index=self.ignore_index,
-            mask_prompt=not self.no_mask_prompt,
-            truncate_prompt=self.truncate_prompt,
-        )
+    def layout(self, *, chat: bool | None = None) -> Layout:
+        """The layout these options describe; ``chat=True`` for inputs that are conversations (--messages).
+
+        Conflicting options (--sep with --chat, --system without it, ...) are usage errors.
+        """
+        from ..errors import InputError
+
+        try:
+            return Layout(
+                sep=self.sep or None,
+                add_eos=not self.no_eos,
+                ignore_index=self.ignore_index,
+                mask_prompt=not self.no_mask_prompt,
+                truncate_prompt=self.truncate_prompt,
+                chat=self.chat if chat is None else chat,
+                system=self.system,
+                tokenization=self.tokenization or "separate",
+            )
+        except InputError as exc:
+            raise typer.BadParameter(str(exc)) from None
 
     def score_options(self) -> ScoreOptions:
         return ScoreOptions(
@@ -174,6 +216,9 @@ _SHARED: list[tuple[str, Any, Any]] = [
     ("ignore_index", IgnoreIndexOpt, IGNORE_INDEX),
     ("no_mask_prompt", NoMaskPromptOpt, False),
     ("truncate_prompt", TruncateOpt, False),
+    ("chat", ChatOpt, False),
+    ("system", SystemOpt, None),
+    ("tokenization", TokenizationOpt, None),
     ("label_smoothing", SmoothingOpt, 0.0),
     ("reduction", ReductionOpt, "mean"),
     ("top_k", TopKOpt, 0),
@@ -234,6 +279,34 @@ def read_text(value: str | None, file: Path | None, name: str) -> str:
         raise InputError(f"--{name}-file {file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise InputError(f"--{name}-file {file}: cannot read it ({exc.strerror})") from None
+
+
+def read_messages(file: Path) -> list[dict[str, str]]:
+    """The conversation in --messages FILE (``-`` = stdin), parsed and validated by the core."""
+    import json
+
+    from ..encoding import parse_messages
+    from ..errors import InputError
+
+    if str(file) == "-":
+        raw, name = sys.stdin.read(), "--messages (stdin)"
+    else:
+        name = f"--messages {file}"
+        try:
+            raw = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(f"{name}: no such file") from None
+        except IsADirectoryError:
+            raise InputError(f"{name}: is a folder, not a file") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read it ({exc.strerror})") from None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{name}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    return parse_messages(data, name)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..result import ScoreResult, SequenceToken, TokenScore
+from ..encoding import boundary_note
+from ..result import ScoreResult, SequenceToken, TokenScore, TurnSummary
 
 _VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 # Loss thresholds (nats) for the colour scale: p > 0.61, p > 0.14, p > 0.02, below.
 _HEAT = ((0.5, "green"), (2.0, "yellow"), (4.0, "dark_orange"), (float("inf"), "red"))
 _HEAT_BG = ((0.5, "on dark_green"), (2.0, "black on yellow"), (4.0, "black on dark_orange"), (float("inf"), "on red"))
+#: Segments that a masked layout trains on; the others are context (prompt, template, other roles).
+_TARGET_SEGMENTS = {"answer", "eos", "assistant", "eot"}
+_TOP_K_WIDTH = 10  # characters of each alternative shown in the table
 
 
 def visible(token: str, special: bool = False) -> Text:
@@ -21,6 +27,14 @@ def visible(token: str, special: bool = False) -> Text:
         return Text(token, style="bold magenta")
     shown = "".join(_VISIBLE.get(ch, ch if ch.isprintable() else f"\\x{ord(ch):02x}") for ch in token)
     return Text(shown or "∅")
+
+
+def clipped(text: Text, width: int) -> Text:
+    if len(text) <= width:
+        return text
+    text = text[: width - 1]
+    text.append("…", style="dim")
+    return text
 
 
 def loss_style(loss: float, scale: tuple[tuple[float, str], ...] = _HEAT) -> str:
@@ -33,37 +47,104 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if abs(value) < 1e6 else f"{value:.3e}"
 
 
-def token_table(tokens: tuple[TokenScore, ...], top_k: int) -> Table:
-    table = Table(title=f"Per-token loss ({len(tokens)} scored tokens)", title_justify="left", expand=False)
-    table.add_column("#", justify="right", style="dim")
-    table.add_column("target")
-    table.add_column("id", justify="right", style="dim")
-    table.add_column("prob", justify="right")
-    table.add_column("loss", justify="right")
-    table.add_column("rank", justify="right")
-    table.add_column("top choice")
+def prob_text(prob: float) -> str:
+    """A probability in 3 characters or so: .41, .05, <.01."""
+    if prob >= 0.995:
+        return "1.0"
+    return f"{prob:.2f}".lstrip("0") if prob >= 0.005 else "<.01"
+
+
+def turn_label(turn: int | None, role: str) -> str:
+    return f"{turn} {role}" if turn is not None else role
+
+
+def top_k_cell(t: TokenScore) -> Text:
+    """The model's K most likely next tokens, compactly: ``token .41`` each, the target in bold green."""
+    cell = Text()
+    for i, alt in enumerate(t.top_k):
+        if i:
+            cell.append("  ")
+        is_target = alt.token_id == t.token_id
+        shown = clipped(visible(alt.token, t.special and is_target), _TOP_K_WIDTH)
+        if is_target:
+            shown.stylize("bold green underline")
+        cell.append_text(shown)
+        cell.append(f" {prob_text(alt.prob)}", style="bold green" if is_target else "dim")
+    return cell
+
+
+def token_table(
+    tokens: tuple[TokenScore, ...], top_k: int, roles: list[str] | None = None, width: int | None = None
+) -> Table:
+    """One row per scored target; a section per turn for conversations, and a "part" column (the segment)
+    when context tokens are scored too (--no-mask-prompt).
+
+    With top-k the alternatives replace the single "top choice" column, on one line per row, cut with
+    "…" where the console (``width``) is too narrow; ✓ marks a greedy target.
+    """
+    if top_k and width:
+        # Measure the table without the alternatives to give them what is left of the line.
+        rest = Console(width=10_000).measure(token_table(tokens, 0, roles)).maximum - len("top choice") - 3
+        top_k_width: int | None = max(20, width - rest - 4)
+    else:
+        top_k_width = None
+    by_turn = roles is not None
+    by_part = any(t.segment not in _TARGET_SEGMENTS for t in tokens)
+    last = max((t.index for t in tokens), default=0)
+    widest_id = max((t.token_id for t in tokens), default=0)
+    table = Table(
+        title=f"Per-token loss ({len(tokens)} scored tokens)",
+        title_justify="left",
+        caption="✓ the target is the model's greedy choice"
+        + ("; top-k: target in green (cut with … when the terminal is narrow; --json has all)" if top_k else ""),
+        caption_justify="left",
+        expand=False,
+    )
+    if by_turn:
+        table.add_column("turn", style="dim", no_wrap=True, min_width=4)
+    if by_part:
+        table.add_column("part", style="cyan", no_wrap=True)
+    table.add_column("#", justify="right", style="dim", no_wrap=True, min_width=len(str(last)))
+    table.add_column("target", no_wrap=True, min_width=6, max_width=24)
+    table.add_column("id", justify="right", style="dim", no_wrap=True, min_width=len(str(widest_id)))
+    table.add_column("prob", justify="right", no_wrap=True, min_width=6)
+    table.add_column("loss", justify="right", no_wrap=True, min_width=6)
+    table.add_column("rank", justify="right", no_wrap=True, min_width=4)
     if top_k:
-        table.add_column(f"top {top_k}")
+        table.add_column(f"top {top_k}", no_wrap=True, overflow="ellipsis", max_width=top_k_width)
+    else:
+        table.add_column("top choice", no_wrap=True)
+    previous: object = object()
+    previous_part: str | None = None
     for t in tokens:
         style = loss_style(t.loss)
-        top = Text("✓ ", style="green") if t.rank == 1 else visible(t.top_token).append(f" {t.top_prob:.3f}", "dim")
-        row = [
+        row: list[Any] = []
+        if by_turn:
+            if t.turn != previous:
+                if previous is not object:
+                    table.add_section()
+                previous_part = None  # a new section names its part again
+            row.append(("-" if t.turn is None else str(t.turn)) if t.turn != previous else "")
+            previous = t.turn
+        if by_part:
+            if not by_turn and previous_part is not None and t.segment != previous_part:
+                table.add_section()
+            row.append(t.segment if t.segment != previous_part else "")
+            previous_part = t.segment
+        row += [
             str(t.index),
             visible(t.token, t.special),
             str(t.token_id),
             Text(f"{t.prob:.4f}", style=style),
             Text(fmt(t.loss), style=style),
-            Text(str(t.rank), style="green" if t.rank == 1 else ""),
-            top,
+            Text(f"{t.rank} ✓", style="green") if t.is_greedy else Text(str(t.rank)),
         ]
         if top_k:
-            alts = Text()
-            for i, alt in enumerate(t.top_k):
-                if i:
-                    alts.append("  ")
-                alts.append_text(visible(alt.token, alt.token_id == t.token_id and False))
-                alts.append(f" {alt.prob:.2f}", style="bold green" if alt.token_id == t.token_id else "dim")
-            row.append(alts)
+            row.append(top_k_cell(t))
+        elif t.is_greedy:
+            row.append(Text("✓", style="green"))
+        else:
+            row.append(clipped(visible(t.top_token, False), _TOP_K_WIDTH).append(f" {prob_text(t.top_prob)}", "dim"))
         table.add_row(*row)
     return table
 
@@ -78,9 +159,16 @@ def summary_table(result: ScoreResult) -> Table:
     grid.add_row("sum", fmt(s.sum))
     grid.add_row("scored tokens", str(s.count))
     grid.add_row("perplexity", fmt(s.perplexity, 3) if s.perplexity is not None else "overflow")
+    if s.sum_logprob is not None:
+        grid.add_row("log-likelihood", f"{fmt(s.sum_logprob)}  (sum of log p over the scored tokens)")
     grid.add_row(
         "greedy hits",
-        f"{s.greedy_hits}/{s.count}" + ("  (the answer is the greedy continuation)" if s.is_greedy else ""),
+        f"{s.greedy_hits}/{s.count}"
+        + (
+            "  (the scored tokens are the greedy continuation: is_greedy)"
+            if s.is_greedy
+            else "  (not the greedy continuation)"
+        ),
     )
     if s.label_smoothing:
         grid.add_row("label smoothing", f"{s.label_smoothing}  (mean NLL without it: {fmt(s.mean_nll)})")
@@ -97,36 +185,68 @@ def summary_table(result: ScoreResult) -> Table:
     return grid
 
 
-def sequence_view(sequence: tuple[SequenceToken, ...], special_ids: set[int]) -> Text:
-    """The whole input: masked tokens dim, scored tokens on a background coloured by their loss."""
+def turns_table(turns: tuple[TurnSummary, ...]) -> Table:
+    table = Table(title="Per turn (the overall mean above is over all scored tokens)", title_justify="left")
+    table.add_column("turn")
+    table.add_column("tokens", justify="right")
+    table.add_column("mean loss", justify="right")
+    table.add_column("sum", justify="right")
+    table.add_column("perplexity", justify="right")
+    table.add_column("greedy", justify="right")
+    for t in turns:
+        table.add_row(
+            turn_label(t.turn, t.role),
+            str(t.count),
+            Text(fmt(t.mean), style=loss_style(t.mean)),
+            fmt(t.sum),
+            fmt(t.perplexity, 3) if t.perplexity is not None else "overflow",
+            Text(f"{t.greedy_hits}/{t.count}", style="green" if t.is_greedy else ""),
+        )
+    return table
+
+
+def sequence_view(
+    sequence: tuple[SequenceToken, ...], special_ids: set[int] | None = None, roles: list[str] | None = None
+) -> Text:
+    """The heat strip: the whole input, masked tokens dim, scored tokens on a background coloured by their loss.
+
+    Conversations start a line at each message, labelled with its index and role. Where context tokens
+    are scored too (--no-mask-prompt), they are italic and ``┃`` marks each boundary between context and
+    the answer, so the two parts stay apart.
+    """
     text = Text()
+    context_scored = any(t.scored and t.segment not in _TARGET_SEGMENTS for t in sequence)
+    previous_turn: object = object()
+    previous_target: bool | None = None
     for i, tok in enumerate(sequence):
-        piece = visible(tok.token, tok.token_id in special_ids)
+        if roles is not None and tok.turn != previous_turn:
+            if text and not text.plain.endswith("\n"):
+                text.append("\n")
+            role = roles[tok.turn] if tok.turn is not None and tok.turn < len(roles) else "template"
+            text.append(f"{turn_label(tok.turn, role)} ▸ ", style="dim cyan")
+            previous_turn = tok.turn
+        is_target = tok.segment in _TARGET_SEGMENTS
+        if context_scored and previous_target is not None and is_target != previous_target:
+            text.append("┃", style="bold cyan")
+        previous_target = is_target
+        special = tok.special or (special_ids is not None and tok.token_id in special_ids)
+        piece = visible(tok.token, special)
         if tok.scored and tok.loss is not None:
             piece.stylize(loss_style(tok.loss, _HEAT_BG))
+            if context_scored and not is_target:
+                piece.stylize("italic")
         else:
             piece.stylize("dim")
             if i % 2:
                 piece.stylize("underline")  # alternate underline so token boundaries stay visible
         text.append_text(piece)
-        if tok.token == "\n" or tok.token.endswith("\n"):
+        if tok.token.endswith("\n"):
             text.append("\n")
+    text.rstrip()
     return text
 
 
-def render_result(result: ScoreResult, console: Console | None = None) -> None:
-    console = console or Console()
-    special = {t.token_id for t in result.tokens if t.special}
-    console.print(
-        Text.assemble(
-            ("model ", "dim"),
-            (result.model, "bold"),
-            ("  device ", "dim"),
-            result.device,
-            ("  dtype ", "dim"),
-            result.dtype,
-        )
-    )
+def heat_legend(context_scored: bool) -> Text:
     legend = Text.assemble(
         ("masked", "dim"),
         "  scored loss: ",
@@ -137,13 +257,86 @@ def render_result(result: ScoreResult, console: Console | None = None) -> None:
         ("<4", "black on dark_orange"),
         " ",
         ("≥4", "on red"),
-        "   ␣ space  ↵ newline  ⇥ tab",
+        "   ",
+        ("special", "bold magenta"),
+        "  ␣ space  ↵ newline  ⇥ tab",
     )
+    if context_scored:
+        legend.append("\n")
+        legend.append("italic", style="italic")
+        legend.append(": context tokens scored too (--no-mask-prompt)  ")
+        legend.append("┃", style="bold cyan")
+        legend.append(": context | answer boundary")
+    return legend
+
+
+def boundary_panel(boundary: dict[str, Any]) -> Panel:
+    """How separate and joint tokenization split this pair, token by token, with the split marked."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for mode in ("separate", "joint"):
+        line = Text("… " if boundary.get("start") else "", style="dim")
+        previous = "prompt"
+        for j, tok in enumerate(boundary[mode]):
+            if tok["part"] != previous:
+                line.append("┃ ", style="bold cyan")
+                previous = tok["part"]
+            piece = visible(tok["token"])
+            piece.stylize("dim" if tok["part"] == "prompt" else "bold")
+            line.append_text(piece)
+            if j < len(boundary[mode]) - 1:
+                line.append(" ")
+        if previous == "prompt":
+            line.append(" ┃", style="bold cyan")
+        used = "  ← scored in this run" if mode == boundary["used"] else ""
+        count = boundary["answer_tokens"][mode]
+        grid.add_row(mode, line.append(f"   ({count} answer tokens){used}", style="dim"))
+    body = Group(
+        grid,
+        Text(
+            "┃ is the split: tokens after it are the answer and are scored. "
+            "The scores depend on this choice (--tokenization separate|joint).",
+            style="yellow",
+        ),
+    )
+    return Panel(
+        body, title="tokenization boundary: separate and joint differ", title_align="left", border_style="yellow"
+    )
+
+
+def render_result(result: ScoreResult, console: Console | None = None) -> None:
+    console = console or Console()
+    layout = result.layout
+    roles = layout.get("roles") if layout.get("kind") == "chat" else None
     console.print(
-        Panel(Group(sequence_view(result.sequence, special), Text(), legend), title="sequence", title_align="left")
+        Text.assemble(
+            ("model ", "dim"),
+            (result.model, "bold"),
+            ("  device ", "dim"),
+            result.device,
+            ("  dtype ", "dim"),
+            result.dtype,
+        )
     )
+    context_scored = any(t.scored and t.segment not in _TARGET_SEGMENTS for t in result.sequence)
+    special = {t.token_id for t in result.tokens if t.special}
+    console.print(
+        Panel(
+            Group(sequence_view(result.sequence, special, roles), Text(), heat_legend(context_scored)),
+            title="sequence",
+            title_align="left",
+        )
+    )
+    boundary = layout.get("boundary") or {}
+    if boundary.get("differs"):
+        console.print(boundary_panel(boundary))
     top_k = max((len(t.top_k) for t in result.tokens), default=0)
-    console.print(token_table(result.tokens, top_k))
+    console.print(token_table(result.tokens, top_k, roles, width=console.width))
     console.print(summary_table(result))
+    if len(result.turns) > 1:
+        console.print(turns_table(result.turns))
+    shown_boundary = boundary_note(boundary) if boundary.get("differs") else None
     for note in result.notes:
-        console.print(Text(f"note: {note}", style="yellow"))
+        if note != shown_boundary:
+            console.print(Text(f"note: {note}", style="yellow"))
