@@ -265,20 +265,25 @@ def read_text(value: str | None, file: Path | None, name: str) -> str:
         return value
     if file is None:
         raise typer.BadParameter(f"missing: pass --{name} TEXT or --{name}-file PATH", param_hint=f"--{name}")
-    if str(file) == "-":
-        return sys.stdin.read()
+    return read_input(file, f"--{name}-file")
+
+
+def read_input(file: Path, label: str) -> str:
+    """The text of ``file`` (``-`` = stdin), verbatim; any failure is a one-line InputError naming ``label``."""
     from ..errors import InputError
 
+    if str(file) == "-":
+        return sys.stdin.read()
     try:
         return file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InputError(f"--{name}-file {file}: no such file") from None
+        raise InputError(f"{label} {file}: no such file") from None
     except IsADirectoryError:
-        raise InputError(f"--{name}-file {file}: is a folder, not a file") from None
+        raise InputError(f"{label} {file}: is a folder, not a file") from None
     except UnicodeDecodeError as exc:
-        raise InputError(f"--{name}-file {file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise InputError(f"{label} {file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
-        raise InputError(f"--{name}-file {file}: cannot read it ({exc.strerror})") from None
+        raise InputError(f"{label} {file}: cannot read it ({exc.strerror})") from None
 
 
 def read_messages(file: Path) -> list[dict[str, str]]:
@@ -288,20 +293,8 @@ def read_messages(file: Path) -> list[dict[str, str]]:
     from ..encoding import parse_messages
     from ..errors import InputError
 
-    if str(file) == "-":
-        raw, name = sys.stdin.read(), "--messages (stdin)"
-    else:
-        name = f"--messages {file}"
-        try:
-            raw = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise InputError(f"{name}: no such file") from None
-        except IsADirectoryError:
-            raise InputError(f"{name}: is a folder, not a file") from None
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-        except OSError as exc:
-            raise InputError(f"{name}: cannot read it ({exc.strerror})") from None
+    name = "--messages (stdin)" if str(file) == "-" else f"--messages {file}"
+    raw = read_input(file, "--messages")
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
