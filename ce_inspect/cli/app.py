@@ -76,3 +76,7 @@ def run(
         from .render import render_result
 
         render_result(result)
+
+
+# Commands in their own modules register themselves on `app` when imported.
+from . import batch as _batch  # noqa: E402, F401
