@@ -21,6 +21,51 @@ BATCHING = "Batching"
 def batch(
     common: Common,
     input: Annotated[Path, typer.Argument(help="JSONL file: one {prompt, answer} or {messages} object per line.")],
+    skip_invalid: Annotated[
+        bool,
+        typer.Option(
+            "--skip-invalid",
+            help="Report and skip lines that cannot be scored instead of stopping at the first.",
+            rich_help_panel=INPUT,
+        ),
+    ] = False,
+    prompt_field: Annotated[str, typer.Option(help="Field holding the prompt.", rich_help_panel=INPUT)] = "prompt",
+    answer_field: Annotated[str, typer.Option(help="Field holding the answer.", rich_help_panel=INPUT)] = "answer",
+    messages_field: Annotated[
+        str, typer.Option(help="Field holding a chat conversation.", rich_help_panel=INPUT)
+    ] = "messages",
+    id_field: Annotated[
+        str, typer.Option(help="Field copied to each output line as its id.", rich_help_panel=INPUT)
+    ] = "id",
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            "-b",
+            min=1,
+            help="Examples per forward pass (default 8; with --max-tokens alone, no count limit).",
+            rich_help_panel=BATCHING,
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Cap each batch at this many padded positions (rows x longest example) instead.",
+            rich_help_panel=BATCHING,
+        ),
+    ] = None,
+    padding_side: Annotated[
+        str, typer.Option(help="Pad batches on the right or the left (same figures).", rich_help_panel=BATCHING)
+    ] = "right",
+    sort_window: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Examples sorted by length together; larger pads less, smaller holds less and loses less on a kill.",
+            rich_help_panel=BATCHING,
+        ),
+    ] = 512,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Write the JSON lines to FILE (default: stdout).", rich_help_panel=OUTPUT),
@@ -54,51 +99,6 @@ def batch(
             min=0, help="How many worst examples and highest-loss tokens the summary lists.", rich_help_panel=OUTPUT
         ),
     ] = 10,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            "--batch-size",
-            "-b",
-            min=1,
-            help="Examples per forward pass (default 8; with --max-tokens alone, no count limit).",
-            rich_help_panel=BATCHING,
-        ),
-    ] = None,
-    max_tokens: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Cap each batch at this many padded positions (rows x longest example) instead.",
-            rich_help_panel=BATCHING,
-        ),
-    ] = None,
-    padding_side: Annotated[
-        str, typer.Option(help="Pad batches on the right or the left (same figures).", rich_help_panel=BATCHING)
-    ] = "right",
-    sort_window: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Examples sorted by length together; larger pads less, smaller holds less and loses less on a kill.",
-            rich_help_panel=BATCHING,
-        ),
-    ] = 512,
-    skip_invalid: Annotated[
-        bool,
-        typer.Option(
-            "--skip-invalid",
-            help="Report and skip lines that cannot be scored instead of stopping at the first.",
-            rich_help_panel=INPUT,
-        ),
-    ] = False,
-    prompt_field: Annotated[str, typer.Option(help="Field holding the prompt.", rich_help_panel=INPUT)] = "prompt",
-    answer_field: Annotated[str, typer.Option(help="Field holding the answer.", rich_help_panel=INPUT)] = "answer",
-    messages_field: Annotated[
-        str, typer.Option(help="Field holding a chat conversation.", rich_help_panel=INPUT)
-    ] = "messages",
-    id_field: Annotated[
-        str, typer.Option(help="Field copied to each output line as its id.", rich_help_panel=INPUT)
-    ] = "id",
 ) -> None:
     """Score every record of a JSONL data set: one JSON line per example, in input order, then a summary."""
     from ..batch import BatchSettings, Fields, JsonlSink, output_conflict, read_resume, run_scan, scan_dataset
@@ -125,7 +125,8 @@ def batch(
     )
     fields = Fields(prompt=prompt_field, answer=answer_field, messages=messages_field, id=id_field)
     stdout = sys.stdout  # taken now: stdout carries only JSON lines when --output is not given
-    setup_logging(quiet=False)
+    # "Loading ..." and other progress notes only where someone watches; warnings always.
+    setup_logging(quiet=not sys.stderr.isatty())
 
     from rich.console import Console
 
@@ -133,7 +134,11 @@ def batch(
     lm = common.load(quiet=True)
     state = read_resume(output, worst) if resume and output is not None and output.exists() else None
     if state is not None and state.torn_bytes:
-        err.print(f"Resuming: dropping an incomplete last line ({state.torn_bytes} bytes) of {output}.", markup=False)
+        err.print(
+            f"Resuming: dropping an incomplete last line ({state.torn_bytes} bytes) of {output}.",
+            markup=False,
+            soft_wrap=True,
+        )
     options = common.score_options()
     scan = scan_dataset(
         lm,
@@ -155,7 +160,7 @@ def batch(
     except KeyboardInterrupt:
         where = f"{sink.lines} complete lines are in {output}" if output else f"{sink.lines} lines were written"
         hint = "; rerun the same command with --resume to continue" if output else ""
-        err.print(f"Interrupted: {where}{hint}.", markup=False)
+        err.print(f"Interrupted: {where}{hint}.", markup=False, soft_wrap=True)
         raise typer.Exit(130) from None
     except BrokenPipeError:
         _silence_stdout()

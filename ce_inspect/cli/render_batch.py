@@ -99,13 +99,13 @@ def render_dataset_summary(summary: DatasetSummary, console: Console | None = No
         grid.add_row(
             "token-weighted mean loss",
             Text(fmt(s.token_weighted_mean_loss), style=loss_style(s.token_weighted_mean_loss)),
-            "sum / scored tokens: what a training step's CrossEntropyLoss(mean) reports over the whole set",
+            "sum / tokens, as CrossEntropyLoss(mean) over the whole set",
         )
     if s.example_weighted_mean_loss is not None:
         grid.add_row(
             "example-weighted mean loss",
             Text(fmt(s.example_weighted_mean_loss), style=loss_style(s.example_weighted_mean_loss)),
-            "mean of the per-example means: every example counts the same",
+            "mean of per-example means",
         )
     grid.add_row("loss sum", fmt(s.loss_sum), "")
     if s.mean_nll is not None:
@@ -113,7 +113,7 @@ def render_dataset_summary(summary: DatasetSummary, console: Console | None = No
         grid.add_row("perplexity", ppl, "exp(token-weighted mean NLL)")
         if s.label_smoothing:
             grid.add_row("mean NLL", fmt(s.mean_nll), f"without label smoothing {s.label_smoothing}")
-        grid.add_row("greedy hits", f"{s.greedy_hits}/{s.scored_tokens}", "targets that are the model's top choice")
+        grid.add_row("greedy hits", f"{s.greedy_hits}/{s.scored_tokens}", "targets that are the top choice")
     b = s.batching
     if b.batches:
         speed = f"{b.tokens_per_second:,.0f} tok/s" if b.tokens_per_second else ""
