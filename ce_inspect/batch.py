@@ -133,6 +133,7 @@ def read_records(path: str | os.PathLike[str], fields: Fields | None = None) -> 
             except UnicodeDecodeError as exc:
                 yield Record(number, error=f"not UTF-8 text ({exc.reason} at byte {exc.start})")
                 continue
+            text = text.rstrip("\r\n")  # so that a JSON error's column is on this line
             if number == 1:
                 text = text.removeprefix("\ufeff")
             try:

@@ -97,7 +97,7 @@ def test_read_records_line_numbers_and_reasons(tmp_path):
     by_line = {r.line: r for r in records}
     assert sorted(by_line) == [1, 3, 4, 5, 6, 7, 8, 9, 10, 12]  # blank lines are not records, numbering is the file's
     assert by_line[1] == Record(1, "ok", prompt="p", answer="a")
-    assert by_line[3].error.startswith("not valid JSON")
+    assert by_line[3].error == "not valid JSON (Expecting ',' delimiter at column 30)"
     assert by_line[4].error == "not a JSON object but a JSON array"
     assert by_line[5].error == "missing field 'answer'"
     assert by_line[6].error == "field 'answer' must be a string, not number"
@@ -448,7 +448,7 @@ def test_chat_records_batched_equal_alone_and_the_models_loss(tiny_llama, tmp_pa
     lines = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert [d["id"] for d in lines] == ["c1", "c2", "a"]
     for row, line in zip(CHAT, lines):
-        encoded = encode_messages(tiny_llama.tokenizer, row["messages"], Layout(), max_length=256)
+        encoded = encode_messages(tiny_llama.tokenizer, row["messages"], Layout(), max_length=tiny_llama.context_length)
         ref = score_encoded(tiny_llama, encoded)
         assert [t["loss"] for t in line["tokens"]] == pytest.approx([t.loss for t in ref.tokens], abs=1e-5)
         assert line["summary"]["verify_abs_diff"] < 1e-4  # the model's own loss on the same labels

@@ -119,7 +119,9 @@ def render_dataset_summary(summary: DatasetSummary, console: Console | None = No
         speed = f"{b.tokens_per_second:,.0f} tok/s" if b.tokens_per_second else ""
         padding = f", {b.padding_fraction:.0%} padding" if b.padding_fraction is not None else ""
         grid.add_row(
-            "this run", f"{b.seconds:.1f} s", f"{b.examples} examples in {b.batches} batches{padding}, {speed}"
+            "this run",
+            f"{b.seconds:.1f} s",
+            f"{b.examples} examples in {b.batches} batch{'es' if b.batches != 1 else ''}{padding}, {speed}",
         )
     console.print(grid)
 
