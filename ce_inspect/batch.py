@@ -631,6 +631,8 @@ def scan_dataset(
                 raise
             except InputError as exc:
                 reason = str(exc)
+            if encoded is not None and not encoded.scored_positions:
+                reason, encoded = "no token of it is scored (every label is ignored)", None
         done = resume.examples.get(record.line) if resume is not None else None
         if done is not None:
             _check_done(resume, record, encoded, done, reason)  # type: ignore[arg-type]

@@ -109,6 +109,12 @@ def test_resume_needs_an_output_file(capsys, data):
     assert err.startswith("Error: ") and "--resume" in err and err.count("\n") == 1
 
 
+def test_summary_json_may_not_overwrite_the_data(capsys, data):
+    assert main(["batch", str(data), "--summary-json", str(data)]) == 2
+    assert "--summary-json" in capsys.readouterr().err
+    assert len(data.read_text().splitlines()) == len(ROWS)
+
+
 def test_bad_line_stops_with_its_number_and_writes_nothing(capsys, tiny_llama_dir, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", [ROWS[0], {"id": "q", "prompt": "only a prompt"}, ROWS[1]])
     out = tmp_path / "out.jsonl"
@@ -173,7 +179,7 @@ def _many_rows(n: int) -> list[dict]:
 
 
 def test_kill_9_midway_then_resume_gives_exactly_one_line_per_record(tmp_path, tiny_llama_dir):
-    rows = _many_rows(150)
+    rows = _many_rows(80)
     data, out = write_jsonl(tmp_path / "d.jsonl", rows), tmp_path / "out.jsonl"
     proc = _start(tmp_path, tiny_llama_dir, data, out)
     _wait_for_lines(proc, out, 5)
@@ -199,7 +205,7 @@ def test_kill_9_midway_then_resume_gives_exactly_one_line_per_record(tmp_path, t
 
 
 def test_interrupt_leaves_whole_lines_and_says_how_to_resume(tmp_path, tiny_llama_dir):
-    rows = _many_rows(150)
+    rows = _many_rows(80)
     data, out = write_jsonl(tmp_path / "d.jsonl", rows), tmp_path / "out.jsonl"
     proc = _start(tmp_path, tiny_llama_dir, data, out)
     _wait_for_lines(proc, out, 3)

@@ -115,6 +115,12 @@ def batch(
             from ..errors import InputError
 
             raise InputError(conflict)
+    if summary_json is not None and any(
+        p is not None and summary_json.resolve() == p.resolve() for p in (input, output)
+    ):
+        raise typer.BadParameter(
+            "give the summary its own file, not the input or --output", param_hint="--summary-json"
+        )
     settings = BatchSettings(
         batch_size=batch_size if batch_size is not None or max_tokens is not None else 8,
         max_tokens=max_tokens,
