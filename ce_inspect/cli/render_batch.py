@@ -92,7 +92,7 @@ def render_dataset_summary(summary: DatasetSummary, console: Console | None = No
     if s.resumed:
         notes.append(f"{s.resumed} read back from the output (--resume)")
     if s.skipped:
-        notes.append(f"{len(s.skipped)} invalid lines skipped")
+        notes.append(f"{_count(len(s.skipped), 'invalid line')} skipped")
     grid.add_row("examples", examples, ", ".join(notes))
     grid.add_row("scored tokens", str(s.scored_tokens), "")
     if s.token_weighted_mean_loss is not None:
@@ -121,7 +121,7 @@ def render_dataset_summary(summary: DatasetSummary, console: Console | None = No
         grid.add_row(
             "this run",
             f"{b.seconds:.1f} s",
-            f"{b.examples} examples in {b.batches} batch{'es' if b.batches != 1 else ''}{padding}, {speed}",
+            f"{_count(b.examples, 'example')} in {_count(b.batches, 'batch')}{padding}, {speed}",
         )
     console.print(grid)
 
@@ -165,10 +165,14 @@ def render_dataset_summary(summary: DatasetSummary, console: Console | None = No
             )
         console.print(table)
     if s.skipped:
-        table = Table(title=f"Skipped {len(s.skipped)} invalid lines", title_justify="left")
+        table = Table(title=f"Skipped {_count(len(s.skipped), 'invalid line')}", title_justify="left")
         table.add_column("line", justify="right")
         table.add_column("id")
         table.add_column("reason")
         for k in s.skipped:
             table.add_row(str(k.line), Text("" if k.id is None else str(k.id)), Text(k.reason))
         console.print(table)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('ch') else 's'}"
