@@ -45,7 +45,24 @@ def test_stdout_carries_only_json_lines_in_input_order(capsys, tiny_llama_dir, d
     assert [(d["line"], d["id"]) for d in lines] == [(1, "a"), (2, "b"), (3, None), (4, 4)]
     assert all(d["schema_version"] == 1 and d["tokens"] and "sequence" in d for d in lines)
     assert "token-weighted mean loss" in err and "example-weighted mean loss" in err  # the table went to stderr
+    assert "ETA" not in err  # no progress bar when stderr is not a terminal
     assert "Traceback" not in err
+
+
+def test_progress_bar_is_drawn_only_on_a_terminal(tiny_llama, data):
+    import io
+
+    from rich.console import Console
+
+    from ce_inspect.batch import scan_dataset
+    from ce_inspect.cli.render_batch import batch_progress
+
+    scan = scan_dataset(tiny_llama, data)
+    for terminal in (True, False):
+        buffer = io.StringIO()
+        with batch_progress(Console(file=buffer, force_terminal=terminal, width=120), scan) as advance:
+            advance(2, 30)
+        assert ("examples" in buffer.getvalue() and "ETA" in buffer.getvalue()) is terminal
 
 
 def test_output_file_summary_json_and_table(capsys, tiny_llama_dir, data, tmp_path):
