@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..batch import DEFAULT_BATCH_SIZE, DEFAULT_SORT_WINDOW, DEFAULT_WORST
 from .app import app, setup_logging
 from .options import OUTPUT, Common, shared_options, write_atomic
 
@@ -43,7 +44,7 @@ def batch(
             "--batch-size",
             "-b",
             min=1,
-            help="Examples per forward pass (default 8; with --max-tokens alone, no count limit).",
+            help=f"Examples per forward pass (default {DEFAULT_BATCH_SIZE}; with --max-tokens alone, no count limit).",
             rich_help_panel=BATCHING,
         ),
     ] = None,
@@ -65,7 +66,7 @@ def batch(
             help="Examples sorted by length together; larger pads less, smaller holds less and loses less on a kill.",
             rich_help_panel=BATCHING,
         ),
-    ] = 512,
+    ] = DEFAULT_SORT_WINDOW,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Write the JSON lines to FILE (default: stdout).", rich_help_panel=OUTPUT),
@@ -98,7 +99,7 @@ def batch(
         typer.Option(
             min=0, help="How many worst examples and highest-loss tokens the summary lists.", rich_help_panel=OUTPUT
         ),
-    ] = 10,
+    ] = DEFAULT_WORST,
 ) -> None:
     """Score every record of a JSONL data set: one JSON line per example, in input order, then a summary."""
     from ..batch import BatchSettings, Fields, JsonlSink, output_conflict, read_resume, run_scan, scan_dataset
@@ -122,7 +123,7 @@ def batch(
             "give the summary its own file, not the input or --output", param_hint="--summary-json"
         )
     settings = BatchSettings(
-        batch_size=batch_size if batch_size is not None or max_tokens is not None else 8,
+        batch_size=batch_size if batch_size is not None or max_tokens is not None else DEFAULT_BATCH_SIZE,
         max_tokens=max_tokens,
         padding_side=padding_side,
         sort_window=sort_window,
