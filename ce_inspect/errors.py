@@ -37,3 +37,11 @@ class SequenceTooLongError(InputError):
 
 class CacheError(CeInspectError):
     """The conversion cache could not be written."""
+
+
+class InvalidRecordError(InputError):
+    """A line of a batch input file cannot be scored (bad JSON, missing field, empty answer, too long)."""
+
+
+class ResumeError(InputError):
+    """``--resume`` found an output file that does not continue this input with these settings."""

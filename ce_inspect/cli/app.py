@@ -26,11 +26,23 @@ def _root() -> None:
     """Per-token cross-entropy of a causal LM, as a training step computes it."""
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stderr``, not the one at setup (test captures replace it between runs)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(quiet: bool) -> None:
     """Progress and warnings go to stderr; --json keeps only warnings."""
     logger = logging.getLogger("ce_inspect")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
@@ -112,3 +124,7 @@ def run(
         from .render import render_result
 
         render_result(result)
+
+
+# Commands in their own modules register themselves on `app` when imported.
+from . import batch as _batch  # noqa: E402, F401

@@ -302,7 +302,7 @@ def read_messages(file: Path) -> list[dict[str, str]]:
     return parse_messages(data, name)
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str, option: str = "--output") -> None:
     """Write ``text`` to ``path`` via a temporary file in the same folder, so a failure leaves no half file."""
     import os
     import tempfile
@@ -313,11 +313,11 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise InputError(f"--output {path}: cannot write there ({exc.strerror})") from None
+        raise InputError(f"{option} {path}: cannot write there ({exc.strerror})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise InputError(f"--output {path}: cannot write it ({exc.strerror})") from None
+        raise InputError(f"{option} {path}: cannot write it ({exc.strerror})") from None

@@ -1,0 +1,946 @@
+"""A JSONL data set through the model: records -> length-sorted padded batches -> results in input order.
+
+The flow is ``read_records -> scan_dataset -> run_scan``:
+
+- ``read_records`` parses the file line by line; a line that cannot become an example carries the reason
+  instead of raising, so the caller decides whether to stop or skip.
+- ``scan_dataset`` encodes every record once, before any forward pass: a bad line stops the run before
+  compute is spent, the lengths drive the progress bar, and ``--resume`` is checked against the input.
+  Only lengths are kept; the second pass re-encodes, so memory does not grow with the data set.
+- ``run_scan`` reads the records again in windows of ``sort_window`` examples, sorts each window by
+  length (longest first, so an out-of-memory batch shows up at once), packs it into batches with
+  ``plan_batches`` and scores every batch with ``scoring.score_batch``, the same code path as one example
+  alone. Results are emitted in input order as soon as everything before them is done; a window bounds
+  both the results held in memory and the work an interrupted run loses.
+
+The data-set figures are what training reports over the flattened data set: the token-weighted mean is
+``sum(loss) / scored tokens``, i.e. ``CrossEntropyLoss(reduction="mean")`` over every example's shifted
+logits and labels concatenated; the example-weighted mean averages the per-example means instead.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from .encoding import Encoded, Layout, encode
+from .errors import InputError, InvalidRecordError, ResumeError
+from .result import SCHEMA_VERSION, ScoreResult, dumps, perplexity
+from .scoring import ScoreOptions, score_batch
+
+if TYPE_CHECKING:
+    from .loading import LoadedModel
+
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_SORT_WINDOW = 512
+DEFAULT_WORST = 10
+PADDING_SIDES = ("right", "left")
+
+
+# --- records -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Names of the record fields (``--prompt-field`` and friends)."""
+
+    prompt: str = "prompt"
+    answer: str = "answer"
+    messages: str = "messages"
+    id: str = "id"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One line of the input: a prompt/answer pair, a chat conversation, or the reason it is neither."""
+
+    line: int  # 1-based line number in the file
+    id: str | int | None = None
+    prompt: str | None = None
+    answer: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    error: str | None = None
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _parse_record(line: int, obj: Any, fields: Fields) -> Record:
+    if not isinstance(obj, dict):
+        return Record(line, error=f"not a JSON object but a JSON {_type_name(obj)}")
+    rid = obj.get(fields.id)
+    if isinstance(rid, bool) or not isinstance(rid, (str, int, type(None))):
+        return Record(line, error=f"field {fields.id!r} must be a string or an integer, not {_type_name(rid)}")
+    has_pair = fields.prompt in obj or fields.answer in obj
+    if fields.messages in obj:
+        if has_pair:
+            return Record(
+                line, rid, error=f"has both {fields.messages!r} and {fields.prompt!r}/{fields.answer!r}; keep one"
+            )
+        messages = obj[fields.messages]
+        if not isinstance(messages, list) or not messages:
+            return Record(line, rid, error=f"field {fields.messages!r} must be a non-empty array of messages")
+        for k, message in enumerate(messages):
+            if not (
+                isinstance(message, dict)
+                and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)
+            ):
+                return Record(
+                    line,
+                    rid,
+                    error=f"message {k} of {fields.messages!r} must be an object with string 'role' and 'content'",
+                )
+        return Record(line, rid, messages=messages)
+    for name in (fields.prompt, fields.answer):
+        if name not in obj:
+            return Record(line, rid, error=f"missing field {name!r}")
+        if not isinstance(obj[name], str):
+            return Record(line, rid, error=f"field {name!r} must be a string, not {_type_name(obj[name])}")
+    return Record(line, rid, prompt=obj[fields.prompt], answer=obj[fields.answer])
+
+
+def read_records(path: str | os.PathLike[str], fields: Fields | None = None) -> Iterator[Record]:
+    """Every non-blank line of a JSONL file as a ``Record``, in file order; bad lines carry ``error``."""
+    fields = fields or Fields()
+    path = Path(path)
+    try:
+        fh = open(path, "rb")  # closed by the with below; opened first to map errors
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder, not a JSONL file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror})") from None
+    with fh:
+        for number, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue  # blank lines (a trailing newline, separators) are not records
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield Record(number, error=f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+                continue
+            text = text.rstrip("\r\n")  # so that a JSON error's column is on this line
+            if number == 1:
+                text = text.removeprefix("\ufeff")
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield Record(number, error=f"not valid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            yield _parse_record(number, obj, fields)
+
+
+class _NoChatSupport(InputError):
+    """Chat records need ``encoding.encode_messages``; its absence is not a fault of one record."""
+
+
+def encode_record(lm: LoadedModel, record: Record, layout: Layout) -> Encoded:
+    """The one dispatch from a record to a training example: chat conversations or prompt/answer pairs.
+
+    Pairs go through ``encoding.encode``, the function ``run`` uses, so every layout option means the same.
+    """
+    if record.error is not None:
+        raise InputError(record.error)
+    if record.messages is not None:
+        from . import encoding
+
+        encode_messages = getattr(encoding, "encode_messages", None)
+        if encode_messages is None:
+            raise _NoChatSupport(
+                f"line {record.line} is a chat record ('messages'), but this version of ce-inspect cannot "
+                "encode chat conversations; give prompt/answer records"
+            )
+        return encode_messages(lm.tokenizer, record.messages, layout, max_length=lm.context_length)
+    assert record.prompt is not None and record.answer is not None
+    return encode(lm.tokenizer, record.prompt, record.answer, layout, max_length=lm.context_length)
+
+
+# --- per-example figures and the data-set summary -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorstToken:
+    """One scored token, located in the data set, for the list of highest losses."""
+
+    line: int
+    id: str | int | None
+    index: int
+    token: str
+    token_id: int
+    segment: str
+    loss: float
+    prob: float
+    rank: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "line": self.line,
+            "id": self.id,
+            "index": self.index,
+            "token": self.token,
+            "token_id": self.token_id,
+            "segment": self.segment,
+            "loss": self.loss,
+            "prob": self.prob,
+            "rank": self.rank,
+        }
+
+
+def _fingerprint(targets: Sequence[tuple[int, int]]) -> int:
+    """A digest of the (position, token id) of every scored target: what resume compares with the input."""
+    return hash(tuple(targets))
+
+
+@dataclass(frozen=True)
+class ExampleStats:
+    """What the data-set summary needs of one scored example (also rebuilt from an output line)."""
+
+    line: int
+    id: str | int | None
+    count: int
+    loss_sum: float
+    mean: float
+    nll_sum: float
+    greedy_hits: int
+    sequence_tokens: int
+    fingerprint: int
+
+    @classmethod
+    def from_result(cls, line: int, rid: str | int | None, result: ScoreResult) -> ExampleStats:
+        s = result.summary
+        return cls(
+            line=line,
+            id=rid,
+            count=s.count,
+            loss_sum=s.sum,
+            mean=s.mean,
+            nll_sum=-math.fsum(t.logprob for t in result.tokens),
+            greedy_hits=s.greedy_hits,
+            sequence_tokens=len(result.sequence),
+            fingerprint=_fingerprint([(t.index, t.token_id) for t in result.tokens]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "id": self.id, "mean": self.mean, "sum": self.loss_sum, "count": self.count}
+
+
+def worst_tokens_of(line: int, rid: str | int | None, result: ScoreResult, n: int) -> list[WorstToken]:
+    top = heapq.nlargest(n, result.tokens, key=lambda t: t.loss)
+    return [WorstToken(line, rid, t.index, t.token, t.token_id, t.segment, t.loss, t.prob, t.rank) for t in top]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    line: int
+    id: str | int | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "id": self.id, "reason": self.reason}
+
+
+@dataclass
+class BatchStats:
+    """How this run batched its work (resumed examples excluded)."""
+
+    batch_size: int | None
+    max_tokens: int | None
+    padding_side: str
+    batches: int = 0
+    examples: int = 0
+    sequence_tokens: int = 0  # real tokens run through the model
+    padded_positions: int = 0  # rows x width summed over batches: what the forward passes computed
+    seconds: float = 0.0
+
+    @property
+    def padding_fraction(self) -> float | None:
+        if not self.padded_positions:
+            return None
+        return 1.0 - self.sequence_tokens / self.padded_positions
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        return self.sequence_tokens / self.seconds if self.seconds > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.batch_size,
+            "max_tokens": self.max_tokens,
+            "padding_side": self.padding_side,
+            "batches": self.batches,
+            "examples": self.examples,
+            "sequence_tokens": self.sequence_tokens,
+            "padded_positions": self.padded_positions,
+            "padding_fraction": self.padding_fraction,
+            "seconds": self.seconds,
+            "tokens_per_second": self.tokens_per_second,
+        }
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """The data-set figures. ``token_weighted_mean_loss`` is what a training step over the whole set reports."""
+
+    model: str
+    device: str
+    dtype: str
+    input: str
+    output: str | None
+    examples: int  # scored examples, resumed ones included
+    resumed: int  # of which were read back from the output file (--resume)
+    scored_tokens: int
+    loss_sum: float
+    nll_sum: float
+    example_weighted_mean_loss: float | None
+    greedy_hits: int
+    label_smoothing: float
+    ignore_index: int
+    worst_examples: tuple[ExampleStats, ...]
+    worst_tokens: tuple[WorstToken, ...]
+    skipped: tuple[Skipped, ...]
+    batching: BatchStats
+
+    @property
+    def token_weighted_mean_loss(self) -> float | None:
+        """sum(loss) / scored tokens: CrossEntropyLoss(reduction='mean') over the flattened data set."""
+        return self.loss_sum / self.scored_tokens if self.scored_tokens else None
+
+    @property
+    def mean_nll(self) -> float | None:
+        """Token-weighted mean of -log p(target); equals the mean loss unless label smoothing is on."""
+        return self.nll_sum / self.scored_tokens if self.scored_tokens else None
+
+    @property
+    def perplexity(self) -> float | None:
+        return perplexity(self.mean_nll) if self.mean_nll is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "batch_summary",
+            "model": self.model,
+            "device": self.device,
+            "dtype": self.dtype,
+            "input": self.input,
+            "output": self.output,
+            "examples": self.examples,
+            "resumed": self.resumed,
+            "skipped_count": len(self.skipped),
+            "scored_tokens": self.scored_tokens,
+            "token_weighted_mean_loss": self.token_weighted_mean_loss,
+            "example_weighted_mean_loss": self.example_weighted_mean_loss,
+            "loss_sum": self.loss_sum,
+            "mean_nll": self.mean_nll,
+            "perplexity": self.perplexity,
+            "greedy_hits": self.greedy_hits,
+            "label_smoothing": self.label_smoothing,
+            "ignore_index": self.ignore_index,
+            "worst_examples": [e.to_dict() for e in self.worst_examples],
+            "worst_tokens": [t.to_dict() for t in self.worst_tokens],
+            "skipped": [s.to_dict() for s in self.skipped],
+            "batching": self.batching.to_dict(),
+        }
+
+
+class SummaryBuilder:
+    """Accumulates examples in input order; keeps only the ``worst`` highest examples and tokens."""
+
+    def __init__(self, worst: int = DEFAULT_WORST) -> None:
+        self.worst = worst
+        self.examples = 0
+        self.resumed = 0
+        self.tokens = 0
+        self.greedy_hits = 0
+        self._loss_sums: list[float] = []
+        self._nll_sums: list[float] = []
+        self._means: list[float] = []
+        self._worst_examples: list[tuple[float, int, ExampleStats]] = []  # min-heap of (mean, -line, stats)
+        self._worst_tokens: list[tuple[float, int, int, WorstToken]] = []  # min-heap of (loss, -line, -index, tok)
+        self.skipped: list[Skipped] = []
+
+    def add(self, stats: ExampleStats, *, resumed: bool = False) -> None:
+        self.examples += 1
+        self.resumed += resumed
+        self.tokens += stats.count
+        self.greedy_hits += stats.greedy_hits
+        self._loss_sums.append(stats.loss_sum)
+        self._nll_sums.append(stats.nll_sum)
+        self._means.append(stats.mean)
+        if self.worst:
+            _push(self._worst_examples, (stats.mean, -stats.line, stats), self.worst)
+
+    def add_tokens(self, tokens: Sequence[WorstToken]) -> None:
+        if self.worst:
+            for t in tokens:
+                _push(self._worst_tokens, (t.loss, -t.line, -t.index, t), self.worst)
+
+    def skip(self, skipped: Skipped) -> None:
+        self.skipped.append(skipped)
+
+    def finish(
+        self,
+        lm: LoadedModel,
+        *,
+        input: str,
+        output: str | None,
+        label_smoothing: float,
+        ignore_index: int,
+        batching: BatchStats,
+    ) -> DatasetSummary:
+        return DatasetSummary(
+            model=lm.name,
+            device=lm.device,
+            dtype=lm.dtype,
+            input=input,
+            output=output,
+            examples=self.examples,
+            resumed=self.resumed,
+            scored_tokens=self.tokens,
+            loss_sum=math.fsum(self._loss_sums),
+            nll_sum=math.fsum(self._nll_sums),
+            example_weighted_mean_loss=math.fsum(self._means) / len(self._means) if self._means else None,
+            greedy_hits=self.greedy_hits,
+            label_smoothing=label_smoothing,
+            ignore_index=ignore_index,
+            worst_examples=tuple(item[-1] for item in sorted(self._worst_examples, reverse=True)),
+            worst_tokens=tuple(item[-1] for item in sorted(self._worst_tokens, key=lambda x: x[:3], reverse=True)),
+            skipped=tuple(self.skipped),
+            batching=batching,
+        )
+
+
+def _push(heap: list[Any], item: tuple[Any, ...], n: int) -> None:
+    # Keys are unique (line, and index within a line), so tuples never compare their last element.
+    if len(heap) < n:
+        heapq.heappush(heap, item)
+    elif item[:-1] > heap[0][:-1]:
+        heapq.heapreplace(heap, item)
+
+
+# --- resume: what an existing output file already holds -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """The complete lines of an output file; ``size`` bytes of it are kept, any torn tail is cut off."""
+
+    path: Path
+    size: int
+    torn_bytes: int
+    examples: dict[int, ExampleStats]  # by input line
+    worst_tokens: tuple[WorstToken, ...]
+    settings: dict[str, Any]  # model, dtype and loss settings of the first line
+
+    @property
+    def last_line(self) -> int:
+        return max(self.examples, default=0)
+
+
+def read_resume(path: str | os.PathLike[str], worst: int = DEFAULT_WORST) -> ResumeState:
+    """Read back an output file of ``batch``: each line must be a complete result; a torn last line is dropped.
+
+    The writer emits every line, newline last, in one go; so only the last line can be incomplete (a
+    ``kill -9`` mid-write). Any other line that is not a result means the file is not ours: refuse it.
+    """
+    path = Path(path)
+    examples: dict[int, ExampleStats] = {}
+    tokens: list[tuple[float, int, int, WorstToken]] = []
+    settings: dict[str, Any] = {}
+    size = 0
+    bad: ResumeError | None = None  # a bad line is forgiven only if it turns out to be the last
+    try:
+        with open(path, "rb") as fh:
+            for k, raw in enumerate(fh, 1):
+                if bad is not None:
+                    raise bad
+                if not raw.endswith(b"\n"):
+                    break  # torn: the writer never finished this line
+                try:
+                    obj = json.loads(raw.decode("utf-8"))
+                    stats, example_tokens = _stats_from_line(obj, worst)
+                except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    bad = ResumeError(
+                        f"--resume: line {k} of {path} is not a complete ce-inspect batch result ({_why(exc)}); "
+                        "give a file written by `ce-inspect batch`, or start over with --force"
+                    )
+                    continue
+                if examples and stats.line <= max(examples):
+                    raise ResumeError(
+                        f"--resume: line {k} of {path} repeats or goes back to input line {stats.line}; the file "
+                        "was edited or written by two runs at once; start over with --force"
+                    )
+                if not settings:
+                    settings = {
+                        "model": obj.get("model"),
+                        "dtype": obj.get("dtype"),
+                        "label_smoothing": obj["summary"].get("label_smoothing"),
+                        "reduction": obj["summary"].get("reduction"),
+                        "ignore_index": obj["summary"].get("ignore_index"),
+                    }
+                examples[stats.line] = stats
+                if worst:
+                    for t in example_tokens:
+                        _push(tokens, (t.loss, -t.line, -t.index, t), worst)
+                size += len(raw)
+        total = path.stat().st_size
+    except OSError as exc:
+        raise ResumeError(f"--resume: cannot read {path} ({exc.strerror})") from None
+    return ResumeState(
+        path=path,
+        size=size,
+        torn_bytes=total - size,
+        examples=examples,
+        worst_tokens=tuple(item[-1] for item in tokens),
+        settings=settings,
+    )
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing {exc}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"bad JSON: {exc.msg}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _stats_from_line(obj: Any, worst: int) -> tuple[ExampleStats, list[WorstToken]]:
+    if not isinstance(obj, dict):
+        raise TypeError("not a JSON object")
+    line, rid, summary, tokens = obj["line"], obj["id"], obj["summary"], obj["tokens"]
+    if not isinstance(line, int) or line < 1 or not isinstance(tokens, list) or not tokens:
+        raise ValueError("no input line number or no scored tokens")
+    stats = ExampleStats(
+        line=line,
+        id=rid,
+        count=int(summary["count"]),
+        loss_sum=float(summary["sum"]),
+        mean=float(summary["mean"]),
+        nll_sum=-math.fsum(float(t["logprob"]) for t in tokens),
+        greedy_hits=int(summary["greedy_hits"]),
+        sequence_tokens=int(obj["layout"]["sequence_tokens"]),
+        fingerprint=_fingerprint([(int(t["index"]), int(t["token_id"])) for t in tokens]),
+    )
+    if stats.count != len(tokens):
+        raise ValueError(f"summary counts {stats.count} tokens but {len(tokens)} are listed")
+    top = heapq.nlargest(worst, tokens, key=lambda t: float(t["loss"])) if worst else []
+    worst_tokens = [
+        WorstToken(
+            line,
+            rid,
+            int(t["index"]),
+            str(t["token"]),
+            int(t["token_id"]),
+            str(t["segment"]),
+            float(t["loss"]),
+            float(t["prob"]),
+            int(t["rank"]),
+        )
+        for t in top
+    ]
+    return stats, worst_tokens
+
+
+def _check_resume_settings(state: ResumeState, lm: LoadedModel, layout: Layout, options: ScoreOptions) -> None:
+    current = {
+        "model": lm.name,
+        "dtype": lm.dtype,
+        "label_smoothing": options.label_smoothing,
+        "reduction": options.reduction,
+        "ignore_index": layout.ignore_index,
+    }
+    for key, value in current.items():
+        if state.settings and state.settings.get(key) != value:
+            raise ResumeError(
+                f"--resume: {state.path} was written with {key} {state.settings.get(key)!r}, this run has "
+                f"{value!r}; resume with the same options, or start over with --force"
+            )
+
+
+# --- the scan: every record encoded once, before any forward pass ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One input record as the scan found it: to score, already done (resume), or invalid."""
+
+    line: int
+    id: str | int | None
+    length: int = 0  # sequence tokens of the encoded example
+    scored: int = 0  # scored targets
+    error: str | None = None
+    done: ExampleStats | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.error is None and self.done is None
+
+
+@dataclass(frozen=True)
+class Scan:
+    path: Path
+    fields: Fields
+    layout: Layout
+    entries: tuple[Entry, ...]
+    resume: ResumeState | None = None
+
+    @property
+    def pending(self) -> list[Entry]:
+        return [e for e in self.entries if e.pending]
+
+    @property
+    def skipped(self) -> list[Entry]:
+        return [e for e in self.entries if e.error is not None]
+
+
+def scan_dataset(
+    lm: LoadedModel,
+    path: str | os.PathLike[str],
+    *,
+    layout: Layout | None = None,
+    options: ScoreOptions | None = None,
+    fields: Fields | None = None,
+    skip_invalid: bool = False,
+    resume: ResumeState | None = None,
+) -> Scan:
+    """Encode every record; stop at the first bad one unless ``skip_invalid``; match ``resume`` to the input."""
+    path, layout, fields = Path(path), layout or Layout(), fields or Fields()
+    if resume is not None:
+        _check_resume_settings(resume, lm, layout, options or ScoreOptions())
+    entries: list[Entry] = []
+    for record in read_records(path, fields):
+        reason = record.error
+        encoded: Encoded | None = None
+        if reason is None:
+            try:
+                encoded = encode_record(lm, record, layout)
+            except _NoChatSupport:
+                raise
+            except InputError as exc:
+                reason = str(exc)
+            if encoded is not None and not encoded.scored_positions:
+                reason, encoded = "no token of it is scored (every label is ignored)", None
+        done = resume.examples.get(record.line) if resume is not None else None
+        if done is not None:
+            _check_done(resume, record, encoded, done, reason)  # type: ignore[arg-type]
+            entries.append(Entry(record.line, record.id, done.sequence_tokens, done.count, done=done))
+            continue
+        if reason is not None:
+            if not skip_invalid:
+                raise InvalidRecordError(
+                    f"{path} line {record.line}{_id_note(record.id)}: {reason} (fix the line, or pass --skip-invalid)"
+                )
+            entries.append(Entry(record.line, record.id, error=reason))
+            continue
+        assert encoded is not None
+        if resume is not None and record.line < resume.last_line:
+            raise ResumeError(
+                f"--resume: {resume.path} has results up to input line {resume.last_line} but none for line "
+                f"{record.line}, which is valid now; the input changed since, start over with --force"
+            )
+        entries.append(Entry(record.line, record.id, len(encoded), len(encoded.scored_positions)))
+    if not entries:
+        raise InputError(f"{path} holds no records (one JSON object per line)")
+    if resume is not None:
+        missing = sorted(set(resume.examples) - {e.line for e in entries})
+        if missing:
+            raise ResumeError(
+                f"--resume: {resume.path} has a result for input line {missing[0]}, which {path} does not have; "
+                "it was written for another input, start over with --force"
+            )
+    return Scan(path=path, fields=fields, layout=layout, entries=tuple(entries), resume=resume)
+
+
+def _id_note(rid: str | int | None) -> str:
+    return "" if rid is None else f" (id {rid!r})"
+
+
+def _check_done(state: ResumeState, record: Record, encoded: Encoded | None, done: ExampleStats, reason: str | None):
+    where = f"--resume: input line {record.line}{_id_note(record.id)}"
+    if done.id != record.id:
+        raise ResumeError(
+            f"{where} has id {record.id!r} but {state.path} holds id {done.id!r} for it; "
+            "the output belongs to another input, start over with --force"
+        )
+    if encoded is None:
+        raise ResumeError(f"{where} cannot be scored now ({reason}) but {state.path} holds a result for it")
+    targets = [(p, encoded.input_ids[p]) for p in encoded.scored_positions]
+    if _fingerprint(targets) != done.fingerprint or len(encoded) != done.sequence_tokens:
+        raise ResumeError(
+            f"{where} does not encode to the tokens {state.path} holds for it; the input or the layout "
+            "options changed since, resume with the same ones or start over with --force"
+        )
+
+
+# --- batching -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How ``run_scan`` groups examples. ``batch_size=None`` with ``max_tokens``: no cap on the count."""
+
+    batch_size: int | None = DEFAULT_BATCH_SIZE
+    max_tokens: int | None = None
+    padding_side: str = "right"
+    sort_window: int = DEFAULT_SORT_WINDOW
+    worst: int = DEFAULT_WORST
+    sequence: bool = True  # keep each result's whole-sequence view in the output lines
+
+    def __post_init__(self) -> None:
+        if self.batch_size is None and self.max_tokens is None:
+            raise InputError("give a batch size, a token budget per batch, or both")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InputError(f"the batch size must be at least 1, got {self.batch_size}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise InputError(f"the token budget per batch must be at least 1, got {self.max_tokens}")
+        if self.padding_side not in PADDING_SIDES:
+            raise InputError(f"padding side must be left or right, got {self.padding_side!r}")
+        if self.sort_window < 1:
+            raise InputError(f"the sort window must be at least 1 example, got {self.sort_window}")
+        if self.worst < 0:
+            raise InputError(f"the number of worst examples must be 0 or more, got {self.worst}")
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int | None, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices into ``lengths``, longest first, packed into batches.
+
+    A batch holds at most ``batch_size`` examples and at most ``max_tokens`` padded positions (rows x its
+    longest example); an example longer than ``max_tokens`` on its own still gets a batch of one.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current:
+            width = lengths[current[0]]  # the longest: the list is sorted
+            full = batch_size is not None and len(current) >= batch_size
+            over = max_tokens is not None and (len(current) + 1) * width > max_tokens
+            if full or over:
+                batches.append(current)
+                current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def output_line(entry: Entry, result: ScoreResult, *, sequence: bool = True) -> dict[str, Any]:
+    """One output line: ``run --json``'s document plus the record's ``id`` (null if none) and ``line``."""
+    d: dict[str, Any] = dict(result.to_dict())
+    out = {"schema_version": d.pop("schema_version"), "id": entry.id, "line": entry.line, **d}
+    if not sequence:
+        del out["sequence"]
+    return out
+
+
+ProgressCallback = Callable[[int, int], None]  # (examples, sequence tokens) just scored
+
+
+def _score_in_order(
+    lm: LoadedModel,
+    scan: Scan,
+    options: ScoreOptions,
+    settings: BatchSettings,
+    stats: BatchStats,
+    on_batch: ProgressCallback | None,
+) -> Iterator[tuple[Entry, ScoreResult | None]]:
+    records = read_records(scan.path, scan.fields)
+    window: list[tuple[Entry, Encoded | None]] = []
+    pending = 0
+    for entry in scan.entries:
+        record = next(records, None)
+        if record is None or record.line != entry.line:
+            raise InputError(f"{scan.path} changed while it was being scored; run again")
+        encoded = encode_record(lm, record, scan.layout) if entry.pending else None
+        window.append((entry, encoded))
+        pending += encoded is not None
+        if pending >= settings.sort_window:
+            yield from _score_window(lm, window, options, settings, stats, on_batch)
+            window, pending = [], 0
+    yield from _score_window(lm, window, options, settings, stats, on_batch)
+
+
+def _score_window(
+    lm: LoadedModel,
+    window: list[tuple[Entry, Encoded | None]],
+    options: ScoreOptions,
+    settings: BatchSettings,
+    stats: BatchStats,
+    on_batch: ProgressCallback | None,
+) -> Iterator[tuple[Entry, ScoreResult | None]]:
+    todo = [i for i, (_, encoded) in enumerate(window) if encoded is not None]
+    lengths = [len(window[i][1]) for i in todo]  # type: ignore[arg-type]
+    results: dict[int, ScoreResult] = {}
+    emitted = 0
+    for batch in plan_batches(lengths, settings.batch_size, settings.max_tokens):
+        rows = [todo[j] for j in batch]
+        examples = [window[i][1] for i in rows]
+        scored = score_batch(lm, examples, options, padding_side=settings.padding_side)  # type: ignore[arg-type]
+        results.update(zip(rows, scored))
+        tokens = sum(lengths[j] for j in batch)
+        stats.batches += 1
+        stats.examples += len(rows)
+        stats.sequence_tokens += tokens
+        stats.padded_positions += len(rows) * max(lengths[j] for j in batch)
+        if on_batch is not None:
+            on_batch(len(rows), tokens)
+        # Emit in input order everything that no longer waits on an unscored example before it.
+        while emitted < len(window) and (window[emitted][1] is None or emitted in results):
+            yield window[emitted][0], results.pop(emitted, None)
+            emitted += 1
+    for entry, _ in window[emitted:]:
+        yield entry, None
+
+
+def run_scan(
+    lm: LoadedModel,
+    scan: Scan,
+    sink: JsonlSink,
+    *,
+    options: ScoreOptions | None = None,
+    settings: BatchSettings | None = None,
+    on_batch: ProgressCallback | None = None,
+) -> DatasetSummary:
+    """Score the scan's pending examples, write each output line in input order, and sum up the data set."""
+    options, settings = options or ScoreOptions(), settings or BatchSettings()
+    stats = BatchStats(settings.batch_size, settings.max_tokens, settings.padding_side)
+    builder = SummaryBuilder(settings.worst)
+    if scan.resume is not None:
+        builder.add_tokens(scan.resume.worst_tokens)
+    start = time.perf_counter()
+    for entry, result in _score_in_order(lm, scan, options, settings, stats, on_batch):
+        if entry.error is not None:
+            builder.skip(Skipped(entry.line, entry.id, entry.error))
+        elif entry.done is not None:
+            builder.add(entry.done, resumed=True)
+        else:
+            assert result is not None
+            sink.write(output_line(entry, result, sequence=settings.sequence))
+            builder.add(ExampleStats.from_result(entry.line, entry.id, result))
+            builder.add_tokens(worst_tokens_of(entry.line, entry.id, result, settings.worst))
+    stats.seconds = time.perf_counter() - start
+    return builder.finish(
+        lm,
+        input=str(scan.path),
+        output=sink.name,
+        label_smoothing=options.label_smoothing,
+        ignore_index=scan.layout.ignore_index,
+        batching=stats,
+    )
+
+
+# --- output: whole lines only ---------------------------------------------------------------------------
+
+
+class JsonlSink:
+    """Writes one JSON document per line, each flushed as soon as it is complete.
+
+    Only whole lines stay in a file: if writing a line is interrupted (Ctrl-C, an error), leaving the
+    ``with`` block cuts the file back to the end of the last complete line. A ``kill -9`` can still tear
+    the last line; ``read_resume`` drops such a tail.
+    """
+
+    def __init__(self, stream: IO[bytes] | IO[str], *, name: str | None, committed: int = 0, lines: int = 0) -> None:
+        self._stream = stream
+        self.name = name  # the file's path, or None for stdout
+        self.committed = committed  # bytes of complete lines
+        self.lines = lines  # complete lines in the file, resumed ones included
+
+    @classmethod
+    def to_stdout(cls, stream: IO[str]) -> JsonlSink:
+        return cls(stream, name=None)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, resume: ResumeState | None = None) -> JsonlSink:
+        """A fresh file (replacing any), or the resumed file cut back to its last complete line."""
+        path = Path(path)
+        try:
+            if resume is None:
+                fh = open(path, "wb", buffering=0)  # closed in __exit__
+                return cls(fh, name=str(path))
+            fh = open(path, "r+b", buffering=0)
+            fh.truncate(resume.size)
+            fh.seek(resume.size)
+            return cls(fh, name=str(path), committed=resume.size, lines=len(resume.examples))
+        except OSError as exc:
+            raise InputError(f"--output {path}: cannot write it ({exc.strerror})") from None
+
+    def write(self, obj: Any) -> None:
+        text = dumps(obj) + "\n"
+        if self.name is None:
+            self._stream.write(text)  # type: ignore[arg-type]
+            self._stream.flush()
+        else:
+            data = memoryview(text.encode("utf-8"))
+            while data:  # a raw file may take fewer bytes than asked
+                written = self._stream.write(data)  # type: ignore[arg-type]
+                data = data[written or 0 :]
+            self.committed += len(text.encode("utf-8"))
+        self.lines += 1
+
+    def close(self) -> None:
+        if self.name is not None:
+            self._stream.close()
+
+    def __enter__(self) -> JsonlSink:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.name is not None and exc_type is not None:
+            try:
+                self._stream.truncate(self.committed)  # type: ignore[union-attr]
+            except OSError:
+                pass
+        self.close()
+
+
+def output_conflict(output: Path, input: Path, *, resume: bool, force: bool) -> str | None:
+    """Why ``output`` must not be written, or None: it is the input, or it exists and may not be replaced."""
+    try:
+        if output.exists() and input.exists() and os.path.samefile(output, input):
+            return f"--output {output} is the input file; write the results elsewhere"
+    except OSError:
+        pass
+    if output.is_dir():
+        return f"--output {output} is a folder; give a file path"
+    if output.exists() and not (resume or force):
+        return f"--output {output} already exists; pass --resume to continue it or --force to replace it"
+    return None
+
+
+__all__ = [
+    "BatchSettings",
+    "BatchStats",
+    "DatasetSummary",
+    "Entry",
+    "ExampleStats",
+    "Fields",
+    "JsonlSink",
+    "Record",
+    "ResumeState",
+    "Scan",
+    "Skipped",
+    "SummaryBuilder",
+    "WorstToken",
+    "encode_record",
+    "output_conflict",
+    "output_line",
+    "plan_batches",
+    "read_records",
+    "read_resume",
+    "run_scan",
+    "scan_dataset",
+]

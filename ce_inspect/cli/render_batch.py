@@ -1,0 +1,178 @@
+"""Rich output of `batch`: the progress bar (stderr, terminals only) and the data-set summary tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from .render import fmt, loss_style, visible
+
+if TYPE_CHECKING:
+    from ..batch import DatasetSummary, Scan
+
+
+class _TokensPerSecond(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("- tok/s" if speed is None else f"{speed:,.0f} tok/s", style="cyan")
+
+
+@contextmanager
+def batch_progress(console: Console, scan: Scan) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar over the examples still to score; yields the callback ``run_scan`` reports batches to.
+
+    The bar advances in tokens, so its ETA follows the work left rather than the count of examples. It is
+    drawn only on a terminal; when stderr is a file or a pipe nothing is printed at all.
+    """
+    pending = scan.pending
+    if not console.is_terminal or not pending:
+        yield lambda examples, tokens: None
+        return
+    done = 0
+    progress = Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        TextColumn("{task.fields[examples]}/{task.fields[total_examples]} examples"),
+        _TokensPerSecond(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        # stdout may carry the JSON lines: nothing of it may be routed through the bar's console.
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
+    task = progress.add_task("batch", total=sum(e.length for e in pending), examples=0, total_examples=len(pending))
+
+    def advance(examples: int, tokens: int) -> None:
+        nonlocal done
+        done += examples
+        progress.update(task, advance=tokens, examples=done)
+
+    with progress:
+        yield advance
+
+
+def render_dataset_summary(summary: DatasetSummary, console: Console | None = None) -> None:
+    console = console or Console()
+    s = summary
+    console.print(
+        Text.assemble(
+            ("data set ", "dim"),
+            (s.input, "bold"),
+            ("  ->  ", "dim"),
+            s.output or "stdout",
+            ("  model ", "dim"),
+            s.model,
+            ("  ", ""),
+            (f"{s.device} {s.dtype}", "dim"),
+        )
+    )
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(justify="right")
+    grid.add_column(style="dim")
+    examples = f"{s.examples}"
+    notes = []
+    if s.resumed:
+        notes.append(f"{s.resumed} read back from the output (--resume)")
+    if s.skipped:
+        notes.append(f"{_count(len(s.skipped), 'invalid line')} skipped")
+    grid.add_row("examples", examples, ", ".join(notes))
+    grid.add_row("scored tokens", str(s.scored_tokens), "")
+    if s.token_weighted_mean_loss is not None:
+        grid.add_row(
+            "token-weighted mean loss",
+            Text(fmt(s.token_weighted_mean_loss), style=loss_style(s.token_weighted_mean_loss)),
+            "sum / tokens, as CrossEntropyLoss(mean) over the whole set",
+        )
+    if s.example_weighted_mean_loss is not None:
+        grid.add_row(
+            "example-weighted mean loss",
+            Text(fmt(s.example_weighted_mean_loss), style=loss_style(s.example_weighted_mean_loss)),
+            "mean of per-example means",
+        )
+    grid.add_row("loss sum", fmt(s.loss_sum), "")
+    if s.mean_nll is not None:
+        ppl = fmt(s.perplexity, 3) if s.perplexity is not None else "overflow"
+        grid.add_row("perplexity", ppl, "exp(token-weighted mean NLL)")
+        if s.label_smoothing:
+            grid.add_row("mean NLL", fmt(s.mean_nll), f"without label smoothing {s.label_smoothing}")
+        grid.add_row("greedy hits", f"{s.greedy_hits}/{s.scored_tokens}", "targets that are the top choice")
+    b = s.batching
+    if b.batches:
+        speed = f"{b.tokens_per_second:,.0f} tok/s" if b.tokens_per_second else ""
+        padding = f", {b.padding_fraction:.0%} padding" if b.padding_fraction is not None else ""
+        grid.add_row(
+            "this run",
+            f"{b.seconds:.1f} s",
+            f"{_count(b.examples, 'example')} in {_count(b.batches, 'batch')}{padding}, {speed}",
+        )
+    console.print(grid)
+
+    if s.worst_examples:
+        table = Table(title=f"Worst {len(s.worst_examples)} examples by mean loss", title_justify="left")
+        table.add_column("line", justify="right", style="dim")
+        table.add_column("id")
+        table.add_column("mean loss", justify="right")
+        table.add_column("tokens", justify="right")
+        table.add_column("sum", justify="right")
+        for e in s.worst_examples:
+            table.add_row(
+                str(e.line),
+                Text("" if e.id is None else str(e.id)),
+                Text(fmt(e.mean), style=loss_style(e.mean)),
+                str(e.count),
+                fmt(e.loss_sum),
+            )
+        console.print(table)
+    if s.worst_tokens:
+        table = Table(
+            title=f"Highest-loss tokens across the data set (top {len(s.worst_tokens)})", title_justify="left"
+        )
+        table.add_column("line", justify="right", style="dim")
+        table.add_column("id")
+        table.add_column("#", justify="right", style="dim")
+        table.add_column("target")
+        table.add_column("loss", justify="right")
+        table.add_column("prob", justify="right")
+        table.add_column("rank", justify="right")
+        for t in s.worst_tokens:
+            style = loss_style(t.loss)
+            table.add_row(
+                str(t.line),
+                Text("" if t.id is None else str(t.id)),
+                str(t.index),
+                visible(t.token, t.segment == "eos"),
+                Text(fmt(t.loss), style=style),
+                Text(f"{t.prob:.4f}", style=style),
+                str(t.rank),
+            )
+        console.print(table)
+    if s.skipped:
+        table = Table(title=f"Skipped {_count(len(s.skipped), 'invalid line')}", title_justify="left")
+        table.add_column("line", justify="right")
+        table.add_column("id")
+        table.add_column("reason")
+        for k in s.skipped:
+            table.add_row(str(k.line), Text("" if k.id is None else str(k.id)), Text(k.reason))
+        console.print(table)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('ch') else 's'}"

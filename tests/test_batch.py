@@ -1,0 +1,493 @@
+"""The batch engine: records, batching, order, the data-set summary against plain torch, resume, whole lines."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import ce_inspect.encoding
+from ce_inspect import Layout, ScoreOptions, load, score_encoded
+from ce_inspect.batch import (
+    BatchSettings,
+    Fields,
+    JsonlSink,
+    Record,
+    encode_record,
+    output_conflict,
+    plan_batches,
+    read_records,
+    read_resume,
+    run_scan,
+    scan_dataset,
+)
+from ce_inspect.errors import InputError, InvalidRecordError, ResumeError
+
+HAS_CHAT = hasattr(ce_inspect.encoding, "encode_messages")
+
+# Very different lengths on purpose: 1-character prompts next to ~170-character ones, 1- to ~60-token answers.
+RECORDS = [
+    {"id": "a", "prompt": "Where is the capital of China?", "answer": " The capital is Beijing."},
+    {"id": "b", "prompt": "x", "answer": "y"},
+    {
+        "id": "c",
+        "prompt": "Summarize: " + "the meeting moved to Wednesday because the speaker was ill. " * 3,
+        "answer": " Moved.",
+    },
+    {
+        "id": 4,
+        "prompt": "Q",
+        "answer": " A long answer that goes on and on, with commas, numbers 1 2 3, and more words.",
+    },
+    {"prompt": "no id here", "answer": " fine"},
+    {"id": "f", "prompt": "Translate: bonjour", "answer": " hello"},
+    {"id": "g", "prompt": "What is 17 + 25?", "answer": " 42"},
+]
+
+
+def write_jsonl(path: Path, rows, blank_after: int | None = None) -> Path:
+    lines = []
+    for k, row in enumerate(rows):
+        lines.append(row if isinstance(row, str) else json.dumps(row, ensure_ascii=False))
+        if blank_after is not None and k == blank_after:
+            lines.append("")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def run_to_file(lm, data: Path, out: Path, resume=None, **settings):
+    scan = scan_dataset(lm, data, skip_invalid=settings.pop("skip_invalid", False), resume=resume)
+    with JsonlSink.open(out, resume=resume) as sink:
+        summary = run_scan(lm, scan, sink, settings=BatchSettings(**settings))
+    return summary, [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+def alone(lm, row, layout=Layout(), options=ScoreOptions()):
+    encoded = encode_record(lm, Record(1, prompt=row["prompt"], answer=row["answer"]), layout)
+    return score_encoded(lm, encoded, options)
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tiny_gpt2_dir):
+    return load(str(tiny_gpt2_dir), device="cpu", quiet=True)
+
+
+# --- records --------------------------------------------------------------------------------------------
+
+
+def test_read_records_line_numbers_and_reasons(tmp_path):
+    rows = [
+        {"id": "ok", "prompt": "p", "answer": "a"},
+        "",
+        '{"prompt": "p", "answer": "a"',
+        "[1, 2]",
+        {"prompt": "p"},
+        {"prompt": "p", "answer": 3},
+        {"id": 1.5, "prompt": "p", "answer": "a"},
+        {"prompt": "p", "answer": "a", "messages": []},
+        {"messages": [{"role": "user"}]},
+        {"messages": [{"role": "user", "content": "hi"}], "id": 9},
+        "   ",
+        {"question": "q", "response": "r", "key": "k1"},
+    ]
+    records = list(read_records(write_jsonl(tmp_path / "d.jsonl", rows)))
+    by_line = {r.line: r for r in records}
+    assert sorted(by_line) == [1, 3, 4, 5, 6, 7, 8, 9, 10, 12]  # blank lines are not records, numbering is the file's
+    assert by_line[1] == Record(1, "ok", prompt="p", answer="a")
+    assert by_line[3].error == "not valid JSON (Expecting ',' delimiter at column 30)"
+    assert by_line[4].error == "not a JSON object but a JSON array"
+    assert by_line[5].error == "missing field 'answer'"
+    assert by_line[6].error == "field 'answer' must be a string, not number"
+    assert by_line[7].error == "field 'id' must be a string or an integer, not number"
+    assert "has both" in by_line[8].error
+    assert "message 0" in by_line[9].error
+    assert by_line[10].messages == [{"role": "user", "content": "hi"}] and by_line[10].id == 9
+    assert by_line[12].error == "missing field 'prompt'"
+
+    custom = list(read_records(tmp_path / "d.jsonl", Fields(prompt="question", answer="response", id="key")))
+    assert custom[-1] == Record(12, "k1", prompt="q", answer="r")
+
+
+def test_read_records_bom_and_bad_utf8(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "p", "answer": "a"}\n{"prompt": "\xff", "answer": "a"}\n')
+    first, second = read_records(path)
+    assert first.error is None and first.answer == "a"
+    assert second.line == 2 and second.error.startswith("not UTF-8")
+
+
+def test_read_records_missing_file(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        list(read_records(tmp_path / "nope.jsonl"))
+
+
+# --- batching -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "batch_size,max_tokens", [(1, None), (3, None), (8, None), (None, 40), (2, 40), (None, 5), (100, 10**6)]
+)
+def test_plan_batches(batch_size, max_tokens):
+    lengths = [5, 30, 12, 12, 7, 50, 3, 3, 3, 29, 1]
+    batches = plan_batches(lengths, batch_size, max_tokens)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))  # every example exactly once
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)  # longest first
+    for b in batches:
+        if batch_size is not None:
+            assert len(b) <= batch_size
+        if max_tokens is not None and len(b) > 1:
+            assert len(b) * max(lengths[i] for i in b) <= max_tokens
+    if batch_size is not None and max_tokens is None:
+        assert all(len(b) == batch_size for b in batches[:-1])
+
+
+def test_batch_settings_reject_nonsense():
+    for bad in (dict(batch_size=0), dict(batch_size=None), dict(max_tokens=0), dict(padding_side="middle")):
+        with pytest.raises(InputError):
+            BatchSettings(**bad)
+
+
+# --- batched == alone -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(batch_size=8, padding_side="right"),
+        dict(batch_size=8, padding_side="left"),
+        dict(batch_size=3, padding_side="left", sort_window=4),
+        dict(batch_size=None, max_tokens=120, padding_side="right"),
+        dict(batch_size=1),
+    ],
+    ids=["bs8-right", "bs8-left", "bs3-left-window4", "maxtok120", "bs1"],
+)
+def test_batched_equals_alone(request, tmp_path, model, settings):
+    lm = request.getfixturevalue(model)
+    data = write_jsonl(tmp_path / "d.jsonl", RECORDS, blank_after=2)
+    summary, lines = run_to_file(lm, data, tmp_path / "out.jsonl", **settings)
+    # Output order is input order, with the file's line numbers (a blank line after the third record).
+    assert [d["line"] for d in lines] == [1, 2, 3, 5, 6, 7, 8]
+    assert [d["id"] for d in lines] == [r.get("id") for r in RECORDS]
+    if settings.get("batch_size") == 8:
+        assert summary.batching.batches == 1  # all lengths in one padded forward pass
+    for row, line in zip(RECORDS, lines):
+        ref = alone(lm, row)
+        assert [t["token_id"] for t in line["tokens"]] == [t.token_id for t in ref.tokens]
+        assert [t["index"] for t in line["tokens"]] == [t.index for t in ref.tokens]
+        for got, want in zip(line["tokens"], ref.tokens):
+            assert got["loss"] == pytest.approx(want.loss, abs=1e-5)
+            assert got["logprob"] == pytest.approx(want.logprob, abs=1e-5)
+            assert got["rank"] == want.rank
+        assert line["summary"]["mean"] == pytest.approx(ref.summary.mean, abs=1e-5)
+        assert {k: v for k, v in line.items() if k not in ("id", "line")}.keys() == ref.to_dict().keys()
+
+
+def test_batched_equals_alone_gemma2_softcap(tmp_path):
+    """Gemma-2 has logit soft-capping and, with left padding, needs position ids from the mask."""
+    from conftest import build_model
+
+    lm = load(str(build_model(tmp_path / "gemma2", "gemma2")), device="cpu", quiet=True)
+    data = write_jsonl(tmp_path / "d.jsonl", RECORDS)
+    for side in ("left", "right"):
+        _, lines = run_to_file(lm, data, tmp_path / f"{side}.jsonl", batch_size=8, padding_side=side)
+        for row, line in zip(RECORDS, lines):
+            ref = alone(lm, row)
+            for got, want in zip(line["tokens"], ref.tokens):
+                assert got["loss"] == pytest.approx(want.loss, abs=1e-5)
+
+
+# --- the data-set summary against plain torch -----------------------------------------------------------
+
+
+def plain_torch_losses(model_dir: Path, rows, add_bos: bool):
+    """Each example's shifted logits and labels from the model and tokenizer alone, no ce-inspect code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    logits_all, labels_all, own = [], [], []
+    for row in rows:
+        prompt = tok(row["prompt"], add_special_tokens=False)["input_ids"]
+        answer = tok(row["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        prefix = [tok.bos_token_id] if add_bos else []
+        ids = torch.tensor([prefix + prompt + answer])
+        labels = torch.tensor([[-100] * (len(prefix) + len(prompt)) + answer])
+        with torch.no_grad():
+            out = model(input_ids=ids, labels=labels)
+        logits_all.append(out.logits[0, :-1])  # [seq-1, vocab]
+        labels_all.append(labels[0, 1:])  # [seq-1]
+        own.append(out.loss.item())
+    return torch.cat(logits_all), torch.cat(labels_all), own
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_summary_matches_cross_entropy_over_flattened_data_set(request, tmp_path, arch):
+    model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
+    lm = load(str(model_dir), device="cpu", quiet=True)
+    data = write_jsonl(tmp_path / "d.jsonl", RECORDS)
+    summary, lines = run_to_file(lm, data, tmp_path / "out.jsonl", batch_size=3, worst=4)
+
+    logits, labels, own = plain_torch_losses(model_dir, RECORDS, add_bos=arch == "llama")
+    token_mean = torch.nn.CrossEntropyLoss(reduction="mean")(logits, labels).item()
+    token_sum = torch.nn.CrossEntropyLoss(reduction="sum")(logits, labels).item()
+    assert summary.token_weighted_mean_loss == pytest.approx(token_mean, abs=1e-5)
+    assert summary.loss_sum == pytest.approx(token_sum, rel=1e-5)
+    assert summary.scored_tokens == int((labels != -100).sum())
+    assert summary.example_weighted_mean_loss == pytest.approx(sum(own) / len(own), abs=1e-5)
+    # The two means are different figures on a data set of unequal lengths; the summary must not mix them up.
+    assert abs(summary.token_weighted_mean_loss - summary.example_weighted_mean_loss) > 1e-3
+    assert summary.perplexity == pytest.approx(math.exp(token_mean), rel=1e-5)
+    assert summary.examples == len(RECORDS) and not summary.skipped
+
+    # Worst lists are the true top-N of what the output lines hold.
+    means = sorted(((d["summary"]["mean"], d["line"]) for d in lines), reverse=True)[:4]
+    assert [(e.mean, e.line) for e in summary.worst_examples] == means
+    all_tokens = sorted(((t["loss"], d["line"], t["index"]) for d in lines for t in d["tokens"]), reverse=True)[:4]
+    assert [(t.loss, t.line, t.index) for t in summary.worst_tokens] == all_tokens
+
+
+def test_summary_label_smoothing_keeps_nll_apart(tiny_llama, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", RECORDS[:3])
+    scan = scan_dataset(tiny_llama, data)
+    with JsonlSink.open(tmp_path / "o.jsonl") as sink:
+        s = run_scan(tiny_llama, scan, sink, options=ScoreOptions(label_smoothing=0.1))
+    assert s.mean_nll is not None and s.token_weighted_mean_loss is not None
+    assert s.token_weighted_mean_loss != pytest.approx(s.mean_nll, abs=1e-4)
+    assert s.perplexity == pytest.approx(math.exp(s.mean_nll))
+
+
+# --- invalid lines --------------------------------------------------------------------------------------
+
+
+def test_invalid_line_stops_before_any_output(tiny_llama, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [RECORDS[0], {"id": "e", "prompt": "p", "answer": ""}, RECORDS[1]])
+    with pytest.raises(InvalidRecordError, match=r"d.jsonl line 2 \(id 'e'\): the answer is empty.*--skip-invalid"):
+        scan_dataset(tiny_llama, data)
+
+
+def test_too_long_line_is_invalid(tiny_llama, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [RECORDS[0], {"prompt": "p" * 400, "answer": "a"}])
+    with pytest.raises(InvalidRecordError, match="line 2: the example is .* tokens but the model's context is 256"):
+        scan_dataset(tiny_llama, data)
+
+
+def test_skip_invalid_reports_and_skips(tiny_llama, tmp_path):
+    rows = [RECORDS[0], "{oops", {"id": "e", "prompt": "p", "answer": ""}, {"prompt": "p" * 400, "answer": "a"}]
+    rows += [RECORDS[1]]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    summary, lines = run_to_file(tiny_llama, data, tmp_path / "o.jsonl", skip_invalid=True)
+    assert [d["line"] for d in lines] == [1, 5]
+    assert [(s.line, s.id) for s in summary.skipped] == [(2, None), (3, "e"), (4, None)]
+    assert summary.skipped[0].reason.startswith("not valid JSON")
+    assert "too" in summary.skipped[2].reason or "context" in summary.skipped[2].reason
+    assert summary.to_dict()["skipped_count"] == 3 and summary.examples == 2
+
+
+def test_example_with_nothing_scored_is_invalid(tiny_llama, tmp_path):
+    y = tiny_llama.tokenizer("y", add_special_tokens=False)["input_ids"]
+    assert len(y) == 1
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "x", "answer": "y"}])
+    with pytest.raises(InvalidRecordError, match="line 1: no token of it is scored"):
+        scan_dataset(tiny_llama, data, layout=Layout(add_eos=False, ignore_index=y[0]))
+
+
+def test_empty_input_is_an_error(tiny_llama, tmp_path):
+    with pytest.raises(InputError, match="holds no records"):
+        scan_dataset(tiny_llama, write_jsonl(tmp_path / "d.jsonl", ["", "  "]))
+
+
+# --- output: streaming, whole lines, resume -------------------------------------------------------------
+
+
+def test_lines_are_written_as_they_are_produced(tiny_llama, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", RECORDS)
+    out = tmp_path / "o.jsonl"
+    seen = []
+    scan = scan_dataset(tiny_llama, data)
+    with JsonlSink.open(out) as sink:
+        run_scan(
+            tiny_llama,
+            scan,
+            sink,
+            settings=BatchSettings(batch_size=1, sort_window=2),
+            on_batch=lambda n, t: seen.append(len(out.read_bytes().splitlines())),
+        )
+    # One batch per example, windows of two: when batch k ends, every line of the earlier windows is on disk.
+    assert len(seen) == len(RECORDS)
+    assert all(seen[k] >= 2 * (k // 2) for k in range(len(seen))), seen
+    assert seen[-1] < len(RECORDS)
+    assert len(out.read_text().splitlines()) == len(RECORDS)
+
+
+class _Interrupting:
+    """A raw file that takes a few bytes of the next write, then gets Ctrl-C."""
+
+    def __init__(self, fh):
+        self.fh = fh
+
+    def write(self, data):
+        self.fh.write(bytes(data[:7]))
+        raise KeyboardInterrupt
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+
+def test_sink_interrupted_mid_line_leaves_whole_lines(tmp_path):
+    out = tmp_path / "o.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        with JsonlSink.open(out) as sink:
+            sink.write({"a": 1})
+            sink.write({"b": "é"})
+            sink._stream = _Interrupting(sink._stream)
+            sink.write({"c": 3})
+    assert out.read_text(encoding="utf-8") == '{"a": 1}\n{"b": "é"}\n'
+
+
+def test_resume_after_torn_line_gives_one_line_per_record(tiny_llama, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", RECORDS)
+    full_summary, full = run_to_file(tiny_llama, data, tmp_path / "full.jsonl", batch_size=3)
+    raw = (tmp_path / "full.jsonl").read_bytes().splitlines(keepends=True)
+    part = tmp_path / "part.jsonl"
+    part.write_bytes(b"".join(raw[:3]) + raw[3][: len(raw[3]) // 2])  # killed while writing the fourth line
+
+    state = read_resume(part)
+    assert sorted(state.examples) == [1, 2, 3] and state.torn_bytes == len(raw[3]) // 2
+    summary, lines = run_to_file(tiny_llama, data, part, resume=state, batch_size=2)
+    assert [d["line"] for d in lines] == [d["line"] for d in full]
+    assert lines[:3] == full[:3]  # kept as they were
+    for got, want in zip(lines[3:], full[3:]):
+        assert [t["loss"] for t in got["tokens"]] == pytest.approx([t["loss"] for t in want["tokens"]], abs=1e-5)
+    assert summary.resumed == 3 and summary.examples == len(RECORDS)
+    assert summary.token_weighted_mean_loss == pytest.approx(full_summary.token_weighted_mean_loss, abs=1e-6)
+    assert summary.example_weighted_mean_loss == pytest.approx(full_summary.example_weighted_mean_loss, abs=1e-6)
+    assert [(t.line, t.index) for t in summary.worst_tokens] == [(t.line, t.index) for t in full_summary.worst_tokens]
+    assert summary.batching.examples == len(RECORDS) - 3
+
+
+def test_resume_of_a_finished_run_scores_nothing(tiny_llama, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", RECORDS)
+    first, _ = run_to_file(tiny_llama, data, tmp_path / "o.jsonl")
+    again, lines = run_to_file(tiny_llama, data, tmp_path / "o.jsonl", resume=read_resume(tmp_path / "o.jsonl"))
+    assert len(lines) == len(RECORDS) and again.batching.batches == 0 and again.resumed == len(RECORDS)
+    assert again.token_weighted_mean_loss == first.token_weighted_mean_loss
+
+
+def test_resume_with_skipped_lines(tiny_llama, tmp_path):
+    rows = [RECORDS[0], "{bad", RECORDS[1], RECORDS[2]]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    _, full = run_to_file(tiny_llama, data, tmp_path / "o.jsonl", skip_invalid=True)
+    out = tmp_path / "o.jsonl"
+    out.write_text("\n".join(json.dumps(d) for d in full[:2]) + "\n")  # lines 1 and 3 done, line 2 skipped
+    with pytest.raises(InvalidRecordError, match="line 2"):
+        scan_dataset(tiny_llama, data, resume=read_resume(out))
+    summary, lines = run_to_file(tiny_llama, data, out, resume=read_resume(out), skip_invalid=True)
+    assert [d["line"] for d in lines] == [1, 3, 4]
+    assert [s.line for s in summary.skipped] == [2] and summary.resumed == 2
+
+
+def test_resume_refuses_output_of_another_input(tiny_llama, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", RECORDS)
+    run_to_file(tiny_llama, data, tmp_path / "o.jsonl")
+    state = read_resume(tmp_path / "o.jsonl")
+    other_ids = write_jsonl(tmp_path / "ids.jsonl", [{**r, "id": f"z{k}"} for k, r in enumerate(RECORDS)])
+    with pytest.raises(ResumeError, match="has id 'z0' but .* holds id 'a'"):
+        scan_dataset(tiny_llama, other_ids, resume=state)
+    other_text = write_jsonl(tmp_path / "text.jsonl", [{**RECORDS[0], "answer": " Shanghai."}] + RECORDS[1:])
+    with pytest.raises(ResumeError, match="does not encode to the tokens"):
+        scan_dataset(tiny_llama, other_text, resume=state)
+    shorter = write_jsonl(tmp_path / "short.jsonl", RECORDS[:3])
+    with pytest.raises(ResumeError, match="input line 4, which .* does not have"):
+        scan_dataset(tiny_llama, shorter, resume=state)
+    with pytest.raises(ResumeError, match="label_smoothing"):
+        scan_dataset(tiny_llama, data, resume=state, options=ScoreOptions(label_smoothing=0.1))
+    with pytest.raises(ResumeError, match="does not encode"):
+        scan_dataset(tiny_llama, data, resume=state, layout=Layout(add_eos=False))
+
+
+def test_resume_refuses_a_file_that_is_not_batch_output(tmp_path):
+    out = tmp_path / "o.jsonl"
+    out.write_text('{"line": 1}\n{"not": "ours"}\n{"x": 2}\n')
+    with pytest.raises(ResumeError, match="line 1 of .* is not a complete ce-inspect batch result"):
+        read_resume(out)
+
+
+def test_output_conflicts(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", RECORDS)
+    assert "is the input file" in output_conflict(data, data, resume=True, force=True)
+    existing = write_jsonl(tmp_path / "o.jsonl", [])
+    assert "already exists" in output_conflict(existing, data, resume=False, force=False)
+    assert output_conflict(existing, data, resume=True, force=False) is None
+    assert output_conflict(existing, data, resume=False, force=True) is None
+    assert output_conflict(tmp_path / "new.jsonl", data, resume=False, force=False) is None
+    assert "folder" in output_conflict(tmp_path, data, resume=False, force=True)
+
+
+# --- chat records ---------------------------------------------------------------------------------------
+
+CHAT = [
+    {"id": "c1", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]},
+    {
+        "id": "c2",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Capital of China?"},
+            {"role": "assistant", "content": "Beijing."},
+            {"role": "user", "content": "And France?"},
+            {"role": "assistant", "content": "Paris, the largest city of the country."},
+        ],
+    },
+]
+
+
+@pytest.mark.skipif(not HAS_CHAT, reason="encoding.encode_messages is not on this branch yet (chat layout)")
+def test_chat_records_batched_equal_alone_and_the_models_loss(tiny_llama, tmp_path):
+    from ce_inspect.encoding import encode_messages
+
+    data = write_jsonl(tmp_path / "chat.jsonl", CHAT + [RECORDS[0]])  # chat and pair records may mix
+    scan = scan_dataset(tiny_llama, data)
+    with JsonlSink.open(tmp_path / "o.jsonl") as sink:
+        run_scan(tiny_llama, scan, sink, options=ScoreOptions(verify=True), settings=BatchSettings(batch_size=3))
+    lines = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [d["id"] for d in lines] == ["c1", "c2", "a"]
+    for row, line in zip(CHAT, lines):
+        encoded = encode_messages(tiny_llama.tokenizer, row["messages"], Layout(), max_length=tiny_llama.context_length)
+        ref = score_encoded(tiny_llama, encoded)
+        assert [t["loss"] for t in line["tokens"]] == pytest.approx([t.loss for t in ref.tokens], abs=1e-5)
+        assert line["summary"]["verify_abs_diff"] < 1e-4  # the model's own loss on the same labels
+
+
+@pytest.mark.skipif(HAS_CHAT, reason="only while encoding.encode_messages is missing")
+def test_chat_records_without_chat_support_are_a_clear_error(tiny_llama, tmp_path):
+    data = write_jsonl(tmp_path / "chat.jsonl", CHAT)
+    with pytest.raises(InputError, match="line 1 is a chat record .* cannot encode chat conversations"):
+        scan_dataset(tiny_llama, data, skip_invalid=True)
+
+
+# --- the real model -------------------------------------------------------------------------------------
+
+
+@pytest.mark.default_model
+def test_default_model_samples_batched_agree_with_one_by_one(smollm2, tmp_path):
+    """SmolLM2 (30 layers, float32): per-example and data-set means agree to 1e-5 across batchings.
+
+    Single tokens may differ by a little more in absolute terms (the body's matmuls sum in another
+    order for another batch shape; in float64 the figures are identical), so they are held to 1e-5
+    relative to their loss.
+    """
+    data = Path(__file__).resolve().parents[1] / "samples" / "pairs.jsonl"
+    one_summary, one = run_to_file(smollm2, data, tmp_path / "one.jsonl", batch_size=1)
+    summary, many = run_to_file(smollm2, data, tmp_path / "eight.jsonl", batch_size=8)  # left padding: tiny models
+    assert len(many) == len(one) >= 12 and summary.batching.batches == 2
+    for a, b in zip(one, many):
+        assert (a["line"], a["id"]) == (b["line"], b["id"])
+        assert b["summary"]["mean"] == pytest.approx(a["summary"]["mean"], abs=1e-5)
+        for ta, tb in zip(a["tokens"], b["tokens"]):
+            assert tb["token_id"] == ta["token_id"]
+            assert tb["loss"] == pytest.approx(ta["loss"], rel=1e-5, abs=1e-5)
+    assert summary.token_weighted_mean_loss == pytest.approx(one_summary.token_weighted_mean_loss, abs=1e-5)

@@ -1,0 +1,237 @@
+"""`ce-inspect batch` end to end: stdout discipline, files, errors, shared options, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import typer
+
+from ce_inspect.cli import main
+from ce_inspect.cli.app import app
+from ce_inspect.cli.options import _SHARED
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ROWS = [
+    {"id": "a", "prompt": "Where is the capital of China?", "answer": " The capital is Beijing."},
+    {"id": "b", "prompt": "x", "answer": "y"},
+    {"prompt": "Summarize: the meeting moved to Wednesday because the speaker was ill.", "answer": " Moved."},
+    {"id": 4, "prompt": "Q", "answer": " A long answer that goes on and on, with commas and numbers 1 2 3."},
+]
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "data.jsonl", ROWS)
+
+
+def test_stdout_carries_only_json_lines_in_input_order(capsys, tiny_llama_dir, data):
+    code = main(["batch", str(data), "--model", str(tiny_llama_dir), "-b", "3"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]  # every stdout line is a JSON document
+    assert [(d["line"], d["id"]) for d in lines] == [(1, "a"), (2, "b"), (3, None), (4, 4)]
+    assert all(d["schema_version"] == 1 and d["tokens"] and "sequence" in d for d in lines)
+    assert "token-weighted mean loss" in err and "example-weighted mean loss" in err  # the table went to stderr
+    assert "ETA" not in err  # no progress bar when stderr is not a terminal
+    assert "Traceback" not in err
+
+
+def test_progress_bar_is_drawn_only_on_a_terminal(tiny_llama, data):
+    import io
+
+    from rich.console import Console
+
+    from ce_inspect.batch import scan_dataset
+    from ce_inspect.cli.render_batch import batch_progress
+
+    scan = scan_dataset(tiny_llama, data)
+    for terminal in (True, False):
+        buffer = io.StringIO()
+        with batch_progress(Console(file=buffer, force_terminal=terminal, width=120), scan) as advance:
+            advance(2, 30)
+        assert ("examples" in buffer.getvalue() and "ETA" in buffer.getvalue()) is terminal
+
+
+def test_output_file_summary_json_and_table(capsys, tiny_llama_dir, data, tmp_path):
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    code = main(
+        ["batch", str(data), "-m", str(tiny_llama_dir), "-o", str(out), "--summary-json", str(summary), "--worst", "2"]
+    )
+    stdout, _ = capsys.readouterr()
+    assert code == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == len(ROWS)
+    s = json.loads(summary.read_text())
+    assert s["kind"] == "batch_summary" and s["examples"] == len(ROWS) and s["output"] == str(out)
+    tokens = [t for d in lines for t in d["tokens"]]
+    assert s["scored_tokens"] == len(tokens)
+    assert s["token_weighted_mean_loss"] == pytest.approx(sum(t["loss"] for t in tokens) / len(tokens), abs=1e-9)
+    means = [d["summary"]["mean"] for d in lines]
+    assert s["example_weighted_mean_loss"] == pytest.approx(sum(means) / len(means), abs=1e-9)
+    assert len(s["worst_examples"]) == 2 and len(s["worst_tokens"]) == 2
+    assert s["worst_examples"][0]["mean"] == max(means)
+    assert "Worst 2 examples by mean loss" in stdout and "Highest-loss tokens" in stdout
+
+
+def test_no_sequence_keeps_lines_small(capsys, tiny_llama_dir, data):
+    assert main(["batch", str(data), "-m", str(tiny_llama_dir), "--no-sequence"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines and all("sequence" not in d and d["tokens"] for d in lines)
+
+
+def test_shared_options_are_declared_once_for_run_and_batch():
+    commands = typer.main.get_command(app).commands
+    shared = {name for name, _, _ in _SHARED}
+    for name in ("run", "batch"):
+        params = {p.name for p in commands[name].params}
+        assert shared <= params, (name, shared - params)
+
+
+def test_layout_and_scoring_options_apply_to_every_line(capsys, tiny_llama_dir, data):
+    argv = ["batch", str(data), "-m", str(tiny_llama_dir), "--no-eos", "--sep", " =>", "--top-k", "3"]
+    assert main(argv) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for d in lines:
+        assert d["layout"]["eos"] is False and d["layout"]["sep"] == " =>"
+        assert all(t["segment"] == "answer" and len(t["top_k"]) == 3 for t in d["tokens"])
+        assert any(s["segment"] == "sep" for s in d["sequence"])
+
+
+def test_existing_output_is_not_replaced(capsys, tiny_llama_dir, data, tmp_path):
+    out = write_jsonl(tmp_path / "out.jsonl", ['{"keep": "me"}'])
+    assert main(["batch", str(data), "-m", str(tiny_llama_dir), "-o", str(out)]) == 1
+    _, err = capsys.readouterr()
+    assert err == f"Error: --output {out} already exists; pass --resume to continue it or --force to replace it\n"
+    assert out.read_text() == '{"keep": "me"}\n'
+    assert main(["batch", str(data), "-m", str(tiny_llama_dir), "-o", str(out), "--force"]) == 0
+    assert len(out.read_text().splitlines()) == len(ROWS)
+
+
+def test_resume_needs_an_output_file(capsys, data):
+    assert main(["batch", str(data), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and "--resume" in err and err.count("\n") == 1
+
+
+def test_summary_json_may_not_overwrite_the_data(capsys, data):
+    assert main(["batch", str(data), "--summary-json", str(data)]) == 2
+    assert "--summary-json" in capsys.readouterr().err
+    assert len(data.read_text().splitlines()) == len(ROWS)
+
+
+def test_bad_line_stops_with_its_number_and_writes_nothing(capsys, tiny_llama_dir, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [ROWS[0], {"id": "q", "prompt": "only a prompt"}, ROWS[1]])
+    out = tmp_path / "out.jsonl"
+    assert main(["batch", str(data), "-m", str(tiny_llama_dir), "-o", str(out)]) == 1
+    _, err = capsys.readouterr()
+    assert err == (f"Error: {data} line 2 (id 'q'): missing field 'answer' (fix the line, or pass --skip-invalid)\n")
+    assert not out.exists()
+
+
+def test_skip_invalid_lists_skipped_lines(capsys, tiny_llama_dir, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [ROWS[0], "not json", {"prompt": "p", "answer": ""}, ROWS[1]])
+    out, summary = tmp_path / "out.jsonl", tmp_path / "s.json"
+    argv = ["batch", str(data), "-m", str(tiny_llama_dir), "-o", str(out), "--skip-invalid", "--summary-json"]
+    assert main(argv + [str(summary)]) == 0
+    stdout, _ = capsys.readouterr()
+    assert [json.loads(line)["line"] for line in out.read_text().splitlines()] == [1, 4]
+    skipped = json.loads(summary.read_text())["skipped"]
+    assert [(k["line"], k["reason"].split(" ")[0]) for k in skipped] == [(2, "not"), (3, "the")]
+    assert "Skipped 2 invalid lines" in stdout
+
+
+def test_custom_field_names(capsys, tiny_llama_dir, tmp_path):
+    rows = [{"key": "k1", "question": "Capital of China?", "response": " Beijing."}]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    argv = ["batch", str(data), "-m", str(tiny_llama_dir), "--prompt-field", "question", "--answer-field", "response"]
+    assert main(argv + ["--id-field", "key"]) == 0
+    (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert line["id"] == "k1" and line["layout"]["answer_tokens"] > 0
+
+
+# --- real processes: kill and resume --------------------------------------------------------------------
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", CE_INSPECT_CACHE=str(tmp_path / "c"))
+    return env
+
+
+def _start(tmp_path: Path, model: Path, data: Path, out: Path, *extra: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "ce_inspect", "batch", str(data), "-m", str(model), "-o", str(out), "-b", "1"]
+    argv += ["--sort-window", "1", *extra]
+    return subprocess.Popen(
+        argv, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for_lines(proc: subprocess.Popen, out: Path, n: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if out.exists() and out.read_bytes().count(b"\n") >= n:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before writing {n} lines: {proc.stderr.read()}")
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail("timed out waiting for output")
+
+
+def _many_rows(n: int) -> list[dict]:
+    return [{"id": f"r{i}", "prompt": f"Question {i}: what is {i} + {i}?", "answer": f" {2 * i}."} for i in range(n)]
+
+
+def test_kill_9_midway_then_resume_gives_exactly_one_line_per_record(tmp_path, tiny_llama_dir):
+    rows = _many_rows(80)
+    data, out = write_jsonl(tmp_path / "d.jsonl", rows), tmp_path / "out.jsonl"
+    proc = _start(tmp_path, tiny_llama_dir, data, out)
+    _wait_for_lines(proc, out, 5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = out.read_bytes().count(b"\n")
+    assert 5 <= written < len(rows), "the kill must land mid-run"
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "ce_inspect", "batch", str(data), "-m", str(tiny_llama_dir), "-o", str(out)]
+        + ["--resume", "-b", "4", "--summary-json", str(tmp_path / "s.json")],
+        cwd=ROOT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [d["line"] for d in lines] == list(range(1, len(rows) + 1))
+    assert [d["id"] for d in lines] == [r["id"] for r in rows]
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["examples"] == len(rows) and summary["resumed"] >= written
+
+
+def test_interrupt_leaves_whole_lines_and_says_how_to_resume(tmp_path, tiny_llama_dir):
+    rows = _many_rows(80)
+    data, out = write_jsonl(tmp_path / "d.jsonl", rows), tmp_path / "out.jsonl"
+    proc = _start(tmp_path, tiny_llama_dir, data, out)
+    _wait_for_lines(proc, out, 3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    raw = out.read_bytes()
+    assert raw.endswith(b"\n")
+    lines = [json.loads(line) for line in raw.decode().splitlines()]  # every line parses
+    assert len(lines) < len(rows)
+    assert f"Interrupted: {len(lines)} complete lines are in {out}; rerun the same command with --resume" in err
+    assert "Traceback" not in err
