@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .encoding import Encoded, Layout, encode
+from .encoding import Encoded, Layout, encode, encode_messages
 from .errors import InputError, InvalidRecordError, ResumeError
 from .result import SCHEMA_VERSION, ScoreResult, dumps, perplexity
 from .scoring import ScoreOptions, score_batch
@@ -144,10 +144,6 @@ def read_records(path: str | os.PathLike[str], fields: Fields | None = None) -> 
             yield _parse_record(number, obj, fields)
 
 
-class _NoChatSupport(InputError):
-    """Chat records need ``encoding.encode_messages``; its absence is not a fault of one record."""
-
-
 def encode_record(lm: LoadedModel, record: Record, layout: Layout) -> Encoded:
     """The one dispatch from a record to a training example: chat conversations or prompt/answer pairs.
 
@@ -156,14 +152,6 @@ def encode_record(lm: LoadedModel, record: Record, layout: Layout) -> Encoded:
     if record.error is not None:
         raise InputError(record.error)
     if record.messages is not None:
-        from . import encoding
-
-        encode_messages = getattr(encoding, "encode_messages", None)
-        if encode_messages is None:
-            raise _NoChatSupport(
-                f"line {record.line} is a chat record ('messages'), but this version of ce-inspect cannot "
-                "encode chat conversations; give prompt/answer records"
-            )
         return encode_messages(lm.tokenizer, record.messages, layout, max_length=lm.context_length)
     assert record.prompt is not None and record.answer is not None
     return encode(lm.tokenizer, record.prompt, record.answer, layout, max_length=lm.context_length)
@@ -627,8 +615,6 @@ def scan_dataset(
         if reason is None:
             try:
                 encoded = encode_record(lm, record, layout)
-            except _NoChatSupport:
-                raise
             except InputError as exc:
                 reason = str(exc)
             if encoded is not None and not encoded.scored_positions:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import ce_inspect.encoding
 from ce_inspect import Layout, ScoreOptions, load, score_encoded
 from ce_inspect.batch import (
     BatchSettings,
@@ -25,8 +24,6 @@ from ce_inspect.batch import (
     scan_dataset,
 )
 from ce_inspect.errors import InputError, InvalidRecordError, ResumeError
-
-HAS_CHAT = hasattr(ce_inspect.encoding, "encode_messages")
 
 # Very different lengths on purpose: 1-character prompts next to ~170-character ones, 1- to ~60-token answers.
 RECORDS = [
@@ -445,7 +442,6 @@ CHAT = [
 ]
 
 
-@pytest.mark.skipif(not HAS_CHAT, reason="encoding.encode_messages is not on this branch yet (chat layout)")
 def test_chat_records_batched_equal_alone_and_the_models_loss(tiny_llama, tmp_path):
     from ce_inspect.encoding import encode_messages
 
@@ -460,13 +456,6 @@ def test_chat_records_batched_equal_alone_and_the_models_loss(tiny_llama, tmp_pa
         ref = score_encoded(tiny_llama, encoded)
         assert [t["loss"] for t in line["tokens"]] == pytest.approx([t.loss for t in ref.tokens], abs=1e-5)
         assert line["summary"]["verify_abs_diff"] < 1e-4  # the model's own loss on the same labels
-
-
-@pytest.mark.skipif(HAS_CHAT, reason="only while encoding.encode_messages is missing")
-def test_chat_records_without_chat_support_are_a_clear_error(tiny_llama, tmp_path):
-    data = write_jsonl(tmp_path / "chat.jsonl", CHAT)
-    with pytest.raises(InputError, match="line 1 is a chat record .* cannot encode chat conversations"):
-        scan_dataset(tiny_llama, data, skip_invalid=True)
 
 
 # --- the real model -------------------------------------------------------------------------------------
