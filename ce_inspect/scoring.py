@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .encoding import Encoded, Layout, decode_tokens, encode
-from .errors import InputError
+from .errors import InputError, ModelLoadError
 from .result import Alternative, ScoreResult, SequenceToken, Summary, TokenScore
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ def _head(model: Any) -> Any:
     """The output head as a function of hidden states, or None when it is not a plain Linear layer.
 
     Reproduces the post-processing some architectures apply to logits (Gemma's soft-capping, Cohere's
-    logit scale, Granite's logit divisor); ``_fast_head_ok`` checks the result against the model itself.
+    logit scale, Granite's logit divisor); ``_forward`` checks the result against the model's own logits.
     """
     import torch
 
@@ -205,7 +205,9 @@ def _head(model: Any) -> Any:
     divisor = getattr(config, "logits_scaling", None)
 
     def head(hidden: torch.Tensor) -> torch.Tensor:  # [n, hidden] -> [n, vocab]
-        logits = output(hidden.to(output.weight.device))
+        device = output.weight.device
+        # Under --device-map the weight may be offloaded (meta); accelerate's hook then moves the input itself.
+        logits = output(hidden if device.type == "meta" else hidden.to(device))
         if scale:
             logits = logits * scale
         if divisor:
@@ -217,45 +219,109 @@ def _head(model: Any) -> Any:
     return head
 
 
-def _decoder(model: Any) -> Any:
-    get = getattr(model, "get_decoder", None)
-    decoder = get() if callable(get) else None
-    return decoder if decoder is not None and decoder is not model else None
-
-
-def _fast_head_ok(lm: LoadedModel) -> bool:
-    """Whether body + head reproduces the model's own logits; checked once per model on a short input."""
-    import torch
-
-    if lm.fast_head is not None:
-        return lm.fast_head
-    model = lm.model
-    decoder, head = _decoder(model), _head(model)
-    ok = False
-    if decoder is not None and head is not None:
-        probe = torch.tensor([[t % _vocab_size(model) for t in (1, 2, 3, 5, 8)]], device=_input_device(model))
-        try:
-            with torch.inference_mode():
-                own = model(input_ids=probe, use_cache=False).logits[0, -1].float()  # [vocab]
-                hidden = decoder(input_ids=probe, use_cache=False).last_hidden_state[0, -1:]  # [1, hidden]
-                ours = head(hidden)[0].float().to(own.device)  # [vocab]
-            tol = 1e-4 if own.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32 else 2e-2
-            ok = bool(torch.allclose(ours, own, rtol=tol, atol=tol * max(1.0, own.abs().max().item())))
-        except Exception as exc:  # noqa: BLE001 - any surprise means: use the model's own path
-            log.debug("fast head probe failed: %s", exc)
-            ok = False
-    if not ok:
-        log.warning(
-            "This model's output head is not a plain projection of the decoder's hidden states; scoring "
-            "through the model's full forward (more memory on long inputs, same figures)."
-        )
-    lm.fast_head = ok
-    return ok
-
-
 def _vocab_size(model: Any) -> int:
     output = model.get_output_embeddings()
-    return int(output.weight.shape[0]) if output is not None else int(_text_config(model).vocab_size)
+    weight = getattr(output, "weight", None)
+    return int(weight.shape[0]) if weight is not None else int(_text_config(model).vocab_size)
+
+
+def _call(model: Any, inputs: dict[str, Any], columns: torch.Tensor) -> Any:
+    """The model's own forward, asking it to run its head only at ``columns`` where it supports that."""
+    try:
+        return model(**inputs, logits_to_keep=columns)
+    except TypeError as exc:
+        if "logits_to_keep" not in str(exc):
+            raise
+        return model(**inputs)  # older or custom models: the head runs at every position
+
+
+def _at_columns(states: torch.Tensor, columns: torch.Tensor, seq_len: int) -> torch.Tensor | None:
+    """``states`` [batch, n, d] restricted to ``columns``: n is len(columns) when the model honoured
+    ``logits_to_keep`` and seq_len when it did not (len(columns) < seq_len: the last position is never scored)."""
+    if states.dim() != 3:
+        return None
+    if states.shape[1] == columns.numel():
+        return states
+    if states.shape[1] == seq_len:
+        return states[:, columns.to(states.device)]
+    return None
+
+
+def _own_logits(logits: torch.Tensor, columns: torch.Tensor, seq_len: int) -> torch.Tensor:
+    at = _at_columns(logits, columns, seq_len)
+    if at is None:
+        raise ModelLoadError(
+            f"the model returned logits of shape {tuple(logits.shape)}, not [batch, positions, vocab]; "
+            "ce-inspect cannot score it"
+        )
+    return at
+
+
+def _warn_fallback(lm: LoadedModel) -> None:
+    if lm.fast_head is not False:
+        log.warning(
+            "This model's output head is not a plain projection of its hidden states; scoring with the "
+            "model's own logits at the scored positions (more memory on long answers, same figures)."
+        )
+    lm.fast_head = False
+
+
+def _forward(lm: LoadedModel, inputs: dict[str, Any], columns: torch.Tensor) -> tuple[Any, Any]:
+    """One forward pass. Returns ``(states, None)``, the hidden states the output head would see at
+    ``columns`` [batch, n_columns, hidden], when ``_head`` reproduces the model's logits, else
+    ``(None, logits)`` [batch, n_columns, vocab], the model's own logits at ``columns`` (the fallback).
+
+    The check rides along the real forward at the cost of two head rows: a pre-hook on the output head
+    keeps its input and lets the model project only the first and last kept column, with whatever
+    post-processing its forward applies; ``_head`` must reproduce those logits. So an unknown head or
+    post-processing step costs memory (the fallback), never a wrong figure.
+    """
+    import torch
+
+    model = lm.model
+    seq_len = inputs["input_ids"].shape[1]
+    head = _head(model) if lm.fast_head is not False else None
+    if head is None:
+        _warn_fallback(lm)
+        return None, _own_logits(_call(model, inputs, columns).logits, columns, seq_len)
+
+    kept: dict[str, Any] = {}
+
+    def keep_input(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        states = args[0] if args else kwargs.get("input")
+        if kept or not isinstance(states, torch.Tensor) or states.dim() != 3:
+            return None  # a second call, or an unexpected shape: leave it alone (the check then fails)
+        kept["states"] = states
+        probe = states[:, [0, -1]]  # [batch, 2, hidden]
+        if args:
+            return (probe, *args[1:]), kwargs
+        return args, {**kwargs, "input": probe}
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(keep_input, with_kwargs=True)
+    try:
+        logits = _call(model, inputs, columns).logits  # [batch, 2, vocab] when the hook ran
+    finally:
+        handle.remove()
+
+    states = kept.get("states")
+    if states is None:  # the head module never ran: the model's logits are the full ones
+        _warn_fallback(lm)
+        return None, _own_logits(logits, columns, seq_len)
+    ok = False
+    try:
+        own = logits.float()  # [batch, 2, vocab]
+        ours = head(states[:, [0, -1]].reshape(-1, states.shape[-1])).float().reshape(own.shape).to(own.device)
+        exact = own.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32
+        tol = 1e-4 if exact else 2e-2
+        ok = bool(torch.allclose(ours, own, rtol=tol, atol=tol * max(1.0, own.abs().max().item())))
+    except Exception as exc:  # noqa: BLE001 - any surprise means: use the model's own path
+        log.debug("output head check failed: %s", exc)
+    states = _at_columns(states, columns, seq_len) if ok else None
+    if states is None:
+        _warn_fallback(lm)
+        return None, _own_logits(_call(model, inputs, columns).logits, columns, seq_len)
+    lm.fast_head = True
+    return states, None
 
 
 def _figures(
@@ -272,32 +338,30 @@ def _figures(
 
     model = lm.model
     device = _input_device(model)
-    inputs = {
+    inputs: dict[str, Any] = {
         "input_ids": input_ids.to(device),
-        "attention_mask": attention.to(device),
-        "position_ids": position_ids.to(device),
         "use_cache": False,  # a KV cache is memory that scoring never reads
     }
-    index_b = torch.tensor(rows_b, device=device)
-    index_t = torch.tensor(rows_t, device=device)
-    if _fast_head_ok(lm):
+    if not bool(attention.all()):
+        inputs["attention_mask"] = attention.to(device)
+        inputs["position_ids"] = position_ids.to(device)
+    # Without padding the model's defaults are the same positions and mask, and SDPA can then use its
+    # is_causal kernel without materialising a [seq, seq] mask.
+    index_b = torch.tensor(rows_b)
+    index_t = torch.tensor(rows_t)
+    columns = torch.unique(index_t)  # sorted: the logit columns some scored target needs
+    index_c = torch.searchsorted(columns, index_t)  # [n_scored]: each target's column among them
+    states, logits = _forward(lm, inputs, columns.to(device))
+    if states is not None:
         head = _head(model)
-        hidden = _decoder(model)(**inputs).last_hidden_state  # [batch, seq, hidden]
-        selected = hidden[index_b, index_t.to(hidden.device)]  # [n_scored, hidden]
-        del hidden
+        selected = states[index_b.to(states.device), index_c.to(states.device)]  # [n_scored, hidden]
     else:
-        # Fallback: the model's own forward with the head applied only at the columns that are scored.
-        columns = torch.unique(index_t)  # sorted
-        try:
-            logits = model(**inputs, logits_to_keep=columns).logits  # [batch, n_columns, vocab]
-        except TypeError:
-            logits = model(**inputs).logits[:, columns]  # older models: full logits, then select
-        selected = logits[index_b, torch.searchsorted(columns, index_t)]  # [n_scored, vocab]
-        del logits
+        selected = logits[index_b.to(logits.device), index_c.to(logits.device)]  # [n_scored, vocab]
 
         def head(rows: torch.Tensor) -> torch.Tensor:
             return rows
 
+    del states, logits
     target_tensor = torch.tensor(targets)
     rows = options.rows_per_chunk(_vocab_size(model))
     parts: dict[str, list[torch.Tensor]] = {}
