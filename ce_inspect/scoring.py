@@ -4,9 +4,10 @@ The loss is the one a causal-LM training step computes: the logits at position `
 token at ``t + 1`` (shift by one), positions whose label is ``ignore_index`` contribute nothing, and
 ``mean`` is the token-level mean over scored targets, as ``torch.nn.CrossEntropyLoss`` returns it.
 
-Memory: the transformer body runs once, without a KV cache; the output head then runs only on the
-hidden states of scored positions, ``chunk`` rows at a time, so the float32 (rows x vocab) working
-set is bounded by ``ScoreOptions.chunk_bytes`` whatever the prompt and answer lengths.
+Memory: the model runs once, without a KV cache, and its output head runs only at the positions whose
+logits are scored: inside the model's own forward when they fit in one chunk, else ``chunk`` rows at a
+time on the hidden states the head would see. Either way the float32 (rows x vocab) working set is
+bounded by ``ScoreOptions.chunk_bytes`` whatever the prompt and answer lengths.
 """
 
 from __future__ import annotations
@@ -266,15 +267,16 @@ def _warn_fallback(lm: LoadedModel) -> None:
     lm.fast_head = False
 
 
-def _forward(lm: LoadedModel, inputs: dict[str, Any], columns: torch.Tensor) -> tuple[Any, Any]:
-    """One forward pass. Returns ``(states, None)``, the hidden states the output head would see at
-    ``columns`` [batch, n_columns, hidden], when ``_head`` reproduces the model's logits, else
-    ``(None, logits)`` [batch, n_columns, vocab], the model's own logits at ``columns`` (the fallback).
+def _forward(lm: LoadedModel, inputs: dict[str, Any], columns: torch.Tensor, max_rows: int) -> tuple[Any, Any]:
+    """One forward pass. Returns ``(None, logits)`` [batch, n_columns, vocab], the model's own logits at
+    ``columns``, when they fit in one chunk of ``max_rows`` rows (or as the fallback); else ``(states,
+    None)``, the hidden states the output head would see at ``columns`` [batch, n_columns, hidden], for
+    ``_head`` to project chunk by chunk, once it is shown to reproduce the model's logits.
 
-    The check rides along the real forward at the cost of two head rows: a pre-hook on the output head
-    keeps its input and lets the model project only the first and last kept column, with whatever
-    post-processing its forward applies; ``_head`` must reproduce those logits. So an unknown head or
-    post-processing step costs memory (the fallback), never a wrong figure.
+    A pre-hook on the output head sees its input. Few rows: the model projects them itself, in the one
+    weight pass a head needs. More: the hook keeps them and lets the model project only the first and last
+    kept column, with whatever post-processing its forward applies, and ``_head`` must reproduce those
+    logits. So an unknown head or post-processing step costs memory (the fallback), never a wrong figure.
     """
     import torch
 
@@ -292,6 +294,9 @@ def _forward(lm: LoadedModel, inputs: dict[str, Any], columns: torch.Tensor) -> 
         if kept or not isinstance(states, torch.Tensor) or states.dim() != 3:
             return None  # a second call, or an unexpected shape: leave it alone (the check then fails)
         kept["states"] = states
+        if states.shape[0] * states.shape[1] <= max_rows:
+            kept["whole"] = True
+            return None  # the model projects every row itself
         probe = states[:, [0, -1]]  # [batch, 2, hidden]
         if args:
             return (probe, *args[1:]), kwargs
@@ -306,6 +311,8 @@ def _forward(lm: LoadedModel, inputs: dict[str, Any], columns: torch.Tensor) -> 
     states = kept.get("states")
     if states is None:  # the head module never ran: the model's logits are the full ones
         _warn_fallback(lm)
+        return None, _own_logits(logits, columns, seq_len)
+    if kept.get("whole"):
         return None, _own_logits(logits, columns, seq_len)
     ok = False
     try:
@@ -351,19 +358,19 @@ def _figures(
     index_t = torch.tensor(rows_t)
     columns = torch.unique(index_t)  # sorted: the logit columns some scored target needs
     index_c = torch.searchsorted(columns, index_t)  # [n_scored]: each target's column among them
-    states, logits = _forward(lm, inputs, columns.to(device))
+    rows = options.rows_per_chunk(_vocab_size(model))
+    states, logits = _forward(lm, inputs, columns.to(device), rows)
     if states is not None:
         head = _head(model)
         selected = states[index_b.to(states.device), index_c.to(states.device)]  # [n_scored, hidden]
     else:
         selected = logits[index_b.to(logits.device), index_c.to(logits.device)]  # [n_scored, vocab]
 
-        def head(rows: torch.Tensor) -> torch.Tensor:
-            return rows
+        def head(given: torch.Tensor) -> torch.Tensor:
+            return given
 
     del states, logits
     target_tensor = torch.tensor(targets)
-    rows = options.rows_per_chunk(_vocab_size(model))
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, selected.shape[0], rows):
         chunk_logits = head(selected[start : start + rows])  # [rows, vocab]

@@ -163,6 +163,18 @@ def test_head_runs_only_on_scored_rows_in_chunks(tiny_llama):
     assert sum(rows.calls[2:]) == n < len(example)
 
 
+def test_rows_that_fit_one_chunk_are_projected_once_by_the_model(tiny_llama):
+    example = example_for(tiny_llama, prompt=PROMPT * 4)
+    n = len(example.scored_positions)
+    rows = HeadRows(tiny_llama.model)
+    try:
+        result = score_encoded(tiny_llama, example, ScoreOptions(top_k=3, chunk_tokens=n))
+    finally:
+        rows.remove()
+    assert rows.calls == [n]  # one weight pass, at the scored positions only
+    assert_matches_reference(result, reference(tiny_llama, example))
+
+
 def test_no_mask_no_cache_for_an_unpadded_example(tiny_llama):
     seen: list[dict] = []
     handle = tiny_llama.model.register_forward_pre_hook(lambda m, a, k: seen.append(dict(k)), with_kwargs=True)
@@ -262,6 +274,19 @@ def test_fallback_when_config_claims_a_scale_the_model_does_not_apply(tiny_llama
     assert_matches_reference(result, reference(lm, example))
 
 
+def test_device_map_with_an_offloaded_head(tiny_llama_dir, tiny_llama, tmp_path, warnings_seen):
+    """Under accelerate's dispatch (as with --device-map), the head's weight may live on disk (meta)."""
+    from accelerate import dispatch_model
+
+    lm = load(str(tiny_llama_dir), device="cpu", quiet=True)
+    lm.model = dispatch_model(lm.model, device_map={"model": "cpu", "lm_head": "disk"}, offload_dir=str(tmp_path))
+    assert lm.model.lm_head.weight.device.type == "meta"
+    example = example_for(lm)
+    result = score_encoded(lm, example, ScoreOptions(top_k=3, chunk_tokens=2))
+    assert lm.fast_head is True and not warnings_seen
+    assert_same(result, score_encoded(tiny_llama, example, ScoreOptions(top_k=3)))
+
+
 # --- the real model -------------------------------------------------------------------------------------
 
 
@@ -278,11 +303,11 @@ def test_default_model_chunked_equals_full_logits(smollm2):
     example = example_for(smollm2, prompt=prompt)
     n = len(example.scored_positions)
     whole = score_encoded(smollm2, example, ScoreOptions(top_k=3, chunk_tokens=n, verify=True))
-    assert smollm2.fast_head is True
     assert whole.summary.verify_abs_diff < FP32_GEMM_TOL
     assert_matches_reference(whole, reference(smollm2, example), tol=FP32_GEMM_TOL)
     for chunk in (1, 4, 5):
         assert_same(score_encoded(smollm2, example, ScoreOptions(top_k=3, chunk_tokens=chunk)), whole, FP32_GEMM_TOL)
+    assert smollm2.fast_head is True
 
 
 @pytest.mark.gpu
