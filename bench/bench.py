@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's ce_inspect, whatever copy is installed
 RESULT = "BENCH-RESULT "
 PROMPT = "Where is the capital of China?"
 ANSWER = " The capital of China is Beijing."
@@ -153,6 +154,13 @@ def worker_score(spec: dict) -> dict:
 
         def run(ex=example):
             return [t.loss for t in score_encoded(lm, ex, options).tokens]
+    elif spec["path"] == "body":
+        body = lm.model.get_decoder()
+
+        def run(ex=example):  # the model's own activations: the transformer body alone, no head, no cache
+            with torch.inference_mode():
+                body(input_ids=torch.tensor([ex.input_ids], device=lm.model.device), use_cache=False)
+            return []
     else:
 
         def run(ex=example):
@@ -176,7 +184,7 @@ def worker_score(spec: dict) -> dict:
         "cpu_s": (cpu_seconds() - cpu0) / len(times),
         "peak_rss": peak_rss_bytes(),
         "rss_after_warmup": rss_loaded,
-        "mean_loss": statistics.fmean(last["losses"]),
+        "mean_loss": statistics.fmean(last["losses"]) if last["losses"] else None,
         "sequence": len(example),
     }
     if cuda:
@@ -247,8 +255,13 @@ def worker_main(kind: str, spec_json: str) -> None:
 # --- the orchestrator -----------------------------------------------------------------------------------
 
 
+THREADS: int | None = None  # --threads: torch's intra-op threads in every child process
+
+
 def child_env() -> dict:
     env = dict(os.environ)
+    if THREADS:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(THREADS)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -316,8 +329,8 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def mib(n: float) -> str:
-    return f"{n / 2**20:,.0f} MiB"
+def mib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 2**20:,.0f} MiB"
 
 
 def section_memory(args, device: str, log) -> dict:
@@ -329,14 +342,14 @@ def section_memory(args, device: str, log) -> dict:
     rows = []
     for prompt, scored in configs:
         row = {"prompt": prompt, "scored": scored}
-        for path in ("ce", "naive"):
+        for path in ("ce", "naive", "body"):
             spec = {
                 "path": path,
                 "prompt": prompt,
                 "scored": scored,
                 "seed": 1234,
                 "device": device,
-                "reps": args.reps,
+                "reps": min(args.reps, 2) if path == "body" else args.reps,
                 "budget": args.budget,
             }
             log(f"  memory: prompt {prompt:>6} answer {scored:>5} {path:5} ...")
@@ -348,7 +361,7 @@ def section_memory(args, device: str, log) -> dict:
 
 
 def section_batch(args, device: str, log) -> dict:
-    spec = {"device": device, "records": 16 if args.quick else 32, "seed": 99, "reps": max(1, args.reps - 2)}
+    spec = {"device": device, "records": 16 if args.quick else 32, "seed": 99, "reps": max(1, args.reps // 2)}
     log(f"  batch: {spec['records']} records x {spec['reps']} repeats ...")
     out = run_worker("batch", spec)
     # The `batch` command is being written on another branch; its timing goes here once its options settle.
@@ -417,43 +430,45 @@ def render(report: dict) -> str:
 
 def render_memory(mem: dict, device: str, targets: list) -> list[str]:
     key = "cuda_peak" if device == "cuda" else "peak_rss"
-    what = "peak CUDA memory allocated during scoring" if device == "cuda" else "peak RSS of the whole process"
+    what = "peak CUDA memory allocated during the call" if device == "cuda" else "peak RSS of the whole process"
+    paths = ("ce", "naive", "body")
     lines = [
         "## Scoring memory and time: ce-inspect vs `model(input_ids, labels=labels)` + full log-softmax",
         "",
         f"Peak: {what}, one fresh process per cell. Extra: peak minus the same path's peak with a 16-token "
-        "prompt (same answer). Answer: scored tokens (random ids, the last one EOS). Time: median per call "
-        "after a warm-up call (CPU: user+sys seconds per call in brackets).",
+        "prompt and the same answer. *Body alone*: the model's transformer body on the same input (no output "
+        "head, no cache), the activations any scoring must pay. Answer: scored tokens (random ids, the last "
+        "one EOS). Time: median per call after a warm-up call. Per-call CPU seconds are in the JSON.",
         "",
-        "| prompt | answer | ce-inspect peak | usual peak | ce-inspect extra | usual extra | extra ratio "
-        "| ce-inspect time | usual time | time ratio | |Δ mean loss| |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| prompt | answer | ce-inspect peak | usual peak | ce-inspect extra | usual extra | body alone extra "
+        "| extra ratio | ce-inspect time | usual time | body alone time | time ratio | |Δ mean loss| |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = {}
     for row in mem["rows"]:
         if row["prompt"] == 16 and row["scored"] == 32:
-            base = {p: row[p].get(key) for p in ("ce", "naive")}
+            base = {p: row[p].get(key) for p in paths}
     for row in mem["rows"]:
-        ce, nv = row["ce"], row["naive"]
-        if "error" in ce or "error" in nv:
-            lines.append(f"| {row['prompt']:,} | {row['scored']:,} | {ce.get('error') or nv.get('error')} |")
+        failed = [row[p]["error"] for p in paths if "error" in row[p]]
+        if failed:
+            lines.append(f"| {row['prompt']:,} | {row['scored']:,} | failed: {failed[0]} |")
             continue
-        extra = {p: row[p][key] - base[p] if base.get(p) is not None else None for p in ("ce", "naive")}
+        extra = {p: row[p][key] - base[p] if base.get(p) is not None else None for p in paths}
         ratio = extra["ce"] / extra["naive"] if extra["naive"] else None
-        t_ce, t_nv = median(ce["times"]), median(nv["times"])
-        dloss = abs(ce["mean_loss"] - nv["mean_loss"])
+        t = {p: median(row[p]["times"]) for p in paths}
+        dloss = abs(row["ce"]["mean_loss"] - row["naive"]["mean_loss"])
         beyond = " (beyond the model's 8,192 context: cost only)" if row["prompt"] + row["scored"] > 8192 else ""
         lines.append(
-            f"| {row['prompt']:,}{beyond} | {row['scored']:,} | {mib(ce[key])} | {mib(nv[key])} "
-            f"| {mib(extra['ce'])} | {mib(extra['naive'])} | {'-' if ratio is None else f'{ratio:.1%}'} "
-            f"| {t_ce:.2f} s ({ce['cpu_s']:.1f}) | {t_nv:.2f} s ({nv['cpu_s']:.1f}) | {t_ce / t_nv:.2f}x "
-            f"| {dloss:.1e} |"
+            f"| {row['prompt']:,}{beyond} | {row['scored']:,} | {mib(row['ce'][key])} | {mib(row['naive'][key])} "
+            f"| {mib(extra['ce'])} | {mib(extra['naive'])} | {mib(extra['body'])} "
+            f"| {'-' if ratio is None else f'{ratio:.1%}'} "
+            f"| {t['ce']:.2f} s | {t['naive']:.2f} s | {t['body']:.2f} s | {t['ce'] / t['naive']:.2f}x | {dloss:.1e} |"
         )
         if row["prompt"] == 4096 and row["scored"] == 32 and ratio is not None:
             targets.append(
                 (
                     "extra peak memory, 4,096- vs 16-token prompt: ce-inspect <= 12% of the usual way",
-                    f"{mib(extra['ce'])} vs {mib(extra['naive'])} = {ratio:.1%}",
+                    f"{mib(extra['ce'])} vs {mib(extra['naive'])} = {ratio:.1%} (body alone: {mib(extra['body'])})",
                     ratio <= 0.12,
                 )
             )
@@ -543,6 +558,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=None, help="timed repeats per configuration (default 5, quick 2)")
     parser.add_argument("--budget", type=float, default=None, help="seconds of timed runs per configuration")
     parser.add_argument("--startup-reps", type=int, default=None)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads in every child (default: torch's own choice)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--name", default=None, help="output file stem (default: the device)")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
@@ -551,6 +569,8 @@ def main() -> None:
         worker_main(*args.worker)
         return
 
+    global THREADS
+    THREADS = args.threads
     args.reps = args.reps or (2 if args.quick else 5)
     args.budget = args.budget or (10.0 if args.quick else 20.0)
     args.startup_reps = args.startup_reps or (2 if args.quick else 5)
