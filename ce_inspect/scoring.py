@@ -267,16 +267,19 @@ def _warn_fallback(lm: LoadedModel) -> None:
     lm.fast_head = False
 
 
-def _forward(lm: LoadedModel, inputs: dict[str, Any], columns: torch.Tensor, max_rows: int) -> tuple[Any, Any]:
+def _forward(
+    lm: LoadedModel, inputs: dict[str, Any], columns: torch.Tensor, probe: torch.Tensor, max_rows: int
+) -> tuple[Any, Any]:
     """One forward pass. Returns ``(None, logits)`` [batch, n_columns, vocab], the model's own logits at
     ``columns``, when they fit in one chunk of ``max_rows`` rows (or as the fallback); else ``(states,
     None)``, the hidden states the output head would see at ``columns`` [batch, n_columns, hidden], for
     ``_head`` to project chunk by chunk, once it is shown to reproduce the model's logits.
 
     A pre-hook on the output head sees its input. Few rows: the model projects them itself, in the one
-    weight pass a head needs. More: the hook keeps them and lets the model project only the first and last
-    kept column, with whatever post-processing its forward applies, and ``_head`` must reproduce those
-    logits. So an unknown head or post-processing step costs memory (the fallback), never a wrong figure.
+    weight pass a head needs. More: the hook keeps them and lets the model project only two per example,
+    ``probe`` [batch, 2] (indices into ``columns`` of scored positions, never padding), with whatever
+    post-processing its forward applies, and ``_head`` must reproduce those logits. So an unknown head or
+    post-processing step costs memory (the fallback), never a wrong figure.
     """
     import torch
 
@@ -297,10 +300,13 @@ def _forward(lm: LoadedModel, inputs: dict[str, Any], columns: torch.Tensor, max
         if states.shape[0] * states.shape[1] <= max_rows:
             kept["whole"] = True
             return None  # the model projects every row itself
-        probe = states[:, [0, -1]]  # [batch, 2, hidden]
+        at = probe if states.shape[1] == columns.numel() else columns[probe]  # [batch, 2] along dim 1
+        at = at.to(states.device)
+        rows = states[torch.arange(states.shape[0], device=states.device)[:, None], at]  # [batch, 2, hidden]
+        kept["probe"] = rows
         if args:
-            return (probe, *args[1:]), kwargs
-        return args, {**kwargs, "input": probe}
+            return (rows, *args[1:]), kwargs
+        return args, {**kwargs, "input": rows}
 
     handle = model.get_output_embeddings().register_forward_pre_hook(keep_input, with_kwargs=True)
     try:
@@ -317,7 +323,8 @@ def _forward(lm: LoadedModel, inputs: dict[str, Any], columns: torch.Tensor, max
     ok = False
     try:
         own = logits.float()  # [batch, 2, vocab]
-        ours = head(states[:, [0, -1]].reshape(-1, states.shape[-1])).float().reshape(own.shape).to(own.device)
+        rows = kept["probe"]
+        ours = head(rows.reshape(-1, rows.shape[-1])).float().reshape(own.shape).to(own.device)
         exact = own.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32
         tol = 1e-4 if exact else 2e-2
         ok = bool(torch.allclose(ours, own, rtol=tol, atol=tol * max(1.0, own.abs().max().item())))
@@ -358,8 +365,12 @@ def _figures(
     index_t = torch.tensor(rows_t)
     columns = torch.unique(index_t)  # sorted: the logit columns some scored target needs
     index_c = torch.searchsorted(columns, index_t)  # [n_scored]: each target's column among them
+    # Per example, the columns of its first and last scored target: where the head check looks.
+    probe = torch.stack(
+        [torch.stack([index_c[index_b == b].min(), index_c[index_b == b].max()]) for b in range(input_ids.shape[0])]
+    )  # [batch, 2]
     rows = options.rows_per_chunk(_vocab_size(model))
-    states, logits = _forward(lm, inputs, columns.to(device), rows)
+    states, logits = _forward(lm, inputs, columns.to(device), probe, rows)
     if states is not None:
         head = _head(model)
         selected = states[index_b.to(states.device), index_c.to(states.device)]  # [n_scored, hidden]
