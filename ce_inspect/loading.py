@@ -8,6 +8,8 @@ never leaves a cache that later loads broken; a damaged cache is detected and re
 
 from __future__ import annotations
 
+import functools
+import gc
 import hashlib
 import importlib.util
 import json
@@ -18,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .encoding import context_length
 from .errors import (
@@ -124,6 +126,31 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+_F = TypeVar("_F", bound=Any)
+
+
+def _gc_paused(func: _F) -> _F:
+    """Run ``func`` with Python's cyclic garbage collector paused.
+
+    Importing torch and transformers and building a model create hundreds of thousands of long-lived
+    objects; the collector walks them again and again and frees nothing: about 1 s of a 7 s start on a
+    2-core machine. Reference counting still frees everything else meanwhile; collection resumes after.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+
+    return wrapper  # type: ignore[return-value]
+
+
+@_gc_paused
 def load(
     model: str | os.PathLike[str] | None = None,
     *,
@@ -152,6 +179,7 @@ def load(
         quiet_transformers()
 
     spec = None if model is None else os.fspath(model)
+    gguf: Path | None = None  # the GGUF file behind a cache folder, to rebuild it from
     if spec is None:
         gguf = default_gguf_path()
         folder = gguf_cache_folder(gguf)
@@ -159,7 +187,8 @@ def load(
     else:
         path = Path(spec).expanduser()
         if path.is_file() and path.suffix.lower() == ".gguf":
-            folder = gguf_cache_folder(path.resolve())
+            gguf = path.resolve()
+            folder = gguf_cache_folder(gguf)
             source, name = "gguf", str(path)
         elif path.is_dir():
             if not (path / "config.json").is_file():
@@ -174,8 +203,17 @@ def load(
 
     log.info("Loading %s ...", name)
     _check_causal_lm(folder, source, revision, trust_remote_code)
-    tokenizer = _load_tokenizer(folder, source, revision, trust_remote_code)
-    hf_model = _load_model(folder, source, revision, trust_remote_code, torch_dtype, device_map)
+    try:
+        tokenizer = _load_tokenizer(folder, source, revision, trust_remote_code)
+        hf_model = _load_model(folder, source, revision, trust_remote_code, torch_dtype, device_map)
+    except ModelLoadError as exc:
+        if gguf is None:
+            raise
+        # The cache passed the quick check in gguf_cache_folder yet does not load: rebuild it, once.
+        log.warning("The cache at %s does not load (%s); rebuilding it.", folder, exc)
+        build_gguf_cache(gguf, Path(folder))
+        tokenizer = _load_tokenizer(folder, source, revision, trust_remote_code)
+        hf_model = _load_model(folder, source, revision, trust_remote_code, torch_dtype, device_map)
     if device_map is None:
         hf_model.to(resolved_device)
         device_label = resolved_device
@@ -307,8 +345,11 @@ def _load_model(
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": torch_dtype}
     if device_map is not None:
         kwargs["device_map"] = device_map
+    from_cache = source in ("default", "gguf")
+    if from_cache:
+        kwargs["output_loading_info"] = True
     try:
-        return _from_pretrained(AutoModelForCausalLM.from_pretrained, folder, source, revision, **kwargs)
+        loaded = _from_pretrained(AutoModelForCausalLM.from_pretrained, folder, source, revision, **kwargs)
     except ModelNotFoundError:
         raise
     except ValueError as exc:
@@ -319,6 +360,15 @@ def _load_model(
         raise ModelLoadError(f"could not load the model from {folder}: {_one_line(exc)}") from exc
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"could not load the model from {folder}: {_one_line(exc)}") from exc
+    if not from_cache:
+        return loaded
+    # transformers fills weights missing from a checkpoint with random values and only warns; in a cache
+    # that ce-inspect wrote itself, a missing weight means the cache is damaged (load() then rebuilds it).
+    model, info = loaded
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ModelLoadError(f"the cache at {folder} lacks {len(missing)} weights ({', '.join(missing[:3])}, ...)")
+    return model
 
 
 def _one_line(exc: BaseException) -> str:
@@ -344,22 +394,42 @@ def gguf_cache_folder(gguf: Path) -> str:
 
 
 def cache_is_valid(folder: Path) -> bool:
-    """A cache is valid when its manifest exists and every file it lists has the recorded size."""
+    """Whether a cache folder is complete, checked in about a millisecond on every run.
+
+    Its manifest (written last) must exist, every file it lists must have the recorded size, config.json
+    must parse, and each safetensors file's header must parse and describe exactly the bytes on disk.
+    That catches a build cut short, a truncated or overwritten file and a deleted manifest; a flipped bit
+    inside the weights would need a full hash (~1 s per run), which is not worth it here.
+    """
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
         if manifest.get("format") != CACHE_FORMAT:
             return False
-        return all((folder / name).stat().st_size == size for name, size in manifest["files"].items())
+        files = manifest["files"]
+        if "config.json" not in files or not any(name.endswith(".safetensors") for name in files):
+            return False
+        if not all((folder / name).stat().st_size == size for name, size in files.items()):
+            return False
+        json.loads((folder / "config.json").read_text())
+        return all(_safetensors_complete(folder / name) for name in files if name.endswith(".safetensors"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
 
-def build_gguf_cache(gguf: Path, folder: Path) -> None:
-    """Dequantize ``gguf`` once and store it as config + tokenizer + safetensors in ``folder``."""
-    import torch
-    from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _safetensors_complete(path: Path) -> bool:
+    """The file's header (8-byte little-endian length, then JSON) parses and its tensors end at the end of file."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        length = int.from_bytes(fh.read(8), "little")
+        if not 2 <= length <= min(size - 8, 100 * 2**20):
+            return False
+        header = json.loads(fh.read(length))
+    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    return bool(ends) and 8 + length + max(ends) == size
 
+
+def build_gguf_cache(gguf: Path, folder: Path) -> None:
+    """Dequantize ``gguf`` once and store it as config + tokenizer + safetensors in ``folder``, atomically."""
     log.info("Converting %s to a safetensors cache in %s (once, ~20-40 s; later runs reuse it) ...", gguf.name, folder)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -367,17 +437,7 @@ def build_gguf_cache(gguf: Path, folder: Path) -> None:
     except OSError as exc:
         raise CacheError(f"cannot write the model cache under {folder.parent}: {exc.strerror or exc}") from exc
     try:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(f"could not read the GGUF file {gguf}: {_one_line(exc)}") from exc
-        tokenizer.save_pretrained(str(tmp))
-        config = model.config.to_dict()
-        # The weights are stored dequantized: a loader must not treat them as GGUF again.
-        config.pop("quantization_config", None)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _convert_gguf(gguf, tmp)
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
         for name in files:
             _fsync(tmp / name)
@@ -395,6 +455,25 @@ def build_gguf_cache(gguf: Path, folder: Path) -> None:
         raise CacheError(f"cannot write the model cache at {folder}: {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Write the dequantized model, its tokenizer and config.json into the (empty) folder ``out``."""
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"could not read the GGUF file {gguf}: {_one_line(exc)}") from exc
+    tokenizer.save_pretrained(str(out))
+    config = model.config.to_dict()
+    # The weights are stored dequantized: a loader must not treat them as GGUF again.
+    config.pop("quantization_config", None)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    save_model(model, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _fsync(path: Path) -> None:

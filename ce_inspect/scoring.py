@@ -4,9 +4,10 @@ The loss is the one a causal-LM training step computes: the logits at position `
 token at ``t + 1`` (shift by one), positions whose label is ``ignore_index`` contribute nothing, and
 ``mean`` is the token-level mean over scored targets, as ``torch.nn.CrossEntropyLoss`` returns it.
 
-Memory: the transformer body runs once, without a KV cache; the output head then runs only on the
-hidden states of scored positions, ``chunk`` rows at a time, so the float32 (rows x vocab) working
-set is bounded by ``ScoreOptions.chunk_bytes`` whatever the prompt and answer lengths.
+Memory: the model runs once, without a KV cache, and its output head runs only at the positions whose
+logits are scored: inside the model's own forward when they fit in one chunk, else ``chunk`` rows at a
+time on the hidden states the head would see. Either way the float32 (rows x vocab) working set is
+bounded by ``ScoreOptions.chunk_bytes`` whatever the prompt and answer lengths.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .encoding import Encoded, Layout, decode_tokens, encode, encode_messages, special_ids
-from .errors import InputError
+from .errors import InputError, ModelLoadError
 from .result import Alternative, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
 
 if TYPE_CHECKING:
@@ -76,7 +77,8 @@ def token_figures(
     loss = -target_logp
     if label_smoothing:
         loss = (1.0 - label_smoothing) * loss - label_smoothing * logp.mean(dim=-1)
-    rank = (logp > target_logp[:, None]).sum(dim=-1) + 1  # [n]; ties count in the target's favour
+    # [n]; ties count in the target's favour. An int32 sum is twice as fast as the default int64 on CPU.
+    rank = (logp > target_logp[:, None]).sum(dim=-1, dtype=torch.int32) + 1
     top_logp, top_ids = logp.topk(max(top_k, 1), dim=-1)  # [n, k]
     return {"logprob": target_logp, "loss": loss, "rank": rank, "top_logp": top_logp, "top_ids": top_ids}
 
@@ -207,7 +209,7 @@ def _head(model: Any) -> Any:
     """The output head as a function of hidden states, or None when it is not a plain Linear layer.
 
     Reproduces the post-processing some architectures apply to logits (Gemma's soft-capping, Cohere's
-    logit scale, Granite's logit divisor); ``_fast_head_ok`` checks the result against the model itself.
+    logit scale, Granite's logit divisor); ``_forward`` checks the result against the model's own logits.
     """
     import torch
 
@@ -220,7 +222,9 @@ def _head(model: Any) -> Any:
     divisor = getattr(config, "logits_scaling", None)
 
     def head(hidden: torch.Tensor) -> torch.Tensor:  # [n, hidden] -> [n, vocab]
-        logits = output(hidden.to(output.weight.device))
+        device = output.weight.device
+        # Under --device-map the weight may be offloaded (meta); accelerate's hook then moves the input itself.
+        logits = output(hidden if device.type == "meta" else hidden.to(device))
         if scale:
             logits = logits * scale
         if divisor:
@@ -232,45 +236,122 @@ def _head(model: Any) -> Any:
     return head
 
 
-def _decoder(model: Any) -> Any:
-    get = getattr(model, "get_decoder", None)
-    decoder = get() if callable(get) else None
-    return decoder if decoder is not None and decoder is not model else None
-
-
-def _fast_head_ok(lm: LoadedModel) -> bool:
-    """Whether body + head reproduces the model's own logits; checked once per model on a short input."""
-    import torch
-
-    if lm.fast_head is not None:
-        return lm.fast_head
-    model = lm.model
-    decoder, head = _decoder(model), _head(model)
-    ok = False
-    if decoder is not None and head is not None:
-        probe = torch.tensor([[t % _vocab_size(model) for t in (1, 2, 3, 5, 8)]], device=_input_device(model))
-        try:
-            with torch.inference_mode():
-                own = model(input_ids=probe, use_cache=False).logits[0, -1].float()  # [vocab]
-                hidden = decoder(input_ids=probe, use_cache=False).last_hidden_state[0, -1:]  # [1, hidden]
-                ours = head(hidden)[0].float().to(own.device)  # [vocab]
-            tol = 1e-4 if own.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32 else 2e-2
-            ok = bool(torch.allclose(ours, own, rtol=tol, atol=tol * max(1.0, own.abs().max().item())))
-        except Exception as exc:  # noqa: BLE001 - any surprise means: use the model's own path
-            log.debug("fast head probe failed: %s", exc)
-            ok = False
-    if not ok:
-        log.warning(
-            "This model's output head is not a plain projection of the decoder's hidden states; scoring "
-            "through the model's full forward (more memory on long inputs, same figures)."
-        )
-    lm.fast_head = ok
-    return ok
-
-
 def _vocab_size(model: Any) -> int:
     output = model.get_output_embeddings()
-    return int(output.weight.shape[0]) if output is not None else int(_text_config(model).vocab_size)
+    weight = getattr(output, "weight", None)
+    return int(weight.shape[0]) if weight is not None else int(_text_config(model).vocab_size)
+
+
+def _call(model: Any, inputs: dict[str, Any], columns: torch.Tensor) -> Any:
+    """The model's own forward, asking it to run its head only at ``columns`` where it supports that."""
+    try:
+        return model(**inputs, logits_to_keep=columns)
+    except TypeError as exc:
+        if "logits_to_keep" not in str(exc):
+            raise
+        return model(**inputs)  # older or custom models: the head runs at every position
+
+
+def _at_columns(states: torch.Tensor, columns: torch.Tensor, seq_len: int) -> torch.Tensor | None:
+    """``states`` [batch, n, d] restricted to ``columns``: n is len(columns) when the model honoured
+    ``logits_to_keep`` and seq_len when it did not (len(columns) < seq_len: the last position is never scored)."""
+    if states.dim() != 3:
+        return None
+    if states.shape[1] == columns.numel():
+        return states
+    if states.shape[1] == seq_len:
+        return states[:, columns.to(states.device)]
+    return None
+
+
+def _own_logits(logits: torch.Tensor, columns: torch.Tensor, seq_len: int) -> torch.Tensor:
+    at = _at_columns(logits, columns, seq_len)
+    if at is None:
+        raise ModelLoadError(
+            f"the model returned logits of shape {tuple(logits.shape)}, not [batch, positions, vocab]; "
+            "ce-inspect cannot score it"
+        )
+    return at
+
+
+def _warn_fallback(lm: LoadedModel) -> None:
+    if lm.fast_head is not False:
+        log.warning(
+            "This model's output head is not a plain projection of its hidden states; scoring with the "
+            "model's own logits at the scored positions (more memory on long answers, same figures)."
+        )
+    lm.fast_head = False
+
+
+def _forward(
+    lm: LoadedModel, inputs: dict[str, Any], columns: torch.Tensor, probe: torch.Tensor, max_rows: int
+) -> tuple[Any, Any]:
+    """One forward pass. Returns ``(None, logits)`` [batch, n_columns, vocab], the model's own logits at
+    ``columns``, when they fit in one chunk of ``max_rows`` rows (or as the fallback); else ``(states,
+    None)``, the hidden states the output head would see at ``columns`` [batch, n_columns, hidden], for
+    ``_head`` to project chunk by chunk, once it is shown to reproduce the model's logits.
+
+    A pre-hook on the output head sees its input. Few rows: the model projects them itself, in the one
+    weight pass a head needs. More: the hook keeps them and lets the model project only two per example,
+    ``probe`` [batch, 2] (indices into ``columns`` of scored positions, never padding), with whatever
+    post-processing its forward applies, and ``_head`` must reproduce those logits. So an unknown head or
+    post-processing step costs memory (the fallback), never a wrong figure.
+    """
+    import torch
+
+    model = lm.model
+    seq_len = inputs["input_ids"].shape[1]
+    head = _head(model) if lm.fast_head is not False else None
+    if head is None:
+        _warn_fallback(lm)
+        return None, _own_logits(_call(model, inputs, columns).logits, columns, seq_len)
+
+    kept: dict[str, Any] = {}
+
+    def keep_input(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        states = args[0] if args else kwargs.get("input")
+        if kept or not isinstance(states, torch.Tensor) or states.dim() != 3:
+            return None  # a second call, or an unexpected shape: leave it alone (the check then fails)
+        kept["states"] = states
+        if states.shape[0] * states.shape[1] <= max_rows:
+            kept["whole"] = True
+            return None  # the model projects every row itself
+        at = probe if states.shape[1] == columns.numel() else columns[probe]  # [batch, 2] along dim 1
+        at = at.to(states.device)
+        rows = states[torch.arange(states.shape[0], device=states.device)[:, None], at]  # [batch, 2, hidden]
+        kept["probe"] = rows
+        if args:
+            return (rows, *args[1:]), kwargs
+        return args, {**kwargs, "input": rows}
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(keep_input, with_kwargs=True)
+    try:
+        logits = _call(model, inputs, columns).logits  # [batch, 2, vocab] when the hook ran
+    finally:
+        handle.remove()
+
+    states = kept.get("states")
+    if states is None:  # the head module never ran: the model's logits are the full ones
+        _warn_fallback(lm)
+        return None, _own_logits(logits, columns, seq_len)
+    if kept.get("whole"):
+        return None, _own_logits(logits, columns, seq_len)
+    ok = False
+    try:
+        own = logits.float()  # [batch, 2, vocab]
+        rows = kept["probe"]
+        ours = head(rows.reshape(-1, rows.shape[-1])).float().reshape(own.shape).to(own.device)
+        exact = own.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32
+        tol = 1e-4 if exact else 2e-2
+        ok = bool(torch.allclose(ours, own, rtol=tol, atol=tol * max(1.0, own.abs().max().item())))
+    except Exception as exc:  # noqa: BLE001 - any surprise means: use the model's own path
+        log.debug("output head check failed: %s", exc)
+    states = _at_columns(states, columns, seq_len) if ok else None
+    if states is None:
+        _warn_fallback(lm)
+        return None, _own_logits(_call(model, inputs, columns).logits, columns, seq_len)
+    lm.fast_head = True
+    return states, None
 
 
 def _figures(
@@ -287,34 +368,36 @@ def _figures(
 
     model = lm.model
     device = _input_device(model)
-    inputs = {
+    inputs: dict[str, Any] = {
         "input_ids": input_ids.to(device),
-        "attention_mask": attention.to(device),
-        "position_ids": position_ids.to(device),
         "use_cache": False,  # a KV cache is memory that scoring never reads
     }
-    index_b = torch.tensor(rows_b, device=device)
-    index_t = torch.tensor(rows_t, device=device)
-    if _fast_head_ok(lm):
-        head = _head(model)
-        hidden = _decoder(model)(**inputs).last_hidden_state  # [batch, seq, hidden]
-        selected = hidden[index_b, index_t.to(hidden.device)]  # [n_scored, hidden]
-        del hidden
-    else:
-        # Fallback: the model's own forward with the head applied only at the columns that are scored.
-        columns = torch.unique(index_t)  # sorted
-        try:
-            logits = model(**inputs, logits_to_keep=columns).logits  # [batch, n_columns, vocab]
-        except TypeError:
-            logits = model(**inputs).logits[:, columns]  # older models: full logits, then select
-        selected = logits[index_b, torch.searchsorted(columns, index_t)]  # [n_scored, vocab]
-        del logits
-
-        def head(rows: torch.Tensor) -> torch.Tensor:
-            return rows
-
-    target_tensor = torch.tensor(targets)
+    if not bool(attention.all()):
+        inputs["attention_mask"] = attention.to(device)
+        inputs["position_ids"] = position_ids.to(device)
+    # Without padding the model's defaults are the same positions and mask, and SDPA can then use its
+    # is_causal kernel without materialising a [seq, seq] mask.
+    index_b = torch.tensor(rows_b)
+    index_t = torch.tensor(rows_t)
+    columns = torch.unique(index_t)  # sorted: the logit columns some scored target needs
+    index_c = torch.searchsorted(columns, index_t)  # [n_scored]: each target's column among them
+    # Per example, the columns of its first and last scored target: where the head check looks.
+    probe = torch.stack(
+        [torch.stack([index_c[index_b == b].min(), index_c[index_b == b].max()]) for b in range(input_ids.shape[0])]
+    )  # [batch, 2]
     rows = options.rows_per_chunk(_vocab_size(model))
+    states, logits = _forward(lm, inputs, columns.to(device), probe, rows)
+    if states is not None:
+        head = _head(model)
+        selected = states[index_b.to(states.device), index_c.to(states.device)]  # [n_scored, hidden]
+    else:
+        selected = logits[index_b.to(logits.device), index_c.to(logits.device)]  # [n_scored, vocab]
+
+        def head(given: torch.Tensor) -> torch.Tensor:
+            return given
+
+    del states, logits
+    target_tensor = torch.tensor(targets)
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, selected.shape[0], rows):
         chunk_logits = head(selected[start : start + rows])  # [rows, vocab]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -102,27 +100,6 @@ def test_cache_root_precedence(monkeypatch, tmp_path):
     assert loading_mod.cache_root() == tmp_path / "a"
     monkeypatch.delenv("CE_INSPECT_CACHE")
     assert loading_mod.cache_root() == tmp_path / "b" / "ce-inspect"
-
-
-def _fake_cache(folder: Path, sizes: dict[str, int]) -> None:
-    folder.mkdir(parents=True)
-    for name, size in sizes.items():
-        (folder / name).write_bytes(b"\0" * size)
-    manifest = {"format": loading_mod.CACHE_FORMAT, "files": sizes}
-    (folder / loading_mod.MANIFEST).write_text(json.dumps(manifest))
-
-
-def test_cache_validation(tmp_path):
-    good = tmp_path / "good"
-    _fake_cache(good, {"model.safetensors": 10, "config.json": 3})
-    assert loading_mod.cache_is_valid(good)
-    (good / "model.safetensors").write_bytes(b"\0" * 4)  # truncated
-    assert not loading_mod.cache_is_valid(good)
-    partial = tmp_path / "partial"
-    partial.mkdir()
-    (partial / "model.safetensors").write_bytes(b"\0" * 10)  # no manifest: the build never finished
-    assert not loading_mod.cache_is_valid(partial)
-    assert not loading_mod.cache_is_valid(tmp_path / "missing")
 
 
 def test_failed_conversion_leaves_no_cache(monkeypatch, tmp_path):

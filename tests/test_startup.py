@@ -1,0 +1,59 @@
+"""Fast start: help and argument errors never import torch; the process entry flushes and exits at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def python(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, input=stdin, timeout=300
+    )
+
+
+PROBE = (
+    "import sys; from ce_inspect.cli import main; code = main({argv!r}); "
+    "print('HEAVY', sorted({{'torch', 'transformers', 'numpy'}} & set(sys.modules)), code)"
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["--help"], 0),
+        (["run", "--help"], 0),
+        (["run", "-p", "x"], 2),
+        (["run", "-p", "x", "-a", "y", "--dtype", "f"], 2),
+    ],
+)
+def test_help_and_argument_errors_import_no_torch(argv, code):
+    out = python("-c", PROBE.format(argv=argv))
+    assert f"HEAVY [] {code}" in out.stdout, out.stdout + out.stderr
+
+
+def test_entry_writes_everything_then_exits(tiny_llama_dir, tmp_path):
+    target = tmp_path / "out.json"
+    answer = " the answer, " * 20
+    out = python(
+        "-m", "ce_inspect", "run", "-m", str(tiny_llama_dir), "-p", "Q?", "-a", answer, "--json", "-o", str(target)
+    )
+    assert out.returncode == 0, out.stderr
+    printed = json.loads(out.stdout)
+    assert printed == json.loads(target.read_text())
+    assert len(printed["tokens"]) > 100
+
+
+def test_entry_keeps_the_exit_status_of_errors(tmp_path):
+    out = python("-m", "ce_inspect", "run", "-m", str(tmp_path / "missing"), "-p", "a", "-a", "b")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("Error: model path")
+    assert out.stdout == ""
