@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -166,7 +167,9 @@ def worker_score(spec: dict) -> dict:
         def run(ex=example):
             return naive_score(lm, ex)
 
-    run(warm)  # first-touch of the weights, kernel selection: not what is compared
+    # First touch of the weights (the head's too, for every path: same baseline), kernel selection.
+    score_encoded(lm, warm, ScoreOptions())
+    run(warm)
     sync()
     rss_loaded = peak_rss_bytes()
     if cuda:
@@ -361,7 +364,7 @@ def section_memory(args, device: str, log) -> dict:
 
 
 def section_batch(args, device: str, log) -> dict:
-    spec = {"device": device, "records": 16 if args.quick else 32, "seed": 99, "reps": max(1, args.reps // 2)}
+    spec = {"device": device, "records": 16 if args.quick else 32, "seed": 99, "reps": max(1, args.reps // 2 + 1)}
     log(f"  batch: {spec['records']} records x {spec['reps']} repeats ...")
     out = run_worker("batch", spec)
     # The `batch` command is being written on another branch; its timing goes here once its options settle.
@@ -393,7 +396,11 @@ def section_startup(args, device: str, log) -> dict:
                 raise SystemExit(f"{' '.join(cmd)} failed with exit {code}")
             samples[name]["wall"].append(wall)
             samples[name]["cpu"].append(cpu)
-    return {"samples": samples, "commands": {k: " ".join(v[1:]) for k, v in commands.items()}}
+    shown = {
+        k: shlex.join(["python", *(os.path.relpath(a, ROOT) if a.startswith(str(ROOT)) else a for a in v[1:])])
+        for k, v in commands.items()
+    }
+    return {"samples": samples, "commands": shown}
 
 
 # --- report ---------------------------------------------------------------------------------------------
@@ -435,10 +442,13 @@ def render_memory(mem: dict, device: str, targets: list) -> list[str]:
     lines = [
         "## Scoring memory and time: ce-inspect vs `model(input_ids, labels=labels)` + full log-softmax",
         "",
-        f"Peak: {what}, one fresh process per cell. Extra: peak minus the same path's peak with a 16-token "
-        "prompt and the same answer. *Body alone*: the model's transformer body on the same input (no output "
-        "head, no cache), the activations any scoring must pay. Answer: scored tokens (random ids, the last "
-        "one EOS). Time: median per call after a warm-up call. Per-call CPU seconds are in the JSON.",
+        f"Peak: {what}, one fresh process per cell, each after the same warm-up (loading the model, scoring "
+        "a 12-token example). Extra: peak minus the same path's peak with a 16-token prompt and the same "
+        "answer. *Body alone*: the model's transformer body on the same input (no output head, no cache), "
+        "the activations any scoring must pay. Answer: scored tokens (random ids, the last one EOS). Time: "
+        "median per call after the warm-up; per-call CPU seconds are in the JSON. On CPU, differences of a "
+        "few tens of MiB (even a negative extra) are the allocator's: glibc keeps freed memory differently "
+        "from one process to the next.",
         "",
         "| prompt | answer | ce-inspect peak | usual peak | ce-inspect extra | usual extra | body alone extra "
         "| extra ratio | ce-inspect time | usual time | body alone time | time ratio | |Δ mean loss| |",
@@ -585,7 +595,7 @@ def main() -> None:
     report: dict = {
         "machine": info,
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "command": "python bench/bench.py " + " ".join(sys.argv[1:]),
+        "command": shlex.join(["python", "bench/bench.py", *sys.argv[1:]]),
         "load_before": load_average(),
     }
     started = time.perf_counter()
