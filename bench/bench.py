@@ -1,7 +1,7 @@
 """Benchmark ce-inspect against the usual ways, on the same model and inputs, in one run.
 
-    python bench/bench.py                # full run (~10 min on a 2-core CPU); writes bench/results/cpu.{md,json}
-    python bench/bench.py --quick        # smaller sizes and fewer repeats: a smoke test (~3 min)
+    python bench/bench.py                # full run (~8 min on a 2-core CPU); writes bench/results/cpu.{md,json}
+    python bench/bench.py --quick        # smaller sizes and fewer repeats: a smoke test (~4 min)
     python bench/bench.py --sections memory,startup --out /tmp/bench
 
 What it measures (each figure is a median over repeats; every ratio comes from this one run):
@@ -340,8 +340,10 @@ def section_memory(args, device: str, log) -> dict:
     prompts = [16, 256, 1024] if args.quick else [16, 256, 1024, 4096]
     if args.long or device == "cuda":
         prompts.append(16384)
-    long_answer = 512 if args.quick else 2048
-    configs = [(p, 32) for p in prompts] + [(256, long_answer)]
+    if args.prompts:
+        prompts = sorted({16, *(int(p) for p in args.prompts.split(","))})  # 16: the baseline of "extra"
+    long_answer = args.long_answer if args.long_answer is not None else (512 if args.quick else 2048)
+    configs = [(p, 32) for p in prompts] + ([(256, long_answer)] if long_answer else [])
     rows = []
     for prompt, scored in configs:
         row = {"prompt": prompt, "scored": scored}
@@ -565,6 +567,8 @@ def main() -> None:
     parser.add_argument("--long", action="store_true", help="add the 16,384-token prompt on CPU (slow)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--sections", default="memory,batch,startup")
+    parser.add_argument("--prompts", default=None, help="memory section: prompt lengths, e.g. 4096,16384")
+    parser.add_argument("--long-answer", type=int, default=None, help="memory section: long answer (0: none)")
     parser.add_argument("--reps", type=int, default=None, help="timed repeats per configuration (default 5, quick 2)")
     parser.add_argument("--budget", type=float, default=None, help="seconds of timed runs per configuration")
     parser.add_argument("--startup-reps", type=int, default=None)
