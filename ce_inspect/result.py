@@ -182,8 +182,25 @@ def perplexity(mean_nll: float) -> float | None:
         return None
 
 
+class _DerivedFigures:
+    """Figures derived from a span's mean NLL and greedy hits (the overall summary and each turn)."""
+
+    mean_nll: float
+    greedy_hits: int
+    count: int
+
+    @property
+    def perplexity(self) -> float | None:
+        return perplexity(self.mean_nll)
+
+    @property
+    def is_greedy(self) -> bool:
+        """Whether greedy decoding would produce exactly the scored tokens (lm-evaluation-harness's is_greedy)."""
+        return self.greedy_hits == self.count
+
+
 @dataclass(frozen=True)
-class Summary:
+class Summary(_DerivedFigures):
     reduction: str
     mean: float
     sum: float
@@ -196,15 +213,6 @@ class Summary:
     verify_abs_diff: float | None = None
     per_token: tuple[float, ...] = ()
     sum_logprob: float | None = None
-
-    @property
-    def perplexity(self) -> float | None:
-        return perplexity(self.mean_nll)
-
-    @property
-    def is_greedy(self) -> bool:
-        """Whether greedy decoding would produce exactly the scored tokens (lm-evaluation-harness's is_greedy)."""
-        return self.greedy_hits == self.count
 
     @property
     def loss(self) -> float | list[float]:
@@ -239,7 +247,7 @@ class Summary:
 
 
 @dataclass(frozen=True)
-class TurnSummary:
+class TurnSummary(_DerivedFigures):
     """The figures of one conversation turn's scored tokens (the overall Summary stays the token-level mean)."""
 
     turn: int | None
@@ -252,14 +260,6 @@ class TurnSummary:
     greedy_hits: int
     first_index: int
     last_index: int
-
-    @property
-    def perplexity(self) -> float | None:
-        return perplexity(self.mean_nll)
-
-    @property
-    def is_greedy(self) -> bool:
-        return self.greedy_hits == self.count
 
     def to_dict(self) -> TurnDict:
         return {
