@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .encoding import Encoded, Layout, encode, encode_messages
-from .errors import InputError, InvalidRecordError, ResumeError
+from .errors import InputError, InvalidRecordError, ResumeError, read_error
 from .result import SCHEMA_VERSION, ScoreResult, dumps, perplexity
 from .scoring import ScoreOptions, score_batch
 
@@ -118,12 +118,8 @@ def read_records(path: str | os.PathLike[str], fields: Fields | None = None) -> 
     path = Path(path)
     try:
         fh = open(path, "rb")  # closed by the with below; opened first to map errors
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path} is a folder, not a JSONL file") from None
     except OSError as exc:
-        raise InputError(f"{path}: cannot read it ({exc.strerror})") from None
+        raise read_error(str(path), exc, kind="JSONL file") from None
     with fh:
         for number, raw in enumerate(fh, 1):
             if not raw.strip():

@@ -45,3 +45,14 @@ class InvalidRecordError(InputError):
 
 class ResumeError(InputError):
     """``--resume`` found an output file that does not continue this input with these settings."""
+
+
+def read_error(label: str, exc: OSError | UnicodeDecodeError, kind: str = "file") -> InputError:
+    """The one-line error for an input that cannot be opened or read; ``label`` names it as the user gave it."""
+    if isinstance(exc, FileNotFoundError):
+        return InputError(f"{label}: no such file")
+    if isinstance(exc, IsADirectoryError):
+        return InputError(f"{label}: is a folder, not a {kind}")
+    if isinstance(exc, UnicodeDecodeError):
+        return InputError(f"{label}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+    return InputError(f"{label}: cannot read it ({exc.strerror})")

@@ -270,20 +270,14 @@ def read_text(value: str | None, file: Path | None, name: str) -> str:
 
 def read_input(file: Path, label: str) -> str:
     """The text of ``file`` (``-`` = stdin), verbatim; any failure is a one-line InputError naming ``label``."""
-    from ..errors import InputError
+    from ..errors import read_error
 
     if str(file) == "-":
         return sys.stdin.read()
     try:
         return file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{label} {file}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{label} {file}: is a folder, not a file") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{label} {file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise InputError(f"{label} {file}: cannot read it ({exc.strerror})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise read_error(f"{label} {file}", exc) from None
 
 
 def read_messages(file: Path) -> list[dict[str, str]]:
