@@ -2,6 +2,10 @@
 
 The command line prints ``Error: <message>`` on one line and exits 1 for any of these; any other
 exception is a bug and keeps its traceback.
+
+Messages speak of the library's parameters, written in backquotes (`` `system` needs `chat` ``); the
+command line shows the same message with each known parameter replaced by its flag (``--system needs
+--chat``), through one table in ``cli/errors.py``. One message, two audiences, no flag names in the core.
 """
 
 from __future__ import annotations

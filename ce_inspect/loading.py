@@ -53,6 +53,9 @@ class LoadedModel:
     dtype: str
     context_length: int | None
     path: str | None = None
+    #: A digest of what the figures depend on in the model (config, tokenizer files, weights), so that
+    #: a resumed batch can tell whether the model changed since; None when it cannot be computed.
+    fingerprint: str | None = None
     #: Filled by scoring on first use: whether the fast head path reproduces the model's own logits.
     fast_head: bool | None = field(default=None, repr=False)
 

@@ -11,11 +11,12 @@ from .app import app
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: every known error is one line on stderr and a non-zero exit."""
     from ..errors import CeInspectError
+    from .errors import cli_message
 
     try:
         result = app(args=argv, prog_name="ce-inspect", standalone_mode=False)
     except CeInspectError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        print(f"Error: {cli_message(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)
