@@ -135,7 +135,9 @@ def test_trl_split_differs_from_separate_and_joint(tiny_llama, tiny_hf_model, tm
         assert not all(same), tokenization
 
 
-def test_batch_trl_scores_trls_targets_and_warns_about_dropped_tail(tiny_llama_dir, tiny_hf_model, tiny_llama, tmp_path, capsys):
+def test_batch_trl_scores_trls_targets_and_warns_about_dropped_tail(
+    tiny_llama_dir, tiny_hf_model, tiny_llama, tmp_path, capsys
+):
     rows = plain_rows(tiny_llama.tokenizer.eos_token, "<|im_end|>")
     expected = trl_prepared(tiny_hf_model, tiny_llama.tokenizer, rows, tmp_path)
     capsys.readouterr()
