@@ -433,7 +433,7 @@ def _require_datasets(what: str) -> Any:
     try:
         import datasets  # noqa: TID253 - optional extra, imported only for these files
     except ImportError:
-        raise InputError(f"reading {what} needs the `datasets` library: {_INSTALL}") from None
+        raise InputError(f"reading {what} needs the datasets library: {_INSTALL}") from None
     return datasets
 
 
