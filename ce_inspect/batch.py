@@ -34,7 +34,8 @@ from .data import DataInfo, Fields, Record, encode_record, open_data, read_recor
 from .encoding import Encoded, Layout
 from .errors import InputError, InvalidRecordError, ResumeError
 from .result import SCHEMA_VERSION, ScoreResult, dumps, perplexity
-from .scoring import ScoreOptions, score_batch
+from .scoring import ScoreOptions
+from .windows import score_examples
 
 if TYPE_CHECKING:
     from .loading import LoadedModel
@@ -682,7 +683,8 @@ def _score_window(
     for batch in plan_batches(lengths, settings.batch_size, settings.max_tokens):
         rows = [todo[j] for j in batch]
         examples = [window[i][1] for i in rows]
-        scored = score_batch(lm, examples, options, padding_side=settings.padding_side)  # type: ignore[arg-type]
+        # Text longer than the context is scored in windows (`stride`); everything else in one padded pass.
+        scored = score_examples(lm, examples, options, padding_side=settings.padding_side)  # type: ignore[arg-type]
         results.update(zip(rows, scored))
         tokens = sum(lengths[j] for j in batch)
         stats.batches += 1

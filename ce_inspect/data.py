@@ -612,11 +612,13 @@ def encode_record(lm: LoadedModel, record: Record, layout: Layout) -> Encoded:
             labels_from=record.labels_from or "labels",
         )
     if record.text is not None:
-        if trl:
-            return encode_trl_language_modeling(
-                tokenizer, record.text, ignore_index=layout.ignore_index, add_eos=layout.add_eos, max_length=context
-            )
-        return encode_text(tokenizer, record.text, layout, max_length=context)
+        encoded = _encode_text_record(lm, record.text, layout)
+        windows = encoded.layout.get("windows")
+        if windows:
+            from .windows import window_plan
+
+            window_plan(len(encoded), windows["window"], windows["stride"])  # a stride the window cannot take fails now
+        return encoded
     if record.prompt_messages is not None:
         assert record.completion_messages is not None
         if trl:
@@ -640,6 +642,21 @@ def encode_record(lm: LoadedModel, record: Record, layout: Layout) -> Encoded:
         return encode_messages(tokenizer, record.messages, _chat_layout(layout), max_length=context)
     assert record.prompt is not None and record.answer is not None
     return encode(tokenizer, record.prompt, record.answer, layout, max_length=context)
+
+
+def _encode_text_record(lm: LoadedModel, text: str, layout: Layout) -> Encoded:
+    from .encoding import encode_trl_language_modeling
+
+    if layout.tokenization == "trl":
+        return encode_trl_language_modeling(
+            lm.tokenizer,
+            text,
+            ignore_index=layout.ignore_index,
+            add_eos=layout.add_eos,
+            max_length=lm.context_length,
+            stride=layout.stride,
+        )
+    return encode_text(lm.tokenizer, text, layout, max_length=lm.context_length)
 
 
 def _chat_layout(layout: Layout) -> Layout:
@@ -685,10 +702,14 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, layout: Layout, *
     ids = bos + body + eos
     if len(ids) < 2:
         raise InputError("the text is a single token with nothing before it: nothing predicts anything")
+    windows = None
     if max_length is not None and len(ids) > max_length:
-        raise SequenceTooLongError(
-            f"the text is {len(ids)} tokens but the model's context is {max_length}; score it in windows with `stride`"
-        )
+        if layout.stride is None:
+            raise SequenceTooLongError(
+                f"the text is {len(ids)} tokens but the model's context is {max_length}; score it in windows "
+                "with `stride`"
+            )
+        windows = {"window": max_length, "stride": layout.stride}
     segments = [BOS] * len(bos) + [ANSWER] * len(body) + [EOS] * len(eos)
     labels = [tid if j > 0 else layout.ignore_index for j, tid in enumerate(ids)]
     return Encoded(
@@ -696,7 +717,13 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, layout: Layout, *
         labels=tuple(labels),
         segments=tuple(segments),
         ignore_index=layout.ignore_index,
-        layout={"kind": "text", "bos": bool(bos), "eos": layout.add_eos, "text_tokens": len(body)},
+        layout={
+            "kind": "text",
+            "bos": bool(bos),
+            "eos": layout.add_eos,
+            "text_tokens": len(body),
+            **({"windows": windows} if windows else {}),
+        },
     )
 
 

@@ -114,8 +114,12 @@ class Layout:
     chat: bool = False
     system: str | None = None
     tokenization: str = "separate"
+    #: ``text`` records longer than the context: scored in windows that advance by this many tokens.
+    stride: int | None = None
 
     def __post_init__(self) -> None:
+        if self.stride is not None and self.stride < 1:
+            raise InputError(f"`stride` must be at least 1 token, got {self.stride}")
         if self.tokenization not in TOKENIZATIONS:
             raise InputError(f"unknown tokenization {self.tokenization!r}; use separate, joint or trl")
         if self.tokenization == "trl" and (self.sep or self.truncate_prompt):
@@ -860,6 +864,7 @@ def encode_trl_language_modeling(
     ignore_index: int = IGNORE_INDEX,
     add_eos: bool = True,
     max_length: int | None = None,
+    stride: int | None = None,
 ) -> Encoded:
     """TRL's language-modelling types: ``text`` (EOS text appended, special tokens added) or ``messages``
     (rendered by the chat template); every token trained, as TRL does without ``assistant_only_loss``."""
@@ -876,8 +881,14 @@ def encode_trl_language_modeling(
         notes.append("every token of the conversation is trained, as TRL does for `messages` data by default")
     if len(ids) < 2:
         raise InputError("the text is a single token: nothing predicts anything")
+    windows = None
     if max_length is not None and len(ids) > max_length:
-        raise SequenceTooLongError(f"the example is {len(ids)} tokens but the model's context is {max_length}")
+        if stride is None or kind != "text":
+            raise SequenceTooLongError(
+                f"the example is {len(ids)} tokens but the model's context is {max_length}"
+                + ("; score it in windows with `stride`" if kind == "text" else "")
+            )
+        windows = {"window": max_length, "stride": stride}
     special = special_ids(tokenizer)
     segments = [
         BOS if j == 0 and tid in special else (EOS if tid == tokenizer.eos_token_id else ANSWER)
@@ -890,7 +901,13 @@ def encode_trl_language_modeling(
         segments=tuple(segments),
         ignore_index=ignore_index,
         notes=tuple(notes),
-        layout={"kind": "trl", "conversational": kind == "messages", "eos": add_eos, "tokenization": "trl"},
+        layout={
+            "kind": "trl",
+            "conversational": kind == "messages",
+            "eos": add_eos,
+            "tokenization": "trl",
+            **({"windows": windows} if windows else {}),
+        },
     )
 
 

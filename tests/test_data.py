@@ -330,3 +330,66 @@ def test_run_and_batch_accept_the_same_conversations(shape, tiny_llama_dir, tmp_
         # The same reason in both: the text after the name of the input.
         reason = run_err.strip().split(": ", 2)[-1]
         assert reason.split(" (")[0][:40] in batch_err, (run_err, batch_err)
+
+
+# --- text longer than the context: sliding windows --------------------------------------------------------
+
+LONG_TEXT = "the winter in the north is long; there the rivers freeze and the herders move in early autumn. " * 2
+
+
+@pytest.fixture(scope="module")
+def short_context_dir(tmp_path_factory):
+    from conftest import build_model
+
+    return build_model(tmp_path_factory.mktemp("ctx32"), "llama", seed=3, max_position_embeddings=32)
+
+
+def guide_per_token(model_dir: Path, ids: list[int], window: int, stride: int) -> dict[int, float]:
+    """The transformers perplexity guide's loop, written out independently: loss per scored position."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    seq = torch.tensor([ids])
+    out: dict[int, float] = {}
+    prev_end = 0
+    for begin in range(0, len(ids), stride):
+        end = min(begin + window, len(ids))
+        trg_len = end - prev_end
+        chunk = seq[:, begin:end]
+        target = chunk.clone()
+        target[:, :-trg_len] = -100
+        with torch.no_grad():
+            logits = model(chunk).logits[0]  # [len, vocab]
+        per = torch.nn.functional.cross_entropy(logits[:-1], target[0, 1:], reduction="none", ignore_index=-100)
+        for j, loss in enumerate(per.tolist()):
+            if target[0, j + 1] != -100:
+                assert begin + j + 1 not in out  # each position once
+                out[begin + j + 1] = loss
+        prev_end = end
+        if end == len(ids):
+            break
+    return out
+
+
+@pytest.mark.parametrize("stride", [5, 16, 31])
+def test_long_text_in_windows_matches_the_perplexity_guide(stride, short_context_dir, tmp_path):
+    data = jsonl(tmp_path / "t.jsonl", [{"text": LONG_TEXT}])
+    lines, summary = batch_lines([str(data), "-m", str(short_context_dir), "--stride", str(stride)], tmp_path)
+    (line,) = lines
+    ids = [t["token_id"] for t in line["sequence"]]
+    assert len(ids) > 3 * 32
+    reference = guide_per_token(short_context_dir, ids, 32, stride)
+    assert sorted(reference) == list(range(1, len(ids)))  # every token but the first, exactly once
+    got = {t["index"]: t["loss"] for t in line["tokens"]}
+    assert sorted(got) == sorted(reference)
+    assert [got[i] for i in sorted(got)] == pytest.approx([reference[i] for i in sorted(got)], abs=1e-5)
+    assert summary["token_weighted_mean_loss"] == pytest.approx(sum(reference.values()) / len(reference), abs=1e-6)
+    assert any("windows of 32 tokens" in n and f"every {stride} tokens" in n for n in line["notes"])
+
+
+def test_long_text_without_stride_says_how(short_context_dir, tmp_path, capsys):
+    data = jsonl(tmp_path / "t.jsonl", [{"text": LONG_TEXT}])
+    assert main(["batch", str(data), "-m", str(short_context_dir)]) == 1
+    assert "score it in windows with --stride" in capsys.readouterr().err
+    assert main(["batch", str(data), "-m", str(short_context_dir), "--stride", "32"]) == 1
+    assert "--stride must be smaller than the window of 32 tokens" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,6 +44,15 @@ def batch(
     split: Annotated[
         str | None,
         typer.Option(help="The split of a saved or Hub dataset (train, test, ...).", rich_help_panel=INPUT),
+    ] = None,
+    stride: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Score text records longer than the context in windows of the context's length starting every "
+            "STRIDE tokens: every token scored once, with at least context - STRIDE tokens of left context.",
+            rich_help_panel=INPUT,
+        ),
     ] = None,
     skip_invalid: Annotated[
         bool,
@@ -179,7 +189,7 @@ def batch(
     scan = scan_dataset(
         lm,
         input,
-        layout=common.layout(),
+        layout=replace(common.layout(), stride=stride),
         options=options,
         fields=fields,
         skip_invalid=skip_invalid,
