@@ -133,7 +133,8 @@ def batch(
         ),
     ] = DEFAULT_WORST,
 ) -> None:
-    """Score every record of a JSONL data set: one JSON line per example, in input order, then a summary."""
+    """Score every record of a data set (JSONL, JSON, Parquet, datasets): one JSON line per example, in input
+    order, then a summary."""
     from ..batch import BatchSettings, Fields, JsonlSink, output_conflict, read_resume, run_scan, scan_dataset
 
     if padding_side not in ("right", "left"):
