@@ -192,7 +192,7 @@ def test_without_the_datasets_extra_one_line_says_what_to_install(tmp_path, monk
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
     path = tmp_path / "d.parquet"
     path.write_bytes(b"PAR1")
-    with pytest.raises(InputError, match=r"needs the `datasets` library: pip install 'ce-inspect\[datasets\]'"):
+    with pytest.raises(InputError, match=r"needs the datasets library: pip install 'ce-inspect\[datasets\]'"):
         list(read_records(path))
 
 
