@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,13 +128,21 @@ def test_load_uses_the_cache(fake_gguf):
 
 
 def test_cache_that_passes_the_check_but_does_not_load_is_rebuilt(fake_gguf, tiny_llama, warnings_seen):
-    """Damage the quick check cannot see (tensor names no longer match the model): load rebuilds once."""
+    """Damage the check cannot see (a tensor renamed, size, mtime and inode kept): load rebuilds once.
+
+    The check trusts a file whose size, mtime_ns and inode match the manifest without reading it (that is
+    what keeps it cheap); an edit that restores the mtime is not seen there, but a weight the model then
+    lacks is refused at load time and the cache rebuilt.
+    """
     folder = Path(gguf_cache_folder(fake_gguf.path))
     weights = folder / "model.safetensors"
+    before = weights.stat()
     data = bytearray(weights.read_bytes())
     at = data.index(b'"model.embed_tokens.weight"')
     data[at + 1 : at + 6] = b"XXXXX"  # renames a tensor: same size, valid header
     weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert weights.stat().st_ino == before.st_ino
     assert cache_is_valid(folder)
     lm = load(str(fake_gguf.path), device="cpu", quiet=True)
     assert len(fake_gguf.conversions) == 2
