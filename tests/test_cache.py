@@ -295,9 +295,8 @@ def test_cache_fingerprint_comes_from_the_manifest(fake_gguf, tiny_llama_dir):
     assert len(fake_gguf.conversions) == 2 and rebuilt.fingerprint == lm.fingerprint
     # The cache holds the tiny model's files byte for byte, all under the hashing limit: same digest.
     assert lm.fingerprint == loading.model_fingerprint(tiny_llama_dir)
-    (Path(lm.path) / MANIFEST).write_text(
-        (Path(lm.path) / MANIFEST)
-        .read_text()
-        .replace(json.loads((Path(lm.path) / MANIFEST).read_text())["files"]["config.json"]["sha256"], "0" * 64)
-    )
+    manifest_path = Path(lm.path) / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["config.json"]["sha256"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
     assert loading.model_fingerprint(lm.path, "gguf") != lm.fingerprint  # read from the manifest
