@@ -3,7 +3,11 @@
 GGUF files are dequantized once (~15 s for SmolLM2-135M) into a safetensors folder in the user's
 cache; later runs load that folder in a fraction of a second. The folder is built under a temporary
 name and renamed into place only once complete, with a manifest written last, so a crash mid-write
-never leaves a cache that later loads broken; a damaged cache is detected and rebuilt.
+never leaves a cache that later loads broken; the manifest records each file's content hash, so a
+damaged cache is detected (by ``stat`` on every run, by content when a file's stat changed) and rebuilt.
+
+Whatever the source, a model is scored only if it is a causal LM whose checkpoint supplies every weight
+it uses and nothing else (transformers would silently fill the gaps with random values).
 """
 
 from __future__ import annotations
