@@ -388,11 +388,15 @@ def _check_causal_lm(folder: str, source: str, revision: str | None, trust_remot
             f"{folder} is an encoder-decoder model ({architectures}), not a causal language model; "
             "ce-inspect needs a decoder-only model"
         )
+    # The encoder families: those with a masked-LM head, and BERT's generation variant (which has none);
+    # they attend causally only when the config says so (`is_decoder`, or `causal` for XLM). XLNet's
+    # default `attn_type` "bi" lets every position see the whole sequence too.
+    encoder = model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES or model_type == "bert-generation"
     declared_decoder = getattr(config, "is_decoder", False) or getattr(config, "causal", False)
-    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not declared_decoder:
+    if (encoder and not declared_decoder) or getattr(config, "attn_type", None) == "bi":
         raise ModelLoadError(
-            f"{folder} is a {model_type!r} encoder ({architectures}) with bidirectional attention, not a causal "
-            "language model (its config does not set is_decoder); ce-inspect needs a decoder"
+            f"{folder} is an encoder ({architectures}) with bidirectional attention, not a causal language "
+            f"model (its {model_type!r} config does not make it a decoder); ce-inspect needs a decoder"
         )
 
 

@@ -153,7 +153,7 @@ LOADING_CASES: list[Case] = [
         "bert-encoder",
         [*_RUN, "bert"],
         1,
-        "is a 'bert' encoder (BertModel) with bidirectional attention",
+        "is an encoder (BertModel) with bidirectional attention",
         _model_files("bert", _bert()),
     ),
     Case("bert-decoder-without-head", [*_RUN, "bert"], 1, "lacks", _model_files("bert", _bert(is_decoder=True))),

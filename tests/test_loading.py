@@ -308,8 +308,32 @@ def bert_folder(folder: Path, model_class: str = "BertModel", **config) -> Path:
 def test_bert_encoder_is_refused(tmp_path):
     """Issue 8 item 2: it used to load as BertLMHeadModel, attending both ways, with a random head."""
     folder = bert_folder(tmp_path / "bert")
-    with pytest.raises(ModelLoadError, match=r"is a 'bert' encoder \(BertModel\) with bidirectional attention"):
+    with pytest.raises(ModelLoadError, match=r"is an encoder \(BertModel\) with bidirectional attention"):
         load(str(folder), device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("model_type", "config", "refused"),
+    [
+        ("roberta", {}, True),
+        ("electra", {}, True),
+        ("bert-generation", {}, True),
+        ("xlm", {}, True),  # XLM says it with `causal`
+        ("xlm", {"causal": True}, False),
+        ("xlnet", {}, True),  # attn_type "bi" by default
+        ("xlnet", {"attn_type": "uni"}, False),
+        ("roberta", {"is_decoder": True}, False),
+        ("gpt_neox", {}, False),  # declares is_decoder=False, but is a decoder whatever it says
+    ],
+)
+def test_encoder_families_by_config(tmp_path, model_type, config, refused):
+    """Config-only folders: an encoder is refused at its config; a decoder gets as far as the tokenizer."""
+    from transformers import AutoConfig
+
+    AutoConfig.for_model(model_type, **config).save_pretrained(tmp_path)
+    expected = "with bidirectional attention" if refused else "has no tokenizer files"
+    with pytest.raises(ModelLoadError, match=expected):
+        load(str(tmp_path), device="cpu")
 
 
 def test_bert_marked_as_decoder_without_its_head_is_refused(tmp_path):
