@@ -480,10 +480,10 @@ def _check_weights(folder: str, info: dict[str, Any]) -> None:
         str(entry[0] if isinstance(entry, tuple) else entry) for entry in info.get("mismatched_keys") or []
     )
     if mismatched:
-        problems.append(f"has {_count_and_first(mismatched, 'weight')} of the wrong shape for its config")
+        problems.append(f"has {_count_and_first(mismatched)} of the wrong shape for its config")
     unexpected = sorted(info.get("unexpected_keys") or [])
     if unexpected:
-        problems.append(f"has {_count_and_first(unexpected, 'weight')} that the model does not use")
+        problems.append(f"has {_count_and_first(unexpected)} that the model does not use")
     if problems:
         raise ModelLoadError(
             f"the checkpoint in {folder} does not match its model: it {'; it '.join(problems)}; "
@@ -491,10 +491,10 @@ def _check_weights(folder: str, info: dict[str, Any]) -> None:
         )
 
 
-def _count_and_first(keys: list[str], noun: str = "weight", shown: int = 3) -> str:
-    """``"2 weights (a, b)"`` or ``"40 weights (a, b, c, ...)"``."""
+def _count_and_first(keys: list[str], shown: int = 3) -> str:
+    """``"1 weight (a)"``, ``"2 weights (a, b)"`` or ``"40 weights (a, b, c, ...)"``."""
     names = ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
-    return f"{len(keys)} {noun}{'s' if len(keys) != 1 else ''} ({names})"
+    return f"{len(keys)} weight{'s' if len(keys) != 1 else ''} ({names})"
 
 
 def _one_line(exc: BaseException) -> str:
