@@ -15,11 +15,11 @@ import typing
 from pathlib import Path
 
 import pytest
+from conftest import byte_tokenizer
 
 from ce_inspect import Layout, ScoreOptions, score, score_messages
 from ce_inspect import result as wire
 from ce_inspect.cli import main
-from conftest import byte_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONVERSATION = [
