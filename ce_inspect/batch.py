@@ -670,17 +670,17 @@ class BatchSettings:
 
     def __post_init__(self) -> None:
         if self.batch_size is None and self.max_tokens is None:
-            raise InputError("give a batch size, a token budget per batch, or both")
+            raise InputError("give `batch_size` (examples per batch), `max_tokens` (padded positions) or both")
         if self.batch_size is not None and self.batch_size < 1:
-            raise InputError(f"the batch size must be at least 1, got {self.batch_size}")
+            raise InputError(f"`batch_size` must be at least 1, got {self.batch_size}")
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise InputError(f"the token budget per batch must be at least 1, got {self.max_tokens}")
+            raise InputError(f"`max_tokens` must be at least 1, got {self.max_tokens}")
         if self.padding_side not in PADDING_SIDES:
-            raise InputError(f"padding side must be left or right, got {self.padding_side!r}")
+            raise InputError(f"`padding_side` must be left or right, got {self.padding_side!r}")
         if self.sort_window < 1:
-            raise InputError(f"the sort window must be at least 1 example, got {self.sort_window}")
+            raise InputError(f"`sort_window` must be at least 1 example, got {self.sort_window}")
         if self.worst < 0:
-            raise InputError(f"the number of worst examples must be 0 or more, got {self.worst}")
+            raise InputError(f"`worst` must be 0 or more, got {self.worst}")
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int | None, max_tokens: int | None = None) -> list[list[int]]:

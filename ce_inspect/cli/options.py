@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..encoding import IGNORE_INDEX, TOKENIZATIONS, Layout
+from ..errors import InputError
 from ..loading import DTYPES
-from ..scoring import ScoreOptions
+from ..scoring import REDUCTIONS, ScoreOptions, check_reduction
 
 if TYPE_CHECKING:
     from ..loading import LoadedModel
@@ -107,7 +108,8 @@ SmoothingOpt = Annotated[
     float, typer.Option(min=0.0, max=1.0, help="CrossEntropyLoss label_smoothing.", rich_help_panel=SCORING)
 ]
 ReductionOpt = Annotated[
-    str, typer.Option(help="Headline figure, as CrossEntropyLoss: mean, sum or none.", rich_help_panel=SCORING)
+    str,
+    typer.Option(help=f"Headline figure, as CrossEntropyLoss: {', '.join(REDUCTIONS)}.", rich_help_panel=SCORING),
 ]
 TopKOpt = Annotated[
     int, typer.Option(min=0, help="Show the model's K most likely tokens at each position.", rich_help_panel=SCORING)
@@ -154,18 +156,19 @@ class Common:
             raise typer.BadParameter(f"{self.device!r}: use auto, cpu, cuda, cuda:N or mps", param_hint="--device")
         if self.dtype not in DTYPES:
             raise typer.BadParameter(f"{self.dtype!r}: use one of {', '.join(DTYPES)}", param_hint="--dtype")
-        if self.reduction not in ("mean", "sum", "none"):
-            raise typer.BadParameter(f"{self.reduction!r}: use mean, sum or none", param_hint="--reduction")
+        try:
+            check_reduction(self.reduction)
+        except InputError as exc:
+            raise typer.BadParameter(str(exc)) from None
         if self.tokenization is not None and self.tokenization not in TOKENIZATIONS:
             raise typer.BadParameter(f"{self.tokenization!r}: use separate or joint", param_hint="--tokenization")
 
     def layout(self, *, chat: bool | None = None) -> Layout:
         """The layout these options describe; ``chat=True`` for inputs that are conversations (--messages).
 
-        Conflicting options (--sep with --chat, --system without it, ...) are usage errors.
+        Conflicting options (--sep with --chat, --system without it, ...) are usage errors; the library's
+        message names its parameters, which the error table (cli/errors.py) shows as these flags.
         """
-        from ..errors import InputError
-
         try:
             return Layout(
                 sep=self.sep or None,
