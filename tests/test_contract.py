@@ -283,3 +283,26 @@ def test_real_outputs_validate_against_the_schemas(run_documents, batch_outputs)
     doc = json.loads(json.dumps(batch_outputs[1][0]))
     doc["batching"]["batches"] = 1.5
     assert list(summary.iter_errors(doc))
+
+
+def test_resume_reads_lines_through_the_contract(batch_outputs, tmp_path):
+    from ce_inspect.batch import read_resume
+    from ce_inspect.errors import ResumeError
+
+    lines = [d for d in batch_outputs[0] if "sequence" not in d]  # --no-sequence lines resume too
+    full = {d["line"]: d for d in batch_outputs[0] if "sequence" in d}
+    path = tmp_path / "out.jsonl"
+    path.write_text("".join(wire.dumps(d) + "\n" for d in lines))
+    state = read_resume(path)
+    assert sorted(state.examples) == [d["line"] for d in lines]
+    for d in lines:
+        stats = state.examples[d["line"]]
+        assert (stats.id, stats.count) == (d["id"], len(d["tokens"]))
+        # The same input line written with its sequence view: as many positions as the resumed count.
+        assert stats.sequence_tokens == len(full[d["line"]]["sequence"]) > 0
+        assert stats.nll_sum == pytest.approx(-sum(t["logprob"] for t in d["tokens"]))
+    edited = json.loads(json.dumps(lines[0]))
+    edited["summary"]["count"] = str(edited["summary"]["count"])
+    path.write_text(wire.dumps(edited) + "\n" + wire.dumps(lines[1]) + "\n")
+    with pytest.raises(ResumeError, match=r"line 1 of .*summary.count: expected integer, not string"):
+        read_resume(path)
