@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .encoding import Encoded, Layout, decode_tokens, encode, encode_messages, special_ids
@@ -46,10 +46,13 @@ class ScoreOptions:
     def __post_init__(self) -> None:
         if self.reduction not in REDUCTIONS:
             raise InputError(f"unknown reduction {self.reduction!r}; use mean, sum or none")
+        if math.isnan(self.label_smoothing) or math.isinf(self.label_smoothing):
+            what = "not a number" if math.isnan(self.label_smoothing) else "infinite"
+            raise InputError(f"`label_smoothing` must be a number in [0, 1], got {self.label_smoothing} ({what})")
         if not 0.0 <= self.label_smoothing <= 1.0:
-            raise InputError(f"label smoothing must be in [0, 1], got {self.label_smoothing}")
+            raise InputError(f"`label_smoothing` must be in [0, 1], got {self.label_smoothing}")
         if self.top_k < 0:
-            raise InputError(f"top-k must be 0 or more, got {self.top_k}")
+            raise InputError(f"`top_k` must be 0 or more, got {self.top_k}")
         if self.chunk_tokens is not None and self.chunk_tokens < 1:
             raise InputError(f"chunk size must be at least 1 token, got {self.chunk_tokens}")
 
@@ -188,11 +191,30 @@ def score_batch(
             targets.append(example.input_ids[p])
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # [batch, seq]
 
+    options, top_k_note = _fit_top_k(lm, options)
     with torch.inference_mode():
         figures = _figures(lm, input_ids, attention, position_ids, rows_b, rows_t, targets, options)
         model_losses = _model_losses(lm, examples) if options.verify else [None] * len(examples)
 
-    return _results(lm, examples, figures, model_losses, options)
+    results = _results(lm, examples, figures, model_losses, options)
+    if top_k_note:
+        results = [replace(r, notes=(*r.notes, top_k_note)) for r in results]
+    return results
+
+
+_warned_top_k: set[tuple[int, int]] = set()
+
+
+def _fit_top_k(lm: LoadedModel, options: ScoreOptions) -> tuple[ScoreOptions, str | None]:
+    """``top_k`` clamped to the vocabulary (the width of the model's logits), with a note when it was larger."""
+    vocab = _vocab_size(lm.model)
+    if options.top_k <= vocab:
+        return options, None
+    note = f"top-k {options.top_k} is more than the model's vocabulary of {vocab} tokens; showing all {vocab} (--top-k)"
+    if (id(lm.model), options.top_k) not in _warned_top_k:  # once per model and value, not once per batch
+        _warned_top_k.add((id(lm.model), options.top_k))
+        log.warning("note: %s", note)
+    return replace(options, top_k=vocab), note
 
 
 def _input_device(model: Any) -> Any:

@@ -131,6 +131,7 @@ def batch(
         sequence=not no_sequence,
     )
     fields = Fields(prompt=prompt_field, answer=answer_field, messages=messages_field, id=id_field)
+    layout, options = common.layout(), common.score_options()  # bad values are usage errors, before loading
     stdout = sys.stdout  # taken now: stdout carries only JSON lines when --output is not given
     # "Loading ..." and other progress notes only where someone watches; warnings always.
     setup_logging(quiet=not sys.stderr.isatty())
@@ -146,11 +147,10 @@ def batch(
             markup=False,
             soft_wrap=True,
         )
-    options = common.score_options()
     scan = scan_dataset(
         lm,
         input,
-        layout=common.layout(),
+        layout=layout,
         options=options,
         fields=fields,
         skip_invalid=skip_invalid,
