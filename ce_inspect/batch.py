@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .encoding import Encoded, Layout, encode, encode_messages
+from .encoding import Encoded, Layout, check_text, encode, encode_messages, parse_messages
 from .errors import InputError, InvalidRecordError, ResumeError, read_error
 from .result import SCHEMA_VERSION, ScoreResult, dumps, perplexity
 from .scoring import ScoreOptions, score_batch
@@ -92,23 +92,19 @@ def _parse_record(line: int, obj: Any, fields: Fields) -> Record:
         messages = obj[fields.messages]
         if not isinstance(messages, list) or not messages:
             return Record(line, rid, error=f"field {fields.messages!r} must be a non-empty array of messages")
-        for k, message in enumerate(messages):
-            if not (
-                isinstance(message, dict)
-                and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), str)
-            ):
-                return Record(
-                    line,
-                    rid,
-                    error=f"message {k} of {fields.messages!r} must be an object with string 'role' and 'content'",
-                )
-        return Record(line, rid, messages=messages)
+        try:  # the validator `run --messages` uses: the same shapes, and every content checked as text
+            return Record(line, rid, messages=parse_messages(messages, f"field {fields.messages!r}"))
+        except InputError as exc:
+            return Record(line, rid, error=str(exc))
     for name in (fields.prompt, fields.answer):
         if name not in obj:
             return Record(line, rid, error=f"missing field {name!r}")
         if not isinstance(obj[name], str):
             return Record(line, rid, error=f"field {name!r} must be a string, not {_type_name(obj[name])}")
+        try:
+            check_text(obj[name], f"field {name!r}")
+        except InputError as exc:
+            return Record(line, rid, error=str(exc))
     return Record(line, rid, prompt=obj[fields.prompt], answer=obj[fields.answer])
 
 

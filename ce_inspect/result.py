@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
+
+if sys.version_info >= (3, 11):
+    from typing import NotRequired
+else:  # pragma: no cover
+    from typing_extensions import NotRequired
 
 SCHEMA_VERSION = 1
 
@@ -18,6 +24,7 @@ class AlternativeDict(TypedDict):
     token_id: int
     token: str
     prob: float
+    bytes: NotRequired[str]  # only when the token does not decode to text on its own: its bytes, hex ("F0 9F")
 
 
 class TokenDict(TypedDict, total=False):
@@ -34,6 +41,8 @@ class TokenDict(TypedDict, total=False):
     top_id: int
     top_token: str
     top_prob: float
+    bytes: NotRequired[str]  # only when the token does not decode to text on its own: its bytes, hex ("F0 9F")
+    top_bytes: NotRequired[str]  # the same for the top choice
     top_k: list[AlternativeDict]
     greedy: bool  # the target is the model's most likely next token (rank 1)
     turn: int | None  # chat: index of the message the token belongs to; null for pairs
@@ -80,6 +89,7 @@ class SequenceTokenDict(TypedDict, total=False):
     loss: float | None
     special: bool
     turn: int | None
+    bytes: NotRequired[str]  # only when the token does not decode to text on its own: its bytes, hex ("F0 9F")
 
 
 class ResultDict(TypedDict, total=False):
@@ -100,6 +110,13 @@ class Alternative:
     token_id: int
     token: str
     prob: float
+    bytes: str | None = None  # hex bytes of a token that does not decode on its own (see ``TokenScore``)
+
+    def to_dict(self) -> AlternativeDict:
+        d: AlternativeDict = {"token_id": self.token_id, "token": self.token, "prob": self.prob}
+        if self.bytes is not None:
+            d["bytes"] = self.bytes
+        return d
 
 
 @dataclass(frozen=True)
@@ -121,6 +138,10 @@ class TokenScore:
     top_prob: float
     top_k: tuple[Alternative, ...] = ()
     turn: int | None = None
+    #: Byte-level tokens that are part of a character (emoji, CJK, combining marks) all decode to "\ufffd"
+    #: on their own; for those, their bytes in hex ("F0 9F"), so that different tokens look different.
+    bytes: str | None = None
+    top_bytes: str | None = None
 
     @property
     def is_greedy(self) -> bool:
@@ -144,8 +165,12 @@ class TokenScore:
             "greedy": self.is_greedy,
             "turn": self.turn,
         }
+        if self.bytes is not None:
+            d["bytes"] = self.bytes
+        if self.top_bytes is not None:
+            d["top_bytes"] = self.top_bytes
         if self.top_k:
-            d["top_k"] = [{"token_id": a.token_id, "token": a.token, "prob": a.prob} for a in self.top_k]
+            d["top_k"] = [a.to_dict() for a in self.top_k]
         return d
 
 
@@ -161,9 +186,10 @@ class SequenceToken:
     loss: float | None
     special: bool = False
     turn: int | None = None
+    bytes: str | None = None  # as ``TokenScore.bytes``
 
     def to_dict(self) -> SequenceTokenDict:
-        return {
+        d: SequenceTokenDict = {
             "index": self.index,
             "token_id": self.token_id,
             "token": self.token,
@@ -173,6 +199,9 @@ class SequenceToken:
             "special": self.special,
             "turn": self.turn,
         }
+        if self.bytes is not None:
+            d["bytes"] = self.bytes
+        return d
 
 
 def perplexity(mean_nll: float) -> float | None:

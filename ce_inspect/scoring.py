@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from .encoding import Encoded, Layout, decode_tokens, encode, encode_messages, special_ids
+from .encoding import Encoded, Layout, byte_hex, decode_tokens, encode, encode_messages, special_ids
 from .errors import InputError, ModelLoadError
 from .result import Alternative, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
 
@@ -477,7 +477,7 @@ def _results(
         for j, position in enumerate(positions):
             logprob = figures["logprob"][span][j]
             alternatives = tuple(
-                Alternative(token_id=i, token=alt_text[i], prob=math.exp(lp))
+                Alternative(token_id=i, token=alt_text[i], prob=math.exp(lp), bytes=byte_hex(tokenizer, i, alt_text[i]))
                 for i, lp in zip(top_ids[j][: options.top_k], top_logps[j][: options.top_k])
             )
             tokens.append(
@@ -497,6 +497,8 @@ def _results(
                     top_prob=math.exp(top_logps[j][0]),
                     top_k=alternatives,
                     turn=example.turns[position] if example.turns else None,
+                    bytes=byte_hex(tokenizer, target_ids[j], texts[j]),
+                    top_bytes=byte_hex(tokenizer, top_ids[j][0], alt_text[top_ids[j][0]]),
                 )
             )
         losses = [t.loss for t in tokens]
@@ -529,6 +531,7 @@ def _results(
                 loss=loss_at.get(i),
                 special=tid in special,
                 turn=example.turns[i] if example.turns else None,
+                bytes=byte_hex(tokenizer, tid, text),
             )
             for i, (tid, text) in enumerate(zip(example.input_ids, decode_tokens(tokenizer, example.input_ids)))
         )
