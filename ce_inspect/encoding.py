@@ -290,27 +290,11 @@ def encode_pair(
     special_tokens: str = "parse",
 ) -> Encoded:
     """Build the training layout for one prompt/answer pair, split by ``tokenization``."""
-    if tokenization not in TOKENIZATIONS:
-        raise InputError(f"unknown `tokenization` {tokenization!r}; use separate or joint")
-    if special_tokens not in SPECIAL_TOKENS:
-        raise InputError(f"unknown `special_tokens` {special_tokens!r}; use parse or text")
-    check_text(prompt, "the prompt")
-    check_answer(answer)
-    if sep is not None:
-        check_text(sep, "the separator")
+    _check_pair(prompt, answer, sep, tokenization, special_tokens)
     plain = special_tokens == "text"
     bos = special_prefix(tokenizer)
     prompt_ids, sep_ids, answer_ids, boundary = _split_pair(tokenizer, prompt, sep, answer, tokenization, plain)
-    eos_ids: list[int] = []
-    if add_eos:
-        if tokenizer.eos_token_id is None:
-            raise InputError("this tokenizer has no EOS token; score the answer without one (`add_eos`)")
-        eos_ids = [tokenizer.eos_token_id]
-    if not (bos or prompt_ids or sep_ids):
-        raise InputError(
-            "the prompt is empty and the tokenizer adds no BOS token, so the first answer token has "
-            "nothing to be predicted from; give a prompt or a `sep`"
-        )
+    eos_ids = _eos_ids(tokenizer) if add_eos else []
     total = len(bos) + len(prompt_ids) + len(sep_ids) + len(answer_ids) + len(eos_ids)
     truncated = _prompt_excess(
         total, max_length, truncate_prompt, bool(bos or sep_ids), prompt_ids, answer_ids, eos_ids
@@ -322,15 +306,10 @@ def encode_pair(
     segments = [name for name, ids in parts for _ in ids]
     trained = [seg in ({ANSWER, EOS} if mask_prompt else {PROMPT, SEP, ANSWER, EOS}) for seg in segments]
     labels = [tid if t else ignore_index for tid, t in zip(input_ids, trained)]
-    notes: list[str] = []
-    if truncated:
-        notes.append(f"dropped {truncated} prompt tokens from the left to fit the context of {max_length}")
+    notes = [f"dropped {truncated} prompt tokens from the left to fit the context of {max_length}"] if truncated else []
     if boundary["differs"]:
         notes.append(boundary_note(boundary))
-    if tokenization == "joint":
-        notes += _joint_text_note(tokenizer, prompt + (sep or ""), answer, plain)
-    named = [("the prompt", prompt), ("the separator", sep or ""), ("the answer", answer)]
-    notes += text_notes(tokenizer, named, plain=plain)
+    notes += _pair_text_notes(tokenizer, prompt, sep, answer, tokenization, plain)
     notes += _ignored_targets_note(tokenizer, input_ids, trained, ignore_index)
     return Encoded(
         input_ids=tuple(input_ids),
@@ -352,6 +331,31 @@ def encode_pair(
             "boundary": boundary,
         },
     )
+
+
+def _pair_text_notes(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, sep: str | None, answer: str, tokenization: str, plain: bool
+) -> list[str]:
+    notes = _joint_text_note(tokenizer, prompt + (sep or ""), answer, plain) if tokenization == "joint" else []
+    named = [("the prompt", prompt), ("the separator", sep or ""), ("the answer", answer)]
+    return notes + text_notes(tokenizer, named, plain=plain)
+
+
+def _check_pair(prompt: str, answer: str, sep: str | None, tokenization: str, special_tokens: str) -> None:
+    if tokenization not in TOKENIZATIONS:
+        raise InputError(f"unknown `tokenization` {tokenization!r}; use separate or joint")
+    if special_tokens not in SPECIAL_TOKENS:
+        raise InputError(f"unknown `special_tokens` {special_tokens!r}; use parse or text")
+    check_text(prompt, "the prompt")
+    check_answer(answer)
+    if sep is not None:
+        check_text(sep, "the separator")
+
+
+def _eos_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    if tokenizer.eos_token_id is None:
+        raise InputError("this tokenizer has no EOS token; score the answer without one (`add_eos`)")
+    return [tokenizer.eos_token_id]
 
 
 def _split_pair(
@@ -387,7 +391,15 @@ def _prompt_excess(
     answer_ids: list[int],
     eos_ids: list[int],
 ) -> int:
-    """How many prompt tokens to drop from the left so that ``total`` fits ``max_length`` (0: it fits)."""
+    """How many prompt tokens to drop from the left so that ``total`` fits ``max_length`` (0: it fits).
+
+    ``has_lead``: a BOS or separator precedes the answer, so the prompt may be empty.
+    """
+    if not (has_lead or prompt_ids):
+        raise InputError(
+            "the prompt is empty and the tokenizer adds no BOS token, so the first answer token has "
+            "nothing to be predicted from; give a prompt or a `sep`"
+        )
     if max_length is None or total <= max_length:
         return 0
     excess = total - max_length
@@ -793,25 +805,18 @@ def _encode_conversation(
 
     template_mask = None
     if _GENERATION_TAG.search(template):
-        template_mask, marked_positions = _generation_mask(tokenizer, msgs, r.ids, r.turns, set(targets), scored)
-        if template_mask.get("agrees") is False:
-            notes.append(_mask_note(tokenizer, r.ids, template_mask))
-        if marked_positions:
-            scored = marked_positions
+        template_mask, scored = _apply_generation_mask(tokenizer, msgs, r, targets, scored, notes)
     if inside_turn:
+        added = decode_tokens(tokenizer, [r.ids[j] for j in inside_turn])
         notes.append(
             "scored because the model must generate them after the generation prompt, though the template adds "
-            f"them: {decode_tokens(tokenizer, [r.ids[j] for j in inside_turn])}"
+            f"them: {added}"
         )
     if not layout.add_eos:
         scored -= set(eot_positions)
         notes.append("the end-of-turn token is not scored (--no-eos)")
 
-    if max_length is not None and len(r.ids) > max_length:
-        raise SequenceTooLongError(
-            f"the conversation is {len(r.ids)} tokens but the model's context is {max_length}; shorten it "
-            "(`truncate_prompt` cannot cut a chat)"
-        )
+    _check_fits(len(r.ids), max_length)
     trained = [(j in scored if layout.mask_prompt else True) and j > 0 for j in range(len(r.ids))]
     notes += _conversation_text_notes(tokenizer, msgs, source)
     notes += _ignored_targets_note(tokenizer, r.ids, trained, layout.ignore_index)
@@ -840,6 +845,14 @@ def _encode_conversation(
             "special_tokens": layout.special_tokens,
         },
     )
+
+
+def _check_fits(length: int, max_length: int | None) -> None:
+    if max_length is not None and length > max_length:
+        raise SequenceTooLongError(
+            f"the conversation is {length} tokens but the model's context is {max_length}; shorten it "
+            "(`truncate_prompt` cannot cut a chat)"
+        )
 
 
 def _check_chat_tokenizer(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -1014,6 +1027,21 @@ def _conversation_text_notes(tokenizer: PreTrainedTokenizerBase, msgs: list[dict
     else:
         named = [(f"message {i} ({m['role']})", m["content"]) for i, m in enumerate(msgs)]
     return text_notes(tokenizer, named, chat=True)
+
+
+def _apply_generation_mask(
+    tokenizer: PreTrainedTokenizerBase,
+    msgs: list[dict[str, str]],
+    r: _Rendering,
+    targets: list[int],
+    scored: set[int],
+    notes: list[str],
+) -> tuple[dict[str, Any], set[int]]:
+    """The template's own mask, where it marks the scored turns, replaces the prefix method's positions."""
+    report, marked = _generation_mask(tokenizer, msgs, r.ids, r.turns, set(targets), scored)
+    if report.get("agrees") is False:
+        notes.append(_mask_note(tokenizer, r.ids, report))
+    return report, marked or scored
 
 
 def _generation_mask(
