@@ -92,7 +92,8 @@ class _Column:
 
     def width(self) -> int:
         widest = max((cell_len(c.plain if isinstance(c, Text) else str(c)) for c in self.cells), default=0)
-        return max(widest, cell_len(self.header), self.options.get("min_width") or 0)
+        natural = max(widest, cell_len(self.header), self.options.get("min_width") or 0)
+        return min(natural, self.options.get("max_width") or natural)
 
 
 _ALWAYS = 100  # target, prob, loss: what the table is for
@@ -112,7 +113,15 @@ def token_table(
     columns, sections = _token_columns(tokens, top_k, roles)
     if width:
         columns = _fit_columns(columns, width)
+    # Narrower than target, prob and loss with their padding: drop the padding, then cut long targets with …,
+    # rather than lose a column.
+    tight = bool(width) and _needed(columns, None) > width
+    if tight and width:
+        target = next(c for c in columns if c.header == "target")
+        others = sum(c.width() + 1 for c in columns if c is not target)
+        target.options.update(max_width=max(3, width - 2 - others), overflow="ellipsis")
     table = Table(
+        padding=(0, 0) if tight else (0, 1),
         title=f"Per-token loss ({len(tokens)} scored tokens)",
         title_justify="left",
         caption="✓ the target is the model's greedy choice"
@@ -187,20 +196,21 @@ def _fit_columns(columns: list[_Column], width: int) -> list[_Column]:
     """The columns that fit ``width``, dropping the least important first; the top-k column takes what is left."""
     columns = list(columns)
     flexible = next((c for c in columns if c.options.get("overflow") == "ellipsis"), None)
-
-    def needed(cols: list[_Column]) -> int:
-        # Each column has one space of padding either side and a border on its right; one more on the left.
-        return 1 + sum((min(c.width(), _FLEXIBLE_MIN) if c is flexible else c.width()) + 3 for c in cols)
-
-    while needed(columns) > width:
+    while _needed(columns, flexible) > width:
         droppable = [c for c in columns if c.keep < _ALWAYS]
         if not droppable:
             break
         columns.remove(min(droppable, key=lambda c: c.keep))
     if flexible in columns:
-        rest = needed([c for c in columns if c is not flexible])
+        rest = _needed([c for c in columns if c is not flexible], None)
         flexible.options["max_width"] = max(_FLEXIBLE_MIN, width - rest - 3)
     return columns
+
+
+def _needed(columns: list[_Column], flexible: _Column | None) -> int:
+    """Characters the table takes: one space of padding either side of each column, a border on its right
+    and one more on the left; ``flexible`` counts at its smallest."""
+    return 1 + sum((min(c.width(), _FLEXIBLE_MIN) if c is flexible else c.width()) + 3 for c in columns)
 
 
 def summary_table(result: ScoreResult) -> Table:
