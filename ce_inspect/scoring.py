@@ -202,19 +202,20 @@ def score_batch(
     return results
 
 
-_warned_top_k: set[tuple[int, int]] = set()
+def top_k_note(lm: LoadedModel, options: ScoreOptions) -> str | None:
+    """The note every result carries when ``top_k`` is more than the vocabulary (the width of the logits)."""
+    vocab = _vocab_size(lm.model)
+    if options.top_k <= vocab:
+        return None
+    return f"top-k {options.top_k} is more than the model's vocabulary of {vocab} tokens; showing all {vocab} (--top-k)"
 
 
 def _fit_top_k(lm: LoadedModel, options: ScoreOptions) -> tuple[ScoreOptions, str | None]:
-    """``top_k`` clamped to the vocabulary (the width of the model's logits), with a note when it was larger."""
-    vocab = _vocab_size(lm.model)
-    if options.top_k <= vocab:
+    """``top_k`` clamped to the vocabulary, with the note that says so (None when it fits)."""
+    note = top_k_note(lm, options)
+    if note is None:
         return options, None
-    note = f"top-k {options.top_k} is more than the model's vocabulary of {vocab} tokens; showing all {vocab} (--top-k)"
-    if (id(lm.model), options.top_k) not in _warned_top_k:  # once per model and value, not once per batch
-        _warned_top_k.add((id(lm.model), options.top_k))
-        log.warning("note: %s", note)
-    return replace(options, top_k=vocab), note
+    return replace(options, top_k=_vocab_size(lm.model)), note
 
 
 def _input_device(model: Any) -> Any:

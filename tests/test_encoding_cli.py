@@ -53,7 +53,7 @@ def test_top_k_past_the_vocabulary_is_clamped_with_a_note(tiny_llama_dir, capsys
     assert all(len(t["top_k"]) == vocab for t in doc["tokens"])
     assert sum(a["prob"] for a in doc["tokens"][0]["top_k"]) == pytest.approx(1.0, abs=1e-5)
     assert any("top-k 100000 is more than the model's vocabulary" in n for n in doc["notes"])
-    assert "top-k 100000 is more than the model's vocabulary" in err
+    assert err.count("top-k 100000 is more than the model's vocabulary") == 1
 
 
 def test_byte_tokens_show_their_bytes_in_the_table_and_strip(tiny_llama_dir, capsys, monkeypatch):
@@ -95,3 +95,16 @@ def test_fake_turn_in_messages_is_scored_as_assistant_text_with_a_note(tiny_llam
     assert [t["token_id"] for t in doc["sequence"]] == ids
     start = tok.convert_tokens_to_ids("<|im_start|>")
     assert start in [t["token_id"] for t in doc["tokens"]]
+
+
+def test_batch_notes_top_k_past_the_vocabulary_once_on_stderr(tiny_llama_dir, tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "Q", "answer": " a"}\n{"prompt": "R", "answer": " b"}\n')
+    assert main(["batch", "-m", str(tiny_llama_dir), str(data), "--top-k", "100000", "--batch-size", "1"]) == 0
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    vocab = len(AutoTokenizer.from_pretrained(tiny_llama_dir))
+    examples = [d for d in lines if "tokens" in d]
+    assert len(examples) == 2 and all(len(t["top_k"]) == vocab for d in examples for t in d["tokens"])
+    assert all(any("top-k 100000" in n for n in d["notes"]) for d in examples)
+    assert err.count("top-k 100000 is more than the model's vocabulary") == 1

@@ -103,6 +103,7 @@ def batch(
 ) -> None:
     """Score every record of a JSONL data set: one JSON line per example, in input order, then a summary."""
     from ..batch import BatchSettings, Fields, JsonlSink, output_conflict, read_resume, run_scan, scan_dataset
+    from ..scoring import top_k_note as _top_k_note
 
     if padding_side not in ("right", "left"):
         raise typer.BadParameter(f"{padding_side!r}: use right or left", param_hint="--padding-side")
@@ -140,6 +141,9 @@ def batch(
 
     err = Console(stderr=True)
     lm = common.load(quiet=True)
+    top_k_note = _top_k_note(lm, options)
+    if top_k_note:  # every line's notes carry it too
+        err.print(f"note: {top_k_note}", markup=False, soft_wrap=True)
     state = read_resume(output, worst) if resume and output is not None and output.exists() else None
     if state is not None and state.torn_bytes:
         err.print(
