@@ -59,9 +59,17 @@ TEXT_CASES: list[Case] = [
         "argv-undecodable-byte-process",
         ["run", "-m", _NO_MODEL, "-p", "Q", "-a", "Hi \udcff"],
         1,
-        "the answer is not valid Unicode text",
+        "--answer is not valid Unicode text",
         process=True,
     ),  # Python's argv turns b"\xff" into U+DCFF
+    Case(  # invalid UTF-8 on stdin: a one-line error naming it, whichever decoding reads stdin
+        "stdin-invalid-utf8",
+        ["run", "-m", _NO_MODEL, "--prompt-file", "-", "-a", "x"],
+        1,
+        "--prompt-file -",
+        stdin=b"Hi \xff",
+        process=True,
+    ),
     Case(
         "messages-lone-surrogate",
         ["run", "-m", _NO_MODEL, "--messages", "m.json"],
@@ -127,7 +135,9 @@ TEXT_CASES: list[Case] = [
         files={"p.txt": b"\xef\xbb\xbfHi"},
     ),
     # One rule for empty answers: a pair's answer and a scored assistant message alike.
-    Case("empty-answer", ["run", "-m", _NO_MODEL, "-p", "Q", "-a", ""], 1, "the answer is empty: there is nothing"),
+    Case(
+        "empty-answer", ["run", "-m", _NO_MODEL, "-p", "Q", "-a", ""], 1, "--answer is empty: there is nothing to score"
+    ),
     Case(
         "empty-assistant-message",
         ["run", "-m", _NO_MODEL, "--messages", "m.json"],

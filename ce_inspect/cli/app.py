@@ -108,7 +108,7 @@ def run(
         answer_text = read_text(answer, answer_file, "answer")
         # The core's text rules, checked here so that bad text fails before the model loads.
         check_text(prompt_text, "--prompt" if prompt_file is None else f"--prompt-file {prompt_file}")
-        check_answer(answer_text, "the answer" if answer_file is None else f"the answer (--answer-file {answer_file})")
+        check_answer(answer_text, "--answer" if answer_file is None else f"--answer-file {answer_file}")
         layout = common.layout()
     options = common.score_options()
     setup_logging(quiet=json_out)
