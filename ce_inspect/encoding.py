@@ -201,6 +201,8 @@ class Layout:
     ``chat`` renders the pair with the tokenizer's chat template (user = prompt, assistant = answer,
     ``system`` as a system message); ``tokenization`` picks the pair split, ``separate`` or ``joint``.
     With ``chat``, ``add_eos`` decides whether the template's end-of-turn token is scored.
+    ``special_tokens`` (pairs only) is ``parse`` or ``text``, see ``SPECIAL_TOKENS``. ``system`` and ``sep``
+    pass ``check_text``.
     """
 
     sep: str | None = None
