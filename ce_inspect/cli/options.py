@@ -120,7 +120,12 @@ ReductionOpt = Annotated[
     str, typer.Option(help="Headline figure, as CrossEntropyLoss: mean, sum or none.", rich_help_panel=SCORING)
 ]
 TopKOpt = Annotated[
-    int, typer.Option(min=0, help="Show the model's K most likely tokens at each position.", rich_help_panel=SCORING)
+    int,
+    typer.Option(
+        min=0,
+        help="Show the model's K most likely tokens at each position (K past the vocabulary: all, with a note).",
+        rich_help_panel=SCORING,
+    ),
 ]
 VerifyOpt = Annotated[
     bool,
