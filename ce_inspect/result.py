@@ -93,6 +93,9 @@ class ResultDict(TypedDict, total=False):
     sequence: list[SequenceTokenDict]
     notes: list[str]
     turns: list[TurnDict]  # chat: one entry per turn with scored tokens; empty for pairs
+    # batch lines only (``batch.line_settings``): the model, its fingerprint and every option the line
+    # depends on; ``--resume`` refuses to mix lines whose settings differ.
+    settings: dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..batch import DEFAULT_BATCH_SIZE, DEFAULT_SORT_WINDOW, DEFAULT_WORST
 from .app import app, setup_logging
-from .options import OUTPUT, Common, shared_options, write_atomic
+from .options import OUTPUT, Common, shared_options
+
+if TYPE_CHECKING:
+    from ..batch import BatchSettings, DatasetSummary, Fields, ResumeState, Scan
+    from ..loading import LoadedModel
 
 INPUT = "Input"
+#: How messages and the summary name a data set read from stdin.
+STDIN = "<stdin>"
 BATCHING = "Batching"
 
 
@@ -21,7 +29,9 @@ BATCHING = "Batching"
 @shared_options
 def batch(
     common: Common,
-    input: Annotated[Path, typer.Argument(help="JSONL file: one {prompt, answer} or {messages} object per line.")],
+    input: Annotated[
+        Path, typer.Argument(help="JSONL file ('-': stdin): one {prompt, answer} or {messages} object per line.")
+    ],
     skip_invalid: Annotated[
         bool,
         typer.Option(
@@ -84,7 +94,12 @@ def batch(
         ),
     ] = False,
     force: Annotated[
-        bool, typer.Option("--force", help="Replace an existing --output file.", rich_help_panel=OUTPUT)
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an existing --output file (and a --summary-json file ce-inspect did not write).",
+            rich_help_panel=OUTPUT,
+        ),
     ] = False,
     no_sequence: Annotated[
         bool,
@@ -101,27 +116,11 @@ def batch(
         ),
     ] = DEFAULT_WORST,
 ) -> None:
-    """Score every record of a JSONL data set: one JSON line per example, in input order, then a summary."""
-    from ..batch import BatchSettings, Fields, JsonlSink, output_conflict, read_resume, run_scan, scan_dataset
+    """Score every record of a JSONL data set ('-': stdin): one JSON line per example, in input order, then a
+    summary."""
+    from ..batch import BatchSettings, Fields
 
-    if padding_side not in ("right", "left"):
-        raise typer.BadParameter(f"{padding_side!r}: use right or left", param_hint="--padding-side")
-    if resume and output is None:
-        raise typer.BadParameter("--resume continues an --output file; give --output", param_hint="--resume")
-    if resume and force:
-        raise typer.BadParameter("give --resume or --force, not both", param_hint="--resume")
-    if output is not None:
-        conflict = output_conflict(output, input, resume=resume, force=force)
-        if conflict:
-            from ..errors import InputError
-
-            raise InputError(conflict)
-    if summary_json is not None and any(
-        p is not None and summary_json.resolve() == p.resolve() for p in (input, output)
-    ):
-        raise typer.BadParameter(
-            "give the summary its own file, not the input or --output", param_hint="--summary-json"
-        )
+    _check_usage(padding_side, resume=resume, force=force, output=output)
     settings = BatchSettings(
         batch_size=batch_size if batch_size is not None or max_tokens is not None else DEFAULT_BATCH_SIZE,
         max_tokens=max_tokens,
@@ -134,53 +133,143 @@ def batch(
     stdout = sys.stdout  # taken now: stdout carries only JSON lines when --output is not given
     # "Loading ..." and other progress notes only where someone watches; warnings always.
     setup_logging(quiet=not sys.stderr.isatty())
-
     from rich.console import Console
 
     err = Console(stderr=True)
-    lm = common.load(quiet=True)
-    state = read_resume(output, worst) if resume and output is not None and output.exists() else None
-    if state is not None and state.torn_bytes:
+    with ExitStack() as stack:
+        # Every output is checked, and --output locked, before the input is read or the model loads.
+        _check_outputs(input, output, summary_json, resume=resume, force=force)
+        if output is not None:
+            from ..files import output_lock
+
+            stack.enter_context(output_lock(output, label="`output`"))
+        state = _read_resume(err, output, worst) if resume else None
+        source = stack.enter_context(_input_file(input))
+        lm = common.load(quiet=True)
+        scan = _scan(lm, common, source, input, fields, skip_invalid=skip_invalid, state=state)
+        summary = _score(lm, common, scan, settings, err, output=output, stdout=stdout)
+    if summary_json is not None:
+        from ..files import write_output
+        from ..result import dumps
+
+        write_output(summary_json, dumps(summary.to_dict(), indent=2) + "\n", label="`summary_json`")
+    from ..files import is_stdout
+    from .render_batch import render_dataset_summary
+
+    # The human summary goes to stdout only when stdout does not carry the JSON lines.
+    to_stdout = output is not None and not is_stdout(output)
+    render_dataset_summary(summary, Console() if to_stdout else err)
+
+
+def _check_usage(padding_side: str, *, resume: bool, force: bool, output: Path | None) -> None:
+    if padding_side not in ("right", "left"):
+        raise typer.BadParameter(f"{padding_side!r}: use right or left", param_hint="--padding-side")
+    if resume and output is None:
+        raise typer.BadParameter("--resume continues an --output file; give --output", param_hint="--resume")
+    if resume and force:
+        raise typer.BadParameter("give --resume or --force, not both", param_hint="--resume")
+
+
+def _check_outputs(input: Path, output: Path | None, summary_json: Path | None, *, resume: bool, force: bool) -> None:
+    """Every output path, checked by the core's one validator before anything is read or loaded."""
+    import os
+
+    from ..batch import check_batch_output
+    from ..errors import InputError
+    from ..files import check_output
+
+    if output is not None:
+        check_batch_output(output, input, resume=resume, force=force)
+    if summary_json is not None:
+        if output is not None and os.path.realpath(summary_json) == os.path.realpath(output):
+            raise InputError(f"`summary_json` {summary_json}: is --output too; give the summary its own file")
+        inputs = [("the input file", input), ("`output`", output)]
+        check_output(summary_json, inputs=inputs, label="`summary_json`", force=force)
+
+
+def _read_resume(err: Any, output: Path | None, worst: int) -> ResumeState | None:
+    from ..batch import read_resume
+
+    if output is None or not output.exists():
+        return None
+    state = read_resume(output, worst)
+    if state.torn_bytes:
         err.print(
             f"Resuming: dropping an incomplete last line ({state.torn_bytes} bytes) of {output}.",
             markup=False,
             soft_wrap=True,
         )
-    options = common.score_options()
-    scan = scan_dataset(
+    return state
+
+
+@contextmanager
+def _input_file(input: Path) -> Iterator[Path]:
+    """The JSONL file to read; '-' is stdin, copied to a temporary file since a batch reads its input twice."""
+    if str(input) != "-":
+        yield input
+        return
+    from ..files import spool_stdin
+
+    spool = spool_stdin("the input")
+    try:
+        yield spool
+    finally:
+        spool.unlink(missing_ok=True)
+
+
+def _scan(
+    lm: LoadedModel,
+    common: Common,
+    source: Path,
+    input: Path,
+    fields: Fields,
+    *,
+    skip_invalid: bool,
+    state: ResumeState | None,
+) -> Scan:
+    from ..batch import scan_dataset
+
+    return scan_dataset(
         lm,
-        input,
+        source,
         layout=common.layout(),
-        options=options,
+        options=common.score_options(),
         fields=fields,
         skip_invalid=skip_invalid,
         resume=state,
+        label=STDIN if str(input) == "-" else None,
     )
-    sink = JsonlSink.open(output, resume=state) if output is not None else JsonlSink.to_stdout(stdout)
 
-    from .render_batch import batch_progress, render_dataset_summary
 
+def _score(
+    lm: LoadedModel,
+    common: Common,
+    scan: Scan,
+    settings: BatchSettings,
+    err: Any,
+    *,
+    output: Path | None,
+    stdout: Any,
+) -> DatasetSummary:
+    """Run the scan into --output (or stdout) with a progress bar; Ctrl-C and `kill` leave whole lines."""
+    from ..batch import JsonlSink, run_scan
+    from .render_batch import batch_progress
+
+    sink = JsonlSink.open(output, resume=scan.resume) if output is not None else JsonlSink.to_stdout(stdout)
     previous = _terminate_as_interrupt()
     try:
         with sink, batch_progress(err, scan) as advance:
-            summary = run_scan(lm, scan, sink, options=options, settings=settings, on_batch=advance)
+            return run_scan(lm, scan, sink, options=common.score_options(), settings=settings, on_batch=advance)
     except KeyboardInterrupt:
-        where = f"{sink.lines} complete lines are in {output}" if output else f"{sink.lines} lines were written"
-        hint = "; rerun the same command with --resume to continue" if output else ""
+        if output is None or not sink.regular:
+            where, hint = f"{sink.lines} lines were written", ""
+        else:
+            where = f"{sink.lines} complete lines are in {output}"
+            hint = "; rerun the same command with --resume to continue"
         err.print(f"Interrupted: {where}{hint}.", markup=False, soft_wrap=True)
         raise typer.Exit(130) from None
-    except BrokenPipeError:
-        _silence_stdout()
-        raise typer.Exit(141) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-    if summary_json is not None:
-        from ..result import dumps
-
-        write_atomic(summary_json, dumps(summary.to_dict(), indent=2) + "\n", option="--summary-json")
-    # The human summary goes to stdout only when stdout does not carry the JSON lines.
-    render_dataset_summary(summary, Console() if output is not None else err)
 
 
 def _terminate_as_interrupt() -> Any:
@@ -190,14 +279,3 @@ def _terminate_as_interrupt() -> Any:
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, handler)
-
-
-def _silence_stdout() -> None:
-    """After the reader of a pipe went away (`| head`), let Python exit without a second broken-pipe error."""
-    import os
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass

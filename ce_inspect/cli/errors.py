@@ -32,6 +32,11 @@ FLAGS: dict[str, str] = {
     "padding_side": "--padding-side",
     "sort_window": "--sort-window",
     "worst": "--worst",
+    "output": "--output",
+    "force": "--force",
+    "resume": "--resume",
+    "summary_json": "--summary-json",
+    "sequence": "--no-sequence",
 }
 
 _PARAM = re.compile(r"`([a-z][a-z0-9_]*)`")
