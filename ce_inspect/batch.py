@@ -985,8 +985,9 @@ def check_batch_output(output: Path, input: str | os.PathLike[str], *, resume: b
     file is continued (``resume``) or replaced (``force``), never silently either. Raises ``InputError``."""
     from .files import check_output
 
-    # With resume, read_resume checks every byte of the file; the first-bytes test would only repeat it.
-    target = check_output(output, inputs=[("the input file", input)], label="`output`", force=force or resume)
+    # An existing file needs resume (and read_resume then checks every byte of it) or force (which
+    # replaces whatever is there), so the first-bytes test of check_output has nothing to add.
+    target = check_output(output, inputs=[("the input file", input)], label="`output`", force=True)
     if resume and target.exists and not target.regular:
         raise InputError(f"`output` {output}: `resume` continues a regular file, and this is not one")
     if target.exists and target.regular and not (resume or force):
