@@ -132,11 +132,15 @@ class OutputTarget:
         return not self.exists or not self.regular or self.ours
 
 
-def is_ours(path: str | os.PathLike[str]) -> bool:
-    """Whether the regular file at ``path`` is empty or starts like a document ce-inspect writes."""
+def is_ours(path: str | os.PathLike[str], marks: Sequence[re.Pattern[bytes]] = (OURS,)) -> bool:
+    """Whether the regular file at ``path`` is empty or starts like a document ce-inspect writes.
+
+    ``marks`` are the first-bytes patterns of the writer's formats: JSON documents and lines by default;
+    a command that writes another format (an HTML or Markdown report) passes the mark it writes first.
+    """
     with open(path, "rb") as fh:
         head = fh.read(_HEAD)
-    return not head or OURS.match(head) is not None
+    return not head or any(mark.match(head) is not None for mark in marks)
 
 
 def check_output(
@@ -145,11 +149,13 @@ def check_output(
     inputs: Sequence[tuple[str, str | os.PathLike[str] | None]] = (),
     label: str = "`output`",
     force: bool = False,
+    marks: Sequence[re.Pattern[bytes]] = (OURS,),
 ) -> OutputTarget:
     """Refuse an output path that cannot or must not be written; call it before loading the model.
 
     ``inputs`` are ``(label, path)`` pairs of the files the command reads (``None`` is skipped, ``-``
-    means this process's stdin). ``force`` allows replacing a regular file ce-inspect did not write.
+    means this process's stdin). ``force`` allows replacing a regular file ce-inspect did not write;
+    ``marks`` say how this command's own output starts (see ``is_ours``).
     """
     path = Path(path)
     name = f"{label} {path}"
@@ -169,8 +175,9 @@ def check_output(
                 raise InputError(f"{name}: is the same file as {input_label}; write the output elsewhere")
     if not regular:
         return OutputTarget(path, exists=True, regular=False, ours=False)
+    _check_folder(path, name)  # the atomic write puts its temporary file there
     try:
-        ours = is_ours(path)
+        ours = is_ours(path, marks)
     except OSError as exc:
         raise InputError(f"{name}: cannot read it to check what it holds ({exc.strerror})") from None
     if not ours and not force:

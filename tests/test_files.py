@@ -183,3 +183,14 @@ def test_lock_path_follows_links(tmp_path):
     link = tmp_path / "link.jsonl"
     link.symlink_to(real)
     assert lock_path(link) == Path(os.path.realpath(tmp_path / "d")) / ".out.jsonl.lock"
+
+
+def test_a_command_with_another_format_names_its_own_mark(tmp_path):
+    import re
+
+    report = tmp_path / "report.html"
+    report.write_text("<!-- ce-inspect report -->\n<html></html>\n")
+    mark = re.compile(rb"<!-- ce-inspect report")
+    assert check_output(report, marks=[mark]).ours
+    with pytest.raises(InputError, match="was not written by ce-inspect"):
+        check_output(report)  # not one of the JSON documents
