@@ -52,6 +52,11 @@ FLAGS: dict[str, str] = {
     "format": "--format",
     "split": "--split",
     "stride": "--stride",
+    "output": "--output",
+    "force": "--force",
+    "resume": "--resume",
+    "summary_json": "--summary-json",
+    "sequence": "--no-sequence",
 }
 
 _PARAM = re.compile(r"`([a-z][a-z0-9_]*)`")
