@@ -127,4 +127,5 @@ def run(
 
 
 # Commands in their own modules register themselves on `app` when imported.
+from . import audit as _audit  # noqa: E402, F401
 from . import batch as _batch  # noqa: E402, F401

@@ -32,6 +32,8 @@ FLAGS: dict[str, str] = {
     "padding_side": "--padding-side",
     "sort_window": "--sort-window",
     "worst": "--worst",
+    "max_length": "--max-length",
+    "fail_on": "--fail-on",
 }
 
 _PARAM = re.compile(r"`([a-z][a-z0-9_]*)`")
