@@ -45,10 +45,11 @@ if TYPE_CHECKING:
 DEFAULT_EXAMPLES = 3
 #: Tokens of context shown on each side of an offending position.
 WINDOW = 6
-#: loss-outlier: a record is an outlier when its mean loss is more than ``OUTLIER_K`` robust standard
-#: deviations (1.4826 x the median absolute deviation) above the data set's median *and* at least
-#: ``OUTLIER_MIN_GAP`` nats above it (so a data set of near-identical losses flags nothing).
-OUTLIER_K = 5.0
+#: loss-outlier: a record is an outlier when the modified z-score of its mean loss (Iglewicz and Hoaglin:
+#: 0.6745 x (loss - median) / MAD, MAD the median absolute deviation) exceeds ``OUTLIER_K``, i.e. its loss
+#: is more than 3.5 robust standard deviations (1.4826 x MAD) above the data set's median, *and* it is at
+#: least ``OUTLIER_MIN_GAP`` nats above the median (so a data set of near-identical losses flags nothing).
+OUTLIER_K = 3.5
 OUTLIER_MIN_GAP = 1.0
 OUTLIER_MIN_RECORDS = 5
 
@@ -325,6 +326,7 @@ class RecordChecks:
         #: Labels shifted by hand: the mask-against-reference checks would only echo that finding.
         self.shifted = bool(self.trained) and is_pre_shifted(ex, self.trained)
         self._reference: tuple[Reference | None, int | None] | None = None
+        self.padding = set(_padding(self))
 
     @property
     def reference(self) -> tuple[Reference | None, int | None]:
@@ -364,7 +366,9 @@ def check_eot_not_trained(rc: RecordChecks) -> Finding | None:
     if not rc.trained or not eot:
         return None
     offending: list[int] = []
-    for span in spans(rc.trained):
+    # Trained padding is its own finding (padding-trained), not a turn that lacks its end.
+    text_spans = spans([p for p in rc.trained if p not in rc.padding])
+    for span in text_spans:
         if any(ex.labels[p] in eot for p in span):
             continue
         after = span[-1] + 1
@@ -380,7 +384,7 @@ def check_eot_not_trained(rc: RecordChecks) -> Finding | None:
         what = f"truncation to {ex.max_length} tokens cut off the end-of-turn token"
     else:
         what = f"the trained span ending at position {offending[0]} has no end-of-turn token"
-    spans_note = f" ({len(offending)} of {len(spans(rc.trained))} trained spans)" if len(offending) > 1 else ""
+    spans_note = f" ({len(offending)} of {len(text_spans)} trained spans)" if len(offending) > 1 else ""
     return Finding("eot-not-trained", tuple(offending), f"{what}{spans_note}; expected one of {names}")
 
 
@@ -576,8 +580,7 @@ def _padding(rc: RecordChecks) -> list[int]:
 
 def check_padding_trained(rc: RecordChecks) -> Finding | None:
     ex = rc.ex
-    padding = set(_padding(rc))
-    offending = tuple(p for p in rc.trained if p in padding)
+    offending = tuple(p for p in rc.trained if p in rc.padding)
     if not offending:
         return None
     return Finding(
@@ -1208,6 +1211,15 @@ def check_dataset(
     return audit
 
 
+class _Discard:
+    """A sink for when no per-record output was asked for."""
+
+    name = None
+
+    def write(self, obj: Any) -> None:
+        pass
+
+
 def score_dataset(
     lm: LoadedModel,
     scan: Any,
@@ -1236,7 +1248,7 @@ def score_dataset(
         loss = {"scored": True, "mean": s.mean, "sum": s.sum, "count": s.count}
         return record_line(entry.line, entry.id, findings, loss)
 
-    return run_scan(lm, scan, sink, options=options, settings=settings or BatchSettings(), on_batch=on_batch, emit=emit)
+    return run_scan(lm, scan, sink or _Discard(), options=options, settings=settings or BatchSettings(), on_batch=on_batch, emit=emit)
 
 
 __all__ = [

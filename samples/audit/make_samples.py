@@ -29,6 +29,12 @@ CONVERSATIONS = [
     ("Translate 'bonjour' to English.", "'Bonjour' means 'hello'."),
     ("Which planet is closest to the Sun?", "Mercury is the closest planet to the Sun."),
     ("Give a synonym of 'quick'.", "'Fast' is a synonym of 'quick'."),
+    ("What colour is the sky on a clear day?", "The sky is blue on a clear day."),
+    ("How many days are in a week?", "There are seven days in a week."),
+    ("What is the opposite of 'hot'?", "The opposite of 'hot' is 'cold'."),
+    ("What do bees make?", "Bees make honey."),
+    ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
 ]
 
 
@@ -134,14 +140,14 @@ def boundary(tok) -> list[dict]:
 
 
 def loss_outlier(tok) -> list[dict]:
-    rows = [{"id": f"ok-{k}", "messages": messages(k)} for k in range(6)]
+    rows = [{"id": f"ok-{k}", "messages": messages(k)} for k in range(12)]
     rows.insert(
         3,
         {
             "id": "bad-3",
             "messages": [
                 {"role": "user", "content": "What is the capital of France?"},
-                {"role": "assistant", "content": "zq xv qqj wxk pfft zzv qjx kvq xzj vvq"},
+                {"role": "assistant", "content": "Xq7#vL9@ zR!k2%pW ^mQ8&yT3 *bN5$hJ0 ~gF4"},
             ],
         },
     )
