@@ -1248,7 +1248,15 @@ def score_dataset(
         loss = {"scored": True, "mean": s.mean, "sum": s.sum, "count": s.count}
         return record_line(entry.line, entry.id, findings, loss)
 
-    return run_scan(lm, scan, sink or _Discard(), options=options, settings=settings or BatchSettings(), on_batch=on_batch, emit=emit)
+    return run_scan(
+        lm,
+        scan,
+        sink or _Discard(),
+        options=options,
+        settings=settings or BatchSettings(),
+        on_batch=on_batch,
+        emit=emit,
+    )
 
 
 __all__ = [

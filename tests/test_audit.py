@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import byte_tokenizer
 
 from ce_inspect.audit import (
     CHECK_NAMES,
@@ -30,8 +31,6 @@ from ce_inspect.audit import (
 from ce_inspect.cli import main
 from ce_inspect.encoding import Layout, encode_messages
 from ce_inspect.errors import InputError, InvalidRecordError
-
-from conftest import byte_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "audit"
@@ -57,7 +56,12 @@ def _messages(k: int) -> list[dict[str, str]]:
 
 def _record(tok, k: int) -> tuple[dict, object]:
     enc = encode_messages(tok, _messages(k), Layout())
-    return {"id": f"ok-{k}", "messages": _messages(k), "input_ids": list(enc.input_ids), "labels": list(enc.labels)}, enc
+    return {
+        "id": f"ok-{k}",
+        "messages": _messages(k),
+        "input_ids": list(enc.input_ids),
+        "labels": list(enc.labels),
+    }, enc
 
 
 # --- the defects, as a broken pipeline makes them ---------------------------------------------------------
@@ -240,9 +244,10 @@ def test_boundary_shows_both_splits(tok, tmp_path):
     together = [t["token"] for t in detail["together"]]
     assert alone[-1] == " t" and " the" in together
     # Independent: the prompt's ids alone are not a prefix of the ids of prompt+completion.
-    p, w = tok("Say it: t", add_special_tokens=False)["input_ids"], tok("Say it: the end", add_special_tokens=False)[
-        "input_ids"
-    ]
+    p, w = (
+        tok("Say it: t", add_special_tokens=False)["input_ids"],
+        tok("Say it: the end", add_special_tokens=False)["input_ids"],
+    )
     assert w[: len(p)] != p
 
 
@@ -376,7 +381,9 @@ def test_cli_output_never_replaces_an_existing_file(tiny_llama_dir, tmp_path, ca
 def test_cli_rich_report_shows_tokens_safely(tiny_llama_dir, tmp_path, capsys, tok):
     rows = _broken(tok, _train_header, {1})
     rows[1]["id"] = "[/bold]"  # user data that is Rich markup must print as text
-    rows.append({"id": "m", "messages": [{"role": "user", "content": "[red]x"}, {"role": "assistant", "content": "[/b]"}]})
+    rows.append(
+        {"id": "m", "messages": [{"role": "user", "content": "[red]x"}, {"role": "assistant", "content": "[/b]"}]}
+    )
     data = _write(tmp_path / "d.jsonl", rows)
     code, out, err = _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--no-model", "--fail-on", "none")
     assert code == 0, err
@@ -431,9 +438,9 @@ def test_with_model_unscored_record_is_a_finding_not_an_error(tiny_llama_dir, tm
 def smollm2_tokenizer():
     import os
 
-    from ce_inspect.loading import load_tokenizer
-
     from conftest import REAL_CACHE
+
+    from ce_inspect.loading import load_tokenizer
 
     saved = os.environ.get("CE_INSPECT_CACHE")
     os.environ["CE_INSPECT_CACHE"] = REAL_CACHE
