@@ -30,10 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .encoding import Encoded, Layout, encode, encode_messages
-from .errors import InputError, InvalidRecordError, ResumeError, read_error
+from .data import DataInfo, Fields, Record, encode_record, open_data, read_records
+from .encoding import Encoded, Layout
+from .errors import InputError, InvalidRecordError, ResumeError
 from .result import SCHEMA_VERSION, ScoreResult, dumps, perplexity
-from .scoring import ScoreOptions, score_batch
+from .scoring import ScoreOptions
+from .windows import score_examples
 
 if TYPE_CHECKING:
     from .loading import LoadedModel
@@ -42,115 +44,6 @@ DEFAULT_BATCH_SIZE = 8
 DEFAULT_SORT_WINDOW = 512
 DEFAULT_WORST = 10
 PADDING_SIDES = ("right", "left")
-
-
-# --- records -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Fields:
-    """Names of the record fields (``--prompt-field`` and friends)."""
-
-    prompt: str = "prompt"
-    answer: str = "answer"
-    messages: str = "messages"
-    id: str = "id"
-
-
-@dataclass(frozen=True)
-class Record:
-    """One line of the input: a prompt/answer pair, a chat conversation, or the reason it is neither."""
-
-    line: int  # 1-based line number in the file
-    id: str | int | None = None
-    prompt: str | None = None
-    answer: str | None = None
-    messages: list[dict[str, Any]] | None = None
-    error: str | None = None
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _parse_record(line: int, obj: Any, fields: Fields) -> Record:
-    if not isinstance(obj, dict):
-        return Record(line, error=f"not a JSON object but a JSON {_type_name(obj)}")
-    rid = obj.get(fields.id)
-    if isinstance(rid, bool) or not isinstance(rid, (str, int, type(None))):
-        return Record(line, error=f"field {fields.id!r} must be a string or an integer, not {_type_name(rid)}")
-    has_pair = fields.prompt in obj or fields.answer in obj
-    if fields.messages in obj:
-        if has_pair:
-            return Record(
-                line, rid, error=f"has both {fields.messages!r} and {fields.prompt!r}/{fields.answer!r}; keep one"
-            )
-        messages = obj[fields.messages]
-        if not isinstance(messages, list) or not messages:
-            return Record(line, rid, error=f"field {fields.messages!r} must be a non-empty array of messages")
-        for k, message in enumerate(messages):
-            if not (
-                isinstance(message, dict)
-                and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), str)
-            ):
-                return Record(
-                    line,
-                    rid,
-                    error=f"message {k} of {fields.messages!r} must be an object with string 'role' and 'content'",
-                )
-        return Record(line, rid, messages=messages)
-    for name in (fields.prompt, fields.answer):
-        if name not in obj:
-            return Record(line, rid, error=f"missing field {name!r}")
-        if not isinstance(obj[name], str):
-            return Record(line, rid, error=f"field {name!r} must be a string, not {_type_name(obj[name])}")
-    return Record(line, rid, prompt=obj[fields.prompt], answer=obj[fields.answer])
-
-
-def read_records(path: str | os.PathLike[str], fields: Fields | None = None) -> Iterator[Record]:
-    """Every non-blank line of a JSONL file as a ``Record``, in file order; bad lines carry ``error``."""
-    fields = fields or Fields()
-    path = Path(path)
-    try:
-        fh = open(path, "rb")  # closed by the with below; opened first to map errors
-    except OSError as exc:
-        raise read_error(str(path), exc, kind="JSONL file") from None
-    with fh:
-        for number, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue  # blank lines (a trailing newline, separators) are not records
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield Record(number, error=f"not UTF-8 text ({exc.reason} at byte {exc.start})")
-                continue
-            text = text.rstrip("\r\n")  # so that a JSON error's column is on this line
-            if number == 1:
-                text = text.removeprefix("\ufeff")
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield Record(number, error=f"not valid JSON ({exc.msg} at column {exc.colno})")
-                continue
-            yield _parse_record(number, obj, fields)
-
-
-def encode_record(lm: LoadedModel, record: Record, layout: Layout) -> Encoded:
-    """The one dispatch from a record to a training example: chat conversations or prompt/answer pairs.
-
-    Pairs go through ``encoding.encode``, the function ``run`` uses, so every layout option means the same.
-    """
-    if record.error is not None:
-        raise InputError(record.error)
-    if record.messages is not None:
-        return encode_messages(lm.tokenizer, record.messages, layout, max_length=lm.context_length)
-    assert record.prompt is not None and record.answer is not None
-    return encode(lm.tokenizer, record.prompt, record.answer, layout, max_length=lm.context_length)
 
 
 # --- per-example figures and the data-set summary -------------------------------------------------------
@@ -297,6 +190,7 @@ class DatasetSummary:
     worst_tokens: tuple[WorstToken, ...]
     skipped: tuple[Skipped, ...]
     batching: BatchStats
+    data: DataInfo | None = None  # the file kind and record format read
 
     @property
     def token_weighted_mean_loss(self) -> float | None:
@@ -337,6 +231,7 @@ class DatasetSummary:
             "worst_tokens": [t.to_dict() for t in self.worst_tokens],
             "skipped": [s.to_dict() for s in self.skipped],
             "batching": self.batching.to_dict(),
+            **({"data": self.data.to_dict()} if self.data is not None else {}),
         }
 
 
@@ -384,6 +279,7 @@ class SummaryBuilder:
         label_smoothing: float,
         ignore_index: int,
         batching: BatchStats,
+        data: DataInfo | None = None,
     ) -> DatasetSummary:
         return DatasetSummary(
             model=lm.name,
@@ -404,6 +300,7 @@ class SummaryBuilder:
             worst_tokens=tuple(item[-1] for item in sorted(self._worst_tokens, key=lambda x: x[:3], reverse=True)),
             skipped=tuple(self.skipped),
             batching=batching,
+            data=data,
         )
 
 
@@ -580,6 +477,12 @@ class Scan:
     layout: Layout
     entries: tuple[Entry, ...]
     resume: ResumeState | None = None
+    info: DataInfo | None = None  # what was read: file kind, format (forced or detected), split
+
+    def records(self) -> Iterator[Record]:
+        fmt = self.info.format if self.info is not None and self.info.forced else None
+        split = self.info.split if self.info is not None else None
+        return read_records(self.path, self.fields, format=fmt, split=split)
 
     @property
     def pending(self) -> list[Entry]:
@@ -599,13 +502,23 @@ def scan_dataset(
     fields: Fields | None = None,
     skip_invalid: bool = False,
     resume: ResumeState | None = None,
+    format: str | None = None,
+    split: str | None = None,
+    info: DataInfo | None = None,
 ) -> Scan:
-    """Encode every record; stop at the first bad one unless ``skip_invalid``; match ``resume`` to the input."""
+    """Encode every record; stop at the first bad one unless ``skip_invalid``; match ``resume`` to the input.
+
+    ``format`` forces the record format (else detected per record), ``split`` picks a dataset's split;
+    ``info``, from ``data.open_data``, saves opening the data a second time to describe it.
+    """
     path, layout, fields = Path(path), layout or Layout(), fields or Fields()
+    if info is None:
+        info = open_data(path, fields, format=format, split=split)
     if resume is not None:
         _check_resume_settings(resume, lm, layout, options or ScoreOptions())
     entries: list[Entry] = []
-    for record in read_records(path, fields):
+    scan = Scan(path=path, fields=fields, layout=layout, entries=(), resume=resume, info=info)
+    for record in scan.records():
         reason = record.error
         encoded: Encoded | None = None
         if reason is None:
@@ -623,7 +536,7 @@ def scan_dataset(
         if reason is not None:
             if not skip_invalid:
                 raise InvalidRecordError(
-                    f"{path} line {record.line}{_id_note(record.id)}: {reason} (fix the line, or pass --skip-invalid)"
+                    f"{info.where(record)}: {reason} (fix the {info.unit}, or pass --skip-invalid)"
                 )
             entries.append(Entry(record.line, record.id, error=reason))
             continue
@@ -635,7 +548,7 @@ def scan_dataset(
             )
         entries.append(Entry(record.line, record.id, len(encoded), len(encoded.scored_positions)))
     if not entries:
-        raise InputError(f"{path} holds no records (one JSON object per line)")
+        raise InputError(f"{path} holds no records")
     if resume is not None:
         missing = sorted(set(resume.examples) - {e.line for e in entries})
         if missing:
@@ -643,7 +556,7 @@ def scan_dataset(
                 f"--resume: {resume.path} has a result for input line {missing[0]}, which {path} does not have; "
                 "it was written for another input, start over with --force"
             )
-    return Scan(path=path, fields=fields, layout=layout, entries=tuple(entries), resume=resume)
+    return Scan(path=path, fields=fields, layout=layout, entries=tuple(entries), resume=resume, info=info)
 
 
 def _id_note(rid: str | int | None) -> str:
@@ -739,7 +652,7 @@ def _score_in_order(
     stats: BatchStats,
     on_batch: ProgressCallback | None,
 ) -> Iterator[tuple[Entry, ScoreResult | None]]:
-    records = read_records(scan.path, scan.fields)
+    records = scan.records()
     window: list[tuple[Entry, Encoded | None]] = []
     pending = 0
     for entry in scan.entries:
@@ -770,7 +683,8 @@ def _score_window(
     for batch in plan_batches(lengths, settings.batch_size, settings.max_tokens):
         rows = [todo[j] for j in batch]
         examples = [window[i][1] for i in rows]
-        scored = score_batch(lm, examples, options, padding_side=settings.padding_side)  # type: ignore[arg-type]
+        # Text longer than the context is scored in windows (`stride`); everything else in one padded pass.
+        scored = score_examples(lm, examples, options, padding_side=settings.padding_side)  # type: ignore[arg-type]
         results.update(zip(rows, scored))
         tokens = sum(lengths[j] for j in batch)
         stats.batches += 1
@@ -830,6 +744,7 @@ def run_scan(
         label_smoothing=options.label_smoothing,
         ignore_index=scan.layout.ignore_index,
         batching=stats,
+        data=scan.info,
     )
 
 

@@ -185,7 +185,7 @@ def score_batch(
         for p in example.scored_positions:
             rows_b.append(b)
             rows_t.append(offset + p - 1)
-            targets.append(example.input_ids[p])
+            targets.append(example.labels[p])  # the label is the target, as in training (== the id unless given)
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # [batch, seq]
 
     with torch.inference_mode():

@@ -102,7 +102,7 @@ def test_read_records_line_numbers_and_reasons(tmp_path):
     assert "has both" in by_line[8].error
     assert "message 0" in by_line[9].error
     assert by_line[10].messages == [{"role": "user", "content": "hi"}] and by_line[10].id == 9
-    assert by_line[12].error == "missing field 'prompt'"
+    assert by_line[12].error.startswith("no known format (fields: 'question', 'response', 'key')")
 
     custom = list(read_records(tmp_path / "d.jsonl", Fields(prompt="question", answer="response", id="key")))
     assert custom[-1] == Record(12, "k1", prompt="q", answer="r")

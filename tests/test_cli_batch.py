@@ -137,7 +137,9 @@ def test_bad_line_stops_with_its_number_and_writes_nothing(capsys, tiny_llama_di
     out = tmp_path / "out.jsonl"
     assert main(["batch", str(data), "-m", str(tiny_llama_dir), "-o", str(out)]) == 1
     _, err = capsys.readouterr()
-    assert err == (f"Error: {data} line 2 (id 'q'): missing field 'answer' (fix the line, or pass --skip-invalid)\n")
+    notice, error = err.splitlines()  # the format line, then the one error line
+    assert notice.startswith(f"Reading {data} (JSONL): format prompt-answer")
+    assert error == f"Error: {data} line 2 (id 'q'): missing field 'answer' (fix the line, or pass --skip-invalid)"
     assert not out.exists()
 
 

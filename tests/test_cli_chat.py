@@ -117,7 +117,7 @@ def test_system_option(runner, tiny_llama_dir):
         (["--system", "x", "-p", "a", "-a", "b"], "--system needs --chat"),
         (["--chat", "--sep", ":", "-p", "a", "-a", "b"], "--sep does not apply"),
         (["--chat", "--tokenization", "joint", "-p", "a", "-a", "b"], "--tokenization joint applies"),
-        (["--tokenization", "both", "-p", "a", "-a", "b"], "use separate or joint"),
+        (["--tokenization", "both", "-p", "a", "-a", "b"], "use separate, joint, trl"),
         (["--messages", "CHAT", "-p", "a"], "drop --prompt"),
     ],
 )

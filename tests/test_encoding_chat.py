@@ -263,7 +263,7 @@ def test_conversation_longer_than_the_context_fails(chatml):
         ({"chat": True, "tokenization": "joint"}, "--tokenization joint"),
         ({"chat": True, "truncate_prompt": True}, "--truncate-prompt"),
         ({"system": "x"}, "--system needs --chat"),
-        ({"tokenization": "merged"}, "use separate or joint"),
+        ({"tokenization": "merged"}, "use separate, joint or trl"),
     ],
 )
 def test_layout_rejects_conflicting_options(kwargs, match):

@@ -47,7 +47,138 @@ FILE_CASES: list[Case] = []
 TEXT_CASES: list[Case] = []
 
 # --- batch data sets and their formats -------------------------------------------------------------------
-DATA_CASES: list[Case] = []
+DATA_CASES: list[Case] = [
+    Case(
+        "record with no known format",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}"],
+        1,
+        "d.jsonl line 1: no known format (fields: 'question', 'reply')",
+        files={"d.jsonl": '{"question": "q", "reply": "r"}\n'},
+    ),
+    Case(
+        "token id outside the vocabulary",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}"],
+        1,
+        "d.jsonl line 1: 'input_ids' item 1 is 99999, outside the model's vocabulary",
+        files={"d.jsonl": '{"input_ids": [1, 99999], "labels": [-100, 5]}\n'},
+    ),
+    Case(
+        "label outside the vocabulary and not the ignore index",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}"],
+        1,
+        "'labels' item 1 is -1: neither a token id",
+        files={"d.jsonl": '{"input_ids": [1, 5], "labels": [-100, -1]}\n'},
+    ),
+    Case(
+        "labels and ids of different lengths",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}"],
+        1,
+        "d.jsonl line 2: field 'labels' has 1 items but 'input_ids' has 2",
+        files={"d.jsonl": '{"input_ids": [1, 5], "labels": [-100, 5]}\n{"input_ids": [1, 5], "labels": [5]}\n'},
+    ),
+    Case(
+        "mask that is not 0 or 1",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}"],
+        1,
+        "field 'completion_mask': item 1 is 2, not 0 or 1",
+        files={"d.jsonl": '{"input_ids": [1, 5], "completion_mask": [0, 2]}\n'},
+    ),
+    Case(
+        "padded pre-tokenized record",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}"],
+        1,
+        "the record is padded",
+        files={"d.jsonl": '{"input_ids": [1, 5, 0], "labels": [-100, 5, 0], "attention_mask": [1, 1, 0]}\n'},
+    ),
+    Case(
+        "pre-tokenized record longer than the context",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}"],
+        1,
+        "the record is 300 tokens but the model's context is 256",
+        files={"d.jsonl": '{"input_ids": [' + ", ".join(["5"] * 300) + "]}\n"},
+    ),
+    Case(
+        "Parquet file without the datasets extra",
+        ["batch", "d.parquet", "-m", "{llama}"],
+        1,
+        "reading Parquet (d.parquet) needs the datasets library: pip install 'ce-inspect[datasets]'",
+        # A package that fails to import, first on the path of `python -m` (the working folder).
+        files={"datasets/__init__.py": "raise ImportError('hidden by the test')\n", "d.parquet": b"PAR1"},
+        process=True,
+    ),
+    Case(
+        "JSON array cut in the middle",
+        ["batch", "{tmp}/d.json", "-m", "{llama}"],
+        1,
+        "d.json record 2: not valid JSON",
+        files={"d.json": '[{"prompt": "p", "answer": "a"}, {"prompt": "p", "answer": '},
+    ),
+    Case(
+        "JSON that is not an array of records",
+        ["batch", "{tmp}/d.json", "-m", "{llama}"],
+        1,
+        "d.json record 1: not a JSON object but a JSON number",
+        files={"d.json": "[1, 2]"},
+    ),
+    Case(
+        "--split on a single file",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}", "--split", "train"],
+        1,
+        "is a single file; --split applies to saved and Hub datasets",
+        files={"d.jsonl": '{"prompt": "p", "answer": "a"}\n'},
+    ),
+    Case(
+        "unknown --format",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}", "--format", "csv"],
+        2,
+        "use one of tokenized, conversations, messages, prompt-completion, prompt-answer, text",
+        files={"d.jsonl": '{"prompt": "p", "answer": "a"}\n'},
+    ),
+    Case(
+        "--format that the records do not have",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}", "--format", "messages"],
+        1,
+        "d.jsonl line 1: has both 'messages' and 'prompt'/'answer'; keep one",
+        files={"d.jsonl": '{"prompt": "p", "answer": "a"}\n'},
+    ),
+    Case(
+        "empty text record",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}"],
+        1,
+        "d.jsonl line 1: field 'text' is empty",
+        files={"d.jsonl": '{"text": ""}\n'},
+    ),
+    Case(
+        "conversational completion of two messages without trl",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}"],
+        1,
+        "is scored only with --tokenization trl",
+        files={
+            "d.jsonl": '{"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", '
+            '"content": "a"}, {"role": "user", "content": "b"}]}\n'
+        },
+    ),
+    Case(
+        "--tokenization trl with --sep",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}", "--tokenization", "trl", "--sep", "|"],
+        2,
+        "--tokenization trl reproduces TRL, which has no --sep",
+        files={"d.jsonl": '{"prompt": "p", "answer": "a"}\n'},
+    ),
+    Case(
+        "ShareGPT message without a value",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}"],
+        1,
+        'message 1 (assistant) has no "content" string',
+        files={"d.jsonl": '{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt"}]}\n'},
+    ),
+    Case(
+        "Hub dataset that is not in the local cache",
+        ["batch", "nobody/no-such-dataset", "-m", "{llama}"],
+        1,
+        "nobody/no-such-dataset: no such file, and not a Hub dataset in the local cache",
+    ),
+]
 
 # --- diff, reports and other commands --------------------------------------------------------------------
 COMMAND_CASES: list[Case] = []

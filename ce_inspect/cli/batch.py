@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ..batch import DEFAULT_BATCH_SIZE, DEFAULT_SORT_WINDOW, DEFAULT_WORST
+from ..data import FORMATS
 from .app import app, setup_logging
 from .options import OUTPUT, Common, shared_options, write_atomic
 
@@ -21,7 +23,37 @@ BATCHING = "Batching"
 @shared_options
 def batch(
     common: Common,
-    input: Annotated[Path, typer.Argument(help="JSONL file: one {prompt, answer} or {messages} object per line.")],
+    input: Annotated[
+        Path,
+        typer.Argument(
+            help="The data: JSONL, a JSON array, Parquet, a folder saved with datasets' save_to_disk, or a Hub "
+            "dataset id from the local cache (the last three need: pip install 'ce-inspect[datasets]'). Records: "
+            "prompt/answer, prompt/completion, messages, conversations (ShareGPT), text, or input_ids with labels.",
+            show_default=False,
+        ),
+    ],
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            metavar="|".join(FORMATS),
+            help="Read every record in this format instead of detecting it from its fields.",
+            rich_help_panel=INPUT,
+        ),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="The split of a saved or Hub dataset (train, test, ...).", rich_help_panel=INPUT),
+    ] = None,
+    stride: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Score text records longer than the context in windows of the context's length starting every "
+            "STRIDE tokens: every token scored once, with at least context - STRIDE tokens of left context.",
+            rich_help_panel=INPUT,
+        ),
+    ] = None,
     skip_invalid: Annotated[
         bool,
         typer.Option(
@@ -101,7 +133,8 @@ def batch(
         ),
     ] = DEFAULT_WORST,
 ) -> None:
-    """Score every record of a JSONL data set: one JSON line per example, in input order, then a summary."""
+    """Score every record of a data set (JSONL, JSON, Parquet, datasets): one JSON line per example, in input
+    order, then a summary."""
     from ..batch import BatchSettings, Fields, JsonlSink, output_conflict, read_resume, run_scan, scan_dataset
 
     if padding_side not in ("right", "left"):
@@ -130,6 +163,8 @@ def batch(
         worst=worst,
         sequence=not no_sequence,
     )
+    if format is not None and format not in FORMATS:
+        raise typer.BadParameter(f"{format!r}: use one of {', '.join(FORMATS)}", param_hint="--format")
     fields = Fields(prompt=prompt_field, answer=answer_field, messages=messages_field, id=id_field)
     stdout = sys.stdout  # taken now: stdout carries only JSON lines when --output is not given
     # "Loading ..." and other progress notes only where someone watches; warnings always.
@@ -138,6 +173,11 @@ def batch(
     from rich.console import Console
 
     err = Console(stderr=True)
+    from ..data import open_data
+    from .errors import cli_message
+
+    info = open_data(input, fields, format=format, split=split)  # before the model loads: a bad input fails fast
+    err.print(cli_message(info.describe()), markup=False, soft_wrap=True, highlight=False)
     lm = common.load(quiet=True)
     state = read_resume(output, worst) if resume and output is not None and output.exists() else None
     if state is not None and state.torn_bytes:
@@ -150,11 +190,12 @@ def batch(
     scan = scan_dataset(
         lm,
         input,
-        layout=common.layout(),
+        layout=replace(common.layout(), stride=stride),
         options=options,
         fields=fields,
         skip_invalid=skip_invalid,
         resume=state,
+        info=info,
     )
     sink = JsonlSink.open(output, resume=state) if output is not None else JsonlSink.to_stdout(stdout)
 

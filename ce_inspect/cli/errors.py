@@ -32,6 +32,9 @@ FLAGS: dict[str, str] = {
     "padding_side": "--padding-side",
     "sort_window": "--sort-window",
     "worst": "--worst",
+    "format": "--format",
+    "split": "--split",
+    "stride": "--stride",
     "max_length": "--max-length",
     "fail_on": "--fail-on",
 }

@@ -97,9 +97,11 @@ SystemOpt = Annotated[
 TokenizationOpt = Annotated[
     str | None,
     typer.Option(
-        metavar="separate|joint",
-        help="separate (default): prompt and answer tokenized on their own, as SFT collators do; joint: "
-        "prompt+answer tokenized as one string and split at the prompt's length, as lm-evaluation-harness does.",
+        metavar="separate|joint|trl",
+        help="separate (default): prompt and answer tokenized on their own and concatenated; joint: "
+        "prompt+answer tokenized as one string and split at the prompt's length, as lm-evaluation-harness does; "
+        "trl: exactly TRL's SFTTrainer (prompt+completion as one string, EOS as text, split where the prompt's "
+        "own tokens diverge).",
         rich_help_panel=LAYOUT,
     ),
 ]
@@ -157,7 +159,9 @@ class Common:
         if self.reduction not in ("mean", "sum", "none"):
             raise typer.BadParameter(f"{self.reduction!r}: use mean, sum or none", param_hint="--reduction")
         if self.tokenization is not None and self.tokenization not in TOKENIZATIONS:
-            raise typer.BadParameter(f"{self.tokenization!r}: use separate or joint", param_hint="--tokenization")
+            raise typer.BadParameter(
+                f"{self.tokenization!r}: use {', '.join(TOKENIZATIONS)}", param_hint="--tokenization"
+            )
 
     def layout(self, *, chat: bool | None = None) -> Layout:
         """The layout these options describe; ``chat=True`` for inputs that are conversations (--messages).
@@ -178,7 +182,9 @@ class Common:
                 tokenization=self.tokenization or "separate",
             )
         except InputError as exc:
-            raise typer.BadParameter(str(exc)) from None
+            from .errors import cli_message
+
+            raise typer.BadParameter(cli_message(str(exc))) from None
 
     def score_options(self) -> ScoreOptions:
         return ScoreOptions(

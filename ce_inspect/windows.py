@@ -1,0 +1,153 @@
+"""Text longer than the model's context, scored in sliding windows (``stride``).
+
+The protocol of the transformers perplexity guide ("Perplexity of fixed-length models"): windows of the
+context's length start every ``stride`` tokens; each window scores only the tokens that no earlier window
+scored, so every token after the first is scored exactly once, with as much left context as the window
+allows (at least ``window - stride`` tokens once the first window is past). The figures of the windows are
+put back together at the positions of the whole text, as one result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from .encoding import Encoded, decode_tokens, special_ids
+from .errors import InputError
+from .result import ScoreResult, SequenceToken, Summary, TokenScore
+
+if TYPE_CHECKING:
+    from .loading import LoadedModel
+    from .scoring import ScoreOptions
+
+#: Windows scored in one forward pass.
+WINDOWS_PER_BATCH = 8
+
+
+def window_plan(length: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) of each window over ``length`` tokens; positions are 0-based.
+
+    The scored spans ``[first, end)`` tile ``[1, length)`` exactly: position 0 has nothing before it.
+    """
+    if stride >= window:
+        raise InputError(
+            f"`stride` must be smaller than the window of {window} tokens (the model's context), so that every "
+            f"token keeps some left context; got {stride}"
+        )
+    plan: list[tuple[int, int, int]] = []
+    begin, previous_end = 0, 0
+    while True:
+        end = min(begin + window, length)
+        plan.append((begin, end, max(previous_end, begin + 1)))
+        if end == length:
+            return plan
+        previous_end, begin = end, begin + stride
+
+
+def is_windowed(example: Encoded) -> bool:
+    windows = example.layout.get("windows")
+    return bool(windows) and len(example) > windows["window"]
+
+
+def score_examples(
+    lm: LoadedModel, examples: Sequence[Encoded], options: ScoreOptions, *, padding_side: str = "right"
+) -> list[ScoreResult]:
+    """``scoring.score_batch``, except that examples longer than the context are scored in windows."""
+    from .scoring import score_batch
+
+    plain = [i for i, e in enumerate(examples) if not is_windowed(e)]
+    results: dict[int, ScoreResult] = {}
+    if plain:
+        scored = score_batch(lm, [examples[i] for i in plain], options, padding_side=padding_side)
+        results.update(zip(plain, scored))
+    for i, example in enumerate(examples):
+        if i not in results:
+            results[i] = score_windows(lm, example, options, padding_side=padding_side)
+    return [results[i] for i in range(len(examples))]
+
+
+def score_windows(
+    lm: LoadedModel, example: Encoded, options: ScoreOptions, *, padding_side: str = "right"
+) -> ScoreResult:
+    """Score every trained position of ``example`` once, in windows of ``layout["windows"]``."""
+    from .scoring import score_batch
+
+    spec = example.layout["windows"]
+    plan = window_plan(len(example), spec["window"], spec["stride"])
+    pieces = [(begin, _window(example, begin, end, first)) for begin, end, first in plan]
+    pieces = [(begin, piece) for begin, piece in pieces if piece.scored_positions]  # a window of masked labels
+    tokens: list[TokenScore] = []
+    for start in range(0, len(pieces), WINDOWS_PER_BATCH):
+        group = pieces[start : start + WINDOWS_PER_BATCH]
+        scored = score_batch(lm, [piece for _, piece in group], options, padding_side=padding_side)
+        for (begin, _), result in zip(group, scored):
+            tokens.extend(replace(t, index=t.index + begin) for t in result.tokens)
+    note = (
+        f"scored in {len(plan)} windows of {spec['window']} tokens (the model's context) starting every "
+        f"{spec['stride']} tokens (`stride`): every token scored once, with at least {spec['window'] - spec['stride']} "
+        "tokens of left context after the first window (the sliding-window protocol of the transformers "
+        "perplexity guide)"
+    )
+    return _merged(lm, example, tokens, options, note, len(plan))
+
+
+def _window(example: Encoded, begin: int, end: int, first: int) -> Encoded:
+    ignore = example.ignore_index
+    return Encoded(
+        input_ids=example.input_ids[begin:end],
+        labels=tuple(example.labels[j] if j >= first else ignore for j in range(begin, end)),
+        segments=example.segments[begin:end],
+        ignore_index=ignore,
+    )
+
+
+def _merged(
+    lm: LoadedModel, example: Encoded, tokens: list[TokenScore], options: ScoreOptions, note: str, windows: int
+) -> ScoreResult:
+    if not tokens:
+        raise InputError("the example has no scored position (every label is ignore_index)")
+    loss_at = {t.index: t.loss for t in tokens}
+    total = math.fsum(t.loss for t in tokens)
+    sum_logprob = math.fsum(t.logprob for t in tokens)
+    summary = Summary(
+        reduction=options.reduction,
+        mean=total / len(tokens),
+        sum=total,
+        count=len(tokens),
+        mean_nll=-sum_logprob / len(tokens),
+        label_smoothing=options.label_smoothing,
+        ignore_index=example.ignore_index,
+        greedy_hits=sum(t.is_greedy for t in tokens),
+        per_token=tuple(loss_at.get(i, 0.0) for i in range(1, len(example))),
+        sum_logprob=sum_logprob,
+    )
+    special = special_ids(lm.tokenizer)
+    sequence = tuple(
+        SequenceToken(
+            index=i,
+            token_id=tid,
+            token=text,
+            segment=example.segments[i],
+            scored=i in loss_at,
+            loss=loss_at.get(i),
+            special=tid in special,
+        )
+        for i, (tid, text) in enumerate(zip(example.input_ids, decode_tokens(lm.tokenizer, example.input_ids)))
+    )
+    notes = [*example.notes, note]
+    if options.verify:
+        notes.append("`verify` does not apply to windowed text: the model's own loss needs the whole text at once")
+    layout = dict(example.layout)
+    layout.update({"sequence_tokens": len(example), "scored_tokens": len(tokens), "window_count": windows})
+    return ScoreResult(
+        model=lm.name,
+        device=lm.device,
+        dtype=lm.dtype,
+        tokens=tuple(tokens),
+        summary=summary,
+        sequence=sequence,
+        layout=layout,
+        notes=tuple(notes),
+    )
