@@ -22,17 +22,15 @@ it). A pre-tokenized record is compared with it when its tokens are those of its
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import os
 import statistics
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .encoding import IGNORE_INDEX, Layout, decode_tokens, encode_messages, encode_pair, special_ids, special_prefix
-from .errors import InputError, read_error
+from .errors import InputError
 from .result import SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -1002,112 +1000,35 @@ def record_line(ex_line: int, rid: str | int | None, findings: Sequence[Finding]
 TOKEN_FIELDS = ("input_ids", "labels", "attention_mask", "completion_mask", "assistant_masks")
 
 
-@dataclass(frozen=True)
-class _Record:
-    """TEMPORARY stand-in for ``data.Record`` (the format reader of issue 11, part 1), same attribute names."""
+def read_audit_records(
+    path: str | os.PathLike[str], fields: Any = None, *, format: str | None = None, split: str | None = None
+) -> Iterator[tuple[Any, Any | None]]:
+    """Every record of the data set through ``data``'s reader, streamed: (record, its text as a second record
+    when it is pre-tokenized and also carries the text it was made from, e.g. ``messages``; else None)."""
+    from .data import FORMATS, Fields, Record, _objects, detect_format, file_kind, parse_record
 
-    line: int
-    id: str | int | None = None
-    prompt: str | None = None
-    answer: str | None = None
-    messages: list[dict[str, Any]] | None = None
-    error: str | None = None
-    text: str | None = None
-    prompt_messages: list[dict[str, Any]] | None = None
-    completion_messages: list[dict[str, Any]] | None = None
-    input_ids: tuple[int, ...] | None = None
-    labels: tuple[int, ...] | None = None
-    attention_mask: tuple[int, ...] | None = None
-
-
-def _int_list(obj: dict[str, Any], name: str, bits: bool = False) -> tuple[int, ...]:
-    value = obj[name]
-    if not isinstance(value, list) or not value:
-        raise InputError(f"field {name!r} must be a non-empty array of integers")
-    for k, item in enumerate(value):
-        if isinstance(item, bool) or not isinstance(item, int) or (bits and item not in (0, 1)):
-            raise InputError(f"field {name!r}: item {k} is {item!r}, not {'0 or 1' if bits else 'an integer'}")
-    return tuple(value)
-
-
-def _parse_tokenized(line: int, obj: dict[str, Any], rid: Any) -> _Record:
-    ids = _int_list(obj, "input_ids")
-    given = [n for n in TOKEN_FIELDS[1:] if obj.get(n) is not None]
-    for name in given:
-        if isinstance(obj[name], list) and len(obj[name]) != len(ids):
-            raise InputError(
-                f"field {name!r} has {len(obj[name])} items but 'input_ids' has {len(ids)}; they must match"
-            )
-    masks = [n for n in ("completion_mask", "assistant_masks") if n in given]
-    if "labels" in given:
-        labels = _int_list(obj, "labels")
-    elif masks:
-        values = [_int_list(obj, n, bits=True) for n in masks]
-        labels = tuple(t if all(b) else IGNORE_INDEX for t, *b in zip(ids, *values))
-    else:
-        labels = ids
-    attention = _int_list(obj, "attention_mask", bits=True) if "attention_mask" in given else None
-    return _Record(line, rid, input_ids=ids, labels=labels, attention_mask=attention)
-
-
-def _parse_object(line: int, obj: Any, fields: Any) -> _Record:
-    from .batch import _parse_record
-
-    if isinstance(obj, dict) and "input_ids" in obj:
-        rid = obj.get(fields.id)
-        try:
-            return _parse_tokenized(line, obj, rid)
-        except InputError as exc:
-            return _Record(line, rid, error=str(exc))
-    if isinstance(obj, dict) and "completion" in obj and "answer" not in obj:
-        obj = {**obj, "answer": obj["completion"]}
-        obj.pop("completion")
-        if isinstance(obj.get("prompt"), list) and isinstance(obj.get("answer"), list):
-            rec = _parse_record(line, {"messages": obj["prompt"] + obj["answer"], "id": obj.get(fields.id)}, fields)
-            if rec.error is None:
-                return _Record(line, rec.id, prompt_messages=obj["prompt"], completion_messages=obj["answer"])
-    rec = _parse_record(line, obj, fields)
-    return _Record(line, rec.id, prompt=rec.prompt, answer=rec.answer, messages=rec.messages, error=rec.error)
-
-
-def read_audit_records(path: str | os.PathLike[str], fields: Any = None) -> Iterator[tuple[Any, Any | None]]:
-    """Every record of the data set, streamed: (record, its text as a record when it is pre-tokenized and
-    also carries the text it was made from, else None)."""
-    from .batch import Fields
-
+    if format is not None and format not in FORMATS:
+        raise InputError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     fields = fields or Fields()
-    path = Path(path)
-    try:
-        fh = open(path, "rb")
-    except OSError as exc:
-        raise read_error(str(path), exc, kind="JSONL file") from None
-    with fh:
-        for number, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8").removeprefix("\ufeff"))
-            except UnicodeDecodeError as exc:
-                yield _Record(number, error=f"not UTF-8 text ({exc.reason} at byte {exc.start})"), None
-                continue
-            except json.JSONDecodeError as exc:
-                yield _Record(number, error=f"not valid JSON ({exc.msg} at column {exc.colno})"), None
-                continue
-            record = _parse_object(number, obj, fields)
-            text = None
-            if record.input_ids is not None:
-                rest = {k: v for k, v in obj.items() if k not in TOKEN_FIELDS}
-                if any(k in rest for k in ("messages", "prompt", "completion", "answer")):
-                    text = _parse_object(number, rest, fields)
-                    text = None if text.error is not None else text
-            yield record, text
+    for number, obj, error in _objects(path, file_kind(path), split):
+        if error is not None:
+            yield Record(number, error=error), None
+            continue
+        record = parse_record(number, obj, fields, format)
+        text = None
+        if record.input_ids is not None and isinstance(obj, dict):
+            rest = {k: v for k, v in obj.items() if k not in TOKEN_FIELDS}
+            if detect_format(rest, fields) not in (None, "text"):
+                text = parse_record(number, rest, fields)
+                text = None if text.error is not None else text
+        yield record, text
 
 
 def _text_of(record: Any) -> dict[str, Any]:
     """The record's text as AuditExample fields (messages, or prompt and completion)."""
     if record is None:
         return {}
-    if getattr(record, "prompt_messages", None) is not None:
+    if record.prompt_messages is not None:
         return {"prompt": tuple(record.prompt_messages), "completion": tuple(record.completion_messages)}
     if record.messages is not None:
         return {"messages": tuple(record.messages)}
@@ -1131,16 +1052,17 @@ def example_from_record(lm: LoadedModel, record: Any, text: Any, layout: Layout)
     if record.error is not None:
         raise InputError(record.error)
     if record.input_ids is not None:
-        vocab = len(lm.tokenizer)
-        for k, tid in enumerate(record.input_ids):
-            if not 0 <= tid < vocab:
-                raise InputError(f"'input_ids' item {k} is {tid}, outside the tokenizer's vocabulary of {vocab} ids")
-        for k, label in enumerate(record.labels):
-            if label != layout.ignore_index and not 0 <= label < vocab:
-                raise InputError(
-                    f"'labels' item {k} is {label}: neither a token id of the vocabulary of {vocab} ids nor the "
-                    f"ignore index {layout.ignore_index} (`ignore_index`)"
-                )
+        from .data import encode_tokenized
+
+        # The reader's one validator (ids in the vocabulary, labels ids or the ignore index); the padding it
+        # refuses for scoring is what padding-trained looks at, so the mask is checked here, not there.
+        encode_tokenized(
+            record.input_ids,
+            record.labels,
+            vocab_size=len(lm.tokenizer),
+            ignore_index=layout.ignore_index,
+            labels_from=record.labels_from or "labels",
+        )
         return AuditExample(
             record.line,
             record.id,
@@ -1151,7 +1073,7 @@ def example_from_record(lm: LoadedModel, record: Any, text: Any, layout: Layout)
             pretokenized=True,
             **_text_of(text),
         )
-    from .batch import encode_record
+    from .data import encode_record
 
     encoded = encode_record(lm, record, layout)
     own = layout.tokenization != "trl"  # ce-inspect's own layout is the reference; TRL's is checked against it
@@ -1178,6 +1100,9 @@ def check_dataset(
     examples: int = DEFAULT_EXAMPLES,
     sink: Any = None,
     keep_findings: bool = False,
+    format: str | None = None,
+    split: str | None = None,
+    info: Any = None,
 ) -> Audit:
     """The checks that need no forward pass, over every record, streamed.
 
@@ -1185,19 +1110,20 @@ def check_dataset(
     checked; ``keep_findings`` keeps each failing record's findings for a later pass (the model's) instead.
     A record that is not an example stops the run, naming it, unless ``skip_invalid``.
     """
-    from .batch import _id_note
+    from .data import open_data
     from .errors import InvalidRecordError
 
+    info = info or open_data(path, fields, format=format, split=split)
     layout = layout or Layout()
     ctx = AuditContext(lm.tokenizer, layout=layout)
     audit = Audit(ctx, max_length=max_length, examples=examples)
-    for record, text in read_audit_records(path, fields):
+    for record, text in read_audit_records(path, fields, format=format, split=split):
         try:
             ex = example_from_record(lm, record, text, layout)
         except InputError as exc:
             if not skip_invalid:
                 raise InvalidRecordError(
-                    f"{path} line {record.line}{_id_note(record.id)}: {exc} (fix the line, or pass --skip-invalid)"
+                    f"{info.where(record)}: {exc} (fix the {info.unit}, or pass --skip-invalid)"
                 ) from None
             audit.skip(record.line, record.id, str(exc))
             continue

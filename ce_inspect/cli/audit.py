@@ -11,6 +11,7 @@ import typer
 
 from ..audit import CHECK_NAMES, DEFAULT_EXAMPLES, DEFAULT_FAIL_ON
 from ..batch import DEFAULT_BATCH_SIZE
+from ..data import FORMATS
 from .app import app, setup_logging
 from .options import OUTPUT, Common, shared_options
 
@@ -75,6 +76,19 @@ def audit(
             rich_help_panel=INPUT,
         ),
     ] = False,
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            metavar="|".join(FORMATS),
+            help="Read every record in this format instead of detecting it from its fields.",
+            rich_help_panel=INPUT,
+        ),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="The split of a saved or Hub dataset (train, test, ...).", rich_help_panel=INPUT),
+    ] = None,
     id_field: Annotated[str, typer.Option(help="Field that names each record.", rich_help_panel=INPUT)] = "id",
     batch_size: Annotated[
         int, typer.Option("--batch-size", "-b", min=1, help="Records per forward pass.", rich_help_panel=BATCHING)
@@ -121,15 +135,21 @@ def audit(
 
     from rich.console import Console
 
+    from ..data import open_data
+    from .errors import cli_message
+
     err = Console(stderr=True)
+    info = open_data(data, fields, format=format, split=split)  # before anything loads: a bad input fails fast
+    err.print(cli_message(info.describe()), markup=False, soft_wrap=True, highlight=False)
+    read = {"fields": fields, "format": format, "split": split, "info": info}
     with _Output(output) as sink:
         if no_model:
             report = _audit_without_model(
-                common, tokenizer, data, layout, fields, max_length, skip_invalid, examples, sink, gate
+                common, tokenizer, data, layout, read, max_length, skip_invalid, examples, sink, gate
             )
         else:
             report = _audit_with_model(
-                common, data, layout, fields, max_length, skip_invalid, examples, sink, gate, settings, err
+                common, data, layout, read, max_length, skip_invalid, examples, sink, gate, settings, err
             )
     report = _with_output(report, output)
 
@@ -148,7 +168,7 @@ def audit(
         raise typer.Exit(GATE_EXIT)
 
 
-def _audit_without_model(common, tokenizer, data, layout, fields, max_length, skip_invalid, examples, sink, gate):
+def _audit_without_model(common, tokenizer, data, layout, read, max_length, skip_invalid, examples, sink, gate):
     from ..audit import check_dataset, tokenizer_only
     from ..loading import load_tokenizer
 
@@ -162,16 +182,16 @@ def _audit_without_model(common, tokenizer, data, layout, fields, max_length, sk
         lm,
         data,
         layout=layout,
-        fields=fields,
         max_length=max_length,
         skip_invalid=skip_invalid,
         examples=examples,
         sink=sink,
+        **read,
     )
     return audit.finish(input=str(data), model=None, tokenizer=name, fail_on=gate)
 
 
-def _audit_with_model(common, data, layout, fields, max_length, skip_invalid, examples, sink, gate, settings, err):
+def _audit_with_model(common, data, layout, read, max_length, skip_invalid, examples, sink, gate, settings, err):
     from ..audit import check_dataset, score_dataset, tokenizer_only
     from ..batch import scan_dataset
     from .render_batch import batch_progress
@@ -182,14 +202,14 @@ def _audit_with_model(common, data, layout, fields, max_length, skip_invalid, ex
         tokenizer_only(lm.tokenizer, lm.name),
         data,
         layout=layout,
-        fields=fields,
         max_length=max_length,
         skip_invalid=skip_invalid,
         examples=examples,
         keep_findings=True,
+        **read,
     )
     options = common.score_options()
-    scan = scan_dataset(lm, data, layout=layout, options=options, fields=fields, skip_invalid=True)
+    scan = scan_dataset(lm, data, layout=layout, options=options, skip_invalid=True, **read)
     with batch_progress(err, scan) as advance:
         summary = score_dataset(lm, scan, audit, sink, options=options, settings=settings, on_batch=advance)
     loss = {
