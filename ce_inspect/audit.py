@@ -486,10 +486,16 @@ def check_boundary(rc: RecordChecks) -> Finding | None:
     common = _common_prefix(alone, whole)
     if common == len(alone):
         return None
+    # Where the prompt's text ends inside the joint tokens: the tokens that cover its last characters.
+    tail, covered, end = "".join(ctx.decode(alone[common:])), "", common
+    while end < len(whole) and len(covered) < len(tail):
+        covered += ctx.decode([whole[end]])[0]
+        end += 1
     start = max(0, common - 2)
+    separately = alone + ctx.tokens(whole_text[len(prompt_text) :])
     detail = {
-        "alone": _split_view(ctx, alone, start, len(alone)),
-        "together": _split_view(ctx, whole, start, len(alone)),
+        "alone": _split_view(ctx, separately, start, len(alone)),
+        "together": _split_view(ctx, whole, start, common),
         "prompt_tokens": len(alone),
         "common_prefix": common,
     }
@@ -498,8 +504,9 @@ def check_boundary(rc: RecordChecks) -> Finding | None:
     return Finding(
         "boundary",
         positions,
-        f"the prompt alone ends in {ctx.decode(alone[common:])} but inside prompt+completion those characters "
-        f"tokenize as {ctx.decode(whole[common : len(alone) + 1])}: the completion's first token depends on the split",
+        f"the prompt's last tokens {ctx.decode(alone[common:])} become {ctx.decode(whole[common:end])} inside "
+        "prompt+completion: the prompt's text ends inside a token, so the split (and what is trained) depends on "
+        "how the trainer tokenizes",
         detail,
     )
 

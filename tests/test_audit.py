@@ -424,11 +424,20 @@ def test_with_model_per_record_loss_matches_cross_entropy(tiny_llama, tiny_llama
 
 
 def test_with_model_unscored_record_is_a_finding_not_an_error(tiny_llama_dir, tmp_path, capsys, tok):
-    rows = [{"id": f"c{k}", "messages": _messages(k)} for k in range(3)]
+    """Records the model cannot score (nothing trained, padded) are findings and listed as not scored."""
+    rows = _broken(tok, _nothing, {1})
+    _pad_masked(rows[3], None, tok)
+    rows[3]["id"] = "bad-3"
     data = _write(tmp_path / "d.jsonl", rows)
-    code, out, err = _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--json")
-    assert code == 0, err
-    assert json.loads(out)["loss"]["unscored"] == []
+    out_file = tmp_path / "r.jsonl"
+    code, out, err = _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--json", "-o", out_file)
+    assert code == 3, err
+    doc = json.loads(out)
+    assert doc["gate_failed"] == ["no-trained-tokens", "padding-trained"]
+    assert [(u["line"], u["id"]) for u in doc["loss"]["unscored"]] == [(2, "bad-1"), (4, "bad-3")]
+    lines = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [line["loss"]["scored"] for line in lines] == [True, False, True, False, True]
+    assert doc["loss"]["examples"] == 3
 
 
 # --- the committed samples, with SmolLM2's own tokenizer and chat template ---------------------------------

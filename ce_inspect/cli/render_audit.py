@@ -82,9 +82,10 @@ def checks_table(report: AuditReport) -> Table:
     table.add_column("gate", justify="center")
     table.add_column("what it means")
     for c in report.checks:
-        about = Text(c.description)
-        if c.note:
-            about.append(f"\n{c.note}", style="dim")
+        # What a check means matters where it failed; elsewhere only its note (why it did not run, ...).
+        about = Text(c.description if c.failed else "")
+        if c.note and (c.failed or not c.ran):
+            about.append(("\n" if c.failed else "") + c.note, style="dim")
         table.add_row(
             Text(c.name, style="bold"),
             _status(c, report.fail_on),
@@ -116,7 +117,7 @@ def _boundary_lines(detail: dict[str, Any]) -> Table:
             piece.stylize("dim" if tok["part"] == "prompt" else "bold")
             line.append_text(piece)
             line.append(" ")
-        grid.add_row("prompt " + name if name == "alone" else "prompt+completion", line)
+        grid.add_row("separately" if name == "alone" else "together", line)
     return grid
 
 
@@ -131,7 +132,13 @@ def finding_panel(check: CheckResult) -> Panel:
         parts.append(head)
         if shown.finding.detail and "alone" in shown.finding.detail:
             parts.append(_boundary_lines(shown.finding.detail))
-            parts.append(Text("┃ is where the prompt's own tokens end", style="dim"))
+            parts.append(
+                Text(
+                    "separately: prompt and completion tokenized on their own, ┃ at the prompt's end; together: "
+                    "prompt+completion as one string, ┃ where its tokens part from the prompt's (TRL's split)",
+                    style="dim",
+                )
+            )
         else:
             parts.append(token_strip(shown.tokens))
         parts.append(Text())
