@@ -31,7 +31,16 @@ from typing import TYPE_CHECKING, Any
 
 from .encoding import IGNORE_INDEX, Layout, decode_tokens, encode_messages, encode_pair, special_ids, special_prefix
 from .errors import InputError
-from .result import SCHEMA_VERSION
+from .result import (
+    SCHEMA_VERSION,
+    AuditCheckDict,
+    AuditDict,
+    AuditExampleDict,
+    AuditFindingDict,
+    AuditRecordLineDict,
+    AuditRecordRefDict,
+    AuditTokenDict,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -164,8 +173,8 @@ class Finding:
     #: Check-specific detail (``boundary``: the two splits of the prompt/completion boundary).
     detail: dict[str, Any] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"check": self.check, "positions": list(self.positions), "message": self.message}
+    def to_dict(self) -> AuditFindingDict:
+        d: AuditFindingDict = {"check": self.check, "positions": list(self.positions), "message": self.message}
         if self.detail is not None:
             d["detail"] = self.detail
         return d
@@ -648,7 +657,7 @@ class TokenView:
     special: bool
     loss: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> AuditTokenDict:
         return {
             "index": self.index,
             "token_id": self.token_id,
@@ -671,9 +680,17 @@ class ShownFinding:
     tokens: tuple[TokenView, ...]
     mean_loss: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        d = {"line": self.line, "id": self.id, **self.finding.to_dict(), "tokens": [t.to_dict() for t in self.tokens]}
-        del d["check"]
+    def to_dict(self) -> AuditExampleDict:
+        f = self.finding
+        d: AuditExampleDict = {
+            "line": self.line,
+            "id": self.id,
+            "positions": list(f.positions),
+            "message": f.message,
+            "tokens": [t.to_dict() for t in self.tokens],
+        }
+        if f.detail is not None:
+            d["detail"] = f.detail
         if self.mean_loss is not None:
             d["mean_loss"] = self.mean_loss
         return d
@@ -714,7 +731,7 @@ class RecordRef:
     line: int
     id: str | int | None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> AuditRecordRefDict:
         return {"line": self.line, "id": self.id}
 
 
@@ -734,8 +751,8 @@ class CheckResult:
     def failed(self) -> int:
         return len(self.records)
 
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
+    def to_dict(self) -> AuditCheckDict:
+        d: AuditCheckDict = {
             "name": self.name,
             "description": self.description,
             "ran": self.ran,
@@ -775,8 +792,8 @@ class AuditReport:
     def check(self, name: str) -> CheckResult:
         return next(c for c in self.checks if c.name == name)
 
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
+    def to_dict(self) -> AuditDict:
+        d: AuditDict = {
             "schema_version": SCHEMA_VERSION,
             "kind": "audit",
             "input": self.input,
@@ -792,7 +809,7 @@ class AuditReport:
             "gate_failed": self.gate_failed,
         }
         if self.loss is not None:
-            d["loss"] = self.loss
+            d["loss"] = self.loss  # type: ignore[typeddict-item]
         return d
 
 
@@ -986,9 +1003,11 @@ def show_scored(ctx: AuditContext, line: int, rid: str | int | None, result: Sco
     return ShownFinding(line, rid, finding, views, mean_loss=mean)
 
 
-def record_line(ex_line: int, rid: str | int | None, findings: Sequence[Finding], loss: dict[str, Any] | None = None):
+def record_line(
+    ex_line: int, rid: str | int | None, findings: Sequence[Finding], loss: dict[str, Any] | None = None
+) -> AuditRecordLineDict:
     """The per-record output line: which checks the record fails, and where."""
-    d: dict[str, Any] = {
+    d: AuditRecordLineDict = {
         "schema_version": SCHEMA_VERSION,
         "kind": "audit_record",
         "line": ex_line,

@@ -303,6 +303,38 @@ def test_loss_outlier_identical_losses_flag_nothing(tok):
 # --- the command --------------------------------------------------------------------------------------------
 
 
+def _conforms(d: dict, typed) -> None:
+    """Key for key: every required key of the TypedDict is there, and no key it does not declare."""
+    keys = set(d)
+    assert typed.__required_keys__ <= keys, (typed.__name__, typed.__required_keys__ - keys)
+    assert keys <= typed.__required_keys__ | typed.__optional_keys__, (typed.__name__, keys)
+
+
+def _document_conforms(doc: dict) -> None:
+    from ce_inspect import result as r
+
+    _conforms(doc, r.AuditDict)
+    if "loss" in doc:
+        _conforms(doc["loss"], r.AuditLossDict)
+    for check in doc["checks"]:
+        _conforms(check, r.AuditCheckDict)
+        for ref in check["records"]:
+            _conforms(ref, r.AuditRecordRefDict)
+        for example in check["examples"]:
+            _conforms(example, r.AuditExampleDict)
+            for token in example["tokens"]:
+                _conforms(token, r.AuditTokenDict)
+
+
+def _lines_conform(lines: list[dict]) -> None:
+    from ce_inspect import result as r
+
+    for line in lines:
+        _conforms(line, r.AuditRecordLineDict)
+        for finding in line["findings"]:
+            _conforms(finding, r.AuditFindingDict)
+
+
 def _cli(capsys, *args) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
@@ -321,6 +353,8 @@ def test_cli_fail_on_exits_3_after_writing_everything(tiny_llama_dir, tmp_path, 
     assert check["examples"][0]["positions"] and check["examples"][0]["tokens"]
     lines = [json.loads(line) for line in out_file.read_text().splitlines()]
     assert [line["failed"] for line in lines] == [[], ["eot-not-trained"], [], [], []]
+    _document_conforms(doc)
+    _lines_conform(lines)
     assert "eot-not-trained" in err
     # The same finding outside the gate: exit 0.
     code, _, _ = _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--no-model", "--fail-on", "bos", "--json")
@@ -437,6 +471,8 @@ def test_with_model_unscored_record_is_a_finding_not_an_error(tiny_llama_dir, tm
     assert [(u["line"], u["id"]) for u in doc["loss"]["unscored"]] == [(2, "bad-1"), (4, "bad-3")]
     lines = [json.loads(line) for line in out_file.read_text().splitlines()]
     assert [line["loss"]["scored"] for line in lines] == [True, False, True, False, True]
+    _document_conforms(doc)
+    _lines_conform(lines)
     assert doc["loss"]["examples"] == 3
 
 
@@ -490,3 +526,29 @@ def test_bad_record_error_from_the_core(tok, tmp_path):
     rows = [{"id": "x", "input_ids": [1, 2, 999999], "labels": [1, 2, 3]}]
     with pytest.raises(InvalidRecordError, match=r"line 1 \(id 'x'\): 'input_ids' item 2 is 999999"):
         check_dataset(tokenizer_only(tok, "tiny"), _write(tmp_path / "d.jsonl", rows))
+
+
+@pytest.mark.default_model
+def test_loss_outlier_sample_with_smollm2(smollm2):
+    """samples/audit/loss-outlier.jsonl through SmolLM2 (batch's runner): exactly the gibberish answer is flagged,
+    and each record's mean loss equals CrossEntropyLoss on the model's own logits."""
+    from ce_inspect.audit import score_dataset
+    from ce_inspect.batch import scan_dataset
+
+    path = SAMPLES / "loss-outlier.jsonl"
+    audit = check_dataset(tokenizer_only(smollm2.tokenizer, "smollm2"), path, keep_findings=True)
+    scan = scan_dataset(smollm2, path, skip_invalid=True)
+    lines: list[dict] = []
+    sink = SimpleNamespace(name=None, write=lines.append)
+    score_dataset(smollm2, scan, audit, sink)
+    report = audit.finish(input=str(path), model="smollm2", tokenizer="smollm2", fail_on=())
+    assert [r.id for r in report.check("loss-outlier").records] == ["bad-3"]
+    assert report.check("loss-outlier").examples[0].mean_loss == max(line["loss"]["mean"] for line in lines)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows[:4]:
+        enc = encode_messages(smollm2.tokenizer, row["messages"], Layout())
+        with torch.no_grad():
+            logits = smollm2.model(torch.tensor([enc.input_ids])).logits[0]
+        expected = torch.nn.CrossEntropyLoss()(logits[:-1].float(), torch.tensor(enc.labels[1:])).item()
+        line = next(line for line in lines if line["id"] == row["id"])
+        assert line["loss"]["mean"] == pytest.approx(expected, abs=1e-4)
