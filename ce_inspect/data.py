@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,70 +364,91 @@ def _json_array_objects(path: Path, chunk: int = 1 << 20) -> Iterator[tuple[int,
     An element larger than ``MAX_JSON_ELEMENT_BYTES`` is refused; a syntax error ends the file (a JSON array
     cannot be resynchronised after one), as an error on the element where it happened.
     """
-    decoder = json.JSONDecoder()
     try:
         fh = open(path, encoding="utf-8")  # closed by the with below
     except OSError as exc:
         raise read_error(str(path), exc, kind="data file") from None
     with fh:
-        buf, eof, index = "", False, 0
-
-        def fill() -> bool:
-            nonlocal buf, eof
-            try:
-                more = fh.read(chunk)
-            except UnicodeDecodeError as exc:
-                raise read_error(str(path), exc) from None
-            eof = not more
-            buf += more
-            return bool(more)
-
-        def skip_ws() -> None:
-            nonlocal buf
-            while True:
-                buf = buf.lstrip(" \t\r\n\ufeff")
-                if buf or eof or not fill():
-                    return
-
-        skip_ws()
-        if not buf.startswith("["):
+        reader = _ArrayReader(fh, str(path), chunk)
+        if reader.next_char(skip="\ufeff") != "[":
             raise InputError(f"{path}: not a JSON array")
-        buf = buf[1:]
-        skip_ws()
-        if buf.startswith("]"):
+        reader.pos += 1
+        if reader.next_char() == "]":
             return
+        index = 0
         while True:
             index += 1
-            while True:
-                try:
-                    obj, end = decoder.raw_decode(buf)
-                    break
-                except json.JSONDecodeError as exc:
-                    if eof or (exc.pos < len(buf) - 1 and buf[exc.pos :].strip() and not _maybe_incomplete(exc)):
-                        yield index, None, f"not valid JSON ({exc.msg}); the rest of the array cannot be read"
-                        return
-                    if len(buf) > MAX_JSON_ELEMENT_BYTES:
-                        raise InputError(
-                            f"{path}: element {index} of the JSON array is over {MAX_JSON_ELEMENT_BYTES >> 20} MB; "
-                            "convert the file to JSONL (one object per line)"
-                        ) from None
-                    fill()
-            yield index, obj, None
-            buf = buf[end:]
-            skip_ws()
-            if buf.startswith(","):
-                buf = buf[1:]
-                skip_ws()
-                continue
-            if buf.startswith("]"):
+            reader.next_char()  # to the element's first character
+            try:
+                obj = reader.element(index)
+            except json.JSONDecodeError as exc:
+                yield index, None, f"not valid JSON ({exc.msg}); the rest of the array cannot be read"
                 return
-            yield index + 1, None, "not valid JSON (expected ',' or ']' after the previous element)"
-            return
+            yield index, obj, None
+            sep = reader.next_char()
+            reader.pos += 1
+            if sep == "]":
+                return
+            if sep != ",":
+                yield index + 1, None, "not valid JSON (expected ',' or ']' after the previous element)"
+                return
 
 
-def _maybe_incomplete(exc: json.JSONDecodeError) -> bool:
-    # Errors a truncated buffer produces; more input may complete the element.
-    return exc.msg.startswith(("Unterminated", "Expecting", "Invalid control", "Invalid \\escape"))
+class _ArrayReader:
+    """A read buffer over a text file with a cursor; consumed text is dropped as the cursor advances."""
+
+    _WS = re.compile(r"[ \t\r\n]*")
+
+    def __init__(self, fh: Any, label: str, chunk: int) -> None:
+        self.fh, self.label, self.chunk = fh, label, chunk
+        self.buf, self.pos, self.eof = "", 0, False
+        self.decoder = json.JSONDecoder()
+
+    def fill(self) -> bool:
+        if self.pos > self.chunk:  # drop what was consumed: each character is copied O(1) times
+            self.buf, self.pos = self.buf[self.pos :], 0
+        try:
+            more = self.fh.read(self.chunk)
+        except UnicodeDecodeError as exc:
+            raise read_error(self.label, exc) from None
+        self.eof = not more
+        self.buf += more
+        return bool(more)
+
+    def next_char(self, skip: str = "") -> str:
+        """The next character that is not whitespace (nor one of ``skip``), without consuming it; "" at the end."""
+        while True:
+            self.pos = self._WS.match(self.buf, self.pos).end()  # type: ignore[union-attr]
+            while skip and self.pos < len(self.buf) and self.buf[self.pos] in skip:
+                self.pos += 1
+                self.pos = self._WS.match(self.buf, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.buf) or self.eof or not self.fill():
+                return self.buf[self.pos : self.pos + 1]
+
+    def element(self, index: int) -> Any:
+        """Decode the element at the cursor, reading more until it is complete."""
+        while True:
+            try:
+                obj, end = self.decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as exc:
+                # Running out of text looks like an error at the end of the buffer (or an open string).
+                truncated = exc.msg.startswith("Unterminated string") or exc.pos >= len(self.buf) - 8
+                if self.eof or not truncated:
+                    raise
+                self._grow(index)
+                continue
+            if end < len(self.buf) or self.eof:  # a number at the buffer's end may go on in the next chunk
+                self.pos = end
+                return obj
+            self._grow(index)
+
+    def _grow(self, index: int) -> None:
+        if len(self.buf) - self.pos > MAX_JSON_ELEMENT_BYTES:
+            raise InputError(
+                f"{self.label}: element {index} of the JSON array is over {MAX_JSON_ELEMENT_BYTES >> 20} MB; "
+                "convert the file to JSONL (one object per line)"
+            )
+        self.fill()
 
 
 def _require_datasets(what: str) -> Any:

@@ -148,6 +148,10 @@ def test_json_array_streams_element_by_element(tmp_path):
     assert got == ROWS
     assert [r.id for r in read_records(path)] == [0, 1, 2]
     assert open_data(path).kind == "json" and open_data(path).unit == "record"
+    numbers = tmp_path / "n.json"
+    numbers.write_text('[1, 2345, "a\\u00e9b", {"k": [1, 2]}]', encoding="utf-8")
+    for chunk in (1, 2, 3, 5):  # a number or an escape cut by the read buffer is completed, not cut
+        assert [obj for _, obj, _ in _json_array_objects(numbers, chunk=chunk)] == [1, 2345, "a\u00e9b", {"k": [1, 2]}]
     broken = tmp_path / "b.json"
     broken.write_text('[{"prompt": "p", "answer": "a"}, {"prompt": }]', encoding="utf-8")
     first, second = read_records(broken)
@@ -188,7 +192,7 @@ def test_without_the_datasets_extra_one_line_says_what_to_install(tmp_path, monk
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
     path = tmp_path / "d.parquet"
     path.write_bytes(b"PAR1")
-    with pytest.raises(InputError, match=r"needs the `datasets` library: pip install 'ce-inspect\[datasets\]'"):
+    with pytest.raises(InputError, match=r"needs the datasets library: pip install 'ce-inspect\[datasets\]'"):
         list(read_records(path))
 
 

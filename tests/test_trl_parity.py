@@ -77,10 +77,10 @@ def trl_prepared(model, tokenizer, rows: list[dict], tmp_path) -> list[dict]:
 def ours(lm, rows: list[dict], tmp_path) -> list[dict]:
     path = tmp_path / "pc.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    layout = Layout(tokenization="trl")
+    layout = Layout(tokenization="trl")  # every record format takes TRL's rule
     out = []
     for record in read_records(path):
-        assert record.format == "prompt-completion", record
+        assert record.error is None, record
         encoded = encode_record(lm, record, layout)
         out.append({"input_ids": list(encoded.input_ids), "labels": list(encoded.labels)})
     return out
@@ -92,9 +92,8 @@ def _check(lm, model, rows, tmp_path):
     assert len(got) == len(expected) == len(rows)
     for row, a, b in zip(rows, got, expected):
         assert a["input_ids"] == b["input_ids"], row
-        # TRL's labels keep label 0 only if trained; nothing predicts position 0, so compare from 1 on.
+        # Nothing predicts position 0 (the model's shift drops label 0), so labels compare from 1 on.
         assert a["labels"][1:] == b["labels"][1:], row
-        assert b["labels"][0] == -100
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +151,15 @@ def test_batch_trl_scores_trls_targets_and_warns_about_dropped_tail(
         assert [(t["index"], t["token_id"]) for t in line["tokens"]] == trained
     dropped = [line for line in lines if any("TRL's rule" in n for n in line.get("notes", []))]
     assert dropped, "a pair whose prompt tail merges into the completion must say so"
+
+
+def test_trl_parity_language_modelling(tiny_llama, tiny_hf_model, tmp_path):
+    """`text` and `messages` data: TRL appends EOS text to `text`, renders `messages`, and trains every token."""
+    eos = tiny_llama.tokenizer.eos_token
+    texts = [{"text": "the cat sat "}, {"text": f"ends with eos{eos}"}, {"text": "x\n\n"}]
+    _check(tiny_llama, tiny_hf_model, texts, tmp_path)
+    conversations = [
+        {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": c}]}
+        for p, c in pairs(eos, "<|im_end|>")
+    ]
+    _check(tiny_llama, tiny_hf_model, conversations, tmp_path)

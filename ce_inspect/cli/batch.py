@@ -27,7 +27,7 @@ def batch(
         Path,
         typer.Argument(
             help="The data: JSONL, a JSON array, Parquet, a folder saved with datasets' save_to_disk, or a Hub "
-            "dataset id from the local cache (the last three need: pip install 'ce-inspect[datasets]'). Records: "
+            "dataset id from the local cache (the last three need: pip install 'ce-inspect\\[datasets]'). Records: "
             "prompt/answer, prompt/completion, messages, conversations (ShareGPT), text, or input_ids with labels.",
             show_default=False,
         ),
@@ -36,8 +36,8 @@ def batch(
         str | None,
         typer.Option(
             "--format",
-            metavar="|".join(FORMATS),
-            help="Read every record in this format instead of detecting it from its fields.",
+            metavar="FORMAT",
+            help=f"Read every record as {', '.join(FORMATS)} instead of detecting each one's format from its fields.",
             rich_help_panel=INPUT,
         ),
     ] = None,
