@@ -288,7 +288,8 @@ class AuditContext:
         start = _common_prefix(alone, whole)
         ids = [*self.prefix, *whole, *([self.eos_id] if self.eos_id is not None else [])]
         first = len(self.prefix) + start
-        segments = ["bos"] * len(self.prefix) + ["prompt"] * start + ["answer"] * (len(ids) - first)
+        eos = ["eos"] if self.eos_id is not None else []
+        segments = ["bos"] * len(self.prefix) + ["prompt"] * start + ["answer"] * (len(whole) - start) + eos
         labels = [t if p >= first else ignore_index for p, t in enumerate(ids)]
         return Encoded(tuple(ids), tuple(labels), tuple(segments), ignore_index=ignore_index)
 
@@ -434,7 +435,7 @@ def check_answer_partly_trained(rc: RecordChecks) -> Finding | None:
     by_turn: dict[int | None, list[int]] = {}
     for q in sorted(ref.trained):
         p = q + ref.offset
-        if p < len(ex.input_ids) and ref.segments[q] != "eot":
+        if p < len(ex.input_ids) and ref.segments[q] not in ("eot", "eos"):  # eot-not-trained covers those
             by_turn.setdefault(ref.turns[q] if ref.turns else None, []).append(p)
     offending: list[int] = []
     for positions in by_turn.values():

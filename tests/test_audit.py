@@ -552,3 +552,25 @@ def test_loss_outlier_sample_with_smollm2(smollm2):
         expected = torch.nn.CrossEntropyLoss()(logits[:-1].float(), torch.tensor(enc.labels[1:])).item()
         line = next(line for line in lines if line["id"] == row["id"])
         assert line["loss"]["mean"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_trl_style_tokenized_pairs_with_completion_mask(tok, tmp_path):
+    """TRL's prepared prompt/completion rows (prompt+completion tokenized as one string, EOS appended,
+    completion_mask from where the prompt's own tokens stop matching) pass; the same rows with the EOS
+    masked out fail eot-not-trained, and a mask that also covers the prompt fails template-trained."""
+    pairs = [("Say it:", " the end"), ("Q: what", " is in the box?"), ("Hmm", " there")]
+    rows = []
+    for k, (prompt, completion) in enumerate(pairs):
+        alone = tok(prompt, add_special_tokens=False)["input_ids"]
+        whole = tok(prompt + completion, add_special_tokens=False)["input_ids"]
+        start = next((i for i, (a, b) in enumerate(zip(alone, whole)) if a != b), len(alone))
+        ids = [tok.bos_token_id, *whole, tok.eos_token_id]
+        mask = [0] * (1 + start) + [1] * (len(whole) - start + 1)
+        rows.append(
+            {"id": f"ok-{k}", "prompt": prompt, "completion": completion, "input_ids": ids, "completion_mask": mask}
+        )
+    assert _flagged(_audit(tok, _write(tmp_path / "ok.jsonl", rows))) == {}
+    rows[1]["id"], rows[1]["completion_mask"][-1] = "bad-1", 0
+    rows[2]["id"], rows[2]["completion_mask"] = "bad-2", [0] + [1] * (len(rows[2]["input_ids"]) - 1)
+    report = _audit(tok, _write(tmp_path / "bad.jsonl", rows))
+    assert _flagged(report) == {"eot-not-trained": ["bad-1"], "template-trained": ["bad-2"]}
