@@ -141,16 +141,14 @@ def audit(
     err = Console(stderr=True)
     info = open_data(data, fields, format=format, split=split)  # before anything loads: a bad input fails fast
     err.print(cli_message(info.describe()), markup=False, soft_wrap=True, highlight=False)
-    read = {"fields": fields, "format": format, "split": split, "info": info}
+    # How to read and check the data: the same for the checks and (with a model) the forward pass's scan.
+    read = {"layout": layout, "fields": fields, "format": format, "split": split, "info": info}
+    checking = {**read, "max_length": max_length, "skip_invalid": skip_invalid, "examples": examples}
     with _Output(output) as sink:
         if no_model:
-            report = _audit_without_model(
-                common, tokenizer, data, layout, read, max_length, skip_invalid, examples, sink, gate
-            )
+            report = _audit_without_model(common, tokenizer, data, checking, sink, gate)
         else:
-            report = _audit_with_model(
-                common, data, layout, read, max_length, skip_invalid, examples, sink, gate, settings, err
-            )
+            report = _audit_with_model(common, data, read, checking, sink, gate, settings, err)
     report = _with_output(report, output)
 
     if json_out:
@@ -168,7 +166,9 @@ def audit(
         raise typer.Exit(GATE_EXIT)
 
 
-def _audit_without_model(common, tokenizer, data, layout, read, max_length, skip_invalid, examples, sink, gate):
+def _audit_without_model(
+    common: Common, tokenizer: str | None, data: Path, checking: dict[str, Any], sink: Any, gate: tuple[str, ...]
+) -> Any:
     from ..audit import check_dataset, tokenizer_only
     from ..loading import load_tokenizer
 
@@ -178,38 +178,29 @@ def _audit_without_model(common, tokenizer, data, layout, read, max_length, skip
         trust_remote_code=common.trust_remote_code,
     )
     lm = tokenizer_only(tok, name)
-    audit = check_dataset(
-        lm,
-        data,
-        layout=layout,
-        max_length=max_length,
-        skip_invalid=skip_invalid,
-        examples=examples,
-        sink=sink,
-        **read,
-    )
+    audit = check_dataset(lm, data, sink=sink, **checking)
     return audit.finish(input=str(data), model=None, tokenizer=name, fail_on=gate)
 
 
-def _audit_with_model(common, data, layout, read, max_length, skip_invalid, examples, sink, gate, settings, err):
+def _audit_with_model(
+    common: Common,
+    data: Path,
+    read: dict[str, Any],
+    checking: dict[str, Any],
+    sink: Any,
+    gate: tuple[str, ...],
+    settings: Any,
+    err: Any,
+) -> Any:
     from ..audit import check_dataset, score_dataset, tokenizer_only
     from ..batch import scan_dataset
     from .render_batch import batch_progress
 
     lm = common.load(quiet=True)
     # The checks see every record, whatever its length; the model's context limits only the forward pass.
-    audit = check_dataset(
-        tokenizer_only(lm.tokenizer, lm.name),
-        data,
-        layout=layout,
-        max_length=max_length,
-        skip_invalid=skip_invalid,
-        examples=examples,
-        keep_findings=True,
-        **read,
-    )
+    audit = check_dataset(tokenizer_only(lm.tokenizer, lm.name), data, keep_findings=True, **checking)
     options = common.score_options()
-    scan = scan_dataset(lm, data, layout=layout, options=options, skip_invalid=True, **read)
+    scan = scan_dataset(lm, data, options=options, skip_invalid=True, **read)
     with batch_progress(err, scan) as advance:
         summary = score_dataset(lm, scan, audit, sink, options=options, settings=settings, on_batch=advance)
     loss = {
