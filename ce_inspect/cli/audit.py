@@ -28,8 +28,8 @@ def audit(
     data: Annotated[
         Path,
         typer.Argument(
-            help="The training data: JSONL of pre-tokenized records (input_ids + labels or masks), "
-            "conversations (messages) or prompt/completion pairs."
+            help="The training data, as `batch` reads it (JSONL, JSON array, Parquet, a saved or cached Hub dataset): "
+            "pre-tokenized records (input_ids with labels or TRL's masks), conversations, prompt/completion, text."
         ),
     ],
     no_model: Annotated[
