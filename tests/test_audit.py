@@ -574,3 +574,19 @@ def test_trl_style_tokenized_pairs_with_completion_mask(tok, tmp_path):
     rows[2]["id"], rows[2]["completion_mask"] = "bad-2", [0] + [1] * (len(rows[2]["input_ids"]) - 1)
     report = _audit(tok, _write(tmp_path / "bad.jsonl", rows))
     assert _flagged(report) == {"eot-not-trained": ["bad-1"], "template-trained": ["bad-2"]}
+
+
+def test_parquet_input_through_the_reader(tok, tmp_path):
+    """audit reads what batch reads: the same broken records as Parquet give the same findings as JSONL."""
+    pa = pytest.importorskip("pyarrow", reason="the datasets extra: pip install 'ce-inspect[datasets]'")
+    import pyarrow.parquet as pq
+
+    rows = _broken(tok, _untrain_eot, {2})
+    for row in rows:
+        del row["messages"]  # a column of message structs is fine too; plain columns keep the test small
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    report = _audit(tok, path)
+    assert report.records == 5
+    assert _flagged(report) == {"eot-not-trained": ["bad-2"]}
+    assert report.check("eot-not-trained").records[0].line == 3
