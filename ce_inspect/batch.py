@@ -772,8 +772,13 @@ def run_scan(
     options: ScoreOptions | None = None,
     settings: BatchSettings | None = None,
     on_batch: ProgressCallback | None = None,
+    emit: Callable[[Entry, ScoreResult | None], dict[str, Any] | None] | None = None,
 ) -> DatasetSummary:
-    """Score the scan's pending examples, write each output line in input order, and sum up the data set."""
+    """Score the scan's pending examples, write each output line in input order, and sum up the data set.
+
+    ``emit`` replaces ``batch``'s output line: it sees every entry not resumed, in input order (with its
+    result, or None when the entry was not scored), and returns the line to write or None (``audit``).
+    """
     options, settings = options or ScoreOptions(), settings or BatchSettings()
     stats = BatchStats(settings.batch_size, settings.max_tokens, settings.padding_side)
     builder = SummaryBuilder(settings.worst)
@@ -783,13 +788,17 @@ def run_scan(
         builder.add_tokens(scan.resume.worst_tokens)
     start = time.perf_counter()
     for entry, result in _score_in_order(lm, scan, options, settings, stats, on_batch):
+        line = emit(entry, result) if emit is not None and entry.done is None else None
+        if line is not None:
+            sink.write(line)
         if entry.error is not None:
             builder.skip(Skipped(entry.line, entry.id, entry.error))
         elif entry.done is not None:
             builder.add(entry.done, resumed=True)
         else:
             assert result is not None
-            sink.write(output_line(entry, result, sequence=settings.sequence, settings=written))
+            if emit is None:
+                sink.write(output_line(entry, result, sequence=settings.sequence, settings=written))
             builder.add(ExampleStats.from_result(entry.line, entry.id, result))
             builder.add_tokens(worst_tokens_of(entry.line, entry.id, result, settings.worst))
     stats.seconds = time.perf_counter() - start

@@ -193,6 +193,14 @@ COMMANDS: tuple[Command, ...] = (
             "ce-inspect batch samples/broken.jsonl --skip-invalid -o scores.jsonl",
         ),
     ),
+    Command(
+        "audit:audit",
+        examples=(
+            "ce-inspect audit samples/audit/clean.jsonl --no-model",
+            "ce-inspect audit samples/audit/eot-not-trained.jsonl --no-model --json",
+            "ce-inspect audit samples/audit/loss-outlier.jsonl --fail-on loss-outlier",
+        ),
+    ),
 )
 
 for _command in COMMANDS:
