@@ -315,3 +315,37 @@ def write_atomic(path: Path, text: str, option: str = "--output") -> None:
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise InputError(f"{option} {path}: cannot write it ({exc.strerror})") from None
+
+
+GATES = "Gates"
+
+
+def _finite_gate(value: float | None) -> float | None:
+    """A gate threshold must be a finite number: NaN would never trip and inf never could."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value!r}: a gate threshold must be a finite number")
+    return value
+
+
+def _gate_option(what: str) -> Any:
+    return typer.Option(
+        callback=_finite_gate,
+        metavar="X",
+        help=f"Exit with code 3 (after writing all output) when the {what} is above X.",
+        rich_help_panel=GATES,
+    )
+
+
+GateOpt = Annotated[float | None, _gate_option("mean loss")]
+KlGateOpt = Annotated[float | None, _gate_option("mean KL(ref‖cand)")]
+DnllGateOpt = Annotated[float | None, _gate_option("mean ΔNLL (candidate − reference)")]
+
+
+def gate(what: str, value: float | None, limit: float | None, flag: str) -> None:
+    """Trip a --fail-above-* gate: one line on stderr and exit code 3. Call it once all output is written."""
+    if limit is None or value is None or value <= limit:
+        return
+    print(f"Error: gate failed: {what} {value:.6g} is above {flag} {limit:g}", file=sys.stderr)
+    raise typer.Exit(3)
