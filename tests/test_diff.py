@@ -300,3 +300,20 @@ def test_cli_refusal_is_one_line_and_writes_nothing(pair_dirs, tmp_path, capsys)
     assert code == 1 and out == "" and not out_file.exists()
     errors = [line for line in err.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and "tokenizers give different tokens" in errors[0]
+
+
+def test_batch_fail_above_loss_gates_the_token_weighted_mean(pair_dirs, tmp_path, capsys):
+    a = str(pair_dirs[0])
+    data = Path(__file__).resolve().parents[1] / "samples" / "pairs.jsonl"
+    out_file, summary_file = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    args = ["batch", "-m", a, str(data), "-o", str(out_file), "--summary-json", str(summary_file), "--force"]
+    args.append("--skip-invalid")  # one sample is longer than the tiny model's context
+    assert cli(args, capsys)[0] == 0
+    lines = [json.loads(line) for line in out_file.read_text().splitlines()]
+    losses = [t["loss"] for line in lines for t in line["tokens"]]
+    mean = math.fsum(losses) / len(losses)
+    code, _, err = cli([*args, "--fail-above-loss", str(mean - 0.001)], capsys)
+    assert code == 3 and "gate failed: token-weighted mean loss" in err
+    assert len(out_file.read_text().splitlines()) == len(lines) and summary_file.exists()
+    assert cli([*args, "--fail-above-loss", str(mean + 0.001)], capsys)[0] == 0
+    assert cli([*args, "--fail-above-loss", "inf"], capsys)[0] == 2

@@ -11,7 +11,7 @@ import typer
 
 from ..batch import DEFAULT_BATCH_SIZE, DEFAULT_SORT_WINDOW, DEFAULT_WORST
 from .app import app, setup_logging
-from .options import OUTPUT, Common, shared_options, write_atomic
+from .options import OUTPUT, Common, GateOpt, gate, shared_options, write_atomic
 
 INPUT = "Input"
 BATCHING = "Batching"
@@ -100,6 +100,7 @@ def batch(
             min=0, help="How many worst examples and highest-loss tokens the summary lists.", rich_help_panel=OUTPUT
         ),
     ] = DEFAULT_WORST,
+    fail_above_loss: GateOpt = None,
 ) -> None:
     """Score every record of a JSONL data set: one JSON line per example, in input order, then a summary."""
     from ..batch import BatchSettings, Fields, JsonlSink, output_conflict, read_resume, run_scan, scan_dataset
@@ -181,6 +182,7 @@ def batch(
         write_atomic(summary_json, dumps(summary.to_dict(), indent=2) + "\n", option="--summary-json")
     # The human summary goes to stdout only when stdout does not carry the JSON lines.
     render_dataset_summary(summary, Console() if output is not None else err)
+    gate("token-weighted mean loss", summary.token_weighted_mean_loss, fail_above_loss, "--fail-above-loss")
 
 
 def _terminate_as_interrupt() -> Any:
