@@ -18,7 +18,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 from .encoding import Encoded, Layout, decode_tokens, encode, encode_messages
 from .errors import InputError
@@ -141,6 +141,19 @@ class TokenDiff:
     def dp(self) -> float:
         return self.cand.prob - self.ref.prob
 
+    def figures(self) -> TokenFigures:
+        return TokenFigures(
+            self.kl,
+            self.kl_reverse,
+            self.dnll,
+            self.dp,
+            self.same_top1,
+            self.ref.loss,
+            self.cand.loss,
+            -self.ref.logprob,
+            -self.cand.logprob,
+        )
+
     def to_dict(self) -> TokenDiffDict:
         return {
             "index": self.index,
@@ -155,6 +168,20 @@ class TokenDiff:
             "dp": self.dp,
             "same_top1": self.same_top1,
         }
+
+
+class TokenFigures(NamedTuple):
+    """The per-token numbers a summary needs (a data set keeps these, not whole results)."""
+
+    kl: float
+    kl_reverse: float
+    dnll: float
+    dp: float
+    same_top1: bool
+    ref_loss: float
+    cand_loss: float
+    ref_nll: float
+    cand_nll: float
 
 
 def mean_se(values: Sequence[float]) -> tuple[float, float | None]:
@@ -205,7 +232,7 @@ class DiffSummary:
     shared_vocab: int
 
     @classmethod
-    def of(cls, tokens: Sequence[TokenDiff], shared_vocab: int) -> DiffSummary:
+    def of(cls, tokens: Sequence[TokenFigures], shared_vocab: int) -> DiffSummary:
         """The summary of ``tokens`` (one example or a whole data set, token-weighted)."""
         n = len(tokens)
         kl = [t.kl for t in tokens]
@@ -226,10 +253,10 @@ class DiffSummary:
         same_se = math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else None
         return cls(
             count=n,
-            ref_loss_mean=math.fsum(t.ref.loss for t in tokens) / n,
-            cand_loss_mean=math.fsum(t.cand.loss for t in tokens) / n,
-            ref_nll_mean=-math.fsum(t.ref.logprob for t in tokens) / n,
-            cand_nll_mean=-math.fsum(t.cand.logprob for t in tokens) / n,
+            ref_loss_mean=math.fsum(t.ref_loss for t in tokens) / n,
+            cand_loss_mean=math.fsum(t.cand_loss for t in tokens) / n,
+            ref_nll_mean=math.fsum(t.ref_nll for t in tokens) / n,
+            cand_nll_mean=math.fsum(t.cand_nll for t in tokens) / n,
             dnll_mean=dnll_mean,
             dnll_se=dnll_se,
             kl_mean=kl_mean,
@@ -580,5 +607,155 @@ def _diff_results(
             )
             cursor += 1
         example_notes = tuple(dict.fromkeys([*r.notes, *c.notes, *notes]))
-        out.append(DiffResult(r, c, tuple(tokens), DiffSummary.of(tokens, shared), example_notes))
+        out.append(
+            DiffResult(r, c, tuple(tokens), DiffSummary.of([t.figures() for t in tokens], shared), example_notes)
+        )
     return out
+
+
+def diff_encoded(
+    ref_lm: LoadedModel, cand_lm: LoadedModel, examples: Sequence[Encoded], options: ScoreOptions | None = None
+) -> list[DiffResult]:
+    """Compare two loaded models on examples already checked to lay out the same tokens on both sides
+    (``record_encoder`` checks them), one padded forward pass per model."""
+    options = options or ScoreOptions()
+    if not examples:
+        return []
+    ref = _Side.run(ref_lm, list(examples), options)
+    cand = _Side.run(cand_lm, list(examples), options)
+    return compare(ref, cand, options)
+
+
+# --- data sets: `batch`'s runner with a two-model score function and this report --------------------------
+
+
+def record_encoder(ref_lm: LoadedModel, cand_lm: LoadedModel, layout: Layout) -> Callable[[Any], Encoded]:
+    """Record -> the reference's example, after checking the candidate's tokenizer lays out the same tokens
+    (a record where they differ is an invalid record: it stops the run, or is skipped with --skip-invalid)."""
+    from .batch import encode_record
+
+    def encoder(record: Any) -> Encoded:
+        ref = encode_record(ref_lm, record, layout)
+        if cand_lm.tokenizer is not ref_lm.tokenizer:
+            check_same_tokens(ref, encode_record(cand_lm, record, layout), ref_lm.tokenizer, cand_lm.tokenizer)
+        return ref
+
+    return encoder
+
+
+class WorstExampleDict(TypedDict):
+    line: int
+    id: str | int | None
+    count: int
+    kl_mean: float
+    dnll_mean: float
+    same_top1_pct: float
+
+
+class DiffDatasetDict(TypedDict):
+    schema_version: int
+    kind: str  # "diff_summary"
+    reference: dict[str, str]  # model, device, dtype
+    candidate: dict[str, str]
+    input: str
+    output: str | None
+    examples: int
+    skipped_count: int
+    skipped: list[dict[str, Any]]
+    summary: DiffSummaryDict  # token-weighted over every scored token of the data set
+    worst_by_kl: list[WorstExampleDict]
+    worst_by_dnll: list[WorstExampleDict]
+    batching: dict[str, Any]
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class DiffDatasetSummary:
+    reference: dict[str, str]
+    candidate: dict[str, str]
+    input: str
+    output: str | None
+    examples: int
+    skipped: tuple[Any, ...]
+    summary: DiffSummary | None  # None when no example was scored
+    worst_by_kl: tuple[WorstExampleDict, ...]
+    worst_by_dnll: tuple[WorstExampleDict, ...]
+    batching: Any  # batch.BatchStats
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> DiffDatasetDict:
+        return {
+            "schema_version": DIFF_SCHEMA_VERSION,
+            "kind": "diff_summary",
+            "reference": dict(self.reference),
+            "candidate": dict(self.candidate),
+            "input": self.input,
+            "output": self.output,
+            "examples": self.examples,
+            "skipped_count": len(self.skipped),
+            "skipped": [s.to_dict() for s in self.skipped],
+            "summary": self.summary.to_dict() if self.summary is not None else None,  # type: ignore[typeddict-item]
+            "worst_by_kl": list(self.worst_by_kl),
+            "worst_by_dnll": list(self.worst_by_dnll),
+            "batching": self.batching.to_dict(),
+            "notes": list(self.notes),
+        }
+
+
+class DiffReport:
+    """``run_scan``'s report for ``diff``: each example's diff document as its line, then the data-set
+    summary (token-weighted statistics over every scored token, and the worst examples by KL and ΔNLL)."""
+
+    def __init__(self, ref_lm: LoadedModel, cand_lm: LoadedModel, scan: Any, worst: int) -> None:
+        self.ref = {"model": ref_lm.name, "device": ref_lm.device, "dtype": ref_lm.dtype}
+        self.cand = {"model": cand_lm.name, "device": cand_lm.device, "dtype": cand_lm.dtype}
+        self.scan, self.worst = scan, worst
+        self.tokens: list[TokenFigures] = []
+        self.examples: list[WorstExampleDict] = []
+        self.skipped: list[Any] = []
+        self.notes: dict[str, None] = {}
+        self.shared_vocab = 0
+
+    def line(self, entry: Any, result: DiffResult) -> dict[str, Any]:
+        d: dict[str, Any] = dict(result.to_dict())
+        return {"schema_version": d.pop("schema_version"), "id": entry.id, "line": entry.line, **d}
+
+    def add(self, entry: Any, result: DiffResult) -> None:
+        s = result.summary
+        self.tokens.extend(t.figures() for t in result.tokens)
+        self.shared_vocab = s.shared_vocab
+        self.notes.update((n, None) for n in result.notes if "vocabularies differ" in n)
+        self.examples.append(
+            {
+                "line": entry.line,
+                "id": entry.id,
+                "count": s.count,
+                "kl_mean": s.kl_mean,
+                "dnll_mean": s.dnll_mean,
+                "same_top1_pct": s.same_top1_pct,
+            }
+        )
+
+    def resumed(self, entry: Any) -> None:
+        raise InputError("`diff` cannot resume a data set yet")
+
+    def skip(self, skipped: Any) -> None:
+        self.skipped.append(skipped)
+
+    def finish(self, *, output: str | None, batching: Any) -> DiffDatasetSummary:
+        def worst(key: str) -> tuple[WorstExampleDict, ...]:
+            return tuple(sorted(self.examples, key=lambda e: (-e[key], e["line"]))[: self.worst])  # type: ignore[literal-required]
+
+        return DiffDatasetSummary(
+            reference=self.ref,
+            candidate=self.cand,
+            input=str(self.scan.path),
+            output=output,
+            examples=len(self.examples),
+            skipped=tuple(self.skipped),
+            summary=DiffSummary.of(self.tokens, self.shared_vocab) if self.tokens else None,
+            worst_by_kl=worst("kl_mean"),
+            worst_by_dnll=worst("dnll_mean"),
+            batching=batching,
+            notes=tuple(self.notes),
+        )

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from ..batch import DEFAULT_BATCH_SIZE, DEFAULT_SORT_WINDOW, BatchSettings
 from ..diff import COLOR_BY
 from .app import app, read_example, setup_logging
 from .options import (
@@ -23,6 +24,7 @@ from .options import (
 )
 
 CANDIDATE = "Candidate model (B)"
+DATASET = "Data set (--input)"
 
 
 @app.command()
@@ -94,12 +96,72 @@ def diff(
     ] = None,
     fail_above_kl: KlGateOpt = None,
     fail_above_dnll: DnllGateOpt = None,
+    input: Annotated[
+        Path | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help="Compare on every record of a JSONL data set ({prompt, answer} or {messages} per line), as "
+            "`batch` reads it: one JSON line per example to --output (default stdout), then a summary.",
+            rich_help_panel=DATASET,
+        ),
+    ] = None,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Skip records that cannot be compared.", rich_help_panel=DATASET)
+    ] = False,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", "-b", min=1, help="Examples per forward pass.", rich_help_panel=DATASET),
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Cap each batch at this many padded positions.", rich_help_panel=DATASET)
+    ] = None,
+    sort_window: Annotated[
+        int, typer.Option(min=1, help="Examples sorted by length together.", rich_help_panel=DATASET)
+    ] = DEFAULT_SORT_WINDOW,
+    summary_json: Annotated[
+        Path | None,
+        typer.Option(help="Also write the data-set summary as one JSON document to FILE.", rich_help_panel=DATASET),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing --output file.", rich_help_panel=DATASET)
+    ] = False,
 ) -> None:
     """Compare a candidate model (--model-b, --dtype-b, ...) with the reference (--model) on the same scored
     tokens: per-token KL(ref‖cand), ΔNLL and top-1 agreement, with llama.cpp's KL statistics."""
     if color_by not in COLOR_BY:
         raise typer.BadParameter(f"{color_by!r}: use kl or dnll", param_hint="--color-by")
     candidate = candidate_options(common, model_b, revision_b, device_b, dtype_b, trust_remote_code_b)
+    if input is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("--prompt", prompt),
+                ("--answer", answer),
+                ("--prompt-file", prompt_file),
+                ("--answer-file", answer_file),
+                ("--messages", messages),
+                ("--last-turn", last_turn or None),
+                ("--json", json_out or None),
+                ("--sequential", sequential or None),
+            )
+            if value is not None
+        ]
+        if given:
+            raise typer.BadParameter(f"--input reads every example from the data set; drop {', '.join(given)}")
+        settings = BatchSettings(
+            batch_size=batch_size if batch_size is not None or max_tokens is not None else DEFAULT_BATCH_SIZE,
+            max_tokens=max_tokens,
+            sort_window=sort_window,
+            worst=worst,
+        )
+        summary = diff_dataset(common, candidate, input, output, summary_json, settings, skip_invalid, force)
+        gate("mean KL(ref‖cand)", summary.summary and summary.summary.kl_mean, fail_above_kl, "--fail-above-kl")
+        gate("mean ΔNLL", summary.summary and summary.summary.dnll_mean, fail_above_dnll, "--fail-above-dnll")
+        return
+    for flag, value in (("--summary-json", summary_json), ("--batch-size", batch_size), ("--max-tokens", max_tokens)):
+        if value is not None:
+            raise typer.BadParameter(f"{flag} goes with --input (a data set)", param_hint=flag)
     example = read_example(common, prompt, answer, prompt_file, answer_file, messages, last_turn)
     if output is not None:
         check_output(output, [prompt_file, answer_file, messages])
@@ -130,6 +192,77 @@ def diff(
         render_diff(result, color_by=color_by, worst=worst)
     gate("mean KL(ref‖cand)", result.summary.kl_mean, fail_above_kl, "--fail-above-kl")
     gate("mean ΔNLL", result.summary.dnll_mean, fail_above_dnll, "--fail-above-dnll")
+
+
+def diff_dataset(
+    common: Common,
+    candidate: Common,
+    input: Path,
+    output: Path | None,
+    summary_json: Path | None,
+    settings: BatchSettings,
+    skip_invalid: bool,
+    force: bool,
+):
+    """Every record of ``input`` through both models with `batch`'s runner; returns the data-set summary."""
+    from ..batch import JsonlSink, output_conflict, run_scan, scan_dataset
+    from ..errors import InputError
+
+    if output is not None:
+        conflict = output_conflict(output, input, resume=False, force=force)
+        if conflict:
+            raise InputError(conflict)
+    if summary_json is not None and any(
+        p is not None and summary_json.resolve() == p.resolve() for p in (input, output)
+    ):
+        raise typer.BadParameter(
+            "give the summary its own file, not the input or --output", param_hint="--summary-json"
+        )
+    stdout = sys.stdout
+    setup_logging(quiet=not sys.stderr.isatty())
+
+    from rich.console import Console
+
+    from ..diff import DiffReport, diff_encoded, record_encoder
+
+    err = Console(stderr=True)
+    ref_lm, cand_lm = common.load(), candidate.load()
+    options, layout = common.score_options(), common.layout()
+    scan = scan_dataset(
+        ref_lm,
+        input,
+        layout=layout,
+        options=options,
+        skip_invalid=skip_invalid,
+        encoder=record_encoder(ref_lm, cand_lm, layout),
+    )
+    sink = JsonlSink.open(output) if output is not None else JsonlSink.to_stdout(stdout)
+    report = DiffReport(ref_lm, cand_lm, scan, settings.worst)
+
+    from .render_batch import batch_progress
+    from .render_diff import render_diff_dataset
+
+    try:
+        with sink, batch_progress(err, scan) as advance:
+            summary = run_scan(
+                ref_lm,
+                scan,
+                sink,
+                options=options,
+                settings=settings,
+                on_batch=advance,
+                score=lambda examples: diff_encoded(ref_lm, cand_lm, examples, options),
+                report=report,
+            )
+    except KeyboardInterrupt:
+        err.print(f"Interrupted: {sink.lines} complete lines were written.", markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    if summary_json is not None:
+        from ..result import dumps
+
+        write_atomic(summary_json, dumps(summary.to_dict(), indent=2) + "\n", option="--summary-json")
+    render_diff_dataset(summary, Console() if output is not None else err)
+    return summary
 
 
 def candidate_options(

@@ -8,7 +8,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..diff import DiffResult, TokenDiff
+from ..diff import DiffDatasetSummary, DiffResult, DiffSummary, TokenDiff
 from .render import clipped, fmt, prob_text, visible
 
 # KL (nats) thresholds: imperceptible, small (a bf16 cast), notable, large.
@@ -109,8 +109,7 @@ def _pm(value: float, error: float | None, digits: int = 6) -> str:
     return fmt(value, digits) + ("" if error is None else f" ± {fmt(error, digits)}")
 
 
-def summary_grid(result: DiffResult) -> Table:
-    s = result.summary
+def summary_grid(s: DiffSummary) -> Table:
     q = s.kl_quantiles
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -144,6 +143,40 @@ def render_diff(result: DiffResult, color_by: str = "kl", worst: int = 10, conso
     )
     if worst:
         console.print(disagreement_table(result, worst, color_by))
-    console.print(summary_grid(result))
+    console.print(summary_grid(result.summary))
     for note in result.notes:
+        console.print(Text(f"note: {note}", style="yellow"))
+
+
+def render_diff_dataset(summary: DiffDatasetSummary, console: Console | None = None) -> None:
+    """The data-set comparison: token-weighted statistics, then the examples that moved most."""
+    console = console or Console()
+    for label, side in (("reference", summary.reference), ("candidate", summary.candidate)):
+        console.print(
+            Text.assemble((f"{label} ", "dim"), (side["model"], "bold"), ("  device ", "dim"), side["device"])
+            .append("  dtype ", "dim")
+            .append(side["dtype"])
+        )
+    console.print(Text(f"{summary.examples} examples compared, {len(summary.skipped)} skipped; input {summary.input}"))
+    if summary.summary is not None:
+        console.print(summary_grid(summary.summary))
+    for title, rows in (("by mean KL", summary.worst_by_kl), ("by mean ΔNLL", summary.worst_by_dnll)):
+        if not rows:
+            continue
+        table = Table(title=f"Examples that moved most, {title}", title_justify="left")
+        for name in ("line", "id", "tokens", "mean KL", "mean ΔNLL", "same top-1 %"):
+            table.add_column(name, justify="left" if name == "id" else "right", no_wrap=True)
+        for e in rows:
+            table.add_row(
+                str(e["line"]),
+                clipped(visible("" if e["id"] is None else str(e["id"])), 24),
+                str(e["count"]),
+                Text(fmt(e["kl_mean"], 6), style=_style(e["kl_mean"], _KL_BG)),
+                Text(f"{e['dnll_mean']:+.4f}", style=_style(e["dnll_mean"], _DNLL_BG)),
+                f"{e['same_top1_pct']:.1f}",
+            )
+        console.print(table)
+    for skipped in summary.skipped:
+        console.print(Text(f"skipped line {skipped.line}: {skipped.reason}", style="yellow"))
+    for note in summary.notes:
         console.print(Text(f"note: {note}", style="yellow"))
