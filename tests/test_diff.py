@@ -317,3 +317,57 @@ def test_batch_fail_above_loss_gates_the_token_weighted_mean(pair_dirs, tmp_path
     assert len(out_file.read_text().splitlines()) == len(lines) and summary_file.exists()
     assert cli([*args, "--fail-above-loss", str(mean + 0.001)], capsys)[0] == 0
     assert cli([*args, "--fail-above-loss", "inf"], capsys)[0] == 2
+
+
+def test_dataset_lines_match_one_by_one_and_the_summary_is_token_weighted(pair_dirs, ref_lm, cand_lm, tmp_path, capsys):
+    records = [
+        {"id": "a", "prompt": "Where is it?", "answer": " In the north."},
+        {"id": "b", "prompt": "Hi", "answer": " the answer is a longer one, with more tokens in it."},
+        {"id": "c", "messages": [{"role": "user", "content": "Yo"}, {"role": "assistant", "content": "Hey there."}]},
+    ]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out_file, summary_file = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    a, b = map(str, pair_dirs)
+    args = ["diff", "-m", a, "--model-b", b, "--input", str(data), "-o", str(out_file), "-b", "3"]
+    code, _, err = cli([*args, "--summary-json", str(summary_file)], capsys)
+    assert code == 0, err
+    lines = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [line["id"] for line in lines] == ["a", "b", "c"]
+    for record, line in zip(records[:2], lines):  # padded batch of 3 == each pair alone
+        alone = diff(ref_lm, cand_lm, record["prompt"], record["answer"])
+        assert [t["kl"] for t in line["tokens"]] == pytest.approx([t.kl for t in alone.tokens], abs=1e-5)
+        assert [t["dnll"] for t in line["tokens"]] == pytest.approx([t.dnll for t in alone.tokens], abs=1e-5)
+    alone = diff_messages(ref_lm, cand_lm, records[2]["messages"])
+    assert [t["kl"] for t in lines[2]["tokens"]] == pytest.approx([t.kl for t in alone.tokens], abs=1e-5)
+    summary = json.loads(summary_file.read_text())
+    kls = [t["kl"] for line in lines for t in line["tokens"]]
+    assert summary["kind"] == "diff_summary" and summary["summary"]["count"] == len(kls)
+    assert summary["summary"]["kl_mean"] == pytest.approx(math.fsum(kls) / len(kls), abs=1e-12)
+    by_kl = sorted(lines, key=lambda line: -line["summary"]["kl_mean"])
+    assert [e["id"] for e in summary["worst_by_kl"]] == [line["id"] for line in by_kl]
+    by_dnll = sorted(lines, key=lambda line: -line["summary"]["dnll_mean"])
+    assert [e["id"] for e in summary["worst_by_dnll"]] == [line["id"] for line in by_dnll]
+    # The gate reads the data-set mean, after every line and the summary are written.
+    out_file.unlink()
+    code, _, err = cli([*args, "--fail-above-kl", str(summary["summary"]["kl_mean"] - 1e-6)], capsys)
+    assert code == 3 and len(out_file.read_text().splitlines()) == 3
+
+
+def test_dataset_record_with_other_tokens_is_skipped_or_stops(pair_dirs, tmp_path, capsys):
+    a = str(pair_dirs[0])
+    other = str(split_differently(build_model(tmp_path / "other", seed=1)))
+    data = tmp_path / "data.jsonl"
+    data.write_text(
+        json.dumps({"prompt": "x", "answer": " the"}) + "\n" + json.dumps({"prompt": "x", "answer": "yo"}) + "\n"
+    )
+    out_file = tmp_path / "out.jsonl"
+    code, out, err = cli(["diff", "-m", a, "--model-b", other, "--input", str(data), "-o", str(out_file)], capsys)
+    assert code == 1 and "line 1" in err and "tokenizers give different tokens" in err
+    assert not out_file.exists()
+    code, _, err = cli(
+        ["diff", "-m", a, "--model-b", other, "--input", str(data), "-o", str(out_file), "--skip-invalid", "--force"],
+        capsys,
+    )
+    assert code == 0, err
+    assert [json.loads(line)["line"] for line in out_file.read_text().splitlines()] == [2]
