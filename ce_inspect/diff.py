@@ -737,7 +737,7 @@ class DiffReport:
         )
 
     def resumed(self, entry: Any) -> None:
-        raise InputError("`diff` cannot resume a data set yet")
+        raise InputError("diff cannot resume a data set yet; start over")
 
     def skip(self, skipped: Any) -> None:
         self.skipped.append(skipped)
