@@ -662,7 +662,7 @@ class DiffDatasetDict(TypedDict):
     examples: int
     skipped_count: int
     skipped: list[dict[str, Any]]
-    summary: DiffSummaryDict  # token-weighted over every scored token of the data set
+    summary: DiffSummaryDict | None  # token-weighted over every scored token of the data set; null: none scored
     worst_by_kl: list[WorstExampleDict]
     worst_by_dnll: list[WorstExampleDict]
     batching: dict[str, Any]
@@ -694,7 +694,7 @@ class DiffDatasetSummary:
             "examples": self.examples,
             "skipped_count": len(self.skipped),
             "skipped": [s.to_dict() for s in self.skipped],
-            "summary": self.summary.to_dict() if self.summary is not None else None,  # type: ignore[typeddict-item]
+            "summary": self.summary.to_dict() if self.summary is not None else None,
             "worst_by_kl": list(self.worst_by_kl),
             "worst_by_dnll": list(self.worst_by_dnll),
             "batching": self.batching.to_dict(),
