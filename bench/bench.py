@@ -272,6 +272,10 @@ def worker_diff(spec: dict) -> dict:
 
     ref = load(device=spec["device"], quiet=True)
     cand = load(device=spec["device"], quiet=True) if spec["path"] != "run" else None
+    if cand is not None:  # a slightly different candidate, so that the two ways' KL figures can be compared
+        with torch.no_grad():
+            weight = list(cand.model.get_decoder().parameters())[-1]
+            weight.mul_(1 + 0.05 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
     cuda = ref.model.get_input_embeddings().weight.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     example = make_example(ref.tokenizer, spec["prompt"], spec["scored"], seed=spec["seed"])
@@ -448,7 +452,8 @@ def render_diff(section: dict, device: str, targets: list) -> list[str]:
     lines = [
         "## diff: two models on one input, ce-inspect vs both models' full logits + `kl_div`",
         "",
-        "Two float32 copies of the model in one fresh process per cell, after the same warm-up. Extra: peak "
+        "The model and a copy with its last body weight perturbed by 5% noise, float32, in one fresh process per "
+        "cell, after the same warm-up. Extra: peak "
         f"minus the same path's peak on a {small['prompt']}-token prompt (the two models themselves). `run`: "
         "one model's `score_encoded` on the same input; the diff is held to 1.2x two of them. "
         "|Δ KL|: the largest difference of a per-token KL between the two ways.",
