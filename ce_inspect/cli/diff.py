@@ -133,22 +133,18 @@ def diff(
         raise typer.BadParameter(f"{color_by!r}: use kl or dnll", param_hint="--color-by")
     candidate = candidate_options(common, model_b, revision_b, device_b, dtype_b, trust_remote_code_b)
     if input is not None:
-        given = [
-            flag
-            for flag, value in (
-                ("--prompt", prompt),
-                ("--answer", answer),
-                ("--prompt-file", prompt_file),
-                ("--answer-file", answer_file),
-                ("--messages", messages),
-                ("--last-turn", last_turn or None),
-                ("--json", json_out or None),
-                ("--sequential", sequential or None),
-            )
-            if value is not None
-        ]
-        if given:
-            raise typer.BadParameter(f"--input reads every example from the data set; drop {', '.join(given)}")
+        refuse_with_input(
+            {
+                "--prompt": prompt,
+                "--answer": answer,
+                "--prompt-file": prompt_file,
+                "--answer-file": answer_file,
+                "--messages": messages,
+                "--last-turn": last_turn or None,
+                "--json": json_out or None,
+                "--sequential": sequential or None,
+            }
+        )
         settings = BatchSettings(
             batch_size=batch_size if batch_size is not None or max_tokens is not None else DEFAULT_BATCH_SIZE,
             max_tokens=max_tokens,
@@ -192,6 +188,13 @@ def diff(
         render_diff(result, color_by=color_by, worst=worst)
     gate("mean KL(ref‖cand)", result.summary.kl_mean, fail_above_kl, "--fail-above-kl")
     gate("mean ΔNLL", result.summary.dnll_mean, fail_above_dnll, "--fail-above-dnll")
+
+
+def refuse_with_input(flags: dict[str, object]) -> None:
+    """With --input every example comes from the data set: the single-example options are usage errors."""
+    given = [flag for flag, value in flags.items() if value is not None]
+    if given:
+        raise typer.BadParameter(f"--input reads every example from the data set; drop {', '.join(given)}")
 
 
 def diff_dataset(
