@@ -555,6 +555,13 @@ def compare(ref: _Side, cand: _Side, options: ScoreOptions) -> list[DiffResult]:
                 parts["pair"].setdefault(key, []).append(value.cpu())
             del ref_logits, cand_logits
     figures = {side: {k: torch.cat(v).tolist() for k, v in p.items()} for side, p in parts.items()}
+    for key in ("kl", "kl_reverse"):
+        bad = next((i for i, v in enumerate(figures["pair"][key]) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise InputError(
+                f"{'KL(ref‖cand)' if key == 'kl' else 'KL(cand‖ref)'} is {figures['pair'][key][bad]} at scored token "
+                f"{bad + 1}: one model gives probability 0 (or a NaN logit) where the other does not"
+            )
     figures["ref"]["target"] = targets
     figures["cand"]["target"] = targets
     return _diff_results(ref, cand, figures, options, shared)
