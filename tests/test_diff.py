@@ -371,3 +371,21 @@ def test_dataset_record_with_other_tokens_is_skipped_or_stops(pair_dirs, tmp_pat
     )
     assert code == 0, err
     assert [json.loads(line)["line"] for line in out_file.read_text().splitlines()] == [2]
+
+
+def test_an_infinite_kl_is_an_error_not_a_number(ref_lm):
+    """A candidate that gives probability 0 to a token the reference does not: KL is infinite, refused."""
+    from ce_inspect.diff import _Side, compare
+
+    example = encode(ref_lm.tokenizer, "a", " b", Layout(), max_length=None)
+    n, vocab = len(example.scored_positions), len(ref_lm.tokenizer)
+    ref_logits = torch.zeros(n, vocab)
+    cand_logits = torch.zeros(n, vocab)
+    cand_logits[:, 7] = -math.inf
+
+    def side(logits):
+        return _Side(ref_lm, [example], logits, lambda x: x, 4, vocab, [None])
+
+    with pytest.raises(InputError, match=r"KL\(ref‖cand\) is inf at scored token 1: one model gives probability 0"):
+        compare(side(ref_logits), side(cand_logits), ScoreOptions())
+    assert compare(side(ref_logits), side(ref_logits), ScoreOptions())[0].summary.kl_mean == 0.0
