@@ -715,7 +715,62 @@ DATA_CASES: list[Case] = [
 ]
 
 # --- diff, reports and other commands --------------------------------------------------------------------
-COMMAND_CASES: list[Case] = []
+COMMAND_CASES: list[Case] = [
+    Case("diff-without-candidate", ["diff", "-m", "{llama}", "-p", "a", "-a", "b"], 2, "--model-b"),
+    Case("diff-bad-dtype-b", ["diff", "-m", "{llama}", "--dtype-b", "fp8", "-p", "a", "-a", "b"], 2, "--dtype-b"),
+    Case("diff-bad-device-b", ["diff", "-m", "{llama}", "--device-b", "gpu", "-p", "a", "-a", "b"], 2, "--device-b"),
+    Case(
+        "diff-gate-not-a-number",
+        ["diff", "-m", "{llama}", "--model-b", "{gpt2}", "-p", "a", "-a", "b", "--fail-above-kl", "low"],
+        2,
+        "--fail-above-kl",
+    ),
+    Case(
+        "diff-gate-nan",
+        ["diff", "-m", "{llama}", "--model-b", "{gpt2}", "-p", "a", "-a", "b", "--fail-above-dnll", "nan"],
+        2,
+        "finite number",
+    ),
+    Case(
+        "diff-bad-color-by",
+        ["diff", "-m", "{llama}", "--model-b", "{gpt2}", "-p", "a", "-a", "b", "--color-by", "loss"],
+        2,
+        "--color-by",
+    ),
+    Case(
+        "diff-messages-and-pair",
+        ["diff", "-m", "{llama}", "--model-b", "{gpt2}", "--messages", "{tmp}/m.json", "-p", "a"],
+        2,
+        "drop --prompt",
+        files={"m.json": "[]"},
+    ),
+    Case(
+        "diff-missing-candidate-folder",
+        ["diff", "-m", "{llama}", "--model-b", "{tmp}/nope", "-p", "a", "-a", "b"],
+        1,
+        "nope",
+    ),
+    # The gpt2 model has no BOS token: the two layouts differ, and diff refuses rather than compare them.
+    Case(
+        "diff-different-tokens",
+        ["diff", "-m", "{llama}", "--model-b", "{gpt2}", "-p", "a", "-a", "b"],
+        1,
+        "tokenizers give different tokens from token 0 on",
+    ),
+    Case(
+        "diff-output-is-input",
+        ["diff", "-m", "{llama}", "--model-b", "{gpt2}", "--prompt-file", "p.txt", "-a", "b", "-o", "p.txt"],
+        1,
+        "is the same file as an input file",
+        files={"p.txt": "hi"},
+    ),
+    Case(
+        "run-gate-not-a-number",
+        ["run", "-m", "{llama}", "-p", "a", "-a", "b", "--fail-above-loss", "x"],
+        2,
+        "--fail-above-loss",
+    ),
+]
 
 CASES = LOADING_CASES + FILE_CASES + TEXT_CASES + DATA_CASES + COMMAND_CASES
 
