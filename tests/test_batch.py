@@ -513,7 +513,7 @@ def test_default_model_samples_batched_agree_with_one_by_one(smollm2, tmp_path):
     """
     data = Path(__file__).resolve().parents[1] / "samples" / "pairs.jsonl"
     one_summary, one = run_to_file(smollm2, data, tmp_path / "one.jsonl", batch_size=1)
-    # Heavily padded batches (up to 88% padding; the tiny models cover left padding).
+    # Heavily padded batches (55% of positions; the tiny models cover left padding).
     summary, many = run_to_file(smollm2, data, tmp_path / "eight.jsonl", batch_size=8, max_padding=None)
     assert len(many) == len(one) >= 12 and summary.batching.batches == 2
     for a, b in zip(one, many):
