@@ -261,7 +261,7 @@ def main() -> None:
                 report.append(
                     f"| {name} | {b.batch_size} / {b.max_tokens} | {b.batches} | {b.padding_fraction:.1%} | "
                     f"{best:.2f} | {summary.scored_tokens / best:,.0f} | {base / best:.2f}x | "
-                    f"{token:.1e} | {mean:.1e} |"
+                    f"{token:.2e} | {mean:.2e} |"
                 )
             if evaluator is not None:
                 best = min(times["lm-eval loglikelihood"])
