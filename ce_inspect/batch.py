@@ -26,11 +26,12 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .data import DataInfo, Fields, Record, encode_record, open_data, read_records
+from .display import histogram
 from .encoding import Encoded, Layout
 from .errors import InputError, InvalidRecordError, ResumeError
 from .result import SCHEMA_VERSION, ScoreResult, dumps, perplexity
@@ -191,6 +192,8 @@ class DatasetSummary:
     skipped: tuple[Skipped, ...]
     batching: BatchStats
     data: DataInfo | None = None  # the file kind and record format read
+    #: Per-example mean losses counted in round bins (``display.histogram``): the shape of the data set.
+    example_loss_histogram: dict[str, list[Any]] = field(default_factory=lambda: histogram([]))
 
     @property
     def token_weighted_mean_loss(self) -> float | None:
@@ -231,6 +234,7 @@ class DatasetSummary:
             "worst_tokens": [t.to_dict() for t in self.worst_tokens],
             "skipped": [s.to_dict() for s in self.skipped],
             "batching": self.batching.to_dict(),
+            "example_loss_histogram": {k: list(v) for k, v in self.example_loss_histogram.items()},
             **({"data": self.data.to_dict()} if self.data is not None else {}),
         }
 
@@ -301,6 +305,7 @@ class SummaryBuilder:
             skipped=tuple(self.skipped),
             batching=batching,
             data=data,
+            example_loss_histogram=histogram(self._means),
         )
 
 
