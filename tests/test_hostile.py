@@ -13,13 +13,16 @@ named after the item of the issue they hold.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import build_model, byte_tokenizer
 
 from ce_inspect.cli import main
 
@@ -38,7 +41,182 @@ class Case:
 
 
 # --- models and the cache (loading) ----------------------------------------------------------------------
-LOADING_CASES: list[Case] = []
+
+
+def _model_files(prefix: str, make, keep=None) -> dict[str, str | bytes]:
+    """The files of a tiny model folder that ``make(folder)`` writes, as a row's ``files`` under ``prefix``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        make(Path(tmp))
+        return {f"{prefix}/{p.name}": p.read_bytes() for p in Path(tmp).iterdir() if keep is None or p.name in keep}
+
+
+def _edit_weights(arch: str, edit, **config):
+    """A maker: the tiny ``arch`` model, its safetensors rewritten through ``edit(state_dict)``."""
+
+    def make(folder: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        build_model(folder, arch, **config)
+        weights = load_file(folder / "model.safetensors")
+        edit(weights)
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+    return make
+
+
+def _bert(model_class: str = "BertModel", **config):
+    def make(folder: Path) -> None:
+        import transformers
+
+        sizes = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+        cfg = transformers.BertConfig(vocab_size=len(byte_tokenizer()), pad_token_id=0, **sizes, **config)
+        getattr(transformers, model_class)(cfg).save_pretrained(folder)
+        byte_tokenizer().save_pretrained(folder)
+
+    return make
+
+
+def _bart(folder: Path) -> None:
+    from transformers import AutoConfig
+
+    sizes = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=64, decoder_ffn_dim=64)
+    heads = dict(encoder_attention_heads=2, decoder_attention_heads=2)
+    AutoConfig.for_model("bart", vocab_size=300, **sizes, **heads).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+
+
+def _remote_code(folder: Path) -> None:
+    build_model(folder, "llama")
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "tiny_custom"
+    config["auto_map"] = {"AutoConfig": "custom.TinyConfig", "AutoModelForCausalLM": "custom.TinyForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _drop_two(weights) -> None:
+    del weights["model.layers.0.mlp.down_proj.weight"], weights["model.norm.weight"]
+
+
+def _extra_bias(weights) -> None:
+    weights["lm_head.bias"] = weights["model.norm.weight"][:1].clone()
+
+
+def _short_norm(weights) -> None:
+    weights["transformer.ln_f.weight"] = weights["transformer.ln_f.weight"][:7].clone()
+
+
+def _old_gpt2_buffers(weights) -> None:
+    import torch
+
+    mask = torch.tril(torch.ones(256, 256, dtype=torch.bool)).view(1, 1, 256, 256)
+    weights.update({f"transformer.h.{i}.attn.bias": mask.clone() for i in range(2)})
+
+
+_RUN = ["run", "-p", "the cat", "-a", " sat", "--device", "cpu", "-m"]
+_MISSING = "lacks 2 weights (model.layers.0.mlp.down_proj.weight, model.norm.weight) (transformers would fill"
+
+LOADING_CASES: list[Case] = [
+    # Issue 8 item 1: transformers fills missing weights with random values (means 20.2/22.1/25.4, true 1.65).
+    Case("missing-weights", [*_RUN, "m"], 1, _MISSING, _model_files("m", _edit_weights("llama", _drop_two))),
+    Case(
+        "missing-weights-batch",
+        ["batch", "data.jsonl", "-m", "m", "--device", "cpu"],
+        1,
+        _MISSING,
+        {**_model_files("m", _edit_weights("llama", _drop_two)), "data.jsonl": '{"prompt": "a", "answer": "b"}\n'},
+    ),
+    Case(
+        "unexpected-weight",
+        [*_RUN, "m"],
+        1,
+        "has 1 weight (lm_head.bias) that the model does not use",
+        _model_files("m", _edit_weights("llama", _extra_bias)),
+    ),
+    Case(
+        "wrong-shape-weight",
+        [*_RUN, "m"],
+        1,
+        "has 1 weight (transformer.ln_f.weight) of the wrong shape for its config",
+        _model_files("m", _edit_weights("gpt2", _short_norm)),
+    ),
+    # The known harmless differences stay fine: a head tied to the embeddings, old GPT-2 mask buffers.
+    Case(
+        "tied-head",
+        [*_RUN, "m"],
+        0,
+        "",
+        _model_files("m", _edit_weights("llama", lambda w: None, tie_word_embeddings=True)),
+    ),
+    Case("old-gpt2-buffers", [*_RUN, "m"], 0, "", _model_files("m", _edit_weights("gpt2", _old_gpt2_buffers))),
+    # Item 2: an encoder loaded as BertLMHeadModel would attend both ways with a random head.
+    Case(
+        "bert-encoder",
+        [*_RUN, "bert"],
+        1,
+        "is an encoder (BertModel) with bidirectional attention",
+        _model_files("bert", _bert()),
+    ),
+    Case("bert-decoder-without-head", [*_RUN, "bert"], 1, "lacks", _model_files("bert", _bert(is_decoder=True))),
+    Case("encoder-decoder", [*_RUN, "bart"], 1, "is an encoder-decoder model", _model_files("bart", _bart)),
+    Case(
+        "not-a-causal-lm",
+        [*_RUN, "vit"],
+        1,
+        "is a 'vit' model, not a causal language model",
+        {"vit/config.json": '{"model_type": "vit"}'},
+    ),
+    # Unclear or silent: the refusal names the flag; a config without a tokenizer says so.
+    Case(
+        "remote-code", [*_RUN, "custom"], 1, "runs only with --trust-remote-code", _model_files("custom", _remote_code)
+    ),
+    Case(
+        "config-only-folder",
+        [*_RUN, "m"],
+        1,
+        "has no tokenizer files",
+        _model_files("m", lambda f: build_model(f, "llama"), keep={"config.json"}),
+    ),
+    Case("folder-without-config", [*_RUN, "{tmp}"], 1, "has no config.json", {"notes.txt": "x"}),
+    Case("file-not-gguf", [*_RUN, "weights.bin"], 1, "is a file but not a .gguf model", {"weights.bin": b"x"}),
+    Case("gguf-not-gguf", [*_RUN, "fake.gguf"], 1, "could not read the GGUF file", {"fake.gguf": b"not a gguf"}),
+    Case("missing-path", [*_RUN, "./nope"], 1, "model path ./nope does not exist"),
+    Case("hub-id-offline", [*_RUN, "no-org/no-model"], 1, "is not in the Hugging Face cache"),
+    # One validator of devices and dtypes, shared with the library; usage errors name the flag.
+    *[
+        Case(
+            f"device-{name}",
+            ["run", "-p", "x", "-a", "y", "--device", value],
+            2,
+            "--device must be auto, cpu, cuda, cuda:N or mps",
+        )
+        for name, value in [
+            ("gpu", "gpu"),
+            ("cuda-x", "cuda:x"),
+            ("empty", ""),
+            ("two-indexes", "cuda:0:1"),
+            ("list", "cpu,cuda"),
+        ]
+    ],
+    Case(
+        "device-batch",
+        ["batch", "data.jsonl", "--device", "tpu"],
+        2,
+        "--device must be auto, cpu",
+        {"data.jsonl": "{}\n"},
+    ),
+    *[
+        Case(
+            f"dtype-{value}", ["run", "-p", "x", "-a", "y", "--dtype", value], 2, "--dtype must be one of auto, float32"
+        )
+        for value in ["fp8", "float64", "Float32"]
+    ],
+    Case(
+        "device-map-with-device",
+        ["run", "-p", "x", "-a", "y", "-m", "{llama}", "--device-map", "auto", "--device", "cuda"],
+        1,
+        "--device-map places the model itself; leave --device at auto",
+    ),
+]
 
 # --- input files, output files and resume ---------------------------------------------------------------
 FILE_CASES: list[Case] = []

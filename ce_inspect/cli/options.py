@@ -7,7 +7,6 @@ below turn the parsed values into the library's objects without importing torch.
 from __future__ import annotations
 
 import inspect
-import re
 import sys
 import typing
 from collections.abc import Callable
@@ -18,13 +17,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..encoding import IGNORE_INDEX, TOKENIZATIONS, Layout
-from ..loading import DTYPES
+from ..loading import check_device, check_dtype
 from ..scoring import ScoreOptions
 
 if TYPE_CHECKING:
     from ..loading import LoadedModel
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 MODEL = "Model"
 LAYOUT = "Layout"
 SCORING = "Scoring"
@@ -152,10 +150,14 @@ class Common:
 
     def check(self) -> None:
         """Reject malformed strings before anything heavy is imported."""
-        if not _DEVICE_RE.match(self.device.strip().lower()):
-            raise typer.BadParameter(f"{self.device!r}: use auto, cpu, cuda, cuda:N or mps", param_hint="--device")
-        if self.dtype not in DTYPES:
-            raise typer.BadParameter(f"{self.dtype!r}: use one of {', '.join(DTYPES)}", param_hint="--dtype")
+        from ..errors import DeviceError
+        from .errors import cli_message
+
+        try:  # the core's one validator of each; its message names the parameter, shown as the flag
+            check_device(self.device)
+            check_dtype(self.dtype)
+        except DeviceError as exc:
+            raise typer.BadParameter(cli_message(str(exc))) from None
         if self.reduction not in ("mean", "sum", "none"):
             raise typer.BadParameter(f"{self.reduction!r}: use mean, sum or none", param_hint="--reduction")
         if self.tokenization is not None and self.tokenization not in TOKENIZATIONS:
