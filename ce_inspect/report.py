@@ -13,6 +13,7 @@ tests check every number against the JSON document.
 from __future__ import annotations
 
 import heapq
+import os
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -260,6 +261,14 @@ class BatchLines:
         for line in lines:
             self.add(line)
 
+    def add_file(self, path: str | os.PathLike[str], size: int) -> None:
+        """The complete lines in the first ``size`` bytes of an output file (what ``--resume`` keeps)."""
+        import json
+
+        with open(path, "rb") as fh:
+            data = fh.read(size)
+        self.add_all(json.loads(raw) for raw in data.splitlines() if raw.strip())
+
     def line(self, number: int) -> dict[str, Any] | None:
         return next((item[-1] for item in self._heap if item[-1]["line"] == number), None)
 
@@ -325,7 +334,7 @@ def _histogram_figure(hist: dict[str, Any], width: int = 640, height: int = 220)
 def _position_figure(means: list[float], counts: list[int], width: int = 640, height: int = 220) -> dict[str, Any]:
     if not means:
         return {"points": "", "width": width, "height": height, "rows": []}
-    left, bottom, top_pad = 40, 30, 20
+    left, bottom, top_pad = 56, 30, 20
     plot_w, plot_h = width - left - 10, height - bottom - top_pad
     top = max(means) or 1.0
     step = plot_w / max(len(means) - 1, 1)

@@ -12,7 +12,9 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry: every known error is one line on stderr and a non-zero exit."""
     from ..errors import CeInspectError
     from .errors import cli_message
+    from .reports import remember_argv
 
+    remember_argv(sys.argv[1:] if argv is None else argv)
     try:
         result = app(args=argv, prog_name="ce-inspect", standalone_mode=False)
     except CeInspectError as exc:

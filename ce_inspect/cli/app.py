@@ -11,6 +11,7 @@ import typer
 
 from ..errors import InputError
 from .options import OUTPUT, Common, read_messages, read_text, shared_options, write_atomic
+from .reports import Reports, report_options
 
 app = typer.Typer(
     name="ce-inspect",
@@ -51,8 +52,10 @@ def setup_logging(quiet: bool) -> None:
 
 @app.command()
 @shared_options
+@report_options
 def run(
     common: Common,
+    reports: Reports,
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt text (masked).")] = None,
     answer: Annotated[str | None, typer.Option("--answer", "-a", help="Answer text (scored).")] = None,
     prompt_file: Annotated[
@@ -106,6 +109,11 @@ def run(
         if not answer_text:
             raise InputError("the answer is empty: there is nothing to score")
         layout = common.layout()
+    reports.check(
+        inputs=[("--prompt-file", prompt_file), ("--answer-file", answer_file), ("--messages", messages)],
+        outputs=[("--output", output)],
+        stdout_busy="--json" if json_out else None,
+    )
     setup_logging(quiet=json_out)
 
     from ..scoring import score, score_messages
@@ -118,11 +126,22 @@ def run(
 
     if output is not None:
         write_atomic(output, result.to_json() + "\n")
+    from .render import render_result
+
+    if reports.requested():
+        from ..report import run_html, run_markdown
+        from .reports import command_line
+
+        doc = result.to_dict()
+        reports.write(
+            html=lambda: run_html(doc, command_line()),
+            markdown=lambda: run_markdown(doc, command_line()),
+            terminal=lambda console: render_result(result, console),
+            kind="run",
+        )
     if json_out:
         sys.stdout.write(result.to_json() + "\n")
-    else:
-        from .render import render_result
-
+    elif not reports.markdown_on_stdout():
         render_result(result)
 
 

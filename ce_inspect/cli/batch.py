@@ -14,6 +14,7 @@ from ..batch import DEFAULT_BATCH_SIZE, DEFAULT_SORT_WINDOW, DEFAULT_WORST
 from ..data import FORMATS
 from .app import app, setup_logging
 from .options import OUTPUT, Common, shared_options, write_atomic
+from .reports import Reports, report_options
 
 INPUT = "Input"
 BATCHING = "Batching"
@@ -21,8 +22,10 @@ BATCHING = "Batching"
 
 @app.command()
 @shared_options
+@report_options
 def batch(
     common: Common,
+    reports: Reports,
     input: Annotated[
         Path,
         typer.Argument(
@@ -155,6 +158,12 @@ def batch(
         raise typer.BadParameter(
             "give the summary its own file, not the input or --output", param_hint="--summary-json"
         )
+    reports.check(
+        inputs=[("the input", input)],
+        outputs=[("--output", output), ("--summary-json", summary_json)],
+        stdout_busy=None if output is not None else "the JSON lines (no --output)",
+        force=force,
+    )
     settings = BatchSettings(
         batch_size=batch_size if batch_size is not None or max_tokens is not None else DEFAULT_BATCH_SIZE,
         max_tokens=max_tokens,
@@ -201,10 +210,12 @@ def batch(
 
     from .render_batch import batch_progress, render_dataset_summary
 
+    lines = _report_lines(reports, worst, output, state)
     previous = _terminate_as_interrupt()
     try:
         with sink, batch_progress(err, scan) as advance:
-            summary = run_scan(lm, scan, sink, options=options, settings=settings, on_batch=advance)
+            target = sink if lines is None else _Tee(sink, lines)
+            summary = run_scan(lm, scan, target, options=options, settings=settings, on_batch=advance)  # type: ignore[arg-type]
     except KeyboardInterrupt:
         where = f"{sink.lines} complete lines are in {output}" if output else f"{sink.lines} lines were written"
         hint = "; rerun the same command with --resume to continue" if output else ""
@@ -220,8 +231,52 @@ def batch(
         from ..result import dumps
 
         write_atomic(summary_json, dumps(summary.to_dict(), indent=2) + "\n", option="--summary-json")
-    # The human summary goes to stdout only when stdout does not carry the JSON lines.
-    render_dataset_summary(summary, Console() if output is not None else err)
+    if lines is not None or reports.svg is not None:
+        _write_reports(reports, summary, lines, worst)
+    # The human summary goes to stdout only when stdout carries neither the JSON lines nor Markdown.
+    render_dataset_summary(summary, Console() if output is not None and not reports.markdown_on_stdout() else err)
+
+
+def _report_lines(reports: Reports, worst: int, output: Path | None, state: Any) -> Any:
+    """What the HTML and Markdown reports keep of the output lines; a resumed run reads the kept ones back."""
+    if reports.html is None and reports.markdown is None:
+        return None
+    from ..report import BatchLines
+
+    lines = BatchLines(worst)
+    if state is not None and output is not None:
+        lines.add_file(output, state.size)
+    return lines
+
+
+class _Tee:
+    """The output sink, with every line it writes also handed to the reports."""
+
+    def __init__(self, sink: Any, lines: Any) -> None:
+        self._sink, self._lines = sink, lines
+
+    @property
+    def name(self) -> str | None:
+        return self._sink.name
+
+    def write(self, obj: Any) -> None:
+        self._sink.write(obj)
+        self._lines.add(obj)
+
+
+def _write_reports(reports: Reports, summary: Any, lines: Any, worst: int) -> None:
+    from ..report import BatchLines, batch_html, batch_markdown
+    from .render_batch import render_dataset_summary
+    from .reports import command_line
+
+    doc = summary.to_dict()
+    lines = lines if lines is not None else BatchLines(0)
+    reports.write(
+        html=lambda: batch_html(doc, lines, command_line()),
+        markdown=lambda: batch_markdown(doc, lines, command_line()),
+        terminal=lambda console: render_dataset_summary(summary, console),
+        kind="batch",
+    )
 
 
 def _terminate_as_interrupt() -> Any:
