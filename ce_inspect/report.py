@@ -161,17 +161,13 @@ def _legend() -> list[dict[str, str]]:
     return [{"cls": f"b{k}", "label": label} for k, label in enumerate(_BIN_LABELS)]
 
 
-_SCRIPT_ESCAPES = (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
-
-
 def script_json(obj: Any) -> str:
-    """JSON safe inside a ``<script>`` element: no ``</`` (or ``<!--``) can end it, no U+2028/2029 line breaks."""
-    from .result import dumps
+    """JSON safe inside a ``<script>`` element: ``<``, ``>`` and ``&`` escaped (no ``</script>`` or ``<!--``
+    can end it), and every non-ASCII character as ``\\uXXXX`` (U+2028/2029, right-to-left marks)."""
+    import json
 
-    text = dumps(obj)
-    for raw, escaped in _SCRIPT_ESCAPES:
-        text = text.replace(raw, escaped)
-    return text
+    text = json.dumps(obj, ensure_ascii=True, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 # --- run ------------------------------------------------------------------------------------------------
