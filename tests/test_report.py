@@ -355,7 +355,8 @@ def test_batch_html_numbers_equal_the_json(batch_outputs):
     assert check_fields(page, lookup) > 30
     fields = {p for p, _ in page.fields}
     assert {f"worst_examples.{k}.mean" for k in range(3)} <= fields
-    assert {f"example_loss_histogram.edges.{k}" for k in range(len(summary["example_loss_histogram"]["edges"]))} <= fields
+    edges = summary["example_loss_histogram"]["edges"]
+    assert {f"example_loss_histogram.edges.{k}" for k in range(len(edges))} <= fields
     check_tips(page, lookup)
     assert page.stray == []
     assert json.loads(page.scripts["ce-inspect-summary"]) == summary
