@@ -319,7 +319,7 @@ def batch_outputs(tiny_llama_dir, tmp_path, capsys):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     paths = {k: tmp_path / f"b.{k}" for k in ("jsonl", "summary", "html", "md", "svg")}
-    args = ["batch", str(data), "-m", str(tiny_llama_dir), "--device", "cpu", "--worst", "3", "--top-k", "2"]
+    args = ["batch", str(data), "-m", str(tiny_llama_dir), "--device", "cpu", "--worst", "5", "--top-k", "2"]
     args += ["-o", str(paths["jsonl"]), "--summary-json", str(paths["summary"]), "--html", str(paths["html"])]
     args += ["--markdown", str(paths["md"]), "--svg", str(paths["svg"])]
     assert main(args) == 0
@@ -371,7 +371,7 @@ def test_batch_html_numbers_equal_the_json(batch_outputs):
     html = paths["html"].read_text()
     for e in summary["worst_examples"]:
         assert f'href="#line-{e["line"]}"' in html and f'id="line-{e["line"]}"' in html
-    assert "b&lt;i&gt;" in html or "b<i>" not in html
+    assert "b&lt;i&gt;" in html and "i" not in page.tags  # every id is on the page (--worst 5), as text
 
 
 def test_batch_markdown_tables_equal_the_json(batch_outputs):
