@@ -493,3 +493,19 @@ def test_terminal_and_reports_show_tokens_alike():
 
     for token in (" a\n", "\t\r", "", "x\u202ey", "<|im_end|>"):
         assert visible(token).plain == shown_token(token) == shown(token)
+
+
+def test_resumed_batch_report_reads_the_kept_lines_back(batch_outputs, tiny_llama_dir, capsys):
+    """A --resume run scores nothing new here, yet its report shows every worst example whole, from the file."""
+    summary, lines, paths = batch_outputs
+    data = paths["jsonl"].parent / "data.jsonl"
+    html = paths["html"].parent / "resumed.html"
+    args = ["batch", str(data), "-m", str(tiny_llama_dir), "--device", "cpu", "--worst", "5", "--top-k", "2"]
+    assert main([*args, "-o", str(paths["jsonl"]), "--resume", "--html", str(html)]) == 0
+    capsys.readouterr()
+    page = parse(html.read_text())
+    by_line = {d["line"]: d for d in lines}
+    shown_lines = {int(p.split(".")[0].removeprefix("line-")) for p, _ in page.fields if p.startswith("line-")}
+    assert shown_lines == set(by_line)  # all five examples have their strip and table
+    resumed = json.loads(page.scripts["ce-inspect-summary"])
+    assert resumed["resumed"] == len(lines) and resumed["worst_examples"] == summary["worst_examples"]
