@@ -22,11 +22,14 @@ def _escaped(ch: str) -> str:
     return ch if ch.isprintable() else f"\\x{ord(ch):02x}"
 
 
-def shown_token(token: str, special: bool = False) -> str:
+def shown_token(token: str, special: bool = False, raw: str | None = None) -> str:
     """The token with whitespace and control characters made visible; special tokens as they are spelled.
 
-    An empty token is shown as ``∅``.
+    An empty token is shown as ``∅``; ``raw``, the hex bytes of a token that is part of a character (the
+    JSON's ``bytes``), as ``<F0 9F>`` instead of the replacement character every such token decodes to.
     """
+    if raw is not None and not special:
+        return f"<{raw}>"
     if special:
         return "".join(_escaped(ch) for ch in token) or "∅"
     return "".join(VISIBLE.get(ch) or _escaped(ch) for ch in token) or "∅"

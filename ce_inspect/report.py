@@ -32,7 +32,8 @@ _BIN_LABELS = ("< 0.5", "0.5 to 2", "2 to 4", "≥ 4")
 
 
 def _tooltip(seq: dict[str, Any], tok: dict[str, Any] | None) -> str:
-    head = f"#{seq['index']} {shown_token(seq['token'], seq.get('special', False))}  id {seq['token_id']}"
+    head = f"#{seq['index']} {shown_token(seq['token'], seq.get('special', False), seq.get('bytes'))}"
+    head += f"  id {seq['token_id']}"
     if tok is None:
         return f"{head}\nmasked: not scored"
     lines = [
@@ -41,9 +42,9 @@ def _tooltip(seq: dict[str, Any], tok: dict[str, Any] | None) -> str:
     ]
     if tok.get("top_k"):
         lines.append("top-k:")
-        lines += [f"  {shown_token(a['token'])}  {fmt(a['prob'])}" for a in tok["top_k"]]
+        lines += [f"  {shown_token(a['token'], raw=a.get('bytes'))}  {fmt(a['prob'])}" for a in tok["top_k"]]
     elif tok["rank"] != 1:
-        lines.append(f"top choice: {shown_token(tok['top_token'])}  {fmt(tok['top_prob'])}")
+        lines.append(f"top choice: {shown_token(tok['top_token'], raw=tok.get('top_bytes'))}  {fmt(tok['top_prob'])}")
     return "\n".join(lines)
 
 
@@ -87,7 +88,7 @@ def strip_lines(doc: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
             classes.append("special")
         lines[-1]["tokens"].append(
             {
-                "text": shown_token(s["token"], special),
+                "text": shown_token(s["token"], special, s.get("bytes")),
                 "cls": " ".join(classes),
                 "tip": _tooltip(s, tok),
                 "boundary": boundary,
@@ -110,7 +111,7 @@ def token_rows(doc: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
                 "index": t["index"],
                 "turn": "-" if t.get("turn") is None else str(t["turn"]),
                 "segment": t["segment"],
-                "token": shown_token(t["token"], t.get("special", False)),
+                "token": shown_token(t["token"], t.get("special", False), t.get("bytes")),
                 "special": t.get("special", False),
                 "token_id": t["token_id"],
                 "prob": fmt(t["prob"]),
@@ -118,11 +119,11 @@ def token_rows(doc: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
                 "rank": t["rank"],
                 "greedy": t["rank"] == 1,
                 "bin": loss_bin(t["loss"]),
-                "top_choice": shown_token(t["top_token"]),
+                "top_choice": shown_token(t["top_token"], raw=t.get("top_bytes")),
                 "top_prob": prob_text(t["top_prob"]),
                 "top_k": [
                     {
-                        "token": shown_token(a["token"]),
+                        "token": shown_token(a["token"], raw=a.get("bytes")),
                         "prob": prob_text(a["prob"]),
                         "target": a["token_id"] == t["token_id"],
                     }

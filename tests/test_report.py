@@ -22,8 +22,10 @@ NUMBER = re.compile(r"-?\d+\.\d+(?:e[+-]\d+)?")
 VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 
 
-def shown(token: str, special: bool = False) -> str:
+def shown(token: str, special: bool = False, raw: str | None = None) -> str:
     """How the terminal shows a token, written out again here rather than imported."""
+    if raw is not None and not special:
+        return f"<{raw}>"
     out = []
     for ch in token:
         if not special and ch in VISIBLE:
@@ -148,12 +150,12 @@ def check_tips(page: Page, resolve_doc) -> None:
             assert "masked: not scored" in tip
             continue
         tok = resolve_doc(field)
-        assert text == shown(tok["token"], tok.get("special", False))
+        assert text == shown(tok["token"], tok.get("special", False), tok.get("bytes"))
         m = re.search(r"prob (\S+)  loss (\S+)  rank (\d+)", tip)
         assert m is not None, tip
         assert m.groups() == (f"{tok['prob']:.4f}", f"{tok['loss']:.4f}", str(tok["rank"]))
         for alt in tok.get("top_k", []):
-            assert f"  {shown(alt['token'])}  {alt['prob']:.4f}" in tip
+            assert f"  {shown(alt['token'], raw=alt.get('bytes'))}  {alt['prob']:.4f}" in tip
 
 
 # --- run ------------------------------------------------------------------------------------------------
@@ -208,7 +210,7 @@ def test_run_markdown_renders_the_json(run_outputs):
         assert len(row) == 7  # no `|` in a token split a cell
         assert row[:6] == [
             str(t["index"]),
-            shown(t["token"], t["special"]),
+            shown(t["token"], t["special"], t.get("bytes")),
             str(t["token_id"]),
             f"{t['prob']:.4f}",
             f"{t['loss']:.4f}",
