@@ -164,13 +164,15 @@ def check_tips(page: Page, resolve_doc) -> None:
 @pytest.fixture
 def run_outputs(tiny_llama_dir, tmp_path, capsys):
     paths = {k: tmp_path / f"r.{k}" for k in ("json", "html", "md", "svg")}
-    args = ["run", "-m", str(tiny_llama_dir), "--device", "cpu", "-p", "Q: 1+2?", "-a", " 3 | `ok` <b>", "--top-k", "3"]
+    answer = " 3 | `ok` <b> 🙂"  # the emoji's 4 bytes are 4 tokens, each shown by its bytes
+    args = ["run", "-m", str(tiny_llama_dir), "--device", "cpu", "-p", "Q: 1+2?", "-a", answer, "--top-k", "3"]
     args += ["--verify", "-o", str(paths["json"]), "--html", str(paths["html"]), "--markdown", str(paths["md"])]
     args += ["--svg", str(paths["svg"])]
     assert main(args) == 0
     out, _ = capsys.readouterr()
     assert "loss along the answer" in out  # the terminal output is still printed, with its sparkline
     doc = json.loads(paths["json"].read_text())
+    assert any("bytes" in t for t in doc["tokens"])
     return doc, paths
 
 
