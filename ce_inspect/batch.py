@@ -26,11 +26,12 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .data import DataInfo, Fields, Record, encode_record, open_data, read_records
+from .display import histogram
 from .encoding import Encoded, Layout
 from .errors import InputError, InvalidRecordError, ResumeError
 from .result import (
@@ -217,6 +218,8 @@ class DatasetSummary:
     skipped: tuple[Skipped, ...]
     batching: BatchStats
     data: DataInfo | None = None  # the file kind and record format read
+    #: Per-example mean losses counted in round bins (``display.histogram``): the shape of the data set.
+    example_loss_histogram: dict[str, list[Any]] = field(default_factory=lambda: histogram([]))
 
     @property
     def token_weighted_mean_loss(self) -> float | None:
@@ -257,6 +260,10 @@ class DatasetSummary:
             "worst_tokens": [t.to_dict() for t in self.worst_tokens],
             "skipped": [s.to_dict() for s in self.skipped],
             "batching": self.batching.to_dict(),
+            "example_loss_histogram": {
+                "edges": list(self.example_loss_histogram["edges"]),
+                "counts": list(self.example_loss_histogram["counts"]),
+            },
             **({"data": self.data.to_dict()} if self.data is not None else {}),
         }
 
@@ -327,6 +334,7 @@ class SummaryBuilder:
             skipped=tuple(self.skipped),
             batching=batching,
             data=data,
+            example_loss_histogram=histogram(self._means),
         )
 
 

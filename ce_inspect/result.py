@@ -302,6 +302,13 @@ class DataDict(TypedDict):
     split: str | None
 
 
+class HistogramDict(TypedDict):
+    """Counts of values in equal bins: bin k holds edges[k] <= v < edges[k+1] (the last bin is closed)."""
+
+    edges: list[float]  # one more than counts; empty when nothing was counted
+    counts: list[int]
+
+
 class BatchSummaryDict(TypedDict):
     schema_version: int
     kind: Literal["batch_summary"]
@@ -327,6 +334,7 @@ class BatchSummaryDict(TypedDict):
     skipped: list[SkippedDict]
     batching: BatchingDict
     data: NotRequired[DataDict]  # what was read: the file kind and the records' format
+    example_loss_histogram: HistogramDict  # the per-example mean losses (what the reports draw)
 
 
 # --- reading documents back -----------------------------------------------------------------------------

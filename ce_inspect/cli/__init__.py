@@ -11,7 +11,9 @@ from .app import app
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: every known error is one line on stderr and a non-zero exit (see cli/errors.py)."""
     from .errors import debug, report
+    from .reports import remember_argv
 
+    remember_argv(sys.argv[1:] if argv is None else argv)
     try:
         result = app(args=argv, prog_name="ce-inspect", standalone_mode=False)
     except BrokenPipeError:

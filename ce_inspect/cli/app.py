@@ -13,6 +13,7 @@ import typer
 
 from .logs import setup_logging
 from .options import OUTPUT, Common, GateOpt, gate, read_example, shared_options, write_atomic
+from .reports import Reports, report_options
 
 app = typer.Typer(
     name="ce-inspect",
@@ -53,8 +54,10 @@ def _root(
 
 
 @shared_options
+@report_options
 def run(
     common: Common,
+    reports: Reports,
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt text (masked).")] = None,
     answer: Annotated[str | None, typer.Option("--answer", "-a", help="Answer text (scored).")] = None,
     prompt_file: Annotated[
@@ -100,6 +103,12 @@ def run(
         inputs = [("--prompt-file", prompt_file), ("--answer-file", answer_file), ("--messages", messages)]
         check_output(output, inputs=inputs, label="--output", force=force)
     example = read_example(common, prompt, answer, prompt_file, answer_file, messages, last_turn)
+    reports.check(
+        inputs=[("--prompt-file", prompt_file), ("--answer-file", answer_file), ("--messages", messages)],
+        outputs=[("--output", output)],
+        stdout_busy="--json" if json_out else None,
+        force=force,
+    )
     options = common.score_options()
     setup_logging(quiet=json_out)
 
@@ -110,17 +119,28 @@ def run(
         result = score_messages(lm, example.conversation, layout=example.layout, options=options, last_turn=last_turn)
     else:
         result = score(lm, example.prompt, example.answer, layout=example.layout, options=options)
-    if json_out:
-        for note in result.notes:  # the rendered view prints them; JSON keeps stdout for the document
+    if json_out or reports.markdown_on_stdout():
+        for note in result.notes:  # the rendered view prints them; JSON or Markdown keeps stdout for itself
             print(f"note: {note}", file=sys.stderr)
 
     if output is not None:
         write_atomic(output, result.to_json() + "\n")
+    from .render import render_result
+
+    if reports.requested():
+        from ..report import run_html, run_markdown
+        from .reports import command_line
+
+        doc = result.to_dict()
+        reports.write(
+            html=lambda: run_html(doc, command_line()),
+            markdown=lambda: run_markdown(doc, command_line()),
+            terminal=lambda console: render_result(result, console),
+            kind="run",
+        )
     if json_out:
         sys.stdout.write(result.to_json() + "\n")
-    else:
-        from .render import render_result
-
+    elif not reports.markdown_on_stdout():
         render_result(result)
     gate("mean loss", result.summary.mean, fail_above_loss, "--fail-above-loss")
 

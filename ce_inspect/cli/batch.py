@@ -16,6 +16,7 @@ from ..batch import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS, DEFAULT_SORT_WINDOW, D
 from ..data import FORMATS
 from .logs import setup_logging
 from .options import OUTPUT, Common, GateOpt, gate, shared_options
+from .reports import Reports, report_options
 
 if TYPE_CHECKING:
     from ..batch import BatchSettings, DatasetSummary, Fields, ResumeState, Scan
@@ -31,8 +32,10 @@ BATCHING = "Batching"
 
 
 @shared_options
+@report_options
 def batch(
     common: Common,
+    reports: Reports,
     input: Annotated[
         Path,
         typer.Argument(
@@ -184,6 +187,12 @@ def batch(
     with ExitStack() as stack:
         # Every output is checked, and --output locked, before the input is read or the model loads.
         check_outputs(input, output, summary_json, resume=resume, force=force)
+        reports.check(
+            inputs=[("the input", input)],
+            outputs=[("--output", output), ("--summary-json", summary_json)],
+            stdout_busy=None if output is not None else "the JSON lines (no --output)",
+            force=force,
+        )
         if output is not None:
             from ..files import output_lock
 
@@ -194,17 +203,20 @@ def batch(
         lm = common.load(quiet=True)
         _top_k_note(err, lm, options)
         scan = _scan(lm, layout, options, source, input, fields, info, skip_invalid=skip_invalid, state=state)
-        summary = _score(lm, options, scan, settings, err, output=output, stdout=stdout)
+        lines = _report_lines(reports, worst, output, state)
+        summary = _score(lm, options, scan, settings, err, output=output, stdout=stdout, lines=lines)
     if summary_json is not None:
         from ..files import write_output
         from ..result import dumps
 
         write_output(summary_json, dumps(summary.to_dict(), indent=2) + "\n", label="`summary_json`")
+    if lines is not None or reports.svg is not None:
+        _write_reports(reports, summary, lines, worst)
     from ..files import is_stdout
     from .render_batch import render_dataset_summary
 
-    # The human summary goes to stdout only when stdout does not carry the JSON lines.
-    to_stdout = output is not None and not is_stdout(output)
+    # The human summary goes to stdout only when stdout carries neither the JSON lines nor Markdown.
+    to_stdout = output is not None and not is_stdout(output) and not reports.markdown_on_stdout()
     render_dataset_summary(summary, Console() if to_stdout else err)
     gate("token-weighted mean loss", summary.token_weighted_mean_loss, fail_above_loss, "--fail-above-loss")
 
@@ -324,8 +336,10 @@ def _score(
     *,
     output: Path | None,
     stdout: Any,
+    lines: Any = None,
 ) -> DatasetSummary:
-    """Run the scan into --output (or stdout) with a progress bar; Ctrl-C and `kill` leave whole lines."""
+    """Run the scan into --output (or stdout) with a progress bar; Ctrl-C and `kill` leave whole lines.
+    ``lines`` (the reports' ``BatchLines``) also sees every line written."""
     from ..batch import JsonlSink, run_scan
     from .render_batch import batch_progress
 
@@ -333,7 +347,8 @@ def _score(
     previous = _terminate_as_interrupt()
     try:
         with sink, batch_progress(err, scan) as advance:
-            return run_scan(lm, scan, sink, options=options, settings=settings, on_batch=advance)
+            target = sink if lines is None else _Tee(sink, lines)
+            return run_scan(lm, scan, target, options=options, settings=settings, on_batch=advance)  # type: ignore[arg-type]
     except KeyboardInterrupt:
         if output is None or not sink.regular:
             where, hint = f"{sink.lines} lines were written", ""
@@ -344,6 +359,48 @@ def _score(
         raise typer.Exit(130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _report_lines(reports: Reports, worst: int, output: Path | None, state: Any) -> Any:
+    """What the HTML and Markdown reports keep of the output lines; a resumed run reads the kept ones back."""
+    if reports.html is None and reports.markdown is None:
+        return None
+    from ..report import BatchLines
+
+    lines = BatchLines(worst)
+    if state is not None and output is not None:
+        lines.add_file(output, state.size)
+    return lines
+
+
+class _Tee:
+    """The output sink, with every line it writes also handed to the reports."""
+
+    def __init__(self, sink: Any, lines: Any) -> None:
+        self._sink, self._lines = sink, lines
+
+    @property
+    def name(self) -> str | None:
+        return self._sink.name
+
+    def write(self, obj: Any) -> None:
+        self._sink.write(obj)
+        self._lines.add(obj)
+
+
+def _write_reports(reports: Reports, summary: Any, lines: Any, worst: int) -> None:
+    from ..report import BatchLines, batch_html, batch_markdown
+    from .render_batch import render_dataset_summary
+    from .reports import command_line
+
+    doc = summary.to_dict()
+    lines = lines if lines is not None else BatchLines(0)
+    reports.write(
+        html=lambda: batch_html(doc, lines, command_line()),
+        markdown=lambda: batch_markdown(doc, lines, command_line()),
+        terminal=lambda console: render_dataset_summary(summary, console),
+        kind="batch",
+    )
 
 
 def _terminate_as_interrupt() -> Any:

@@ -11,10 +11,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ..display import buckets, fmt, prob_text, shown_token, sparkline
 from ..encoding import boundary_note
 from ..result import ScoreResult, SequenceToken, TokenScore, TurnSummary
 
-_VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 # Loss thresholds (nats) for the colour scale: p > 0.61, p > 0.14, p > 0.02, below.
 _HEAT = ((0.5, "green"), (2.0, "yellow"), (4.0, "dark_orange"), (float("inf"), "red"))
 _HEAT_BG = ((0.5, "on dark_green"), (2.0, "black on yellow"), (4.0, "black on dark_orange"), (float("inf"), "on red"))
@@ -29,12 +29,9 @@ def visible(token: str, special: bool = False, raw: str | None = None) -> Text:
     ``raw``: the hex bytes of a token that does not decode on its own (part of a character), shown as
     ``<F0 9F>`` instead of the "\ufffd" every such token decodes to.
     """
-    if special:
-        return Text(token, style="bold magenta")
-    if raw is not None:
-        return Text(f"<{raw}>", style="cyan")
-    shown = "".join(_VISIBLE.get(ch, ch if ch.isprintable() else f"\\x{ord(ch):02x}") for ch in token)
-    return Text(shown or "∅")
+    if raw is not None and not special:
+        return Text(shown_token(token, raw=raw), style="cyan")
+    return Text(shown_token(token, special), style="bold magenta" if special else "")
 
 
 def clipped(text: Text, width: int) -> Text:
@@ -47,19 +44,6 @@ def clipped(text: Text, width: int) -> Text:
 
 def loss_style(loss: float, scale: tuple[tuple[float, str], ...] = _HEAT) -> str:
     return next(style for limit, style in scale if loss < limit)
-
-
-def fmt(value: float | None, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{digits}f}" if abs(value) < 1e6 else f"{value:.3e}"
-
-
-def prob_text(prob: float) -> str:
-    """A probability in 3 characters or so: .41, .05, <.01."""
-    if prob >= 0.995:
-        return "1.0"
-    return f"{prob:.2f}".lstrip("0") if prob >= 0.005 else "<.01"
 
 
 def turn_label(turn: int | None, role: str) -> str:
@@ -310,6 +294,21 @@ def sequence_view(
     return text
 
 
+def loss_sparkline(tokens: tuple[TokenScore, ...], width: int) -> Text:
+    """The loss of each scored token along the answer as one line of bars (0 to the largest loss), coloured
+    as the strip; a long answer is squeezed to ``width`` (each bar the largest loss of its stretch)."""
+    label = "loss along the answer "
+    top = max((t.loss for t in tokens), default=0.0)
+    worst = max(tokens, key=lambda t: t.loss) if tokens else None
+    tail = f"  0 to {fmt(top)}" + (f" (#{worst.index})" if worst is not None else "")
+    room = max(8, width - len(label) - len(tail))
+    losses = [t.loss for t in tokens]
+    line = Text(label, style="dim")
+    for value, bar in zip(buckets(losses, room), sparkline(losses, room)):
+        line.append(bar, style=loss_style(value))
+    return line.append(tail, style="dim")
+
+
 def heat_legend(context_scored: bool, width: int | None = None, partial_bytes: bool = False) -> Text:
     """The strip's key, one entry never split across lines: wrapped between entries to fit ``width``."""
     entries = [
@@ -411,6 +410,7 @@ def render_result(result: ScoreResult, console: Console | None = None) -> None:
         Panel(
             Group(
                 sequence_view(result.sequence, special, roles),
+                loss_sparkline(result.tokens, console.width - 4),
                 Text(),
                 heat_legend(context_scored, console.width - 4, any(t.bytes for t in result.sequence)),
             ),

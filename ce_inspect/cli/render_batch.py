@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -70,30 +70,41 @@ def batch_progress(console: Console, scan: Scan) -> Iterator[Callable[[int, int]
 
 def render_dataset_summary(summary: DatasetSummary, console: Console | None = None) -> None:
     console = console or Console()
-    s = summary
-    console.print(
-        Text.assemble(
-            ("data set ", "dim"),
-            (s.input, "bold"),
-            ("  ->  ", "dim"),
-            s.output or "stdout",
-            ("  model ", "dim"),
-            s.model,
-            ("  ", ""),
-            (f"{s.device} {s.dtype}", "dim"),
-        )
+    console.print(_header(summary))
+    console.print(_figures(summary))
+    histogram = loss_histogram(summary.example_loss_histogram)
+    if histogram is not None:
+        console.print(histogram)
+    for table in (_worst_examples(summary), _worst_tokens(summary), _skipped(summary)):
+        if table is not None:
+            console.print(table)
+
+
+def _header(s: DatasetSummary) -> Text:
+    return Text.assemble(
+        ("data set ", "dim"),
+        (s.input, "bold"),
+        ("  ->  ", "dim"),
+        s.output or "stdout",
+        ("  model ", "dim"),
+        s.model,
+        ("  ", ""),
+        (f"{s.device} {s.dtype}", "dim"),
     )
+
+
+def _figures(s: DatasetSummary) -> Table:
+    """The data-set figures: counts, the two means, perplexity, and how this run batched its work."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column(justify="right")
     grid.add_column(style="dim")
-    examples = f"{s.examples}"
     notes = []
     if s.resumed:
         notes.append(f"{s.resumed} read back from the output (--resume)")
     if s.skipped:
         notes.append(f"{_count(len(s.skipped), 'invalid line')} skipped")
-    grid.add_row("examples", examples, ", ".join(notes))
+    grid.add_row("examples", f"{s.examples}", ", ".join(notes))
     grid.add_row("scored tokens", str(s.scored_tokens), "")
     if s.token_weighted_mean_loss is not None:
         grid.add_row(
@@ -123,55 +134,83 @@ def render_dataset_summary(summary: DatasetSummary, console: Console | None = No
             f"{b.seconds:.1f} s",
             f"{_count(b.examples, 'example')} in {_count(b.batches, 'batch')}{padding}, {speed}",
         )
-    console.print(grid)
+    return grid
 
-    if s.worst_examples:
-        table = Table(title=f"Worst {len(s.worst_examples)} examples by mean loss", title_justify="left")
-        table.add_column("line", justify="right", style="dim")
-        table.add_column("id")
-        table.add_column("mean loss", justify="right")
-        table.add_column("tokens", justify="right")
-        table.add_column("sum", justify="right")
-        for e in s.worst_examples:
-            table.add_row(
-                str(e.line),
-                Text("" if e.id is None else str(e.id)),
-                Text(fmt(e.mean), style=loss_style(e.mean)),
-                str(e.count),
-                fmt(e.loss_sum),
-            )
-        console.print(table)
-    if s.worst_tokens:
-        table = Table(
-            title=f"Highest-loss tokens across the data set (top {len(s.worst_tokens)})", title_justify="left"
+
+def loss_histogram(histogram: dict[str, list[Any]], bar_width: int = 30) -> Table | None:
+    """The per-example mean losses as horizontal bars, one per bin of the summary's histogram."""
+    edges, counts = histogram.get("edges", []), histogram.get("counts", [])
+    if not counts:
+        return None
+    most = max(counts) or 1
+    table = Table.grid(padding=(0, 1))
+    table.title = "Mean loss per example"
+    table.title_justify = "left"
+    table.add_column(justify="right", style="dim")
+    table.add_column()
+    table.add_column(justify="right")
+    for k, n in enumerate(counts):
+        mid = (edges[k] + edges[k + 1]) / 2
+        bar = "█" * round(bar_width * n / most) or ("▏" if n else "")
+        table.add_row(f"{edges[k]:g} to {edges[k + 1]:g}", Text(bar, style=loss_style(mid)), str(n))
+    return table
+
+
+def _worst_examples(s: DatasetSummary) -> Table | None:
+    if not s.worst_examples:
+        return None
+    table = Table(title=f"Worst {len(s.worst_examples)} examples by mean loss", title_justify="left")
+    table.add_column("line", justify="right", style="dim")
+    table.add_column("id")
+    table.add_column("mean loss", justify="right")
+    table.add_column("tokens", justify="right")
+    table.add_column("sum", justify="right")
+    for e in s.worst_examples:
+        table.add_row(
+            str(e.line),
+            Text("" if e.id is None else str(e.id)),
+            Text(fmt(e.mean), style=loss_style(e.mean)),
+            str(e.count),
+            fmt(e.loss_sum),
         )
-        table.add_column("line", justify="right", style="dim")
-        table.add_column("id")
-        table.add_column("#", justify="right", style="dim")
-        table.add_column("target")
-        table.add_column("loss", justify="right")
-        table.add_column("prob", justify="right")
-        table.add_column("rank", justify="right")
-        for t in s.worst_tokens:
-            style = loss_style(t.loss)
-            table.add_row(
-                str(t.line),
-                Text("" if t.id is None else str(t.id)),
-                str(t.index),
-                visible(t.token, t.segment == "eos"),
-                Text(fmt(t.loss), style=style),
-                Text(f"{t.prob:.4f}", style=style),
-                str(t.rank),
-            )
-        console.print(table)
-    if s.skipped:
-        table = Table(title=f"Skipped {_count(len(s.skipped), 'invalid line')}", title_justify="left")
-        table.add_column("line", justify="right")
-        table.add_column("id")
-        table.add_column("reason")
-        for k in s.skipped:
-            table.add_row(str(k.line), Text("" if k.id is None else str(k.id)), Text(k.reason))
-        console.print(table)
+    return table
+
+
+def _worst_tokens(s: DatasetSummary) -> Table | None:
+    if not s.worst_tokens:
+        return None
+    table = Table(title=f"Highest-loss tokens across the data set (top {len(s.worst_tokens)})", title_justify="left")
+    table.add_column("line", justify="right", style="dim")
+    table.add_column("id")
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("target")
+    table.add_column("loss", justify="right")
+    table.add_column("prob", justify="right")
+    table.add_column("rank", justify="right")
+    for t in s.worst_tokens:
+        style = loss_style(t.loss)
+        table.add_row(
+            str(t.line),
+            Text("" if t.id is None else str(t.id)),
+            str(t.index),
+            visible(t.token, t.segment == "eos"),
+            Text(fmt(t.loss), style=style),
+            Text(f"{t.prob:.4f}", style=style),
+            str(t.rank),
+        )
+    return table
+
+
+def _skipped(s: DatasetSummary) -> Table | None:
+    if not s.skipped:
+        return None
+    table = Table(title=f"Skipped {_count(len(s.skipped), 'invalid line')}", title_justify="left")
+    table.add_column("line", justify="right")
+    table.add_column("id")
+    table.add_column("reason")
+    for k in s.skipped:
+        table.add_row(str(k.line), Text("" if k.id is None else str(k.id)), Text(k.reason))
+    return table
 
 
 def _count(n: int, noun: str) -> str:

@@ -1,0 +1,501 @@
+"""HTML and Markdown reports, rendered from the JSON documents only (so what a report shows is the JSON).
+
+A run's report is built from ``ScoreResult.to_dict()``; a batch's from ``DatasetSummary.to_dict()`` and the
+output lines (``BatchLines`` keeps what it needs of them: loss by position and the worst lines whole).
+Templates live in ``ce_inspect/templates``; jinja2 escapes every value in HTML, and a finalize step
+escapes every value in Markdown, so a token cannot add markup to either.
+
+Every figure goes through ``display.fmt`` (4 decimals), as in the terminal. Each number in the HTML sits in
+an element whose ``data-f`` attribute names the JSON field it shows (``tokens.3.loss``), which is how the
+tests check every number against the JSON document.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from .display import LOSS_BINS, fmt, histogram, loss_bin, printable, prob_text, shown_token, sparkline
+
+#: The first bytes of every report ce-inspect writes (HTML, SVG, Markdown): how ``files.check_output``
+#: recognises a report it may replace.
+REPORT_MARK = re.compile(rb"\A(<!DOCTYPE html>\s*)?<!-- ce-inspect report")
+#: Segments that a masked layout trains on; the others are context (as ``cli/render.py``).
+TARGET_SEGMENTS = frozenset({"answer", "eos", "assistant", "eot"})
+_BIN_LABELS = ("< 0.5", "0.5 to 2", "2 to 4", "≥ 4")
+
+
+# --- the shared pieces: strip, token rows, tooltips -----------------------------------------------------
+
+
+def _tooltip(seq: dict[str, Any], tok: dict[str, Any] | None) -> str:
+    head = f"#{seq['index']} {shown_token(seq['token'], seq.get('special', False), seq.get('bytes'))}"
+    head += f"  id {seq['token_id']}"
+    if tok is None:
+        return f"{head}\nmasked: not scored"
+    lines = [
+        head,
+        f"prob {fmt(tok['prob'])}  loss {fmt(tok['loss'])}  rank {tok['rank']}",
+    ]
+    if tok.get("top_k"):
+        lines.append("top-k:")
+        lines += [f"  {shown_token(a['token'], raw=a.get('bytes'))}  {fmt(a['prob'])}" for a in tok["top_k"]]
+    elif tok["rank"] != 1:
+        lines.append(f"top choice: {shown_token(tok['top_token'], raw=tok.get('top_bytes'))}  {fmt(tok['top_prob'])}")
+    return "\n".join(lines)
+
+
+def strip_lines(doc: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
+    """The heat strip as lines of tokens, as the terminal draws it: masked tokens dim, scored ones on a
+    background by loss bin, a new line after a newline token and at each chat message.
+
+    Lines written with ``--no-sequence`` hold no masked tokens: the strip then shows the scored ones.
+    """
+    tokens = {t["index"]: t for t in doc["tokens"]}
+    sequence = doc.get("sequence")
+    if sequence is None:
+        sequence = [dict(t, scored=True) for t in doc["tokens"]]
+    layout = doc.get("layout") or {}
+    roles = layout.get("roles") if layout.get("kind") == "chat" else None
+    special_ids = {t["token_id"] for t in doc["tokens"] if t.get("special")}
+    context_scored = any(s["scored"] and s["segment"] not in TARGET_SEGMENTS for s in sequence)
+    row_of = {t["index"]: k for k, t in enumerate(doc["tokens"])}
+    lines: list[dict[str, Any]] = [{"label": None, "tokens": []}]
+    previous_turn: object = object()
+    previous_target: bool | None = None
+    for s in sequence:
+        if roles is not None and s.get("turn") != previous_turn:
+            turn = s.get("turn")
+            role = roles[turn] if turn is not None and turn < len(roles) else "template"
+            lines.append({"label": f"{turn} {role}" if turn is not None else role, "tokens": []})
+            previous_turn = turn
+        is_target = s["segment"] in TARGET_SEGMENTS
+        boundary = context_scored and previous_target is not None and is_target != previous_target
+        previous_target = is_target
+        special = bool(s.get("special")) or s["token_id"] in special_ids
+        tok = tokens.get(s["index"]) if s["scored"] else None
+        classes = ["t"]
+        if tok is None:
+            classes.append("masked")
+        else:
+            classes.append(f"b{loss_bin(tok['loss'])}")
+            if context_scored and not is_target:
+                classes.append("ctx")
+        if special:
+            classes.append("special")
+        lines[-1]["tokens"].append(
+            {
+                "text": shown_token(s["token"], special, s.get("bytes")),
+                "cls": " ".join(classes),
+                "tip": _tooltip(s, tok),
+                "boundary": boundary,
+                "field": f"{prefix}tokens.{row_of[s['index']]}" if tok is not None else None,
+            }
+        )
+        if s["token"].endswith("\n"):
+            lines.append({"label": None, "tokens": []})
+    return [line for line in lines if line["tokens"] or line["label"]]
+
+
+def token_rows(doc: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
+    """One row per scored token, the terminal table's columns, each figure with the JSON field it shows."""
+    rows = []
+    for k, t in enumerate(doc["tokens"]):
+        field = f"{prefix}tokens.{k}"
+        rows.append(
+            {
+                "field": field,
+                "index": t["index"],
+                "turn": "-" if t.get("turn") is None else str(t["turn"]),
+                "segment": t["segment"],
+                "token": shown_token(t["token"], t.get("special", False), t.get("bytes")),
+                "special": t.get("special", False),
+                "token_id": t["token_id"],
+                "prob": fmt(t["prob"]),
+                "loss": fmt(t["loss"]),
+                "rank": t["rank"],
+                "greedy": t["rank"] == 1,
+                "bin": loss_bin(t["loss"]),
+                "top_choice": shown_token(t["top_token"], raw=t.get("top_bytes")),
+                "top_prob": prob_text(t["top_prob"]),
+                "top_k": [
+                    {
+                        "token": shown_token(a["token"], raw=a.get("bytes")),
+                        "prob": prob_text(a["prob"]),
+                        "target": a["token_id"] == t["token_id"],
+                    }
+                    for a in t.get("top_k", [])
+                ],
+            }
+        )
+    return rows
+
+
+def _run_summary_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(label, shown value, JSON field) of the run summary, the rows the terminal shows."""
+    rows = [
+        ("mean loss", fmt(s["mean"]), "summary.mean"),
+        ("sum", fmt(s["sum"]), "summary.sum"),
+        ("scored tokens", str(s["count"]), "summary.count"),
+        (
+            "perplexity",
+            fmt(s["perplexity"], 3) if s["perplexity"] is not None else "overflow",
+            "summary.perplexity",
+        ),
+    ]
+    if s.get("sum_logprob") is not None:
+        rows.append(("log-likelihood", fmt(s["sum_logprob"]), "summary.sum_logprob"))
+    rows.append(("greedy hits", str(s["greedy_hits"]), "summary.greedy_hits"))
+    if s["label_smoothing"]:
+        rows.append(("label smoothing", str(s["label_smoothing"]), "summary.label_smoothing"))
+        rows.append(("mean NLL without it", fmt(s["mean_nll"]), "summary.mean_nll"))
+    if s.get("model_loss") is not None:
+        rows.append(("model's own loss", fmt(s["model_loss"], 6), "summary.model_loss"))
+        rows.append(("|diff|", f"{s['verify_abs_diff']:.2e}", "summary.verify_abs_diff"))
+    return rows
+
+
+def _legend() -> list[dict[str, str]]:
+    return [{"cls": f"b{k}", "label": label} for k, label in enumerate(_BIN_LABELS)]
+
+
+def script_json(obj: Any) -> str:
+    """JSON safe inside a ``<script>`` element: ``<``, ``>`` and ``&`` escaped (no ``</script>`` or ``<!--``
+    can end it), and every non-ASCII character as ``\\uXXXX`` (U+2028/2029, right-to-left marks)."""
+    import json
+
+    text = json.dumps(obj, ensure_ascii=True, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+# --- run ------------------------------------------------------------------------------------------------
+
+
+def run_context(doc: dict[str, Any], command: str) -> dict[str, Any]:
+    """What the run templates show, all derived from ``doc`` (a ``ScoreResult.to_dict()``)."""
+    layout = doc.get("layout") or {}
+    tokens = doc["tokens"]
+    losses = [t["loss"] for t in tokens]
+    worst = max(range(len(tokens)), key=lambda k: losses[k]) if tokens else None
+    by_part = any(t["segment"] not in TARGET_SEGMENTS for t in tokens)
+    return {
+        "doc": doc,
+        "command": printable(command),
+        "model": printable(doc["model"]),
+        "device": doc["device"],
+        "dtype": doc["dtype"],
+        "strip": strip_lines(doc),
+        "rows": token_rows(doc),
+        "by_turn": layout.get("kind") == "chat",
+        "by_part": by_part,
+        "top_k": max((len(t.get("top_k", [])) for t in tokens), default=0),
+        "summary": _run_summary_rows(doc["summary"]),
+        "turns": [
+            {
+                "field": f"turns.{k}",
+                "label": f"{t['turn']} {t['role']}" if t["turn"] is not None else t["role"],
+                "count": t["count"],
+                "mean": fmt(t["mean"]),
+                "sum": fmt(t["sum"]),
+                "greedy_hits": t["greedy_hits"],
+            }
+            for k, t in enumerate(doc.get("turns") or [])
+        ],
+        "notes": [printable(n) for n in doc.get("notes", [])],
+        "spark": sparkline(losses, 120),
+        "spark_top": fmt(max(losses)) if losses else None,
+        "spark_worst": f"tokens.{worst}" if worst is not None else None,
+        "legend": _legend(),
+        "data": script_json(doc),
+    }
+
+
+def run_html(doc: dict[str, Any], command: str) -> str:
+    return _html().get_template("run.html.j2").render(run_context(doc, command))
+
+
+def run_markdown(doc: dict[str, Any], command: str) -> str:
+    return _markdown().get_template("run.md.j2").render(run_context(doc, command), fence=_fence(command))
+
+
+# --- batch ----------------------------------------------------------------------------------------------
+
+
+class BatchLines:
+    """What a batch report needs of the output lines, in bounded memory: the sum and count of the loss at
+    each position among an example's scored tokens, and the ``worst`` lines (by mean loss) whole.
+
+    The worst lines are ranked as the data-set summary ranks them (mean, then the earlier line first), so
+    the report finds every example of the summary's ``worst_examples`` here.
+    """
+
+    def __init__(self, worst: int) -> None:
+        self.worst = worst
+        self.position_sum: list[float] = []
+        self.position_count: list[int] = []
+        self._heap: list[tuple[float, int, int, dict[str, Any]]] = []
+        self._order = 0
+
+    def add(self, line: dict[str, Any]) -> None:
+        for k, t in enumerate(line["tokens"]):
+            if k == len(self.position_sum):
+                self.position_sum.append(0.0)
+                self.position_count.append(0)
+            self.position_sum[k] += t["loss"]
+            self.position_count[k] += 1
+        if self.worst:
+            item = (line["summary"]["mean"], -line["line"], self._order, line)
+            self._order += 1
+            if len(self._heap) < self.worst:
+                heapq.heappush(self._heap, item)
+            elif item[:2] > self._heap[0][:2]:
+                heapq.heapreplace(self._heap, item)
+
+    def add_all(self, lines: Iterable[dict[str, Any]]) -> None:
+        for line in lines:
+            self.add(line)
+
+    def add_file(self, path: str | os.PathLike[str], size: int) -> None:
+        """The complete lines in the first ``size`` bytes of an output file (what ``--resume`` keeps)."""
+        import json
+
+        with open(path, "rb") as fh:
+            data = fh.read(size)
+        self.add_all(json.loads(raw) for raw in data.splitlines() if raw.strip())
+
+    def line(self, number: int) -> dict[str, Any] | None:
+        return next((item[-1] for item in self._heap if item[-1]["line"] == number), None)
+
+    def position_means(self) -> list[float]:
+        return [s / n for s, n in zip(self.position_sum, self.position_count)]
+
+
+def _batch_summary_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = [
+        ("examples", str(s["examples"]), "examples"),
+        ("scored tokens", str(s["scored_tokens"]), "scored_tokens"),
+    ]
+    if s.get("token_weighted_mean_loss") is not None:
+        rows.append(("token-weighted mean loss", fmt(s["token_weighted_mean_loss"]), "token_weighted_mean_loss"))
+    if s.get("example_weighted_mean_loss") is not None:
+        rows.append(("example-weighted mean loss", fmt(s["example_weighted_mean_loss"]), "example_weighted_mean_loss"))
+    rows.append(("loss sum", fmt(s["loss_sum"]), "loss_sum"))
+    if s.get("mean_nll") is not None:
+        ppl = fmt(s["perplexity"], 3) if s["perplexity"] is not None else "overflow"
+        rows.append(("perplexity", ppl, "perplexity"))
+        if s["label_smoothing"]:
+            rows.append(("mean NLL", fmt(s["mean_nll"]), "mean_nll"))
+        rows.append(("greedy hits", str(s["greedy_hits"]), "greedy_hits"))
+    if s.get("resumed"):
+        rows.append(("read back (--resume)", str(s["resumed"]), "resumed"))
+    if s.get("skipped_count"):
+        rows.append(("skipped lines", str(s["skipped_count"]), "skipped_count"))
+    return rows
+
+
+def _histogram_figure(hist: dict[str, Any], width: int = 640, height: int = 220) -> dict[str, Any]:
+    """Bar geometry of the data-set histogram (SVG user units); labels keep their JSON fields."""
+    edges, counts = hist["edges"], hist["counts"]
+    if not counts:
+        return {"bars": [], "ticks": [], "width": width, "height": height}
+    left, bottom, top_pad = 40, 30, 20
+    plot_w, plot_h = width - left - 10, height - bottom - top_pad
+    most = max(counts) or 1
+    bar_w = plot_w / len(counts)
+    bars = []
+    for k, n in enumerate(counts):
+        h = plot_h * n / most
+        mid = (edges[k] + edges[k + 1]) / 2
+        bars.append(
+            {
+                "x": round(left + k * bar_w, 2),
+                "y": round(top_pad + plot_h - h, 2),
+                "w": round(max(bar_w - 2, 1), 2),
+                "h": round(h, 2),
+                "count": n,
+                "field": f"example_loss_histogram.counts.{k}",
+                "cls": f"b{loss_bin(mid)}",
+                "title": f"{edges[k]:g} to {edges[k + 1]:g}: {n} examples",
+            }
+        )
+    ticks = [
+        {"x": round(left + k * bar_w, 2), "label": f"{e:g}", "field": f"example_loss_histogram.edges.{k}"}
+        for k, e in enumerate(edges)
+    ]
+    return {"bars": bars, "ticks": ticks, "width": width, "height": height, "axis_y": top_pad + plot_h, "left": left}
+
+
+def _position_figure(means: list[float], counts: list[int], width: int = 640, height: int = 220) -> dict[str, Any]:
+    if not means:
+        return {"points": "", "width": width, "height": height, "rows": []}
+    left, bottom, top_pad = 56, 30, 20
+    plot_w, plot_h = width - left - 10, height - bottom - top_pad
+    top = max(means) or 1.0
+    step = plot_w / max(len(means) - 1, 1)
+    points = " ".join(f"{left + k * step:.1f},{top_pad + plot_h - plot_h * m / top:.1f}" for k, m in enumerate(means))
+    return {
+        "points": points,
+        "width": width,
+        "height": height,
+        "left": left,
+        "axis_y": top_pad + plot_h,
+        "top_y": top_pad,
+        "top": fmt(top),
+        "last": len(means),
+        "rows": [
+            {"position": k + 1, "count": n, "mean": fmt(m), "bin": loss_bin(m)}
+            for k, (m, n) in enumerate(zip(means, counts))
+        ],
+    }
+
+
+def _shown_id(rid: str | int | None) -> str:
+    return "" if rid is None else printable(str(rid))
+
+
+def batch_context(summary: dict[str, Any], lines: BatchLines, command: str) -> dict[str, Any]:
+    """What the batch templates show, from the summary document and the output lines."""
+    worst = []
+    for k, e in enumerate(summary["worst_examples"]):
+        line = lines.line(e["line"])
+        worst.append(
+            {
+                "field": f"worst_examples.{k}",
+                "line": e["line"],
+                "id": _shown_id(e["id"]),
+                "mean": fmt(e["mean"]),
+                "sum": fmt(e["sum"]),
+                "count": e["count"],
+                "bin": loss_bin(e["mean"]),
+                "anchor": f"line-{e['line']}" if line is not None else None,
+                "strip": strip_lines(line, prefix=f"line-{e['line']}.") if line is not None else [],
+                "rows": token_rows(line, prefix=f"line-{e['line']}.") if line is not None else [],
+                "has_sequence": line is not None and "sequence" in line,
+            }
+        )
+    anchors = {w["line"] for w in worst if w["anchor"]}
+    hist = summary.get("example_loss_histogram") or histogram([])
+    counts = lines.position_count
+    return {
+        "summary": summary,
+        "command": printable(command),
+        "model": printable(summary["model"]),
+        "input": printable(summary["input"]),
+        "output": printable(summary["output"] or "stdout"),
+        "rows": _batch_summary_rows(summary),
+        "histogram": _histogram_figure(hist),
+        "hist_spark": sparkline(hist["counts"], 40, top=max(hist["counts"], default=0)),
+        "hist_rows": [
+            {
+                "lo": f"{hist['edges'][k]:g}",
+                "hi": f"{hist['edges'][k + 1]:g}",
+                "count": n,
+                "bar": "█" * round(20 * n / max(max(hist["counts"]), 1)),
+            }
+            for k, n in enumerate(hist["counts"])
+        ],
+        "positions": _position_figure(lines.position_means(), counts),
+        "worst": worst,
+        "worst_tokens": [
+            {
+                "field": f"worst_tokens.{k}",
+                "line": t["line"],
+                "id": _shown_id(t["id"]),
+                "index": t["index"],
+                "token": shown_token(t["token"], t["segment"] == "eos"),
+                "loss": fmt(t["loss"]),
+                "prob": fmt(t["prob"]),
+                "rank": t["rank"],
+                "bin": loss_bin(t["loss"]),
+                "anchor": f"line-{t['line']}" if t["line"] in anchors else None,
+            }
+            for k, t in enumerate(summary["worst_tokens"])
+        ],
+        "skipped": [
+            {"line": k["line"], "id": _shown_id(k["id"]), "reason": printable(k["reason"])} for k in summary["skipped"]
+        ],
+        "legend": _legend(),
+        "data": script_json(summary),
+    }
+
+
+def batch_html(summary: dict[str, Any], lines: BatchLines, command: str) -> str:
+    return _html().get_template("batch.html.j2").render(batch_context(summary, lines, command))
+
+
+def batch_markdown(summary: dict[str, Any], lines: BatchLines, command: str) -> str:
+    context = batch_context(summary, lines, command)
+    return _markdown().get_template("batch.md.j2").render(context, fence=_fence(command))
+
+
+# --- template environments ------------------------------------------------------------------------------
+
+
+class MarkdownText(str):
+    """Markdown a template builds itself (tables, links): the finalize step leaves it as it is."""
+
+
+#: Characters that mean something to GitHub-flavoured Markdown inline (emphasis, code, links, HTML,
+#: tables, strikethrough, entities, math, emoji, mentions, issue links), written as numeric references.
+_MD_SPECIAL = re.compile(r"[\\`*_\[\]<>|~&$:@#]")
+
+
+def markdown_escape(value: Any) -> str:
+    """Any value as inert Markdown text: every character GitHub could read as markup becomes ``&#N;``."""
+    if isinstance(value, MarkdownText):
+        return value
+    text = printable(str(value)) if not isinstance(value, (int, float)) else str(value)
+    return _MD_SPECIAL.sub(lambda m: f"&#{ord(m[0])};", text)
+
+
+def _fence(command: str) -> str:
+    """A code fence longer than any run of backticks in the command, so nothing in it can close the block."""
+    longest = max((len(run) for run in re.findall(r"`+", command)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def _loader() -> Any:
+    import jinja2
+
+    return jinja2.PackageLoader("ce_inspect", "templates")
+
+
+def _html() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=_loader(), autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
+    env.globals["LOSS_BINS"] = LOSS_BINS
+    return env
+
+
+def _markdown() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=_loader(),
+        autoescape=False,
+        finalize=markdown_escape,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["raw"] = MarkdownText  # a command line inside its fence: shown as it is
+    return env
+
+
+__all__ = [
+    "REPORT_MARK",
+    "BatchLines",
+    "batch_html",
+    "batch_markdown",
+    "markdown_escape",
+    "run_html",
+    "run_markdown",
+    "script_json",
+]

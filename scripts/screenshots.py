@@ -1,0 +1,174 @@
+"""Render the HTML reports of a run and of a batch in headless Chromium, write PNG screenshots, and measure
+how a 2,000-record batch report opens.
+
+    python scripts/screenshots.py            # pictures into docs/ (the README's), measurements printed
+    python scripts/screenshots.py --out DIR  # pictures elsewhere
+    python scripts/screenshots.py --check    # CI: only the 2,000-record measurement, fails over the limits
+
+The run and the batch pictures use the bundled default model on samples/ (the README's examples). The
+2,000-record batch is scored for real, by `ce-inspect batch --html`, with the tiny offline model the tests
+build (tests/conftest.py), so it needs no download. Without Chromium (Debian: `apt-get install chromium`)
+the script prints why and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+LIMIT_SECONDS = 2.0
+LIMIT_BYTES = 5_000_000
+RECORDS = 2000
+
+
+def chromium() -> str | None:
+    return next((path for name in BROWSERS if (path := shutil.which(name))), None)
+
+
+def browser_args(browser: str) -> list[str]:
+    # --no-sandbox: CI containers run as root, where Chromium's sandbox refuses to start.
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--allow-file-access-from-files"]
+    return [browser, *flags]
+
+
+def ce_inspect(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "ce_inspect", *args], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+
+
+def screenshot(browser: str, page: Path, png: Path, width: int, height: int) -> float:
+    """A PNG of ``page`` at ``width`` x ``height``; returns the seconds Chromium took, start to exit."""
+    start = time.perf_counter()
+    subprocess.run(
+        [*browser_args(browser), f"--window-size={width},{height}", f"--screenshot={png}", page.as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return time.perf_counter() - start
+
+
+def with_tooltip_shown(html: Path, out: Path) -> Path:
+    """A copy of a run report with the highest-loss token's tooltip pinned open (what hovering shows)."""
+    text = html.read_text(encoding="utf-8")
+    spans = list(re.finditer(r'<span class="(t [^"]*)" tabindex="0" data-tip="[^"]*loss (\d+\.\d+)', text))
+    worst = max(spans, key=lambda m: float(m[2]))
+    text = text[: worst.start(1)] + worst[1] + " pinned" + text[worst.end(1) :]
+    out.write_text(text, encoding="utf-8")
+    return out
+
+
+def markdown_page(markdown: Path, out: Path) -> Path:
+    """The Markdown report rendered as a pull-request comment would show it (CommonMark with tables; the
+    collapsed per-token table opened), for a picture."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown.read_text(encoding="utf-8"))
+    style = (
+        "body{font:14px/1.5 system-ui,sans-serif;max-width:860px;margin:1em auto;color:#1f2328}"
+        "table{border-collapse:collapse}td,th{border:1px solid #d1d9e0;padding:3px 10px}"
+        "pre{background:#f6f8fa;padding:8px;white-space:pre-wrap}"
+    )
+    page = f"<!DOCTYPE html><meta charset=utf-8><style>{style}</style>" + body.replace("<details>", "<details open>")
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def load_time(browser: str, html: Path, work: Path) -> float:
+    """Milliseconds from navigation start to the load event with the page laid out, as Chromium reports them."""
+    probe = work / "probe.html"
+    script = (
+        "<script>addEventListener('load',()=>{document.body.getBoundingClientRect();"
+        "document.body.setAttribute('data-loaded-ms',performance.now().toFixed(1));});</script>"
+    )
+    probe.write_text(html.read_text(encoding="utf-8").replace("</body>", script + "</body>"), encoding="utf-8")
+    dom = subprocess.run(
+        [*browser_args(browser), "--dump-dom", probe.as_uri()], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
+    match = re.search(r'data-loaded-ms="([\d.]+)"', dom)
+    if match is None:
+        raise SystemExit("the page never reached its load event")
+    return float(match[1])
+
+
+def big_batch(work: Path) -> Path:
+    """A 2,000-record batch report, scored for real with the tests' tiny model."""
+    sys.path.insert(0, str(ROOT))
+    from tests.conftest import build_model
+
+    model = build_model(work / "tiny-llama", "llama")
+    rng = random.Random(0)
+    words = "the a model loss token answer prompt data set train eval of to in is was for with on".split()
+    data = work / "records.jsonl"
+    with data.open("w", encoding="utf-8") as fh:
+        for i in range(RECORDS):
+            prompt = " ".join(rng.choices(words, k=rng.randint(3, 12)))
+            answer = " " + " ".join(rng.choices(words, k=rng.randint(3, 20)))
+            fh.write(json.dumps({"id": f"r{i}", "prompt": prompt, "answer": answer}) + "\n")
+    html = work / "batch-2000.html"
+    ce_inspect("batch", str(data), "-m", str(model), "--device", "cpu", "--top-k", "5", "--worst", "50",
+               "-o", str(work / "scores-2000.jsonl"), "--html", str(html))  # fmt: skip
+    return html
+
+
+def measure(browser: str, work: Path) -> bool:
+    html = big_batch(work)
+    size = html.stat().st_size
+    loads = [load_time(browser, html, work) for _ in range(3)]
+    ok = size < LIMIT_BYTES and max(loads) / 1000 < LIMIT_SECONDS
+    print(
+        f"{RECORDS}-record batch report (tiny model, --top-k 5 --worst 50): {size / 1e6:.2f} MB, "
+        f"load event with layout after {', '.join(f'{ms:.0f}' for ms in loads)} ms "
+        f"(limits {LIMIT_BYTES / 1e6:.0f} MB, {LIMIT_SECONDS:.0f} s): {'ok' if ok else 'OVER'}"
+    )
+    return ok
+
+
+def pictures(browser: str, out: Path, work: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    run_html, batch_html = work / "run.html", work / "batch.html"
+    # Paths relative to the checkout, so that the command line shown in the pictures reads as in the README.
+    ce_inspect("run", "--prompt-file", "samples/capital/prompt.txt", "--answer-file", "samples/capital/answer.txt",
+               "--top-k", "3", "--html", str(run_html), "--svg", str(out / "run-terminal.svg"))  # fmt: skip
+    ce_inspect("batch", "samples/pairs.jsonl", "--top-k", "3", "--worst", "3", "-o", str(work / "scores.jsonl"),
+               "--html", str(batch_html), "--svg", str(out / "batch-terminal.svg"))  # fmt: skip
+    markdown = work / "run.md"
+    ce_inspect("run", "--prompt-file", "samples/capital/prompt.txt", "--answer-file", "samples/capital/answer.txt",
+               "--top-k", "3", "--markdown", str(markdown))  # fmt: skip
+    seconds = screenshot(browser, markdown_page(markdown, work / "run-md.html"), out / "run-markdown.png", 900, 700)
+    print(f"{out / 'run-markdown.png'} ({seconds:.1f} s in Chromium)")
+    pinned = with_tooltip_shown(run_html, work / "run-pinned.html")
+    seconds = screenshot(browser, pinned, out / "run-html.png", 1000, 760)
+    print(f"{out / 'run-html.png'} ({seconds:.1f} s in Chromium)")
+    seconds = screenshot(browser, batch_html, out / "batch-html.png", 1000, 1300)
+    print(f"{out / 'batch-html.png'} ({seconds:.1f} s in Chromium)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where the pictures go (default: docs/)")
+    parser.add_argument("--check", action="store_true", help="only measure the 2,000-record report (CI)")
+    parser.add_argument("--no-measure", action="store_true", help="only the pictures")
+    args = parser.parse_args()
+    browser = chromium()
+    if browser is None:
+        print("screenshots: skipped, no Chromium found (Debian: apt-get install chromium)")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="ce-inspect-shots-") as tmp:
+        work = Path(tmp)
+        if not args.check:
+            pictures(browser, args.out, work)
+        return 0 if args.no_measure or measure(browser, work) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
