@@ -325,6 +325,8 @@ class ResumeState:
     examples: dict[int, ExampleStats]  # by input line
     worst_tokens: tuple[WorstToken, ...]
     settings: dict[str, Any]  # model, dtype and loss settings of the first line
+    # distributed: False for the union of torchrun part files, whose lines are not a prefix of the input
+    ordered: bool = True
 
     @property
     def last_line(self) -> int:
@@ -478,6 +480,8 @@ class Scan:
     entries: tuple[Entry, ...]
     resume: ResumeState | None = None
     info: DataInfo | None = None  # what was read: file kind, format (forced or detected), split
+    # distributed: the entries are one rank's share; the records between them are other ranks'
+    subset: bool = False
 
     def records(self) -> Iterator[Record]:
         fmt = self.info.format if self.info is not None and self.info.forced else None
@@ -541,7 +545,7 @@ def scan_dataset(
             entries.append(Entry(record.line, record.id, error=reason))
             continue
         assert encoded is not None
-        if resume is not None and record.line < resume.last_line:
+        if resume is not None and resume.ordered and record.line < resume.last_line:
             raise ResumeError(
                 f"--resume: {resume.path} has results up to input line {resume.last_line} but none for line "
                 f"{record.line}, which is valid now; the input changed since, start over with --force"
@@ -657,6 +661,8 @@ def _score_in_order(
     pending = 0
     for entry in scan.entries:
         record = next(records, None)
+        while scan.subset and record is not None and record.line < entry.line:  # distributed: not ours
+            record = next(records, None)
         if record is None or record.line != entry.line:
             raise InputError(f"{scan.path} changed while it was being scored; run again")
         encoded = encode_record(lm, record, scan.layout) if entry.pending else None

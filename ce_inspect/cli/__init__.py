@@ -10,9 +10,19 @@ from .app import app
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: every known error is one line on stderr and a non-zero exit."""
+    from ..distributed import current_session, detect_launch
     from ..errors import CeInspectError
     from .errors import cli_message
 
+    try:  # torchrun / accelerate launch: this process is one rank of several
+        launch = detect_launch()
+    except CeInspectError as exc:
+        print(f"Error: {cli_message(str(exc))}", file=sys.stderr)
+        return 2
+    if launch is not None and current_session() is None:
+        from .ranks import main_rank
+
+        return main_rank(argv, launch)
     try:
         result = app(args=argv, prog_name="ce-inspect", standalone_mode=False)
     except CeInspectError as exc:

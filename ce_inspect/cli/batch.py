@@ -143,12 +143,20 @@ def batch(
         raise typer.BadParameter("--resume continues an --output file; give --output", param_hint="--resume")
     if resume and force:
         raise typer.BadParameter("give --resume or --force, not both", param_hint="--resume")
+    from ..distributed import check_parts, current_session
+
+    session = current_session()  # torchrun: this process scores one share; see _score_sharded
+    if session is not None and output is None:
+        raise typer.BadParameter(
+            f"the {session.world} ranks of a torchrun run cannot share stdout; give --output", param_hint="--output"
+        )
     if output is not None:
         conflict = output_conflict(output, input, resume=resume, force=force)
         if conflict:
             from ..errors import InputError
 
             raise InputError(conflict)
+        check_parts(output, session.world if session else None, resume=resume, force=force)
     if summary_json is not None and any(
         p is not None and summary_json.resolve() == p.resolve() for p in (input, output)
     ):
@@ -179,7 +187,14 @@ def batch(
     info = open_data(input, fields, format=format, split=split)  # before the model loads: a bad input fails fast
     err.print(cli_message(info.describe()), markup=False, soft_wrap=True, highlight=False)
     lm = common.load(quiet=True)
-    state = read_resume(output, worst) if resume and output is not None and output.exists() else None
+    sharded = None
+    if session is not None:  # torchrun: the output and every rank's part file
+        from ..distributed import read_sharded_resume
+
+        sharded = read_sharded_resume(output, session.world, worst, resume=resume)  # type: ignore[arg-type]
+        state = sharded.union
+    else:
+        state = read_resume(output, worst) if resume and output is not None and output.exists() else None
     if state is not None and state.torn_bytes:
         err.print(
             f"Resuming: dropping an incomplete last line ({state.torn_bytes} bytes) of {output}.",
@@ -197,9 +212,15 @@ def batch(
         resume=state,
         info=info,
     )
-    sink = JsonlSink.open(output, resume=state) if output is not None else JsonlSink.to_stdout(stdout)
+    from .render_batch import batch_progress
 
-    from .render_batch import batch_progress, render_dataset_summary
+    if sharded is not None:
+        summary = _score_sharded(lm, scan, sharded, output, options, settings, err)  # type: ignore[arg-type]
+        if summary is None:
+            return  # not rank 0: rank 0 merges and reports
+        _report(summary, summary_json, output)
+        return
+    sink = JsonlSink.open(output, resume=state) if output is not None else JsonlSink.to_stdout(stdout)
 
     previous = _terminate_as_interrupt()
     try:
@@ -216,12 +237,56 @@ def batch(
     finally:
         signal.signal(signal.SIGTERM, previous)
 
+    _report(summary, summary_json, output)
+
+
+def _report(summary: Any, summary_json: Path | None, output: Path | None) -> None:
+    from rich.console import Console
+
+    from .render_batch import render_dataset_summary
+
     if summary_json is not None:
         from ..result import dumps
 
         write_atomic(summary_json, dumps(summary.to_dict(), indent=2) + "\n", option="--summary-json")
     # The human summary goes to stdout only when stdout does not carry the JSON lines.
-    render_dataset_summary(summary, Console() if output is not None else err)
+    render_dataset_summary(summary, Console() if output is not None else Console(stderr=True))
+
+
+def _score_sharded(lm: Any, scan: Any, sharded: Any, output: Path, options: Any, settings: Any, err: Any) -> Any:
+    """torchrun: score this rank's share into its part file; rank 0 then waits for every rank, merges the
+    parts into --output and returns the summary (the others return None). Ctrl-C and `kill` leave whole lines."""
+    from .. import distributed as dist_run
+    from ..batch import BatchStats
+    from .render_batch import batch_progress
+
+    session = dist_run.current_session()
+    assert session is not None
+    previous = _terminate_as_interrupt()
+    try:
+        with batch_progress(err, scan) as advance:
+            show = advance if session.rank == 0 else None
+            stats = dist_run.score_share(
+                session, lm, scan, sharded, output, options=options, settings=settings, show=show
+            )
+            if session.rank != 0:
+                session.post(0, batching=stats.to_dict())
+                return None
+            session.gather(show)
+    except KeyboardInterrupt:
+        part = dist_run.part_path(output, session.rank, session.world)
+        err.print(f"Interrupted: the complete lines are kept in {part}; rerun with --resume.", markup=False)
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    failure = session.failure()
+    if failure is not None:
+        raise failure
+    total = BatchStats(settings.batch_size, settings.max_tokens, settings.padding_side)
+    dist_run.add_batching([stats, *(o["batching"] for o in session.outcomes.values())], total)
+    return dist_run.merge_and_sum_up(
+        session, lm, scan, sharded, output, options=options, settings=settings, batching=total
+    )
 
 
 def _terminate_as_interrupt() -> Any:
