@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .scoring import ScoreOptions
 
 DEFAULT_RANK_TIMEOUT = 1800.0  # seconds without any progress before a waiting rank gives up
-#: Test hook: "RANK:kill" makes that rank SIGKILL itself after its first batch, "RANK:error" raise there.
+#: Test hook: "RANK:kill" makes that rank SIGKILL itself once its first batch is written, "RANK:error" raise there.
 FAULT_ENV = "CE_INSPECT_TEST_RANK_FAULT"
 
 
@@ -355,16 +355,17 @@ class Session:
 
     def finish(self, code: int) -> int:
         """The run's end on this rank: rank 0 posts the run's exit code and waits until every rank has read
-        it (it may host the store); the others wait for it. Returns the code to exit with."""
+        it (it may host the store); the others wait for it and exit 0. Returns the code to exit with."""
         if self.rank == 0:
             self.store.set("final", str(code))
             acks = [f"ack/{r}" for r in range(1, self.world)]
             self._wait(lambda: bool(self.store.check(acks)), lambda: "the other ranks", limit=60.0)
             return code
         self._wait(lambda: bool(self.store.check(["final"])), lambda: f"rank 0 of {self.world}")
-        final = int(self.store.get("final"))
         self.store.set(f"ack/{self.rank}", "1")
-        return final if final else code
+        # Rank 0's status is the run's (torchrun reports it); a rank that also exited non-zero would make
+        # torchrun stop rank 0 with SIGTERM and name that rank instead of the error rank 0 has printed.
+        return 0
 
     def _wait(self, ready: Callable[[], bool], who: Callable[[], str], limit: float | None = None) -> None:
         limit = self.timeout if limit is None else limit
@@ -437,7 +438,7 @@ def stop() -> None:
 
 def _inject_fault(fault: str, rank: int, batches: int) -> None:
     target, _, kind = fault.partition(":")
-    if int(target) != rank or batches != 1:
+    if int(target) != rank or batches != 2:  # the first batch's lines are written by now
         return
     if kind == "kill":
         import signal

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 #: Commands that split their data set over the ranks; any other refuses to run under torchrun.
 SHARDED_COMMANDS = ("batch",)
+INTERRUPTED = 130
 
 
 def main_rank(argv: list[str] | None, launch: Launch) -> int:
@@ -59,6 +60,8 @@ def main_rank(argv: list[str] | None, launch: Launch) -> int:
             printed = code != 0  # main printed this rank's error line
             # A rank that succeeded posted its figures from the command (or had none to post: --help).
             session.post(code, _error_line(captured.getvalue()) if quiet and code else None)
+        if code == INTERRUPTED:
+            return code  # a signal (torchrun stops every rank when one dies): leave now, part files are whole
         if launch.rank == 0:
             session.gather()  # every rank is done before rank 0 says how the run ended
             failure = session.failure()
