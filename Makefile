@@ -1,12 +1,20 @@
 # Two commands on a fresh machine: `make demo` (set up + score a sample on the bundled model) and
 # `make test` (set up + run the whole offline test suite). Set-up is idempotent and shared.
+# While editing: `make test-fast` (under a minute: no bundled-model or whole-process tests).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch; override for CUDA, e.g. `make setup TORCH_SPEC="torch==2.13.0 --index-url ..."`.
+# torch 2.13.0, from wherever pip is configured to take it. On Linux x86_64, PyPI's default wheel is the
+# CUDA build: it brings NVIDIA's CUDA libraries (several GB of nvidia-* packages) whether or not the
+# machine has a GPU, and runs on the CPU where there is none. Where pip is configured with a local CPU
+# wheel (find-links, as on the machines this project is developed on), that wheel is what you get.
+# For the CPU-only build (a few hundred MB) from PyTorch's own index:
+#   make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= torch==2.13.0
+# Extra pytest flags for `make test`, e.g. PYTEST_FLAGS=-x to stop at the first failure (.ci/run does).
+PYTEST_FLAGS ?=
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast lint schema bench clean
 
 setup: $(VENV)/.installed
 
@@ -23,11 +31,20 @@ demo: setup
 	$(BIN)/ce-inspect run --prompt-file samples/capital/prompt.txt --answer-file samples/capital/answer.txt --top-k 3 --verify
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_FLAGS)
+
+# The edit-test loop: every test but those of the bundled model and those that start whole processes.
+test-fast: setup
+	$(BIN)/python -m pytest -q -x -m "not default_model and not slow" $(PYTEST_FLAGS)
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m ce_inspect.schema --check
+
+# Regenerate schema/*.json from the TypedDicts in ce_inspect/result.py (commit the result).
+schema: setup
+	$(BIN)/python -m ce_inspect.schema
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -26,14 +26,26 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .data import DataInfo, Fields, Record, encode_record, open_data, read_records
 from .encoding import Encoded, Layout
 from .errors import InputError, InvalidRecordError, ResumeError
-from .result import SCHEMA_VERSION, ScoreResult, dumps, perplexity
+from .result import (
+    SCHEMA_VERSION,
+    BatchingDict,
+    BatchLineDict,
+    BatchSummaryDict,
+    ScoreResult,
+    SkippedDict,
+    WorstExampleDict,
+    WorstTokenDict,
+    batch_line_from_dict,
+    dumps,
+    perplexity,
+)
 from .scoring import ScoreOptions
 from .windows import score_examples
 
@@ -63,7 +75,7 @@ class WorstToken:
     prob: float
     rank: int
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> WorstTokenDict:
         return {
             "line": self.line,
             "id": self.id,
@@ -111,7 +123,7 @@ class ExampleStats:
             fingerprint=_fingerprint([(t.index, t.token_id) for t in result.tokens]),
         )
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> WorstExampleDict:
         return {"line": self.line, "id": self.id, "mean": self.mean, "sum": self.loss_sum, "count": self.count}
 
 
@@ -126,7 +138,7 @@ class Skipped:
     id: str | int | None
     reason: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> SkippedDict:
         return {"line": self.line, "id": self.id, "reason": self.reason}
 
 
@@ -153,7 +165,7 @@ class BatchStats:
     def tokens_per_second(self) -> float | None:
         return self.sequence_tokens / self.seconds if self.seconds > 0 else None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> BatchingDict:
         return {
             "batch_size": self.batch_size,
             "max_tokens": self.max_tokens,
@@ -206,7 +218,7 @@ class DatasetSummary:
     def perplexity(self) -> float | None:
         return perplexity(self.mean_nll) if self.mean_nll is not None else None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> BatchSummaryDict:
         return {
             "schema_version": SCHEMA_VERSION,
             "kind": "batch_summary",
@@ -401,40 +413,15 @@ def _why(exc: BaseException) -> str:
 
 
 def _stats_from_line(obj: Any, worst: int) -> tuple[ExampleStats, list[WorstToken]]:
-    if not isinstance(obj, dict):
-        raise TypeError("not a JSON object")
-    line, rid, summary, tokens = obj["line"], obj["id"], obj["summary"], obj["tokens"]
-    if not isinstance(line, int) or line < 1 or not isinstance(tokens, list) or not tokens:
+    # The line is parsed by the contract itself: exactly the keys and types of result.BatchLineDict.
+    line, rid, result = batch_line_from_dict(obj)
+    if line < 1 or not result.tokens:
         raise ValueError("no input line number or no scored tokens")
-    stats = ExampleStats(
-        line=line,
-        id=rid,
-        count=int(summary["count"]),
-        loss_sum=float(summary["sum"]),
-        mean=float(summary["mean"]),
-        nll_sum=-math.fsum(float(t["logprob"]) for t in tokens),
-        greedy_hits=int(summary["greedy_hits"]),
-        sequence_tokens=int(obj["layout"]["sequence_tokens"]),
-        fingerprint=_fingerprint([(int(t["index"]), int(t["token_id"])) for t in tokens]),
-    )
-    if stats.count != len(tokens):
-        raise ValueError(f"summary counts {stats.count} tokens but {len(tokens)} are listed")
-    top = heapq.nlargest(worst, tokens, key=lambda t: float(t["loss"])) if worst else []
-    worst_tokens = [
-        WorstToken(
-            line,
-            rid,
-            int(t["index"]),
-            str(t["token"]),
-            int(t["token_id"]),
-            str(t["segment"]),
-            float(t["loss"]),
-            float(t["prob"]),
-            int(t["rank"]),
-        )
-        for t in top
-    ]
-    return stats, worst_tokens
+    if result.summary.count != len(result.tokens):
+        raise ValueError(f"summary counts {result.summary.count} tokens but {len(result.tokens)} are listed")
+    # Lines written with --no-sequence have no sequence view; the layout always counts its tokens.
+    stats = replace(ExampleStats.from_result(line, rid, result), sequence_tokens=result.layout["sequence_tokens"])
+    return stats, worst_tokens_of(line, rid, result, worst) if worst else []
 
 
 def _check_resume_settings(state: ResumeState, lm: LoadedModel, layout: Layout, options: ScoreOptions) -> None:
@@ -600,17 +587,17 @@ class BatchSettings:
 
     def __post_init__(self) -> None:
         if self.batch_size is None and self.max_tokens is None:
-            raise InputError("give a batch size, a token budget per batch, or both")
+            raise InputError("give `batch_size` (examples per batch), `max_tokens` (padded positions) or both")
         if self.batch_size is not None and self.batch_size < 1:
-            raise InputError(f"the batch size must be at least 1, got {self.batch_size}")
+            raise InputError(f"`batch_size` must be at least 1, got {self.batch_size}")
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise InputError(f"the token budget per batch must be at least 1, got {self.max_tokens}")
+            raise InputError(f"`max_tokens` must be at least 1, got {self.max_tokens}")
         if self.padding_side not in PADDING_SIDES:
-            raise InputError(f"padding side must be left or right, got {self.padding_side!r}")
+            raise InputError(f"`padding_side` must be left or right, got {self.padding_side!r}")
         if self.sort_window < 1:
-            raise InputError(f"the sort window must be at least 1 example, got {self.sort_window}")
+            raise InputError(f"`sort_window` must be at least 1 example, got {self.sort_window}")
         if self.worst < 0:
-            raise InputError(f"the number of worst examples must be 0 or more, got {self.worst}")
+            raise InputError(f"`worst` must be 0 or more, got {self.worst}")
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int | None, max_tokens: int | None = None) -> list[list[int]]:
@@ -636,13 +623,13 @@ def plan_batches(lengths: Sequence[int], batch_size: int | None, max_tokens: int
     return batches
 
 
-def output_line(entry: Entry, result: ScoreResult, *, sequence: bool = True) -> dict[str, Any]:
+def output_line(entry: Entry, result: ScoreResult, *, sequence: bool = True) -> BatchLineDict:
     """One output line: ``run --json``'s document plus the record's ``id`` (null if none) and ``line``."""
     d: dict[str, Any] = dict(result.to_dict())
     out = {"schema_version": d.pop("schema_version"), "id": entry.id, "line": entry.line, **d}
     if not sequence:
         del out["sequence"]
-    return out
+    return out  # type: ignore[return-value]
 
 
 ProgressCallback = Callable[[int, int], None]  # (examples, sequence tokens) just scored

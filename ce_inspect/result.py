@@ -1,17 +1,33 @@
 """Typed results and the JSON contract.
 
 Everything the CLI prints comes from these objects; ``to_dict()`` is the wire format, declared below
-as TypedDicts. Adding keys keeps ``SCHEMA_VERSION``; renaming or removing one bumps it.
+as exact TypedDicts: a key without ``NotRequired`` is in every document, and no document holds a key
+that is not declared here (tests/test_contract.py checks real outputs against both, and
+``python -m ce_inspect.schema`` turns these types into the JSON Schema files in ``schema/``).
+Adding keys keeps ``SCHEMA_VERSION``; renaming or removing one bumps it.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: TypedDicts read `NotRequired[...]` from evaluated
+# annotations only, and with string annotations every key would silently count as required.
 
 import json
 import math
+import sys
+import types
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, Literal, Union, get_args, get_origin
+
+if sys.version_info >= (3, 11):
+    from typing import NotRequired, TypedDict, get_type_hints, is_typeddict
+else:  # typing's TypedDict on 3.10 does not know NotRequired
+    from typing_extensions import NotRequired, TypedDict, get_type_hints, is_typeddict
 
 SCHEMA_VERSION = 1
+
+Id = str | int | None  # a batch record's id field, copied as is; null when the record has none
+
+
+# --- the wire format: run's document --------------------------------------------------------------------
 
 
 class AlternativeDict(TypedDict):
@@ -20,7 +36,7 @@ class AlternativeDict(TypedDict):
     prob: float
 
 
-class TokenDict(TypedDict, total=False):
+class TokenDict(TypedDict):
     index: int  # position of the target in the input sequence; its logits come from index - 1
     token_id: int
     token: str  # the token's text as it decodes on its own
@@ -34,12 +50,12 @@ class TokenDict(TypedDict, total=False):
     top_id: int
     top_token: str
     top_prob: float
-    top_k: list[AlternativeDict]
+    top_k: NotRequired[list[AlternativeDict]]  # only with top_k > 0
     greedy: bool  # the target is the model's most likely next token (rank 1)
     turn: int | None  # chat: index of the message the token belongs to; null for pairs
 
 
-class SummaryDict(TypedDict, total=False):
+class SummaryDict(TypedDict):
     reduction: str
     loss: float | list[float]  # the figure CrossEntropyLoss(reduction=...) returns
     mean: float
@@ -51,9 +67,9 @@ class SummaryDict(TypedDict, total=False):
     ignore_index: int
     greedy_hits: int
     is_greedy: bool
-    model_loss: float
-    verify_abs_diff: float
-    sum_logprob: float  # log-likelihood of the scored tokens (lm-evaluation-harness's loglikelihood)
+    model_loss: NotRequired[float]  # only with verify
+    verify_abs_diff: NotRequired[float]  # only with verify
+    sum_logprob: NotRequired[float]  # log-likelihood of the scored tokens (lm-evaluation-harness's loglikelihood)
 
 
 class TurnDict(TypedDict):
@@ -71,28 +87,295 @@ class TurnDict(TypedDict):
     last_index: int
 
 
-class SequenceTokenDict(TypedDict, total=False):
+class SequenceTokenDict(TypedDict):
     index: int
     token_id: int
     token: str
     segment: str
     scored: bool
-    loss: float | None
+    loss: float | None  # null where the position is not scored
     special: bool
     turn: int | None
 
 
-class ResultDict(TypedDict, total=False):
+class BoundaryTokenDict(TypedDict):
+    token_id: int
+    token: str
+    part: Literal["prompt", "answer"]
+
+
+class TokenCountsDict(TypedDict):
+    separate: int
+    joint: int
+
+
+class BoundaryDict(TypedDict):
+    """How separate and joint tokenization split a pair; the token windows only where they differ."""
+
+    differs: bool
+    used: Literal["separate", "joint"]
+    answer_tokens: TokenCountsDict
+    start: NotRequired[int]  # position of each window's first token
+    separate: NotRequired[list[BoundaryTokenDict]]
+    joint: NotRequired[list[BoundaryTokenDict]]
+
+
+class PairLayoutDict(TypedDict):
+    kind: Literal["pair"]
+    bos: bool
+    sep: str | None
+    eos: bool
+    mask_prompt: bool
+    prompt_tokens: int
+    answer_tokens: int
+    tokenization: Literal["separate", "joint"]
+    boundary: BoundaryDict
+    sequence_tokens: int
+    scored_tokens: int
+
+
+class TemplateMaskUnusedDict(TypedDict):
+    used: Literal[False]
+    reason: str
+
+
+class TemplateMaskDict(TypedDict):
+    """The template's own ``{% generation %}`` mask, compared with the generation-prompt prefix."""
+
+    used: Literal[True]
+    agrees: bool
+    only_template: list[int]  # positions only the template's mask scores
+    only_prefix: list[int]  # positions only the prefix method scores
+
+
+class ChatLayoutDict(TypedDict):
+    kind: Literal["chat"]
+    source: Literal["pair", "messages"]
+    eos: bool
+    mask_prompt: bool
+    system: str | None
+    default_system_prompt: str | None  # the system text the template injects on its own
+    messages: int
+    roles: list[str]
+    scored_turns: list[int]
+    last_turn: bool
+    end_of_turn: str | None
+    answer_tokens: int
+    template_mask: TemplateMaskDict | TemplateMaskUnusedDict | None  # null: no {% generation %} tag
+    sequence_tokens: int
+    scored_tokens: int
+
+
+class WindowsDict(TypedDict):
+    """Text longer than the context, scored in sliding windows of ``window`` tokens advancing by ``stride``."""
+
+    window: int
+    stride: int
+
+
+class TrlLayoutDict(TypedDict):
+    """``tokenization="trl"``: TRL's own split (prompt/completion pairs) or its language-modelling types."""
+
+    kind: Literal["trl"]
+    conversational: bool
+    eos: bool
+    tokenization: Literal["trl"]
+    mask_prompt: NotRequired[bool]  # prompt/completion pairs only, like the three below
+    prompt_tokens: NotRequired[int]  # where TRL starts the completion: the common prefix of the two tokenizations
+    prompt_tokens_alone: NotRequired[int]  # the prompt tokenized on its own
+    answer_tokens: NotRequired[int]
+    windows: NotRequired[WindowsDict]
+    window_count: NotRequired[int]
+    sequence_tokens: int
+    scored_tokens: int
+
+
+class TextLayoutDict(TypedDict):
+    """A ``text`` record (language modelling): every token after the first is scored."""
+
+    kind: Literal["text"]
+    bos: bool
+    eos: bool
+    text_tokens: int
+    windows: NotRequired[WindowsDict]
+    window_count: NotRequired[int]
+    sequence_tokens: int
+    scored_tokens: int
+
+
+class TokenizedLayoutDict(TypedDict):
+    """A pre-tokenized record, scored exactly as given."""
+
+    kind: Literal["tokenized"]
+    labels_from: str  # "labels", "completion_mask" or "assistant_masks"
+    trained: int
+    sequence_tokens: int
+    scored_tokens: int
+
+
+LayoutDict = PairLayoutDict | ChatLayoutDict | TrlLayoutDict | TextLayoutDict | TokenizedLayoutDict
+
+
+class _DocumentDict(TypedDict):
+    """The keys run's document and each batch line share."""
+
     schema_version: int
     model: str
     device: str
     dtype: str
-    layout: dict[str, Any]
+    layout: LayoutDict
     tokens: list[TokenDict]
     summary: SummaryDict
-    sequence: list[SequenceTokenDict]
     notes: list[str]
     turns: list[TurnDict]  # chat: one entry per turn with scored tokens; empty for pairs
+
+
+class ResultDict(_DocumentDict):
+    """``run --json``: one example."""
+
+    sequence: list[SequenceTokenDict]
+
+
+class BatchLineDict(_DocumentDict):
+    """One line of ``batch``'s output: run's document plus the record's id and input line."""
+
+    id: Id
+    line: int  # 1-based line of the input file
+    sequence: NotRequired[list[SequenceTokenDict]]  # left out with --no-sequence
+
+
+# --- the wire format: batch's data-set summary ----------------------------------------------------------
+
+
+class WorstExampleDict(TypedDict):
+    line: int
+    id: Id
+    mean: float
+    sum: float
+    count: int
+
+
+class WorstTokenDict(TypedDict):
+    line: int
+    id: Id
+    index: int
+    token: str
+    token_id: int
+    segment: str
+    loss: float
+    prob: float
+    rank: int
+
+
+class SkippedDict(TypedDict):
+    line: int
+    id: Id
+    reason: str
+
+
+class BatchingDict(TypedDict):
+    batch_size: int | None
+    max_tokens: int | None
+    padding_side: Literal["right", "left"]
+    batches: int
+    examples: int
+    sequence_tokens: int
+    padded_positions: int
+    padding_fraction: float | None
+    seconds: float
+    tokens_per_second: float | None
+
+
+class DataDict(TypedDict):
+    file: str  # jsonl, json, parquet, saved-dataset or hub
+    format: str | None
+    format_forced: bool
+    split: str | None
+
+
+class BatchSummaryDict(TypedDict):
+    schema_version: int
+    kind: Literal["batch_summary"]
+    model: str
+    device: str
+    dtype: str
+    input: str
+    output: str | None
+    examples: int
+    resumed: int
+    skipped_count: int
+    scored_tokens: int
+    token_weighted_mean_loss: float | None
+    example_weighted_mean_loss: float | None
+    loss_sum: float
+    mean_nll: float | None
+    perplexity: float | None
+    greedy_hits: int
+    label_smoothing: float
+    ignore_index: int
+    worst_examples: list[WorstExampleDict]
+    worst_tokens: list[WorstTokenDict]
+    skipped: list[SkippedDict]
+    batching: BatchingDict
+    data: NotRequired[DataDict]  # what was read: the file kind and the records' format
+
+
+# --- reading documents back -----------------------------------------------------------------------------
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def conform(tp: Any, value: Any, where: str = "document") -> None:
+    """Raise ``ValueError`` unless ``value`` (parsed JSON) is of type ``tp``, objects holding exactly their keys."""
+    origin = get_origin(tp)
+    if is_typeddict(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected an object, not {_json_type(value)}")
+        hints = get_type_hints(tp)
+        missing = sorted(tp.__required_keys__ - value.keys())
+        if missing:
+            raise ValueError(f"{where}: missing {missing[0]!r}")
+        extra = sorted(value.keys() - hints.keys())
+        if extra:
+            raise ValueError(f"{where}: unexpected key {extra[0]!r}")
+        for key, item in value.items():
+            conform(hints[key], item, f"{where}.{key}")
+    elif origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected an array, not {_json_type(value)}")
+        for k, item in enumerate(value):
+            conform(get_args(tp)[0], item, f"{where}[{k}]")
+    elif origin is Union or origin is types.UnionType:
+        errors = []
+        for option in get_args(tp):
+            try:
+                return conform(option, value, where)
+            except ValueError as exc:
+                if option is not type(None):
+                    errors.append(str(exc))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{where}: none of its forms fits ({'; '.join(errors)})")
+    elif origin is Literal:
+        if not any(value == v and type(value) is type(v) for v in get_args(tp)):
+            raise ValueError(f"{where}: expected one of {list(get_args(tp))}, not {value!r}")
+    elif tp is type(None):
+        if value is not None:
+            raise ValueError(f"{where}: expected null, not {_json_type(value)}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number, not {_json_type(value)}")
+    elif tp in (int, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ValueError(f"{where}: expected {_json_type(tp())}, not {_json_type(value)}")
+    else:  # pragma: no cover - a type the wire format does not use
+        raise TypeError(f"{where}: cannot check values of type {tp!r}")
+
+
+# --- the objects ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -100,6 +383,13 @@ class Alternative:
     token_id: int
     token: str
     prob: float
+
+    def to_dict(self) -> AlternativeDict:
+        return {"token_id": self.token_id, "token": self.token, "prob": self.prob}
+
+    @classmethod
+    def from_dict(cls, d: AlternativeDict) -> "Alternative":
+        return cls(token_id=d["token_id"], token=d["token"], prob=d["prob"])
 
 
 @dataclass(frozen=True)
@@ -145,8 +435,14 @@ class TokenScore:
             "turn": self.turn,
         }
         if self.top_k:
-            d["top_k"] = [{"token_id": a.token_id, "token": a.token, "prob": a.prob} for a in self.top_k]
+            d["top_k"] = [a.to_dict() for a in self.top_k]
         return d
+
+    @classmethod
+    def from_dict(cls, d: TokenDict) -> "TokenScore":
+        """The token ``d`` describes (``greedy`` is derived from ``rank``, so it is not read)."""
+        fields = {k: v for k, v in d.items() if k not in ("greedy", "top_k")}
+        return cls(**fields, top_k=tuple(Alternative.from_dict(a) for a in d.get("top_k", ())))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -173,6 +469,10 @@ class SequenceToken:
             "special": self.special,
             "turn": self.turn,
         }
+
+    @classmethod
+    def from_dict(cls, d: SequenceTokenDict) -> "SequenceToken":
+        return cls(**d)
 
 
 def perplexity(mean_nll: float) -> float | None:
@@ -245,6 +545,25 @@ class Summary(_DerivedFigures):
             d["sum_logprob"] = self.sum_logprob
         return d
 
+    @classmethod
+    def from_dict(cls, d: SummaryDict) -> "Summary":
+        """The summary ``d`` describes; ``loss``, ``perplexity`` and ``is_greedy`` are derived, so not read."""
+        loss = d["loss"]
+        return cls(
+            reduction=d["reduction"],
+            mean=d["mean"],
+            sum=d["sum"],
+            count=d["count"],
+            mean_nll=d["mean_nll"],
+            label_smoothing=d["label_smoothing"],
+            ignore_index=d["ignore_index"],
+            greedy_hits=d["greedy_hits"],
+            model_loss=d.get("model_loss"),
+            verify_abs_diff=d.get("verify_abs_diff"),
+            per_token=tuple(loss) if isinstance(loss, list) else (),
+            sum_logprob=d.get("sum_logprob"),
+        )
+
 
 @dataclass(frozen=True)
 class TurnSummary(_DerivedFigures):
@@ -277,6 +596,10 @@ class TurnSummary(_DerivedFigures):
             "last_index": self.last_index,
         }
 
+    @classmethod
+    def from_dict(cls, d: TurnDict) -> "TurnSummary":
+        return cls(**{k: v for k, v in d.items() if k not in ("perplexity", "is_greedy")})  # type: ignore[arg-type]
+
 
 @dataclass(frozen=True)
 class ScoreResult:
@@ -288,7 +611,7 @@ class ScoreResult:
     tokens: tuple[TokenScore, ...]
     summary: Summary
     sequence: tuple[SequenceToken, ...]
-    layout: dict[str, Any] = field(default_factory=dict)
+    layout: dict[str, Any] = field(default_factory=dict)  # one of the LayoutDict types
     notes: tuple[str, ...] = ()
     turns: tuple[TurnSummary, ...] = ()
 
@@ -298,7 +621,7 @@ class ScoreResult:
             "model": self.model,
             "device": self.device,
             "dtype": self.dtype,
-            "layout": dict(self.layout),
+            "layout": dict(self.layout),  # type: ignore[typeddict-item]
             "tokens": [t.to_dict() for t in self.tokens],
             "summary": self.summary.to_dict(),
             "sequence": [s.to_dict() for s in self.sequence],
@@ -308,6 +631,42 @@ class ScoreResult:
 
     def to_json(self, indent: int | None = 2) -> str:
         return dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "ScoreResult":
+        """The result a ``run --json`` document describes: ``ScoreResult.from_dict(r.to_dict()) == r``'s figures.
+
+        ``d`` must hold exactly the keys of ``ResultDict``, with their JSON types (``ValueError`` names the
+        first one that does not); figures derived from others (``loss``, ``perplexity``, ``greedy``, ...)
+        are recomputed, not read.
+        """
+        if not isinstance(d, dict) or d.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"not a schema_version {SCHEMA_VERSION} document")
+        conform(ResultDict, d)
+        return cls._build(d)
+
+    @classmethod
+    def _build(cls, d: Any) -> "ScoreResult":
+        return cls(
+            model=d["model"],
+            device=d["device"],
+            dtype=d["dtype"],
+            tokens=tuple(TokenScore.from_dict(t) for t in d["tokens"]),
+            summary=Summary.from_dict(d["summary"]),
+            sequence=tuple(SequenceToken.from_dict(s) for s in d.get("sequence", ())),
+            layout=dict(d["layout"]),
+            notes=tuple(d["notes"]),
+            turns=tuple(TurnSummary.from_dict(t) for t in d["turns"]),
+        )
+
+
+def batch_line_from_dict(d: Any) -> tuple[int, Id, ScoreResult]:
+    """A line of ``batch``'s output as (input line, record id, result); the result has no ``sequence``
+    when the line was written with ``--no-sequence``. ``ValueError`` when ``d`` is not such a line."""
+    if not isinstance(d, dict) or d.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"not a schema_version {SCHEMA_VERSION} document")
+    conform(BatchLineDict, d)
+    return d["line"], d["id"], ScoreResult._build(d)
 
 
 def dumps(obj: Any, indent: int | None = None) -> str:

@@ -34,6 +34,12 @@ REDUCTIONS = ("mean", "sum", "none")
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 
+def check_reduction(reduction: str) -> None:
+    """The one check of a reduction name, for the library, ``run`` and ``batch`` alike."""
+    if reduction not in REDUCTIONS:
+        raise InputError(f"unknown `reduction` {reduction!r}; use {', '.join(REDUCTIONS[:-1])} or {REDUCTIONS[-1]}")
+
+
 @dataclass(frozen=True)
 class ScoreOptions:
     reduction: str = "mean"
@@ -44,14 +50,13 @@ class ScoreOptions:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
 
     def __post_init__(self) -> None:
-        if self.reduction not in REDUCTIONS:
-            raise InputError(f"unknown reduction {self.reduction!r}; use mean, sum or none")
+        check_reduction(self.reduction)
         if not 0.0 <= self.label_smoothing <= 1.0:
-            raise InputError(f"label smoothing must be in [0, 1], got {self.label_smoothing}")
+            raise InputError(f"`label_smoothing` must be in [0, 1], got {self.label_smoothing}")
         if self.top_k < 0:
-            raise InputError(f"top-k must be 0 or more, got {self.top_k}")
+            raise InputError(f"`top_k` must be 0 or more, got {self.top_k}")
         if self.chunk_tokens is not None and self.chunk_tokens < 1:
-            raise InputError(f"chunk size must be at least 1 token, got {self.chunk_tokens}")
+            raise InputError(f"`chunk_tokens` must be at least 1, got {self.chunk_tokens}")
 
     def rows_per_chunk(self, vocab_size: int) -> int:
         if self.chunk_tokens is not None:
@@ -97,8 +102,7 @@ def cross_entropy(
     """
     import torch
 
-    if reduction not in REDUCTIONS:
-        raise InputError(f"unknown reduction {reduction!r}; use mean, sum or none")
+    check_reduction(reduction)
     keep = labels != ignore_index  # [N]
     losses = token_figures(logits[keep], labels[keep], label_smoothing=label_smoothing)["loss"]
     if reduction == "none":

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from ce_inspect.loading import cache_root
-
 # Never touch a model hub from tests.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -130,18 +128,27 @@ def tiny_llama(tiny_llama_dir):
     return load(str(tiny_llama_dir), device="cpu", quiet=True)
 
 
-# The bundled model's conversion cache is the user's real one (what `ce-inspect run` itself builds and
-# reuses), so the ~40 s conversion happens once per machine, not once per test session.
-REAL_CACHE = str(cache_root())
+@pytest.fixture(scope="session")
+def models_cache(request) -> Path:
+    """This checkout's own cache of converted models, kept between sessions under .pytest_cache.
+
+    Tests never write into the user's cache; keeping this one means the bundled model's conversion
+    (~15 s) and the GGUF reference below happen once per checkout, not once per session.
+    `make clean` or `pytest --cache-clear` removes it.
+    """
+    cache = getattr(request.config, "cache", None)
+    if cache is None:  # the cache plugin is off (-p no:cacheprovider): a fresh folder per session
+        return request.getfixturevalue("tmp_path_factory").mktemp("models")
+    return Path(cache.mkdir("ce-inspect-models"))
 
 
 @pytest.fixture(scope="session")
-def smollm2():
-    """The bundled default model (its cache is built on first use, ~40 s; then ~2 s)."""
+def smollm2(models_cache):
+    """The bundled default model, converted into ``models_cache`` on first use."""
     from ce_inspect import load
 
     saved = os.environ.get("CE_INSPECT_CACHE")
-    os.environ["CE_INSPECT_CACHE"] = REAL_CACHE
+    os.environ["CE_INSPECT_CACHE"] = str(models_cache)
     try:
         return load(device="cpu", quiet=True)
     finally:
@@ -149,6 +156,42 @@ def smollm2():
             del os.environ["CE_INSPECT_CACHE"]
         else:
             os.environ["CE_INSPECT_CACHE"] = saved
+
+
+GGUF_PROBE = "The quick brown fox"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_logits(models_cache) -> dict[str, torch.Tensor]:
+    """``ids`` [1, seq] of ``GGUF_PROBE`` and their ``logits`` [1, seq, vocab] from the bundled GGUF loaded
+    by transformers itself, not through the cache: the reference the cache must reproduce.
+
+    Dequantizing the GGUF takes ~30 s, so the logits are kept in ``models_cache``, keyed by the file and
+    the library versions that produce them; a change to any of them computes them again.
+    """
+    import hashlib
+
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ce_inspect.loading import default_gguf_path
+
+    gguf = default_gguf_path()
+    stat = gguf.stat()
+    key = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}|{torch.__version__}"
+    path = models_cache / "reference" / f"{hashlib.sha256((key + GGUF_PROBE).encode()).hexdigest()[:16]}.pt"
+    if path.exists():
+        return torch.load(path)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+    ids = tokenizer(GGUF_PROBE, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        reference = {"ids": ids, "logits": model(ids).logits}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(reference, tmp)
+    tmp.replace(path)
+    return reference
 
 
 @pytest.fixture(autouse=True)

@@ -35,6 +35,7 @@ def test_json_contract(base):
     assert doc["tokens"][-1]["segment"] == "eos"
 
 
+@pytest.mark.slow
 def test_json_stdout_has_nothing_else(tiny_llama_dir):
     """Through a real process: stdout parses as JSON, progress went to stderr."""
     proc = subprocess.run(

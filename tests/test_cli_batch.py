@@ -197,6 +197,7 @@ def _many_rows(n: int) -> list[dict]:
     return [{"id": f"r{i}", "prompt": f"Question {i}: what is {i} + {i}?", "answer": f" {2 * i}."} for i in range(n)]
 
 
+@pytest.mark.slow
 def test_kill_9_midway_then_resume_gives_exactly_one_line_per_record(tmp_path, tiny_llama_dir):
     rows = _many_rows(80)
     data, out = write_jsonl(tmp_path / "d.jsonl", rows), tmp_path / "out.jsonl"
@@ -223,6 +224,7 @@ def test_kill_9_midway_then_resume_gives_exactly_one_line_per_record(tmp_path, t
     assert summary["examples"] == len(rows) and summary["resumed"] >= written
 
 
+@pytest.mark.slow
 def test_interrupt_leaves_whole_lines_and_says_how_to_resume(tmp_path, tiny_llama_dir):
     rows = _many_rows(80)
     data, out = write_jsonl(tmp_path / "d.jsonl", rows), tmp_path / "out.jsonl"

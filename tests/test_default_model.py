@@ -46,15 +46,14 @@ def test_cache_is_reused(smollm2, monkeypatch):
     assert again.path == smollm2.path
 
 
-def test_cached_weights_equal_the_gguf(smollm2):
-    """The safetensors cache reproduces the dequantized GGUF exactly."""
-    from transformers import AutoModelForCausalLM
+def test_cached_weights_equal_the_gguf(smollm2, smollm2_gguf_logits):
+    """The safetensors cache reproduces the dequantized GGUF exactly (the GGUF's logits: see conftest)."""
+    from conftest import GGUF_PROBE
 
-    gguf = loading_mod.default_gguf_path()
-    direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
-    ids = smollm2.tokenizer("The quick brown fox", return_tensors="pt")["input_ids"]
+    ids = smollm2_gguf_logits["ids"]
+    assert torch.equal(smollm2.tokenizer(GGUF_PROBE, return_tensors="pt")["input_ids"], ids)
     with torch.no_grad():
-        assert torch.equal(direct(ids).logits, smollm2.model(ids).logits)
+        assert torch.equal(smollm2_gguf_logits["logits"], smollm2.model(ids).logits)
 
 
 def test_cli_json_on_default_model(smollm2, capsys, monkeypatch):

@@ -104,6 +104,19 @@ def test_answer_alone_too_long(tok):
 
 
 def test_layout_object_dispatch(tok):
-    a = encode(tok, "abc", " d", Layout(sep="|", add_eos=False))
-    b = encode_pair(tok, "abc", " d", sep="|", add_eos=False)
-    assert a == b
+    """``encode`` with a Layout builds the pair or the chat example, each checked against the tokenizer alone."""
+    pair = encode(tok, "abc", " d", Layout(sep="|", add_eos=False, ignore_index=-1))
+    assert list(pair.input_ids) == [tok.bos_token_id] + ids(tok, "abc") + ids(tok, "|") + ids(tok, " d")
+    n_answer = len(ids(tok, " d"))
+    assert list(pair.labels) == [-1] * (len(pair.input_ids) - n_answer) + ids(tok, " d")
+
+    chat = encode(tok, "abc", " d", Layout(chat=True, system="S"))
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "abc"}]
+    rendered = tok.apply_chat_template(
+        [*messages, {"role": "assistant", "content": " d"}], tokenize=True, return_dict=True
+    )["input_ids"]
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    start = len(prompt["input_ids"])
+    end = rendered.index(tok.convert_tokens_to_ids("<|im_end|>"), start)  # the answer and its end of turn
+    assert list(chat.input_ids) == list(rendered)
+    assert [j for j, label in enumerate(chat.labels) if label != IGNORE_INDEX] == list(range(start, end + 1))

@@ -108,6 +108,7 @@ def test_cache_root_precedence(monkeypatch, tmp_path):
     assert loading_mod.cache_root() == tmp_path / "b" / "ce-inspect"
 
 
+@pytest.mark.slow
 def test_failed_conversion_leaves_no_cache(monkeypatch, tmp_path):
     """A crash mid-conversion leaves neither the final folder nor a temporary one."""
     import transformers

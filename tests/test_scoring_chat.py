@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ce_inspect import Layout, ScoreOptions, TurnSummary, score, score_messages
+from ce_inspect import Layout, ScoreOptions, score, score_messages
 from ce_inspect.result import SCHEMA_VERSION
 
 CONVERSATION = [
@@ -119,7 +119,18 @@ def test_json_carries_turns_and_top_k(tiny_llama):
     # Existing keys are all still there.
     assert {"schema_version", "model", "device", "dtype", "layout", "tokens", "summary", "sequence", "notes"} <= set(d)
     assert [t["turn"] for t in d["turns"]] == [1, 3, 5]
-    assert set(d["turns"][0]) == set(TurnSummary.__dataclass_fields__) | {"perplexity", "is_greedy"}
+    # Each turn's figures, recomputed from the per-token figures of the tokens it holds.
+    for turn in d["turns"]:
+        own = [t for t in d["tokens"] if t["turn"] == turn["turn"]]
+        total, logprob = math.fsum(t["loss"] for t in own), math.fsum(t["logprob"] for t in own)
+        assert turn["role"] == CONVERSATION[turn["turn"]]["role"] == "assistant"
+        assert turn["count"] == len(own) and turn["sum"] == pytest.approx(total)
+        assert turn["mean"] == pytest.approx(total / len(own))
+        assert turn["sum_logprob"] == pytest.approx(logprob)
+        assert turn["perplexity"] == pytest.approx(math.exp(-logprob / len(own)))
+        assert turn["greedy_hits"] == sum(t["rank"] == 1 for t in own)
+        assert turn["is_greedy"] == all(t["rank"] == 1 for t in own)
+        assert (turn["first_index"], turn["last_index"]) == (own[0]["index"], own[-1]["index"])
     token = d["tokens"][0]
     assert len(token["top_k"]) == 3 and token["greedy"] == (token["rank"] == 1) and token["turn"] == 1
     assert {"special", "turn"} <= set(d["sequence"][0])

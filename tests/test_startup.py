@@ -40,6 +40,7 @@ def test_help_and_argument_errors_import_no_torch(argv, code):
     assert f"HEAVY [] {code}" in out.stdout, out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_entry_writes_everything_then_exits(tiny_llama_dir, tmp_path):
     target = tmp_path / "out.json"
     answer = " the answer, " * 20
@@ -52,6 +53,7 @@ def test_entry_writes_everything_then_exits(tiny_llama_dir, tmp_path):
     assert len(printed["tokens"]) > 100
 
 
+@pytest.mark.slow
 def test_entry_keeps_the_exit_status_of_errors(tmp_path):
     out = python("-m", "ce_inspect", "run", "-m", str(tmp_path / "missing"), "-p", "a", "-a", "b")
     assert out.returncode == 1

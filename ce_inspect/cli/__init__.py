@@ -9,10 +9,10 @@ from .app import app
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry: every known error is one line on stderr and a non-zero exit."""
+    """Console-script entry: every known error is one line on stderr and a non-zero exit (see cli/errors.py)."""
     from ..distributed import current_session, detect_launch
     from ..errors import CeInspectError
-    from .errors import cli_message
+    from .errors import cli_message, debug, report
 
     try:  # torchrun / accelerate launch: this process is one rank of several
         launch = detect_launch()
@@ -25,18 +25,16 @@ def main(argv: list[str] | None = None) -> int:
         return main_rank(argv, launch)
     try:
         result = app(args=argv, prog_name="ce-inspect", standalone_mode=False)
-    except CeInspectError as exc:
-        print(f"Error: {cli_message(str(exc))}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("Error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        # Usage errors from Typer's (vendored) click: print them on one line instead of a usage box.
-        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            print(f"Error: {exc.format_message()} (see `ce-inspect --help`)", file=sys.stderr)
-            return int(exc.exit_code)
-        raise
+    except (Exception, KeyboardInterrupt) as exc:
+        reported = report(exc)
+        if reported is None:
+            raise
+        if debug():
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        print(f"Error: {reported.message}", file=sys.stderr)
+        return reported.exit_code
     return result if isinstance(result, int) else 0
 
 

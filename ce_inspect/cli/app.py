@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import logging
+import importlib
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ..errors import InputError
+from .logs import setup_logging
 from .options import OUTPUT, Common, read_messages, read_text, shared_options, write_atomic
 
 app = typer.Typer(
@@ -21,35 +24,35 @@ app = typer.Typer(
 )
 
 
+def version() -> str:
+    """This installation's version: the package metadata's, or the source tree's when it is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("ce-inspect")
+    except PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"ce-inspect {version()}\n")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
     """Per-token cross-entropy of a causal LM, as a training step computes it."""
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to the current ``sys.stderr``, not the one at setup (test captures replace it between runs)."""
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def setup_logging(quiet: bool) -> None:
-    """Progress and warnings go to stderr; --json keeps only warnings."""
-    logger = logging.getLogger("ce_inspect")
-    if not logger.handlers:
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-
-
-@app.command()
 @shared_options
 def run(
     common: Common,
@@ -126,5 +129,48 @@ def run(
         render_result(result)
 
 
-# Commands in their own modules register themselves on `app` when imported.
-from . import batch as _batch  # noqa: E402, F401
+# --- the registry: every command, in the order `ce-inspect --help` lists them ------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command: ``"module:function"`` under ``ce_inspect.cli``, and example command lines for its --help."""
+
+    target: str
+    examples: tuple[str, ...] = ()
+
+    def load(self) -> Callable[..., Any]:
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)
+
+    def epilog(self) -> str | None:
+        if not self.examples:
+            return None
+        return "Examples:\n" + "\n".join(f"  $ {line}" for line in self.examples)
+
+
+# Adding a command is one entry here; its module defines the function (decorated with @shared_options
+# when it loads a model) and never imports this module. tests/test_cli_app.py runs every example.
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "app:run",
+        examples=(
+            'ce-inspect run -p "Where is the capital of China?" -a " The capital is Beijing."',
+            "ce-inspect run --prompt-file samples/capital/prompt.txt --answer-file samples/capital/answer.txt "
+            "--top-k 3 --verify",
+            "ce-inspect run --messages samples/chat.json --json",
+            'ce-inspect run -p "Q: 2+2=" -a " 4" --chat --system "Be brief."',
+        ),
+    ),
+    Command(
+        "batch:batch",
+        examples=(
+            "ce-inspect batch samples/pairs.jsonl -o scores.jsonl --summary-json summary.json",
+            "ce-inspect batch samples/chat.jsonl --no-sequence --worst 5",
+            "ce-inspect batch samples/broken.jsonl --skip-invalid -o scores.jsonl",
+        ),
+    ),
+)
+
+for _command in COMMANDS:
+    app.command(epilog=_command.epilog())(_command.load())

@@ -12,14 +12,13 @@ import typer
 
 from ..batch import DEFAULT_BATCH_SIZE, DEFAULT_SORT_WINDOW, DEFAULT_WORST
 from ..data import FORMATS
-from .app import app, setup_logging
+from .logs import setup_logging
 from .options import OUTPUT, Common, shared_options, write_atomic
 
 INPUT = "Input"
 BATCHING = "Batching"
 
 
-@app.command()
 @shared_options
 def batch(
     common: Common,

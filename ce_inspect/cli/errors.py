@@ -1,8 +1,24 @@
-"""The command line's view of library errors: parameter names become the flags that set them."""
+"""How the command line reports errors: one table from exception type to a one-line message and exit code.
+
+Known errors become ``Error: <message>`` on stderr and an exit code (1 bad input, 2 bad usage, 130
+interrupted); any other exception is a bug and keeps its traceback. ``CE_INSPECT_DEBUG=1`` prints the
+traceback (with its cause) of known errors too, above the one line.
+
+Library messages speak of the library's parameters in backquotes (`` `system` needs `chat` ``); here
+each known parameter becomes the flag that sets it (``--system needs --chat``).
+"""
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import typer
+
+from ..distributed import RankFailedError
+from ..errors import CeInspectError
 
 # Library parameter -> the flag that sets it. Only these names are replaced, so backquoted user text
 # in a message stays as it is; add a parameter here when a library message names it.
@@ -35,11 +51,73 @@ FLAGS: dict[str, str] = {
     "format": "--format",
     "split": "--split",
     "stride": "--stride",
+    "output": "--output",
+    "resume": "--resume",
+    "force": "--force",
 }
 
 _PARAM = re.compile(r"`([a-z][a-z0-9_]*)`")
+DEBUG_ENV = "CE_INSPECT_DEBUG"
 
 
 def cli_message(message: str) -> str:
     """``message`` with every backquoted library parameter shown as its command-line flag."""
     return _PARAM.sub(lambda m: FLAGS.get(m[1], m[0]), message)
+
+
+@dataclass(frozen=True)
+class Reported:
+    """What the command line prints for an error (after ``Error: ``) and the exit code it returns."""
+
+    message: str
+    exit_code: int
+
+
+def _library(exc: BaseException) -> Reported:
+    return Reported(cli_message(str(exc)), 1)
+
+
+# The base of Typer's usage errors (bad option values, missing arguments, conflicts raised as
+# BadParameter): click's ClickException, which recent Typer versions vendor. Found through the public
+# typer.BadParameter, so that neither click nor Typer's private modules are imported.
+UsageError: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _usage(exc: BaseException) -> Reported:
+    message = exc.format_message()  # type: ignore[attr-defined]
+    return Reported(f"{cli_message(message)} (see `ce-inspect --help`)", int(exc.exit_code))  # type: ignore[attr-defined]
+
+
+def _other_rank(exc: BaseException) -> Reported:
+    # torchrun: another rank's error line, already shown with flags, and that rank's exit code.
+    return Reported(str(exc), getattr(exc, "code", 1))
+
+
+def _interrupted(exc: BaseException) -> Reported:
+    return Reported("interrupted", 130)
+
+
+def _aborted(exc: BaseException) -> Reported:
+    return Reported("aborted (end of input)", 1)
+
+
+#: Exception type -> formatter; the first entry the exception is an instance of wins.
+ERRORS: list[tuple[type[BaseException], Callable[[BaseException], Reported]]] = [
+    (RankFailedError, _other_rank),
+    (CeInspectError, _library),
+    (UsageError, _usage),
+    (typer.Abort, _aborted),
+    (KeyboardInterrupt, _interrupted),
+]
+
+
+def report(exc: BaseException) -> Reported | None:
+    """The one-line report of a known error; None for anything else (a bug: let its traceback show)."""
+    for kind, formatter in ERRORS:
+        if isinstance(exc, kind):
+            return formatter(exc)
+    return None
+
+
+def debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")

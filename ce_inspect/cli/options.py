@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..encoding import IGNORE_INDEX, TOKENIZATIONS, Layout
+from ..errors import InputError
 from ..loading import check_device, check_dtype
-from ..scoring import ScoreOptions
+from ..scoring import REDUCTIONS, ScoreOptions, check_reduction
 
 if TYPE_CHECKING:
     from ..loading import LoadedModel
@@ -107,7 +108,8 @@ SmoothingOpt = Annotated[
     float, typer.Option(min=0.0, max=1.0, help="CrossEntropyLoss label_smoothing.", rich_help_panel=SCORING)
 ]
 ReductionOpt = Annotated[
-    str, typer.Option(help="Headline figure, as CrossEntropyLoss: mean, sum or none.", rich_help_panel=SCORING)
+    str,
+    typer.Option(help=f"Headline figure, as CrossEntropyLoss: {', '.join(REDUCTIONS)}.", rich_help_panel=SCORING),
 ]
 TopKOpt = Annotated[
     int, typer.Option(min=0, help="Show the model's K most likely tokens at each position.", rich_help_panel=SCORING)
@@ -158,8 +160,10 @@ class Common:
             check_dtype(self.dtype)
         except DeviceError as exc:
             raise typer.BadParameter(cli_message(str(exc))) from None
-        if self.reduction not in ("mean", "sum", "none"):
-            raise typer.BadParameter(f"{self.reduction!r}: use mean, sum or none", param_hint="--reduction")
+        try:
+            check_reduction(self.reduction)
+        except InputError as exc:
+            raise typer.BadParameter(cli_message(str(exc))) from None
         if self.tokenization is not None and self.tokenization not in TOKENIZATIONS:
             raise typer.BadParameter(
                 f"{self.tokenization!r}: use {', '.join(TOKENIZATIONS)}", param_hint="--tokenization"
@@ -168,10 +172,9 @@ class Common:
     def layout(self, *, chat: bool | None = None) -> Layout:
         """The layout these options describe; ``chat=True`` for inputs that are conversations (--messages).
 
-        Conflicting options (--sep with --chat, --system without it, ...) are usage errors.
+        Conflicting options (--sep with --chat, --system without it, ...) are usage errors; the library's
+        message names its parameters, which the error table (cli/errors.py) shows as these flags.
         """
-        from ..errors import InputError
-
         try:
             return Layout(
                 sep=self.sep or None,

@@ -23,7 +23,6 @@ INTERRUPTED = 130
 
 def main_rank(argv: list[str] | None, launch: Launch) -> int:
     from . import main
-    from .errors import cli_message
 
     args = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in args if not a.startswith("-")), None)
@@ -66,7 +65,8 @@ def main_rank(argv: list[str] | None, launch: Launch) -> int:
             session.gather()  # every rank is done before rank 0 says how the run ended
             failure = session.failure()
             if code != 0 and failure is not None and not printed:
-                print(f"Error: {cli_message(str(failure))}", file=sys.stderr)
+                print(f"Error: {failure}", file=sys.stderr)
+                code = failure.code
         return session.finish(code)
     finally:
         sys.stderr = saved
