@@ -182,7 +182,15 @@ def _string(obj: dict[str, Any], name: str) -> str:
         raise InputError(f"missing field {name!r}")
     if not isinstance(obj[name], str):
         raise InputError(f"field {name!r} must be a string, not {_type_name(obj[name])}")
-    return obj[name]
+    return _text(obj[name], name)
+
+
+def _text(value: str, name: str) -> str:
+    """The core's text rule (no lone surrogates, ...), so that a bad record is an invalid line, not a crash."""
+    from .encoding import check_text
+
+    check_text(value, f"field {name!r}")
+    return value
 
 
 def _parse_prompt_answer(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Record:
@@ -200,6 +208,7 @@ def _parse_prompt_completion(line: int, rid: Any, obj: dict[str, Any], f: Fields
             raise InputError(f"missing field {name!r}")
     prompt, completion = obj[f.prompt], obj[f.completion]
     if isinstance(prompt, str) and isinstance(completion, str):
+        prompt, completion = _text(prompt, f.prompt), _text(completion, f.completion)
         return Record(line, rid, prompt=prompt, answer=completion, format="prompt-completion")
     if isinstance(prompt, list) and isinstance(completion, list):
         return Record(

@@ -36,6 +36,11 @@ BOS, PROMPT, SEP, ANSWER, EOS = "bos", "prompt", "sep", "answer", "eos"
 TEMPLATE, EOT = "template", "eot"
 #: How a prompt/answer pair is split into tokens (see the module docstring).
 TOKENIZATIONS = ("separate", "joint", "trl")
+#: What special-token text inside the user's text becomes: ``parse`` (the tokenizer's default, what a
+#: training pipeline's tokenizer call does) makes ``<|im_end|>`` one control token; ``text`` encodes it
+#: as the plain characters it is made of (``split_special_tokens=True``). Pairs only: a chat template's
+#: rendering is one string, where the template's own markers and the messages' text cannot be told apart.
+SPECIAL_TOKENS = ("parse", "text")
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,100 @@ def context_length(model_config: Any, tokenizer: PreTrainedTokenizerBase | None 
     return None
 
 
-def _tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+def _tokens(tokenizer: PreTrainedTokenizerBase, text: str, plain: bool = False) -> list[int]:
+    """The ids of ``text`` alone; ``plain`` keeps special-token strings as plain text."""
+    if plain:
+        return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+# --- the user's text: one validator, and what encoding it does to it -------------------------------------
+
+
+def check_text(text: Any, name: str) -> str:
+    """The one validator of user text (prompts, answers, system prompts, message contents, separators).
+
+    Text must be a string of Unicode characters: a lone surrogate (``"\\ud800"`` in JSON, or a byte that is
+    not UTF-8, which Python's argv and stdin decoding turn into U+DC80..U+DCFF) cannot be encoded and
+    would fail inside the tokenizer. ``name`` says which input it is, as the user gave it.
+    """
+    if not isinstance(text, str):
+        raise InputError(f"{name} must be text, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        point = ord(text[exc.start])
+        what = f"a lone surrogate U+{point:04X} at character {exc.start}"
+        if 0xDC80 <= point <= 0xDCFF:
+            what += f" (the byte 0x{point - 0xDC00:02X}, which is not UTF-8, passed on undecoded)"
+        raise InputError(f"{name} is not valid Unicode text: it holds {what}; give it as UTF-8") from None
+    return text
+
+
+def check_answer(text: Any, name: str = "the answer") -> str:
+    """The one rule for a scored answer (a pair's answer, a scored assistant message): valid text, not empty.
+
+    An empty answer is an error everywhere, with or without a chat template: there is no text of the
+    answer to score (a chat template would leave only its end-of-turn token).
+    """
+    check_text(text, name)
+    if not text:
+        raise InputError(f"{name} is empty: there is nothing to score")
+    return text
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else repr(text[: limit - 1]) + "…"
+
+
+def text_notes(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[tuple[str, str]], *, plain: bool = False, chat: bool = False
+) -> list[str]:
+    """Notes on what encoding does to each named text: a leading byte-order mark, and special-token strings
+    that the tokenizer parses as control tokens (unless ``plain``)."""
+    notes = []
+    for name, text in texts:
+        if text.startswith("\ufeff"):
+            notes.append(
+                f"{name} starts with a byte-order mark (U+FEFF); it is kept as text and becomes tokens of its own "
+                "(remove it from the input if it came from a file's encoding)"
+            )
+    if plain:
+        return notes
+    special = special_ids(tokenizer)
+    strings = {tid: tokenizer.convert_ids_to_tokens(tid) for tid in special}
+    for name, text in texts:
+        if not any(isinstance(s, str) and s and s in text for s in strings.values()):
+            continue
+        found: dict[str, int] = {}
+        for tid in _tokens(tokenizer, text):
+            if tid in special:
+                found[str(strings[tid])] = found.get(str(strings[tid]), 0) + 1
+        if not found:
+            continue
+        shown = ", ".join(repr(t) + (f" ×{n}" if n > 1 else "") for t, n in found.items())
+        how = (
+            "the chat template's rendering is tokenized as one string, so they act as the template's own markers "
+            "(the turns may not be what the messages say); plain-text encoding is not possible inside a template"
+            if chat
+            else "--special-tokens text encodes them as plain text"
+        )
+        notes.append(f"{name} contains special-token text, parsed as control tokens: {shown}; {how}")
+    return notes
+
+
+def _ignored_targets_note(
+    tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], trained: Sequence[bool], ignore_index: int
+) -> list[str]:
+    """A note when ``ignore_index`` is a real token id that occurs among the targets: training drops them too."""
+    count = sum(1 for j, (tid, t) in enumerate(zip(ids, trained)) if t and j > 0 and tid == ignore_index)
+    if not count:
+        return []
+    token = decode_tokens(tokenizer, [ignore_index])[0]
+    return [
+        f"the ignore index {ignore_index} is also the id of the token {token!r}: {count} target(s) with that id are "
+        "not scored, as training with this ignore_index would drop them (--ignore-index)"
+    ]
 
 
 @dataclass(frozen=True)
@@ -104,6 +201,8 @@ class Layout:
     ``chat`` renders the pair with the tokenizer's chat template (user = prompt, assistant = answer,
     ``system`` as a system message); ``tokenization`` picks the pair split, ``separate`` or ``joint``.
     With ``chat``, ``add_eos`` decides whether the template's end-of-turn token is scored.
+    ``special_tokens`` (pairs only) is ``parse`` or ``text``, see ``SPECIAL_TOKENS``. ``system`` and ``sep``
+    pass ``check_text``.
     """
 
     sep: str | None = None
@@ -114,6 +213,7 @@ class Layout:
     chat: bool = False
     system: str | None = None
     tokenization: str = "separate"
+    special_tokens: str = "parse"
     #: ``text`` records longer than the context: scored in windows that advance by this many tokens.
     stride: int | None = None
 
@@ -121,29 +221,46 @@ class Layout:
         if self.stride is not None and self.stride < 1:
             raise InputError(f"`stride` must be at least 1 token, got {self.stride}")
         if self.tokenization not in TOKENIZATIONS:
-            raise InputError(f"unknown tokenization {self.tokenization!r}; use separate, joint or trl")
+            raise InputError(f"unknown `tokenization` {self.tokenization!r}; use separate, joint or trl")
         if self.tokenization == "trl" and (self.sep or self.truncate_prompt):
             raise InputError(
                 "`tokenization` trl reproduces TRL, which has no `sep` and no `truncate_prompt`; drop them"
             )
+        if self.special_tokens not in SPECIAL_TOKENS:
+            raise InputError(f"unknown `special_tokens` {self.special_tokens!r}; use parse or text")
+        if self.tokenization == "trl" and self.special_tokens != "parse":
+            raise InputError(
+                "`tokenization` trl reproduces TRL, whose tokenizer call parses special-token text; "
+                "drop `special_tokens`"
+            )
+        if self.system is not None:
+            check_text(self.system, "the system prompt")
+        if self.sep is not None:
+            check_text(self.sep, "the separator")
         if self.chat:
             _check_chat_layout(self)
         elif self.system is not None:
-            raise InputError("--system needs --chat: the chat template is what places a system prompt")
+            raise InputError("`system` needs `chat`: the chat template is what places a system prompt")
 
 
 def _check_chat_layout(layout: Layout) -> None:
     """Options that only make sense for a prompt/answer pair, rejected for a chat rendering."""
     if layout.sep:
-        raise InputError("--sep does not apply with a chat template, which places its own separators; drop --sep")
+        raise InputError("`sep` does not apply with a chat template, which places its own separators; drop `sep`")
     if layout.tokenization != "separate":
         raise InputError(
-            f"--tokenization {layout.tokenization} applies to prompt/answer pairs; a chat template is rendered and "
-            "tokenized as one string (its answer boundary is checked instead); drop --tokenization"
+            f"`tokenization` {layout.tokenization} applies to prompt/answer pairs; a chat template is rendered and "
+            "tokenized as one string (its answer boundary is checked instead); drop `tokenization`"
+        )
+    if layout.special_tokens != "parse":
+        raise InputError(
+            f"`special_tokens` {layout.special_tokens} applies to prompt/answer pairs: a chat template's rendering is "
+            "tokenized as one string, where special-token text in a message cannot be told from the template's own "
+            "markers; drop `special_tokens` (a note names any special-token text the messages contain)"
         )
     if layout.truncate_prompt:
         raise InputError(
-            "--truncate-prompt cannot cut a chat conversation without breaking its template; shorten the conversation"
+            "`truncate_prompt` cannot cut a chat conversation without breaking its template; shorten the conversation"
         )
 
 
@@ -179,6 +296,7 @@ def encode(
         max_length=max_length,
         truncate_prompt=layout.truncate_prompt,
         tokenization=layout.tokenization,
+        special_tokens=layout.special_tokens,
     )
 
 
@@ -194,71 +312,32 @@ def encode_pair(
     max_length: int | None = None,
     truncate_prompt: bool = False,
     tokenization: str = "separate",
+    special_tokens: str = "parse",
 ) -> Encoded:
     """Build the training layout for one prompt/answer pair, split by ``tokenization``."""
     if tokenization not in ("separate", "joint"):
-        raise InputError(f"unknown tokenization {tokenization!r} for a pair split; use separate or joint")
-    if not answer:
-        raise InputError("the answer is empty: there is nothing to score")
+        raise InputError(f"unknown `tokenization` {tokenization!r} for a pair split; use separate or joint")
+    _check_pair(prompt, answer, sep, tokenization, special_tokens)
+    plain = special_tokens == "text"
     bos = special_prefix(tokenizer)
-    separate = (_tokens(tokenizer, prompt), _tokens(tokenizer, sep) if sep else [], _tokens(tokenizer, answer))
-    joint = joint_split(tokenizer, prompt + (sep or ""), answer)
-    boundary = _boundary(tokenizer, separate, joint, tokenization)
-    if tokenization == "separate":
-        prompt_ids, sep_ids, answer_ids = separate
-        if not answer_ids:
-            raise InputError(f"the answer {answer!r} yields no tokens with this tokenizer")
-    else:
-        # The separator is part of lm-evaluation-harness's context string, so it is tokenized with the prompt.
-        (prompt_ids, answer_ids), sep_ids = joint, []
-        if not answer_ids:
-            raise InputError(
-                f"with --tokenization joint the answer {answer!r} yields no tokens of its own: the prompt's tokens "
-                "absorb it; use --tokenization separate"
-            )
-    eos_ids: list[int] = []
-    if add_eos:
-        if tokenizer.eos_token_id is None:
-            raise InputError("this tokenizer has no EOS token; pass --no-eos to score the answer without one")
-        eos_ids = [tokenizer.eos_token_id]
-    if not (bos or prompt_ids or sep_ids):
-        raise InputError(
-            "the prompt is empty and the tokenizer adds no BOS token, so the first answer token has "
-            "nothing to be predicted from; give a prompt or a --sep"
-        )
-
-    truncated = 0
+    prompt_ids, sep_ids, answer_ids, boundary = _split_pair(tokenizer, prompt, sep, answer, tokenization, plain)
+    eos_ids = _eos_ids(tokenizer) if add_eos else []
     total = len(bos) + len(prompt_ids) + len(sep_ids) + len(answer_ids) + len(eos_ids)
-    if max_length is not None and total > max_length:
-        excess = total - max_length
-        if not truncate_prompt:
-            raise SequenceTooLongError(
-                f"the example is {total} tokens but the model's context is {max_length}; "
-                "shorten it or pass --truncate-prompt to drop prompt tokens from the left"
-            )
-        # Something must remain before the answer for its first token to be predicted from.
-        min_prompt = 0 if (bos or sep_ids) else 1
-        if len(prompt_ids) - excess < min_prompt:
-            raise SequenceTooLongError(
-                f"the answer alone ({len(answer_ids) + len(eos_ids)} tokens with EOS) does not fit the "
-                f"model's context of {max_length} tokens, even with the whole prompt dropped"
-            )
-        prompt_ids = prompt_ids[excess:]
-        truncated = excess
+    truncated = _prompt_excess(
+        total, max_length, truncate_prompt, bool(bos or sep_ids), prompt_ids, answer_ids, eos_ids
+    )
+    prompt_ids = prompt_ids[truncated:]
 
     parts = [(BOS, bos), (PROMPT, prompt_ids), (SEP, sep_ids), (ANSWER, answer_ids), (EOS, eos_ids)]
-    input_ids: list[int] = []
-    segments: list[str] = []
-    for name, ids in parts:
-        input_ids.extend(ids)
-        segments.extend([name] * len(ids))
-    trained = {ANSWER, EOS} if mask_prompt else {PROMPT, SEP, ANSWER, EOS}
-    labels = [tid if seg in trained else ignore_index for tid, seg in zip(input_ids, segments)]
-    notes: list[str] = []
-    if truncated:
-        notes.append(f"dropped {truncated} prompt tokens from the left to fit the context of {max_length}")
+    input_ids = [tid for _, ids in parts for tid in ids]
+    segments = [name for name, ids in parts for _ in ids]
+    trained = [seg in ({ANSWER, EOS} if mask_prompt else {PROMPT, SEP, ANSWER, EOS}) for seg in segments]
+    labels = [tid if t else ignore_index for tid, t in zip(input_ids, trained)]
+    notes = [f"dropped {truncated} prompt tokens from the left to fit the context of {max_length}"] if truncated else []
     if boundary["differs"]:
         notes.append(boundary_note(boundary))
+    notes += _pair_text_notes(tokenizer, prompt, sep, answer, tokenization, plain)
+    notes += _ignored_targets_note(tokenizer, input_ids, trained, ignore_index)
     return Encoded(
         input_ids=tuple(input_ids),
         labels=tuple(labels),
@@ -275,24 +354,138 @@ def encode_pair(
             "prompt_tokens": len(prompt_ids),
             "answer_tokens": len(answer_ids),
             "tokenization": tokenization,
+            "special_tokens": special_tokens,
             "boundary": boundary,
         },
     )
 
 
-def joint_split(tokenizer: PreTrainedTokenizerBase, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def _pair_text_notes(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, sep: str | None, answer: str, tokenization: str, plain: bool
+) -> list[str]:
+    notes = _joint_text_note(tokenizer, prompt + (sep or ""), answer, plain) if tokenization == "joint" else []
+    named = [("the prompt", prompt), ("the separator", sep or ""), ("the answer", answer)]
+    return notes + text_notes(tokenizer, named, plain=plain)
+
+
+def _check_pair(prompt: str, answer: str, sep: str | None, tokenization: str, special_tokens: str) -> None:
+    if tokenization not in TOKENIZATIONS:
+        raise InputError(f"unknown `tokenization` {tokenization!r}; use separate or joint")
+    if special_tokens not in SPECIAL_TOKENS:
+        raise InputError(f"unknown `special_tokens` {special_tokens!r}; use parse or text")
+    check_text(prompt, "the prompt")
+    check_answer(answer)
+    if sep is not None:
+        check_text(sep, "the separator")
+
+
+def _eos_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    if tokenizer.eos_token_id is None:
+        raise InputError("this tokenizer has no EOS token; score the answer without one (`add_eos`)")
+    return [tokenizer.eos_token_id]
+
+
+def _split_pair(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, sep: str | None, answer: str, tokenization: str, plain: bool
+) -> tuple[list[int], list[int], list[int], dict[str, Any]]:
+    """(prompt ids, separator ids, answer ids) under ``tokenization``, and how the two tokenizations compare."""
+    separate = (
+        _tokens(tokenizer, prompt, plain),
+        _tokens(tokenizer, sep, plain) if sep else [],
+        _tokens(tokenizer, answer, plain),
+    )
+    joint = joint_split(tokenizer, prompt + (sep or ""), answer, plain=plain)
+    boundary = _boundary(tokenizer, separate, joint, tokenization)
+    if tokenization == "separate":
+        if not separate[2]:
+            raise InputError(f"the answer {answer!r} yields no tokens with this tokenizer")
+        return separate[0], separate[1], separate[2], boundary
+    # The separator is part of lm-evaluation-harness's context string, so it is tokenized with the prompt.
+    if not joint[1]:
+        raise InputError(
+            f"with `tokenization` joint the answer {answer!r} yields no tokens of its own: the prompt's tokens "
+            "absorb it; use `tokenization` separate"
+        )
+    return joint[0], [], joint[1], boundary
+
+
+def _prompt_excess(
+    total: int,
+    max_length: int | None,
+    truncate_prompt: bool,
+    has_lead: bool,
+    prompt_ids: list[int],
+    answer_ids: list[int],
+    eos_ids: list[int],
+) -> int:
+    """How many prompt tokens to drop from the left so that ``total`` fits ``max_length`` (0: it fits).
+
+    ``has_lead``: a BOS or separator precedes the answer, so the prompt may be empty.
+    """
+    if not (has_lead or prompt_ids):
+        raise InputError(
+            "the prompt is empty and the tokenizer adds no BOS token, so the first answer token has "
+            "nothing to be predicted from; give a prompt or a `sep`"
+        )
+    if max_length is None or total <= max_length:
+        return 0
+    excess = total - max_length
+    if not truncate_prompt:
+        raise SequenceTooLongError(
+            f"the example is {total} tokens but the model's context is {max_length}; "
+            "shorten it or pass `truncate_prompt` to drop prompt tokens from the left"
+        )
+    # Something must remain before the answer for its first token to be predicted from.
+    if len(prompt_ids) - excess < (0 if has_lead else 1):
+        raise SequenceTooLongError(
+            f"the answer alone ({len(answer_ids) + len(eos_ids)} tokens with EOS) does not fit the "
+            f"model's context of {max_length} tokens, even with the whole prompt dropped"
+        )
+    return excess
+
+
+def joint_split(
+    tokenizer: PreTrainedTokenizerBase, context: str, continuation: str, *, plain: bool = False
+) -> tuple[list[int], list[int]]:
     """lm-evaluation-harness's split of a (context, continuation) pair into (context ids, continuation ids).
 
     Trailing whitespace of the context moves to the continuation; the continuation's ids are the ids of
     the whole string after as many tokens as the context alone has (``_encode_pair`` in its HF model).
     """
+    context, continuation = _move_spaces(context, continuation)
+    whole = _tokens(tokenizer, context + continuation, plain)
+    context_ids = _tokens(tokenizer, context, plain)
+    return context_ids, whole[len(context_ids) :]
+
+
+def _move_spaces(context: str, continuation: str) -> tuple[str, str]:
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
-        continuation = context[-n_spaces:] + continuation
-        context = context[:-n_spaces]
-    whole = _tokens(tokenizer, context + continuation)
-    context_ids = _tokens(tokenizer, context)
-    return context_ids, whole[len(context_ids) :]
+        return context[:-n_spaces], context[-n_spaces:] + continuation
+    return context, continuation
+
+
+def _joint_text_note(tokenizer: PreTrainedTokenizerBase, context: str, continuation: str, plain: bool) -> list[str]:
+    """A note when the joint split falls inside a token, so the scored tokens spell other text than the answer.
+
+    The split is at the context's token count; the text the answer's tokens cover starts where the first of
+    them starts in the whole string (from the tokenizer's character offsets; a slow tokenizer has none).
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        return []
+    context, continuation = _move_spaces(context, continuation)
+    whole = context + continuation
+    kwargs: dict[str, Any] = {"split_special_tokens": True} if plain else {}
+    enc = tokenizer(whole, add_special_tokens=False, return_offsets_mapping=True, **kwargs)
+    split = len(_tokens(tokenizer, context, plain))
+    offsets = enc["offset_mapping"]
+    start = int(offsets[split][0]) if split < len(offsets) else len(whole)
+    if start == len(context):
+        return []
+    return [
+        f"with --tokenization joint the split falls inside a token: the scored tokens spell {_short(whole[start:])}, "
+        f"not the answer given ({_short(continuation)}); --tokenization separate scores the answer as given"
+    ]
 
 
 def _boundary(
@@ -360,6 +553,54 @@ def decode_tokens(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> lis
     return [tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False) for i in ids]
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's stand-in characters (GPT-2's scheme) -> the bytes they stand for.
+
+    Printable Latin-1 bytes stand for themselves; every other byte, in order, for chr(256 + n).
+    """
+    own = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    out: dict[str, int] = {}
+    moved = 0
+    for b in range(256):
+        if b in own:
+            out[chr(b)] = b
+        else:
+            out[chr(256 + moved)] = b
+            moved += 1
+    return out
+
+
+_BYTE_LEVEL = _byte_level_alphabet()
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def byte_hex(tokenizer: PreTrainedTokenizerBase, token_id: int, text: str) -> str | None:
+    """The bytes of a token that does not decode to text on its own, in hex (``"F0 9F"``); else None.
+
+    ``text`` is the token decoded alone (``decode_tokens``). A byte-level token holding part of a character
+    (emoji, CJK, combining marks) decodes to U+FFFD, whatever its bytes; its vocabulary entry still says
+    which bytes it is: byte-level BPE's stand-in characters, or SentencePiece's ``<0xF0>`` byte fallback.
+    """
+    if "\ufffd" not in text:
+        return None
+    piece = tokenizer.convert_ids_to_tokens(int(token_id))
+    if not isinstance(piece, str) or not piece:
+        return None
+    match = _BYTE_FALLBACK.fullmatch(piece)
+    if match:
+        raw = bytes([int(match[1], 16)])
+    elif all(ch in _BYTE_LEVEL for ch in piece):
+        raw = bytes(_BYTE_LEVEL[ch] for ch in piece)
+    else:
+        return None
+    try:
+        if "\ufffd" in raw.decode("utf-8"):
+            return None  # the token really is U+FFFD
+    except UnicodeDecodeError:
+        return raw.hex(" ").upper()
+    return None
+
+
 # --- chat templates ------------------------------------------------------------------------------------
 
 #: Stand-ins for message contents when locating where a template puts them (private-use code points,
@@ -371,8 +612,8 @@ _GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
 def parse_messages(data: Any, source: str = "messages") -> list[dict[str, str]]:
     """Validate a conversation: a list of ``{"role", "content"}`` objects (OpenAI / HF chat data).
 
-    Also takes ``{"messages": [...]}``, and OpenAI content parts when all of them are text.
-    ``source`` names the input in error messages.
+    Also takes ``{"messages": [...]}``, and OpenAI content parts when all of them are text. Every role and
+    content passes ``check_text``. ``source`` names the input in error messages.
     """
     if isinstance(data, dict) and "messages" in data:
         data = data["messages"]
@@ -385,6 +626,7 @@ def parse_messages(data: Any, source: str = "messages") -> list[dict[str, str]]:
         role, content = message.get("role"), message.get("content")
         if not isinstance(role, str) or not role:
             raise InputError(f'{source}: message {i} has no "role" string (system, user, assistant, ...)')
+        check_text(role, f"{source}: the role of message {i}")
         if isinstance(content, list):
             texts = [
                 part.get("text") if isinstance(part, dict) and part.get("type") == "text" else None for part in content
@@ -396,8 +638,29 @@ def parse_messages(data: Any, source: str = "messages") -> list[dict[str, str]]:
             content = "".join(texts)  # type: ignore[arg-type]
         if not isinstance(content, str):
             raise InputError(f'{source}: message {i} ({role}) has no "content" string')
+        check_text(content, f"{source}: message {i} ({role})")
         messages.append({"role": role, "content": content})
     return messages
+
+
+def scored_turns(msgs: Sequence[dict[str, str]], last_turn: bool = False, source: str = "messages") -> list[int]:
+    """The indices of the assistant messages a conversation scores (all, or the last with ``last_turn``).
+
+    The rules on what can be scored, checked before any model or tokenizer is needed: there is an
+    assistant message, the conversation does not open with one, and each scored one passes
+    ``check_answer`` (the rule a pair's answer follows).
+    """
+    assistant = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    if not assistant:
+        raise InputError("the conversation has no assistant message: there is nothing to score")
+    if assistant[0] == 0:
+        raise InputError(
+            "the conversation opens with an assistant message, which nothing prompts; start with a user message"
+        )
+    targets = assistant[-1:] if last_turn else assistant
+    for k in targets:
+        check_answer(msgs[k]["content"], f"{source}: assistant message {k}")
+    return targets
 
 
 def encode_chat(
@@ -409,8 +672,8 @@ def encode_chat(
     max_length: int | None = None,
 ) -> Encoded:
     """The pair as one chat exchange (``layout.system`` if set, user = prompt, assistant = answer)."""
-    if not answer:
-        raise InputError("the answer is empty: there is nothing to score")
+    check_text(prompt, "the prompt")
+    check_answer(answer)
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
     if layout.system is not None:
         messages.insert(0, {"role": "system", "content": layout.system})
@@ -429,15 +692,18 @@ def encode_messages(
 
     ``last_turn`` scores only the last assistant turn. ``layout.system`` adds a system message (an error
     when the conversation has one). Pair-only options of ``layout`` (sep, joint tokenization,
-    truncation) are rejected; ``layout.chat`` need not be set.
+    truncation, plain-text special tokens) are rejected; ``layout.chat`` need not be set.
     """
     msgs = parse_messages(messages)
     _check_chat_layout(layout)
     if last_turn and not layout.mask_prompt:
-        raise InputError("--last-turn scores one assistant turn and --no-mask-prompt every token; use one of them")
+        raise InputError(
+            "`last_turn` scores one assistant turn, and scoring the prompt too (`mask_prompt`) every token; "
+            "use one of them"
+        )
     if layout.system is not None:
         if msgs[0]["role"] == "system":
-            raise InputError("the conversation already starts with a system message; drop --system or that message")
+            raise InputError("the conversation already starts with a system message; drop `system` or that message")
         msgs.insert(0, {"role": "system", "content": layout.system})
     return _encode_conversation(tokenizer, msgs, layout, max_length=max_length, last_turn=last_turn, source="messages")
 
@@ -454,7 +720,7 @@ def _chat_template(tokenizer: PreTrainedTokenizerBase) -> str:
         template = None
     if not template:
         raise InputError(
-            "this model's tokenizer has no chat template, so --chat/--messages cannot render a conversation; "
+            "this model's tokenizer has no chat template, so `chat`/`messages` cannot render a conversation; "
             "score a plain prompt/answer pair instead, or use a model whose tokenizer defines one"
         )
     return template
@@ -527,6 +793,25 @@ def special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     return ids
 
 
+@dataclass
+class _Rendering:
+    """A conversation rendered by its template and tokenized, with what each character and token belongs to."""
+
+    text: str
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    #: Per character: the segment (a role for message content, else template) and the message it belongs to.
+    char_seg: list[str]
+    char_turn: list[int | None]
+    #: Per message: the span of its content in ``text``, and where its rendering ends (None: not found).
+    contents: list[tuple[int, int] | None] = field(default_factory=list)
+    ends: list[int | None] = field(default_factory=list)
+    #: Per token: its segment and turn (see ``Encoded``).
+    segments: list[str] = field(default_factory=list)
+    turns: list[int | None] = field(default_factory=list)
+    default_system: str | None = None
+
+
 def _encode_conversation(
     tokenizer: PreTrainedTokenizerBase,
     msgs: list[dict[str, str]],
@@ -536,169 +821,39 @@ def _encode_conversation(
     last_turn: bool,
     source: str,
 ) -> Encoded:
-    template = _chat_template(tokenizer)
-    if not getattr(tokenizer, "is_fast", False):
-        raise InputError(
-            "the chat layout needs a fast (Rust-backed) tokenizer, for the character offsets of its tokens; "
-            "this model only has a slow one"
-        )
-    assistant = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
-    if not assistant:
-        raise InputError("the conversation has no assistant message: there is nothing to score")
-    if assistant[0] == 0:
-        raise InputError(
-            "the conversation opens with an assistant message, which nothing prompts; start with a user message"
-        )
-    targets = assistant[-1:] if last_turn else assistant
+    template = _check_chat_tokenizer(tokenizer)
+    targets = scored_turns(msgs, last_turn, source)
     notes: list[str] = []
-
-    text = _render(tokenizer, msgs)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = list(enc["input_ids"])
-    offsets: list[tuple[int, int]] = [(int(s), int(e)) for s, e in enc["offset_mapping"]]
-
-    # Per character: the segment (a role for message content, else template) and the message it belongs to.
-    char_seg = [TEMPLATE] * len(text)
-    char_turn: list[int | None] = [None] * len(text)
-    injected = _injected_prefix(tokenizer, msgs[0], text) if msgs[0]["role"] != "system" else None
-    injected_end = injected[0] if injected else 0
-    default_system: str | None = None
-    if injected:
-        span = injected[1]
-        if span is not None:
-            default_system = text[span[0] : span[1]]
-            char_seg[span[0] : span[1]] = ["system"] * (span[1] - span[0])
-        notes.append(
-            "the chat template injected a default system prompt you did not give: "
-            + (repr(default_system) if span is not None else repr(text[:injected_end]))
-            + (" (masked; --system sets your own)" if layout.mask_prompt else " (--system sets your own)")
-        )
-
-    # Where each message's rendering ends: the length of the conversation rendered up to it, when that
-    # is a prefix of the whole; else (a template that renders a message differently when it is last) the
-    # end of the message's content.
-    ends: list[int | None] = []
-    for i in range(len(msgs)):
-        upto = text if i == len(msgs) - 1 else _try_render(tokenizer, msgs[: i + 1])
-        ends.append(len(upto) if upto is not None and text.startswith(upto) else None)
-
-    contents: list[tuple[int, int] | None] = []
-    cursor = injected_end
-    for i, message in enumerate(msgs):
-        # Where the template puts this message's content: render it with a marker in its place.
-        marked = _try_render(tokenizer, [*msgs[:i], {"role": message["role"], "content": _CONTENT_MARK}])
-        span = None
-        if marked is not None and _CONTENT_MARK in marked:
-            at = marked.index(_CONTENT_MARK)
-            if at >= cursor and text[:at] == marked[:at]:
-                for content in (message["content"], message["content"].strip()):
-                    if text.startswith(content, at):
-                        span = (at, at + len(content))
-                        break
-        contents.append(span)
-        if span is not None:
-            char_seg[span[0] : span[1]] = [message["role"]] * (span[1] - span[0])
-            cursor = span[1]
-        if ends[i] is None:
-            ends[i] = span[1] if span is not None else None
-    begin = injected_end
-    for i, end in enumerate(ends):
-        if end is None:
-            continue
-        char_turn[begin:end] = [i] * max(0, end - begin)
-        begin = max(begin, end)
-
-    # Per token: the segment of the content it overlaps (else template), and the turn of its first character.
-    segments: list[str] = []
-    turns: list[int | None] = []
-    for s, e in offsets:
-        roles = [seg for seg in char_seg[s:e] if seg != TEMPLATE]
-        segments.append("assistant" if "assistant" in roles else (roles[0] if roles else TEMPLATE))
-        turns.append(char_turn[s] if s < len(text) else (turns[-1] if turns else None))
-
-    special = special_ids(tokenizer)
-    scored: set[int] = set()
-    eot_positions: list[int] = []
-    inside_turn: list[int] = []
-    for k in targets:
-        where = f"assistant message {k}"
-        prompt_text = _render(tokenizer, msgs[:k], generation_prompt=True)
-        if not text.startswith(prompt_text):
-            at = _parting(prompt_text, text)
-            raise InputError(
-                f"the chat template is not prefix-consistent: the conversation before {where}, rendered with the "
-                f"generation prompt, is not a prefix of the full rendering (they part at character {at}: "
-                f"{prompt_text[at : at + 30]!r} vs {text[at : at + 30]!r}), so the answer span cannot be located"
-            )
-        prompt_ids = _tokens(tokenizer, prompt_text)
-        start = len(prompt_ids)
-        if ids[:start] != prompt_ids:
-            at = _parting(prompt_ids, ids)  # type: ignore[arg-type]
-            alone = decode_tokens(tokenizer, prompt_ids[at : at + 2])
-            inside = decode_tokens(tokenizer, ids[at : at + 2])
-            raise InputError(
-                f"the chat template is not prefix-consistent at the token level: before {where}, the generation "
-                f"prompt tokenizes as {alone} alone but as {inside} in the full conversation (the prompt's last "
-                "token merges with the answer's first), so no token boundary separates prompt and answer"
-            )
-        span = contents[k]
-        if span is None or ends[k] is None:
-            raise InputError(
-                f"the chat template changes the text of {where} (or renders it differently inside the whole "
-                "conversation), so its tokens cannot be located; check the template"
-            )
-        if span[0] < len(prompt_text):
-            raise InputError(f"the chat template's generation prompt overlaps the content of {where}")
-        stop = next((j for j in range(start, len(ids)) if offsets[j][0] >= ends[k]), len(ids))
-        content = [j for j in range(start, stop) if segments[j] == "assistant" and turns[j] == k]
-        last = content[-1] if content else start - 1
-        eot = next((j for j in range(last + 1, stop) if ids[j] in special), None)
-        end = eot if eot is not None else last
-        if end < start:
-            raise InputError(f"{where} renders to no tokens after the generation prompt; nothing to score")
-        if eot is not None:
-            segments[eot] = EOT
-            eot_positions.append(eot)
-        else:
-            notes.append(
-                f"the template closes {where} with no special token, so nothing after the answer is scored there"
-            )
-        # What follows the generation prompt is what the model must generate, template text included.
-        inside_turn += [j for j in range(start, end + 1) if segments[j] == TEMPLATE]
-        scored.update(range(start, end + 1))
+    r = _render_conversation(tokenizer, msgs)
+    injected_end = _mark_default_system(tokenizer, msgs, r, layout, notes)
+    _mark_messages(tokenizer, msgs, r, injected_end)
+    _mark_tokens(r)
+    scored, eot_positions, inside_turn = _locate_turns(tokenizer, msgs, r, targets, notes)
 
     template_mask = None
     if _GENERATION_TAG.search(template):
-        template_mask, marked_positions = _generation_mask(tokenizer, msgs, ids, turns, set(targets), scored)
-        if template_mask.get("agrees") is False:
-            notes.append(_mask_note(tokenizer, ids, template_mask))
-        if marked_positions:
-            scored = marked_positions
+        template_mask, scored = _apply_generation_mask(tokenizer, msgs, r, targets, scored, notes)
     if inside_turn:
+        added = decode_tokens(tokenizer, [r.ids[j] for j in inside_turn])
         notes.append(
             "scored because the model must generate them after the generation prompt, though the template adds "
-            f"them: {decode_tokens(tokenizer, [ids[j] for j in inside_turn])}"
+            f"them: {added}"
         )
     if not layout.add_eos:
         scored -= set(eot_positions)
         notes.append("the end-of-turn token is not scored (--no-eos)")
 
-    if max_length is not None and len(ids) > max_length:
-        raise SequenceTooLongError(
-            f"the conversation is {len(ids)} tokens but the model's context is {max_length}; shorten it "
-            "(--truncate-prompt cannot cut a chat)"
-        )
-    if layout.mask_prompt:
-        labels = [tid if j in scored and j > 0 else layout.ignore_index for j, tid in enumerate(ids)]
-    else:
-        labels = [tid if j > 0 else layout.ignore_index for j, tid in enumerate(ids)]
+    _check_fits(len(r.ids), max_length)
+    trained = [(j in scored if layout.mask_prompt else True) and j > 0 for j in range(len(r.ids))]
+    notes += _conversation_text_notes(tokenizer, msgs, source)
+    notes += _ignored_targets_note(tokenizer, r.ids, trained, layout.ignore_index)
     return Encoded(
-        input_ids=tuple(ids),
-        labels=tuple(labels),
-        segments=tuple(segments),
+        input_ids=tuple(r.ids),
+        labels=tuple(tid if t else layout.ignore_index for tid, t in zip(r.ids, trained)),
+        segments=tuple(r.segments),
         ignore_index=layout.ignore_index,
         notes=tuple(notes),
-        turns=tuple(turns),
+        turns=tuple(r.turns),
         turn_roles=tuple(m["role"] for m in msgs),
         layout={
             "kind": "chat",
@@ -706,16 +861,214 @@ def _encode_conversation(
             "eos": layout.add_eos,
             "mask_prompt": layout.mask_prompt,
             "system": layout.system,
-            "default_system_prompt": default_system,
+            "default_system_prompt": r.default_system,
             "messages": len(msgs),
             "roles": [m["role"] for m in msgs],
             "scored_turns": list(targets),
             "last_turn": last_turn,
-            "end_of_turn": decode_tokens(tokenizer, [ids[eot_positions[0]]])[0] if eot_positions else None,
-            "answer_tokens": sum(1 for j in scored if segments[j] == "assistant"),
+            "end_of_turn": decode_tokens(tokenizer, [r.ids[eot_positions[0]]])[0] if eot_positions else None,
+            "answer_tokens": sum(1 for j in scored if r.segments[j] == "assistant"),
             "template_mask": template_mask,
+            "special_tokens": layout.special_tokens,
         },
     )
+
+
+def _check_fits(length: int, max_length: int | None) -> None:
+    if max_length is not None and length > max_length:
+        raise SequenceTooLongError(
+            f"the conversation is {length} tokens but the model's context is {max_length}; shorten it "
+            "(`truncate_prompt` cannot cut a chat)"
+        )
+
+
+def _check_chat_tokenizer(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The tokenizer's chat template, once it is known to be usable for locating turns."""
+    template = _chat_template(tokenizer)
+    if not getattr(tokenizer, "is_fast", False):
+        raise InputError(
+            "the chat layout needs a fast (Rust-backed) tokenizer, for the character offsets of its tokens; "
+            "this model only has a slow one"
+        )
+    return template
+
+
+def _render_conversation(tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]]) -> _Rendering:
+    """The whole conversation's rendering and tokens, every character still template text."""
+    text = _render(tokenizer, msgs)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return _Rendering(
+        text=text,
+        ids=list(enc["input_ids"]),
+        offsets=[(int(s), int(e)) for s, e in enc["offset_mapping"]],
+        char_seg=[TEMPLATE] * len(text),
+        char_turn=[None] * len(text),
+    )
+
+
+def _mark_default_system(
+    tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]], r: _Rendering, layout: Layout, notes: list[str]
+) -> int:
+    """Mark a system prompt the template injects when none is given; returns where the injected text ends."""
+    injected = _injected_prefix(tokenizer, msgs[0], r.text) if msgs[0]["role"] != "system" else None
+    if not injected:
+        return 0
+    end, span = injected
+    if span is not None:
+        r.default_system = r.text[span[0] : span[1]]
+        r.char_seg[span[0] : span[1]] = ["system"] * (span[1] - span[0])
+    notes.append(
+        "the chat template injected a default system prompt you did not give: "
+        + (repr(r.default_system) if span is not None else repr(r.text[:end]))
+        + (" (masked; --system sets your own)" if layout.mask_prompt else " (--system sets your own)")
+    )
+    return end
+
+
+def _mark_messages(
+    tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]], r: _Rendering, injected_end: int
+) -> None:
+    """Find each message's content and the end of its rendering; mark characters with their role and turn.
+
+    A message's rendering ends where the conversation rendered up to it ends, when that is a prefix of the
+    whole; else (a template that renders a message differently when it is last) at the end of its content.
+    """
+    for i in range(len(msgs)):
+        upto = r.text if i == len(msgs) - 1 else _try_render(tokenizer, msgs[: i + 1])
+        r.ends.append(len(upto) if upto is not None and r.text.startswith(upto) else None)
+    cursor = injected_end
+    for i, message in enumerate(msgs):
+        span = _content_span(tokenizer, msgs, i, r.text, cursor)
+        r.contents.append(span)
+        if span is not None:
+            r.char_seg[span[0] : span[1]] = [message["role"]] * (span[1] - span[0])
+            cursor = span[1]
+        if r.ends[i] is None:
+            r.ends[i] = span[1] if span is not None else None
+    begin = injected_end
+    for i, end in enumerate(r.ends):
+        if end is None:
+            continue
+        r.char_turn[begin:end] = [i] * max(0, end - begin)
+        begin = max(begin, end)
+
+
+def _content_span(
+    tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]], i: int, text: str, cursor: int
+) -> tuple[int, int] | None:
+    """Where the template puts message ``i``'s content in ``text``: render it with a marker in its place."""
+    message = msgs[i]
+    marked = _try_render(tokenizer, [*msgs[:i], {"role": message["role"], "content": _CONTENT_MARK}])
+    if marked is None or _CONTENT_MARK not in marked:
+        return None
+    at = marked.index(_CONTENT_MARK)
+    if at < cursor or text[:at] != marked[:at]:
+        return None
+    for content in (message["content"], message["content"].strip()):
+        if text.startswith(content, at):
+            return at, at + len(content)
+    return None
+
+
+def _mark_tokens(r: _Rendering) -> None:
+    """Per token: the segment of the content it overlaps (else template), and the turn of its first character."""
+    for s, e in r.offsets:
+        roles = [seg for seg in r.char_seg[s:e] if seg != TEMPLATE]
+        r.segments.append("assistant" if "assistant" in roles else (roles[0] if roles else TEMPLATE))
+        r.turns.append(r.char_turn[s] if s < len(r.text) else (r.turns[-1] if r.turns else None))
+
+
+def _locate_turns(
+    tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]], r: _Rendering, targets: list[int], notes: list[str]
+) -> tuple[set[int], list[int], list[int]]:
+    """The positions each scored turn trains on: from the end of its generation prompt to its end-of-turn token.
+
+    Returns (scored positions, end-of-turn positions, template positions inside a scored turn).
+    """
+    special = special_ids(tokenizer)
+    scored: set[int] = set()
+    eot_positions: list[int] = []
+    inside_turn: list[int] = []
+    for k in targets:
+        where = f"assistant message {k}"
+        start = _answer_start(tokenizer, msgs, k, r, where)
+        span, end_k = r.contents[k], r.ends[k]
+        if span is None or end_k is None:
+            raise InputError(
+                f"the chat template changes the text of {where} (or renders it differently inside the whole "
+                "conversation), so its tokens cannot be located; check the template"
+            )
+        stop = next((j for j in range(start, len(r.ids)) if r.offsets[j][0] >= end_k), len(r.ids))
+        content = [j for j in range(start, stop) if r.segments[j] == "assistant" and r.turns[j] == k]
+        last = content[-1] if content else start - 1
+        eot = next((j for j in range(last + 1, stop) if r.ids[j] in special), None)
+        end = eot if eot is not None else last
+        if end < start:
+            raise InputError(f"{where} renders to no tokens after the generation prompt; nothing to score")
+        if eot is not None:
+            r.segments[eot] = EOT
+            eot_positions.append(eot)
+        else:
+            notes.append(
+                f"the template closes {where} with no special token, so nothing after the answer is scored there"
+            )
+        # What follows the generation prompt is what the model must generate, template text included.
+        inside_turn += [j for j in range(start, end + 1) if r.segments[j] == TEMPLATE]
+        scored.update(range(start, end + 1))
+    return scored, eot_positions, inside_turn
+
+
+def _answer_start(
+    tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]], k: int, r: _Rendering, where: str
+) -> int:
+    """The first token after turn ``k``'s generation prompt, which must be a text and a token prefix."""
+    prompt_text = _render(tokenizer, msgs[:k], generation_prompt=True)
+    if not r.text.startswith(prompt_text):
+        at = _parting(prompt_text, r.text)
+        raise InputError(
+            f"the chat template is not prefix-consistent: the conversation before {where}, rendered with the "
+            f"generation prompt, is not a prefix of the full rendering (they part at character {at}: "
+            f"{prompt_text[at : at + 30]!r} vs {r.text[at : at + 30]!r}), so the answer span cannot be located"
+        )
+    prompt_ids = _tokens(tokenizer, prompt_text)
+    start = len(prompt_ids)
+    if r.ids[:start] != prompt_ids:
+        at = _parting(prompt_ids, r.ids)  # type: ignore[arg-type]
+        alone = decode_tokens(tokenizer, prompt_ids[at : at + 2])
+        inside = decode_tokens(tokenizer, r.ids[at : at + 2])
+        raise InputError(
+            f"the chat template is not prefix-consistent at the token level: before {where}, the generation "
+            f"prompt tokenizes as {alone} alone but as {inside} in the full conversation (the prompt's last "
+            "token merges with the answer's first), so no token boundary separates prompt and answer"
+        )
+    span = r.contents[k]
+    if span is not None and span[0] < len(prompt_text):
+        raise InputError(f"the chat template's generation prompt overlaps the content of {where}")
+    return start
+
+
+def _conversation_text_notes(tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]], source: str) -> list[str]:
+    if source == "pair":
+        names = {"user": "the prompt", "assistant": "the answer", "system": "the system prompt"}
+        named = [(names.get(m["role"], m["role"]), m["content"]) for m in msgs]
+    else:
+        named = [(f"message {i} ({m['role']})", m["content"]) for i, m in enumerate(msgs)]
+    return text_notes(tokenizer, named, chat=True)
+
+
+def _apply_generation_mask(
+    tokenizer: PreTrainedTokenizerBase,
+    msgs: list[dict[str, str]],
+    r: _Rendering,
+    targets: list[int],
+    scored: set[int],
+    notes: list[str],
+) -> tuple[dict[str, Any], set[int]]:
+    """The template's own mask, where it marks the scored turns, replaces the prefix method's positions."""
+    report, marked = _generation_mask(tokenizer, msgs, r.ids, r.turns, set(targets), scored)
+    if report.get("agrees") is False:
+        notes.append(_mask_note(tokenizer, r.ids, report))
+    return report, marked or scored
 
 
 def _generation_mask(
@@ -793,37 +1146,8 @@ def encode_trl(
     if conversational != (not isinstance(completion, str)):
         raise InputError("prompt and completion must both be strings or both be message lists")
     notes: list[str] = []
-    if conversational:
-        prompt_ids = _trl_chat_ids(tokenizer, list(prompt), generation_prompt=True)  # type: ignore[arg-type]
-        full_ids = _trl_chat_ids(tokenizer, [*prompt, *completion])  # type: ignore[list-item]
-    else:
-        assert isinstance(prompt, str) and isinstance(completion, str)
-        if not completion:
-            raise InputError("the answer is empty: there is nothing to score")
-        if add_eos:
-            eos = tokenizer.eos_token
-            if eos is None:
-                raise InputError("this tokenizer has no EOS token; pass `add_eos` False to score without one")
-            if not completion.endswith(eos):
-                completion += eos  # as text: TRL's add_eos step, so the tokenizer parses it as the special token
-        else:
-            notes.append("no EOS appended to the completion (TRL always appends one; `add_eos` is off)")
-        prompt_ids = list(tokenizer(prompt)["input_ids"])
-        full_ids = list(tokenizer(prompt + completion)["input_ids"])
-    start = 0
-    for a, b in zip(prompt_ids, full_ids):
-        if a != b:
-            break
-        start += 1
-    if start >= len(full_ids):
-        raise InputError("the completion adds no token after the prompt's: there is nothing to score")
-    if start < len(prompt_ids):
-        dropped = decode_tokens(tokenizer, prompt_ids[start:])
-        notes.append(
-            f"TRL's rule: the prompt tokenized alone ends in {dropped}, which prompt+completion does not "
-            f"have; the completion starts where they diverge (token {start}), so the context lacks that tail, "
-            "as in TRL's training (TRL warns about it once)"
-        )
+    prompt_ids, full_ids = _trl_pair_ids(tokenizer, prompt, completion, add_eos, notes)
+    start = _trl_completion_start(tokenizer, prompt_ids, full_ids, notes)
     if max_length is not None and len(full_ids) > max_length:
         raise SequenceTooLongError(
             f"the example is {len(full_ids)} tokens but the model's context is {max_length}; shorten it "
@@ -855,6 +1179,52 @@ def encode_trl(
             "tokenization": "trl",
         },
     )
+
+
+def _trl_pair_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str | Sequence[dict[str, str]],
+    completion: str | Sequence[dict[str, str]],
+    add_eos: bool,
+    notes: list[str],
+) -> tuple[list[int], list[int]]:
+    """TRL's two tokenizations: the prompt alone (with the generation prompt) and prompt + completion."""
+    if not isinstance(prompt, str):
+        prompt_ids = _trl_chat_ids(tokenizer, list(prompt), generation_prompt=True)
+        return prompt_ids, _trl_chat_ids(tokenizer, [*prompt, *completion])  # type: ignore[list-item]
+    assert isinstance(completion, str)
+    if not completion:
+        raise InputError("the answer is empty: there is nothing to score")
+    if add_eos:
+        eos = tokenizer.eos_token
+        if eos is None:
+            raise InputError("this tokenizer has no EOS token; pass `add_eos` False to score without one")
+        if not completion.endswith(eos):
+            completion += eos  # as text: TRL's add_eos step, so the tokenizer parses it as the special token
+    else:
+        notes.append("no EOS appended to the completion (TRL always appends one; `add_eos` is off)")
+    return list(tokenizer(prompt)["input_ids"]), list(tokenizer(prompt + completion)["input_ids"])
+
+
+def _trl_completion_start(
+    tokenizer: PreTrainedTokenizerBase, prompt_ids: list[int], full_ids: list[int], notes: list[str]
+) -> int:
+    """Where TRL starts the completion: the length of the common prefix of the two tokenizations."""
+    start = 0
+    for a, b in zip(prompt_ids, full_ids):
+        if a != b:
+            break
+        start += 1
+    if start >= len(full_ids):
+        raise InputError("the completion adds no token after the prompt's: there is nothing to score")
+    if start < len(prompt_ids):
+        dropped = decode_tokens(tokenizer, prompt_ids[start:])
+        notes.append(
+            f"TRL's rule: the prompt tokenized alone ends in {dropped}, which prompt+completion does not "
+            f"have; the completion starts where they diverge (token {start}), so the context lacks that tail, "
+            "as in TRL's training (TRL warns about it once)"
+        )
+    return start
 
 
 def encode_trl_language_modeling(

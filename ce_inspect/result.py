@@ -34,6 +34,7 @@ class AlternativeDict(TypedDict):
     token_id: int
     token: str
     prob: float
+    bytes: NotRequired[str]  # only when the token does not decode to text on its own: its bytes, hex ("F0 9F")
 
 
 class TokenDict(TypedDict):
@@ -50,6 +51,8 @@ class TokenDict(TypedDict):
     top_id: int
     top_token: str
     top_prob: float
+    bytes: NotRequired[str]  # only when the token does not decode to text on its own: its bytes, hex ("F0 9F")
+    top_bytes: NotRequired[str]  # the same for the top choice
     top_k: NotRequired[list[AlternativeDict]]  # only with top_k > 0
     greedy: bool  # the target is the model's most likely next token (rank 1)
     turn: int | None  # chat: index of the message the token belongs to; null for pairs
@@ -96,6 +99,7 @@ class SequenceTokenDict(TypedDict):
     loss: float | None  # null where the position is not scored
     special: bool
     turn: int | None
+    bytes: NotRequired[str]  # only when the token does not decode to text on its own: its bytes, hex ("F0 9F")
 
 
 class BoundaryTokenDict(TypedDict):
@@ -129,6 +133,7 @@ class PairLayoutDict(TypedDict):
     prompt_tokens: int
     answer_tokens: int
     tokenization: Literal["separate", "joint"]
+    special_tokens: Literal["parse", "text"]  # special-token text in the user's text: control tokens, or plain text
     boundary: BoundaryDict
     sequence_tokens: int
     scored_tokens: int
@@ -162,6 +167,7 @@ class ChatLayoutDict(TypedDict):
     end_of_turn: str | None
     answer_tokens: int
     template_mask: TemplateMaskDict | TemplateMaskUnusedDict | None  # null: no {% generation %} tag
+    special_tokens: Literal["parse", "text"]  # always parse: a template's rendering is tokenized as one string
     sequence_tokens: int
     scored_tokens: int
 
@@ -383,13 +389,17 @@ class Alternative:
     token_id: int
     token: str
     prob: float
+    bytes: str | None = None  # hex bytes of a token that does not decode on its own (see ``TokenScore``)
 
     def to_dict(self) -> AlternativeDict:
-        return {"token_id": self.token_id, "token": self.token, "prob": self.prob}
+        d: AlternativeDict = {"token_id": self.token_id, "token": self.token, "prob": self.prob}
+        if self.bytes is not None:
+            d["bytes"] = self.bytes
+        return d
 
     @classmethod
     def from_dict(cls, d: AlternativeDict) -> "Alternative":
-        return cls(token_id=d["token_id"], token=d["token"], prob=d["prob"])
+        return cls(token_id=d["token_id"], token=d["token"], prob=d["prob"], bytes=d.get("bytes"))
 
 
 @dataclass(frozen=True)
@@ -411,6 +421,10 @@ class TokenScore:
     top_prob: float
     top_k: tuple[Alternative, ...] = ()
     turn: int | None = None
+    #: Byte-level tokens that are part of a character (emoji, CJK, combining marks) all decode to "\ufffd"
+    #: on their own; for those, their bytes in hex ("F0 9F"), so that different tokens look different.
+    bytes: str | None = None
+    top_bytes: str | None = None
 
     @property
     def is_greedy(self) -> bool:
@@ -434,6 +448,10 @@ class TokenScore:
             "greedy": self.is_greedy,
             "turn": self.turn,
         }
+        if self.bytes is not None:
+            d["bytes"] = self.bytes
+        if self.top_bytes is not None:
+            d["top_bytes"] = self.top_bytes
         if self.top_k:
             d["top_k"] = [a.to_dict() for a in self.top_k]
         return d
@@ -457,9 +475,10 @@ class SequenceToken:
     loss: float | None
     special: bool = False
     turn: int | None = None
+    bytes: str | None = None  # as ``TokenScore.bytes``
 
     def to_dict(self) -> SequenceTokenDict:
-        return {
+        d: SequenceTokenDict = {
             "index": self.index,
             "token_id": self.token_id,
             "token": self.token,
@@ -469,6 +488,9 @@ class SequenceToken:
             "special": self.special,
             "turn": self.turn,
         }
+        if self.bytes is not None:
+            d["bytes"] = self.bytes
+        return d
 
     @classmethod
     def from_dict(cls, d: SequenceTokenDict) -> "SequenceToken":

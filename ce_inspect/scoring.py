@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from .encoding import Encoded, Layout, decode_tokens, encode, encode_messages, special_ids
+from .encoding import Encoded, Layout, byte_hex, decode_tokens, encode, encode_messages, special_ids
 from .errors import InputError, ModelLoadError
 from .result import Alternative, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
 
@@ -51,6 +51,9 @@ class ScoreOptions:
 
     def __post_init__(self) -> None:
         check_reduction(self.reduction)
+        if math.isnan(self.label_smoothing) or math.isinf(self.label_smoothing):
+            what = "not a number" if math.isnan(self.label_smoothing) else "infinite"
+            raise InputError(f"`label_smoothing` must be a number in [0, 1], got {self.label_smoothing} ({what})")
         if not 0.0 <= self.label_smoothing <= 1.0:
             raise InputError(f"`label_smoothing` must be in [0, 1], got {self.label_smoothing}")
         if self.top_k < 0:
@@ -192,11 +195,31 @@ def score_batch(
             targets.append(example.labels[p])  # the label is the target, as in training (== the id unless given)
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # [batch, seq]
 
+    options, top_k_note = _fit_top_k(lm, options)
     with torch.inference_mode():
         figures = _figures(lm, input_ids, attention, position_ids, rows_b, rows_t, targets, options)
         model_losses = _model_losses(lm, examples) if options.verify else [None] * len(examples)
 
-    return _results(lm, examples, figures, model_losses, options)
+    results = _results(lm, examples, figures, model_losses, options)
+    if top_k_note:
+        results = [replace(r, notes=(*r.notes, top_k_note)) for r in results]
+    return results
+
+
+def top_k_note(lm: LoadedModel, options: ScoreOptions) -> str | None:
+    """The note every result carries when ``top_k`` is more than the vocabulary (the width of the logits)."""
+    vocab = _vocab_size(lm.model)
+    if options.top_k <= vocab:
+        return None
+    return f"top-k {options.top_k} is more than the model's vocabulary of {vocab} tokens; showing all {vocab} (--top-k)"
+
+
+def _fit_top_k(lm: LoadedModel, options: ScoreOptions) -> tuple[ScoreOptions, str | None]:
+    """``top_k`` clamped to the vocabulary, with the note that says so (None when it fits)."""
+    note = top_k_note(lm, options)
+    if note is None:
+        return options, None
+    return replace(options, top_k=_vocab_size(lm.model)), note
 
 
 def _input_device(model: Any) -> Any:
@@ -459,7 +482,7 @@ def _results(
         for j, position in enumerate(positions):
             logprob = figures["logprob"][span][j]
             alternatives = tuple(
-                Alternative(token_id=i, token=alt_text[i], prob=math.exp(lp))
+                Alternative(token_id=i, token=alt_text[i], prob=math.exp(lp), bytes=byte_hex(tokenizer, i, alt_text[i]))
                 for i, lp in zip(top_ids[j][: options.top_k], top_logps[j][: options.top_k])
             )
             tokens.append(
@@ -479,6 +502,8 @@ def _results(
                     top_prob=math.exp(top_logps[j][0]),
                     top_k=alternatives,
                     turn=example.turns[position] if example.turns else None,
+                    bytes=byte_hex(tokenizer, target_ids[j], texts[j]),
+                    top_bytes=byte_hex(tokenizer, top_ids[j][0], alt_text[top_ids[j][0]]),
                 )
             )
         losses = [t.loss for t in tokens]
@@ -511,6 +536,7 @@ def _results(
                 loss=loss_at.get(i),
                 special=tid in special,
                 turn=example.turns[i] if example.turns else None,
+                bytes=byte_hex(tokenizer, tid, text),
             )
             for i, (tid, text) in enumerate(zip(example.input_ids, decode_tokens(tokenizer, example.input_ids)))
         )

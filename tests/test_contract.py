@@ -64,6 +64,8 @@ def run_documents(tiny_llama, tiny_llama_dir, tmp_path_factory):
         "verify": score(lm, "Q", " A.", options=ScoreOptions(verify=True)).to_dict(),
         "reduction none": score(lm, "Q", " A.", options=ScoreOptions(reduction="none")).to_dict(),
         "reduction sum": score(lm, "Q", " A.", options=ScoreOptions(reduction="sum")).to_dict(),
+        # Byte-level pieces of characters that do not decode on their own carry their bytes.
+        "bytes": score(lm, "Q", " \U0001f600\u4e2d", options=ScoreOptions(top_k=3)).to_dict(),
     }
     for name, template in (("template mask", MARKED), ("template mask unused", EMPTY_MARK)):
         marked = dataclasses.replace(lm, tokenizer=byte_tokenizer(chat_template=template))
@@ -215,8 +217,8 @@ def test_batch_lines_and_summaries_hold_exactly_the_declared_keys(batch_outputs)
     for k, summary in enumerate(summaries):
         check_keys(wire.BatchSummaryDict, summary, f"summary {k}", seen)
     missing = (declared(wire.BatchLineDict) | declared(wire.BatchSummaryDict)) - seen
-    # Pair-only or chat-only layouts and template masks are the run test's to cover.
-    missing = {(t, k) for t, k in missing if not t.startswith(("TemplateMask", "Boundary"))}
+    # Pair-only or chat-only layouts, template masks and tokens' bytes are the run test's to cover.
+    missing = {(t, k) for t, k in missing if not t.startswith(("TemplateMask", "Boundary")) and k != "bytes"}
     assert missing == set(), "declared but never written"
 
 

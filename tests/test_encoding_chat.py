@@ -243,9 +243,9 @@ def test_conversation_errors(chatml):
         encode_messages(chatml, [{"role": "assistant", "content": "Hi"}], Layout())
     with pytest.raises(InputError, match="already starts with a system message"):
         encode_messages(chatml, CONVERSATION, Layout(chat=True, system="x"))
-    with pytest.raises(InputError, match="--last-turn"):
+    with pytest.raises(InputError, match="`last_turn`"):
         encode_messages(chatml, CONVERSATION, Layout(mask_prompt=False), last_turn=True)
-    with pytest.raises(InputError, match="--sep"):
+    with pytest.raises(InputError, match="`sep`"):
         encode_messages(chatml, CONVERSATION, Layout(sep="\n"))
 
 
@@ -259,10 +259,10 @@ def test_conversation_longer_than_the_context_fails(chatml):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"chat": True, "sep": "\n"}, "--sep"),
-        ({"chat": True, "tokenization": "joint"}, "--tokenization joint"),
-        ({"chat": True, "truncate_prompt": True}, "--truncate-prompt"),
-        ({"system": "x"}, "--system needs --chat"),
+        ({"chat": True, "sep": "\n"}, "`sep`"),
+        ({"chat": True, "tokenization": "joint"}, "`tokenization` joint"),
+        ({"chat": True, "truncate_prompt": True}, "`truncate_prompt`"),
+        ({"system": "x"}, "`system` needs `chat`"),
         ({"tokenization": "merged"}, "use separate, joint or trl"),
     ],
 )

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import InputError
+from ..encoding import check_answer, check_text, scored_turns
 from .logs import setup_logging
 from .options import OUTPUT, Common, read_messages, read_text, shared_options, write_atomic
 
@@ -97,8 +97,11 @@ def run(
         ]
         if given:
             raise typer.BadParameter(f"--messages holds the whole conversation; drop {', '.join(given)}")
-        conversation = read_messages(messages)
+        conversation = read_messages(messages)  # every content checked by the core's text validator
         layout = common.layout(chat=True)
+        scored_turns(
+            conversation, last_turn, "--messages (stdin)" if str(messages) == "-" else f"--messages {messages}"
+        )
     else:
         if last_turn:
             raise typer.BadParameter("--last-turn needs --messages (a conversation with several assistant turns)")
@@ -106,18 +109,23 @@ def run(
             raise typer.BadParameter("only one of --prompt-file and --answer-file can be '-' (stdin)")
         prompt_text = read_text(prompt, prompt_file, "prompt")
         answer_text = read_text(answer, answer_file, "answer")
-        if not answer_text:
-            raise InputError("the answer is empty: there is nothing to score")
+        # The core's text rules, checked here so that bad text fails before the model loads.
+        check_text(prompt_text, "--prompt" if prompt_file is None else f"--prompt-file {prompt_file}")
+        check_answer(answer_text, "--answer" if answer_file is None else f"--answer-file {answer_file}")
         layout = common.layout()
+    options = common.score_options()
     setup_logging(quiet=json_out)
 
     from ..scoring import score, score_messages
 
     lm = common.load()
     if messages is not None:
-        result = score_messages(lm, conversation, layout=layout, options=common.score_options(), last_turn=last_turn)
+        result = score_messages(lm, conversation, layout=layout, options=options, last_turn=last_turn)
     else:
-        result = score(lm, prompt_text, answer_text, layout=layout, options=common.score_options())
+        result = score(lm, prompt_text, answer_text, layout=layout, options=options)
+    if json_out:
+        for note in result.notes:  # the rendered view prints them; JSON keeps stdout for the document
+            print(f"note: {note}", file=sys.stderr)
 
     if output is not None:
         write_atomic(output, result.to_json() + "\n")

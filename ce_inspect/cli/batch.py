@@ -135,6 +135,7 @@ def batch(
     """Score every record of a data set (JSONL, JSON, Parquet, datasets): one JSON line per example, in input
     order, then a summary."""
     from ..batch import BatchSettings, Fields, JsonlSink, output_conflict, read_resume, run_scan, scan_dataset
+    from ..scoring import top_k_note as _top_k_note
 
     if padding_side not in ("right", "left"):
         raise typer.BadParameter(f"{padding_side!r}: use right or left", param_hint="--padding-side")
@@ -173,6 +174,8 @@ def batch(
     if format is not None and format not in FORMATS:
         raise typer.BadParameter(f"{format!r}: use one of {', '.join(FORMATS)}", param_hint="--format")
     fields = Fields(prompt=prompt_field, answer=answer_field, messages=messages_field, id=id_field)
+    # Bad values are usage errors, before loading.
+    layout, options = replace(common.layout(), stride=stride), common.score_options()
     stdout = sys.stdout  # taken now: stdout carries only JSON lines when --output is not given
     # "Loading ..." and other progress notes only where someone watches; warnings always.
     setup_logging(quiet=not sys.stderr.isatty())
@@ -186,6 +189,9 @@ def batch(
     info = open_data(input, fields, format=format, split=split)  # before the model loads: a bad input fails fast
     err.print(cli_message(info.describe()), markup=False, soft_wrap=True, highlight=False)
     lm = common.load(quiet=True)
+    top_k_note = _top_k_note(lm, options)
+    if top_k_note:  # every line's notes carry it too
+        err.print(f"note: {top_k_note}", markup=False, soft_wrap=True)
     sharded = None
     if session is not None:  # torchrun: the output and every rank's part file
         from ..distributed import read_sharded_resume
@@ -200,11 +206,10 @@ def batch(
             markup=False,
             soft_wrap=True,
         )
-    options = common.score_options()
     scan = scan_dataset(
         lm,
         input,
-        layout=replace(common.layout(), stride=stride),
+        layout=layout,
         options=options,
         fields=fields,
         skip_invalid=skip_invalid,

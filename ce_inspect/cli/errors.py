@@ -37,6 +37,8 @@ FLAGS: dict[str, str] = {
     "chat": "--chat",
     "system": "--system",
     "tokenization": "--tokenization",
+    "special_tokens": "--special-tokens",
+    "messages": "--messages",
     "label_smoothing": "--label-smoothing",
     "reduction": "--reduction",
     "top_k": "--top-k",

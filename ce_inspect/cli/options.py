@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..encoding import IGNORE_INDEX, TOKENIZATIONS, Layout
+from ..encoding import IGNORE_INDEX, SPECIAL_TOKENS, TOKENIZATIONS, Layout
 from ..errors import InputError
 from ..loading import check_device, check_dtype
 from ..scoring import REDUCTIONS, ScoreOptions, check_reduction
@@ -104,15 +104,30 @@ TokenizationOpt = Annotated[
         rich_help_panel=LAYOUT,
     ),
 ]
+SpecialTokensOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="parse|text",
+        help="parse (default): special-token text in the prompt, answer or separator (e.g. <|im_end|>) becomes the "
+        "control token, as a tokenizer call in training does; text: encode it as plain text. Pairs only.",
+        rich_help_panel=LAYOUT,
+    ),
+]
+# Range checked by ScoreOptions, whose message also names nan and inf for what they are.
 SmoothingOpt = Annotated[
-    float, typer.Option(min=0.0, max=1.0, help="CrossEntropyLoss label_smoothing.", rich_help_panel=SCORING)
+    float, typer.Option(help="CrossEntropyLoss label_smoothing, in [0, 1].", rich_help_panel=SCORING)
 ]
 ReductionOpt = Annotated[
     str,
     typer.Option(help=f"Headline figure, as CrossEntropyLoss: {', '.join(REDUCTIONS)}.", rich_help_panel=SCORING),
 ]
 TopKOpt = Annotated[
-    int, typer.Option(min=0, help="Show the model's K most likely tokens at each position.", rich_help_panel=SCORING)
+    int,
+    typer.Option(
+        min=0,
+        help="Show the model's K most likely tokens at each position (K past the vocabulary: all, with a note).",
+        rich_help_panel=SCORING,
+    ),
 ]
 VerifyOpt = Annotated[
     bool,
@@ -144,6 +159,7 @@ class Common:
     chat: bool = False
     system: str | None = None
     tokenization: str | None = None
+    special_tokens: str | None = None
     label_smoothing: float = 0.0
     reduction: str = "mean"
     top_k: int = 0
@@ -168,6 +184,8 @@ class Common:
             raise typer.BadParameter(
                 f"{self.tokenization!r}: use {', '.join(TOKENIZATIONS)}", param_hint="--tokenization"
             )
+        if self.special_tokens is not None and self.special_tokens not in SPECIAL_TOKENS:
+            raise typer.BadParameter(f"{self.special_tokens!r}: use parse or text", param_hint="--special-tokens")
 
     def layout(self, *, chat: bool | None = None) -> Layout:
         """The layout these options describe; ``chat=True`` for inputs that are conversations (--messages).
@@ -175,6 +193,14 @@ class Common:
         Conflicting options (--sep with --chat, --system without it, ...) are usage errors; the library's
         message names its parameters, which the error table (cli/errors.py) shows as these flags.
         """
+        from ..encoding import check_text
+        from .errors import cli_message
+
+        # Text that cannot be encoded is bad input (exit 1), not a usage error.
+        if self.system is not None:
+            check_text(self.system, "--system")
+        if self.sep is not None:
+            check_text(self.sep, "--sep")
         try:
             return Layout(
                 sep=self.sep or None,
@@ -185,20 +211,26 @@ class Common:
                 chat=self.chat if chat is None else chat,
                 system=self.system,
                 tokenization=self.tokenization or "separate",
+                special_tokens=self.special_tokens or "parse",
             )
         except InputError as exc:
-            from .errors import cli_message
-
             raise typer.BadParameter(cli_message(str(exc))) from None
 
     def score_options(self) -> ScoreOptions:
-        return ScoreOptions(
-            reduction=self.reduction,
-            label_smoothing=self.label_smoothing,
-            top_k=self.top_k,
-            verify=self.verify,
-            chunk_tokens=self.chunk_tokens,
-        )
+        """The scoring options; an out-of-range value (``--label-smoothing nan``) is a usage error."""
+        from ..errors import InputError
+        from .errors import cli_message
+
+        try:
+            return ScoreOptions(
+                reduction=self.reduction,
+                label_smoothing=self.label_smoothing,
+                top_k=self.top_k,
+                verify=self.verify,
+                chunk_tokens=self.chunk_tokens,
+            )
+        except InputError as exc:
+            raise typer.BadParameter(cli_message(str(exc))) from None
 
     def load(self, quiet: bool = True) -> LoadedModel:
         from ..loading import load
@@ -230,6 +262,7 @@ _SHARED: list[tuple[str, Any, Any]] = [
     ("chat", ChatOpt, False),
     ("system", SystemOpt, None),
     ("tokenization", TokenizationOpt, None),
+    ("special_tokens", SpecialTokensOpt, None),
     ("label_smoothing", SmoothingOpt, 0.0),
     ("reduction", ReductionOpt, "mean"),
     ("top_k", TopKOpt, 0),

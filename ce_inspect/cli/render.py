@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
@@ -21,10 +23,16 @@ _TARGET_SEGMENTS = {"answer", "eos", "assistant", "eot"}
 _TOP_K_WIDTH = 10  # characters of each alternative shown in the table
 
 
-def visible(token: str, special: bool = False) -> Text:
-    """The token with whitespace and control characters made visible; special tokens highlighted."""
+def visible(token: str, special: bool = False, raw: str | None = None) -> Text:
+    """The token with whitespace and control characters made visible; special tokens highlighted.
+
+    ``raw``: the hex bytes of a token that does not decode on its own (part of a character), shown as
+    ``<F0 9F>`` instead of the "\ufffd" every such token decodes to.
+    """
     if special:
         return Text(token, style="bold magenta")
+    if raw is not None:
+        return Text(f"<{raw}>", style="cyan")
     shown = "".join(_VISIBLE.get(ch, ch if ch.isprintable() else f"\\x{ord(ch):02x}") for ch in token)
     return Text(shown or "∅")
 
@@ -65,12 +73,31 @@ def top_k_cell(t: TokenScore) -> Text:
         if i:
             cell.append("  ")
         is_target = alt.token_id == t.token_id
-        shown = clipped(visible(alt.token, t.special and is_target), _TOP_K_WIDTH)
+        shown = clipped(visible(alt.token, t.special and is_target, alt.bytes), _TOP_K_WIDTH)
         if is_target:
             shown.stylize("bold green underline")
         cell.append_text(shown)
         cell.append(f" {prob_text(alt.prob)}", style="bold green" if is_target else "dim")
     return cell
+
+
+@dataclass
+class _Column:
+    """One column of the token table: its header, how much it matters on a narrow terminal, and its cells."""
+
+    header: str
+    keep: int  # columns with the lowest ``keep`` go first when the line is too narrow; _ALWAYS never goes
+    options: dict[str, Any]
+    cells: list[Any] = field(default_factory=list)
+
+    def width(self) -> int:
+        widest = max((cell_len(c.plain if isinstance(c, Text) else str(c)) for c in self.cells), default=0)
+        natural = max(widest, cell_len(self.header), self.options.get("min_width") or 0)
+        return min(natural, self.options.get("max_width") or natural)
+
+
+_ALWAYS = 100  # target, prob, loss: what the table is for
+_FLEXIBLE_MIN = 20  # the top-k column shrinks (cut with …) down to this many characters
 
 
 def token_table(
@@ -80,19 +107,21 @@ def token_table(
     when context tokens are scored too (--no-mask-prompt).
 
     With top-k the alternatives replace the single "top choice" column, on one line per row, cut with
-    "…" where the console (``width``) is too narrow; ✓ marks a greedy target.
+    "…" where the console (``width``) is too narrow; ✓ marks a greedy target. On a narrow console the less
+    important columns go first (id, top choice, part, turn, #, top-k, rank); target, prob and loss stay.
     """
-    if top_k and width:
-        # Measure the table without the alternatives to give them what is left of the line.
-        rest = Console(width=10_000).measure(token_table(tokens, 0, roles)).maximum - len("top choice") - 3
-        top_k_width: int | None = max(20, width - rest - 4)
-    else:
-        top_k_width = None
-    by_turn = roles is not None
-    by_part = any(t.segment not in _TARGET_SEGMENTS for t in tokens)
-    last = max((t.index for t in tokens), default=0)
-    widest_id = max((t.token_id for t in tokens), default=0)
+    columns, sections = _token_columns(tokens, top_k, roles)
+    if width:
+        columns = _fit_columns(columns, width)
+    # Narrower than target, prob and loss with their padding: drop the padding, then cut long targets with …,
+    # rather than lose a column.
+    tight = bool(width) and _needed(columns, None) > width
+    if tight and width:
+        target = next(c for c in columns if c.header == "target")
+        others = sum(c.width() + 1 for c in columns if c is not target)
+        target.options.update(max_width=max(3, width - 2 - others), overflow="ellipsis")
     table = Table(
+        padding=(0, 0) if tight else (0, 1),
         title=f"Per-token loss ({len(tokens)} scored tokens)",
         title_justify="left",
         caption="✓ the target is the model's greedy choice"
@@ -100,53 +129,88 @@ def token_table(
         caption_justify="left",
         expand=False,
     )
-    if by_turn:
-        table.add_column("turn", style="dim", no_wrap=True, min_width=4)
-    if by_part:
-        table.add_column("part", style="cyan", no_wrap=True)
-    table.add_column("#", justify="right", style="dim", no_wrap=True, min_width=len(str(last)))
-    table.add_column("target", no_wrap=True, min_width=6, max_width=24)
-    table.add_column("id", justify="right", style="dim", no_wrap=True, min_width=len(str(widest_id)))
-    table.add_column("prob", justify="right", no_wrap=True, min_width=6)
-    table.add_column("loss", justify="right", no_wrap=True, min_width=6)
-    table.add_column("rank", justify="right", no_wrap=True, min_width=4)
+    for column in columns:
+        table.add_column(column.header, **column.options)
+    for i in range(len(tokens)):
+        if i in sections:
+            table.add_section()
+        table.add_row(*(column.cells[i] for column in columns))
+    return table
+
+
+def _token_columns(
+    tokens: tuple[TokenScore, ...], top_k: int, roles: list[str] | None
+) -> tuple[list[_Column], set[int]]:
+    """Every column the table can show, with its cells, and the rows that start a new section."""
+    by_turn = roles is not None
+    by_part = any(t.segment not in _TARGET_SEGMENTS for t in tokens)
+    last = max((t.index for t in tokens), default=0)
+    widest_id = max((t.token_id for t in tokens), default=0)
+    turn = _Column("turn", 30, {"style": "dim", "no_wrap": True, "min_width": 4})
+    part = _Column("part", 25, {"style": "cyan", "no_wrap": True})
+    index = _Column("#", 40, {"justify": "right", "style": "dim", "no_wrap": True, "min_width": len(str(last))})
+    target = _Column("target", _ALWAYS, {"no_wrap": True, "min_width": 6, "max_width": 24})
+    ids = _Column("id", 10, {"justify": "right", "style": "dim", "no_wrap": True, "min_width": len(str(widest_id))})
+    prob = _Column("prob", _ALWAYS, {"justify": "right", "no_wrap": True, "min_width": 6})
+    loss = _Column("loss", _ALWAYS, {"justify": "right", "no_wrap": True, "min_width": 6})
+    rank = _Column("rank", 50, {"justify": "right", "no_wrap": True, "min_width": 4})
     if top_k:
-        table.add_column(f"top {top_k}", no_wrap=True, overflow="ellipsis", max_width=top_k_width)
+        top = _Column(f"top {top_k}", 45, {"no_wrap": True, "overflow": "ellipsis"})  # asked for: kept longer
     else:
-        table.add_column("top choice", no_wrap=True)
+        top = _Column("top choice", 20, {"no_wrap": True})
+    sections: set[int] = set()
     previous: object = object()
     previous_part: str | None = None
-    for t in tokens:
-        style = loss_style(t.loss)
-        row: list[Any] = []
+    for i, t in enumerate(tokens):
         if by_turn:
             if t.turn != previous:
                 if previous is not object:
-                    table.add_section()
+                    sections.add(i)
                 previous_part = None  # a new section names its part again
-            row.append(("-" if t.turn is None else str(t.turn)) if t.turn != previous else "")
+            turn.cells.append(("-" if t.turn is None else str(t.turn)) if t.turn != previous else "")
             previous = t.turn
         if by_part:
             if not by_turn and previous_part is not None and t.segment != previous_part:
-                table.add_section()
-            row.append(t.segment if t.segment != previous_part else "")
+                sections.add(i)
+            part.cells.append(t.segment if t.segment != previous_part else "")
             previous_part = t.segment
-        row += [
-            str(t.index),
-            visible(t.token, t.special),
-            str(t.token_id),
-            Text(f"{t.prob:.4f}", style=style),
-            Text(fmt(t.loss), style=style),
-            Text(f"{t.rank} ✓", style="green") if t.is_greedy else Text(str(t.rank)),
-        ]
+        style = loss_style(t.loss)
+        index.cells.append(str(t.index))
+        target.cells.append(visible(t.token, t.special, t.bytes))
+        ids.cells.append(str(t.token_id))
+        prob.cells.append(Text(f"{t.prob:.4f}", style=style))
+        loss.cells.append(Text(fmt(t.loss), style=style))
+        rank.cells.append(Text(f"{t.rank} ✓", style="green") if t.is_greedy else Text(str(t.rank)))
         if top_k:
-            row.append(top_k_cell(t))
+            top.cells.append(top_k_cell(t))
         elif t.is_greedy:
-            row.append(Text("✓", style="green"))
+            top.cells.append(Text("✓", style="green"))
         else:
-            row.append(clipped(visible(t.top_token, False), _TOP_K_WIDTH).append(f" {prob_text(t.top_prob)}", "dim"))
-        table.add_row(*row)
-    return table
+            shown = clipped(visible(t.top_token, False, t.top_bytes), _TOP_K_WIDTH)
+            top.cells.append(shown.append(f" {prob_text(t.top_prob)}", "dim"))
+    columns = [*([turn] if by_turn else []), *([part] if by_part else []), index, target, ids, prob, loss, rank, top]
+    return columns, sections
+
+
+def _fit_columns(columns: list[_Column], width: int) -> list[_Column]:
+    """The columns that fit ``width``, dropping the least important first; the top-k column takes what is left."""
+    columns = list(columns)
+    flexible = next((c for c in columns if c.options.get("overflow") == "ellipsis"), None)
+    while _needed(columns, flexible) > width:
+        droppable = [c for c in columns if c.keep < _ALWAYS]
+        if not droppable:
+            break
+        columns.remove(min(droppable, key=lambda c: c.keep))
+    if flexible in columns:
+        rest = _needed([c for c in columns if c is not flexible], None)
+        flexible.options["max_width"] = max(_FLEXIBLE_MIN, width - rest - 3)
+    return columns
+
+
+def _needed(columns: list[_Column], flexible: _Column | None) -> int:
+    """Characters the table takes: one space of padding either side of each column, a border on its right
+    and one more on the left; ``flexible`` counts at its smallest."""
+    return 1 + sum((min(c.width(), _FLEXIBLE_MIN) if c is flexible else c.width()) + 3 for c in columns)
 
 
 def summary_table(result: ScoreResult) -> Table:
@@ -230,7 +294,7 @@ def sequence_view(
             text.append("┃", style="bold cyan")
         previous_target = is_target
         special = tok.special or (special_ids is not None and tok.token_id in special_ids)
-        piece = visible(tok.token, special)
+        piece = visible(tok.token, special, tok.bytes)
         if tok.scored and tok.loss is not None:
             piece.stylize(loss_style(tok.loss, _HEAT_BG))
             if context_scored and not is_target:
@@ -246,27 +310,49 @@ def sequence_view(
     return text
 
 
-def heat_legend(context_scored: bool) -> Text:
-    legend = Text.assemble(
-        ("masked", "dim"),
-        "  scored loss: ",
-        ("<0.5", "on dark_green"),
-        " ",
-        ("<2", "black on yellow"),
-        " ",
-        ("<4", "black on dark_orange"),
-        " ",
-        ("≥4", "on red"),
-        "   ",
-        ("special", "bold magenta"),
-        "  ␣ space  ↵ newline  ⇥ tab",
-    )
+def heat_legend(context_scored: bool, width: int | None = None, partial_bytes: bool = False) -> Text:
+    """The strip's key, one entry never split across lines: wrapped between entries to fit ``width``."""
+    entries = [
+        Text("masked", style="dim"),
+        Text.assemble(
+            "scored loss: ",
+            ("<0.5", "on dark_green"),
+            " ",
+            ("<2", "black on yellow"),
+            " ",
+            ("<4", "black on dark_orange"),
+            " ",
+            ("≥4", "on red"),
+        ),
+        Text("special", style="bold magenta"),
+        Text("␣ space"),
+        Text("↵ newline"),
+        Text("⇥ tab"),
+    ]
+    if partial_bytes:
+        entries.append(Text.assemble(("<F0 9F>", "cyan"), " bytes of part of a character"))
+    lines = [entries]
     if context_scored:
-        legend.append("\n")
-        legend.append("italic", style="italic")
-        legend.append(": context tokens scored too (--no-mask-prompt)  ")
-        legend.append("┃", style="bold cyan")
-        legend.append(": context | answer boundary")
+        lines.append(
+            [
+                Text.assemble(("italic", "italic"), ": context tokens scored too (--no-mask-prompt)"),
+                Text.assemble(("┃", "bold cyan"), ": context | answer boundary"),
+            ]
+        )
+    legend = Text()
+    for n, line in enumerate(lines):
+        if n:
+            legend.append("\n")
+        used = 0
+        for entry in line:
+            if used and width and used + 2 + entry.cell_len > width:
+                legend.append("\n")
+                used = 0
+            if used:
+                legend.append("  ")
+                used += 2
+            legend.append_text(entry)
+            used += entry.cell_len
     return legend
 
 
@@ -323,7 +409,11 @@ def render_result(result: ScoreResult, console: Console | None = None) -> None:
     special = {t.token_id for t in result.tokens if t.special}
     console.print(
         Panel(
-            Group(sequence_view(result.sequence, special, roles), Text(), heat_legend(context_scored)),
+            Group(
+                sequence_view(result.sequence, special, roles),
+                Text(),
+                heat_legend(context_scored, console.width - 4, any(t.bytes for t in result.sequence)),
+            ),
             title="sequence",
             title_align="left",
         )
