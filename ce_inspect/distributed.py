@@ -245,7 +245,15 @@ def read_sharded_resume(output: Path, world: int, worst: int, *, resume: bool) -
                     "start over with `force`"
                 )
             examples[line] = stats
-    union = replace(states[0], examples=dict(sorted(examples.items())), worst_tokens=(), ordered=False)
+    union = replace(
+        states[0],
+        path=output,
+        size=0,
+        torn_bytes=0,
+        examples=dict(sorted(examples.items())),
+        worst_tokens=(),
+        ordered=False,
+    )
     return ShardedResume(base, parts, union)
 
 
@@ -460,8 +468,12 @@ def score_share(
     options: ScoreOptions,
     settings: BatchSettings,
     show: Callable[[int, int], None] | None = None,
+    **runner: Any,
 ) -> BatchStats:
-    """Score this rank's share of ``scan`` into its part file; returns how it batched the work."""
+    """Score this rank's share of ``scan`` into its part file; returns how it batched the work.
+
+    ``runner`` goes to ``run_scan`` as it is (a command's own score function and report, once the runner
+    takes them), so every command on the one runner is sharded the same way."""
     from .batch import JsonlSink, run_scan
 
     base = state.base_lines
@@ -471,7 +483,9 @@ def score_share(
     own = state.parts.get(session.rank)
     share = replace(scan, entries=tuple(e for e in scan.entries if e.line in mine), resume=own, subset=True)
     with JsonlSink.open(part_path(output, session.rank, session.world), resume=own) as sink:
-        summary = run_scan(lm, share, sink, options=options, settings=settings, on_batch=session.on_batch(show))
+        summary = run_scan(
+            lm, share, sink, options=options, settings=settings, on_batch=session.on_batch(show), **runner
+        )
     return summary.batching
 
 
@@ -528,9 +542,11 @@ def merge_and_sum_up(
     options: ScoreOptions,
     settings: BatchSettings,
     batching: BatchStats,
+    **runner: Any,
 ) -> DatasetSummary:
     """Rank 0, once every rank succeeded: merge the parts into ``output`` and rebuild the summary from it
-    (every example read back like a resumed one, then the counts of this run put back)."""
+    (every example read back like a resumed one, then the counts of this run put back). ``runner`` as for
+    ``score_share``: the report must be able to take resumed examples."""
     import io
 
     from .batch import JsonlSink, read_resume, run_scan
@@ -548,7 +564,8 @@ def merge_and_sum_up(
             e = replace(e, done=done)
         entries.append(e)
     final = replace(scan, entries=tuple(entries), resume=merged)
-    summary = run_scan(lm, final, JsonlSink(io.BytesIO(), name=str(output)), options=options, settings=settings)
+    sink = JsonlSink(io.BytesIO(), name=str(output))  # nothing is left to write: every example is done
+    summary = run_scan(lm, final, sink, options=options, settings=settings, **runner)
     for p in parts:
         p.unlink(missing_ok=True)
     return replace(summary, resumed=state.resumed, batching=batching)

@@ -336,3 +336,86 @@ def test_sharded_resume_is_the_union_of_the_output_and_the_parts(tmp_path, tiny_
         read_sharded_resume(out, 2, 10, resume=True)
     part_path(out, 1, 2).write_text(lines[0])  # a part the output already holds: left from a merge
     assert sorted(read_sharded_resume(out, 2, 10, resume=True).parts) == [0]
+
+
+@pytest.mark.slow
+def test_a_single_process_output_is_resumed_under_torchrun(tiny_llama_dir, reference, tmp_path):
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    out.write_text("".join(reference[0].read_text().splitlines(keepends=True)[:5]))  # as an interrupted run left it
+    proc = _torchrun(tiny_llama_dir, out, "--resume", "--summary-json", str(summary))
+    assert proc.returncode == 0, proc.stderr
+    _same_as_single(reference, out, summary)
+    assert json.loads(summary.read_text())["resumed"] == 5
+
+
+# --- the ranks' channel, with a store in memory -------------------------------------------------------------
+
+
+class MemoryStore:
+    """The part of c10d's Store API the session uses."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def add(self, key: str, n: int) -> int:
+        value = int(self.data.get(key, b"0")) + n
+        self.data[key] = str(value).encode()
+        return value
+
+    def set(self, key: str, value: str) -> None:
+        self.data[key] = value.encode()
+
+    def get(self, key: str) -> bytes:
+        return self.data[key]
+
+    def check(self, keys: list[str]) -> bool:
+        return all(k in self.data for k in keys)
+
+
+def _session(store: MemoryStore, rank: int, world: int = 2, timeout: float = 5.0):
+    from ce_inspect.distributed import Launch, Session
+
+    return Session(Launch(rank, world, rank, world, "127.0.0.1", 1, True), store, timeout)
+
+
+def test_rank_0_shows_every_rank_progress_and_gathers_outcomes():
+    store = MemoryStore()
+    zero, one = _session(store, 0), _session(store, 1)
+    shown: list[tuple[int, int]] = []
+    on_batch = zero.on_batch(lambda e, t: shown.append((e, t)))
+    one.on_batch(None)(3, 30)  # rank 1 reports a batch of 3 examples, 30 tokens
+    on_batch(2, 20)
+    assert shown == [(5, 50)]  # rank 0's bar moves by both ranks' work
+    one.on_batch(None)(1, 7)
+    one.post(0, batching={"batches": 2})
+    assert zero.gather(lambda e, t: shown.append((e, t))) == {1: {"code": 0, "error": None, "batching": {"batches": 2}}}
+    assert shown[-1] == (1, 7) and sum(e for e, _ in shown) == 6
+    assert zero.failure() is None
+
+
+def test_a_failed_rank_stops_the_others_and_rank_0_names_it():
+    from ce_inspect.distributed import Aborted
+
+    store = MemoryStore()
+    zero, one, two = _session(store, 0, 3), _session(store, 1, 3), _session(store, 2, 3)
+    two.post(1)  # stopped because of another rank: no error of its own
+    one.post(1, "data.jsonl line 7: missing field 'answer'")
+    with pytest.raises(Aborted):
+        zero.on_batch(None)(1, 1)
+    zero.gather()
+    failure = zero.failure()
+    assert str(failure) == "rank 1 of 3: data.jsonl line 7: missing field 'answer'" and failure.code == 1
+    store.set("ack/2", "1")  # rank 2 has read the outcome already; rank 1 reads it below
+    import threading
+
+    threading.Timer(0.3, lambda: store.set("ack/1", "1")).start()
+    assert zero.finish(1) == 1 and store.get("final") == b"1"
+    assert one.finish(1) == 0  # rank 0's status is the run's; the others leave quietly
+
+
+def test_a_rank_that_sends_nothing_does_not_hang_the_run():
+    from ce_inspect.distributed import RankFailedError
+
+    zero = _session(MemoryStore(), 0, timeout=0.3)
+    with pytest.raises(RankFailedError, match=r"rank 1 of 2 sent nothing for 0 s"):
+        zero.gather()
