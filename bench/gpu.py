@@ -334,6 +334,7 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cuda (default when available) or cpu (smoke test)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-large", action="store_true", help="SmolLM2 only")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated (bfloat16 is slow on CPU)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--name", default="gpu")
     args = parser.parse_args()
@@ -350,7 +351,7 @@ def main() -> None:
         (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
         print(f"No CUDA GPU here: wrote {out / args.name}.md saying so.", file=sys.stderr)
         return
-    args.dtypes = ["float32", "bfloat16"]
+    args.dtypes = args.dtypes.split(",")
     args.prompts = [256, 1024] if args.quick else [256, 1024, 4096, 16384]
     args.records = 32 if args.quick else 256
     args.batch_sizes = (1, 8) if args.quick else BATCH_SIZES

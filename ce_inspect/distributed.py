@@ -322,6 +322,17 @@ class Session:
         self._shown = shown  # rank 0 keeps advancing the bar while it waits for the others
         return callback
 
+    def barrier(self, name: str) -> None:
+        """Wait until every rank got here (or one failed: then stop as well)."""
+        self.store.add(f"barrier/{name}", 1)
+
+        def ready() -> bool:
+            if self.aborted():
+                raise Aborted
+            return self.store.add(f"barrier/{name}", 0) >= self.world
+
+        self._wait(ready, lambda: "a rank")
+
     # outcomes -------------------------------------------------------------------------------------------
 
     def post(self, code: int, error: str | None = None, **extra: Any) -> None:
@@ -482,6 +493,8 @@ def score_share(
     mine = set(shares[session.rank])
     own = state.parts.get(session.rank)
     share = replace(scan, entries=tuple(e for e in scan.entries if e.line in mine), resume=own, subset=True)
+    # Every rank has checked and read the part files before any rank writes to its own.
+    session.barrier("parts read")
     with JsonlSink.open(part_path(output, session.rank, session.world), resume=own) as sink:
         summary = run_scan(
             lm, share, sink, options=options, settings=settings, on_batch=session.on_batch(show), **runner
