@@ -235,7 +235,8 @@ def test_two_ranks_write_what_one_process_writes(tiny_llama_dir, reference, tmp_
 @pytest.mark.slow
 def test_a_killed_rank_leaves_no_output_and_resume_finishes_the_same(tiny_llama_dir, reference, tmp_path):
     out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
-    killed = _torchrun(tiny_llama_dir, out, CE_INSPECT_TEST_RANK_FAULT="1:kill")
+    # One example per window: rank 1's first line is on disk before its second batch, where the hook kills it.
+    killed = _torchrun(tiny_llama_dir, out, "--sort-window", "1", CE_INSPECT_TEST_RANK_FAULT="1:kill")
     assert killed.returncode != 0
     assert not out.exists()
     parts = existing_parts(out)
