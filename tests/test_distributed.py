@@ -420,3 +420,20 @@ def test_a_rank_that_sends_nothing_does_not_hang_the_run():
     zero = _session(MemoryStore(), 0, timeout=0.3)
     with pytest.raises(RankFailedError, match=r"rank 1 of 2 sent nothing for 0 s"):
         zero.gather()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_two_gpus_write_what_one_gpu_writes(tiny_llama_dir, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs")
+    one, summary_one = tmp_path / "one.jsonl", tmp_path / "one.json"
+    proc = _single(tiny_llama_dir, one, summary_one, "--device", "cuda")
+    assert proc.returncode == 0, proc.stderr
+    two, summary_two = tmp_path / "two.jsonl", tmp_path / "two.json"
+    proc = _torchrun(tiny_llama_dir, two, "--device", "cuda", "--summary-json", str(summary_two))
+    assert proc.returncode == 0, proc.stderr
+    _same_as_single((one, summary_one), two, summary_two)
+    assert json.loads(summary_two.read_text())["device"] == "cuda:0"  # rank 0's; rank 1 ran on cuda:1

@@ -150,6 +150,8 @@ def batch(
         raise typer.BadParameter(
             f"the {session.world} ranks of a torchrun run cannot share stdout; give --output", param_hint="--output"
         )
+    if session is not None and str(input) == "-":
+        raise typer.BadParameter("under torchrun every rank reads the input itself; give a file, not stdin")
     if output is not None:
         conflict = output_conflict(output, input, resume=resume, force=force)
         if conflict:
