@@ -50,6 +50,7 @@ from .scoring import ScoreOptions
 from .windows import score_examples
 
 if TYPE_CHECKING:
+    from .files import OutputTarget
     from .loading import LoadedModel
 
 DEFAULT_BATCH_SIZE = 8
@@ -336,7 +337,7 @@ class ResumeState:
     torn_bytes: int
     examples: dict[int, ExampleStats]  # by input line
     worst_tokens: tuple[WorstToken, ...]
-    settings: dict[str, Any]  # model, dtype and loss settings of the first line
+    settings: dict[str, Any]  # what every line was written with (``line_settings``); {} for an empty file
     # distributed: False for the union of torchrun part files, whose lines are not a prefix of the input
     ordered: bool = True
 
@@ -345,47 +346,51 @@ class ResumeState:
         return max(self.examples, default=0)
 
 
-def read_resume(path: str | os.PathLike[str], worst: int = DEFAULT_WORST) -> ResumeState:
-    """Read back an output file of ``batch``: each line must be a complete result; a torn last line is dropped.
+#: How every output line starts (``output_line`` puts ``schema_version`` first). A torn last line is
+#: dropped on resume only if it starts like this (or is a shorter piece of it): bytes that do not are
+#: not ours, and ce-inspect never deletes what it did not write.
+LINE_PREFIX = b'{"schema_version": '
 
-    The writer emits every line, newline last, in one go; so only the last line can be incomplete (a
-    ``kill -9`` mid-write). Any other line that is not a result means the file is not ours: refuse it.
+
+def _is_our_torn_line(raw: bytes) -> bool:
+    return raw.startswith(LINE_PREFIX) or LINE_PREFIX.startswith(raw)
+
+
+def read_resume(path: str | os.PathLike[str], worst: int = DEFAULT_WORST) -> ResumeState:
+    """Read back an output file of ``batch``: every complete line must be a result written with the same
+    settings; a torn last line (no newline: a ``kill -9`` mid-write) is dropped only if it is recognisably
+    the start of one of our lines. Anything else means the file is not ours: refuse it, change nothing.
     """
     path = Path(path)
     examples: dict[int, ExampleStats] = {}
     tokens: list[tuple[float, int, int, WorstToken]] = []
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] | None = None
     size = 0
-    bad: ResumeError | None = None  # a bad line is forgiven only if it turns out to be the last
     try:
         with open(path, "rb") as fh:
             for k, raw in enumerate(fh, 1):
-                if bad is not None:
-                    raise bad
                 if not raw.endswith(b"\n"):
+                    if not _is_our_torn_line(raw):
+                        raise ResumeError(
+                            f"`resume`: {path} ends with {len(raw)} bytes that ce-inspect did not write (its lines "
+                            'start with {"schema_version": ...); give a file written by `ce-inspect batch`, or '
+                            "start over with `force`"
+                        )
                     break  # torn: the writer never finished this line
-                try:
-                    obj = json.loads(raw.decode("utf-8"))
-                    stats, example_tokens = _stats_from_line(obj, worst)
-                except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                    bad = ResumeError(
-                        f"--resume: line {k} of {path} is not a complete ce-inspect batch result ({_why(exc)}); "
-                        "give a file written by `ce-inspect batch`, or start over with --force"
-                    )
-                    continue
+                obj, stats, example_tokens = _read_line(path, k, raw, worst)
                 if examples and stats.line <= max(examples):
                     raise ResumeError(
-                        f"--resume: line {k} of {path} repeats or goes back to input line {stats.line}; the file "
-                        "was edited or written by two runs at once; start over with --force"
+                        f"`resume`: line {k} of {path} repeats or goes back to input line {stats.line}; the file "
+                        "was edited or written by two runs at once; start over with `force`"
                     )
-                if not settings:
-                    settings = {
-                        "model": obj.get("model"),
-                        "dtype": obj.get("dtype"),
-                        "label_smoothing": obj["summary"].get("label_smoothing"),
-                        "reduction": obj["summary"].get("reduction"),
-                        "ignore_index": obj["summary"].get("ignore_index"),
-                    }
+                line_settings_ = obj.get("settings")
+                if settings is None:
+                    settings = _first_settings(path, line_settings_)
+                elif line_settings_ != settings:
+                    raise ResumeError(
+                        f"`resume`: line {k} of {path} was written with other settings than line 1; the file "
+                        "mixes two runs, start over with `force`"
+                    )
                 examples[stats.line] = stats
                 if worst:
                     for t in example_tokens:
@@ -393,15 +398,36 @@ def read_resume(path: str | os.PathLike[str], worst: int = DEFAULT_WORST) -> Res
                 size += len(raw)
         total = path.stat().st_size
     except OSError as exc:
-        raise ResumeError(f"--resume: cannot read {path} ({exc.strerror})") from None
+        raise ResumeError(f"`resume`: cannot read {path} ({exc.strerror})") from None
     return ResumeState(
         path=path,
         size=size,
         torn_bytes=total - size,
         examples=examples,
         worst_tokens=tuple(item[-1] for item in tokens),
-        settings=settings,
+        settings=settings or {},
     )
+
+
+def _read_line(path: Path, k: int, raw: bytes, worst: int) -> tuple[dict[str, Any], ExampleStats, list[WorstToken]]:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+        stats, example_tokens = _stats_from_line(obj, worst)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ResumeError(
+            f"`resume`: line {k} of {path} is not a complete ce-inspect batch result ({_why(exc)}); "
+            "give a file written by `ce-inspect batch`, or start over with `force`"
+        ) from None
+    return obj, stats, example_tokens
+
+
+def _first_settings(path: Path, settings: Any) -> dict[str, Any]:
+    if not isinstance(settings, dict):
+        raise ResumeError(
+            f"`resume`: {path} does not record the settings it was written with (an older ce-inspect wrote it); "
+            "start over with `force`"
+        )
+    return settings
 
 
 def _why(exc: BaseException) -> str:
@@ -424,19 +450,54 @@ def _stats_from_line(obj: Any, worst: int) -> tuple[ExampleStats, list[WorstToke
     return stats, worst_tokens_of(line, rid, result, worst) if worst else []
 
 
-def _check_resume_settings(state: ResumeState, lm: LoadedModel, layout: Layout, options: ScoreOptions) -> None:
-    current = {
+def line_settings(
+    lm: LoadedModel,
+    layout: Layout,
+    options: ScoreOptions,
+    fields: Fields | None = None,
+    *,
+    sequence: bool | None = None,
+) -> dict[str, Any]:
+    """Everything besides its record that an output line's content depends on; each line carries it.
+
+    The model (its name and, when known, the fingerprint of its config, tokenizer and weights), the dtype,
+    every layout and scoring option and the record fields. Left out: the device, batch size, padding side
+    and head chunk size, which change figures only within float tolerance. ``sequence=None`` leaves that
+    key out (the scan does not know it; ``run_scan`` compares it).
+    """
+    from dataclasses import asdict
+
+    scoring = {k: v for k, v in asdict(options).items() if k not in ("chunk_tokens", "chunk_bytes")}
+    settings: dict[str, Any] = {
         "model": lm.name,
+        "model_fingerprint": lm.fingerprint,
         "dtype": lm.dtype,
-        "label_smoothing": options.label_smoothing,
-        "reduction": options.reduction,
-        "ignore_index": layout.ignore_index,
+        **asdict(layout),
+        **scoring,
+        "fields": asdict(fields or Fields()),
     }
+    if sequence is not None:
+        settings["sequence"] = sequence
+    return json.loads(dumps(settings))  # as it reads back from a line: tuples become lists
+
+
+def _check_resume_settings(state: ResumeState, current: dict[str, Any]) -> None:
+    """Refuse to continue a file written with another model or any option that changes a line."""
+    if not state.examples:
+        return
     for key, value in current.items():
-        if state.settings and state.settings.get(key) != value:
+        old = state.settings.get(key)
+        if key == "model_fingerprint":
+            if old is not None and value is not None and old != value:
+                raise ResumeError(
+                    f"`resume`: {state.path} was written by a model whose config, tokenizer or weights differ "
+                    f"from this one's (fingerprint {str(old)[:12]} vs {str(value)[:12]}); start over with `force`"
+                )
+            continue
+        if old != value:
             raise ResumeError(
-                f"--resume: {state.path} was written with {key} {state.settings.get(key)!r}, this run has "
-                f"{value!r}; resume with the same options, or start over with --force"
+                f"`resume`: {state.path} was written with `{key}` {old!r}, this run has {value!r}; resume with the "
+                "same options, or start over with `force`"
             )
 
 
@@ -467,8 +528,13 @@ class Scan:
     entries: tuple[Entry, ...]
     resume: ResumeState | None = None
     info: DataInfo | None = None  # what was read: file kind, format (forced or detected), split
+    label: str | None = None  # how messages and the summary name the input (e.g. "<stdin>" for stdin)
     # distributed: the entries are one rank's share; the records between them are other ranks'
     subset: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.label if self.label is not None else str(self.path)
 
     def records(self) -> Iterator[Record]:
         fmt = self.info.format if self.info is not None and self.info.forced else None
@@ -496,17 +562,22 @@ def scan_dataset(
     format: str | None = None,
     split: str | None = None,
     info: DataInfo | None = None,
+    label: str | None = None,
 ) -> Scan:
     """Encode every record; stop at the first bad one unless ``skip_invalid``; match ``resume`` to the input.
 
     ``format`` forces the record format (else detected per record), ``split`` picks a dataset's split;
-    ``info``, from ``data.open_data``, saves opening the data a second time to describe it.
+    ``info``, from ``data.open_data``, saves opening the data a second time to describe it. ``label``
+    names the input in messages and the summary when ``path`` is a stand-in (stdin's spool).
     """
     path, layout, fields = Path(path), layout or Layout(), fields or Fields()
+    name = label if label is not None else str(path)
     if info is None:
         info = open_data(path, fields, format=format, split=split)
+    if label is not None:
+        info = replace(info, path=label)  # error messages name what the user gave
     if resume is not None:
-        _check_resume_settings(resume, lm, layout, options or ScoreOptions())
+        _check_resume_settings(resume, line_settings(lm, layout, options or ScoreOptions(), fields))
     entries: list[Entry] = []
     scan = Scan(path=path, fields=fields, layout=layout, entries=(), resume=resume, info=info)
     for record in scan.records():
@@ -534,20 +605,20 @@ def scan_dataset(
         assert encoded is not None
         if resume is not None and resume.ordered and record.line < resume.last_line:
             raise ResumeError(
-                f"--resume: {resume.path} has results up to input line {resume.last_line} but none for line "
-                f"{record.line}, which is valid now; the input changed since, start over with --force"
+                f"`resume`: {resume.path} has results up to input line {resume.last_line} but none for line "
+                f"{record.line}, which is valid now; the input changed since, start over with `force`"
             )
         entries.append(Entry(record.line, record.id, len(encoded), len(encoded.scored_positions)))
     if not entries:
-        raise InputError(f"{path} holds no records")
+        raise InputError(f"{name} holds no records")
     if resume is not None:
         missing = sorted(set(resume.examples) - {e.line for e in entries})
         if missing:
             raise ResumeError(
-                f"--resume: {resume.path} has a result for input line {missing[0]}, which {path} does not have; "
-                "it was written for another input, start over with --force"
+                f"`resume`: {resume.path} has a result for input line {missing[0]}, which {name} does not have; "
+                "it was written for another input, start over with `force`"
             )
-    return Scan(path=path, fields=fields, layout=layout, entries=tuple(entries), resume=resume, info=info)
+    return Scan(path=path, fields=fields, layout=layout, entries=tuple(entries), resume=resume, info=info, label=label)
 
 
 def _id_note(rid: str | int | None) -> str:
@@ -555,11 +626,11 @@ def _id_note(rid: str | int | None) -> str:
 
 
 def _check_done(state: ResumeState, record: Record, encoded: Encoded | None, done: ExampleStats, reason: str | None):
-    where = f"--resume: input line {record.line}{_id_note(record.id)}"
+    where = f"`resume`: input line {record.line}{_id_note(record.id)}"
     if done.id != record.id:
         raise ResumeError(
             f"{where} has id {record.id!r} but {state.path} holds id {done.id!r} for it; "
-            "the output belongs to another input, start over with --force"
+            "the output belongs to another input, start over with `force`"
         )
     if encoded is None:
         raise ResumeError(f"{where} cannot be scored now ({reason}) but {state.path} holds a result for it")
@@ -567,7 +638,7 @@ def _check_done(state: ResumeState, record: Record, encoded: Encoded | None, don
     if _fingerprint(targets) != done.fingerprint or len(encoded) != done.sequence_tokens:
         raise ResumeError(
             f"{where} does not encode to the tokens {state.path} holds for it; the input or the layout "
-            "options changed since, resume with the same ones or start over with --force"
+            "options changed since, resume with the same ones or start over with `force`"
         )
 
 
@@ -623,12 +694,17 @@ def plan_batches(lengths: Sequence[int], batch_size: int | None, max_tokens: int
     return batches
 
 
-def output_line(entry: Entry, result: ScoreResult, *, sequence: bool = True) -> BatchLineDict:
-    """One output line: ``run --json``'s document plus the record's ``id`` (null if none) and ``line``."""
+def output_line(
+    entry: Entry, result: ScoreResult, *, sequence: bool = True, settings: dict[str, Any] | None = None
+) -> BatchLineDict:
+    """One output line: ``run --json``'s document plus the record's ``id`` (null if none) and ``line``,
+    and the ``settings`` it was written with (``line_settings``), which ``--resume`` compares."""
     d: dict[str, Any] = dict(result.to_dict())
     out = {"schema_version": d.pop("schema_version"), "id": entry.id, "line": entry.line, **d}
     if not sequence:
         del out["sequence"]
+    if settings is not None:
+        out["settings"] = settings
     return out  # type: ignore[return-value]
 
 
@@ -651,7 +727,7 @@ def _score_in_order(
         while scan.subset and record is not None and record.line < entry.line:  # distributed: not ours
             record = next(records, None)
         if record is None or record.line != entry.line:
-            raise InputError(f"{scan.path} changed while it was being scored; run again")
+            raise InputError(f"{scan.name} changed while it was being scored; run again")
         encoded = encode_record(lm, record, scan.layout) if entry.pending else None
         window.append((entry, encoded))
         pending += encoded is not None
@@ -707,7 +783,9 @@ def run_scan(
     options, settings = options or ScoreOptions(), settings or BatchSettings()
     stats = BatchStats(settings.batch_size, settings.max_tokens, settings.padding_side)
     builder = SummaryBuilder(settings.worst)
+    written = line_settings(lm, scan.layout, options, scan.fields, sequence=settings.sequence)
     if scan.resume is not None:
+        _check_resume_settings(scan.resume, written)
         builder.add_tokens(scan.resume.worst_tokens)
     start = time.perf_counter()
     for entry, result in _score_in_order(lm, scan, options, settings, stats, on_batch):
@@ -717,13 +795,13 @@ def run_scan(
             builder.add(entry.done, resumed=True)
         else:
             assert result is not None
-            sink.write(output_line(entry, result, sequence=settings.sequence))
+            sink.write(output_line(entry, result, sequence=settings.sequence, settings=written))
             builder.add(ExampleStats.from_result(entry.line, entry.id, result))
             builder.add_tokens(worst_tokens_of(entry.line, entry.id, result, settings.worst))
     stats.seconds = time.perf_counter() - start
     return builder.finish(
         lm,
-        input=str(scan.path),
+        input=scan.name,
         output=sink.name,
         label_smoothing=options.label_smoothing,
         ignore_index=scan.layout.ignore_index,
@@ -738,16 +816,26 @@ def run_scan(
 class JsonlSink:
     """Writes one JSON document per line, each flushed as soon as it is complete.
 
-    Only whole lines stay in a file: if writing a line is interrupted (Ctrl-C, an error), leaving the
-    ``with`` block cuts the file back to the end of the last complete line. A ``kill -9`` can still tear
-    the last line; ``read_resume`` drops such a tail.
+    Only whole lines stay in a regular file: if writing a line is interrupted (Ctrl-C, an error), leaving
+    the ``with`` block cuts the file back to the end of the last complete line. A ``kill -9`` can still
+    tear the last line; ``read_resume`` drops such a tail. A FIFO, a device or ``/dev/stdout`` is written
+    through (see ``files``); nothing there can be cut back or resumed.
     """
 
-    def __init__(self, stream: IO[bytes] | IO[str], *, name: str | None, committed: int = 0, lines: int = 0) -> None:
+    def __init__(
+        self,
+        stream: IO[bytes] | IO[str],
+        *,
+        name: str | None,
+        committed: int = 0,
+        lines: int = 0,
+        regular: bool = True,
+    ) -> None:
         self._stream = stream
         self.name = name  # the file's path, or None for stdout
         self.committed = committed  # bytes of complete lines
         self.lines = lines  # complete lines in the file, resumed ones included
+        self.regular = regular  # a regular file, which can be cut back to its last complete line
 
     @classmethod
     def to_stdout(cls, stream: IO[str]) -> JsonlSink:
@@ -755,18 +843,21 @@ class JsonlSink:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, resume: ResumeState | None = None) -> JsonlSink:
-        """A fresh file (replacing any), or the resumed file cut back to its last complete line."""
+        """A fresh output (a regular file emptied in place, keeping its mode and links), or the resumed
+        file cut back to its last complete line."""
+        from .files import open_stream
+
         path = Path(path)
         try:
             if resume is None:
-                fh = open(path, "wb", buffering=0)  # closed in __exit__
-                return cls(fh, name=str(path))
+                fh, regular = open_stream(path)  # closed in __exit__
+                return cls(fh, name=str(path), regular=regular)
             fh = open(path, "r+b", buffering=0)
             fh.truncate(resume.size)
             fh.seek(resume.size)
             return cls(fh, name=str(path), committed=resume.size, lines=len(resume.examples))
         except OSError as exc:
-            raise InputError(f"--output {path}: cannot write it ({exc.strerror})") from None
+            raise InputError(f"`output` {path}: cannot write it ({exc.strerror})") from None
 
     def write(self, obj: Any) -> None:
         text = dumps(obj) + "\n"
@@ -789,7 +880,7 @@ class JsonlSink:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self.name is not None and exc_type is not None:
+        if self.name is not None and self.regular and exc_type is not None:
             try:
                 self._stream.truncate(self.committed)  # type: ignore[union-attr]
             except OSError:
@@ -797,17 +888,27 @@ class JsonlSink:
         self.close()
 
 
+def check_batch_output(output: Path, input: str | os.PathLike[str], *, resume: bool, force: bool) -> OutputTarget:
+    """The checks of ``files.check_output`` for batch's JSON lines, plus batch's own rule: an existing
+    file is continued (``resume``) or replaced (``force``), never silently either. Raises ``InputError``."""
+    from .files import check_output
+
+    # An existing file needs resume (and read_resume then checks every byte of it) or force (which
+    # replaces whatever is there), so the first-bytes test of check_output has nothing to add.
+    target = check_output(output, inputs=[("the input file", input)], label="`output`", force=True)
+    if resume and target.exists and not target.regular:
+        raise InputError(f"`output` {output}: `resume` continues a regular file, and this is not one")
+    if target.exists and target.regular and not (resume or force):
+        raise InputError(f"`output` {output} already exists; pass `resume` to continue it or `force` to replace it")
+    return target
+
+
 def output_conflict(output: Path, input: Path, *, resume: bool, force: bool) -> str | None:
-    """Why ``output`` must not be written, or None: it is the input, or it exists and may not be replaced."""
+    """Why ``output`` must not be written (the message of ``check_batch_output``), or None."""
     try:
-        if output.exists() and input.exists() and os.path.samefile(output, input):
-            return f"--output {output} is the input file; write the results elsewhere"
-    except OSError:
-        pass
-    if output.is_dir():
-        return f"--output {output} is a folder; give a file path"
-    if output.exists() and not (resume or force):
-        return f"--output {output} already exists; pass --resume to continue it or --force to replace it"
+        check_batch_output(output, input, resume=resume, force=force)
+    except InputError as exc:
+        return str(exc)
     return None
 
 
@@ -819,13 +920,16 @@ __all__ = [
     "ExampleStats",
     "Fields",
     "JsonlSink",
+    "LINE_PREFIX",
     "Record",
     "ResumeState",
     "Scan",
     "Skipped",
     "SummaryBuilder",
     "WorstToken",
+    "check_batch_output",
     "encode_record",
+    "line_settings",
     "output_conflict",
     "output_line",
     "plan_batches",

@@ -28,7 +28,6 @@ import heapq
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -504,23 +503,14 @@ def score_share(
 
 def merge_outputs(output: Path, sources: Sequence[tuple[Path, int | None]]) -> int:
     """Write the lines of ``sources`` (each in input order; the first ``size`` bytes of each, or all of it)
-    into ``output`` in input order, atomically: a temporary file in the same folder, then a rename.
-    Returns the number of lines."""
-    out_dir = output.parent if str(output.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".merge", dir=out_dir)
+    into ``output`` in input order, atomically (``files.replacing``). Returns the number of lines."""
+    from .files import replacing
+
     lines = 0
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for _, raw in heapq.merge(*(_lines_of(p, size) for p, size in sources), key=lambda x: x[0]):
-                fh.write(raw)
-                lines += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        _keep_mode(Path(tmp), output)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(output) as fh:
+        for _, raw in heapq.merge(*(_lines_of(p, size) for p, size in sources), key=lambda x: x[0]):
+            fh.write(raw)
+            lines += 1
     return lines
 
 
@@ -532,17 +522,6 @@ def _lines_of(path: Path, size: int | None) -> Iterator[tuple[int, bytes]]:
                 return  # a torn tail: the resume state dropped it too
             read += len(raw)
             yield json.loads(raw)["line"], raw
-
-
-def _keep_mode(tmp: Path, output: Path) -> None:
-    """The merged file gets the mode the output had, or what a new file gets under the umask."""
-    try:
-        mode = output.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    os.chmod(tmp, mode)
 
 
 def merge_and_sum_up(

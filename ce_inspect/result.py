@@ -248,6 +248,9 @@ class BatchLineDict(_DocumentDict):
     id: Id
     line: int  # 1-based line of the input file
     sequence: NotRequired[list[SequenceTokenDict]]  # left out with --no-sequence
+    # ``batch.line_settings``: the model, its fingerprint and every option the line depends on;
+    # ``--resume`` refuses to mix lines whose settings differ.
+    settings: dict[str, Any]
 
 
 # --- the wire format: batch's data-set summary ----------------------------------------------------------
@@ -356,6 +359,9 @@ def conform(tp: Any, value: Any, where: str = "document") -> None:
             raise ValueError(f"{where}: expected an array, not {_json_type(value)}")
         for k, item in enumerate(value):
             conform(get_args(tp)[0], item, f"{where}[{k}]")
+    elif origin is dict:  # an open object (``dict[str, Any]``): its keys are not part of the contract
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected an object, not {_json_type(value)}")
     elif origin is Union or origin is types.UnionType:
         errors = []
         for option in get_args(tp):

@@ -46,6 +46,8 @@ class _Builder:
             return {"$ref": f"#/$defs/{name}"}
         if origin is list:
             return {"type": "array", "items": self.node(get_args(tp)[0])}
+        if origin is dict:  # an open object: ``dict[str, Any]``
+            return {"type": "object"}
         if origin is Union or origin is types.UnionType:
             options = get_args(tp)
             if all(o in _SCALARS for o in options):

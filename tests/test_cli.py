@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from ce_inspect.cli import main
 from ce_inspect.cli.app import app
 
+ROOT = Path(__file__).resolve().parents[1]
 REQUIRED_TOP = {"schema_version", "model", "device", "dtype", "tokens", "summary"}
 REQUIRED_TOKEN = {"index", "token_id", "token", "prob", "logprob", "loss", "rank"}
 REQUIRED_SUMMARY = {"mean", "sum", "count", "perplexity"}
@@ -130,3 +132,141 @@ def test_help_does_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "Usage" in proc.stdout
+
+
+# --- files: input text verbatim, outputs checked and written safely (issue 8) ---------------------------
+
+CRLF_PROMPT = b"Line one\r\nline two\r\n"
+
+
+def _proc(args, *, tmp_path, stdin=None, **kwargs) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "CE_INSPECT_CACHE": str(tmp_path / "c")}
+    return subprocess.run(
+        [sys.executable, "-m", "ce_inspect", *args], cwd=tmp_path, env=env, capture_output=True, timeout=180, **kwargs
+    )
+
+
+def test_prompt_file_crlf_is_read_verbatim_and_run_agrees_with_batch(capsys, base, tiny_llama, tmp_path):
+    """Item 3: a file's CRLF reaches the tokenizer as CRLF, as a JSONL line's \\r\\n does in batch."""
+    prompt = tmp_path / "p.txt"
+    prompt.write_bytes(CRLF_PROMPT)
+    code, out, _ = run_main(capsys, [*base, "--prompt-file", str(prompt), "-a", " ok", "--json"])
+    assert code == 0
+    from_file = json.loads(out)
+    # Independent of every reading path: the tokenizer's own ids of the file's decoded bytes.
+    want = tiny_llama.tokenizer(CRLF_PROMPT.decode("utf-8"), add_special_tokens=False)["input_ids"]
+    got = [s["token_id"] for s in from_file["sequence"] if s["segment"] == "prompt"]
+    assert got == want and from_file["layout"]["prompt_tokens"] == len(want)
+    lf = tiny_llama.tokenizer(CRLF_PROMPT.decode().replace("\r\n", "\n"), add_special_tokens=False)["input_ids"]
+    assert got != lf  # the test can fail: CRLF and LF tokenize differently
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": CRLF_PROMPT.decode(), "answer": " ok"}) + "\n", encoding="utf-8")
+    assert main(["batch", str(data), "-m", str(base[2])]) == 0
+    (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [t["token_id"] for t in line["tokens"]] == [t["token_id"] for t in from_file["tokens"]]
+    assert line["summary"]["mean"] == pytest.approx(from_file["summary"]["mean"], abs=1e-6)
+
+
+def test_stdin_is_read_verbatim_in_a_real_process(tiny_llama_dir, tmp_path):
+    (tmp_path / "p.txt").write_bytes(CRLF_PROMPT)
+    args = ["run", "-m", str(tiny_llama_dir), "-a", " ok", "--json"]
+    from_file = _proc([*args, "--prompt-file", "p.txt"], tmp_path=tmp_path)
+    from_stdin = _proc([*args, "--prompt-file", "-"], tmp_path=tmp_path, input=CRLF_PROMPT)
+    assert from_file.returncode == 0 and from_stdin.returncode == 0, from_stdin.stderr
+    assert json.loads(from_stdin.stdout)["tokens"] == json.loads(from_file.stdout)["tokens"]
+    assert json.loads(from_stdin.stdout)["layout"] == json.loads(from_file.stdout)["layout"]
+
+
+def test_closed_stdin_is_a_one_line_error(tiny_llama_dir, tmp_path):
+    """Item 11: `<&-` leaves no stdin at all."""
+    import os
+
+    for args in (["run", "--prompt-file", "-", "-a", "x"], ["run", "--messages", "-"], ["batch", "-"]):
+        proc = _proc([*args, "-m", str(tiny_llama_dir)], tmp_path=tmp_path, stdin=None, preexec_fn=lambda: os.close(0))
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and proc.stdout == b"", err
+        assert err.count("\n") == 1 and err.startswith("Error: ") and "stdin is closed" in err, err
+
+
+def test_rerun_replaces_its_own_output_but_not_someone_elses(capsys, base, tmp_path):
+    out = tmp_path / "r.json"
+    assert run_main(capsys, [*base, "-p", "x", "-a", " y", "-o", str(out)])[0] == 0
+    first = json.loads(out.read_text())
+    assert run_main(capsys, [*base, "-p", "x", "-a", " z", "-o", str(out)])[0] == 0  # a rerun: allowed
+    assert json.loads(out.read_text())["tokens"] != first["tokens"]
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"my notes, no newline")
+    code, stdout, err = run_main(capsys, [*base, "-p", "x", "-a", " y", "-o", str(notes)])
+    assert code == 1 and stdout == "" and "was not written by ce-inspect" in err and "--force" in err
+    assert notes.read_bytes() == b"my notes, no newline"
+    assert run_main(capsys, [*base, "-p", "x", "-a", " y", "-o", str(notes), "--force"])[0] == 0
+    assert json.loads(notes.read_text())["schema_version"] == 1
+
+
+def test_output_onto_an_input_is_refused_before_loading(capsys, tmp_path):
+    """Item 7, through a link too: the model path is wrong, so only a check before loading can answer."""
+    messages = tmp_path / "m.json"
+    text = '[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]'
+    messages.write_text(text)
+    link = tmp_path / "link.json"
+    link.symlink_to(messages)
+    code, out, err = run_main(capsys, ["run", "-m", "nowhere", "--messages", str(messages), "-o", str(link)])
+    assert code == 1 and out == ""
+    assert err == f"Error: --output {link}: is the same file as --messages; write the output elsewhere\n"
+    assert messages.read_text() == text and link.is_symlink()
+
+
+def test_output_modes_and_links_in_a_real_process(tiny_llama_dir, tmp_path):
+    """Item 10: a new file gets 0666 less the umask, an existing one keeps its mode, a link stays a link."""
+    import os
+    import stat
+
+    args = ["run", "-m", str(tiny_llama_dir), "-p", "x", "-a", " y"]
+    assert _proc([*args, "-o", "new.json"], tmp_path=tmp_path, preexec_fn=lambda: os.umask(0o022)).returncode == 0
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o644
+    (tmp_path / "new.json").chmod(0o660)
+    assert _proc([*args, "-o", "new.json"], tmp_path=tmp_path, preexec_fn=lambda: os.umask(0o077)).returncode == 0
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o660
+    (tmp_path / "link.json").symlink_to("new.json")
+    before = (tmp_path / "new.json").stat().st_ino
+    assert _proc([*args, "-a", " z", "-o", "link.json"], tmp_path=tmp_path).returncode == 0
+    assert (tmp_path / "link.json").is_symlink()
+    assert "z" in [t["token"] for t in json.loads((tmp_path / "new.json").read_text())["tokens"]]
+    assert (tmp_path / "new.json").stat().st_ino != before  # replaced atomically: a new inode at the target
+
+
+def test_output_to_dev_stdout_writes_through_in_a_real_process(tiny_llama_dir, tmp_path):
+    """Item 8: /dev/stdout (a pipe here) is written, never renamed over."""
+    proc = _proc(
+        ["run", "-m", str(tiny_llama_dir), "-p", "x", "-a", " y", "--json", "-o", "/dev/stdout"], tmp_path=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout.decode()
+    half = len(text) // 2
+    assert text[:half] == text[half:] and json.loads(text[:half])["schema_version"] == 1  # -o and --json
+
+
+def broken_pipe_run(args, tmp_path) -> subprocess.CompletedProcess:
+    """Run with stdout a pipe whose reader has already gone (what `| head` leaves once head exits)."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "CE_INSPECT_CACHE": str(tmp_path / "c")}
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "ce_inspect", *args], stdout=write_end, stderr=subprocess.PIPE, env=env, timeout=180
+        )
+    finally:
+        os.close(write_end)
+
+
+def test_run_exits_141_when_stdout_reader_goes_away(tiny_llama_dir, tmp_path):
+    """`run --json | head -c 10` and `run | head`: 141, like a tool killed by SIGPIPE, and no traceback."""
+    for extra in (["--json"], []):
+        proc = broken_pipe_run(["run", "-m", str(tiny_llama_dir), "-p", "x", "-a", " y", *extra], tmp_path)
+        assert proc.returncode == 141, proc.stderr
+        assert b"Traceback" not in proc.stderr and b"Error" not in proc.stderr

@@ -127,8 +127,10 @@ def test_resume_needs_an_output_file(capsys, data):
 
 
 def test_summary_json_may_not_overwrite_the_data(capsys, data):
-    assert main(["batch", str(data), "--summary-json", str(data)]) == 2
-    assert "--summary-json" in capsys.readouterr().err
+    assert main(["batch", str(data), "--summary-json", str(data)]) == 1
+    assert capsys.readouterr().err == (
+        f"Error: --summary-json {data}: is the same file as the input file; write the output elsewhere\n"
+    )
     assert len(data.read_text().splitlines()) == len(ROWS)
 
 
@@ -239,3 +241,179 @@ def test_interrupt_leaves_whole_lines_and_says_how_to_resume(tmp_path, tiny_llam
     assert len(lines) < len(rows)
     assert f"Interrupted: {len(lines)} complete lines are in {out}; rerun the same command with --resume" in err
     assert "Traceback" not in err
+
+
+# --- resume safety, locks, special outputs and stdin (issue 8) ------------------------------------------
+
+
+@pytest.fixture
+def fingerprinted(monkeypatch):
+    """Give every loaded model a fingerprint of its folder's files when loading does not compute one."""
+    import hashlib
+
+    import ce_inspect.loading as loading
+
+    real = loading.load
+
+    def load(spec=None, **kwargs):
+        lm = real(spec, **kwargs)
+        if lm.fingerprint is None and spec is not None and Path(spec).is_dir():
+            digest = hashlib.sha256()
+            for f in sorted(Path(spec).iterdir()):
+                digest.update(f.name.encode() + f.read_bytes())
+            lm.fingerprint = digest.hexdigest()
+        return lm
+
+    monkeypatch.setattr(loading, "load", load)
+
+
+def _batch(capsys, data: Path, model: Path, out: Path, *extra: str) -> tuple[int, str]:
+    """Exit code and stderr, without the one line that says how the input is read (its format)."""
+    code = main(["batch", str(data), "-m", str(model), "-o", str(out), "-b", "8", *extra])
+    err = capsys.readouterr().err
+    return code, "".join(line for line in err.splitlines(keepends=True) if not line.startswith("Reading "))
+
+
+def test_resume_refuses_a_model_whose_config_changed(capsys, tmp_path, fingerprinted):
+    """Item 5: 40 records, 15 written, then rope_theta edited: resume must not mix two models' lines."""
+    from conftest import build_model
+
+    model = build_model(tmp_path / "m1", "llama")
+    data = write_jsonl(tmp_path / "d.jsonl", _many_rows(40))
+    full, out = tmp_path / "full.jsonl", tmp_path / "out.jsonl"
+    assert _batch(capsys, data, model, full)[0] == 0
+    kept = b"".join(full.read_bytes().splitlines(keepends=True)[:15])  # an interrupted run's 15 lines
+    out.write_bytes(kept)
+    assert _batch(capsys, data, model, out, "--resume")[0] == 0  # same model: resumes
+    assert [json.loads(x)["line"] for x in out.read_text().splitlines()] == list(range(1, 41))
+
+    out.write_bytes(kept)
+    config = json.loads((model / "config.json").read_text())
+    config["rope_theta"] = 500.0
+    (model / "config.json").write_text(json.dumps(config))
+    code, err = _batch(capsys, data, model, out, "--resume")
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"Error: --resume: {out} was written by a model whose config, tokenizer or weights differ")
+    assert out.read_bytes() == kept  # not a byte changed
+
+
+def test_resume_refuses_an_option_that_changes_lines(capsys, tmp_path, tiny_llama_dir):
+    """Item 5: --top-k (or --no-sequence, --label-smoothing ...) added on resume would mix two kinds of line."""
+    data = write_jsonl(tmp_path / "d.jsonl", _many_rows(6))
+    out = tmp_path / "out.jsonl"
+    assert _batch(capsys, data, tiny_llama_dir, out)[0] == 0
+    kept = b"".join(out.read_bytes().splitlines(keepends=True)[:3])
+    for extra, message in (
+        (["--top-k", "3"], "was written with --top-k 0, this run has 3"),
+        (["--no-sequence"], "was written with --no-sequence True, this run has False"),
+        (["--label-smoothing", "0.1"], "was written with --label-smoothing 0.0, this run has 0.1"),
+        (["--no-mask-prompt"], "was written with --no-mask-prompt True, this run has False"),
+        (["--answer-field", "prompt"], "was written with `fields`"),
+    ):
+        out.write_bytes(kept)
+        code, err = _batch(capsys, data, tiny_llama_dir, out, "--resume", *extra)
+        assert code == 1 and message in err and err.count("\n") == 1, (extra, err)
+        assert out.read_bytes() == kept
+
+
+def test_resume_never_drops_bytes_it_did_not_write(capsys, tmp_path, tiny_llama_dir):
+    """Item 6: only a torn tail that starts like one of our lines may go; anything else is refused, intact."""
+    data = write_jsonl(tmp_path / "d.jsonl", _many_rows(4))
+    out = tmp_path / "out.jsonl"
+    assert _batch(capsys, data, tiny_llama_dir, out)[0] == 0
+    ours = b"".join(out.read_bytes().splitlines(keepends=True)[:2])
+    for foreign in (b"someone's text, no newline", b"someone's complete line\n", b"{}\n", b"\n"):
+        for content in (foreign, ours + foreign):
+            out.write_bytes(content)
+            code, err = _batch(capsys, data, tiny_llama_dir, out, "--resume")
+            assert code == 1 and "--resume" in err and err.count("\n") == 1, (content, err)
+            assert out.read_bytes() == content
+    torn = b'{"schema_version": 1, "id": "r2", "li'  # what a kill -9 mid-line leaves
+    out.write_bytes(ours + torn)
+    code, err = _batch(capsys, data, tiny_llama_dir, out, "--resume")
+    assert code == 0 and f"dropping an incomplete last line ({len(torn)} bytes)" in err
+    assert [json.loads(x)["line"] for x in out.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_second_writer_of_one_output_is_refused(tmp_path, tiny_llama_dir):
+    """Item 9: two real processes onto one --output: the second fails at once naming the first's PID."""
+    data, out = write_jsonl(tmp_path / "d.jsonl", _many_rows(80)), tmp_path / "out.jsonl"
+    first = _start(tmp_path, tiny_llama_dir, data, out)
+    try:
+        _wait_for_lines(first, out, 2)
+        second = subprocess.run(
+            [sys.executable, "-m", "ce_inspect", "batch", str(data), "-m", str(tiny_llama_dir), "-o", str(out)]
+            + ["--force"],
+            cwd=ROOT,
+            env=_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == 1 and second.stdout == ""
+        assert second.stderr == (
+            f"Error: --output {out}: another ce-inspect run (PID {first.pid}) is writing it; wait for it to finish "
+            "or write elsewhere\n"
+        )
+    finally:
+        first.communicate(timeout=180)
+    assert first.returncode == 0
+    assert [json.loads(x)["line"] for x in out.read_text().splitlines()] == list(range(1, 81))  # the first's, whole
+    assert not (tmp_path / ".out.jsonl.lock").exists()
+
+
+def test_batch_reads_stdin_and_resumes_from_it(tmp_path, tiny_llama_dir):
+    """`batch -` reads JSONL from stdin (spooled: batch reads its input twice), and --resume works with it."""
+    data = write_jsonl(tmp_path / "d.jsonl", _many_rows(6))
+    base = [sys.executable, "-m", "ce_inspect", "batch", "-m", str(tiny_llama_dir), "--no-sequence"]
+
+    def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([*base, *args], cwd=tmp_path, env=_env(tmp_path), input=stdin, capture_output=True)
+
+    from_file = run(str(data))
+    from_stdin = run("-", stdin=data.read_bytes())
+    assert from_file.returncode == 0 and from_stdin.returncode == 0, from_stdin.stderr
+    assert from_stdin.stdout == from_file.stdout and from_file.stdout.count(b"\n") == 6
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"".join(from_file.stdout.splitlines(keepends=True)[:2]))
+    resumed = run("-", "-o", str(out), "--resume", "--summary-json", "s.json", stdin=data.read_bytes())
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == from_file.stdout
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["input"] == "<stdin>" and summary["resumed"] == 2 and summary["examples"] == 6
+
+
+def test_batch_output_to_dev_stdout_and_a_fifo(capsys, tmp_path, tiny_llama_dir, data):
+    """Item 8: JSON lines written through to /dev/stdout (summary to stderr) and to a FIFO (with a reader)."""
+    import stat
+    import threading
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "ce_inspect", "batch", str(data), "-m", str(tiny_llama_dir), "-o", "/dev/stdout"],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(x)["line"] for x in proc.stdout.splitlines()] == [1, 2, 3, 4]  # nothing else on stdout
+    assert "token-weighted mean loss" in proc.stderr
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    assert main(["batch", str(data), "-m", str(tiny_llama_dir), "-o", str(fifo)]) == 0
+    reader.join(timeout=60)
+    assert [json.loads(x)["line"] for x in received[0].splitlines()] == [1, 2, 3, 4]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_batch_exits_141_like_run_when_stdout_reader_goes_away(tmp_path, tiny_llama_dir, data):
+    """`batch | head` and `run --json | head -c 10` agree: 141 once a write meets the closed pipe."""
+    from test_cli import broken_pipe_run
+
+    proc = broken_pipe_run(["batch", str(data), "-m", str(tiny_llama_dir)], tmp_path)
+    assert proc.returncode == 141, proc.stderr
+    assert b"Traceback" not in proc.stderr and b"Error" not in proc.stderr

@@ -248,7 +248,7 @@ def test_batch_lines_read_back_into_the_same_line(batch_outputs):
 
     for doc in batch_outputs[0]:
         line, rid, parsed = wire.batch_line_from_dict(doc)
-        rebuilt = output_line(Entry(line, rid), parsed, sequence="sequence" in doc)
+        rebuilt = output_line(Entry(line, rid), parsed, sequence="sequence" in doc, settings=doc["settings"])
         assert rebuilt == doc
 
 

@@ -219,7 +219,177 @@ LOADING_CASES: list[Case] = [
 ]
 
 # --- input files, output files and resume ---------------------------------------------------------------
-FILE_CASES: list[Case] = []
+_RUN = ["run", "-m", "{llama}", "--device", "cpu"]
+_OURS = '{\n  "schema_version": 1\n}\n'
+_PAIR = '{"id": "a", "prompt": "Q", "answer": " A"}\n'
+FILE_CASES: list[Case] = [
+    # Every output is checked by files.check_output before the model loads (item 7, "Unclear or silent").
+    Case("run -o a folder", [*_RUN, "-p", "x", "-a", "y", "-o", "{tmp}"], 1, "is a folder; give a file path"),
+    Case(
+        "run -o in a missing folder",
+        [*_RUN, "-p", "x", "-a", "y", "-o", "nope/r.json"],
+        1,
+        "the folder nope does not exist",
+    ),
+    Case(
+        "run -o its --prompt-file",
+        [*_RUN, "--prompt-file", "p.txt", "-a", "y", "-o", "p.txt"],
+        1,
+        "--output p.txt: is the same file as --prompt-file",
+        files={"p.txt": "my prompt"},
+    ),
+    Case(
+        "run -o its --answer-file",
+        [*_RUN, "-p", "x", "--answer-file", "a.txt", "-o", "a.txt"],
+        1,
+        "is the same file as --answer-file",
+        files={"a.txt": "my answer"},
+    ),
+    Case(
+        "run -o its --messages",
+        [*_RUN, "--messages", "m.json", "-o", "m.json"],
+        1,
+        "is the same file as --messages",
+        files={"m.json": '[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]'},
+    ),
+    Case(
+        "run -o a file ce-inspect did not write",
+        [*_RUN, "-p", "x", "-a", "y", "-o", "notes.txt"],
+        1,
+        "--output notes.txt: exists and was not written by ce-inspect",
+        files={"notes.txt": "my notes"},
+    ),
+    Case(
+        "run -o a foreign file with --force",
+        [*_RUN, "-p", "x", "-a", "y", "-o", "notes.txt", "--force"],
+        0,
+        "",
+        files={"notes.txt": "my notes"},
+    ),
+    Case(
+        "run -o its own earlier output", [*_RUN, "-p", "x", "-a", "y", "-o", "r.json"], 0, "", files={"r.json": _OURS}
+    ),
+    Case("run -o /dev/null", [*_RUN, "-p", "x", "-a", "y", "-o", "/dev/null"], 0, ""),
+    Case(
+        "run -o /dev/full",
+        [*_RUN, "-p", "x", "-a", "y", "-o", "/dev/full"],
+        1,
+        "--output /dev/full: cannot write it (No space left on device)",
+    ),
+    Case(
+        "run --prompt-file not UTF-8",
+        [*_RUN, "--prompt-file", "p.txt", "-a", "y"],
+        1,
+        "--prompt-file p.txt: not UTF-8 text",
+        files={"p.txt": b"Hi \xff"},
+    ),
+    Case(
+        "run --prompt-file - with bytes that are not UTF-8",
+        [*_RUN, "--prompt-file", "-", "-a", "y"],
+        1,
+        "--prompt-file (stdin): not UTF-8 text (invalid start byte at byte 3)",
+        stdin=b"Hi \xff",
+        process=True,
+    ),
+    Case("run --prompt-file a folder", [*_RUN, "--prompt-file", "{tmp}", "-a", "y"], 1, "is a folder, not a file"),
+    # batch: --output and --summary-json, both checked before the model loads (the model path is wrong).
+    Case(
+        "batch --summary-json in a missing folder",
+        ["batch", "d.jsonl", "-m", "nowhere", "--summary-json", "no/s.json"],
+        1,
+        "--summary-json no/s.json: the folder no does not exist",
+        files={"d.jsonl": _PAIR},
+    ),
+    Case(
+        "batch -o in a missing folder",
+        ["batch", "d.jsonl", "-m", "nowhere", "-o", "no/o.jsonl"],
+        1,
+        "--output no/o.jsonl: the folder no does not exist",
+        files={"d.jsonl": _PAIR},
+    ),
+    Case(
+        "batch -o its input",
+        ["batch", "d.jsonl", "-m", "nowhere", "-o", "d.jsonl", "--force"],
+        1,
+        "--output d.jsonl: is the same file as the input file",
+        files={"d.jsonl": _PAIR},
+    ),
+    Case(
+        "batch --summary-json its input",
+        ["batch", "d.jsonl", "-m", "nowhere", "--summary-json", "d.jsonl"],
+        1,
+        "--summary-json d.jsonl: is the same file as the input file",
+        files={"d.jsonl": _PAIR},
+    ),
+    Case(
+        "batch --summary-json its --output",
+        ["batch", "d.jsonl", "-m", "nowhere", "-o", "o", "--summary-json", "o"],
+        1,
+        "--summary-json o: is --output too",
+        files={"d.jsonl": _PAIR},
+    ),
+    Case(
+        "batch --summary-json onto a file ce-inspect did not write",
+        ["batch", "d.jsonl", "-m", "nowhere", "--summary-json", "notes.txt"],
+        1,
+        "--summary-json notes.txt: exists and was not written by ce-inspect",
+        files={"d.jsonl": _PAIR, "notes.txt": "my notes"},
+    ),
+    Case(
+        "batch -o an existing file",
+        ["batch", "d.jsonl", "-m", "nowhere", "-o", "o.jsonl"],
+        1,
+        "--output o.jsonl already exists; pass --resume to continue it or --force to replace it",
+        files={"d.jsonl": _PAIR, "o.jsonl": "x\n"},
+    ),
+    Case(
+        "batch --resume onto a device",
+        ["batch", "d.jsonl", "-m", "nowhere", "-o", "/dev/null", "--resume"],
+        1,
+        "--resume continues a regular file",
+        files={"d.jsonl": _PAIR},
+    ),
+    # --resume reads the output before the model loads and refuses anything it did not write (item 6).
+    Case(
+        "batch --resume onto text with no newline",
+        ["batch", "d.jsonl", "-m", "nowhere", "-o", "o.txt", "--resume"],
+        1,
+        "--resume: o.txt ends with 12 bytes that ce-inspect did not write",
+        files={"d.jsonl": _PAIR, "o.txt": "someone's it"},
+    ),
+    Case(
+        "batch --resume onto a complete foreign line",
+        ["batch", "d.jsonl", "-m", "nowhere", "-o", "o", "--resume"],
+        1,
+        "--resume: line 1 of o is not a complete ce-inspect batch result",
+        files={"d.jsonl": _PAIR, "o": '{"schema_version": 1, "x": 2}\n'},
+    ),
+    Case(
+        "batch - reads stdin",
+        ["batch", "-", "-m", "{llama}", "--no-sequence"],
+        0,
+        "",
+        stdin=_PAIR.encode(),
+        process=True,
+    ),
+    Case(
+        "batch - with a bad line names stdin",
+        ["batch", "-", "-m", "{llama}"],
+        1,
+        "<stdin> line 1: missing field 'answer'",
+        stdin=b'{"prompt": "Q"}\n',
+        process=True,
+    ),
+    Case(
+        "batch - with an empty stdin",
+        ["batch", "-", "-m", "{llama}", "-o", "o", "--resume"],
+        1,
+        "<stdin> holds no records",
+        stdin=b"\n",
+        files={"o": ""},
+        process=True,
+    ),
+]
 
 # --- text: Unicode, special tokens, options that change what is scored ----------------------------------
 _PAIR = ["run", "-m", "{llama}", "-p", "Q", "--json"]
@@ -244,7 +414,7 @@ TEXT_CASES: list[Case] = [
         "stdin-invalid-utf8",
         ["run", "-m", _NO_MODEL, "--prompt-file", "-", "-a", "x"],
         1,
-        "--prompt-file -",
+        "--prompt-file (stdin): not UTF-8 text",
         stdin=b"Hi \xff",
         process=True,
     ),

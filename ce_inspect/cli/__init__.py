@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
         return main_rank(argv, launch)
     try:
         result = app(args=argv, prog_name="ce-inspect", standalone_mode=False)
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): stop quietly with the status of a process killed by
+        # SIGPIPE, as Unix tools do, whichever command it was.
+        _silence_stdout()
+        return BROKEN_PIPE
     except (Exception, KeyboardInterrupt) as exc:
         reported = report(exc)
         if reported is None:
@@ -36,6 +41,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {reported.message}", file=sys.stderr)
         return reported.exit_code
     return result if isinstance(result, int) else 0
+
+
+#: Exit status when stdout's reader goes away before everything was written: 128 + SIGPIPE, the shell's
+#: status for a tool killed by SIGPIPE.
+BROKEN_PIPE = 141
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's own final flush does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def broken_pipe_raises() -> None:
+    """Let a broken pipe under Rich raise BrokenPipeError like any other write, instead of Rich's own
+    exit with status 1, so that every command ends with the same status (141) whatever was printing."""
+    from rich.console import Console
+
+    def raise_it(self: Console) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    Console.on_broken_pipe = raise_it  # type: ignore[method-assign]
 
 
 def entry() -> None:
@@ -55,6 +85,8 @@ def entry() -> None:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-    except OSError:  # e.g. stdout closed by `| head`: what a normal exit reports (status 120)
+    except BrokenPipeError:  # the last buffered output met a reader that went away (`| head`)
+        code = code or BROKEN_PIPE
+    except OSError:  # stdout cannot be flushed otherwise: what a normal exit reports (status 120)
         code = code or 120
     os._exit(code)

@@ -79,11 +79,26 @@ def run(
     ] = False,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Also write the JSON document to FILE.", rich_help_panel=OUTPUT),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Also write the JSON document to FILE (a rerun replaces it; a file ce-inspect did not write "
+            "needs --force).",
+            rich_help_panel=OUTPUT,
+        ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Let --output replace a file ce-inspect did not write.", rich_help_panel=OUTPUT),
+    ] = False,
 ) -> None:
     """Score ANSWER given PROMPT (or the assistant turns of a conversation): per-token target, probability,
     loss and rank, with mean and sum."""
+    if output is not None:
+        from ..files import check_output
+
+        inputs = [("--prompt-file", prompt_file), ("--answer-file", answer_file), ("--messages", messages)]
+        check_output(output, inputs=inputs, label="--output", force=force)
     if messages is not None:
         given = [
             name

@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..batch import DEFAULT_BATCH_SIZE, DEFAULT_SORT_WINDOW, DEFAULT_WORST
 from ..data import FORMATS
 from .logs import setup_logging
-from .options import OUTPUT, Common, shared_options, write_atomic
+from .options import OUTPUT, Common, shared_options
+
+if TYPE_CHECKING:
+    from ..batch import BatchSettings, DatasetSummary, Fields, ResumeState, Scan
+    from ..data import DataInfo
+    from ..distributed import ShardedResume
+    from ..encoding import Layout
+    from ..loading import LoadedModel
+    from ..scoring import ScoreOptions
 
 INPUT = "Input"
+#: How messages and the summary name a data set read from stdin.
+STDIN = "<stdin>"
 BATCHING = "Batching"
 
 
@@ -25,9 +37,10 @@ def batch(
     input: Annotated[
         Path,
         typer.Argument(
-            help="The data: JSONL, a JSON array, Parquet, a folder saved with datasets' save_to_disk, or a Hub "
-            "dataset id from the local cache (the last three need: pip install 'ce-inspect\\[datasets]'). Records: "
-            "prompt/answer, prompt/completion, messages, conversations (ShareGPT), text, or input_ids with labels.",
+            help="The data: JSONL ('-': stdin), a JSON array, Parquet, a folder saved with datasets' save_to_disk, "
+            "or a Hub dataset id from the local cache (the last three need: pip install 'ce-inspect\\[datasets]'). "
+            "Records: prompt/answer, prompt/completion, messages, conversations (ShareGPT), text, or input_ids "
+            "with labels.",
             show_default=False,
         ),
     ],
@@ -115,7 +128,12 @@ def batch(
         ),
     ] = False,
     force: Annotated[
-        bool, typer.Option("--force", help="Replace an existing --output file.", rich_help_panel=OUTPUT)
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an existing --output file (and a --summary-json file ce-inspect did not write).",
+            rich_help_panel=OUTPUT,
+        ),
     ] = False,
     no_sequence: Annotated[
         bool,
@@ -132,39 +150,16 @@ def batch(
         ),
     ] = DEFAULT_WORST,
 ) -> None:
-    """Score every record of a data set (JSONL, JSON, Parquet, datasets): one JSON line per example, in input
-    order, then a summary."""
-    from ..batch import BatchSettings, Fields, JsonlSink, output_conflict, read_resume, run_scan, scan_dataset
-    from ..scoring import top_k_note as _top_k_note
+    """Score every record of a data set (JSONL, JSON, Parquet, datasets; '-': JSONL on stdin): one JSON line per
+    example, in input order, then a summary."""
+    from ..batch import BatchSettings, Fields
 
-    if padding_side not in ("right", "left"):
-        raise typer.BadParameter(f"{padding_side!r}: use right or left", param_hint="--padding-side")
-    if resume and output is None:
-        raise typer.BadParameter("--resume continues an --output file; give --output", param_hint="--resume")
-    if resume and force:
-        raise typer.BadParameter("give --resume or --force, not both", param_hint="--resume")
-    from ..distributed import check_parts, current_session
+    _check_usage(padding_side, resume=resume, force=force, output=output)
+    from ..distributed import current_session
 
-    session = current_session()  # torchrun: this process scores one share; see _score_sharded
-    if session is not None and output is None:
-        raise typer.BadParameter(
-            f"the {session.world} ranks of a torchrun run cannot share stdout; give --output", param_hint="--output"
-        )
-    if session is not None and str(input) == "-":
-        raise typer.BadParameter("under torchrun every rank reads the input itself; give a file, not stdin")
-    if output is not None:
-        conflict = output_conflict(output, input, resume=resume, force=force)
-        if conflict:
-            from ..errors import InputError
-
-            raise InputError(conflict)
-        check_parts(output, session.world if session else None, resume=resume, force=force)
-    if summary_json is not None and any(
-        p is not None and summary_json.resolve() == p.resolve() for p in (input, output)
-    ):
-        raise typer.BadParameter(
-            "give the summary its own file, not the input or --output", param_hint="--summary-json"
-        )
+    session = current_session()  # torchrun: this process scores one share (see _score_sharded)
+    if session is not None:
+        _check_sharded_usage(session.world, input, output)
     settings = BatchSettings(
         batch_size=batch_size if batch_size is not None or max_tokens is not None else DEFAULT_BATCH_SIZE,
         max_tokens=max_tokens,
@@ -181,98 +176,227 @@ def batch(
     stdout = sys.stdout  # taken now: stdout carries only JSON lines when --output is not given
     # "Loading ..." and other progress notes only where someone watches; warnings always.
     setup_logging(quiet=not sys.stderr.isatty())
-
     from rich.console import Console
 
     err = Console(stderr=True)
+    with ExitStack() as stack:
+        # Every output is checked, and --output locked, before the input is read or the model loads.
+        _check_outputs(input, output, summary_json, resume=resume, force=force)
+        if output is not None:
+            from ..distributed import check_parts
+            from ..files import output_lock
+
+            check_parts(output, session.world if session else None, resume=resume, force=force)
+            if session is None or session.rank == 0:  # torchrun: rank 0 holds the lock for the run
+                stack.enter_context(output_lock(output, label="`output`"))
+        sharded = None
+        if session is not None:  # torchrun: the output and every rank's part file
+            from ..distributed import read_sharded_resume
+
+            sharded = read_sharded_resume(output, session.world, worst, resume=resume)  # type: ignore[arg-type]
+            state = sharded.union
+        else:
+            state = _read_resume(err, output, worst) if resume else None
+        source = stack.enter_context(_input_file(input))
+        info = _open_input(err, source, input, fields, format=format, split=split)
+        lm = common.load(quiet=True)
+        _top_k_note(err, lm, options)
+        scan = _scan(lm, layout, options, source, input, fields, info, skip_invalid=skip_invalid, state=state)
+        if sharded is not None:
+            summary = _score_sharded(lm, options, scan, settings, err, sharded=sharded, output=output)  # type: ignore[arg-type]
+            if summary is None:
+                return  # not rank 0: rank 0 merges and reports
+        else:
+            summary = _score(lm, options, scan, settings, err, output=output, stdout=stdout)
+    if summary_json is not None:
+        from ..files import write_output
+        from ..result import dumps
+
+        write_output(summary_json, dumps(summary.to_dict(), indent=2) + "\n", label="`summary_json`")
+    from ..files import is_stdout
+    from .render_batch import render_dataset_summary
+
+    # The human summary goes to stdout only when stdout does not carry the JSON lines.
+    to_stdout = output is not None and not is_stdout(output)
+    render_dataset_summary(summary, Console() if to_stdout else err)
+
+
+def _open_input(
+    err: Any, source: Path, input: Path, fields: Fields, *, format: str | None, split: str | None
+) -> DataInfo:
+    """Open the data (a bad file fails before the model loads) and say on stderr how it is read."""
     from ..data import open_data
     from .errors import cli_message
 
-    info = open_data(input, fields, format=format, split=split)  # before the model loads: a bad input fails fast
-    err.print(cli_message(info.describe()), markup=False, soft_wrap=True, highlight=False)
-    lm = common.load(quiet=True)
-    top_k_note = _top_k_note(lm, options)
-    if top_k_note:  # every line's notes carry it too
-        err.print(f"note: {top_k_note}", markup=False, soft_wrap=True)
-    sharded = None
-    if session is not None:  # torchrun: the output and every rank's part file
-        from ..distributed import read_sharded_resume
+    info = open_data(source, fields, format=format, split=split)
+    described = info.describe()
+    if str(input) == "-":
+        described = described.replace(str(source), STDIN, 1)
+    err.print(cli_message(described), markup=False, soft_wrap=True, highlight=False)
+    return info
 
-        sharded = read_sharded_resume(output, session.world, worst, resume=resume)  # type: ignore[arg-type]
-        state = sharded.union
-    else:
-        state = read_resume(output, worst) if resume and output is not None and output.exists() else None
-    if state is not None and state.torn_bytes:
+
+def _top_k_note(err: Any, lm: LoadedModel, options: ScoreOptions) -> None:
+    from ..scoring import top_k_note
+
+    note = top_k_note(lm, options)
+    if note:  # every line's notes carry it too
+        err.print(f"note: {note}", markup=False, soft_wrap=True)
+
+
+def _check_usage(padding_side: str, *, resume: bool, force: bool, output: Path | None) -> None:
+    if padding_side not in ("right", "left"):
+        raise typer.BadParameter(f"{padding_side!r}: use right or left", param_hint="--padding-side")
+    if resume and output is None:
+        raise typer.BadParameter("--resume continues an --output file; give --output", param_hint="--resume")
+    if resume and force:
+        raise typer.BadParameter("give --resume or --force, not both", param_hint="--resume")
+
+
+def _check_outputs(input: Path, output: Path | None, summary_json: Path | None, *, resume: bool, force: bool) -> None:
+    """Every output path, checked by the core's one validator before anything is read or loaded."""
+    import os
+
+    from ..batch import check_batch_output
+    from ..errors import InputError
+    from ..files import check_output
+
+    if output is not None:
+        check_batch_output(output, input, resume=resume, force=force)
+    if summary_json is not None:
+        if output is not None and os.path.realpath(summary_json) == os.path.realpath(output):
+            raise InputError(f"`summary_json` {summary_json}: is --output too; give the summary its own file")
+        inputs = [("the input file", input), ("`output`", output)]
+        check_output(summary_json, inputs=inputs, label="`summary_json`", force=force)
+
+
+def _read_resume(err: Any, output: Path | None, worst: int) -> ResumeState | None:
+    from ..batch import read_resume
+
+    if output is None or not output.exists():
+        return None
+    state = read_resume(output, worst)
+    if state.torn_bytes:
         err.print(
             f"Resuming: dropping an incomplete last line ({state.torn_bytes} bytes) of {output}.",
             markup=False,
             soft_wrap=True,
         )
-    scan = scan_dataset(
+    return state
+
+
+@contextmanager
+def _input_file(input: Path) -> Iterator[Path]:
+    """The JSONL file to read; '-' is stdin, copied to a temporary file since a batch reads its input twice."""
+    if str(input) != "-":
+        yield input
+        return
+    from ..files import spool_stdin
+
+    spool = spool_stdin("the input")
+    try:
+        yield spool
+    finally:
+        spool.unlink(missing_ok=True)
+
+
+def _scan(
+    lm: LoadedModel,
+    layout: Layout,
+    options: ScoreOptions,
+    source: Path,
+    input: Path,
+    fields: Fields,
+    info: DataInfo,
+    *,
+    skip_invalid: bool,
+    state: ResumeState | None,
+) -> Scan:
+    from ..batch import scan_dataset
+
+    return scan_dataset(
         lm,
-        input,
+        source,
         layout=layout,
         options=options,
         fields=fields,
         skip_invalid=skip_invalid,
         resume=state,
         info=info,
+        label=STDIN if str(input) == "-" else None,
     )
+
+
+def _score(
+    lm: LoadedModel,
+    options: ScoreOptions,
+    scan: Scan,
+    settings: BatchSettings,
+    err: Any,
+    *,
+    output: Path | None,
+    stdout: Any,
+) -> DatasetSummary:
+    """Run the scan into --output (or stdout) with a progress bar; Ctrl-C and `kill` leave whole lines."""
+    from ..batch import JsonlSink, run_scan
     from .render_batch import batch_progress
 
-    if sharded is not None:
-        summary = _score_sharded(lm, scan, sharded, output, options, settings, err)  # type: ignore[arg-type]
-        if summary is None:
-            return  # not rank 0: rank 0 merges and reports
-        _report(summary, summary_json, output)
-        return
-    sink = JsonlSink.open(output, resume=state) if output is not None else JsonlSink.to_stdout(stdout)
-
+    sink = JsonlSink.open(output, resume=scan.resume) if output is not None else JsonlSink.to_stdout(stdout)
     previous = _terminate_as_interrupt()
     try:
         with sink, batch_progress(err, scan) as advance:
-            summary = run_scan(lm, scan, sink, options=options, settings=settings, on_batch=advance)
+            return run_scan(lm, scan, sink, options=options, settings=settings, on_batch=advance)
     except KeyboardInterrupt:
-        where = f"{sink.lines} complete lines are in {output}" if output else f"{sink.lines} lines were written"
-        hint = "; rerun the same command with --resume to continue" if output else ""
+        if output is None or not sink.regular:
+            where, hint = f"{sink.lines} lines were written", ""
+        else:
+            where = f"{sink.lines} complete lines are in {output}"
+            hint = "; rerun the same command with --resume to continue"
         err.print(f"Interrupted: {where}{hint}.", markup=False, soft_wrap=True)
         raise typer.Exit(130) from None
-    except BrokenPipeError:
-        _silence_stdout()
-        raise typer.Exit(141) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 
-    _report(summary, summary_json, output)
+
+def _check_sharded_usage(world: int, input: Path, output: Path | None) -> None:
+    from ..files import writes_through
+
+    if output is None:
+        raise typer.BadParameter(
+            f"the {world} ranks of a torchrun run cannot share stdout; give --output", param_hint="--output"
+        )
+    if str(input) == "-":
+        raise typer.BadParameter("under torchrun every rank reads the input itself; give a file, not stdin")
+    if writes_through(output):
+        raise typer.BadParameter(
+            "under torchrun the ranks' parts are merged into a regular file; give one", param_hint="--output"
+        )
 
 
-def _report(summary: Any, summary_json: Path | None, output: Path | None) -> None:
-    from rich.console import Console
-
-    from .render_batch import render_dataset_summary
-
-    if summary_json is not None:
-        from ..result import dumps
-
-        write_atomic(summary_json, dumps(summary.to_dict(), indent=2) + "\n", option="--summary-json")
-    # The human summary goes to stdout only when stdout does not carry the JSON lines.
-    render_dataset_summary(summary, Console() if output is not None else Console(stderr=True))
-
-
-def _score_sharded(lm: Any, scan: Any, sharded: Any, output: Path, options: Any, settings: Any, err: Any) -> Any:
+def _score_sharded(
+    lm: LoadedModel,
+    options: ScoreOptions,
+    scan: Scan,
+    settings: BatchSettings,
+    err: Any,
+    *,
+    sharded: ShardedResume,
+    output: Path,
+) -> DatasetSummary | None:
     """torchrun: score this rank's share into its part file; rank 0 then waits for every rank, merges the
-    parts into --output and returns the summary (the others return None). Ctrl-C and `kill` leave whole lines."""
-    from .. import distributed as dist_run
+    parts into --output and returns the summary (the others return None). Ctrl-C and `kill` leave whole
+    lines in the part files."""
+    from .. import distributed
     from ..batch import BatchStats
     from .render_batch import batch_progress
 
-    session = dist_run.current_session()
+    session = distributed.current_session()
     assert session is not None
     previous = _terminate_as_interrupt()
     try:
         with batch_progress(err, scan) as advance:
             show = advance if session.rank == 0 else None
-            stats = dist_run.score_share(
+            stats = distributed.score_share(
                 session, lm, scan, sharded, output, options=options, settings=settings, show=show
             )
             if session.rank != 0:
@@ -280,7 +404,7 @@ def _score_sharded(lm: Any, scan: Any, sharded: Any, output: Path, options: Any,
                 return None
             session.gather(show)
     except KeyboardInterrupt:
-        part = dist_run.part_path(output, session.rank, session.world)
+        part = distributed.part_path(output, session.rank, session.world)
         err.print(f"Interrupted: the complete lines are kept in {part}; rerun with --resume.", markup=False)
         raise typer.Exit(130) from None
     finally:
@@ -289,8 +413,8 @@ def _score_sharded(lm: Any, scan: Any, sharded: Any, output: Path, options: Any,
     if failure is not None:
         raise failure
     total = BatchStats(settings.batch_size, settings.max_tokens, settings.padding_side)
-    dist_run.add_batching([stats, *(o["batching"] for o in session.outcomes.values())], total)
-    return dist_run.merge_and_sum_up(
+    distributed.add_batching([stats, *(o["batching"] for o in session.outcomes.values())], total)
+    return distributed.merge_and_sum_up(
         session, lm, scan, sharded, output, options=options, settings=settings, batching=total
     )
 
@@ -302,14 +426,3 @@ def _terminate_as_interrupt() -> Any:
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, handler)
-
-
-def _silence_stdout() -> None:
-    """After the reader of a pipe went away (`| head`), let Python exit without a second broken-pipe error."""
-    import os
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass

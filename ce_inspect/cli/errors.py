@@ -54,8 +54,10 @@ FLAGS: dict[str, str] = {
     "split": "--split",
     "stride": "--stride",
     "output": "--output",
-    "resume": "--resume",
     "force": "--force",
+    "resume": "--resume",
+    "summary_json": "--summary-json",
+    "sequence": "--no-sequence",
 }
 
 _PARAM = re.compile(r"`([a-z][a-z0-9_]*)`")

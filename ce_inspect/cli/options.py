@@ -7,7 +7,6 @@ below turn the parsed values into the library's objects without importing torch.
 from __future__ import annotations
 
 import inspect
-import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -290,7 +289,15 @@ def shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
     def command(**kwargs: Any) -> Any:
         common = Common(**{name: kwargs.pop(name) for name in names})
         common.check()
-        return func(common=common, **kwargs)
+        from . import BROKEN_PIPE, _silence_stdout, broken_pipe_raises
+
+        broken_pipe_raises()
+        try:
+            return func(common=common, **kwargs)
+        except BrokenPipeError:
+            # stdout's reader went away (`| head`): caught here, before click turns it into exit 1.
+            _silence_stdout()
+            raise typer.Exit(BROKEN_PIPE) from None
 
     command.__name__ = func.__name__
     command.__qualname__ = func.__qualname__
@@ -313,15 +320,10 @@ def read_text(value: str | None, file: Path | None, name: str) -> str:
 
 
 def read_input(file: Path, label: str) -> str:
-    """The text of ``file`` (``-`` = stdin), verbatim; any failure is a one-line InputError naming ``label``."""
-    from ..errors import read_error
+    """The text of ``file`` (``-`` = stdin), verbatim (strict UTF-8, CRLF kept); failures name ``label``."""
+    from ..files import read_text as read_file_text
 
-    if str(file) == "-":
-        return sys.stdin.read()
-    try:
-        return file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise read_error(f"{label} {file}", exc) from None
+    return read_file_text(file, label)
 
 
 def read_messages(file: Path) -> list[dict[str, str]]:
@@ -341,21 +343,7 @@ def read_messages(file: Path) -> list[dict[str, str]]:
 
 
 def write_atomic(path: Path, text: str, option: str = "--output") -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder, so a failure leaves no half file."""
-    import os
-    import tempfile
+    """Write a whole output document by the rules of ``files.write_output`` (atomic for regular files)."""
+    from ..files import write_output
 
-    from ..errors import InputError
-
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise InputError(f"{option} {path}: cannot write there ({exc.strerror})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise InputError(f"{option} {path}: cannot write it ({exc.strerror})") from None
+    write_output(path, text, label=option)

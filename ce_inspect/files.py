@@ -1,0 +1,416 @@
+"""Files the user names: input text read verbatim, and output files checked and written by one set of rules.
+
+**Inputs.** ``read_text`` reads a file (or ``-``, stdin) as bytes and decodes them as strict UTF-8:
+the text is the file's, byte for byte (CRLF stays CRLF, a BOM stays), as ``batch`` keeps the text of
+a JSONL line. ``spool_stdin`` copies stdin to a temporary file for readers that need two passes.
+
+**Outputs**, as GNU tools keep them:
+
+- ``check_output`` refuses a folder, a path whose folder does not exist, a path that is the same file
+  as one of the command's inputs (through links: same device and inode), and an existing regular file
+  that ce-inspect did not write, unless ``force``. Every command calls it for every output it will
+  write before the model loads, so a bad path costs nothing.
+- **ce-inspect's own output** is recognised by its first bytes: every document and every JSON line
+  ce-inspect writes is an object whose first key is ``schema_version`` (``{"schema_version": 1, ...``
+  or, indented, ``{\\n  "schema_version": 1, ...``). An empty file holds nothing to lose and counts as
+  ours too. So rerunning ``run -o out.json`` replaces the previous result, while ``-o notes.txt``
+  onto someone's text is refused.
+- ``write_output`` writes a whole document. To a regular file (or a new path) it writes atomically: a
+  temporary file in the same folder, fsync, then ``os.replace``; a failure leaves the old file as it was.
+  A link is followed (its target is replaced, the link stays a link); a new file gets the usual mode
+  (0666 less the umask) and an existing file keeps its mode. Anything else (a FIFO, a terminal,
+  ``/dev/null``, ``/dev/stdout``) is written through, never renamed over.
+- ``output_lock`` keeps two runs from writing one file at once: an advisory ``flock`` on
+  ``.NAME.lock`` next to the file, holding the writer's PID; the second run gets a one-line error.
+
+Messages name the output by the label the caller gives (a library parameter in backquotes, which the
+command line shows as its flag).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from .errors import InputError
+
+#: The first bytes of every JSON document and JSON line ce-inspect writes (see the module docstring).
+OURS = re.compile(rb'\A\{\s*"schema_version":\s*\d')
+_HEAD = 64
+# Paths that name one of this process's open descriptors: writing them must reach that descriptor.
+_DESCRIPTOR = re.compile(r"\A/(dev/(stdout|stderr|fd/\d+)|proc/(self|\d+)/fd/\d+)\Z")
+
+
+# --- inputs ----------------------------------------------------------------------------------------------
+
+
+def read_bytes(path: str | os.PathLike[str], label: str) -> bytes:
+    """The bytes of ``path`` (``-``: all of stdin); a failure is a one-line error naming ``label``."""
+    from .errors import read_error
+
+    if str(path) == "-":
+        stream = _stdin(label)
+        try:
+            return stream.read()
+        except OSError as exc:
+            raise read_error(f"{label} (stdin)", exc) from None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise read_error(f"{label} {path}", exc) from None
+
+
+def read_text(path: str | os.PathLike[str], label: str) -> str:
+    """The text of ``path`` (``-``: stdin), verbatim: its bytes decoded as strict UTF-8, nothing translated."""
+    from .errors import read_error
+
+    data = read_bytes(path, label)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise read_error(f"{label} (stdin)" if str(path) == "-" else f"{label} {path}", exc) from None
+
+
+def _stdin(label: str) -> IO[bytes]:
+    # A closed stdin (`<&-`) leaves sys.stdin None; a replaced one (tests) may have no byte buffer.
+    stream = sys.stdin
+    if stream is None:
+        raise InputError(f"{label} is '-' but stdin is closed: there is nothing to read")
+    return getattr(stream, "buffer", None) or _Encoded(stream)
+
+
+class _Encoded:
+    """A text stream read as UTF-8 bytes (a stand-in stdin without a byte buffer)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def read(self) -> bytes:
+        return self._stream.read().encode("utf-8", "surrogateescape")
+
+
+def spool_stdin(label: str) -> Path:
+    """Copy all of stdin to a new temporary file and return its path; the caller removes it."""
+    import shutil
+    import tempfile
+
+    stream = _stdin(label)
+    fd, name = tempfile.mkstemp(prefix="ce-inspect-stdin-", suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if isinstance(stream, _Encoded):
+                fh.write(stream.read())
+            else:
+                shutil.copyfileobj(stream, fh)
+    except OSError as exc:
+        Path(name).unlink(missing_ok=True)
+        raise InputError(f"{label} (stdin): cannot copy it to a temporary file ({exc.strerror})") from None
+    return Path(name)
+
+
+# --- outputs ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """What ``check_output`` found at an output path."""
+
+    path: Path
+    exists: bool
+    regular: bool  # a regular file, or a path that does not exist yet (it will be one)
+    ours: bool  # exists and looks like ce-inspect's output (or is empty)
+
+    @property
+    def replaceable(self) -> bool:
+        return not self.exists or not self.regular or self.ours
+
+
+def is_ours(path: str | os.PathLike[str], marks: Sequence[re.Pattern[bytes]] = (OURS,)) -> bool:
+    """Whether the regular file at ``path`` is empty or starts like a document ce-inspect writes.
+
+    ``marks`` are the first-bytes patterns of the writer's formats: JSON documents and lines by default;
+    a command that writes another format (an HTML or Markdown report) passes the mark it writes first.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(_HEAD)
+    return not head or any(mark.match(head) is not None for mark in marks)
+
+
+def check_output(
+    path: str | os.PathLike[str],
+    *,
+    inputs: Sequence[tuple[str, str | os.PathLike[str] | None]] = (),
+    label: str = "`output`",
+    force: bool = False,
+    marks: Sequence[re.Pattern[bytes]] = (OURS,),
+) -> OutputTarget:
+    """Refuse an output path that cannot or must not be written; call it before loading the model.
+
+    ``inputs`` are ``(label, path)`` pairs of the files the command reads (``None`` is skipped, ``-``
+    means this process's stdin). ``force`` allows replacing a regular file ce-inspect did not write;
+    ``marks`` say how this command's own output starts (see ``is_ours``).
+    """
+    path = Path(path)
+    name = f"{label} {path}"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        _check_folder(path, name)
+        return OutputTarget(path, exists=False, regular=True, ours=False)
+    except OSError as exc:
+        raise InputError(f"{name}: cannot use it ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{name}: is a folder; give a file path")
+    regular = stat.S_ISREG(st.st_mode)
+    if regular or stat.S_ISFIFO(st.st_mode):  # reading and writing one device (/dev/null) harms nothing
+        for input_label, input_path in inputs:
+            if input_path is not None and _same_file(st, input_path):
+                raise InputError(f"{name}: is the same file as {input_label}; write the output elsewhere")
+    if not regular:
+        return OutputTarget(path, exists=True, regular=False, ours=False)
+    _check_folder(path, name)  # the atomic write puts its temporary file there
+    try:
+        ours = is_ours(path, marks)
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read it to check what it holds ({exc.strerror})") from None
+    if not ours and not force:
+        raise InputError(
+            f"{name}: exists and was not written by ce-inspect (it does not start with "
+            '{"schema_version": ...}); pass `force` to replace it, or give another path'
+        )
+    return OutputTarget(path, exists=True, regular=True, ours=ours)
+
+
+def _check_folder(path: Path, name: str) -> None:
+    # A dangling link is written through to its target: the target's folder is the one that must exist.
+    real = Path(os.path.realpath(path))
+    folder = real.parent
+    if not folder.is_dir():
+        shown = path.parent if str(path.parent) not in ("", ".") else folder
+        raise InputError(f"{name}: the folder {shown} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{name}: cannot write in the folder {folder} (permission denied)")
+
+
+def _same_file(st: os.stat_result, other: str | os.PathLike[str]) -> bool:
+    try:
+        if str(other) == "-":
+            if sys.stdin is None:
+                return False
+            ost = os.fstat(sys.stdin.fileno())
+        else:
+            ost = os.stat(other)
+    except (OSError, ValueError, AttributeError):
+        return False  # an input that cannot be statted is reported by whatever reads it
+    return (st.st_dev, st.st_ino) == (ost.st_dev, ost.st_ino)
+
+
+def writes_through(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is written in place (a device, FIFO, socket, or a name of an open descriptor)."""
+    if _DESCRIPTOR.match(str(path)):
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def is_stdout(path: str | os.PathLike[str]) -> bool:
+    """Whether writing ``path`` writes this process's stdout (``/dev/stdout``, or the file stdout goes to)."""
+    if _DESCRIPTOR.match(str(path)) and str(path).endswith(("stdout", "/1")):
+        return True
+    try:
+        st, out = os.stat(path), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino)
+
+
+def open_through(path: str | os.PathLike[str]) -> IO[bytes]:
+    """Open a path that is written in place. A descriptor's file is appended to, as the shell left it."""
+    flags = os.O_WRONLY | (os.O_APPEND if _DESCRIPTOR.match(str(path)) else 0)
+    return os.fdopen(os.open(path, flags), "wb", buffering=0)
+
+
+def open_stream(path: str | os.PathLike[str]) -> tuple[IO[bytes], bool]:
+    """Open ``path`` for a stream of lines, unbuffered: ``(file, regular)``.
+
+    A regular file (or new path) is truncated in place, through any link, keeping its mode; a new one
+    gets 0666 less the umask. Anything else is written through.
+    """
+    if writes_through(path):
+        return open_through(path), False
+    return open(path, "wb", buffering=0), True
+
+
+def write_output(path: str | os.PathLike[str], text: str, *, label: str = "`output`") -> None:
+    """Write ``text`` to ``path``: atomically to a regular file or new path, through to anything else."""
+    path = Path(path)
+    data = text.encode("utf-8")
+    try:
+        if writes_through(path):
+            with open_through(path) as fh:
+                _write_all(fh, data)
+        else:
+            _replace_atomically(Path(os.path.realpath(path)), data)
+    except OSError as exc:
+        raise InputError(f"{label} {path}: cannot write it ({exc.strerror})") from None
+
+
+def _write_all(fh: IO[bytes], data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # a raw file may take fewer bytes than asked
+        view = view[fh.write(view) or 0 :]
+
+
+def _replace_atomically(target: Path, data: bytes) -> None:
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = None
+    fd, tmp = _temporary(target)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb", buffering=0) as fh:
+            _write_all(fh, data)
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _sync_folder(target.parent)
+
+
+@contextmanager
+def replacing(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """A file to stream ``path``'s new content into; when the block ends without error it replaces
+    ``path`` as ``write_output`` does (atomically, through a link, keeping the mode), else it is removed
+    and ``path`` stays as it was. For a regular file or a new path only."""
+    target = Path(os.path.realpath(path))
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = None
+    fd, tmp = _temporary(target)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _sync_folder(target.parent)
+
+
+def _temporary(target: Path) -> tuple[int, str]:
+    """A new file next to ``target``, created with 0666 so that the umask gives it the usual mode."""
+    for _ in range(100):
+        tmp = str(target.parent / f".{target.name}.{os.urandom(4).hex()}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {target}")
+
+
+def _sync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a folder; the rename itself is already atomic
+    finally:
+        os.close(fd)
+
+
+def lock_path(path: str | os.PathLike[str]) -> Path:
+    """Where the lock of output ``path`` lives: ``.NAME.lock`` next to the file it names (links followed)."""
+    real = Path(os.path.realpath(path))
+    return real.parent / f".{real.name}.lock"
+
+
+@contextmanager
+def output_lock(path: str | os.PathLike[str], *, label: str = "`output`") -> Iterator[None]:
+    """Hold an advisory lock on output ``path`` for the block; a second holder gets a one-line error.
+
+    Only regular files (and new paths) are locked. The lock file holds the writer's PID and is removed
+    on the way out; after a ``kill -9`` it stays, but the kernel has released the lock with the process.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): run without the lock
+        yield
+        return
+    if writes_through(path):
+        yield
+        return
+    where = lock_path(path)
+    fd = _acquire(fcntl, where, f"{label} {path}")
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        try:
+            where.unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(fd)  # closing releases the lock
+
+
+def _acquire(fcntl, where: Path, name: str) -> int:  # type: ignore[no-untyped-def]
+    while True:
+        try:
+            fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise InputError(f"{name}: cannot create the lock file {where} ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f"PID {pid}" if pid.isdigit() else "another process"
+            raise InputError(
+                f"{name}: another ce-inspect run ({who}) is writing it; wait for it to finish or write elsewhere"
+            ) from None
+        # The previous holder may have removed the lock file between our open and our flock: then we
+        # hold a lock on a file nobody else will open, so start again on the current one.
+        try:
+            if os.fstat(fd).st_ino == os.stat(where).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+__all__ = [
+    "OURS",
+    "read_bytes",
+    "read_text",
+    "spool_stdin",
+    "OutputTarget",
+    "check_output",
+    "is_ours",
+    "is_stdout",
+    "lock_path",
+    "open_stream",
+    "open_through",
+    "output_lock",
+    "write_output",
+    "writes_through",
+]
