@@ -243,7 +243,7 @@ def test_a_killed_rank_leaves_no_output_and_resume_finishes_the_same(tiny_llama_
     assert killed.returncode != 0
     assert not out.exists()
     parts = existing_parts(out)
-    assert sorted(parts) == [(0, 2), (1, 2)]
+    assert (1, 2) in parts and set(parts) <= {(0, 2), (1, 2)}  # rank 0 may be stopped before it opens its part
     kept = sum(len(read_resume(p).examples) for p in parts.values())
     assert len(read_resume(parts[(1, 2)]).examples) >= 1  # its first batch was written before the kill
 
