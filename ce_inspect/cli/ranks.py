@@ -2,8 +2,9 @@
 
 Every rank runs the same command. Rank 0 speaks for the run: its stderr shows the run's progress and the
 one error line, its stdout the summary. The other ranks stay quiet: what they would print on stderr is
-kept, and their error line (or a bug's traceback) travels to rank 0 through the run's store. Every rank
-exits with the run's exit status, decided by rank 0 once every rank has reported.
+kept, and their error line (or a bug's traceback) travels to rank 0 through the run's store. Rank 0
+exits with the run's status (the failing rank's, if one failed), decided once every rank has reported;
+the others exit 0 once rank 0 has taken over their outcome, so that torchrun names rank 0's status.
 """
 
 from __future__ import annotations
