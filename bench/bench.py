@@ -3,6 +3,7 @@
     python bench/bench.py                # full run (~8 min on a 2-core CPU); writes bench/results/cpu.{md,json}
     python bench/bench.py --quick        # smaller sizes and fewer repeats: a smoke test (~4 min)
     python bench/bench.py --sections memory,startup --out /tmp/bench
+    python bench/bench.py --sections diff --name cpu-diff   # the diff row (~3 min)
 
 What it measures (each figure is a median over repeats; every ratio comes from this one run):
 
@@ -247,7 +248,78 @@ def worker_batch(spec: dict) -> dict:
     return {"times": times, "cpu_s": cpu, "scored_tokens": scored, "records": len(records), "max_abs_diff": diff}
 
 
-WORKERS = {"score": worker_score, "batch": worker_batch}
+def naive_diff(ref, cand, example) -> list[float]:
+    """The usual way to compare two models: both models' full logits, log-softmax, ``kl_div`` per position."""
+    import torch
+
+    ids = torch.tensor([example.input_ids], device=ref.model.get_input_embeddings().weight.device)
+    rows = torch.tensor([p - 1 for p in example.scored_positions])
+    with torch.no_grad():
+        ref_logp = torch.log_softmax(ref.model(input_ids=ids).logits.float(), dim=-1)[0]  # [seq, vocab]
+        cand_logp = torch.log_softmax(cand.model(input_ids=ids).logits.float(), dim=-1)[0]  # [seq, vocab]
+        kl = torch.nn.functional.kl_div(cand_logp, ref_logp, log_target=True, reduction="none").sum(-1)  # [seq]
+    return kl[rows.to(kl.device)].tolist()
+
+
+def worker_diff(spec: dict) -> dict:
+    """One cell of the diff row: ``ce`` (ce-inspect's diff; also timed against two ``score_encoded`` calls)
+    or ``naive`` (the usual way). The candidate: a copy of the model with one weight perturbed."""
+    import torch
+
+    from ce_inspect import load
+    from ce_inspect.diff import diff_encoded
+    from ce_inspect.scoring import ScoreOptions, score_encoded
+
+    ref = load(device=spec["device"], quiet=True)
+    cand = load(device=spec["device"], quiet=True)
+    with torch.no_grad():  # a slightly different candidate, so that the two ways' KL figures can be compared
+        weight = list(cand.model.get_decoder().parameters())[-1]
+        weight.mul_(1 + 0.05 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+    cuda = ref.model.get_input_embeddings().weight.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    example = make_example(ref.tokenizer, spec["prompt"], spec["scored"], seed=spec["seed"])
+    warm = make_example(ref.tokenizer, 8, 4, seed=spec["seed"] + 1)
+    if spec["path"] == "ce":
+
+        def run(ex=example):
+            return [t.kl for t in diff_encoded(ref, cand, [ex])[0].tokens]
+    else:
+
+        def run(ex=example):
+            return naive_diff(ref, cand, ex)
+
+    for lm in (ref, cand):  # the same first touch of weights on every path
+        score_encoded(lm, warm, ScoreOptions())
+    run(warm)
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        cuda_base = torch.cuda.memory_allocated()
+    last: dict[str, list[float]] = {}
+
+    def once() -> None:
+        last["values"] = run()
+
+    times = timed_runs(once, sync, max_reps=spec["reps"], budget_s=spec["budget"])
+    out = {"times": times, "peak_rss": peak_rss_bytes(), "values": last["values"]}
+    if cuda:
+        out["cuda_peak"] = torch.cuda.max_memory_allocated() - cuda_base
+    if spec["path"] == "ce":  # after the peak is read: diff and two runs timed in turn, so load hits both alike
+        pairs = []
+        for _ in range(spec["reps"]):
+            t = time.perf_counter()
+            run()
+            sync()
+            middle = time.perf_counter()
+            for lm in (ref, cand):
+                score_encoded(lm, example, ScoreOptions())
+            sync()
+            pairs.append((middle - t, time.perf_counter() - middle))
+        out["interleaved"] = pairs
+    return out
+
+
+WORKERS = {"score": worker_score, "batch": worker_batch, "diff": worker_diff}
 
 
 def worker_main(kind: str, spec_json: str) -> None:
@@ -365,6 +437,67 @@ def section_memory(args, device: str, log) -> dict:
     return {"rows": rows, "long_answer": long_answer}
 
 
+def section_diff(args, device: str, log) -> dict:
+    prompt = 1024 if args.quick else 4096
+    rows = []
+    for p in (16, prompt):
+        row = {"prompt": p, "scored": 32}
+        for path in ("ce", "naive"):
+            spec = {"path": path, "prompt": p, "scored": 32, "seed": 1234, "device": device}
+            spec.update({"reps": args.reps, "budget": args.budget})
+            log(f"  diff: prompt {p:>6} {path:5} ...")
+            row[path] = run_worker("diff", spec)
+            if "error" in row[path]:
+                log(f"    failed: {row[path]['error']}")
+        rows.append(row)
+    return {"rows": rows}
+
+
+def render_diff(section: dict, device: str, targets: list) -> list[str]:
+    key = "cuda_peak" if device == "cuda" else "peak_rss"
+    small, big = section["rows"]
+    lines = [
+        "## diff: two models on one input, ce-inspect vs both models' full logits + `kl_div`",
+        "",
+        "The model and a copy with its last body weight perturbed by 5% noise, float32, in one fresh process per "
+        "cell, after the same warm-up. Extra: peak "
+        f"minus the same path's peak on a {small['prompt']}-token prompt (the two models themselves). Diff vs two "
+        "runs: in the diff's process after its peak is read, the diff and `score_encoded` of each model on the "
+        "same input, timed in turn (medians), so a busy machine slows both alike; the diff is held to 1.2x. "
+        "|Δ KL|: the largest difference of a per-token KL between the two ways.",
+        "",
+        "| prompt | answer | diff extra | usual extra | extra ratio | diff time | usual time "
+        "| diff vs two runs (interleaved) | ratio | max |Δ KL| |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    failed = [r[p]["error"] for r in (small, big) for p in ("ce", "naive") if "error" in r[p]]
+    if failed:
+        return [*lines, f"| failed: {failed[0]} |", ""]
+    extra = {p: big[p][key] - small[p][key] for p in ("ce", "naive")}
+    ratio = extra["ce"] / extra["naive"]
+    t = {p: median(big[p]["times"]) for p in ("ce", "naive")}
+    pairs = big["ce"]["interleaved"]
+    t["diff"], t["runs"] = median([a for a, _ in pairs]), median([b for _, b in pairs])
+    vs_run = t["diff"] / t["runs"]
+    dkl = max(abs(a - b) for a, b in zip(big["ce"]["values"], big["naive"]["values"]))
+    lines.append(
+        f"| {big['prompt']:,} | {big['scored']} | {mib(extra['ce'])} | {mib(extra['naive'])} | {ratio:.1%} "
+        f"| {t['ce']:.2f} s | {t['naive']:.2f} s | {t['diff']:.2f} s vs {t['runs']:.2f} s | {vs_run:.2f}x "
+        f"| {dkl:.1e} |"
+    )
+    targets.append(
+        (
+            f"diff extra peak memory, {big['prompt']:,}-token prompt: <= 15% of the usual way",
+            f"{mib(extra['ce'])} vs {mib(extra['naive'])} = {ratio:.1%}",
+            ratio <= 0.15,
+        )
+    )
+    targets.append(
+        ("diff time <= 1.2x two runs", f"{t['diff']:.2f} s vs {t['runs']:.2f} s = {vs_run:.2f}x", vs_run <= 1.2)
+    )
+    return [*lines, ""]
+
+
 def section_batch(args, device: str, log) -> dict:
     spec = {"device": device, "records": 16 if args.quick else 32, "seed": 99, "reps": max(1, args.reps // 2 + 1)}
     log(f"  batch: {spec['records']} records x {spec['reps']} repeats ...")
@@ -430,6 +563,8 @@ def render(report: dict) -> str:
         lines += render_batch(report["batch"], targets)
     if "startup" in report:
         lines += render_startup(report["startup"], targets)
+    if "diff" in report:
+        lines += render_diff(report["diff"], m["device"], targets)
     if targets:
         lines += ["## Targets (issue #5)", "", "| target | measured | met |", "|---|---|---|"]
         lines += [f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, v, ok in targets]
@@ -603,7 +738,8 @@ def main() -> None:
         "load_before": load_average(),
     }
     started = time.perf_counter()
-    for name, fn in (("memory", section_memory), ("batch", section_batch), ("startup", section_startup)):
+    sections_fns = (("memory", section_memory), ("batch", section_batch), ("startup", section_startup))
+    for name, fn in (*sections_fns, ("diff", section_diff)):
         if name in sections:
             log(f"{name} ...")
             report[name] = fn(args, device, log)

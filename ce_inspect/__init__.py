@@ -15,6 +15,7 @@ Notebook use::
 Importing this package does not import torch or transformers; ``load`` does.
 """
 
+from .diff import DiffResult, DiffSummary, TokenDiff, diff, diff_messages
 from .encoding import (
     IGNORE_INDEX,
     Encoded,
@@ -45,6 +46,8 @@ __all__ = [
     "IGNORE_INDEX",
     "SCHEMA_VERSION",
     "CeInspectError",
+    "DiffResult",
+    "DiffSummary",
     "Encoded",
     "Layout",
     "LoadedModel",
@@ -52,9 +55,12 @@ __all__ = [
     "ScoreResult",
     "SequenceToken",
     "Summary",
+    "TokenDiff",
     "TokenScore",
     "TurnSummary",
     "cross_entropy",
+    "diff",
+    "diff_messages",
     "encode",
     "encode_chat",
     "encode_messages",

@@ -529,6 +529,8 @@ class Scan:
     resume: ResumeState | None = None
     info: DataInfo | None = None  # what was read: file kind, format (forced or detected), split
     label: str | None = None  # how messages and the summary name the input (e.g. "<stdin>" for stdin)
+    #: record -> example; None: ``encode_record`` with the scanning model (``diff`` checks both tokenizers).
+    encoder: Callable[[Record], Encoded] | None = None
     # distributed: the entries are one rank's share; the records between them are other ranks'
     subset: bool = False
 
@@ -563,12 +565,14 @@ def scan_dataset(
     split: str | None = None,
     info: DataInfo | None = None,
     label: str | None = None,
+    encoder: Callable[[Record], Encoded] | None = None,
 ) -> Scan:
     """Encode every record; stop at the first bad one unless ``skip_invalid``; match ``resume`` to the input.
 
     ``format`` forces the record format (else detected per record), ``split`` picks a dataset's split;
     ``info``, from ``data.open_data``, saves opening the data a second time to describe it. ``label``
     names the input in messages and the summary when ``path`` is a stand-in (stdin's spool).
+    ``encoder`` replaces ``encode_record(lm, record, layout)`` (its InputError marks the record invalid).
     """
     path, layout, fields = Path(path), layout or Layout(), fields or Fields()
     name = label if label is not None else str(path)
@@ -585,7 +589,7 @@ def scan_dataset(
         encoded: Encoded | None = None
         if reason is None:
             try:
-                encoded = encode_record(lm, record, layout)
+                encoded = encoder(record) if encoder else encode_record(lm, record, layout)
             except InputError as exc:
                 reason = str(exc)
             if encoded is not None and not encoded.scored_positions:
@@ -618,7 +622,16 @@ def scan_dataset(
                 f"`resume`: {resume.path} has a result for input line {missing[0]}, which {name} does not have; "
                 "it was written for another input, start over with `force`"
             )
-    return Scan(path=path, fields=fields, layout=layout, entries=tuple(entries), resume=resume, info=info, label=label)
+    return Scan(
+        path=path,
+        fields=fields,
+        layout=layout,
+        entries=tuple(entries),
+        resume=resume,
+        info=info,
+        label=label,
+        encoder=encoder,
+    )
 
 
 def _id_note(rid: str | int | None) -> str:
@@ -709,6 +722,7 @@ def output_line(
 
 
 ProgressCallback = Callable[[int, int], None]  # (examples, sequence tokens) just scored
+ScoreFunction = Callable[[list[Encoded]], list[Any]]  # one batch of examples -> one result each, in order
 
 
 def _score_in_order(
@@ -718,7 +732,8 @@ def _score_in_order(
     settings: BatchSettings,
     stats: BatchStats,
     on_batch: ProgressCallback | None,
-) -> Iterator[tuple[Entry, ScoreResult | None]]:
+    score: ScoreFunction,
+) -> Iterator[tuple[Entry, Any]]:
     records = scan.records()
     window: list[tuple[Entry, Encoded | None]] = []
     pending = 0
@@ -728,32 +743,31 @@ def _score_in_order(
             record = next(records, None)
         if record is None or record.line != entry.line:
             raise InputError(f"{scan.name} changed while it was being scored; run again")
-        encoded = encode_record(lm, record, scan.layout) if entry.pending else None
+        encoder = scan.encoder or (lambda r: encode_record(lm, r, scan.layout))
+        encoded = encoder(record) if entry.pending else None
         window.append((entry, encoded))
         pending += encoded is not None
         if pending >= settings.sort_window:
-            yield from _score_window(lm, window, options, settings, stats, on_batch)
+            yield from _score_window(window, settings, stats, on_batch, score)
             window, pending = [], 0
-    yield from _score_window(lm, window, options, settings, stats, on_batch)
+    yield from _score_window(window, settings, stats, on_batch, score)
 
 
 def _score_window(
-    lm: LoadedModel,
     window: list[tuple[Entry, Encoded | None]],
-    options: ScoreOptions,
     settings: BatchSettings,
     stats: BatchStats,
     on_batch: ProgressCallback | None,
-) -> Iterator[tuple[Entry, ScoreResult | None]]:
+    score: ScoreFunction,
+) -> Iterator[tuple[Entry, Any]]:
     todo = [i for i, (_, encoded) in enumerate(window) if encoded is not None]
     lengths = [len(window[i][1]) for i in todo]  # type: ignore[arg-type]
-    results: dict[int, ScoreResult] = {}
+    results: dict[int, Any] = {}
     emitted = 0
     for batch in plan_batches(lengths, settings.batch_size, settings.max_tokens):
         rows = [todo[j] for j in batch]
         examples = [window[i][1] for i in rows]
-        # Text longer than the context is scored in windows (`stride`); everything else in one padded pass.
-        scored = score_examples(lm, examples, options, padding_side=settings.padding_side)  # type: ignore[arg-type]
+        scored = score(examples)  # type: ignore[arg-type]
         results.update(zip(rows, scored))
         tokens = sum(lengths[j] for j in batch)
         stats.batches += 1
@@ -778,36 +792,79 @@ def run_scan(
     options: ScoreOptions | None = None,
     settings: BatchSettings | None = None,
     on_batch: ProgressCallback | None = None,
-) -> DatasetSummary:
-    """Score the scan's pending examples, write each output line in input order, and sum up the data set."""
+    score: ScoreFunction | None = None,
+    report: Any = None,
+    emit: Callable[[Entry, ScoreResult | None], dict[str, Any] | None] | None = None,
+) -> Any:
+    """Score the scan's pending examples, write each output line in input order, and sum up the data set.
+
+    ``score`` (a batch of examples -> results) and ``report`` (each result's output line and the data-set
+    summary; see ``BatchReport``) default to ``batch``'s own; ``diff`` passes its two-model ones. ``emit``
+    replaces the report's output line: it sees every entry not resumed, in input order (with its result,
+    or None when the entry was not scored), and returns the line to write or None (``audit``).
+    """
     options, settings = options or ScoreOptions(), settings or BatchSettings()
     stats = BatchStats(settings.batch_size, settings.max_tokens, settings.padding_side)
-    builder = SummaryBuilder(settings.worst)
-    written = line_settings(lm, scan.layout, options, scan.fields, sequence=settings.sequence)
-    if scan.resume is not None:
-        _check_resume_settings(scan.resume, written)
-        builder.add_tokens(scan.resume.worst_tokens)
+    if score is None:
+
+        def score(examples: list[Encoded]) -> list[Any]:
+            # Text longer than the context is scored in windows (`stride`); the rest in one padded pass.
+            return score_examples(lm, examples, options, padding_side=settings.padding_side)
+
+    report = report or BatchReport(lm, scan, options, settings)
     start = time.perf_counter()
-    for entry, result in _score_in_order(lm, scan, options, settings, stats, on_batch):
+    for entry, result in _score_in_order(lm, scan, options, settings, stats, on_batch, score):
+        line = emit(entry, result) if emit is not None and entry.done is None else None
+        if line is not None:
+            sink.write(line)
         if entry.error is not None:
-            builder.skip(Skipped(entry.line, entry.id, entry.error))
+            report.skip(Skipped(entry.line, entry.id, entry.error))
         elif entry.done is not None:
-            builder.add(entry.done, resumed=True)
+            report.resumed(entry)
         else:
             assert result is not None
-            sink.write(output_line(entry, result, sequence=settings.sequence, settings=written))
-            builder.add(ExampleStats.from_result(entry.line, entry.id, result))
-            builder.add_tokens(worst_tokens_of(entry.line, entry.id, result, settings.worst))
+            if emit is None:
+                sink.write(report.line(entry, result))
+            report.add(entry, result)
     stats.seconds = time.perf_counter() - start
-    return builder.finish(
-        lm,
-        input=scan.name,
-        output=sink.name,
-        label_smoothing=options.label_smoothing,
-        ignore_index=scan.layout.ignore_index,
-        batching=stats,
-        data=scan.info,
-    )
+    return report.finish(output=sink.name, batching=stats)
+
+
+class BatchReport:
+    """What ``batch`` writes and sums for each example: ``run``'s document per line (with the settings
+    ``--resume`` compares), the loss summary."""
+
+    def __init__(self, lm: LoadedModel, scan: Scan, options: ScoreOptions, settings: BatchSettings) -> None:
+        self.lm, self.scan, self.options, self.settings = lm, scan, options, settings
+        self.written = line_settings(lm, scan.layout, options, scan.fields, sequence=settings.sequence)
+        self.builder = SummaryBuilder(settings.worst)
+        if scan.resume is not None:
+            _check_resume_settings(scan.resume, self.written)
+            self.builder.add_tokens(scan.resume.worst_tokens)
+
+    def line(self, entry: Entry, result: ScoreResult) -> BatchLineDict:
+        return output_line(entry, result, sequence=self.settings.sequence, settings=self.written)
+
+    def add(self, entry: Entry, result: ScoreResult) -> None:
+        self.builder.add(ExampleStats.from_result(entry.line, entry.id, result))
+        self.builder.add_tokens(worst_tokens_of(entry.line, entry.id, result, self.settings.worst))
+
+    def resumed(self, entry: Entry) -> None:
+        self.builder.add(entry.done, resumed=True)  # type: ignore[arg-type]
+
+    def skip(self, skipped: Skipped) -> None:
+        self.builder.skip(skipped)
+
+    def finish(self, *, output: str | None, batching: BatchStats) -> DatasetSummary:
+        return self.builder.finish(
+            self.lm,
+            input=self.scan.name,
+            output=output,
+            label_smoothing=self.options.label_smoothing,
+            ignore_index=self.scan.layout.ignore_index,
+            batching=batching,
+            data=self.scan.info,
+        )
 
 
 # --- output: whole lines only ---------------------------------------------------------------------------

@@ -503,13 +503,15 @@ def score_share(
 
 def merge_outputs(output: Path, sources: Sequence[tuple[Path, int | None]]) -> int:
     """Write the lines of ``sources`` (each in input order; the first ``size`` bytes of each, or all of it)
-    into ``output`` in input order, atomically (``files.replacing``). Returns the number of lines."""
-    from .files import replacing
+    into ``output`` in input order, atomically (``files.atomic_stream``). Returns the number of lines."""
+    from .files import atomic_stream
 
     lines = 0
-    with replacing(output) as fh:
+    with atomic_stream(output, label="`output`") as fh:
         for _, raw in heapq.merge(*(_lines_of(p, size) for p, size in sources), key=lambda x: x[0]):
-            fh.write(raw)
+            view = memoryview(raw)
+            while view:  # the stream is raw: it may take fewer bytes than asked
+                view = view[fh.write(view) or 0 :]
             lines += 1
     return lines
 

@@ -252,66 +252,53 @@ def open_stream(path: str | os.PathLike[str]) -> tuple[IO[bytes], bool]:
 
 def write_output(path: str | os.PathLike[str], text: str, *, label: str = "`output`") -> None:
     """Write ``text`` to ``path``: atomically to a regular file or new path, through to anything else."""
+    with atomic_stream(path, label=label) as fh:
+        _write_all(fh, text.encode("utf-8"))
+
+
+@contextmanager
+def atomic_stream(path: str | os.PathLike[str], *, label: str = "`output`") -> Iterator[IO[bytes]]:
+    """A binary stream whose bytes replace ``path`` only when the block ends without an error.
+
+    A regular file (or new path) is written under a temporary name next to its real target (links
+    followed), with the mode it had (or 0666 less the umask), fsynced and renamed over it; an error
+    inside the block leaves the old file as it was and no temporary file. A device, FIFO or
+    ``/dev/stdout`` is written through.
+    """
     path = Path(path)
-    data = text.encode("utf-8")
     try:
         if writes_through(path):
             with open_through(path) as fh:
-                _write_all(fh, data)
-        else:
-            _replace_atomically(Path(os.path.realpath(path)), data)
+                yield fh
+            return
+        target = Path(os.path.realpath(path))
+        try:
+            mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
+        except FileNotFoundError:
+            mode = None
+        fd, tmp = _temporary(target)
     except OSError as exc:
         raise InputError(f"{label} {path}: cannot write it ({exc.strerror})") from None
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb", buffering=0) as fh:
+            yield fh
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"{label} {path}: cannot write it ({exc.strerror})") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _sync_folder(target.parent)
 
 
 def _write_all(fh: IO[bytes], data: bytes) -> None:
     view = memoryview(data)
     while view:  # a raw file may take fewer bytes than asked
         view = view[fh.write(view) or 0 :]
-
-
-def _replace_atomically(target: Path, data: bytes) -> None:
-    try:
-        mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
-    except FileNotFoundError:
-        mode = None
-    fd, tmp = _temporary(target)
-    try:
-        if mode is not None:
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb", buffering=0) as fh:
-            _write_all(fh, data)
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _sync_folder(target.parent)
-
-
-@contextmanager
-def replacing(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """A file to stream ``path``'s new content into; when the block ends without error it replaces
-    ``path`` as ``write_output`` does (atomically, through a link, keeping the mode), else it is removed
-    and ``path`` stays as it was. For a regular file or a new path only."""
-    target = Path(os.path.realpath(path))
-    try:
-        mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
-    except FileNotFoundError:
-        mode = None
-    fd, tmp = _temporary(target)
-    try:
-        if mode is not None:
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _sync_folder(target.parent)
 
 
 def _temporary(target: Path) -> tuple[int, str]:

@@ -288,6 +288,49 @@ def _check_tokenizer_files(folder: Path) -> None:
     )
 
 
+def _resolve(model: str | os.PathLike[str] | None) -> tuple[str, str, str, Path | None]:
+    """(folder or Hub id to load from, source kind, display name, the GGUF file behind a cache folder)."""
+    spec = None if model is None else os.fspath(model)
+    gguf: Path | None = None  # the GGUF file behind a cache folder, to rebuild it from
+    if spec is None:
+        gguf = default_gguf_path()
+        folder = gguf_cache_folder(gguf)
+        source, name = "default", f"{DEFAULT_PACKAGE}/{DEFAULT_GGUF}"
+    else:
+        path = Path(spec).expanduser()
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            gguf = path.resolve()
+            folder = gguf_cache_folder(gguf)
+            source, name = "gguf", str(path)
+        elif path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ModelLoadError(f"{spec} is a folder but not a Hugging Face model folder (it has no config.json)")
+            folder, source, name = str(path), "folder", str(path)
+        elif path.exists():
+            raise ModelLoadError(f"{spec} is a file but not a .gguf model; pass a model folder or a .gguf file")
+        elif _looks_like_path(spec):
+            raise ModelNotFoundError(f"model path {spec} does not exist")
+        else:
+            folder, source, name = spec, "hub", spec
+    return folder, source, name, gguf
+
+
+def load_tokenizer(
+    model: str | os.PathLike[str] | None = None, *, revision: str | None = None, trust_remote_code: bool = False
+) -> tuple[Any, str]:
+    """The tokenizer of ``model`` (resolved as ``load`` does) without loading the model's weights; and its name.
+
+    A ``model`` folder that holds only tokenizer files is fine here (``audit`` without a forward pass).
+    """
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+    quiet_transformers()
+    spec = None if model is None else Path(os.fspath(model)).expanduser()
+    if spec is not None and spec.is_dir() and not (spec / "config.json").is_file():
+        return _load_tokenizer(str(spec), "folder", revision, trust_remote_code), str(model)
+    folder, source, name, _ = _resolve(model)
+    return _load_tokenizer(folder, source, revision, trust_remote_code), name
+
+
 def _looks_like_path(spec: str) -> bool:
     """Hub ids are ``name`` or ``org/name``; anything else that does not exist is a missing path."""
     if spec.startswith((".", "/", "~")) or spec.lower().endswith(".gguf") or "\\" in spec:

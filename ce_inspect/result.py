@@ -700,3 +700,107 @@ def batch_line_from_dict(d: Any) -> tuple[int, Id, ScoreResult]:
 def dumps(obj: Any, indent: int | None = None) -> str:
     """The one JSON encoder: UTF-8 text as is, and no NaN/Infinity (they are not JSON)."""
     return json.dumps(obj, ensure_ascii=False, allow_nan=False, indent=indent)
+
+
+# --- audit (ce_inspect/audit.py): the `audit --json` document and its --output lines ---------------------
+
+# Optional keys are declared in a ``total=False`` subclass: exact under ``from __future__ import annotations``
+# on every Python version (``NotRequired`` in a string annotation is not seen by typing's TypedDict).
+
+
+class AuditTokenDict(TypedDict):
+    index: int
+    token_id: int
+    token: str
+    label: int  # the record's label at this position (the ignore index when not trained)
+    trained: bool
+    offending: bool  # one of the positions the check flags
+    special: bool
+    loss: float | None  # with a model, at trained positions
+
+
+class AuditRecordRefDict(TypedDict):
+    line: int
+    id: str | int | None
+
+
+class _AuditFindingDictRequired(TypedDict):
+    check: str
+    positions: list[int]  # the offending token positions (may be empty: no-trained-tokens)
+    message: str
+
+
+class AuditFindingDict(_AuditFindingDictRequired, total=False):
+    detail: dict[str, Any]  # boundary: the two splits (alone, together, prompt_tokens, common_prefix)
+
+
+class _AuditExampleDictRequired(TypedDict):
+    line: int
+    id: str | int | None
+    positions: list[int]
+    message: str
+    tokens: list[AuditTokenDict]  # the tokens around the offending positions
+
+
+class AuditExampleDict(_AuditExampleDictRequired, total=False):
+    detail: dict[str, Any]
+    mean_loss: float  # with a model
+
+
+class _AuditCheckDictRequired(TypedDict):
+    name: str
+    description: str
+    ran: bool  # false: loss-outlier without a model
+    checked: int  # records the check could examine
+    failed: int  # failing records
+    records: list[AuditRecordRefDict]  # every failing record, in input order
+    examples: list[AuditExampleDict]  # the first few, in full
+
+
+class AuditCheckDict(_AuditCheckDictRequired, total=False):
+    note: str
+
+
+class _AuditLossDictRequired(TypedDict):
+    examples: int  # records scored
+    scored_tokens: int
+    token_weighted_mean_loss: float | None
+    example_weighted_mean_loss: float | None
+    unscored: list[dict[str, Any]]  # {line, id, reason} of records the model could not score
+
+
+class AuditLossDict(_AuditLossDictRequired, total=False):
+    outlier_rule: dict[str, Any]  # {median, mad, threshold, records}
+
+
+class _AuditDictRequired(TypedDict):
+    schema_version: int
+    kind: str  # "audit"
+    input: str
+    output: str | None  # the --output file of per-record lines
+    model: str | None  # null with --no-model
+    tokenizer: str
+    records: int  # records checked (skipped ones excluded)
+    max_length: int | None
+    skipped: list[dict[str, Any]]  # {line, id, reason}
+    checks: list[AuditCheckDict]
+    failed_checks: list[str]
+    fail_on: list[str]
+    gate_failed: list[str]  # failed checks that are in fail_on: exit 3 when not empty
+
+
+class AuditDict(_AuditDictRequired, total=False):
+    loss: AuditLossDict  # with a model
+
+
+class _AuditRecordLineDictRequired(TypedDict):
+    schema_version: int
+    kind: str  # "audit_record"
+    line: int
+    id: str | int | None
+    failed: list[str]
+    findings: list[AuditFindingDict]
+
+
+class AuditRecordLineDict(_AuditRecordLineDictRequired, total=False):
+    loss: dict[str, Any]  # with a model: {scored, mean, sum, count} or {scored: false, reason}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from . import result
+from .diff import DiffDatasetDict, DiffDict, DiffLineDict
 from .result import SCHEMA_VERSION, dumps, get_type_hints, is_typeddict
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -23,6 +24,11 @@ DOCUMENTS: dict[str, tuple[Any, str]] = {
     "run.schema.json": (result.ResultDict, "ce-inspect run --json"),
     "batch-line.schema.json": (result.BatchLineDict, "ce-inspect batch: one output line"),
     "batch-summary.schema.json": (result.BatchSummaryDict, "ce-inspect batch --summary-json"),
+    "diff.schema.json": (DiffDict, "ce-inspect diff --json"),
+    "diff-line.schema.json": (DiffLineDict, "ce-inspect diff --input: one output line"),
+    "diff-summary.schema.json": (DiffDatasetDict, "ce-inspect diff --input --summary-json"),
+    "audit.schema.json": (result.AuditDict, "ce-inspect audit --json"),
+    "audit-record.schema.json": (result.AuditRecordLineDict, "ce-inspect audit --output: one line per record"),
 }
 
 _SCALARS = {int: "integer", float: "number", str: "string", bool: "boolean", type(None): "null"}

@@ -381,16 +381,21 @@ def _forward(
     return states, None
 
 
-def _figures(
+def scored_rows(
     lm: LoadedModel,
     input_ids: torch.Tensor,
     attention: torch.Tensor,
     position_ids: torch.Tensor,
     rows_b: list[int],
     rows_t: list[int],
-    targets: list[int],
     options: ScoreOptions,
-) -> dict[str, list[Any]]:
+) -> tuple[torch.Tensor, Any, int]:
+    """Run the model's body once; return ``(selected, head, rows)``: ``head(selected[i:j])`` is the logits
+    [j - i, vocab] of scored targets i..j-1 (in ``rows_b``/``rows_t`` order), to be taken ``rows`` at a time.
+
+    ``selected`` is [n_scored, hidden] (the head's input) or, when the model projected them itself,
+    [n_scored, vocab] logits with ``head`` the identity. ``diff`` runs two models through this same step.
+    """
     import torch
 
     model = lm.model
@@ -423,7 +428,22 @@ def _figures(
         def head(given: torch.Tensor) -> torch.Tensor:
             return given
 
-    del states, logits
+    return selected, head, rows
+
+
+def _figures(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    attention: torch.Tensor,
+    position_ids: torch.Tensor,
+    rows_b: list[int],
+    rows_t: list[int],
+    targets: list[int],
+    options: ScoreOptions,
+) -> dict[str, list[Any]]:
+    import torch
+
+    selected, head, rows = scored_rows(lm, input_ids, attention, position_ids, rows_b, rows_t, options)
     target_tensor = torch.tensor(targets)
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, selected.shape[0], rows):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import typer
 
+from ce_inspect import loading
 from ce_inspect.batch import BatchSettings
 from ce_inspect.cli import main
 from ce_inspect.cli.app import COMMANDS, app
@@ -176,5 +177,7 @@ def test_each_example_is_shown_and_parses(monkeypatch, capsys, target, line):
     assert " ".join(f"$ {line}".split()) in shown
     monkeypatch.chdir(ROOT)  # the examples use the repository's samples
     monkeypatch.setattr(Common, "load", lambda *a, **k: (_ for _ in ()).throw(_Parsed()))
+    # `audit --no-model` loads only a tokenizer: parsing reached it just the same.
+    monkeypatch.setattr(loading, "load_tokenizer", lambda *a, **k: (_ for _ in ()).throw(_Parsed()))
     with pytest.raises(_Parsed):
         main(args[1:])

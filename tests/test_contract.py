@@ -332,3 +332,73 @@ def test_resume_reads_lines_through_the_contract(batch_outputs, tmp_path):
     path.write_text(wire.dumps(edited) + "\n" + wire.dumps(lines[1]) + "\n")
     with pytest.raises(ResumeError, match=r"line 1 of .*summary.count: expected integer, not string"):
         read_resume(path)
+
+
+# --- the other commands' documents: diff (pair and data set) and audit (report and record lines) ----------
+
+
+@pytest.fixture(scope="module")
+def other_documents(tiny_llama_dir, tiny_gpt2_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("contract-other")
+    data = folder / "data.jsonl"
+    rows = [
+        {"id": "a", "prompt": "Where is it?", "answer": " Here."},
+        {"id": "b", "messages": CONVERSATION},
+        {"id": "c", "input_ids": [1, 40, 41, 42, 2], "labels": [-100, -100, 41, 42, -100]},
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    model = ["-m", str(tiny_llama_dir), "--dtype-b", "bfloat16"]
+    docs = {
+        "diff": _cli_json(["diff", *model, "-p", "Q: 2+2=", "-a", " 4", "--json"]),
+        "diff messages": _cli_json(["diff", *model, "--messages", str(_write(folder, CONVERSATION)), "--json"]),
+    }
+    pairs = folder / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n")
+    lines, summary = folder / "diff.jsonl", folder / "diff-summary.json"
+    assert main(["diff", *model, "--input", str(pairs), "-o", str(lines), "--summary-json", str(summary)]) == 0
+    docs["diff line"] = json.loads(lines.read_text().splitlines()[0])
+    docs["diff summary"] = json.loads(summary.read_text())
+    records = folder / "audit.jsonl"
+    docs["audit"] = _cli_json(
+        ["audit", str(data), "-m", str(tiny_llama_dir), "--no-model", "--fail-on", "none", "--json", "-o", str(records)]
+    )
+    docs["audit record"] = json.loads(records.read_text().splitlines()[0])
+    return docs
+
+
+def _write(folder: Path, conversation) -> Path:
+    path = folder / "messages.json"
+    path.write_text(json.dumps(conversation))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "schema", "type_name"),
+    [
+        ("diff", "diff.schema.json", "DiffDict"),
+        ("diff messages", "diff.schema.json", "DiffDict"),
+        ("diff summary", "diff-summary.schema.json", "DiffDatasetDict"),
+        ("audit", "audit.schema.json", "AuditDict"),
+        ("audit record", "audit-record.schema.json", "AuditRecordLineDict"),
+    ],
+)
+def test_diff_and_audit_documents_hold_their_types_and_schemas(other_documents, name, schema, type_name):
+    from ce_inspect import diff as _  # noqa: F401 - the module, for its types
+    from ce_inspect.diff import DiffDatasetDict, DiffDict
+
+    types_ = {"DiffDict": DiffDict, "DiffDatasetDict": DiffDatasetDict}
+    tp = types_.get(type_name) or getattr(wire, type_name)
+    doc = other_documents[name]
+    check_keys(tp, doc, name, set())
+    errors = sorted(_validator(schema).iter_errors(doc), key=str)
+    assert not errors, errors[0]
+
+
+def test_diff_lines_are_diff_documents_with_their_record(other_documents):
+    from ce_inspect.diff import DiffLineDict
+
+    line = other_documents["diff line"]
+    assert (line["id"], line["line"]) == ("a", 1)
+    check_keys(DiffLineDict, line, "diff line", set())
+    errors = sorted(_validator("diff-line.schema.json").iter_errors(line), key=str)
+    assert not errors, errors[0]

@@ -648,10 +648,129 @@ DATA_CASES: list[Case] = [
         1,
         "nobody/no-such-dataset: no such file, and not a Hub dataset in the local cache",
     ),
+    # audit (issue 11, parts 2-3): bad data is named by its line, or skipped with --skip-invalid.
+    Case(
+        "audit: a record in no known format",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--no-model"],
+        1,
+        "d.jsonl line 2 (id 'x'): no known format",
+        files={"d.jsonl": '{"input_ids": [1, 70, 2], "labels": [-100, 70, 2]}\n{"id": "x", "question": "q"}\n'},
+    ),
+    Case(
+        "audit: ids outside the vocabulary",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--no-model"],
+        1,
+        "line 1: 'input_ids' item 1 is 70000, outside",
+        files={"d.jsonl": '{"input_ids": [1, 70000, 2], "labels": [-100, 70, 2]}\n'},
+    ),
+    Case(
+        "audit: labels and ids of different lengths",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--no-model"],
+        1,
+        "field 'labels' has 2 items but 'input_ids' has 3",
+        files={"d.jsonl": '{"input_ids": [1, 70, 2], "labels": [-100, 70]}\n'},
+    ),
+    Case(
+        "audit: --skip-invalid skips and lists the bad record",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--no-model", "--skip-invalid"],
+        0,
+        "",
+        files={"d.jsonl": '{"input_ids": [1, 70, 2], "labels": [-100, 70, 2]}\n{"labels": [1]}\n'},
+    ),
+    Case(
+        "audit: unknown --fail-on check",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--no-model", "--fail-on", "eot,bos"],
+        2,
+        "unknown check 'eot'",
+        files={"d.jsonl": '{"input_ids": [1, 70, 2], "labels": [-100, 70, 2]}\n'},
+    ),
+    Case(
+        "audit: --tokenizer without --no-model",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--tokenizer", "{llama}"],
+        2,
+        "--tokenizer applies with --no-model",
+        files={"d.jsonl": '{"input_ids": [1, 70, 2], "labels": [-100, 70, 2]}\n'},
+    ),
+    Case(
+        "audit: --output is the input",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--no-model", "-o", "{tmp}/d.jsonl"],
+        1,
+        "is the same file as the data",
+        files={"d.jsonl": '{"input_ids": [1, 70, 2], "labels": [-100, 70, 2]}\n'},
+    ),
+    Case(
+        "audit: an empty data set",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--no-model"],
+        1,
+        "holds no records",
+        files={"d.jsonl": "\n"},
+    ),
+    Case(
+        "audit: --max-length 0",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--no-model", "--max-length", "0"],
+        2,
+        "--max-length",
+        files={"d.jsonl": '{"input_ids": [1, 70, 2], "labels": [-100, 70, 2]}\n'},
+    ),
 ]
 
 # --- diff, reports and other commands --------------------------------------------------------------------
-COMMAND_CASES: list[Case] = []
+COMMAND_CASES: list[Case] = [
+    Case("diff-without-candidate", ["diff", "-m", "{llama}", "-p", "a", "-a", "b"], 2, "--model-b"),
+    Case("diff-bad-dtype-b", ["diff", "-m", "{llama}", "--dtype-b", "fp8", "-p", "a", "-a", "b"], 2, "--dtype-b"),
+    Case("diff-bad-device-b", ["diff", "-m", "{llama}", "--device-b", "gpu", "-p", "a", "-a", "b"], 2, "--device-b"),
+    Case(
+        "diff-gate-not-a-number",
+        ["diff", "-m", "{llama}", "--model-b", "{gpt2}", "-p", "a", "-a", "b", "--fail-above-kl", "low"],
+        2,
+        "--fail-above-kl",
+    ),
+    Case(
+        "diff-gate-nan",
+        ["diff", "-m", "{llama}", "--model-b", "{gpt2}", "-p", "a", "-a", "b", "--fail-above-dnll", "nan"],
+        2,
+        "finite number",
+    ),
+    Case(
+        "diff-bad-color-by",
+        ["diff", "-m", "{llama}", "--model-b", "{gpt2}", "-p", "a", "-a", "b", "--color-by", "loss"],
+        2,
+        "--color-by",
+    ),
+    Case(
+        "diff-messages-and-pair",
+        ["diff", "-m", "{llama}", "--model-b", "{gpt2}", "--messages", "{tmp}/m.json", "-p", "a"],
+        2,
+        "drop --prompt",
+        files={"m.json": "[]"},
+    ),
+    Case(
+        "diff-missing-candidate-folder",
+        ["diff", "-m", "{llama}", "--model-b", "{tmp}/nope", "-p", "a", "-a", "b"],
+        1,
+        "nope",
+    ),
+    # The gpt2 model has no BOS token: the two layouts differ, and diff refuses rather than compare them.
+    Case(
+        "diff-different-tokens",
+        ["diff", "-m", "{llama}", "--model-b", "{gpt2}", "-p", "a", "-a", "b"],
+        1,
+        "tokenizers give different tokens from token 0 on",
+    ),
+    Case(
+        "diff-output-is-input",
+        ["diff", "-m", "{llama}", "--model-b", "{gpt2}", "--prompt-file", "p.txt", "-a", "b", "-o", "p.txt"],
+        1,
+        "is the same file as an input file",
+        files={"p.txt": "hi"},
+    ),
+    Case(
+        "run-gate-not-a-number",
+        ["run", "-m", "{llama}", "-p", "a", "-a", "b", "--fail-above-loss", "x"],
+        2,
+        "--fail-above-loss",
+    ),
+]
 
 CASES = LOADING_CASES + FILE_CASES + TEXT_CASES + DATA_CASES + COMMAND_CASES
 

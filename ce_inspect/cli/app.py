@@ -11,9 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ..encoding import check_answer, check_text, scored_turns
 from .logs import setup_logging
-from .options import OUTPUT, Common, read_messages, read_text, shared_options, write_atomic
+from .options import OUTPUT, Common, GateOpt, gate, read_example, shared_options, write_atomic
 
 app = typer.Typer(
     name="ce-inspect",
@@ -91,6 +90,7 @@ def run(
         bool,
         typer.Option("--force", help="Let --output replace a file ce-inspect did not write.", rich_help_panel=OUTPUT),
     ] = False,
+    fail_above_loss: GateOpt = None,
 ) -> None:
     """Score ANSWER given PROMPT (or the assistant turns of a conversation): per-token target, probability,
     loss and rank, with mean and sum."""
@@ -99,45 +99,17 @@ def run(
 
         inputs = [("--prompt-file", prompt_file), ("--answer-file", answer_file), ("--messages", messages)]
         check_output(output, inputs=inputs, label="--output", force=force)
-    if messages is not None:
-        given = [
-            name
-            for name, value in (
-                ("--prompt", prompt),
-                ("--answer", answer),
-                ("--prompt-file", prompt_file),
-                ("--answer-file", answer_file),
-            )
-            if value is not None
-        ]
-        if given:
-            raise typer.BadParameter(f"--messages holds the whole conversation; drop {', '.join(given)}")
-        conversation = read_messages(messages)  # every content checked by the core's text validator
-        layout = common.layout(chat=True)
-        scored_turns(
-            conversation, last_turn, "--messages (stdin)" if str(messages) == "-" else f"--messages {messages}"
-        )
-    else:
-        if last_turn:
-            raise typer.BadParameter("--last-turn needs --messages (a conversation with several assistant turns)")
-        if str(prompt_file) == "-" and str(answer_file) == "-":
-            raise typer.BadParameter("only one of --prompt-file and --answer-file can be '-' (stdin)")
-        prompt_text = read_text(prompt, prompt_file, "prompt")
-        answer_text = read_text(answer, answer_file, "answer")
-        # The core's text rules, checked here so that bad text fails before the model loads.
-        check_text(prompt_text, "--prompt" if prompt_file is None else f"--prompt-file {prompt_file}")
-        check_answer(answer_text, "--answer" if answer_file is None else f"--answer-file {answer_file}")
-        layout = common.layout()
+    example = read_example(common, prompt, answer, prompt_file, answer_file, messages, last_turn)
     options = common.score_options()
     setup_logging(quiet=json_out)
 
     from ..scoring import score, score_messages
 
     lm = common.load()
-    if messages is not None:
-        result = score_messages(lm, conversation, layout=layout, options=options, last_turn=last_turn)
+    if example.conversation is not None:
+        result = score_messages(lm, example.conversation, layout=example.layout, options=options, last_turn=last_turn)
     else:
-        result = score(lm, prompt_text, answer_text, layout=layout, options=options)
+        result = score(lm, example.prompt, example.answer, layout=example.layout, options=options)
     if json_out:
         for note in result.notes:  # the rendered view prints them; JSON keeps stdout for the document
             print(f"note: {note}", file=sys.stderr)
@@ -150,6 +122,7 @@ def run(
         from .render import render_result
 
         render_result(result)
+    gate("mean loss", result.summary.mean, fail_above_loss, "--fail-above-loss")
 
 
 # --- the registry: every command, in the order `ce-inspect --help` lists them ------------------------------
@@ -191,6 +164,22 @@ COMMANDS: tuple[Command, ...] = (
             "ce-inspect batch samples/pairs.jsonl -o scores.jsonl --summary-json summary.json",
             "ce-inspect batch samples/chat.jsonl --no-sequence --worst 5",
             "ce-inspect batch samples/broken.jsonl --skip-invalid -o scores.jsonl",
+        ),
+    ),
+    Command(
+        "diff:diff",
+        examples=(
+            'ce-inspect diff --dtype-b bfloat16 -p "Where is the capital of China?" -a " Beijing."',
+            "ce-inspect diff --model-b ./finetuned --input samples/pairs.jsonl -o diff.jsonl",
+            "ce-inspect diff --model-b ./finetuned --messages samples/chat.json --fail-above-kl 0.05",
+        ),
+    ),
+    Command(
+        "audit:audit",
+        examples=(
+            "ce-inspect audit samples/audit/clean.jsonl --no-model",
+            "ce-inspect audit samples/audit/eot-not-trained.jsonl --no-model --json",
+            "ce-inspect audit samples/audit/loss-outlier.jsonl --fail-on loss-outlier",
         ),
     ),
 )

@@ -15,7 +15,7 @@ import typer
 from ..batch import DEFAULT_BATCH_SIZE, DEFAULT_SORT_WINDOW, DEFAULT_WORST
 from ..data import FORMATS
 from .logs import setup_logging
-from .options import OUTPUT, Common, shared_options
+from .options import OUTPUT, Common, GateOpt, gate, shared_options
 
 if TYPE_CHECKING:
     from ..batch import BatchSettings, DatasetSummary, Fields, ResumeState, Scan
@@ -149,6 +149,7 @@ def batch(
             min=0, help="How many worst examples and highest-loss tokens the summary lists.", rich_help_panel=OUTPUT
         ),
     ] = DEFAULT_WORST,
+    fail_above_loss: GateOpt = None,
 ) -> None:
     """Score every record of a data set (JSONL, JSON, Parquet, datasets; '-': JSONL on stdin): one JSON line per
     example, in input order, then a summary."""
@@ -181,7 +182,7 @@ def batch(
     err = Console(stderr=True)
     with ExitStack() as stack:
         # Every output is checked, and --output locked, before the input is read or the model loads.
-        _check_outputs(input, output, summary_json, resume=resume, force=force)
+        check_outputs(input, output, summary_json, resume=resume, force=force)
         if output is not None:
             from ..distributed import check_parts
             from ..files import output_lock
@@ -219,6 +220,7 @@ def batch(
     # The human summary goes to stdout only when stdout does not carry the JSON lines.
     to_stdout = output is not None and not is_stdout(output)
     render_dataset_summary(summary, Console() if to_stdout else err)
+    gate("token-weighted mean loss", summary.token_weighted_mean_loss, fail_above_loss, "--fail-above-loss")
 
 
 def _open_input(
@@ -253,7 +255,7 @@ def _check_usage(padding_side: str, *, resume: bool, force: bool, output: Path |
         raise typer.BadParameter("give --resume or --force, not both", param_hint="--resume")
 
 
-def _check_outputs(input: Path, output: Path | None, summary_json: Path | None, *, resume: bool, force: bool) -> None:
+def check_outputs(input: Path, output: Path | None, summary_json: Path | None, *, resume: bool, force: bool) -> None:
     """Every output path, checked by the core's one validator before anything is read or loaded."""
     import os
 

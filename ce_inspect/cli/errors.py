@@ -58,6 +58,8 @@ FLAGS: dict[str, str] = {
     "resume": "--resume",
     "summary_json": "--summary-json",
     "sequence": "--no-sequence",
+    "max_length": "--max-length",
+    "fail_on": "--fail-on",
 }
 
 _PARAM = re.compile(r"`([a-z][a-z0-9_]*)`")

@@ -7,6 +7,7 @@ below turn the parsed values into the library's objects without importing torch.
 from __future__ import annotations
 
 import inspect
+import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -347,3 +348,94 @@ def write_atomic(path: Path, text: str, option: str = "--output") -> None:
     from ..files import write_output
 
     write_output(path, text, label=option)
+
+
+GATES = "Gates"
+
+
+def _finite_gate(value: float | None) -> float | None:
+    """A gate threshold must be a finite number: NaN would never trip and inf never could."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value!r}: a gate threshold must be a finite number")
+    return value
+
+
+def _gate_option(what: str) -> Any:
+    return typer.Option(
+        callback=_finite_gate,
+        metavar="X",
+        help=f"Exit with code 3 (after writing all output) when the {what} is above X.",
+        rich_help_panel=GATES,
+    )
+
+
+GateOpt = Annotated[float | None, _gate_option("mean loss")]
+KlGateOpt = Annotated[float | None, _gate_option("mean KL(ref‖cand)")]
+DnllGateOpt = Annotated[float | None, _gate_option("mean ΔNLL (candidate − reference)")]
+
+
+def gate(what: str, value: float | None, limit: float | None, flag: str) -> None:
+    """Trip a --fail-above-* gate: one line on stderr and exit code 3. Call it once all output is written."""
+    if limit is None or value is None or value <= limit:
+        return
+    print(f"Error: gate failed: {what} {value:.6g} is above {flag} {limit:g}", file=sys.stderr)
+    raise typer.Exit(3)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example as the command line gave it: a prompt/answer pair or a conversation, and its layout."""
+
+    layout: Layout
+    prompt: str = ""
+    answer: str = ""
+    conversation: list[dict[str, str]] | None = None
+
+
+def read_example(
+    common: Common,
+    prompt: str | None,
+    answer: str | None,
+    prompt_file: Path | None,
+    answer_file: Path | None,
+    messages: Path | None,
+    last_turn: bool,
+) -> Example:
+    """The pair (--prompt/--answer or their files) or the --messages conversation, as `run` reads them.
+
+    Every text rule of the core is checked here, so that bad input fails before the model loads.
+    """
+    if messages is not None:
+        given = [
+            name
+            for name, value in (
+                ("--prompt", prompt),
+                ("--answer", answer),
+                ("--prompt-file", prompt_file),
+                ("--answer-file", answer_file),
+            )
+            if value is not None
+        ]
+        if given:
+            raise typer.BadParameter(f"--messages holds the whole conversation; drop {', '.join(given)}")
+        from ..encoding import scored_turns
+
+        conversation = read_messages(messages)  # every content checked by the core's text validator
+        layout = common.layout(chat=True)
+        scored_turns(
+            conversation, last_turn, "--messages (stdin)" if str(messages) == "-" else f"--messages {messages}"
+        )
+        return Example(layout=layout, conversation=conversation)
+    if last_turn:
+        raise typer.BadParameter("--last-turn needs --messages (a conversation with several assistant turns)")
+    if str(prompt_file) == "-" and str(answer_file) == "-":
+        raise typer.BadParameter("only one of --prompt-file and --answer-file can be '-' (stdin)")
+    from ..encoding import check_answer, check_text
+
+    prompt_text = read_text(prompt, prompt_file, "prompt")
+    answer_text = read_text(answer, answer_file, "answer")
+    check_text(prompt_text, "--prompt" if prompt_file is None else f"--prompt-file {prompt_file}")
+    check_answer(answer_text, "--answer" if answer_file is None else f"--answer-file {answer_file}")
+    return Example(layout=common.layout(), prompt=prompt_text, answer=answer_text)

@@ -1,0 +1,239 @@
+"""`ce-inspect audit`: check a training data set's tokens and labels, and (with a model) its losses."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..audit import CHECK_NAMES, DEFAULT_EXAMPLES, DEFAULT_FAIL_ON
+from ..batch import DEFAULT_BATCH_SIZE
+from ..data import FORMATS
+from .logs import setup_logging
+from .options import OUTPUT, Common, shared_options
+
+INPUT = "Input"
+CHECKS = "Checks"
+BATCHING = "Batching"
+GATE_EXIT = 3
+
+
+@shared_options
+def audit(
+    common: Common,
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="The training data, as `batch` reads it (JSONL, JSON array, Parquet, a saved or cached Hub dataset): "
+            "pre-tokenized records (input_ids with labels or TRL's masks), conversations, prompt/completion, text."
+        ),
+    ],
+    no_model: Annotated[
+        bool,
+        typer.Option(
+            "--no-model",
+            help="Run only the checks that need no forward pass (seconds; loads the tokenizer only).",
+            rich_help_panel=CHECKS,
+        ),
+    ] = False,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            help="With --no-model: the tokenizer to check against (a folder, Hub id or .gguf; default: --model's).",
+            rich_help_panel=CHECKS,
+        ),
+    ] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Check each record as truncated to this many tokens (the trainer's max_length).",
+            rich_help_panel=CHECKS,
+        ),
+    ] = None,
+    fail_on: Annotated[
+        str | None,
+        typer.Option(
+            metavar="CHECK[,CHECK]",
+            help=f"Exit with code {GATE_EXIT} (after writing all output) when one of these checks fails; "
+            f"'none' never. Default: {','.join(DEFAULT_FAIL_ON)}. Checks: {', '.join(CHECK_NAMES)}.",
+            rich_help_panel=CHECKS,
+        ),
+    ] = None,
+    examples: Annotated[
+        int,
+        typer.Option(min=0, help="Failing records shown in full per check.", rich_help_panel=CHECKS),
+    ] = DEFAULT_EXAMPLES,
+    skip_invalid: Annotated[
+        bool,
+        typer.Option(
+            "--skip-invalid",
+            help="Report and skip records that are not examples instead of stopping at the first.",
+            rich_help_panel=INPUT,
+        ),
+    ] = False,
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            metavar="|".join(FORMATS),
+            help="Read every record in this format instead of detecting it from its fields.",
+            rich_help_panel=INPUT,
+        ),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="The split of a saved or Hub dataset (train, test, ...).", rich_help_panel=INPUT),
+    ] = None,
+    id_field: Annotated[str, typer.Option(help="Field that names each record.", rich_help_panel=INPUT)] = "id",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, help="Records per forward pass.", rich_help_panel=BATCHING)
+    ] = DEFAULT_BATCH_SIZE,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="Cap each batch at this many padded positions.", rich_help_panel=BATCHING),
+    ] = None,
+    json_out: Annotated[
+        bool,
+        typer.Option("--json", help="Print the audit as one JSON document to stdout.", rich_help_panel=OUTPUT),
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Write one JSON line per record (its failed checks) to FILE.", rich_help_panel=OUTPUT
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing --output file.", rich_help_panel=OUTPUT)
+    ] = False,
+) -> None:
+    """Audit a training data set: labels that train nothing, an end-of-turn never trained, template or
+    padding tokens trained, BOS doubled, labels shifted twice, tokenization boundaries, and (with a model)
+    loss outliers. Exits 3 when a --fail-on check fails."""
+    from ..audit import parse_checks
+    from ..batch import BatchSettings, Fields
+    from ..errors import InputError
+
+    try:
+        gate = parse_checks(fail_on if fail_on is not None else DEFAULT_FAIL_ON)
+    except InputError as exc:
+        raise typer.BadParameter(str(exc).replace("in `fail_on`", ""), param_hint="--fail-on") from None
+    if tokenizer is not None and not no_model:
+        raise typer.BadParameter("--tokenizer applies with --no-model; with a model its own tokenizer is used")
+    if output is not None:
+        from ..files import check_output
+
+        check_output(output, inputs=[("the data", data)], label="`output`", force=force)
+    layout = common.layout()
+    fields = Fields(id=id_field)
+    settings = BatchSettings(batch_size=batch_size, max_tokens=max_tokens)  # validated before any load
+    setup_logging(quiet=json_out or not sys.stderr.isatty())
+
+    from rich.console import Console
+
+    from ..data import open_data
+    from .errors import cli_message
+
+    err = Console(stderr=True)
+    info = open_data(data, fields, format=format, split=split)  # before anything loads: a bad input fails fast
+    err.print(cli_message(info.describe()), markup=False, soft_wrap=True, highlight=False)
+    # How to read and check the data: the same for the checks and (with a model) the forward pass's scan.
+    read = {"layout": layout, "fields": fields, "format": format, "split": split, "info": info}
+    checking = {**read, "max_length": max_length, "skip_invalid": skip_invalid, "examples": examples}
+    with _Output(output) as sink:
+        if no_model:
+            report = _audit_without_model(common, tokenizer, data, checking, sink, gate)
+        else:
+            report = _audit_with_model(common, data, read, checking, sink, gate, settings, err)
+    report = _with_output(report, output)
+
+    if json_out:
+        from ..result import dumps
+
+        sys.stdout.write(dumps(report.to_dict(), indent=2) + "\n")
+    else:
+        from .render_audit import render_audit
+
+        render_audit(report, Console())
+    if report.gate_failed:
+        err.print(
+            f"audit: {', '.join(report.gate_failed)} failed (--fail-on); exit {GATE_EXIT}", markup=False, style="red"
+        )
+        raise typer.Exit(GATE_EXIT)
+
+
+def _audit_without_model(
+    common: Common, tokenizer: str | None, data: Path, checking: dict[str, Any], sink: Any, gate: tuple[str, ...]
+) -> Any:
+    from ..audit import check_dataset, tokenizer_only
+    from ..loading import load_tokenizer
+
+    tok, name = load_tokenizer(
+        tokenizer if tokenizer is not None else common.model,
+        revision=common.revision,
+        trust_remote_code=common.trust_remote_code,
+    )
+    lm = tokenizer_only(tok, name)
+    audit = check_dataset(lm, data, sink=sink, **checking)
+    return audit.finish(input=str(data), model=None, tokenizer=name, fail_on=gate)
+
+
+def _audit_with_model(
+    common: Common,
+    data: Path,
+    read: dict[str, Any],
+    checking: dict[str, Any],
+    sink: Any,
+    gate: tuple[str, ...],
+    settings: Any,
+    err: Any,
+) -> Any:
+    from ..audit import check_dataset, score_dataset, tokenizer_only
+    from ..batch import scan_dataset
+    from .render_batch import batch_progress
+
+    lm = common.load(quiet=True)
+    # The checks see every record, whatever its length; the model's context limits only the forward pass.
+    audit = check_dataset(tokenizer_only(lm.tokenizer, lm.name), data, keep_findings=True, **checking)
+    options = common.score_options()
+    scan = scan_dataset(lm, data, options=options, skip_invalid=True, **read)
+    with batch_progress(err, scan) as advance:
+        summary = score_dataset(lm, scan, audit, sink, options=options, settings=settings, on_batch=advance)
+    loss = {
+        "examples": summary.examples,
+        "scored_tokens": summary.scored_tokens,
+        "token_weighted_mean_loss": summary.token_weighted_mean_loss,
+        "example_weighted_mean_loss": summary.example_weighted_mean_loss,
+        "unscored": audit.unscored,
+    }
+    return audit.finish(input=str(data), model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss)
+
+
+def _with_output(report: Any, output: Path | None) -> Any:
+    from dataclasses import replace
+
+    return replace(report, output=str(output)) if output is not None else report
+
+
+class _Output:
+    """The per-record JSONL file, written under a temporary name and renamed into place when complete
+    (``files.atomic_stream``), so a failed or interrupted audit leaves no half file and the old one intact."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.stack = ExitStack()
+
+    def __enter__(self) -> Any:
+        if self.path is None:
+            return None
+        from ..batch import JsonlSink
+        from ..files import atomic_stream
+
+        fh = self.stack.enter_context(atomic_stream(self.path, label="`output`"))
+        return JsonlSink(fh, name=str(self.path), regular=False)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.stack.__exit__(exc_type, exc, tb)

@@ -1,0 +1,307 @@
+"""`ce-inspect diff`: two models on the same tokens, per-token KL, ΔNLL and top-1 agreement."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..batch import DEFAULT_BATCH_SIZE, DEFAULT_SORT_WINDOW, BatchSettings
+from ..diff import COLOR_BY
+from .logs import setup_logging
+from .options import (
+    MODEL,
+    OUTPUT,
+    Common,
+    DnllGateOpt,
+    KlGateOpt,
+    gate,
+    read_example,
+    shared_options,
+    write_atomic,
+)
+
+CANDIDATE = "Candidate model (B)"
+DATASET = "Data set (--input)"
+
+
+@shared_options
+def diff(
+    common: Common,
+    model_b: Annotated[
+        str | None,
+        typer.Option(
+            "--model-b",
+            help="The candidate model (folder, Hub id or .gguf), compared with --model. Default: the same model.",
+            rich_help_panel=CANDIDATE,
+        ),
+    ] = None,
+    revision_b: Annotated[
+        str | None, typer.Option(help="The candidate's Hub revision (default: --revision).", rich_help_panel=CANDIDATE)
+    ] = None,
+    device_b: Annotated[
+        str | None, typer.Option(help="The candidate's device (default: --device).", rich_help_panel=CANDIDATE)
+    ] = None,
+    dtype_b: Annotated[
+        str | None, typer.Option(help="The candidate's dtype (default: --dtype).", rich_help_panel=CANDIDATE)
+    ] = None,
+    trust_remote_code_b: Annotated[
+        bool,
+        typer.Option(
+            "--trust-remote-code-b",
+            help="Allow the candidate folder's own Python code to run.",
+            rich_help_panel=CANDIDATE,
+        ),
+    ] = False,
+    sequential: Annotated[
+        bool,
+        typer.Option(
+            "--sequential",
+            help="Load one model at a time: keep only the reference's scored hidden states and head, free it, "
+            "then load the candidate (same figures, for models that do not fit together).",
+            rich_help_panel=MODEL,
+        ),
+    ] = False,
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt text (masked).")] = None,
+    answer: Annotated[str | None, typer.Option("--answer", "-a", help="Answer text (scored).")] = None,
+    prompt_file: Annotated[
+        Path | None, typer.Option(help="Read the prompt from a file, verbatim ('-' for stdin).")
+    ] = None,
+    answer_file: Annotated[
+        Path | None, typer.Option(help="Read the answer from a file, verbatim ('-' for stdin).")
+    ] = None,
+    messages: Annotated[
+        Path | None,
+        typer.Option(help="A conversation instead of prompt/answer: a JSON list of {role, content} ('-' for stdin)."),
+    ] = None,
+    last_turn: Annotated[
+        bool, typer.Option("--last-turn", help="With --messages: compare only the last assistant turn.")
+    ] = False,
+    color_by: Annotated[
+        str, typer.Option(metavar="kl|dnll", help="Colour the heat strip by KL or by ΔNLL.", rich_help_panel=OUTPUT)
+    ] = "kl",
+    worst: Annotated[
+        int,
+        typer.Option(min=0, help="Rows of the table of tokens where the models disagree most.", rich_help_panel=OUTPUT),
+    ] = 10,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document to stdout and nothing else.", rich_help_panel=OUTPUT)
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Also write the JSON document to FILE.", rich_help_panel=OUTPUT),
+    ] = None,
+    fail_above_kl: KlGateOpt = None,
+    fail_above_dnll: DnllGateOpt = None,
+    input: Annotated[
+        Path | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help="Compare on every record of a JSONL data set ({prompt, answer} or {messages} per line), as "
+            "`batch` reads it: one JSON line per example to --output (default stdout), then a summary.",
+            rich_help_panel=DATASET,
+        ),
+    ] = None,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Skip records that cannot be compared.", rich_help_panel=DATASET)
+    ] = False,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", "-b", min=1, help="Examples per forward pass.", rich_help_panel=DATASET),
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Cap each batch at this many padded positions.", rich_help_panel=DATASET)
+    ] = None,
+    sort_window: Annotated[
+        int, typer.Option(min=1, help="Examples sorted by length together.", rich_help_panel=DATASET)
+    ] = DEFAULT_SORT_WINDOW,
+    summary_json: Annotated[
+        Path | None,
+        typer.Option(help="Also write the data-set summary as one JSON document to FILE.", rich_help_panel=DATASET),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing --output file.", rich_help_panel=DATASET)
+    ] = False,
+) -> None:
+    """Compare a candidate model (--model-b, --dtype-b, ...) with the reference (--model) on the same scored
+    tokens: per-token KL(ref‖cand), ΔNLL and top-1 agreement, with llama.cpp's KL statistics."""
+    if color_by not in COLOR_BY:
+        raise typer.BadParameter(f"{color_by!r}: use kl or dnll", param_hint="--color-by")
+    candidate = candidate_options(common, model_b, revision_b, device_b, dtype_b, trust_remote_code_b)
+    if input is not None:
+        refuse_with_input(
+            {
+                "--prompt": prompt,
+                "--answer": answer,
+                "--prompt-file": prompt_file,
+                "--answer-file": answer_file,
+                "--messages": messages,
+                "--last-turn": last_turn or None,
+                "--json": json_out or None,
+                "--sequential": sequential or None,
+            }
+        )
+        settings = BatchSettings(
+            batch_size=batch_size if batch_size is not None or max_tokens is not None else DEFAULT_BATCH_SIZE,
+            max_tokens=max_tokens,
+            sort_window=sort_window,
+            worst=worst,
+        )
+        summary = diff_dataset(common, candidate, input, output, summary_json, settings, skip_invalid, force)
+        gate("mean KL(ref‖cand)", summary.summary and summary.summary.kl_mean, fail_above_kl, "--fail-above-kl")
+        gate("mean ΔNLL", summary.summary and summary.summary.dnll_mean, fail_above_dnll, "--fail-above-dnll")
+        return
+    for flag, value in (("--summary-json", summary_json), ("--batch-size", batch_size), ("--max-tokens", max_tokens)):
+        if value is not None:
+            raise typer.BadParameter(f"{flag} goes with --input (a data set)", param_hint=flag)
+    example = read_example(common, prompt, answer, prompt_file, answer_file, messages, last_turn)
+    if output is not None:
+        check_output(output, [prompt_file, answer_file, messages], force=force)
+    setup_logging(quiet=json_out)
+
+    from ..diff import diff as diff_pair
+    from ..diff import diff_messages
+
+    options = common.score_options()
+    if sequential:
+        ref, cand = (lambda: common.load()), (lambda: candidate.load())
+    else:
+        ref, cand = common.load(), candidate.load()
+    if example.conversation is not None:
+        result = diff_messages(
+            ref, cand, example.conversation, layout=example.layout, options=options, last_turn=last_turn
+        )
+    else:
+        result = diff_pair(ref, cand, example.prompt, example.answer, layout=example.layout, options=options)
+
+    if output is not None:
+        write_atomic(output, result.to_json() + "\n")
+    if json_out:
+        sys.stdout.write(result.to_json() + "\n")
+    else:
+        from .render_diff import render_diff
+
+        render_diff(result, color_by=color_by, worst=worst)
+    gate("mean KL(ref‖cand)", result.summary.kl_mean, fail_above_kl, "--fail-above-kl")
+    gate("mean ΔNLL", result.summary.dnll_mean, fail_above_dnll, "--fail-above-dnll")
+
+
+def refuse_with_input(flags: dict[str, object]) -> None:
+    """With --input every example comes from the data set: the single-example options are usage errors."""
+    given = [flag for flag, value in flags.items() if value is not None]
+    if given:
+        raise typer.BadParameter(f"--input reads every example from the data set; drop {', '.join(given)}")
+
+
+def diff_dataset(
+    common: Common,
+    candidate: Common,
+    input: Path,
+    output: Path | None,
+    summary_json: Path | None,
+    settings: BatchSettings,
+    skip_invalid: bool,
+    force: bool,
+):
+    """Every record of ``input`` through both models with `batch`'s runner; returns the data-set summary."""
+    from ..batch import JsonlSink, run_scan, scan_dataset
+    from .batch import check_outputs
+
+    check_outputs(input, output, summary_json, resume=False, force=force)  # batch's checks, before loading
+    stdout = sys.stdout
+    setup_logging(quiet=not sys.stderr.isatty())
+
+    from rich.console import Console
+
+    from ..diff import DiffReport, diff_encoded, record_encoder
+
+    err = Console(stderr=True)
+    ref_lm, cand_lm = common.load(), candidate.load()
+    options, layout = common.score_options(), common.layout()
+    scan = scan_dataset(
+        ref_lm,
+        input,
+        layout=layout,
+        options=options,
+        skip_invalid=skip_invalid,
+        encoder=record_encoder(ref_lm, cand_lm, layout),
+    )
+    sink = JsonlSink.open(output) if output is not None else JsonlSink.to_stdout(stdout)
+    report = DiffReport(ref_lm, cand_lm, scan, settings.worst)
+
+    from .render_batch import batch_progress
+    from .render_diff import render_diff_dataset
+
+    try:
+        with sink, batch_progress(err, scan) as advance:
+            summary = run_scan(
+                ref_lm,
+                scan,
+                sink,
+                options=options,
+                settings=settings,
+                on_batch=advance,
+                score=lambda examples: diff_encoded(ref_lm, cand_lm, examples, options),
+                report=report,
+            )
+    except KeyboardInterrupt:
+        err.print(f"Interrupted: {sink.lines} complete lines were written.", markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    if summary_json is not None:
+        from ..result import dumps
+
+        write_atomic(summary_json, dumps(summary.to_dict(), indent=2) + "\n", option="--summary-json")
+    render_diff_dataset(summary, Console() if output is not None else err)
+    return summary
+
+
+def candidate_options(
+    common: Common,
+    model_b: str | None,
+    revision_b: str | None,
+    device_b: str | None,
+    dtype_b: str | None,
+    trust_remote_code_b: bool,
+) -> Common:
+    """The candidate's model options: each --X-b, else the reference's --X. The same model at the same
+    settings compares nothing: that is a usage error."""
+    if all(v is None for v in (model_b, revision_b, device_b, dtype_b)):
+        raise typer.BadParameter(
+            "give the candidate model: --model-b, or the same model at another --dtype-b, --device-b or --revision-b",
+            param_hint="--model-b",
+        )
+    from ..errors import DeviceError
+    from ..loading import check_device, check_dtype
+
+    for value, check, name in ((device_b, check_device, "device"), (dtype_b, check_dtype, "dtype")):
+        if value is not None:
+            try:
+                check(value)
+            except DeviceError as exc:  # the core's one validator; its message names the parameter
+                raise typer.BadParameter(str(exc).replace(f"`{name}`", f"--{name}-b")) from None
+    candidate = dataclasses.replace(
+        common,
+        model=model_b if model_b is not None else common.model,
+        revision=revision_b if revision_b is not None else common.revision,
+        device=device_b if device_b is not None else common.device,
+        dtype=dtype_b if dtype_b is not None else common.dtype,
+        trust_remote_code=trust_remote_code_b,
+    )
+    try:
+        candidate.check()
+    except typer.BadParameter as exc:
+        hint = exc.param_hint if isinstance(exc.param_hint, str) else None
+        raise typer.BadParameter(exc.message, param_hint=f"{hint}-b" if hint else None) from None
+    return candidate
+
+
+def check_output(output: Path, inputs: list[Path | None], force: bool = False) -> None:
+    """Before any model loads: the core's one output validator (not an input, not a folder, not a file
+    ce-inspect did not write unless --force)."""
+    from ..files import check_output as check
+
+    check(output, inputs=[("an input file", p) for p in inputs], label="--output", force=force)

@@ -1,0 +1,597 @@
+"""`audit`: every check flags exactly the records that carry its defect, and nothing in a clean data set.
+
+Data sets are built here from the tiny byte-level tokenizer (BOS added by the tokenizer, ChatML template
+without BOS, a default system prompt) and, for the committed samples, from SmolLM2's own tokenizer and
+template. Correct labels come from ce-inspect's reference layout; each defect is then made by hand, the
+way a broken collator or preprocessing script makes it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import byte_tokenizer
+
+from ce_inspect.audit import (
+    CHECK_NAMES,
+    DEFAULT_FAIL_ON,
+    Audit,
+    AuditContext,
+    AuditExample,
+    audit_example,
+    check_dataset,
+    parse_checks,
+    tokenizer_only,
+)
+from ce_inspect.cli import main
+from ce_inspect.encoding import Layout, encode_messages
+from ce_inspect.errors import InputError, InvalidRecordError
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples" / "audit"
+IGNORE = -100
+QA = [
+    ("Hi there", "the answer"),
+    ("What is in the box?", "A cat in the hat."),
+    ("Say more", "There is more in there."),
+    ("Count", "one two three"),
+    ("Why?", "Because the sun is hot."),
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return byte_tokenizer()
+
+
+def _messages(k: int) -> list[dict[str, str]]:
+    user, assistant = QA[k % len(QA)]
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+
+
+def _record(tok, k: int) -> tuple[dict, object]:
+    enc = encode_messages(tok, _messages(k), Layout())
+    return {
+        "id": f"ok-{k}",
+        "messages": _messages(k),
+        "input_ids": list(enc.input_ids),
+        "labels": list(enc.labels),
+    }, enc
+
+
+# --- the defects, as a broken pipeline makes them ---------------------------------------------------------
+
+
+def _nothing(row, enc, tok):
+    row["labels"] = [IGNORE] * len(row["labels"])
+
+
+def _untrain_eot(row, enc, tok):
+    for p, seg in enumerate(enc.segments):
+        if seg == "eot":
+            row["labels"][p] = IGNORE
+
+
+def _train_header(row, enc, tok):
+    first = min(enc.scored_positions)
+    for p in range(first - 3, first):
+        row["labels"][p] = row["input_ids"][p]
+
+
+def _late_start(row, enc, tok):
+    row["labels"][min(enc.scored_positions)] = IGNORE
+
+
+def _double_bos(row, enc, tok):
+    row["input_ids"][:0] = [tok.bos_token_id, tok.bos_token_id]
+    row["labels"][:0] = [IGNORE, IGNORE]
+
+
+def _shift(row, enc, tok):
+    labels = row["labels"]
+    row["labels"] = [labels[p + 1] if p + 1 < len(labels) else IGNORE for p in range(len(labels))]
+
+
+def _wrong_label(row, enc, tok):
+    p = sorted(enc.scored_positions)[1]
+    row["labels"][p] = (row["input_ids"][p] + 1) % len(tok)
+
+
+def _pad_eos(row, enc, tok):
+    row["input_ids"] += [tok.eos_token_id] * 4
+    row["labels"] += [tok.eos_token_id] * 4
+
+
+def _pad_token(row, enc, tok):
+    row["input_ids"] += [tok.pad_token_id] * 3
+    row["labels"] += [tok.pad_token_id] * 3
+
+
+def _pad_masked(row, enc, tok):
+    n = len(row["input_ids"])
+    row["input_ids"] += [tok.pad_token_id] * 3
+    row["labels"] += [tok.pad_token_id] * 3
+    row["attention_mask"] = [1] * n + [0] * 3
+
+
+def _other_template(row, enc, tok):
+    # Tokenized without the template's default system prompt: the ids are not this template's.
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in row["messages"])
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    row["input_ids"], row["labels"] = ids, [IGNORE] * 5 + ids[5:]
+
+
+# check -> (breaker, the records it breaks)
+DEFECTS = {
+    "no-trained-tokens": (_nothing, {1, 3}),
+    "eot-not-trained": (_untrain_eot, {0, 4}),
+    "template-trained": (_train_header, {2}),
+    "answer-partly-trained": (_late_start, {1}),
+    "bos": (_double_bos, {3}),
+    "pre-shifted-labels": (_shift, {0, 2}),
+    "label-mismatch": (_wrong_label, {4}),
+    "padding-trained": (_pad_eos, {1}),
+    "tokens-mismatch": (_other_template, {2}),
+}
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _broken(tok, breaker, bad: set[int]) -> list[dict]:
+    rows = []
+    for k in range(5):
+        row, enc = _record(tok, k)
+        if k in bad:
+            row["id"] = f"bad-{k}"
+            breaker(row, enc, tok)
+        rows.append(row)
+    return rows
+
+
+def _audit(tok, path: Path, **kwargs):
+    audit = check_dataset(tokenizer_only(tok, "tiny"), path, **kwargs)
+    return audit.finish(input=str(path), model=None, tokenizer="tiny", fail_on=DEFAULT_FAIL_ON)
+
+
+def _flagged(report) -> dict[str, list]:
+    return {c.name: [r.id for r in c.records] for c in report.checks if c.failed}
+
+
+@pytest.mark.parametrize("check", sorted(DEFECTS))
+def test_each_defect_is_flagged_on_exactly_its_records(check, tok, tmp_path):
+    breaker, bad = DEFECTS[check]
+    report = _audit(tok, _write(tmp_path / "d.jsonl", _broken(tok, breaker, bad)))
+    assert _flagged(report) == {check: [f"bad-{k}" for k in sorted(bad)]}
+    shown = report.check(check).examples[0]
+    assert shown.tokens and (not shown.finding.positions or any(t.offending for t in shown.tokens))
+
+
+@pytest.mark.parametrize("breaker", [_pad_token, _pad_masked], ids=["pad-token", "attention-mask"])
+def test_padding_by_pad_token_or_attention_mask(breaker, tok, tmp_path):
+    rows = _broken(tok, breaker, {2})
+    report = _audit(tok, _write(tmp_path / "d.jsonl", rows))
+    assert _flagged(report) == {"padding-trained": ["bad-2"]}
+    n = len(rows[2]["input_ids"])
+    assert report.check("padding-trained").examples[0].finding.positions == (n - 3, n - 2, n - 1)
+
+
+def test_clean_data_set_passes_every_check(tok, tmp_path):
+    rows = [_record(tok, k)[0] for k in range(5)]
+    rows += [{"id": "chat", "messages": _messages(1)}, {"id": "pair", "prompt": "Q: the", "answer": " answer"}]
+    report = _audit(tok, _write(tmp_path / "clean.jsonl", rows))
+    assert report.records == 7
+    assert _flagged(report) == {}
+    assert report.gate_failed == []
+    ran = {c.name: c.checked for c in report.checks}
+    assert ran["template-trained"] == 7 and ran["tokens-mismatch"] == 5 and ran["eot-not-trained"] == 7
+
+
+def test_positions_are_the_defect(tok):
+    """The offending positions are where the defect is, not just the record."""
+    row, enc = _record(tok, 0)
+    eot = [p for p, s in enumerate(enc.segments) if s == "eot"]
+    _untrain_eot(row, enc, tok)
+    ctx = AuditContext(tok)
+    ex = AuditExample(1, None, tuple(row["input_ids"]), tuple(row["labels"]), messages=tuple(row["messages"]))
+    (finding,) = audit_example(ctx, ex)
+    assert finding.check == "eot-not-trained" and list(finding.positions) == eot
+
+    row, enc = _record(tok, 0)
+    first = min(enc.scored_positions)
+    _train_header(row, enc, tok)
+    ex = AuditExample(1, None, tuple(row["input_ids"]), tuple(row["labels"]), messages=tuple(row["messages"]))
+    (finding,) = audit_example(ctx, ex)
+    assert finding.positions == (first - 3, first - 2, first - 1)
+
+
+def test_eot_never_trained_in_any_record_says_so(tok, tmp_path):
+    report = _audit(tok, _write(tmp_path / "d.jsonl", _broken(tok, _untrain_eot, {0, 1, 2, 3, 4})))
+    check = report.check("eot-not-trained")
+    assert check.failed == 5 and "no record trains" in check.note
+
+
+def test_truncation_to_max_length(tok, tmp_path):
+    """A record whose trained tokens all lie past --max-length trains nothing once the trainer truncates it."""
+    rows = [_record(tok, k)[0] for k in range(3)]
+    cut = min(p for p, label in enumerate(rows[1]["labels"]) if label != IGNORE)  # row 1 keeps no trained token
+    path = _write(tmp_path / "d.jsonl", rows)
+    assert _flagged(_audit(tok, path)) == {}
+    report = _audit(tok, path, max_length=cut)
+    failing = {r.line for r in report.check("no-trained-tokens").records}
+    expected = {k + 1 for k, r in enumerate(rows) if all(label == IGNORE for label in r["labels"][1:cut])}
+    assert 2 in failing and failing == expected
+    assert "beyond the first" in report.check("no-trained-tokens").examples[0].finding.message
+
+
+def test_boundary_shows_both_splits(tok, tmp_path):
+    # The tiny tokenizer merges "Ġt" + "he": a prompt ending in " t" splits " the" differently alone.
+    rows = [
+        {"id": "ok", "prompt": "Say it:", "completion": " the end"},
+        {"id": "bad", "prompt": "Say it: t", "completion": "he end"},
+    ]
+    report = _audit(tok, _write(tmp_path / "d.jsonl", rows))
+    assert _flagged(report) == {"boundary": ["bad"]}
+    detail = report.check("boundary").examples[0].finding.detail
+    alone = [t["token"] for t in detail["alone"] if t["part"] == "prompt"]
+    together = [t["token"] for t in detail["together"]]
+    assert alone[-1] == " t" and " the" in together
+    # Independent: the prompt's ids alone are not a prefix of the ids of prompt+completion.
+    p, w = (
+        tok("Say it: t", add_special_tokens=False)["input_ids"],
+        tok("Say it: the end", add_special_tokens=False)["input_ids"],
+    )
+    assert w[: len(p)] != p
+
+
+def test_pre_shifted_is_not_confused_with_repeated_tokens(tok):
+    """A record of one repeated token matches its own and the next id alike: not pre-shifted."""
+    ids = (1,) + (70,) * 10 + (2,)
+    labels = (IGNORE,) + (70,) * 10 + (2,)
+    assert audit_example(AuditContext(tok), AuditExample(1, None, ids, labels)) == []
+
+
+def test_parse_checks():
+    assert parse_checks("bos, boundary") == ("bos", "boundary")
+    assert parse_checks("none") == ()
+    assert set(DEFAULT_FAIL_ON) <= set(CHECK_NAMES)
+    with pytest.raises(InputError, match="unknown check 'bogus'"):
+        parse_checks("bos,bogus")
+
+
+# --- loss-outlier: the rule ------------------------------------------------------------------------------
+
+
+def _fake_result(mean: float):
+    token = SimpleNamespace(index=1, loss=mean, token_id=5, token="x", special=False)
+    seq = (SimpleNamespace(index=0, token_id=1, token="<s>", scored=False, loss=None, special=True),)
+    return SimpleNamespace(summary=SimpleNamespace(mean=mean, count=1), tokens=(token,), sequence=seq)
+
+
+def test_loss_outlier_rule_median_mad(tok):
+    """Modified z-score > 3.5 (loss > median + 3.5 x 1.4826 x MAD) and >= 1 nat above the median; NaN/inf always."""
+    means = [1.0, 1.1, 0.9, 1.2, 0.8, 1.05, 6.0, math.nan, math.inf, 1.9]
+    audit = Audit(AuditContext(tok))
+    for line, m in enumerate(means, 1):
+        audit.add_result(line, f"r{line}", _fake_result(m))
+    report = audit.finish(input="x", model="m", tokenizer="t", fail_on=())
+    finite = sorted(m for m in means if math.isfinite(m))
+    median = finite[len(finite) // 2 - 1 : len(finite) // 2 + 1]
+    median = sum(median) / 2 if len(finite) % 2 == 0 else finite[len(finite) // 2]
+    mad = sorted(abs(m - median) for m in finite)
+    mad = (mad[len(mad) // 2 - 1] + mad[len(mad) // 2]) / 2
+    threshold = max(median + 3.5 * 1.4826 * mad, median + 1.0)
+    expected = [f"r{k}" for k, m in enumerate(means, 1) if not math.isfinite(m) or m > threshold]
+    assert [r.id for r in report.check("loss-outlier").records] == expected == ["r7", "r8", "r9"]
+    assert median + 3.5 * 1.4826 * mad < 1.9 < threshold  # past the z-score, not 1 nat above the median: kept
+
+
+def test_loss_outlier_identical_losses_flag_nothing(tok):
+    audit = Audit(AuditContext(tok))
+    for line in range(1, 9):
+        audit.add_result(line, None, _fake_result(2.0 + 1e-3 * line))
+    assert audit.finish(input="x", model="m", tokenizer="t", fail_on=()).check("loss-outlier").failed == 0
+
+
+# --- the command --------------------------------------------------------------------------------------------
+
+
+def _conforms(d: dict, typed) -> None:
+    """Key for key: every required key of the TypedDict is there, and no key it does not declare."""
+    keys = set(d)
+    assert typed.__required_keys__ <= keys, (typed.__name__, typed.__required_keys__ - keys)
+    assert keys <= typed.__required_keys__ | typed.__optional_keys__, (typed.__name__, keys)
+
+
+def _document_conforms(doc: dict) -> None:
+    from ce_inspect import result as r
+
+    _conforms(doc, r.AuditDict)
+    if "loss" in doc:
+        _conforms(doc["loss"], r.AuditLossDict)
+    for check in doc["checks"]:
+        _conforms(check, r.AuditCheckDict)
+        for ref in check["records"]:
+            _conforms(ref, r.AuditRecordRefDict)
+        for example in check["examples"]:
+            _conforms(example, r.AuditExampleDict)
+            for token in example["tokens"]:
+                _conforms(token, r.AuditTokenDict)
+
+
+def _lines_conform(lines: list[dict]) -> None:
+    from ce_inspect import result as r
+
+    for line in lines:
+        _conforms(line, r.AuditRecordLineDict)
+        for finding in line["findings"]:
+            _conforms(finding, r.AuditFindingDict)
+
+
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_fail_on_exits_3_after_writing_everything(tiny_llama_dir, tmp_path, capsys, tok):
+    data = _write(tmp_path / "d.jsonl", _broken(tok, _untrain_eot, {1}))
+    out_file = tmp_path / "records.jsonl"
+    code, out, err = _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--no-model", "--json", "-o", out_file)
+    assert code == 3, err
+    doc = json.loads(out)
+    assert doc["gate_failed"] == ["eot-not-trained"] and doc["schema_version"] == 1
+    check = next(c for c in doc["checks"] if c["name"] == "eot-not-trained")
+    assert check["failed"] == 1 and check["records"] == [{"line": 2, "id": "bad-1"}]
+    assert check["examples"][0]["positions"] and check["examples"][0]["tokens"]
+    lines = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [line["failed"] for line in lines] == [[], ["eot-not-trained"], [], [], []]
+    _document_conforms(doc)
+    _lines_conform(lines)
+    assert "eot-not-trained" in err
+    # The same finding outside the gate: exit 0.
+    code, _, _ = _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--no-model", "--fail-on", "bos", "--json")
+    assert code == 0
+
+
+def test_cli_unknown_check_is_a_usage_error(tiny_llama_dir, tmp_path, capsys, tok):
+    data = _write(tmp_path / "d.jsonl", _broken(tok, _untrain_eot, set()))
+    code, out, err = _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--no-model", "--fail-on", "bos,nope")
+    assert code == 2 and out == "" and "unknown check 'nope'" in err
+
+
+def test_cli_no_model_loads_no_model(tiny_llama_dir, tmp_path, capsys, tok, monkeypatch):
+    import ce_inspect.loading as loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--no-model loaded the model")
+
+    monkeypatch.setattr(loading, "_load_model", refuse)
+    monkeypatch.setattr(loading, "load", refuse)
+    data = _write(tmp_path / "d.jsonl", _broken(tok, _shift, {0}))
+    code, out, err = _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--no-model")
+    assert code == 3, err
+    assert "pre-shifted-labels" in out and "bad-0" in out
+
+
+def test_cli_tokenizer_folder_without_weights(tmp_path, capsys, tok):
+    """--no-model --tokenizer takes a folder with tokenizer files only."""
+    folder = tmp_path / "tok"
+    tok.save_pretrained(folder)
+    data = _write(tmp_path / "d.jsonl", _broken(tok, _double_bos, {2}))
+    code, out, err = _cli(capsys, "audit", data, "--no-model", "--tokenizer", folder, "--fail-on", "bos", "--json")
+    assert code == 3, err
+    assert json.loads(out)["gate_failed"] == ["bos"]
+
+
+def test_cli_bad_record_is_named_or_skipped(tiny_llama_dir, tmp_path, capsys, tok):
+    rows = _broken(tok, _untrain_eot, set())
+    rows[2]["labels"] = rows[2]["labels"][:-1]
+    data = _write(tmp_path / "d.jsonl", rows)
+    code, out, err = _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--no-model")
+    assert code == 1 and out == ""
+    assert err.count("Error:") == 1 and "line 3 (id 'ok-2')" in err and "--skip-invalid" in err
+    code, out, err = _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--no-model", "--skip-invalid", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["records"] == 4 and [s["line"] for s in doc["skipped"]] == [3]
+
+
+def test_cli_output_never_replaces_an_existing_file(tiny_llama_dir, tmp_path, capsys, tok):
+    data = _write(tmp_path / "d.jsonl", _broken(tok, _untrain_eot, set()))
+    existing = tmp_path / "mine.jsonl"
+    existing.write_text("precious\n")
+    code, out, err = _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--no-model", "-o", existing)
+    assert code == 1 and "was not written by ce-inspect" in err and existing.read_text() == "precious\n"
+    # Its own earlier output is replaced, atomically, keeping the file's mode.
+    out = tmp_path / "audit.jsonl"
+    assert _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--no-model", "--fail-on", "none", "-o", out)[0] == 0
+    out.chmod(0o640)
+    first = out.read_bytes()
+    assert _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--no-model", "--fail-on", "none", "-o", out)[0] == 0
+    assert out.read_bytes() == first and (out.stat().st_mode & 0o777) == 0o640
+
+
+def test_cli_rich_report_shows_tokens_safely(tiny_llama_dir, tmp_path, capsys, tok):
+    rows = _broken(tok, _train_header, {1})
+    rows[1]["id"] = "[/bold]"  # user data that is Rich markup must print as text
+    rows.append(
+        {"id": "m", "messages": [{"role": "user", "content": "[red]x"}, {"role": "assistant", "content": "[/b]"}]}
+    )
+    data = _write(tmp_path / "d.jsonl", rows)
+    code, out, err = _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--no-model", "--fail-on", "none")
+    assert code == 0, err
+    assert "template-trained: 1 records" in out and "line 2 (id '[/bold]')" in out and "▸" in out
+
+
+# --- with the model: losses through batch's runner ------------------------------------------------------
+
+
+def test_with_model_per_record_loss_matches_cross_entropy(tiny_llama, tiny_llama_dir, tmp_path, capsys):
+    """Per-record mean losses (through batch's runner) equal torch's CrossEntropyLoss on the model's logits."""
+    tok = tiny_llama.tokenizer
+    rows = [{"id": f"c{k}", "messages": _messages(k)} for k in range(5)]
+    rows.append({"id": "p", "prompt": "Q: the", "answer": " answer"})
+    data = _write(tmp_path / "d.jsonl", rows)
+    out_file = tmp_path / "r.jsonl"
+    code, out, err = _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--json", "-o", out_file, "-b", "4")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert next(c for c in doc["checks"] if c["name"] == "loss-outlier")["ran"] is True
+    lines = [json.loads(line) for line in out_file.read_text().splitlines()]
+    ce = torch.nn.CrossEntropyLoss()
+    from ce_inspect.encoding import encode
+
+    for row, line in zip(rows, lines):
+        if "messages" in row:
+            enc = encode_messages(tok, row["messages"], Layout())
+        else:
+            enc = encode(tok, row["prompt"], row["answer"], Layout())
+        ids = torch.tensor([enc.input_ids])
+        with torch.no_grad():
+            logits = tiny_llama.model(ids).logits[0]
+        expected = ce(logits[:-1].float(), torch.tensor(enc.labels[1:])).item()
+        assert line["loss"]["scored"] is True
+        assert line["loss"]["mean"] == pytest.approx(expected, abs=1e-5)
+    total = sum(line["loss"]["sum"] for line in lines) / sum(line["loss"]["count"] for line in lines)
+    assert doc["loss"]["token_weighted_mean_loss"] == pytest.approx(total, rel=1e-6)
+
+
+def test_with_model_unscored_record_is_a_finding_not_an_error(tiny_llama_dir, tmp_path, capsys, tok):
+    """Records the model cannot score (nothing trained, padded) are findings and listed as not scored."""
+    rows = _broken(tok, _nothing, {1})
+    _pad_masked(rows[3], None, tok)
+    rows[3]["id"] = "bad-3"
+    data = _write(tmp_path / "d.jsonl", rows)
+    out_file = tmp_path / "r.jsonl"
+    code, out, err = _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--json", "-o", out_file)
+    assert code == 3, err
+    doc = json.loads(out)
+    assert doc["gate_failed"] == ["no-trained-tokens", "padding-trained"]
+    assert [(u["line"], u["id"]) for u in doc["loss"]["unscored"]] == [(2, "bad-1"), (4, "bad-3")]
+    lines = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [line["loss"]["scored"] for line in lines] == [True, False, True, False, True]
+    _document_conforms(doc)
+    _lines_conform(lines)
+    assert doc["loss"]["examples"] == 3
+
+
+# --- the committed samples, with SmolLM2's own tokenizer and chat template ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer(models_cache):
+    import os
+
+    from ce_inspect.loading import load_tokenizer
+
+    saved = os.environ.get("CE_INSPECT_CACHE")
+    os.environ["CE_INSPECT_CACHE"] = str(models_cache)  # the checkout's own cache of converted models
+    try:
+        return load_tokenizer()[0]
+    finally:
+        if saved is None:
+            del os.environ["CE_INSPECT_CACHE"]
+        else:
+            os.environ["CE_INSPECT_CACHE"] = saved
+
+
+NO_MODEL_SAMPLES = sorted(p.stem for p in SAMPLES.glob("*.jsonl") if p.stem not in ("loss-outlier",))
+
+
+@pytest.mark.default_model
+@pytest.mark.parametrize("name", NO_MODEL_SAMPLES)
+def test_samples_flag_exactly_their_bad_records(name, smollm2_tokenizer):
+    """Each samples/audit/<check>.jsonl fails exactly <check>, on exactly the records named bad-*."""
+    path = SAMPLES / f"{name}.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    report = _audit(smollm2_tokenizer, path)
+    bad = [r["id"] for r in rows if r["id"].startswith("bad-")]
+    assert _flagged(report) == ({} if name == "clean" else {name: bad})
+
+
+@pytest.mark.default_model
+def test_smollm2_template_defects(smollm2_tokenizer, tmp_path):
+    """SmolLM2's own template: its BOS is <|im_start|> and its EOS <|im_end|> (also the pad token)."""
+    tok = smollm2_tokenizer
+    for check in ("eot-not-trained", "template-trained", "pre-shifted-labels", "padding-trained", "bos"):
+        breaker, bad = DEFECTS[check]
+        report = _audit(tok, _write(tmp_path / f"{check}.jsonl", _broken(tok, breaker, bad)))
+        assert _flagged(report) == {check: [f"bad-{k}" for k in sorted(bad)]}, check
+
+
+def test_bad_record_error_from_the_core(tok, tmp_path):
+    rows = [{"id": "x", "input_ids": [1, 2, 999999], "labels": [1, 2, 3]}]
+    with pytest.raises(InvalidRecordError, match=r"line 1 \(id 'x'\): 'input_ids' item 2 is 999999"):
+        check_dataset(tokenizer_only(tok, "tiny"), _write(tmp_path / "d.jsonl", rows))
+
+
+@pytest.mark.default_model
+def test_loss_outlier_sample_with_smollm2(smollm2):
+    """samples/audit/loss-outlier.jsonl through SmolLM2 (batch's runner): exactly the gibberish answer is flagged,
+    and each record's mean loss equals CrossEntropyLoss on the model's own logits."""
+    from ce_inspect.audit import score_dataset
+    from ce_inspect.batch import scan_dataset
+
+    path = SAMPLES / "loss-outlier.jsonl"
+    audit = check_dataset(tokenizer_only(smollm2.tokenizer, "smollm2"), path, keep_findings=True)
+    scan = scan_dataset(smollm2, path, skip_invalid=True)
+    lines: list[dict] = []
+    sink = SimpleNamespace(name=None, write=lines.append)
+    score_dataset(smollm2, scan, audit, sink)
+    report = audit.finish(input=str(path), model="smollm2", tokenizer="smollm2", fail_on=())
+    assert [r.id for r in report.check("loss-outlier").records] == ["bad-3"]
+    assert report.check("loss-outlier").examples[0].mean_loss == max(line["loss"]["mean"] for line in lines)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows[:4]:
+        enc = encode_messages(smollm2.tokenizer, row["messages"], Layout())
+        with torch.no_grad():
+            logits = smollm2.model(torch.tensor([enc.input_ids])).logits[0]
+        expected = torch.nn.CrossEntropyLoss()(logits[:-1].float(), torch.tensor(enc.labels[1:])).item()
+        line = next(line for line in lines if line["id"] == row["id"])
+        assert line["loss"]["mean"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_trl_style_tokenized_pairs_with_completion_mask(tok, tmp_path):
+    """TRL's prepared prompt/completion rows (prompt+completion tokenized as one string, EOS appended,
+    completion_mask from where the prompt's own tokens stop matching) pass; the same rows with the EOS
+    masked out fail eot-not-trained, and a mask that also covers the prompt fails template-trained."""
+    pairs = [("Say it:", " the end"), ("Q: what", " is in the box?"), ("Hmm", " there")]
+    rows = []
+    for k, (prompt, completion) in enumerate(pairs):
+        alone = tok(prompt, add_special_tokens=False)["input_ids"]
+        whole = tok(prompt + completion, add_special_tokens=False)["input_ids"]
+        start = next((i for i, (a, b) in enumerate(zip(alone, whole)) if a != b), len(alone))
+        ids = [tok.bos_token_id, *whole, tok.eos_token_id]
+        mask = [0] * (1 + start) + [1] * (len(whole) - start + 1)
+        rows.append(
+            {"id": f"ok-{k}", "prompt": prompt, "completion": completion, "input_ids": ids, "completion_mask": mask}
+        )
+    assert _flagged(_audit(tok, _write(tmp_path / "ok.jsonl", rows))) == {}
+    rows[1]["id"], rows[1]["completion_mask"][-1] = "bad-1", 0
+    rows[2]["id"], rows[2]["completion_mask"] = "bad-2", [0] + [1] * (len(rows[2]["input_ids"]) - 1)
+    report = _audit(tok, _write(tmp_path / "bad.jsonl", rows))
+    assert _flagged(report) == {"eot-not-trained": ["bad-1"], "template-trained": ["bad-2"]}
+
+
+def test_parquet_input_through_the_reader(tok, tmp_path):
+    """audit reads what batch reads: the same broken records as Parquet give the same findings as JSONL."""
+    pa = pytest.importorskip("pyarrow", reason="the datasets extra: pip install 'ce-inspect[datasets]'")
+    import pyarrow.parquet as pq
+
+    rows = _broken(tok, _untrain_eot, {2})
+    for row in rows:
+        del row["messages"]  # a column of message structs is fine too; plain columns keep the test small
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    report = _audit(tok, path)
+    assert report.records == 5
+    assert _flagged(report) == {"eot-not-trained": ["bad-2"]}
+    assert report.check("eot-not-trained").records[0].line == 3
