@@ -53,7 +53,20 @@ if TYPE_CHECKING:
     from .files import OutputTarget
     from .loading import LoadedModel
 
-DEFAULT_BATCH_SIZE = 8
+#: Per forward pass, when not given: at most this many padded positions (rows x longest example) and
+#: this many rows, by device kind. On CPU a forward pass is compute-bound and a matmul of a few hundred
+#: rows already runs at full speed, so the budget only has to gather short examples into such passes
+#: while a long one goes alone (bench/batch_budget.py measures 512 to 8,192 on 2 cores); on an
+#: accelerator a larger pass keeps the device busy, and 16,384 positions of a ~1B-parameter model's
+#: activations still fit in a few GiB (chosen from that estimate, not yet measured on a GPU).
+DEFAULT_MAX_TOKENS = {"cpu": 2048, "accelerator": 16384}
+DEFAULT_MAX_ROWS = {"cpu": 64, "accelerator": 256}
+DEFAULT_BATCH_SIZE = DEFAULT_MAX_ROWS["cpu"]
+#: A batch takes no example that would make more than this fraction of its positions padding: padding
+#: is computed and thrown away, while one more forward pass costs little next to it.
+DEFAULT_MAX_PADDING = 0.1
+#: Examples sorted by length together. Their results wait in memory until everything before them in the
+#: input is written, so the window bounds memory; 512 records of a long-tailed set sort well enough.
 DEFAULT_SORT_WINDOW = 512
 DEFAULT_WORST = 10
 PADDING_SIDES = ("right", "left")
@@ -658,50 +671,76 @@ def _check_done(state: ResumeState, record: Record, encoded: Encoded | None, don
 # --- batching -------------------------------------------------------------------------------------------
 
 
+def device_kind(device: str) -> str:
+    """``cpu`` or ``accelerator``: which batching defaults suit ``device`` (``cuda:0``, ``mps``, ...)."""
+    return "cpu" if device.split(":")[0] == "cpu" else "accelerator"
+
+
 @dataclass(frozen=True)
 class BatchSettings:
-    """How ``run_scan`` groups examples. ``batch_size=None`` with ``max_tokens``: no cap on the count."""
+    """How ``run_scan`` groups examples: at most ``batch_size`` rows and ``max_tokens`` padded positions per
+    forward pass; ``None`` takes the device's default (``resolved``)."""
 
-    batch_size: int | None = DEFAULT_BATCH_SIZE
+    batch_size: int | None = None
     max_tokens: int | None = None
     padding_side: str = "right"
+    max_padding: float | None = DEFAULT_MAX_PADDING
     sort_window: int = DEFAULT_SORT_WINDOW
     worst: int = DEFAULT_WORST
     sequence: bool = True  # keep each result's whole-sequence view in the output lines
 
     def __post_init__(self) -> None:
-        if self.batch_size is None and self.max_tokens is None:
-            raise InputError("give `batch_size` (examples per batch), `max_tokens` (padded positions) or both")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"`batch_size` must be at least 1, got {self.batch_size}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise InputError(f"`max_tokens` must be at least 1, got {self.max_tokens}")
         if self.padding_side not in PADDING_SIDES:
             raise InputError(f"`padding_side` must be left or right, got {self.padding_side!r}")
+        if self.max_padding is not None and not 0.0 <= self.max_padding < 1.0:
+            raise InputError(f"`max_padding` must be a fraction in [0, 1), got {self.max_padding}")
         if self.sort_window < 1:
             raise InputError(f"`sort_window` must be at least 1 example, got {self.sort_window}")
         if self.worst < 0:
             raise InputError(f"`worst` must be 0 or more, got {self.worst}")
 
+    def resolved(self, device: str) -> BatchSettings:
+        """These settings with each unset limit taken from ``device``'s defaults."""
+        kind = device_kind(device)
+        return replace(
+            self,
+            batch_size=self.batch_size if self.batch_size is not None else DEFAULT_MAX_ROWS[kind],
+            max_tokens=self.max_tokens if self.max_tokens is not None else DEFAULT_MAX_TOKENS[kind],
+        )
 
-def plan_batches(lengths: Sequence[int], batch_size: int | None, max_tokens: int | None = None) -> list[list[int]]:
+
+def plan_batches(
+    lengths: Sequence[int],
+    batch_size: int | None,
+    max_tokens: int | None = None,
+    max_padding: float | None = None,
+) -> list[list[int]]:
     """Indices into ``lengths``, longest first, packed into batches.
 
-    A batch holds at most ``batch_size`` examples and at most ``max_tokens`` padded positions (rows x its
-    longest example); an example longer than ``max_tokens`` on its own still gets a batch of one.
+    A batch holds at most ``batch_size`` examples, at most ``max_tokens`` padded positions (rows x its
+    longest example) and at most a ``max_padding`` fraction of padding; an example longer than
+    ``max_tokens`` on its own still gets a batch of one. As lengths only fall, the padding bound cuts
+    the sorted list into bands of similar length, whose number grows with the log of the length range.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
+    tokens = 0  # real tokens in current
     for i in order:
         if current:
-            width = lengths[current[0]]  # the longest: the list is sorted
-            full = batch_size is not None and len(current) >= batch_size
-            over = max_tokens is not None and (len(current) + 1) * width > max_tokens
-            if full or over:
+            rows, width = len(current) + 1, lengths[current[0]]  # the longest: the list is sorted
+            full = batch_size is not None and rows > batch_size
+            over = max_tokens is not None and rows * width > max_tokens
+            padded = max_padding is not None and rows * width - tokens - lengths[i] > max_padding * rows * width
+            if full or over or padded:
                 batches.append(current)
-                current = []
+                current, tokens = [], 0
         current.append(i)
+        tokens += lengths[i]
     if current:
         batches.append(current)
     return batches
@@ -764,7 +803,7 @@ def _score_window(
     lengths = [len(window[i][1]) for i in todo]  # type: ignore[arg-type]
     results: dict[int, Any] = {}
     emitted = 0
-    for batch in plan_batches(lengths, settings.batch_size, settings.max_tokens):
+    for batch in plan_batches(lengths, settings.batch_size, settings.max_tokens, settings.max_padding):
         rows = [todo[j] for j in batch]
         examples = [window[i][1] for i in rows]
         scored = score(examples)  # type: ignore[arg-type]
@@ -801,9 +840,10 @@ def run_scan(
     ``score`` (a batch of examples -> results) and ``report`` (each result's output line and the data-set
     summary; see ``BatchReport``) default to ``batch``'s own; ``diff`` passes its two-model ones. ``emit``
     replaces the report's output line: it sees every entry not resumed, in input order (with its result,
-    or None when the entry was not scored), and returns the line to write or None (``audit``).
+    or None when the entry was not scored), and returns the line to write or None (``audit``). Batch
+    limits left unset in ``settings`` take the device's defaults.
     """
-    options, settings = options or ScoreOptions(), settings or BatchSettings()
+    options, settings = options or ScoreOptions(), (settings or BatchSettings()).resolved(lm.device)
     stats = BatchStats(settings.batch_size, settings.max_tokens, settings.padding_side)
     if score is None:
 
@@ -985,6 +1025,7 @@ __all__ = [
     "SummaryBuilder",
     "WorstToken",
     "check_batch_output",
+    "device_kind",
     "encode_record",
     "line_settings",
     "output_conflict",

@@ -178,7 +178,11 @@ def smollm2_gguf_logits(models_cache) -> dict[str, torch.Tensor]:
 
     gguf = default_gguf_path()
     stat = gguf.stat()
-    key = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}|{torch.__version__}"
+    # The numerics too: the same weights give bitwise other logits under another BLAS mode or thread count.
+    numerics = f"{os.environ.get('MKL_CBWR')}|{torch.get_num_threads()}"
+    key = (
+        f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}|{torch.__version__}|{numerics}"
+    )
     path = models_cache / "reference" / f"{hashlib.sha256((key + GGUF_PROBE).encode()).hexdigest()[:16]}.pt"
     if path.exists():
         return torch.load(path)

@@ -130,6 +130,9 @@ def test_read_records_missing_file(tmp_path):
 def test_plan_batches(batch_size, max_tokens):
     lengths = [5, 30, 12, 12, 7, 50, 3, 3, 3, 29, 1]
     batches = plan_batches(lengths, batch_size, max_tokens)
+    assert plan_batches(lengths, batch_size, max_tokens, max_padding=0.0) == [
+        b for b in plan_batches(lengths, batch_size, max_tokens, max_padding=0.0) if len({lengths[i] for i in b}) == 1
+    ]  # no padding allowed: every batch holds one length
     flat = [i for b in batches for i in b]
     assert sorted(flat) == list(range(len(lengths)))  # every example exactly once
     assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)  # longest first
@@ -143,9 +146,48 @@ def test_plan_batches(batch_size, max_tokens):
 
 
 def test_batch_settings_reject_nonsense():
-    for bad in (dict(batch_size=0), dict(batch_size=None), dict(max_tokens=0), dict(padding_side="middle")):
+    for bad in (dict(batch_size=0), dict(max_tokens=0), dict(padding_side="middle"), dict(sort_window=0)):
         with pytest.raises(InputError):
             BatchSettings(**bad)
+
+
+def test_batch_settings_take_the_device_defaults_for_what_is_unset():
+    from ce_inspect.batch import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS
+
+    cpu = BatchSettings().resolved("cpu")
+    assert (cpu.batch_size, cpu.max_tokens) == (DEFAULT_MAX_ROWS["cpu"], DEFAULT_MAX_TOKENS["cpu"])
+    gpu = BatchSettings(batch_size=4).resolved("cuda:1")
+    assert (gpu.batch_size, gpu.max_tokens) == (4, DEFAULT_MAX_TOKENS["accelerator"])
+    assert BatchSettings(batch_size=1, max_tokens=99).resolved("cpu") == BatchSettings(batch_size=1, max_tokens=99)
+
+
+def long_tailed_lengths(n: int, seed: int = 0) -> list[int]:
+    """Mostly short examples, a few long ones: the shape of real prompt/answer data."""
+    import random
+
+    rng = random.Random(seed)
+    return [min(int(rng.lognormvariate(3.5, 0.8)) + 2, 4000) for _ in range(n)] + [1500]
+
+
+@pytest.mark.parametrize("max_tokens,rows", [(2048, 64), (512, 8), (16384, 256)])
+def test_token_budget_pads_little_on_long_tailed_lengths(max_tokens, rows):
+    lengths = long_tailed_lengths(500)
+    batches = plan_batches(lengths, rows, max_tokens, 0.1)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert 1 - sum(lengths) / padded <= 0.1
+    assert all(1 - sum(lengths[i] for i in b) / (len(b) * max(lengths[i] for i in b)) <= 0.1 for b in batches)
+    # Bands of similar length, not a batch per example: the band count grows with log(longest / shortest).
+    bands = math.ceil(math.log(max(lengths) / min(lengths)) / -math.log(0.9))
+    assert len(batches) <= len(lengths) // rows + bands + 1
+    for b in batches:
+        assert len(b) <= rows and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= max_tokens)
+    # The 1,500-token example never drags short ones into its batch.
+    (alone,) = [b for b in batches if len(lengths) - 1 in b]
+    assert all(lengths[i] * 2 > 1500 for i in alone)
+    # Against a fixed batch size in input order, what `batch` used to do with 8 rows.
+    fixed = sum(len(lengths[k : k + 8]) * max(lengths[k : k + 8]) for k in range(0, len(lengths), 8))
+    assert padded < fixed * 0.6
 
 
 # --- batched == alone -----------------------------------------------------------------------------------
@@ -155,8 +197,8 @@ def test_batch_settings_reject_nonsense():
 @pytest.mark.parametrize(
     "settings",
     [
-        dict(batch_size=8, padding_side="right"),
-        dict(batch_size=8, padding_side="left"),
+        dict(batch_size=8, padding_side="right", max_padding=None),  # one batch, padded to its longest
+        dict(batch_size=8, padding_side="left", max_padding=None),
         dict(batch_size=3, padding_side="left", sort_window=4),
         dict(batch_size=None, max_tokens=120, padding_side="right"),
         dict(batch_size=1),
@@ -471,7 +513,8 @@ def test_default_model_samples_batched_agree_with_one_by_one(smollm2, tmp_path):
     """
     data = Path(__file__).resolve().parents[1] / "samples" / "pairs.jsonl"
     one_summary, one = run_to_file(smollm2, data, tmp_path / "one.jsonl", batch_size=1)
-    summary, many = run_to_file(smollm2, data, tmp_path / "eight.jsonl", batch_size=8)  # left padding: tiny models
+    # Heavily padded batches (55% of positions; the tiny models cover left padding).
+    summary, many = run_to_file(smollm2, data, tmp_path / "eight.jsonl", batch_size=8, max_padding=None)
     assert len(many) == len(one) >= 12 and summary.batching.batches == 2
     for a, b in zip(one, many):
         assert (a["line"], a["id"]) == (b["line"], b["id"])
@@ -480,3 +523,22 @@ def test_default_model_samples_batched_agree_with_one_by_one(smollm2, tmp_path):
             assert tb["token_id"] == ta["token_id"]
             assert tb["loss"] == pytest.approx(ta["loss"], rel=1e-5, abs=1e-5)
     assert summary.token_weighted_mean_loss == pytest.approx(one_summary.token_weighted_mean_loss, abs=1e-5)
+
+
+def test_a_row_of_a_matmul_does_not_depend_on_the_rows_beside_it():
+    """Why batched figures equal one-by-one ones on CPU: importing ce_inspect asks MKL for strict
+    reproducibility. Without it, MKL sums a row in another order for another number of rows (measured
+    here: 1 row vs 100 rows of SmolLM2's down projection differ by up to 7e-5)."""
+    import os
+
+    if not torch.backends.mkl.is_available():
+        pytest.skip("torch is not built with MKL")
+    if os.environ.get("MKL_CBWR") != "AUTO,STRICT":
+        pytest.skip(f"the environment set MKL_CBWR={os.environ.get('MKL_CBWR')}")
+    generator = torch.Generator().manual_seed(0)
+    for n_out, n_in in ((576, 1536), (1536, 576), (192, 576)):
+        weight = torch.randn(n_out, n_in, generator=generator)
+        rows = torch.randn(300, n_in, generator=generator)
+        alone = torch.nn.functional.linear(rows[:1], weight)
+        for m in (2, 15, 16, 100, 300):
+            assert torch.equal(torch.nn.functional.linear(rows[:m], weight)[:1], alone), (n_out, n_in, m)

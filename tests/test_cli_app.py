@@ -90,7 +90,7 @@ def test_option_errors_name_parameters_and_every_one_has_a_flag():
             lambda: ScoreOptions(label_smoothing=2.0),
             lambda: ScoreOptions(top_k=-1),
             lambda: ScoreOptions(chunk_tokens=0),
-            lambda: BatchSettings(batch_size=None, max_tokens=None),
+            lambda: BatchSettings(max_padding=1.5),
             lambda: BatchSettings(batch_size=0),
             lambda: BatchSettings(max_tokens=0),
             lambda: BatchSettings(padding_side="top"),

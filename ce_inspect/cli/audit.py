@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import typer
 
 from ..audit import CHECK_NAMES, DEFAULT_EXAMPLES, DEFAULT_FAIL_ON
-from ..batch import DEFAULT_BATCH_SIZE
 from ..data import FORMATS
 from .logs import setup_logging
 from .options import OUTPUT, Common, shared_options
@@ -90,8 +89,15 @@ def audit(
     ] = None,
     id_field: Annotated[str, typer.Option(help="Field that names each record.", rich_help_panel=INPUT)] = "id",
     batch_size: Annotated[
-        int, typer.Option("--batch-size", "-b", min=1, help="Records per forward pass.", rich_help_panel=BATCHING)
-    ] = DEFAULT_BATCH_SIZE,
+        int | None,
+        typer.Option(
+            "--batch-size",
+            "-b",
+            min=1,
+            help="Records per forward pass (default: the device's).",
+            rich_help_panel=BATCHING,
+        ),
+    ] = None,
     max_tokens: Annotated[
         int | None,
         typer.Option(min=1, help="Cap each batch at this many padded positions.", rich_help_panel=BATCHING),

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..batch import DEFAULT_BATCH_SIZE, DEFAULT_SORT_WINDOW, DEFAULT_WORST
+from ..batch import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS, DEFAULT_SORT_WINDOW, DEFAULT_WORST
 from ..data import FORMATS
 from .logs import setup_logging
 from .options import OUTPUT, Common, GateOpt, gate, shared_options
@@ -88,7 +88,10 @@ def batch(
             "--batch-size",
             "-b",
             min=1,
-            help=f"Examples per forward pass (default {DEFAULT_BATCH_SIZE}; with --max-tokens alone, no count limit).",
+            help=(
+                f"At most N examples per forward pass (default {DEFAULT_MAX_ROWS['cpu']} on CPU, "
+                f"{DEFAULT_MAX_ROWS['accelerator']} on a GPU)."
+            ),
             rich_help_panel=BATCHING,
         ),
     ] = None,
@@ -96,7 +99,11 @@ def batch(
         int | None,
         typer.Option(
             min=1,
-            help="Cap each batch at this many padded positions (rows x longest example) instead.",
+            help=(
+                "At most T padded positions (rows x longest example) per forward pass; examples are sorted by "
+                f"length first (default {DEFAULT_MAX_TOKENS['cpu']} on CPU, {DEFAULT_MAX_TOKENS['accelerator']} "
+                "on a GPU; a longer example goes alone)."
+            ),
             rich_help_panel=BATCHING,
         ),
     ] = None,
@@ -162,7 +169,7 @@ def batch(
     if session is not None:
         _check_sharded_usage(session.world, input, output)
     settings = BatchSettings(
-        batch_size=batch_size if batch_size is not None or max_tokens is not None else DEFAULT_BATCH_SIZE,
+        batch_size=batch_size,  # None: the device's default, as for max_tokens
         max_tokens=max_tokens,
         padding_side=padding_side,
         sort_window=sort_window,

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ..batch import DEFAULT_BATCH_SIZE, DEFAULT_SORT_WINDOW, BatchSettings
+from ..batch import DEFAULT_SORT_WINDOW, BatchSettings
 from ..diff import COLOR_BY
 from .logs import setup_logging
 from .options import (
@@ -146,7 +146,7 @@ def diff(
             }
         )
         settings = BatchSettings(
-            batch_size=batch_size if batch_size is not None or max_tokens is not None else DEFAULT_BATCH_SIZE,
+            batch_size=batch_size,  # None: the device's default, as for max_tokens
             max_tokens=max_tokens,
             sort_window=sort_window,
             worst=worst,

@@ -50,6 +50,7 @@ FLAGS: dict[str, str] = {
     "padding_side": "--padding-side",
     "sort_window": "--sort-window",
     "worst": "--worst",
+    "max_padding": "max_padding (library only)",
     "format": "--format",
     "split": "--split",
     "stride": "--stride",
