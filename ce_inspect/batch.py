@@ -359,6 +359,8 @@ class ResumeState:
     examples: dict[int, ExampleStats]  # by input line
     worst_tokens: tuple[WorstToken, ...]
     settings: dict[str, Any]  # what every line was written with (``line_settings``); {} for an empty file
+    # distributed: False for the union of torchrun part files, whose lines are not a prefix of the input
+    ordered: bool = True
 
     @property
     def last_line(self) -> int:
@@ -550,6 +552,8 @@ class Scan:
     label: str | None = None  # how messages and the summary name the input (e.g. "<stdin>" for stdin)
     #: record -> example; None: ``encode_record`` with the scanning model (``diff`` checks both tokenizers).
     encoder: Callable[[Record], Encoded] | None = None
+    # distributed: the entries are one rank's share; the records between them are other ranks'
+    subset: bool = False
 
     @property
     def name(self) -> str:
@@ -624,7 +628,7 @@ def scan_dataset(
             entries.append(Entry(record.line, record.id, error=reason))
             continue
         assert encoded is not None
-        if resume is not None and record.line < resume.last_line:
+        if resume is not None and resume.ordered and record.line < resume.last_line:
             raise ResumeError(
                 f"`resume`: {resume.path} has results up to input line {resume.last_line} but none for line "
                 f"{record.line}, which is valid now; the input changed since, start over with `force`"
@@ -782,6 +786,8 @@ def _score_in_order(
     pending = 0
     for entry in scan.entries:
         record = next(records, None)
+        while scan.subset and record is not None and record.line < entry.line:  # distributed: not ours
+            record = next(records, None)
         if record is None or record.line != entry.line:
             raise InputError(f"{scan.name} changed while it was being scored; run again")
         encoder = scan.encoder or (lambda r: encode_record(lm, r, scan.layout))

@@ -114,14 +114,17 @@ def resolve_device(device: str) -> str:
     """Validate a device string and turn ``auto`` into what this machine has."""
     import torch
 
+    from .distributed import detect_launch, rank_device
+
     device = check_device(device)
     if device == "auto":
         if torch.cuda.is_available():
-            return "cuda"
+            return rank_device("cuda", detect_launch())  # torchrun: each rank its own GPU
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
     if device.startswith("cuda"):
+        device = rank_device(device, detect_launch())
         if not torch.cuda.is_available():
             raise DeviceError(f"`device` {device} asks for CUDA, but no CUDA GPU is available here; use cpu")
         index = int(device.split(":")[1]) if ":" in device else 0
@@ -468,6 +471,20 @@ def _load_tokenizer(folder: str, source: str, revision: str | None, trust_remote
         ) from exc
 
 
+def _rank_memory() -> dict[str, Any]:
+    """Under torchrun, ``device_map`` spreads the model over this rank's block of the node's GPUs only."""
+    import torch
+
+    from .distributed import detect_launch, rank_gpus
+
+    if not torch.cuda.is_available():
+        return {}
+    gpus = rank_gpus(torch.cuda.device_count(), detect_launch())
+    if gpus is None:
+        return {}
+    return {"max_memory": {g: torch.cuda.get_device_properties(g).total_memory for g in gpus}}
+
+
 def _load_model(
     folder: str,
     source: str,
@@ -487,6 +504,7 @@ def _load_model(
     }
     if device_map is not None:
         kwargs["device_map"] = device_map
+        kwargs.update(_rank_memory())
     try:
         model, info = _from_pretrained(AutoModelForCausalLM.from_pretrained, folder, source, revision, **kwargs)
     except ModelNotFoundError:

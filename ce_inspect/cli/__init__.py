@@ -10,10 +10,21 @@ from .app import app
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: every known error is one line on stderr and a non-zero exit (see cli/errors.py)."""
-    from .errors import debug, report
+    from ..distributed import current_session, detect_launch
+    from ..errors import CeInspectError
+    from .errors import cli_message, debug, report
     from .reports import remember_argv
 
     remember_argv(sys.argv[1:] if argv is None else argv)
+    try:  # torchrun / accelerate launch: this process is one rank of several
+        launch = detect_launch()
+    except CeInspectError as exc:
+        print(f"Error: {cli_message(str(exc))}", file=sys.stderr)
+        return 2
+    if launch is not None and current_session() is None:
+        from .ranks import main_rank
+
+        return main_rank(argv, launch)
     try:
         result = app(args=argv, prog_name="ce-inspect", standalone_mode=False)
     except BrokenPipeError:

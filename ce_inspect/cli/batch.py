@@ -21,6 +21,7 @@ from .reports import Reports, report_options
 if TYPE_CHECKING:
     from ..batch import BatchSettings, DatasetSummary, Fields, ResumeState, Scan
     from ..data import DataInfo
+    from ..distributed import ShardedResume
     from ..encoding import Layout
     from ..loading import LoadedModel
     from ..scoring import ScoreOptions
@@ -165,6 +166,11 @@ def batch(
     from ..batch import BatchSettings, Fields
 
     _check_usage(padding_side, resume=resume, force=force, output=output)
+    from ..distributed import current_session
+
+    session = current_session()  # torchrun: this process scores one share (see _score_sharded)
+    if session is not None:
+        _check_sharded_usage(session.world, input, output)
     settings = BatchSettings(
         batch_size=batch_size,  # None: the device's default, as for max_tokens
         max_tokens=max_tokens,
@@ -194,17 +200,34 @@ def batch(
             force=force,
         )
         if output is not None:
+            from ..distributed import check_parts
             from ..files import output_lock
 
-            stack.enter_context(output_lock(output, label="`output`"))
-        state = _read_resume(err, output, worst) if resume else None
+            check_parts(output, session.world if session else None, resume=resume, force=force)
+            if session is None or session.rank == 0:  # torchrun: rank 0 holds the lock for the run
+                stack.enter_context(output_lock(output, label="`output`"))
+        sharded = None
+        if session is not None:  # torchrun: the output and every rank's part file
+            from ..distributed import read_sharded_resume
+
+            sharded = read_sharded_resume(output, session.world, worst, resume=resume)  # type: ignore[arg-type]
+            state = sharded.union
+        else:
+            state = _read_resume(err, output, worst) if resume else None
         source = stack.enter_context(_input_file(input))
         info = _open_input(err, source, input, fields, format=format, split=split)
         lm = common.load(quiet=True)
         _top_k_note(err, lm, options)
         scan = _scan(lm, layout, options, source, input, fields, info, skip_invalid=skip_invalid, state=state)
-        lines = _report_lines(reports, worst, output, state)
-        summary = _score(lm, options, scan, settings, err, output=output, stdout=stdout, lines=lines)
+        lines = _report_lines(reports, worst, output, state if sharded is None else None)
+        if sharded is not None:
+            summary = _score_sharded(lm, options, scan, settings, err, sharded=sharded, output=output)  # type: ignore[arg-type]
+            if summary is None:
+                return  # not rank 0: rank 0 merges and reports
+            if lines is not None and output is not None:
+                lines.add_file(output, output.stat().st_size)  # rank 0: the reports see the merged lines
+        else:
+            summary = _score(lm, options, scan, settings, err, output=output, stdout=stdout, lines=lines)
     if summary_json is not None:
         from ..files import write_output
         from ..result import dumps
@@ -400,6 +423,67 @@ def _write_reports(reports: Reports, summary: Any, lines: Any, worst: int) -> No
         markdown=lambda: batch_markdown(doc, lines, command_line()),
         terminal=lambda console: render_dataset_summary(summary, console),
         kind="batch",
+    )
+
+
+def _check_sharded_usage(world: int, input: Path, output: Path | None) -> None:
+    from ..files import writes_through
+
+    if output is None:
+        raise typer.BadParameter(
+            f"the {world} ranks of a torchrun run cannot share stdout; give --output", param_hint="--output"
+        )
+    if str(input) == "-":
+        raise typer.BadParameter("under torchrun every rank reads the input itself; give a file, not stdin")
+    if writes_through(output):
+        raise typer.BadParameter(
+            "under torchrun the ranks' parts are merged into a regular file; give one", param_hint="--output"
+        )
+
+
+def _score_sharded(
+    lm: LoadedModel,
+    options: ScoreOptions,
+    scan: Scan,
+    settings: BatchSettings,
+    err: Any,
+    *,
+    sharded: ShardedResume,
+    output: Path,
+) -> DatasetSummary | None:
+    """torchrun: score this rank's share into its part file; rank 0 then waits for every rank, merges the
+    parts into --output and returns the summary (the others return None). Ctrl-C and `kill` leave whole
+    lines in the part files."""
+    from .. import distributed
+    from ..batch import BatchStats
+    from .render_batch import batch_progress
+
+    session = distributed.current_session()
+    assert session is not None
+    previous = _terminate_as_interrupt()
+    try:
+        with batch_progress(err, scan) as advance:
+            show = advance if session.rank == 0 else None
+            stats = distributed.score_share(
+                session, lm, scan, sharded, output, options=options, settings=settings, show=show
+            )
+            if session.rank != 0:
+                session.post(0, batching=stats.to_dict())
+                return None
+            session.gather(show)
+    except KeyboardInterrupt:
+        part = distributed.part_path(output, session.rank, session.world)
+        err.print(f"Interrupted: the complete lines are kept in {part}; rerun with --resume.", markup=False)
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    failure = session.failure()
+    if failure is not None:
+        raise failure
+    total = BatchStats(settings.batch_size, settings.max_tokens, settings.padding_side)
+    distributed.add_batching([stats, *(o["batching"] for o in session.outcomes.values())], total)
+    return distributed.merge_and_sum_up(
+        session, lm, scan, sharded, output, options=options, settings=settings, batching=total
     )
 
 

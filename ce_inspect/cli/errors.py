@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import typer
 
+from ..distributed import RankFailedError
 from ..errors import CeInspectError
 
 # Library parameter -> the flag that sets it. Only these names are replaced, so backquoted user text
@@ -94,6 +95,11 @@ def _usage(exc: BaseException) -> Reported:
     return Reported(f"{cli_message(message)} (see `ce-inspect --help`)", int(exc.exit_code))  # type: ignore[attr-defined]
 
 
+def _other_rank(exc: BaseException) -> Reported:
+    # torchrun: another rank's error line, already shown with flags, and that rank's exit code.
+    return Reported(str(exc), getattr(exc, "code", 1))
+
+
 def _interrupted(exc: BaseException) -> Reported:
     return Reported("interrupted", 130)
 
@@ -104,6 +110,7 @@ def _aborted(exc: BaseException) -> Reported:
 
 #: Exception type -> formatter; the first entry the exception is an instance of wins.
 ERRORS: list[tuple[type[BaseException], Callable[[BaseException], Reported]]] = [
+    (RankFailedError, _other_rank),
     (CeInspectError, _library),
     (UsageError, _usage),
     (typer.Abort, _aborted),

@@ -1,0 +1,597 @@
+"""Data-parallel runs under ``torchrun`` (or ``accelerate launch``): one shard of a data set per rank.
+
+Every rank reads the same input and encodes it (the scan), so every rank knows every example's length
+and computes the same plan without asking anyone: the pending examples, in input order, are cut into
+``world`` contiguous shares of about equal tokens (``shard_lines``). Each rank scores its share with the
+ordinary runner (``batch.run_scan``: the same length-sorted windows and batches) into its own part file
+next to the output, ``.OUT.rank<r>-of-<n>.part``. When every rank has succeeded, rank 0 merges the
+parts (and, on ``--resume``, what the output already held) into the output in input order, atomically,
+and rebuilds the data-set summary from the merged lines the way ``--resume`` rebuilds it from a file,
+so the lines and the summary are those of a single-process run whatever the number of ranks.
+
+The part files are the resume state: after any rank crashed, ``--resume`` with the same number of ranks
+keeps every part's complete lines and scores the rest of each share.
+
+The ranks talk through a c10d ``TCPStore`` (the rendezvous store torchrun's agent already runs, or one
+rank 0 hosts otherwise): each rank posts its outcome (``ok`` with its batching figures, or its error line
+and exit code) and adds its progress to shared counters; rank 0 shows the whole run's progress, waits
+for every outcome, merges, and posts the run's exit code, which every rank then exits with. A rank that
+fails posts ``abort``, which the others check after each batch. No rank waits forever: when nothing
+moves (no batch done anywhere, no outcome posted) for ``CE_INSPECT_RANK_TIMEOUT`` seconds (default
+1800), the waiting rank fails. The process group (gloo for CPU tensors, nccl for CUDA ones) is set up
+too, so that the ranks form a regular torch.distributed job, but no tensor travels between ranks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import CeInspectError, InputError, ResumeError
+
+if TYPE_CHECKING:
+    from .batch import BatchSettings, BatchStats, DatasetSummary, Entry, ResumeState, Scan
+    from .loading import LoadedModel
+    from .scoring import ScoreOptions
+
+DEFAULT_RANK_TIMEOUT = 1800.0  # seconds without any progress before a waiting rank gives up
+#: Test hook: "RANK:kill" makes that rank SIGKILL itself once its first batch is written, "RANK:error" raise there.
+FAULT_ENV = "CE_INSPECT_TEST_RANK_FAULT"
+
+
+class RankFailedError(CeInspectError):
+    """Another rank failed; the message is that rank's error line, ``code`` its exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Aborted(Exception):  # noqa: N818 - not an error of this rank: another rank failed first
+    """Raised on a rank that stops because another one failed (its part file keeps its complete lines)."""
+
+
+# --- the launch: what torchrun (or accelerate launch) put into the environment -----------------------------
+
+
+@dataclass(frozen=True)
+class Launch:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    master_addr: str
+    master_port: int
+    agent_store: bool  # torchrun's agent hosts the store; otherwise rank 0 does
+
+    @property
+    def label(self) -> str:
+        return f"rank {self.rank} of {self.world_size}"
+
+
+def detect_launch(environ: dict[str, str] | None = None) -> Launch | None:
+    """The launch described by the standard variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), or
+    None for a single process (no WORLD_SIZE, or WORLD_SIZE 1)."""
+    env = os.environ if environ is None else environ
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise InputError(f"WORLD_SIZE={env['WORLD_SIZE']!r} is not a number of processes") from None
+    if world <= 1:
+        return None
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
+    if missing:
+        raise InputError(
+            f"WORLD_SIZE is {world} but {', '.join(missing)} is not set; start the ranks with torchrun "
+            "or accelerate launch"
+        )
+    rank, local_rank = int(env["RANK"]), int(env.get("LOCAL_RANK", env["RANK"]))
+    return Launch(
+        rank=rank,
+        world_size=world,
+        local_rank=local_rank,
+        local_world_size=int(env.get("LOCAL_WORLD_SIZE", world)),
+        master_addr=env["MASTER_ADDR"],
+        master_port=int(env["MASTER_PORT"]),
+        agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
+    )
+
+
+def rank_device(device: str, launch: Launch | None) -> str:
+    """Each rank takes ``cuda:LOCAL_RANK`` when the device is CUDA without an index."""
+    if launch is not None and device == "cuda":
+        return f"cuda:{launch.local_rank}"
+    return device
+
+
+def rank_gpus(device_count: int, launch: Launch | None) -> list[int] | None:
+    """The GPUs of this rank under ``device_map``: the node's GPUs cut into one block per local rank.
+
+    None outside a launch (every GPU). With 8 GPUs and 2 ranks per node, rank 0 gets 0-3 and rank 1 4-7.
+    """
+    if launch is None:
+        return None
+    per_rank = device_count // launch.local_world_size
+    if per_rank < 1:
+        raise InputError(
+            f"`device_map` with {launch.local_world_size} ranks on this node needs at least one GPU per rank; "
+            f"this node has {device_count}"
+        )
+    first = launch.local_rank * per_rank
+    return list(range(first, first + per_rank))
+
+
+# --- the plan: contiguous shares of about equal tokens ------------------------------------------------
+
+
+def shard_lines(entries: Sequence[Entry], world: int) -> list[list[int]]:
+    """The input lines each rank scores: ``entries`` (the ones still to score, in input order) cut into
+    ``world`` contiguous runs of about equal tokens. An example goes to the rank whose token range holds
+    its middle token, so every rank computes the same plan from the same scan."""
+    total = sum(e.length for e in entries)
+    shares: list[list[int]] = [[] for _ in range(world)]
+    done = 0
+    for e in entries:
+        middle = done + e.length / 2
+        shares[min(world - 1, int(middle * world / total)) if total else 0].append(e.line)
+        done += e.length
+    return shares
+
+
+def part_path(output: str | os.PathLike[str], rank: int, world: int) -> Path:
+    """Where ``rank`` writes its share: a hidden file next to the output (same folder: same file system)."""
+    out = Path(output)
+    return out.with_name(f".{out.name}.rank{rank}-of-{world}.part")
+
+
+def existing_parts(output: str | os.PathLike[str]) -> dict[tuple[int, int], Path]:
+    """The part files next to ``output``, by (rank, world)."""
+    out = Path(output)
+    found: dict[tuple[int, int], Path] = {}
+    try:
+        names = os.listdir(out.parent if str(out.parent) else ".")
+    except OSError:
+        return found
+    pattern = re.compile(re.escape(f".{out.name}.") + r"rank(\d+)-of-(\d+)\.part")
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m:
+            found[(int(m.group(1)), int(m.group(2)))] = out.with_name(name)
+    return found
+
+
+def check_parts(output: str | os.PathLike[str], world: int | None, *, resume: bool, force: bool) -> None:
+    """Refuse to start over part files of an unfinished run unless told (``force``), and to resume them
+    with another number of ranks (``world``; None: a single process, which cannot resume them)."""
+    parts = existing_parts(output)
+    if not parts or force:
+        return
+    worlds = sorted({w for _, w in parts})
+    names = ", ".join(p.name for _, p in sorted(parts.items()))
+    if not resume:
+        raise InputError(
+            f"`output` {output}: part files of an unfinished torchrun run are next to it ({names}); pass "
+            "`resume` to continue that run or `force` to start over"
+        )
+    if world is None or worlds != [world]:
+        how = "a single process" if world is None else f"{world} ranks"
+        raise ResumeError(
+            f"`resume`: {output} has part files of a torchrun run with {' and '.join(map(str, worlds))} ranks "
+            f"({names}); this is {how}: resume under torchrun with --nproc-per-node x --nnodes = "
+            f"{worlds[0]}, or start over with `force`"
+        )
+
+
+# --- resume: the output (if any) and every rank's part file ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardedResume:
+    """What a sharded run continues: ``base``, the output's complete lines; ``parts``, each rank's part file.
+
+    ``union`` is what the scan checks against the input (every line of them, with its settings).
+    """
+
+    base: ResumeState | None
+    parts: dict[int, ResumeState]
+    union: ResumeState | None
+
+    @property
+    def base_lines(self) -> set[int]:
+        return set(self.base.examples) if self.base is not None else set()
+
+    @property
+    def resumed(self) -> int:
+        return len(self.base_lines) + sum(len(p.examples) for p in self.parts.values())
+
+
+def read_sharded_resume(output: Path, world: int, worst: int, *, resume: bool) -> ShardedResume:
+    """Read the output (``resume`` and it exists) and this run's part files (``resume``); a part whose
+    lines the output already holds is left from a merge that was not cleaned up, and is ignored."""
+    from .batch import read_resume
+
+    if not resume:
+        return ShardedResume(None, {}, None)
+    base = read_resume(output, worst) if output.exists() else None
+    parts: dict[int, ResumeState] = {}
+    for rank in range(world):
+        path = part_path(output, rank, world)
+        if path.exists():
+            state = read_resume(path, worst)
+            if base is None or not set(state.examples) <= set(base.examples):
+                parts[rank] = state
+    states = [s for s in ([base] if base else []) + list(parts.values()) if s.examples]
+    if not states:
+        return ShardedResume(base, parts, base)
+    for s in states[1:]:
+        if s.settings != states[0].settings:
+            raise ResumeError(
+                f"`resume`: {s.path} was written with other settings than {states[0].path}; start over with `force`"
+            )
+    examples: dict[int, Any] = {}
+    for s in states:
+        for line, stats in s.examples.items():
+            if line in examples:
+                raise ResumeError(
+                    f"`resume`: input line {line} has a result in two files ({s.path} and another); "
+                    "start over with `force`"
+                )
+            examples[line] = stats
+    union = replace(
+        states[0],
+        path=output,
+        size=0,
+        torn_bytes=0,
+        examples=dict(sorted(examples.items())),
+        worst_tokens=(),
+        ordered=False,
+    )
+    return ShardedResume(base, parts, union)
+
+
+def check_shares(state: ShardedResume, shares: list[list[int]]) -> None:
+    """Every part file must hold lines of its own rank's share only: the plan is the one it was written for."""
+    for rank, part in state.parts.items():
+        foreign = sorted(set(part.examples) - set(shares[rank]))
+        if foreign:
+            raise ResumeError(
+                f"`resume`: {part.path} holds input line {foreign[0]}, which is not rank {rank}'s share now: "
+                "the output or the input changed since; start over with `force`"
+            )
+
+
+# --- the ranks' channel: a c10d store -----------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """This process's place in the run, and the store the ranks talk through."""
+
+    launch: Launch
+    store: Any
+    timeout: float = DEFAULT_RANK_TIMEOUT
+    posted: bool = False
+    outcomes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    fault: str | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.launch.rank
+
+    @property
+    def world(self) -> int:
+        return self.launch.world_size
+
+    # progress and abort ------------------------------------------------------------------------------
+
+    def add_progress(self, examples: int, tokens: int) -> tuple[int, int]:
+        """Add this rank's batch to the run's counters; the run's totals so far."""
+        return self.store.add("examples", examples), self.store.add("tokens", tokens)
+
+    def progress(self) -> tuple[int, int]:
+        return self.store.add("examples", 0), self.store.add("tokens", 0)
+
+    def aborted(self) -> bool:
+        return bool(self.store.check(["abort"]))
+
+    def on_batch(self, show: Callable[[int, int], None] | None) -> Callable[[int, int], None]:
+        """The runner's batch callback on this rank: count it for the run, show the run's totals on rank
+        0 (through ``show``, which takes increments), stop when another rank has failed."""
+        shown = [0, 0]
+        batches = [0]
+
+        def callback(examples: int, tokens: int) -> None:
+            total = self.add_progress(examples, tokens)
+            if show is not None:
+                show(total[0] - shown[0], total[1] - shown[1])
+                shown[:] = total
+            batches[0] += 1
+            if self.fault is not None:
+                _inject_fault(self.fault, self.rank, batches[0])
+            if self.aborted():
+                raise Aborted
+
+        self._shown = shown  # rank 0 keeps advancing the bar while it waits for the others
+        return callback
+
+    def barrier(self, name: str) -> None:
+        """Wait until every rank got here (or one failed: then stop as well)."""
+        self.store.add(f"barrier/{name}", 1)
+
+        def ready() -> bool:
+            if self.aborted():
+                raise Aborted
+            return self.store.add(f"barrier/{name}", 0) >= self.world
+
+        self._wait(ready, lambda: "a rank")
+
+    # outcomes -------------------------------------------------------------------------------------------
+
+    def post(self, code: int, error: str | None = None, **extra: Any) -> None:
+        """This rank's outcome (once): exit code 0 with its figures, or its error line and exit code."""
+        if self.posted:
+            return
+        if code != 0:
+            self.store.set("abort", str(self.rank))
+        self.store.set(f"outcome/{self.rank}", json.dumps({"code": code, "error": error, **extra}))
+        self.posted = True
+
+    def gather(self, show: Callable[[int, int], None] | None = None) -> dict[int, dict[str, Any]]:
+        """Rank 0: wait for every other rank's outcome (showing progress meanwhile); they are returned."""
+        others = [r for r in range(self.world) if r != self.rank and r not in self.outcomes]
+        shown = getattr(self, "_shown", [0, 0])
+
+        def step() -> bool:
+            for r in list(others):
+                if self.store.check([f"outcome/{r}"]):
+                    self.outcomes[r] = json.loads(self.store.get(f"outcome/{r}"))
+                    others.remove(r)
+            if show is not None:
+                total = self.progress()
+                show(total[0] - shown[0], total[1] - shown[1])
+                shown[:] = total
+            return not others
+
+        self._wait(step, lambda: f"rank {others[0] if others else '?'} of {self.world}")
+        return self.outcomes
+
+    def failure(self) -> RankFailedError | None:
+        """The first other rank's error among the outcomes gathered, or None if every one succeeded."""
+        failed = sorted((r, o) for r, o in self.outcomes.items() if o["code"] != 0)
+        if not failed:
+            return None
+        rank, outcome = next(((r, o) for r, o in failed if o.get("error")), failed[0])
+        error = outcome.get("error") or f"exit status {outcome['code']}"
+        return RankFailedError(f"rank {rank} of {self.world}: {error}", outcome["code"])
+
+    def finish(self, code: int) -> int:
+        """The run's end on this rank: rank 0 posts the run's exit code and waits until every rank has read
+        it (it may host the store); the others wait for it and exit 0. Returns the code to exit with."""
+        if self.rank == 0:
+            self.store.set("final", str(code))
+            acks = [f"ack/{r}" for r in range(1, self.world)]
+            self._wait(lambda: bool(self.store.check(acks)), lambda: "the other ranks", limit=60.0)
+            return code
+        self._wait(lambda: bool(self.store.check(["final"])), lambda: f"rank 0 of {self.world}")
+        self.store.set(f"ack/{self.rank}", "1")
+        # Rank 0's status is the run's (torchrun reports it); a rank that also exited non-zero would make
+        # torchrun stop rank 0 with SIGTERM and name that rank instead of the error rank 0 has printed.
+        return 0
+
+    def _wait(self, ready: Callable[[], bool], who: Callable[[], str], limit: float | None = None) -> None:
+        limit = self.timeout if limit is None else limit
+        last_change, last = time.monotonic(), None
+        while not ready():
+            now = (self.progress(), len(self.outcomes))
+            if now != last:
+                last_change, last = time.monotonic(), now
+            elif time.monotonic() - last_change > limit:
+                raise RankFailedError(
+                    f"{who()} sent nothing for {limit:.0f} s (no batch done by any rank); giving up "
+                    "(CE_INSPECT_RANK_TIMEOUT sets the wait)"
+                )
+            time.sleep(0.1)
+
+
+_SESSION: Session | None = None
+
+
+def current_session() -> Session | None:
+    """The session of this process when it runs as one rank of several (set up by ``start``), else None."""
+    return _SESSION
+
+
+def start(launch: Launch) -> Session:
+    """Join the run: connect to the store, set up the process group, and become ``current_session``."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    global _SESSION
+    timeout = float(os.environ.get("CE_INSPECT_RANK_TIMEOUT", DEFAULT_RANK_TIMEOUT))
+    store = dist.TCPStore(
+        launch.master_addr,
+        launch.master_port,
+        world_size=launch.world_size,
+        is_master=launch.rank == 0 and not launch.agent_store,
+        timeout=datetime.timedelta(seconds=timeout),
+        multi_tenant=True,
+    )
+    # torchrun keeps its store across restarts (--max-restarts): each attempt gets its own keys.
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if not dist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+        dist.init_process_group(
+            backend,
+            store=dist.PrefixStore(f"ce_inspect/{attempt}/pg", store),
+            rank=launch.rank,
+            world_size=launch.world_size,
+            timeout=datetime.timedelta(seconds=timeout),
+        )
+    _SESSION = Session(
+        launch, dist.PrefixStore(f"ce_inspect/{attempt}/run", store), timeout, fault=os.environ.get(FAULT_ENV)
+    )
+    return _SESSION
+
+
+def stop() -> None:
+    global _SESSION
+    _SESSION = None
+    try:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - the run's outcome is already decided; teardown noise is not news
+        pass
+
+
+def _inject_fault(fault: str, rank: int, batches: int) -> None:
+    target, _, kind = fault.partition(":")
+    if int(target) != rank or batches != 2:  # the first batch's lines are written by now
+        return
+    if kind == "kill":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise InputError(f"injected failure on rank {rank} ({FAULT_ENV})")
+
+
+# --- one rank's share, and rank 0's merge -------------------------------------------------------------
+
+
+def score_share(
+    session: Session,
+    lm: LoadedModel,
+    scan: Scan,
+    state: ShardedResume,
+    output: Path,
+    *,
+    options: ScoreOptions,
+    settings: BatchSettings,
+    show: Callable[[int, int], None] | None = None,
+    **runner: Any,
+) -> BatchStats:
+    """Score this rank's share of ``scan`` into its part file; returns how it batched the work.
+
+    ``runner`` goes to ``run_scan`` as it is (a command's own score function and report, once the runner
+    takes them), so every command on the one runner is sharded the same way."""
+    from .batch import JsonlSink, run_scan
+
+    base = state.base_lines
+    shares = shard_lines([e for e in scan.entries if e.error is None and e.line not in base], session.world)
+    check_shares(state, shares)
+    mine = set(shares[session.rank])
+    own = state.parts.get(session.rank)
+    share = replace(scan, entries=tuple(e for e in scan.entries if e.line in mine), resume=own, subset=True)
+    # Every rank has checked and read the part files before any rank writes to its own.
+    session.barrier("parts read")
+    with JsonlSink.open(part_path(output, session.rank, session.world), resume=own) as sink:
+        summary = run_scan(
+            lm, share, sink, options=options, settings=settings, on_batch=session.on_batch(show), **runner
+        )
+    return summary.batching
+
+
+def merge_outputs(output: Path, sources: Sequence[tuple[Path, int | None]]) -> int:
+    """Write the lines of ``sources`` (each in input order; the first ``size`` bytes of each, or all of it)
+    into ``output`` in input order, atomically (``files.atomic_stream``). Returns the number of lines."""
+    from .files import atomic_stream
+
+    lines = 0
+    with atomic_stream(output, label="`output`") as fh:
+        for _, raw in heapq.merge(*(_lines_of(p, size) for p, size in sources), key=lambda x: x[0]):
+            view = memoryview(raw)
+            while view:  # the stream is raw: it may take fewer bytes than asked
+                view = view[fh.write(view) or 0 :]
+            lines += 1
+    return lines
+
+
+def _lines_of(path: Path, size: int | None) -> Iterator[tuple[int, bytes]]:
+    with open(path, "rb") as fh:
+        read = 0
+        for raw in fh:
+            if (size is not None and read + len(raw) > size) or not raw.endswith(b"\n"):
+                return  # a torn tail: the resume state dropped it too
+            read += len(raw)
+            yield json.loads(raw)["line"], raw
+
+
+def merge_and_sum_up(
+    session: Session,
+    lm: LoadedModel,
+    scan: Scan,
+    state: ShardedResume,
+    output: Path,
+    *,
+    options: ScoreOptions,
+    settings: BatchSettings,
+    batching: BatchStats,
+    **runner: Any,
+) -> DatasetSummary:
+    """Rank 0, once every rank succeeded: merge the parts into ``output`` and rebuild the summary from it
+    (every example read back like a resumed one, then the counts of this run put back). ``runner`` as for
+    ``score_share``: the report must be able to take resumed examples."""
+    import io
+
+    from .batch import JsonlSink, read_resume, run_scan
+
+    parts = [part_path(output, r, session.world) for r in range(session.world)]
+    sources = ([(output, state.base.size)] if state.base is not None else []) + [(p, None) for p in parts]
+    merge_outputs(output, sources)
+    merged = read_resume(output, settings.worst)
+    entries = []
+    for e in scan.entries:
+        if e.error is None:
+            done = merged.examples.get(e.line)
+            if done is None:
+                raise RankFailedError(f"the merged {output} has no result for input line {e.line}; a part is missing")
+            e = replace(e, done=done)
+        entries.append(e)
+    final = replace(scan, entries=tuple(entries), resume=merged)
+    sink = JsonlSink(io.BytesIO(), name=str(output))  # nothing is left to write: every example is done
+    summary = run_scan(lm, final, sink, options=options, settings=settings, **runner)
+    for p in parts:
+        p.unlink(missing_ok=True)
+    return replace(summary, resumed=state.resumed, batching=batching)
+
+
+def add_batching(stats: Sequence[BatchStats | dict[str, Any]], into: BatchStats) -> BatchStats:
+    """The run's batching figures: the ranks' counts added up; the time is the slowest rank's (the wall
+    time of the scoring), so tokens per second is the whole run's throughput."""
+    for s in stats:
+        d = s if isinstance(s, dict) else s.to_dict()
+        into.batches += d["batches"]
+        into.examples += d["examples"]
+        into.sequence_tokens += d["sequence_tokens"]
+        into.padded_positions += d["padded_positions"]
+        into.seconds = max(into.seconds, d["seconds"])
+    return into
+
+
+__all__ = [
+    "Launch",
+    "RankFailedError",
+    "Session",
+    "ShardedResume",
+    "check_parts",
+    "current_session",
+    "detect_launch",
+    "existing_parts",
+    "merge_outputs",
+    "part_path",
+    "rank_device",
+    "rank_gpus",
+    "read_sharded_resume",
+    "shard_lines",
+    "start",
+]
