@@ -293,12 +293,15 @@ def check_outputs(input: Path, output: Path | None, summary_json: Path | None, *
         check_output(summary_json, inputs=inputs, label="`summary_json`", force=force)
 
 
-def _read_resume(err: Any, output: Path | None, worst: int) -> ResumeState | None:
+def _read_resume(
+    err: Any, output: Path | None, worst: int, *, parse: Any = None, command: str = "batch"
+) -> ResumeState | None:
+    """The output file's complete lines (``parse`` reads each: ``batch``'s by default), or None if none."""
     from ..batch import read_resume
 
     if output is None or not output.exists():
         return None
-    state = read_resume(output, worst)
+    state = read_resume(output, worst, parse=parse, command=command)
     if state.torn_bytes:
         err.print(
             f"Resuming: dropping an incomplete last line ({state.torn_bytes} bytes) of {output}.",

@@ -126,6 +126,15 @@ def diff(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing --output file.", rich_help_panel=DATASET)
     ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted run: keep the --output file's complete lines, compare the rest "
+            "(refused if a model or an option changed).",
+            rich_help_panel=DATASET,
+        ),
+    ] = False,
 ) -> None:
     """Compare a candidate model (--model-b, --dtype-b, ...) with the reference (--model) on the same scored
     tokens: per-token KL(ref‖cand), ΔNLL and top-1 agreement, with llama.cpp's KL statistics."""
@@ -145,17 +154,28 @@ def diff(
                 "--sequential": sequential or None,
             }
         )
+        if resume and output is None:
+            raise typer.BadParameter("--resume continues an --output file; give --output", param_hint="--resume")
+        if resume and force:
+            raise typer.BadParameter("give --resume or --force, not both", param_hint="--resume")
         settings = BatchSettings(
             batch_size=batch_size,  # None: the device's default, as for max_tokens
             max_tokens=max_tokens,
             sort_window=sort_window,
             worst=worst,
         )
-        summary = diff_dataset(common, candidate, input, output, summary_json, settings, skip_invalid, force)
+        summary = diff_dataset(
+            common, candidate, input, output, summary_json, settings, skip_invalid, force, resume=resume
+        )
         gate("mean KL(ref‖cand)", summary.summary and summary.summary.kl_mean, fail_above_kl, "--fail-above-kl")
         gate("mean ΔNLL", summary.summary and summary.summary.dnll_mean, fail_above_dnll, "--fail-above-dnll")
         return
-    for flag, value in (("--summary-json", summary_json), ("--batch-size", batch_size), ("--max-tokens", max_tokens)):
+    for flag, value in (
+        ("--summary-json", summary_json),
+        ("--batch-size", batch_size),
+        ("--max-tokens", max_tokens),
+        ("--resume", resume or None),
+    ):
         if value is not None:
             raise typer.BadParameter(f"{flag} goes with --input (a data set)", param_hint=flag)
     example = read_example(common, prompt, answer, prompt_file, answer_file, messages, last_turn)
@@ -206,20 +226,24 @@ def diff_dataset(
     settings: BatchSettings,
     skip_invalid: bool,
     force: bool,
+    *,
+    resume: bool = False,
 ):
-    """Every record of ``input`` through both models with `batch`'s runner; returns the data-set summary."""
+    """Every record of ``input`` through both models with `batch`'s runner; returns the data-set summary.
+    ``resume`` keeps the complete lines of ``output`` and compares only the records after them."""
     from ..batch import JsonlSink, run_scan, scan_dataset
-    from .batch import check_outputs
+    from .batch import _read_resume, check_outputs
 
-    check_outputs(input, output, summary_json, resume=False, force=force)  # batch's checks, before loading
+    check_outputs(input, output, summary_json, resume=resume, force=force)  # batch's checks, before loading
     stdout = sys.stdout
     setup_logging(quiet=not sys.stderr.isatty())
 
     from rich.console import Console
 
-    from ..diff import DiffReport, diff_encoded, record_encoder
+    from ..diff import DiffReport, diff_encoded, diff_line_stats, record_encoder
 
     err = Console(stderr=True)
+    state = _read_resume(err, output, settings.worst, parse=diff_line_stats, command="diff") if resume else None
     ref_lm, cand_lm = common.load(), candidate.load()
     options, layout = common.score_options(), common.layout()
     scan = scan_dataset(
@@ -229,9 +253,10 @@ def diff_dataset(
         options=options,
         skip_invalid=skip_invalid,
         encoder=record_encoder(ref_lm, cand_lm, layout),
+        resume=state,
     )
-    sink = JsonlSink.open(output) if output is not None else JsonlSink.to_stdout(stdout)
-    report = DiffReport(ref_lm, cand_lm, scan, settings.worst)
+    report = DiffReport(ref_lm, cand_lm, scan, settings.worst, options)  # refuses a changed model before writing
+    sink = JsonlSink.open(output, resume=scan.resume) if output is not None else JsonlSink.to_stdout(stdout)
 
     from .render_batch import batch_progress
     from .render_diff import render_diff_dataset
@@ -249,7 +274,8 @@ def diff_dataset(
                 report=report,
             )
     except KeyboardInterrupt:
-        err.print(f"Interrupted: {sink.lines} complete lines were written.", markup=False, soft_wrap=True)
+        hint = "; rerun the same command with --resume to continue" if output is not None else ""
+        err.print(f"Interrupted: {sink.lines} complete lines were written{hint}.", markup=False, soft_wrap=True)
         raise typer.Exit(130) from None
     if summary_json is not None:
         from ..result import dumps
