@@ -525,3 +525,22 @@ def _diff_parse():
     from ce_inspect.diff import diff_line_stats
 
     return diff_line_stats
+
+
+@pytest.mark.slow
+def test_under_torchrun_diff_needs_input_and_audit_is_refused(tiny_llama_dir, candidate_dir, tmp_path):
+    def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+        cmd += ["--master-port", str(_free_port()), "-m", "ce_inspect", *args]
+        return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+
+    model = ("-m", str(tiny_llama_dir), "--model-b", str(candidate_dir))
+    proc = torchrun("diff", *model, "-p", "a", "-a", " b")
+    assert proc.returncode != 0 and proc.stdout == ""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "give --input" in errors[0], proc.stderr
+    assert re.search(r"exitcode\s*:\s*2 ", proc.stderr)
+    proc = torchrun("audit", str(PAIRS), "-m", str(tiny_llama_dir), "-o", str(tmp_path / "audit.jsonl"))
+    assert proc.returncode != 0 and not (tmp_path / "audit.jsonl").exists()
+    assert "`ce-inspect audit` runs in one process" in proc.stderr and "only batch and diff split" in proc.stderr
+    assert re.search(r"exitcode\s*:\s*2 ", proc.stderr)
