@@ -104,7 +104,7 @@ class WorstToken:
         }
 
 
-def _fingerprint(targets: Sequence[tuple[int, int]]) -> int:
+def fingerprint_targets(targets: Sequence[tuple[int, int]]) -> int:
     """A digest of the (position, token id) of every scored target: what resume compares with the input."""
     return hash(tuple(targets))
 
@@ -122,6 +122,9 @@ class ExampleStats:
     greedy_hits: int
     sequence_tokens: int
     fingerprint: int
+    #: What another command's report needs to rebuild its summary from the line (``diff``: every token's
+    #: figures); None for ``batch``, whose summary needs only the fields above.
+    payload: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_result(cls, line: int, rid: str | int | None, result: ScoreResult) -> ExampleStats:
@@ -135,7 +138,7 @@ class ExampleStats:
             nll_sum=-math.fsum(t.logprob for t in result.tokens),
             greedy_hits=s.greedy_hits,
             sequence_tokens=len(result.sequence),
-            fingerprint=_fingerprint([(t.index, t.token_id) for t in result.tokens]),
+            fingerprint=fingerprint_targets([(t.index, t.token_id) for t in result.tokens]),
         )
 
     def to_dict(self) -> WorstExampleDict:
@@ -377,12 +380,25 @@ def _is_our_torn_line(raw: bytes) -> bool:
     return raw.startswith(LINE_PREFIX) or LINE_PREFIX.startswith(raw)
 
 
-def read_resume(path: str | os.PathLike[str], worst: int = DEFAULT_WORST) -> ResumeState:
-    """Read back an output file of ``batch``: every complete line must be a result written with the same
-    settings; a torn last line (no newline: a ``kill -9`` mid-write) is dropped only if it is recognisably
-    the start of one of our lines. Anything else means the file is not ours: refuse it, change nothing.
+#: One parsed output line (and ``worst``) -> what resume keeps of it; ``ValueError``/``KeyError``/``TypeError``
+#: when the line is not one the command writes.
+LineParser = Callable[[Any, int], "tuple[ExampleStats, list[WorstToken]]"]
+
+
+def read_resume(
+    path: str | os.PathLike[str],
+    worst: int = DEFAULT_WORST,
+    *,
+    parse: LineParser | None = None,
+    command: str = "batch",
+) -> ResumeState:
+    """Read back an output file of ``command`` (``batch``'s lines, or those ``parse`` reads: ``diff``'s):
+    every complete line must be a result written with the same settings; a torn last line (no newline: a
+    ``kill -9`` mid-write) is dropped only if it is recognisably the start of one of our lines. Anything else
+    means the file is not ours: refuse it, change nothing.
     """
     path = Path(path)
+    parse = parse or _stats_from_line
     examples: dict[int, ExampleStats] = {}
     tokens: list[tuple[float, int, int, WorstToken]] = []
     settings: dict[str, Any] | None = None
@@ -394,11 +410,11 @@ def read_resume(path: str | os.PathLike[str], worst: int = DEFAULT_WORST) -> Res
                     if not _is_our_torn_line(raw):
                         raise ResumeError(
                             f"`resume`: {path} ends with {len(raw)} bytes that ce-inspect did not write (its lines "
-                            'start with {"schema_version": ...); give a file written by `ce-inspect batch`, or '
+                            f'start with {{"schema_version": ...); give a file written by `ce-inspect {command}`, or '
                             "start over with `force`"
                         )
                     break  # torn: the writer never finished this line
-                obj, stats, example_tokens = _read_line(path, k, raw, worst)
+                obj, stats, example_tokens = _read_line(path, k, raw, worst, parse, command)
                 if examples and stats.line <= max(examples):
                     raise ResumeError(
                         f"`resume`: line {k} of {path} repeats or goes back to input line {stats.line}; the file "
@@ -430,14 +446,16 @@ def read_resume(path: str | os.PathLike[str], worst: int = DEFAULT_WORST) -> Res
     )
 
 
-def _read_line(path: Path, k: int, raw: bytes, worst: int) -> tuple[dict[str, Any], ExampleStats, list[WorstToken]]:
+def _read_line(
+    path: Path, k: int, raw: bytes, worst: int, parse: LineParser, command: str
+) -> tuple[dict[str, Any], ExampleStats, list[WorstToken]]:
     try:
         obj = json.loads(raw.decode("utf-8"))
-        stats, example_tokens = _stats_from_line(obj, worst)
+        stats, example_tokens = parse(obj, worst)
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ResumeError(
-            f"`resume`: line {k} of {path} is not a complete ce-inspect batch result ({_why(exc)}); "
-            "give a file written by `ce-inspect batch`, or start over with `force`"
+            f"`resume`: line {k} of {path} is not a complete ce-inspect {command} result ({_why(exc)}); "
+            f"give a file written by `ce-inspect {command}`, or start over with `force`"
         ) from None
     return obj, stats, example_tokens
 
@@ -508,7 +526,7 @@ def _check_resume_settings(state: ResumeState, current: dict[str, Any]) -> None:
         return
     for key, value in current.items():
         old = state.settings.get(key)
-        if key == "model_fingerprint":
+        if key.endswith("_fingerprint"):  # model_fingerprint, and diff's model_b_fingerprint
             if old is not None and value is not None and old != value:
                 raise ResumeError(
                     f"`resume`: {state.path} was written by a model whose config, tokenizer or weights differ "
@@ -669,7 +687,7 @@ def _check_done(state: ResumeState, record: Record, encoded: Encoded | None, don
     if encoded is None:
         raise ResumeError(f"{where} cannot be scored now ({reason}) but {state.path} holds a result for it")
     targets = [(p, encoded.input_ids[p]) for p in encoded.scored_positions]
-    if _fingerprint(targets) != done.fingerprint or len(encoded) != done.sequence_tokens:
+    if fingerprint_targets(targets) != done.fingerprint or len(encoded) != done.sequence_tokens:
         raise ResumeError(
             f"{where} does not encode to the tokens {state.path} holds for it; the input or the layout "
             "options changed since, resume with the same ones or start over with `force`"

@@ -131,6 +131,9 @@ class DiffLineDict(DiffDict):
 
     id: str | int | None
     line: int
+    # ``batch.line_settings`` of the reference, plus the candidate's ``model_b``, ``model_b_fingerprint`` and
+    # ``dtype_b``: ``--resume`` refuses to mix lines whose settings differ.
+    settings: dict[str, Any]
 
 
 # --- results --------------------------------------------------------------------------------------------
@@ -736,7 +739,14 @@ class DiffReport:
     """``run_scan``'s report for ``diff``: each example's diff document as its line, then the data-set
     summary (token-weighted statistics over every scored token, and the worst examples by KL and ΔNLL)."""
 
-    def __init__(self, ref_lm: LoadedModel, cand_lm: LoadedModel, scan: Any, worst: int) -> None:
+    def __init__(
+        self, ref_lm: LoadedModel, cand_lm: LoadedModel, scan: Any, worst: int, options: ScoreOptions | None = None
+    ) -> None:
+        from .batch import _check_resume_settings
+
+        self.written = diff_line_settings(ref_lm, cand_lm, scan.layout, options or ScoreOptions(), scan.fields)
+        if scan.resume is not None:  # before any line is written: a changed model or option changes nothing
+            _check_resume_settings(scan.resume, self.written)
         self.ref = {"model": ref_lm.name, "device": ref_lm.device, "dtype": ref_lm.dtype}
         self.cand = {"model": cand_lm.name, "device": cand_lm.device, "dtype": cand_lm.dtype}
         self.scan, self.worst = scan, worst
@@ -748,26 +758,22 @@ class DiffReport:
 
     def line(self, entry: Any, result: DiffResult) -> DiffLineDict:
         d: dict[str, Any] = dict(result.to_dict())
-        return {"schema_version": d.pop("schema_version"), "id": entry.id, "line": entry.line, **d}  # type: ignore[return-value]
+        line = {"schema_version": d.pop("schema_version"), "id": entry.id, "line": entry.line, **d}
+        return {**line, "settings": self.written}  # type: ignore[typeddict-item]
 
     def add(self, entry: Any, result: DiffResult) -> None:
         s = result.summary
-        self.tokens.extend(t.figures() for t in result.tokens)
-        self.shared_vocab = s.shared_vocab
-        self.notes.update((n, None) for n in result.notes if "vocabularies differ" in n)
-        self.examples.append(
-            {
-                "line": entry.line,
-                "id": entry.id,
-                "count": s.count,
-                "kl_mean": s.kl_mean,
-                "dnll_mean": s.dnll_mean,
-                "same_top1_pct": s.same_top1_pct,
-            }
-        )
+        example = _worst_entry(entry.line, entry.id, s.count, s.kl_mean, s.dnll_mean, s.same_top1_pct)
+        self._add(ResumedDiff([t.figures() for t in result.tokens], example, s.shared_vocab, result.notes))
 
     def resumed(self, entry: Any) -> None:
-        raise InputError("diff cannot resume a data set yet; start over")
+        self._add(entry.done.payload)  # read back from the line by ``diff_line_stats``
+
+    def _add(self, figures: ResumedDiff) -> None:
+        self.tokens.extend(figures.tokens)
+        self.shared_vocab = figures.shared_vocab
+        self.notes.update((n, None) for n in figures.notes if "vocabularies differ" in n)
+        self.examples.append(figures.example)
 
     def skip(self, skipped: Any) -> None:
         self.skipped.append(skipped)
@@ -789,3 +795,96 @@ class DiffReport:
             batching=batching,
             notes=tuple(self.notes),
         )
+
+
+def _worst_entry(
+    line: int, rid: str | int | None, count: int, kl_mean: float, dnll_mean: float, same_top1_pct: float
+) -> WorstExampleDict:
+    return {
+        "line": line,
+        "id": rid,
+        "count": count,
+        "kl_mean": kl_mean,
+        "dnll_mean": dnll_mean,
+        "same_top1_pct": same_top1_pct,
+    }
+
+
+# --- resume: a diff line read back into what the data-set summary needs -----------------------------------
+
+
+@dataclass(frozen=True)
+class ResumedDiff:
+    """What ``DiffReport`` sums of one example: every token's figures (the data-set statistics are
+    token-weighted, quantiles included), its worst-example entry, the shared vocabulary and the notes."""
+
+    tokens: Sequence[TokenFigures]
+    example: WorstExampleDict
+    shared_vocab: int
+    notes: Sequence[str]
+
+
+def diff_line_settings(
+    ref_lm: LoadedModel, cand_lm: LoadedModel, layout: Layout, options: ScoreOptions, fields: Any = None
+) -> dict[str, Any]:
+    """``batch.line_settings`` of the reference (model, fingerprint, dtype, every layout and scoring option,
+    the record fields) plus the candidate's model, fingerprint and dtype as ``model_b``, ... ."""
+    from .batch import line_settings
+
+    settings = line_settings(ref_lm, layout, options, fields)
+    cand = line_settings(cand_lm, layout, options, fields)
+    return {
+        **settings,
+        "model_b": cand["model"],
+        "model_b_fingerprint": cand["model_fingerprint"],
+        "dtype_b": cand["dtype"],
+    }
+
+
+def diff_line_stats(obj: Any, worst: int) -> tuple[Any, list[Any]]:
+    """``batch.read_resume``'s parser for ``diff --input`` lines: the line, checked key for key against
+    ``DiffLineDict``, as the scan's ``ExampleStats`` (the reference's figures, the scored targets'
+    fingerprint) carrying a ``ResumedDiff``. ``worst`` is unused: diff's summary keeps no worst tokens."""
+    from .batch import ExampleStats, fingerprint_targets
+    from .result import conform
+
+    if not isinstance(obj, dict) or obj.get("schema_version") != DIFF_SCHEMA_VERSION or obj.get("kind") != "diff":
+        raise ValueError(f"not a schema_version {DIFF_SCHEMA_VERSION} diff document")
+    conform(DiffLineDict, obj)
+    tokens, summary = obj["tokens"], obj["summary"]
+    if obj["line"] < 1 or not tokens:
+        raise ValueError("no input line number or no scored tokens")
+    if summary["count"] != len(tokens):
+        raise ValueError(f"summary counts {summary['count']} tokens but {len(tokens)} are listed")
+    figures = [
+        TokenFigures(
+            t["kl"],
+            t["kl_reverse"],
+            t["dnll"],
+            t["dp"],
+            t["same_top1"],
+            t["ref"]["loss"],
+            t["cand"]["loss"],
+            -t["ref"]["logprob"],
+            -t["cand"]["logprob"],
+        )
+        for t in tokens
+    ]
+    line, rid = obj["line"], obj["id"]
+    example = _worst_entry(
+        line, rid, summary["count"], summary["kl_mean"], summary["dnll_mean"], summary["same_top1_pct"]
+    )
+    ref = obj["reference"]["summary"]
+    stats = ExampleStats(
+        line=line,
+        id=rid,
+        count=len(tokens),
+        loss_sum=math.fsum(f.ref_loss for f in figures),
+        mean=ref["mean"],
+        nll_sum=math.fsum(f.ref_nll for f in figures),
+        greedy_hits=ref["greedy_hits"],
+        sequence_tokens=obj["layout"]["sequence_tokens"],
+        fingerprint=fingerprint_targets([(t["index"], t["token_id"]) for t in tokens]),
+        payload=ResumedDiff(figures, example, summary["shared_vocab"], obj["notes"]),
+    )
+    return stats, []

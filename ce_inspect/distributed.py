@@ -212,13 +212,19 @@ class ShardedResume:
         return len(self.base_lines) + sum(len(p.examples) for p in self.parts.values())
 
 
-def read_sharded_resume(output: Path, world: int, worst: int, *, resume: bool) -> ShardedResume:
+def read_sharded_resume(
+    output: Path, world: int, worst: int, *, resume: bool, parse: Any = None, command: str = "batch"
+) -> ShardedResume:
     """Read the output (``resume`` and it exists) and this run's part files (``resume``); a part whose
-    lines the output already holds is left from a merge that was not cleaned up, and is ignored."""
+    lines the output already holds is left from a merge that was not cleaned up, and is ignored.
+    ``parse`` and ``command``: as for ``batch.read_resume`` (another command's lines)."""
+    from functools import partial
+
     from .batch import read_resume
 
     if not resume:
         return ShardedResume(None, {}, None)
+    read_resume = partial(read_resume, parse=parse, command=command)
     base = read_resume(output, worst) if output.exists() else None
     parts: dict[int, ResumeState] = {}
     for rank in range(world):
@@ -478,12 +484,14 @@ def score_share(
     options: ScoreOptions,
     settings: BatchSettings,
     show: Callable[[int, int], None] | None = None,
+    make_report: Callable[[Scan], Any] | None = None,
     **runner: Any,
 ) -> BatchStats:
     """Score this rank's share of ``scan`` into its part file; returns how it batched the work.
 
-    ``runner`` goes to ``run_scan`` as it is (a command's own score function and report, once the runner
-    takes them), so every command on the one runner is sharded the same way."""
+    ``runner`` goes to ``run_scan`` as it is (a command's own ``score`` function, ``emit``), and
+    ``make_report(scan)`` builds the command's report for the scan it sums up (this rank's share), so every
+    command on the one runner is sharded the same way."""
     from .batch import JsonlSink, run_scan
 
     base = state.base_lines
@@ -495,6 +503,8 @@ def score_share(
     # Every rank has checked and read the part files before any rank writes to its own.
     session.barrier("parts read")
     with JsonlSink.open(part_path(output, session.rank, session.world), resume=own) as sink:
+        if make_report is not None:
+            runner["report"] = make_report(share)
         summary = run_scan(
             lm, share, sink, options=options, settings=settings, on_batch=session.on_batch(show), **runner
         )
@@ -536,11 +546,15 @@ def merge_and_sum_up(
     options: ScoreOptions,
     settings: BatchSettings,
     batching: BatchStats,
+    make_report: Callable[[Scan], Any] | None = None,
+    parse: Any = None,
+    command: str = "batch",
     **runner: Any,
 ) -> DatasetSummary:
     """Rank 0, once every rank succeeded: merge the parts into ``output`` and rebuild the summary from it
-    (every example read back like a resumed one, then the counts of this run put back). ``runner`` as for
-    ``score_share``: the report must be able to take resumed examples."""
+    (every example read back like a resumed one, then the counts of this run put back). ``runner`` and
+    ``make_report`` as for ``score_share``: the report must be able to take resumed examples; ``parse``
+    and ``command`` read the merged lines back (``batch.read_resume``)."""
     import io
 
     from .batch import JsonlSink, read_resume, run_scan
@@ -548,7 +562,7 @@ def merge_and_sum_up(
     parts = [part_path(output, r, session.world) for r in range(session.world)]
     sources = ([(output, state.base.size)] if state.base is not None else []) + [(p, None) for p in parts]
     merge_outputs(output, sources)
-    merged = read_resume(output, settings.worst)
+    merged = read_resume(output, settings.worst, parse=parse, command=command)
     entries = []
     for e in scan.entries:
         if e.error is None:
@@ -559,10 +573,14 @@ def merge_and_sum_up(
         entries.append(e)
     final = replace(scan, entries=tuple(entries), resume=merged)
     sink = JsonlSink(io.BytesIO(), name=str(output))  # nothing is left to write: every example is done
+    if make_report is not None:
+        runner["report"] = make_report(final)
     summary = run_scan(lm, final, sink, options=options, settings=settings, **runner)
     for p in parts:
         p.unlink(missing_ok=True)
-    return replace(summary, resumed=state.resumed, batching=batching)
+    # batch's summary counts the examples read back from an earlier run's files; diff's has no such count.
+    counts = {"resumed": state.resumed} if hasattr(summary, "resumed") else {}
+    return replace(summary, batching=batching, **counts)
 
 
 def add_batching(stats: Sequence[BatchStats | dict[str, Any]], into: BatchStats) -> BatchStats:

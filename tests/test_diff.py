@@ -389,3 +389,86 @@ def test_an_infinite_kl_is_an_error_not_a_number(ref_lm):
     with pytest.raises(InputError, match=r"KL\(ref‖cand\) is inf at scored token 1: one model gives probability 0"):
         compare(side(ref_logits), side(cand_logits), ScoreOptions())
     assert compare(side(ref_logits), side(ref_logits), ScoreOptions())[0].summary.kl_mean == 0.0
+
+
+RESUME_RECORDS = [
+    {"id": "a", "prompt": "Where is it?", "answer": " In the north."},
+    {"id": "b", "prompt": "Hi", "answer": " the answer is a longer one, with more tokens in it."},
+    {"id": "c", "messages": [{"role": "user", "content": "Yo"}, {"role": "assistant", "content": "Hey there."}]},
+    {"id": "d", "prompt": "Two", "answer": " plus two is four."},
+]
+
+
+def _resume_setup(pair_dirs, tmp_path, capsys) -> tuple[list[str], Path, Path, list[str], dict]:
+    """A full run's lines and summary (one example per pass, so a resumed run computes the same floats)."""
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in RESUME_RECORDS))
+    out_file, summary_file = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    a, b = map(str, pair_dirs)
+    args = ["diff", "-m", a, "--model-b", b, "--input", str(data), "-o", str(out_file), "-b", "1", "--worst", "3"]
+    code, _, err = cli([*args, "--summary-json", str(summary_file)], capsys)
+    assert code == 0, err
+    return (
+        args,
+        out_file,
+        summary_file,
+        out_file.read_text().splitlines(keepends=True),
+        json.loads(summary_file.read_text()),
+    )
+
+
+def test_dataset_resume_gives_the_uninterrupted_output_and_summary(pair_dirs, tmp_path, capsys):
+    args, out_file, summary_file, full_lines, full_summary = _resume_setup(pair_dirs, tmp_path, capsys)
+    assert len(full_lines) == 4 and all(json.loads(line)["settings"]["model_b"] for line in full_lines)
+    for k in (1, 3):
+        # The first k lines, then a torn piece of the next (a kill mid-write): the piece is dropped.
+        out_file.write_text("".join(full_lines[:k]) + full_lines[k][:40])
+        code, _, err = cli([*args, "--resume", "--summary-json", str(summary_file), "--force"], capsys)
+        assert code == 2 and "--resume or --force" in err  # both at once is a usage error
+        summary_file.unlink()
+        code, _, err = cli([*args, "--resume", "--summary-json", str(summary_file)], capsys)
+        assert code == 0, err
+        assert "incomplete last line" in err
+        assert out_file.read_text().splitlines(keepends=True) == full_lines
+        resumed = json.loads(summary_file.read_text())
+        assert resumed["batching"]["examples"] == 4 - k  # only the missing examples ran
+        assert {**resumed, "batching": None} == {**full_summary, "batching": None}
+    # The data-set statistics are token-weighted over every line's tokens, resumed ones included.
+    kls = [t["kl"] for line in full_lines for t in json.loads(line)["tokens"]]
+    dnlls = [t["dnll"] for line in full_lines for t in json.loads(line)["tokens"]]
+    assert full_summary["summary"]["count"] == len(kls)
+    assert full_summary["summary"]["kl_mean"] == pytest.approx(math.fsum(kls) / len(kls), abs=1e-12)
+    assert full_summary["summary"]["dnll_mean"] == pytest.approx(math.fsum(dnlls) / len(dnlls), abs=1e-12)
+    assert full_summary["summary"]["kl_max"] == max(kls)
+
+
+def test_dataset_resume_refuses_a_changed_candidate_or_option(pair_dirs, tmp_path, capsys):
+    args, out_file, summary_file, full_lines, _ = _resume_setup(pair_dirs, tmp_path, capsys)
+    kept = "".join(full_lines[:2])
+    out_file.write_text(kept)
+    other = str(build_model(tmp_path / "other", seed=2))
+    changed_b = [other if arg == str(pair_dirs[1]) else arg for arg in args]
+    for extra, flag in (([], "--model-b"), (["--top-k", "3"], "--top-k")):
+        code, out, err = cli([*(changed_b if not extra else args), *extra, "--resume"], capsys)
+        assert code == 1 and out == ""
+        assert err.count("\n") == 1 and err.startswith("Error:") and flag in err, err
+        assert out_file.read_text() == kept
+    # Lines another command wrote are not diff lines: refused, untouched.
+    code, _, err = cli(
+        ["batch", str(tmp_path / "data.jsonl"), "-m", str(pair_dirs[0]), "-o", str(out_file), "--force"], capsys
+    )
+    assert code == 0, err
+    batch_lines = out_file.read_text()
+    code, _, err = cli([*args, "--resume"], capsys)
+    assert code == 1 and "not a complete ce-inspect diff result" in err
+    assert out_file.read_text() == batch_lines
+
+
+def test_dataset_resume_needs_an_output_file(pair_dirs, tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps(RESUME_RECORDS[0]) + "\n")
+    a, b = map(str, pair_dirs)
+    code, out, err = cli(["diff", "-m", a, "--model-b", b, "--input", str(data), "--resume"], capsys)
+    assert code == 2 and out == "" and "--output" in err
+    code, out, err = cli(["diff", "-m", a, "--model-b", b, "-p", "x", "-a", " y", "--resume"], capsys)
+    assert code == 2 and out == "" and "--resume goes with --input" in err

@@ -169,18 +169,18 @@ def _torchrun(
     return subprocess.run(cmd, cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=300)
 
 
-def _close(a, b, where: str = "") -> None:
-    """Equal JSON, floats to 1e-6 (relative, or absolute near 0)."""
+def _close(a, b, where: str = "", tol: float = 1e-6) -> None:
+    """Equal JSON, floats to ``tol`` (relative, or absolute near 0)."""
     if isinstance(a, float) or isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6), f"{where}: {a} != {b}"
+        assert math.isclose(a, b, rel_tol=tol, abs_tol=tol), f"{where}: {a} != {b}"
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), where
         for k in a:
-            _close(a[k], b[k], f"{where}.{k}")
+            _close(a[k], b[k], f"{where}.{k}", tol)
     elif isinstance(a, list):
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{where}[{i}]")
+            _close(x, y, f"{where}[{i}]", tol)
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
@@ -440,3 +440,107 @@ def test_two_gpus_write_what_one_gpu_writes(tiny_llama_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     _same_as_single((one, summary_one), two, summary_two, "device")
     assert json.loads(summary_two.read_text())["device"] == "cuda:0"  # rank 0's; rank 1 ran on cuda:1
+
+
+# --- diff --input: the same sharded runner with diff's score function and report --------------------------
+
+
+@pytest.fixture(scope="module")
+def candidate_dir(tmp_path_factory) -> Path:
+    from tests.conftest import build_model
+
+    return build_model(tmp_path_factory.mktemp("tiny-llama-b"), "llama", seed=1)
+
+
+def _diff_cmd(model: Path, candidate: Path, out: Path, summary: Path, *args: str) -> list[str]:
+    return [
+        *("-m", "ce_inspect", "diff", "-m", str(model), "--model-b", str(candidate), "--input", str(PAIRS)),
+        *("-o", str(out), "--summary-json", str(summary), "--skip-invalid", *OPTIONS, *args),
+    ]
+
+
+def _diff_torchrun(model: Path, candidate: Path, out: Path, summary: Path, *args: str, **env: str):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port())]
+    cmd += _diff_cmd(model, candidate, out, summary, *args)
+    return subprocess.run(cmd, cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def diff_reference(tiny_llama_dir, candidate_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("diff-single")
+    out, summary = folder / "out.jsonl", folder / "summary.json"
+    cmd = [sys.executable, *_diff_cmd(tiny_llama_dir, candidate_dir, out, summary)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return out, summary
+
+
+def _diff_same_as_single(reference: tuple[Path, Path], out: Path, summary: Path) -> None:
+    ref_lines, lines = reference[0].read_text().splitlines(), out.read_text().splitlines()
+    assert len(lines) == len(ref_lines) == 15  # 16 records, one too long for the tiny model's context
+    # Examples batched otherwise (other shares, windows) differ within float32 tolerance; ΔNLL, a difference
+    # of two log-probabilities of magnitude ~5, keeps their absolute error (~2e-6).
+    for k, (x, y) in enumerate(zip(ref_lines, lines), 1):
+        _close(json.loads(x), json.loads(y), f"line {k}", tol=1e-5)
+    ref, got = json.loads(reference[1].read_text()), json.loads(summary.read_text())
+    for key in ("batching", "output"):
+        ref.pop(key), got.pop(key)
+    _close(ref, got, "summary", tol=1e-5)
+    # The merged summary is token-weighted over the merged lines' tokens.
+    kls = [t["kl"] for x in lines for t in json.loads(x)["tokens"]]
+    assert got["summary"]["count"] == len(kls)
+    assert math.isclose(got["summary"]["kl_mean"], math.fsum(kls) / len(kls), rel_tol=1e-12)
+    assert [s["line"] for s in got["skipped"]] == [15]
+
+
+@pytest.mark.slow
+def test_two_ranks_diff_what_one_process_diffs(tiny_llama_dir, candidate_dir, diff_reference, tmp_path):
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    proc = _diff_torchrun(tiny_llama_dir, candidate_dir, out, summary)
+    assert proc.returncode == 0, proc.stderr
+    _diff_same_as_single(diff_reference, out, summary)
+    assert _no_parts(out) and "Error" not in proc.stderr
+    assert json.loads(summary.read_text())["batching"]["examples"] == 15
+
+
+@pytest.mark.slow
+def test_a_killed_diff_rank_is_resumed_to_the_same_output(tiny_llama_dir, candidate_dir, diff_reference, tmp_path):
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    killed = _diff_torchrun(
+        tiny_llama_dir, candidate_dir, out, summary, "--sort-window", "1", CE_INSPECT_TEST_RANK_FAULT="1:kill"
+    )
+    assert killed.returncode != 0 and not out.exists()
+    parts = existing_parts(out)
+    assert (1, 2) in parts
+    kept = read_sharded_resume(out, 2, 0, resume=True, parse=_diff_parse(), command="diff").resumed
+    assert kept >= 1
+    resumed = _diff_torchrun(tiny_llama_dir, candidate_dir, out, summary, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    _diff_same_as_single(diff_reference, out, summary)
+    assert json.loads(summary.read_text())["batching"]["examples"] == 15 - kept  # only the rest ran
+    assert _no_parts(out)
+
+
+def _diff_parse():
+    from ce_inspect.diff import diff_line_stats
+
+    return diff_line_stats
+
+
+@pytest.mark.slow
+def test_under_torchrun_diff_needs_input_and_audit_is_refused(tiny_llama_dir, candidate_dir, tmp_path):
+    def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+        cmd += ["--master-port", str(_free_port()), "-m", "ce_inspect", *args]
+        return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+
+    model = ("-m", str(tiny_llama_dir), "--model-b", str(candidate_dir))
+    proc = torchrun("diff", *model, "-p", "a", "-a", " b")
+    assert proc.returncode != 0 and proc.stdout == ""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "give --input" in errors[0], proc.stderr
+    assert re.search(r"exitcode\s*:\s*2 ", proc.stderr)
+    proc = torchrun("audit", str(PAIRS), "-m", str(tiny_llama_dir), "-o", str(tmp_path / "audit.jsonl"))
+    assert proc.returncode != 0 and not (tmp_path / "audit.jsonl").exists()
+    assert "`ce-inspect audit` runs in one process" in proc.stderr and "only batch and diff split" in proc.stderr
+    assert re.search(r"exitcode\s*:\s*2 ", proc.stderr)

@@ -21,7 +21,6 @@ from .reports import Reports, report_options
 if TYPE_CHECKING:
     from ..batch import BatchSettings, DatasetSummary, Fields, ResumeState, Scan
     from ..data import DataInfo
-    from ..distributed import ShardedResume
     from ..encoding import Layout
     from ..loading import LoadedModel
     from ..scoring import ScoreOptions
@@ -168,7 +167,7 @@ def batch(
     _check_usage(padding_side, resume=resume, force=force, output=output)
     from ..distributed import current_session
 
-    session = current_session()  # torchrun: this process scores one share (see _score_sharded)
+    session = current_session()  # torchrun: this process scores one share (see ranks.score_sharded)
     if session is not None:
         _check_sharded_usage(session.world, input, output)
     settings = BatchSettings(
@@ -221,7 +220,9 @@ def batch(
         scan = _scan(lm, layout, options, source, input, fields, info, skip_invalid=skip_invalid, state=state)
         lines = _report_lines(reports, worst, output, state if sharded is None else None)
         if sharded is not None:
-            summary = _score_sharded(lm, options, scan, settings, err, sharded=sharded, output=output)  # type: ignore[arg-type]
+            from .ranks import score_sharded
+
+            summary = score_sharded(lm, options, scan, settings, err, sharded=sharded, output=output)  # type: ignore[arg-type]
             if summary is None:
                 return  # not rank 0: rank 0 merges and reports
             if lines is not None and output is not None:
@@ -293,12 +294,15 @@ def check_outputs(input: Path, output: Path | None, summary_json: Path | None, *
         check_output(summary_json, inputs=inputs, label="`summary_json`", force=force)
 
 
-def _read_resume(err: Any, output: Path | None, worst: int) -> ResumeState | None:
+def _read_resume(
+    err: Any, output: Path | None, worst: int, *, parse: Any = None, command: str = "batch"
+) -> ResumeState | None:
+    """The output file's complete lines (``parse`` reads each: ``batch``'s by default), or None if none."""
     from ..batch import read_resume
 
     if output is None or not output.exists():
         return None
-    state = read_resume(output, worst)
+    state = read_resume(output, worst, parse=parse, command=command)
     if state.torn_bytes:
         err.print(
             f"Resuming: dropping an incomplete last line ({state.torn_bytes} bytes) of {output}.",
@@ -367,7 +371,7 @@ def _score(
     from .render_batch import batch_progress
 
     sink = JsonlSink.open(output, resume=scan.resume) if output is not None else JsonlSink.to_stdout(stdout)
-    previous = _terminate_as_interrupt()
+    previous = terminate_as_interrupt()
     try:
         with sink, batch_progress(err, scan) as advance:
             target = sink if lines is None else _Tee(sink, lines)
@@ -441,53 +445,7 @@ def _check_sharded_usage(world: int, input: Path, output: Path | None) -> None:
         )
 
 
-def _score_sharded(
-    lm: LoadedModel,
-    options: ScoreOptions,
-    scan: Scan,
-    settings: BatchSettings,
-    err: Any,
-    *,
-    sharded: ShardedResume,
-    output: Path,
-) -> DatasetSummary | None:
-    """torchrun: score this rank's share into its part file; rank 0 then waits for every rank, merges the
-    parts into --output and returns the summary (the others return None). Ctrl-C and `kill` leave whole
-    lines in the part files."""
-    from .. import distributed
-    from ..batch import BatchStats
-    from .render_batch import batch_progress
-
-    session = distributed.current_session()
-    assert session is not None
-    previous = _terminate_as_interrupt()
-    try:
-        with batch_progress(err, scan) as advance:
-            show = advance if session.rank == 0 else None
-            stats = distributed.score_share(
-                session, lm, scan, sharded, output, options=options, settings=settings, show=show
-            )
-            if session.rank != 0:
-                session.post(0, batching=stats.to_dict())
-                return None
-            session.gather(show)
-    except KeyboardInterrupt:
-        part = distributed.part_path(output, session.rank, session.world)
-        err.print(f"Interrupted: the complete lines are kept in {part}; rerun with --resume.", markup=False)
-        raise typer.Exit(130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    failure = session.failure()
-    if failure is not None:
-        raise failure
-    total = BatchStats(settings.batch_size, settings.max_tokens, settings.padding_side)
-    distributed.add_batching([stats, *(o["batching"] for o in session.outcomes.values())], total)
-    return distributed.merge_and_sum_up(
-        session, lm, scan, sharded, output, options=options, settings=settings, batching=total
-    )
-
-
-def _terminate_as_interrupt() -> Any:
+def terminate_as_interrupt() -> Any:
     """Treat SIGTERM (a plain `kill`) like Ctrl-C, so the output file is left with complete lines only."""
 
     def handler(signum: int, frame: Any) -> None:

@@ -126,6 +126,15 @@ def diff(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing --output file.", rich_help_panel=DATASET)
     ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted run: keep the --output file's complete lines, compare the rest "
+            "(refused if a model or an option changed).",
+            rich_help_panel=DATASET,
+        ),
+    ] = False,
 ) -> None:
     """Compare a candidate model (--model-b, --dtype-b, ...) with the reference (--model) on the same scored
     tokens: per-token KL(ref‖cand), ΔNLL and top-1 agreement, with llama.cpp's KL statistics."""
@@ -145,19 +154,36 @@ def diff(
                 "--sequential": sequential or None,
             }
         )
+        if resume and output is None:
+            raise typer.BadParameter("--resume continues an --output file; give --output", param_hint="--resume")
+        if resume and force:
+            raise typer.BadParameter("give --resume or --force, not both", param_hint="--resume")
         settings = BatchSettings(
             batch_size=batch_size,  # None: the device's default, as for max_tokens
             max_tokens=max_tokens,
             sort_window=sort_window,
             worst=worst,
         )
-        summary = diff_dataset(common, candidate, input, output, summary_json, settings, skip_invalid, force)
+        summary = diff_dataset(
+            common, candidate, input, output, summary_json, settings, skip_invalid, force, resume=resume
+        )
+        if summary is None:
+            return  # torchrun, not rank 0: rank 0 reports the run and applies the gates
         gate("mean KL(ref‖cand)", summary.summary and summary.summary.kl_mean, fail_above_kl, "--fail-above-kl")
         gate("mean ΔNLL", summary.summary and summary.summary.dnll_mean, fail_above_dnll, "--fail-above-dnll")
         return
-    for flag, value in (("--summary-json", summary_json), ("--batch-size", batch_size), ("--max-tokens", max_tokens)):
+    for flag, value in (
+        ("--summary-json", summary_json),
+        ("--batch-size", batch_size),
+        ("--max-tokens", max_tokens),
+        ("--resume", resume or None),
+    ):
         if value is not None:
             raise typer.BadParameter(f"{flag} goes with --input (a data set)", param_hint=flag)
+    from ..distributed import current_session
+
+    if current_session() is not None:
+        raise typer.BadParameter("under torchrun diff splits a data set over the ranks; give --input")
     example = read_example(common, prompt, answer, prompt_file, answer_file, messages, last_turn)
     if output is not None:
         check_output(output, [prompt_file, answer_file, messages], force=force)
@@ -206,20 +232,44 @@ def diff_dataset(
     settings: BatchSettings,
     skip_invalid: bool,
     force: bool,
+    *,
+    resume: bool = False,
 ):
-    """Every record of ``input`` through both models with `batch`'s runner; returns the data-set summary."""
-    from ..batch import JsonlSink, run_scan, scan_dataset
-    from .batch import check_outputs
+    """Every record of ``input`` through both models with `batch`'s runner; returns the data-set summary
+    (None on a torchrun rank other than 0, which only scores its share). ``resume`` keeps the complete
+    lines of ``output`` (and, under torchrun, of every rank's part file) and compares only the rest."""
+    from ..batch import scan_dataset
+    from ..distributed import current_session
+    from .batch import _check_sharded_usage, _read_resume, check_outputs
 
-    check_outputs(input, output, summary_json, resume=False, force=force)  # batch's checks, before loading
+    session = current_session()  # torchrun: this process compares one share (ranks.score_sharded)
+    if session is not None:
+        _check_sharded_usage(session.world, input, output)
+    check_outputs(input, output, summary_json, resume=resume, force=force)  # batch's checks, before loading
     stdout = sys.stdout
     setup_logging(quiet=not sys.stderr.isatty())
 
     from rich.console import Console
 
-    from ..diff import DiffReport, diff_encoded, record_encoder
+    from ..diff import DiffReport, diff_encoded, diff_line_stats, record_encoder
 
     err = Console(stderr=True)
+    sharded = None
+    if session is not None:
+        from ..distributed import check_parts, read_sharded_resume
+
+        check_parts(output, session.world, resume=resume, force=force)  # type: ignore[arg-type]
+        sharded = read_sharded_resume(
+            output,  # type: ignore[arg-type]
+            session.world,
+            settings.worst,
+            resume=resume,
+            parse=diff_line_stats,
+            command="diff",
+        )
+        state = sharded.union
+    else:
+        state = _read_resume(err, output, settings.worst, parse=diff_line_stats, command="diff") if resume else None
     ref_lm, cand_lm = common.load(), candidate.load()
     options, layout = common.score_options(), common.layout()
     scan = scan_dataset(
@@ -229,34 +279,60 @@ def diff_dataset(
         options=options,
         skip_invalid=skip_invalid,
         encoder=record_encoder(ref_lm, cand_lm, layout),
+        resume=state,
     )
-    sink = JsonlSink.open(output) if output is not None else JsonlSink.to_stdout(stdout)
-    report = DiffReport(ref_lm, cand_lm, scan, settings.worst)
 
-    from .render_batch import batch_progress
-    from .render_diff import render_diff_dataset
+    def score(examples):
+        return diff_encoded(ref_lm, cand_lm, examples, options)
 
-    try:
-        with sink, batch_progress(err, scan) as advance:
-            summary = run_scan(
-                ref_lm,
-                scan,
-                sink,
-                options=options,
-                settings=settings,
-                on_batch=advance,
-                score=lambda examples: diff_encoded(ref_lm, cand_lm, examples, options),
-                report=report,
-            )
-    except KeyboardInterrupt:
-        err.print(f"Interrupted: {sink.lines} complete lines were written.", markup=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+    def make_report(scan):  # before any line is written: it refuses a changed model or option
+        return DiffReport(ref_lm, cand_lm, scan, settings.worst, options)
+
+    if sharded is not None:
+        from .ranks import score_sharded
+
+        summary = score_sharded(
+            ref_lm,
+            options,
+            scan,
+            settings,
+            err,
+            sharded=sharded,
+            output=output,  # type: ignore[arg-type]
+            score=score,
+            make_report=make_report,
+            parse=diff_line_stats,
+            command="diff",
+        )
+        if summary is None:
+            return None  # not rank 0: rank 0 merges and reports
+    else:
+        summary = _diff_in_process(ref_lm, scan, output, stdout, err, options, settings, score, make_report(scan))
     if summary_json is not None:
         from ..result import dumps
 
         write_atomic(summary_json, dumps(summary.to_dict(), indent=2) + "\n", option="--summary-json")
+    from .render_diff import render_diff_dataset
+
     render_diff_dataset(summary, Console() if output is not None else err)
     return summary
+
+
+def _diff_in_process(ref_lm, scan, output, stdout, err, options, settings, score, report):
+    """One process: every pending example, written to ``output`` (or stdout) as it is done."""
+    from ..batch import JsonlSink, run_scan
+    from .render_batch import batch_progress
+
+    sink = JsonlSink.open(output, resume=scan.resume) if output is not None else JsonlSink.to_stdout(stdout)
+    try:
+        with sink, batch_progress(err, scan) as advance:
+            return run_scan(
+                ref_lm, scan, sink, options=options, settings=settings, on_batch=advance, score=score, report=report
+            )
+    except KeyboardInterrupt:
+        hint = "; rerun the same command with --resume to continue" if output is not None else ""
+        err.print(f"Interrupted: {sink.lines} complete lines were written{hint}.", markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 def candidate_options(

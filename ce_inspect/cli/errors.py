@@ -24,6 +24,8 @@ from ..errors import CeInspectError
 # in a message stays as it is; add a parameter here when a library message names it.
 FLAGS: dict[str, str] = {
     "model": "--model",
+    "model_b": "--model-b",
+    "dtype_b": "--dtype-b",
     "revision": "--revision",
     "device": "--device",
     "dtype": "--dtype",
