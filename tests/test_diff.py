@@ -472,3 +472,18 @@ def test_dataset_resume_needs_an_output_file(pair_dirs, tmp_path, capsys):
     assert code == 2 and out == "" and "--output" in err
     code, out, err = cli(["diff", "-m", a, "--model-b", b, "-p", "x", "-a", " y", "--resume"], capsys)
     assert code == 2 and out == "" and "--resume goes with --input" in err
+
+
+def test_dataset_output_is_locked_against_a_second_writer(pair_dirs, tmp_path, capsys):
+    """As batch: while one run writes --output (its lock held), a second diff onto it stops before loading."""
+    from ce_inspect.files import output_lock
+
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps(RESUME_RECORDS[0]) + "\n")
+    out_file = tmp_path / "d.jsonl"
+    a, b = map(str, pair_dirs)
+    with output_lock(out_file, label="`output`"):
+        code, out, err = cli(["diff", "-m", a, "--model-b", b, "--input", str(data), "-o", str(out_file)], capsys)
+    assert code == 1 and out == "" and "another ce-inspect run" in err, err
+    assert not out_file.exists()
+    assert cli(["diff", "-m", a, "--model-b", b, "--input", str(data), "-o", str(out_file)], capsys)[0] == 0

@@ -12,7 +12,21 @@ from typing import Annotated, Any
 import typer
 
 from .logs import setup_logging
-from .options import OUTPUT, Common, GateOpt, gate, read_example, shared_options, write_atomic
+from .options import (
+    OUTPUT,
+    AnswerFileOpt,
+    AnswerOpt,
+    Common,
+    GateOpt,
+    LastTurnOpt,
+    MessagesOpt,
+    PromptFileOpt,
+    PromptOpt,
+    gate,
+    read_example,
+    shared_options,
+    write_atomic,
+)
 from .reports import Reports, report_options
 
 app = typer.Typer(
@@ -58,24 +72,12 @@ def _root(
 def run(
     common: Common,
     reports: Reports,
-    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt text (masked).")] = None,
-    answer: Annotated[str | None, typer.Option("--answer", "-a", help="Answer text (scored).")] = None,
-    prompt_file: Annotated[
-        Path | None, typer.Option(help="Read the prompt from a file, verbatim ('-' for stdin).")
-    ] = None,
-    answer_file: Annotated[
-        Path | None, typer.Option(help="Read the answer from a file, verbatim ('-' for stdin).")
-    ] = None,
-    messages: Annotated[
-        Path | None,
-        typer.Option(
-            help="A conversation instead of prompt/answer: a JSON list of {role, content} ('-' for stdin). "
-            "Every assistant turn is scored, through the chat template."
-        ),
-    ] = None,
-    last_turn: Annotated[
-        bool, typer.Option("--last-turn", help="With --messages: score only the last assistant turn.")
-    ] = False,
+    prompt: PromptOpt = None,
+    answer: AnswerOpt = None,
+    prompt_file: PromptFileOpt = None,
+    answer_file: AnswerFileOpt = None,
+    messages: MessagesOpt = None,
+    last_turn: LastTurnOpt = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON document to stdout and nothing else.", rich_help_panel=OUTPUT)
     ] = False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from pathlib import Path
@@ -15,9 +16,15 @@ from .logs import setup_logging
 from .options import (
     MODEL,
     OUTPUT,
+    AnswerFileOpt,
+    AnswerOpt,
     Common,
     DnllGateOpt,
     KlGateOpt,
+    LastTurnOpt,
+    MessagesOpt,
+    PromptFileOpt,
+    PromptOpt,
     gate,
     read_example,
     shared_options,
@@ -65,21 +72,12 @@ def diff(
             rich_help_panel=MODEL,
         ),
     ] = False,
-    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt text (masked).")] = None,
-    answer: Annotated[str | None, typer.Option("--answer", "-a", help="Answer text (scored).")] = None,
-    prompt_file: Annotated[
-        Path | None, typer.Option(help="Read the prompt from a file, verbatim ('-' for stdin).")
-    ] = None,
-    answer_file: Annotated[
-        Path | None, typer.Option(help="Read the answer from a file, verbatim ('-' for stdin).")
-    ] = None,
-    messages: Annotated[
-        Path | None,
-        typer.Option(help="A conversation instead of prompt/answer: a JSON list of {role, content} ('-' for stdin)."),
-    ] = None,
-    last_turn: Annotated[
-        bool, typer.Option("--last-turn", help="With --messages: compare only the last assistant turn.")
-    ] = False,
+    prompt: PromptOpt = None,
+    answer: AnswerOpt = None,
+    prompt_file: PromptFileOpt = None,
+    answer_file: AnswerFileOpt = None,
+    messages: MessagesOpt = None,
+    last_turn: LastTurnOpt = False,
     color_by: Annotated[
         str, typer.Option(metavar="kl|dnll", help="Colour the heat strip by KL or by ΔNLL.", rich_help_panel=OUTPUT)
     ] = "kl",
@@ -238,14 +236,30 @@ def diff_dataset(
     """Every record of ``input`` through both models with `batch`'s runner; returns the data-set summary
     (None on a torchrun rank other than 0, which only scores its share). ``resume`` keeps the complete
     lines of ``output`` (and, under torchrun, of every rank's part file) and compares only the rest."""
-    from ..batch import scan_dataset
     from ..distributed import current_session
-    from .batch import _check_sharded_usage, _read_resume, check_outputs
+    from .batch import _check_sharded_usage, check_outputs
 
     session = current_session()  # torchrun: this process compares one share (ranks.score_sharded)
     if session is not None:
         _check_sharded_usage(session.world, input, output)
     check_outputs(input, output, summary_json, resume=resume, force=force)  # batch's checks, before loading
+    with contextlib.ExitStack() as stack:
+        if output is not None and (session is None or session.rank == 0):  # as batch: one writer per output
+            from ..files import output_lock
+
+            stack.enter_context(output_lock(output, label="`output`"))
+        return _diff_dataset_locked(
+            common, candidate, input, output, summary_json, settings, skip_invalid, force, session, resume
+        )
+
+
+def _diff_dataset_locked(
+    common, candidate, input, output, summary_json, settings, skip_invalid, force, session, resume
+):
+    """``diff_dataset`` once its outputs are checked and ``--output`` is locked."""
+    from ..batch import scan_dataset
+    from .batch import _read_resume
+
     stdout = sys.stdout
     setup_logging(quiet=not sys.stderr.isatty())
 

@@ -141,6 +141,23 @@ ChunkOpt = Annotated[
 ]
 
 
+# The example inputs of `run` and `diff`, declared once (read by ``read_example``).
+PromptOpt = Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt text (masked).")]
+AnswerOpt = Annotated[str | None, typer.Option("--answer", "-a", help="Answer text (scored).")]
+PromptFileOpt = Annotated[Path | None, typer.Option(help="Read the prompt from a file, verbatim ('-' for stdin).")]
+AnswerFileOpt = Annotated[Path | None, typer.Option(help="Read the answer from a file, verbatim ('-' for stdin).")]
+MessagesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="A conversation instead of prompt/answer: a JSON list of {role, content} ('-' for stdin). "
+        "Every assistant turn is scored, through the chat template."
+    ),
+]
+LastTurnOpt = Annotated[
+    bool, typer.Option("--last-turn", help="With --messages: only the last assistant turn is scored.")
+]
+
+
 @dataclass(frozen=True)
 class Common:
     """The shared options of a command, parsed; turns them into library objects."""
