@@ -13,6 +13,7 @@ from ..audit import CHECK_NAMES, DEFAULT_EXAMPLES, DEFAULT_FAIL_ON
 from ..data import FORMATS
 from .logs import setup_logging
 from .options import OUTPUT, Common, shared_options
+from .reports import Reports, report_options
 
 INPUT = "Input"
 CHECKS = "Checks"
@@ -21,8 +22,10 @@ GATE_EXIT = 3
 
 
 @shared_options
+@report_options
 def audit(
     common: Common,
+    reports: Reports,
     data: Annotated[
         Path,
         typer.Argument(
@@ -133,6 +136,12 @@ def audit(
         from ..files import check_output
 
         check_output(output, inputs=[("the data", data)], label="`output`", force=force)
+    reports.check(
+        inputs=[("the data", data)],
+        outputs=[("--output", output)],
+        stdout_busy="--json" if json_out else None,
+        force=force,
+    )
     layout = common.layout()
     fields = Fields(id=id_field)
     settings = BatchSettings(batch_size=batch_size, max_tokens=max_tokens)  # validated before any load
@@ -156,13 +165,24 @@ def audit(
             report = _audit_with_model(common, data, read, checking, sink, gate, settings, err)
     report = _with_output(report, output)
 
+    from .render_audit import render_audit
+
+    if reports.requested():
+        from ..report import audit_html, audit_markdown
+        from .reports import command_line
+
+        doc = report.to_dict()
+        reports.write(
+            html=lambda: audit_html(doc, command_line()),
+            markdown=lambda: audit_markdown(doc, command_line()),
+            terminal=lambda console: render_audit(report, console),
+            kind="audit",
+        )
     if json_out:
         from ..result import dumps
 
         sys.stdout.write(dumps(report.to_dict(), indent=2) + "\n")
-    else:
-        from .render_audit import render_audit
-
+    elif not reports.markdown_on_stdout():
         render_audit(report, Console())
     if report.gate_failed:
         err.print(

@@ -30,14 +30,17 @@ from .options import (
     shared_options,
     write_atomic,
 )
+from .reports import Reports, report_options
 
 CANDIDATE = "Candidate model (B)"
 DATASET = "Data set (--input)"
 
 
 @shared_options
+@report_options
 def diff(
     common: Common,
+    reports: Reports,
     model_b: Annotated[
         str | None,
         typer.Option(
@@ -162,8 +165,23 @@ def diff(
             sort_window=sort_window,
             worst=worst,
         )
+        reports.check(
+            inputs=[("--input", input)],
+            outputs=[("--output", output), ("--summary-json", summary_json)],
+            stdout_busy="the JSON lines (no --output)" if output is None else None,
+            force=force,
+        )
         summary = diff_dataset(
-            common, candidate, input, output, summary_json, settings, skip_invalid, force, resume=resume
+            common,
+            candidate,
+            input,
+            output,
+            summary_json,
+            settings,
+            skip_invalid,
+            force,
+            resume=resume,
+            reports=reports,
         )
         if summary is None:
             return  # torchrun, not rank 0: rank 0 reports the run and applies the gates
@@ -185,6 +203,12 @@ def diff(
     example = read_example(common, prompt, answer, prompt_file, answer_file, messages, last_turn)
     if output is not None:
         check_output(output, [prompt_file, answer_file, messages], force=force)
+    reports.check(
+        inputs=[("--prompt-file", prompt_file), ("--answer-file", answer_file), ("--messages", messages)],
+        outputs=[("--output", output)],
+        stdout_busy="--json" if json_out else None,
+        force=force,
+    )
     setup_logging(quiet=json_out)
 
     from ..diff import diff as diff_pair
@@ -204,11 +228,22 @@ def diff(
 
     if output is not None:
         write_atomic(output, result.to_json() + "\n")
+    from .render_diff import render_diff
+
+    if reports.requested():
+        from ..report import diff_html, diff_markdown
+        from .reports import command_line
+
+        doc = result.to_dict()
+        reports.write(
+            html=lambda: diff_html(doc, command_line(), worst),
+            markdown=lambda: diff_markdown(doc, command_line(), worst),
+            terminal=lambda console: render_diff(result, color_by=color_by, worst=worst, console=console),
+            kind="diff",
+        )
     if json_out:
         sys.stdout.write(result.to_json() + "\n")
-    else:
-        from .render_diff import render_diff
-
+    elif not reports.markdown_on_stdout():
         render_diff(result, color_by=color_by, worst=worst)
     gate("mean KL(ref‖cand)", result.summary.kl_mean, fail_above_kl, "--fail-above-kl")
     gate("mean ΔNLL", result.summary.dnll_mean, fail_above_dnll, "--fail-above-dnll")
@@ -232,6 +267,7 @@ def diff_dataset(
     force: bool,
     *,
     resume: bool = False,
+    reports: Reports | None = None,
 ):
     """Every record of ``input`` through both models with `batch`'s runner; returns the data-set summary
     (None on a torchrun rank other than 0, which only scores its share). ``resume`` keeps the complete
@@ -248,13 +284,14 @@ def diff_dataset(
             from ..files import output_lock
 
             stack.enter_context(output_lock(output, label="`output`"))
-        return _diff_dataset_locked(
-            common, candidate, input, output, summary_json, settings, skip_invalid, force, session, resume
+        summary = _diff_dataset_locked(
+            common, candidate, input, output, summary_json, settings, skip_invalid, force, session, resume, reports
         )
+    return summary
 
 
 def _diff_dataset_locked(
-    common, candidate, input, output, summary_json, settings, skip_invalid, force, session, resume
+    common, candidate, input, output, summary_json, settings, skip_invalid, force, session, resume, reports=None
 ):
     """``diff_dataset`` once its outputs are checked and ``--output`` is locked."""
     from ..batch import scan_dataset
@@ -328,7 +365,19 @@ def _diff_dataset_locked(
         write_atomic(summary_json, dumps(summary.to_dict(), indent=2) + "\n", option="--summary-json")
     from .render_diff import render_diff_dataset
 
-    render_diff_dataset(summary, Console() if output is not None else err)
+    if reports is not None and reports.requested():
+        from ..report import diff_dataset_html, diff_dataset_markdown
+        from .reports import command_line
+
+        doc = summary.to_dict()
+        reports.write(
+            html=lambda: diff_dataset_html(doc, command_line()),
+            markdown=lambda: diff_dataset_markdown(doc, command_line()),
+            terminal=lambda console: render_diff_dataset(summary, console),
+            kind="diff_summary",
+        )
+    on_stdout = output is not None and not (reports is not None and reports.markdown_on_stdout())
+    render_diff_dataset(summary, Console() if on_stdout else err)
     return summary
 
 
