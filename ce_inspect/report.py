@@ -471,7 +471,9 @@ def _diff_summary_rows(s: dict[str, Any], prefix: str = "summary.") -> list[tupl
 
 
 def _diff_tooltip(t: dict[str, Any]) -> str:
-    lines = [f"#{t['index']} {shown_token(t['token'], t['ref'].get('special', False))}  id {t['token_id']}"]
+    lines = [
+        f"#{t['index']} {shown_token(t['token'], t['ref'].get('special', False), t['ref'].get('bytes'))}  id {t['token_id']}"
+    ]
     for label, side in (("ref ", t["ref"]), ("cand", t["cand"])):
         top = shown_token(side["top_token"], raw=side.get("top_bytes"))
         lines.append(f"{label} prob {fmt(side['prob'])}  loss {fmt(side['loss'])}  rank {side['rank']}  top-1 {top}")
@@ -496,7 +498,7 @@ def diff_context(doc: dict[str, Any], command: str, worst: int = 10) -> dict[str
     tokens = doc["tokens"]
     strip = [
         {
-            "text": shown_token(t["token"], t["ref"].get("special", False)),
+            "text": shown_token(t["token"], t["ref"].get("special", False), t["ref"].get("bytes")),
             "cls": f"t k{kl_bin(t['kl'])}",
             "tip": _diff_tooltip(t),
             "field": f"tokens.{k}",
@@ -508,7 +510,9 @@ def diff_context(doc: dict[str, Any], command: str, worst: int = 10) -> dict[str
         {
             "field": f"tokens.{k}",
             "index": tokens[k]["index"],
-            "token": shown_token(tokens[k]["token"], tokens[k]["ref"].get("special", False)),
+            "token": shown_token(
+                tokens[k]["token"], tokens[k]["ref"].get("special", False), tokens[k]["ref"].get("bytes")
+            ),
             "kl": fmt(tokens[k]["kl"], 6),
             "kbin": kl_bin(tokens[k]["kl"]),
             "dnll": fmt(tokens[k]["dnll"]),

@@ -513,3 +513,321 @@ def test_resumed_batch_report_reads_the_kept_lines_back(batch_outputs, tiny_llam
     assert shown_lines == set(by_line)  # all five examples have their strip and table
     resumed = json.loads(page.scripts["ce-inspect-summary"])
     assert resumed["resumed"] == len(lines) and resumed["worst_examples"] == summary["worst_examples"]
+
+
+# --- diff and audit ---------------------------------------------------------------------------------------
+
+
+def expected_diff(path: str, value) -> str:
+    """A diff report's figure: the summary's statistics and the per-token KL in 6 decimals, the rest in 4."""
+    key = path.rsplit(".", 1)[-1]
+    if isinstance(value, bool) or isinstance(value, int):
+        return str(value)
+    if path.startswith("summary.") or key in ("kl", "kl_mean"):
+        return f"{value:.6f}"
+    return f"{value:.4f}"
+
+
+def check_diff_fields(page: Page, doc, want=expected_diff) -> int:
+    checked = 0
+    for path, text in page.fields:
+        value = resolve(doc, path)
+        if isinstance(value, dict):
+            continue
+        assert text.strip() == want(path, value), (path, text, value)
+        checked += 1
+    return checked
+
+
+def top_worst(tokens: list[dict], worst: int) -> list[dict]:
+    """The disagreement table's rows, chosen here on their own: the ``worst`` largest KL, in input order."""
+    return sorted(sorted(tokens, key=lambda t: -t["kl"])[:worst], key=lambda t: t["index"])
+
+
+def top_of(side: dict) -> str:
+    return shown(side["top_token"], raw=side.get("top_bytes"))
+
+
+def check_diff_tips(page: Page, doc) -> None:
+    assert len(page.tips) == len(doc["tokens"])  # every scored token is in the strip
+    for field, tip, text in page.tips:
+        t = resolve(doc, field)
+        assert text == shown(t["token"], t["ref"]["special"], t["ref"].get("bytes"))
+        for side in ("ref", "cand"):
+            s = t[side]
+            m = re.search(rf"{side} *prob (\S+)  loss (\S+)  rank (\d+)  top-1 (.*)", tip)
+            assert m is not None, tip
+            assert m.groups() == (f"{s['prob']:.4f}", f"{s['loss']:.4f}", str(s["rank"]), top_of(s))
+        assert f"KL {t['kl']:.6f}  ΔNLL {t['dnll']:.4f}" in tip
+        # ΔNLL is the candidate's loss minus the reference's (no label smoothing here), within display rounding
+        assert abs(t["dnll"] - (t["cand"]["loss"] - t["ref"]["loss"])) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def model_b(tmp_path_factory):
+    import conftest
+
+    return conftest.build_model(tmp_path_factory.mktemp("b"), seed=1)
+
+
+@pytest.fixture
+def diff_outputs(tiny_llama_dir, model_b, tmp_path, capsys):
+    paths = {k: tmp_path / f"d.{k}" for k in ("json", "html", "md", "svg")}
+    args = ["diff", "-m", str(tiny_llama_dir), "--model-b", str(model_b), "--device", "cpu", "-p", "Q: 1+2?"]
+    args += ["-a", " 3 | `ok` <b> and more words here", "--worst", "4", "-o", str(paths["json"])]
+    args += ["--html", str(paths["html"]), "--markdown", str(paths["md"]), "--svg", str(paths["svg"])]
+    assert main(args) == 0
+    out, _ = capsys.readouterr()
+    assert "Where the models disagree most" in out  # the terminal output is still printed
+    doc = json.loads(paths["json"].read_text())
+    assert len(doc["tokens"]) > 4
+    return doc, paths
+
+
+def test_diff_html_numbers_equal_the_json(diff_outputs):
+    doc, paths = diff_outputs
+    html = paths["html"].read_text()
+    assert html.startswith("<!DOCTYPE html>\n<!-- ce-inspect report: diff")
+    page = parse(html)
+    checked = check_diff_fields(page, doc)
+    rows = top_worst(doc["tokens"], 4)
+    assert checked >= 10 * len(rows) + 15  # the ten figures of each table row, and the summary
+    table = {p.rsplit(".", 1)[0] for p, _ in page.fields if p.endswith(".kl")}
+    assert table == {f"tokens.{doc['tokens'].index(t)}" for t in rows}  # the 4 largest KL, no other
+    fields = {p for p, _ in page.fields}
+    assert {"summary.kl_mean", "summary.dnll_mean", "summary.kl_max", "summary.same_top1", "summary.count"} <= fields
+    check_diff_tips(page, doc)
+    assert set(page.stray) <= {"99.9"}  # only the label of a quantile, no figure outside a data-f element
+    assert json.loads(page.scripts["ce-inspect-diff"]) == doc
+    assert "https://" not in html and "ce-inspect diff -m" in html
+
+
+def test_diff_markdown_tables_equal_the_json(diff_outputs):
+    from markdown_it import MarkdownIt
+
+    doc, paths = diff_outputs
+    md = paths["md"].read_text()
+    assert md.startswith("<!-- ce-inspect report: diff")
+    tables = tables_of(MarkdownIt("commonmark").enable("table").render(md))
+    summary = {row[0]: row[1] for row in tables[0][1:]}
+    s = doc["summary"]
+    assert summary["scored tokens"] == str(s["count"]) == str(len(doc["tokens"]))
+    assert summary["mean KL(ref‖cand)"] == f"{s['kl_mean']:.6f}"
+    assert summary["mean ΔNLL (cand − ref)"] == f"{s['dnll_mean']:.6f}"
+    assert summary["KL max"] == f"{max(t['kl'] for t in doc['tokens']):.6f}"  # an independent maximum
+    assert summary["same top-1"] == str(sum(t["same_top1"] for t in doc["tokens"]))
+    rows = tables[1][1:]
+    want = top_worst(doc["tokens"], 4)
+    assert len(rows) == len(want)
+    for row, t in zip(rows, want):
+        assert len(row) == 12  # no `|` in a token split a cell
+        r, c = t["ref"], t["cand"]
+        assert row[:10] == [
+            str(t["index"]),
+            shown(t["token"], r["special"], r.get("bytes")),
+            f"{t['kl']:.6f}",
+            f"{t['dnll']:.4f}",
+            f"{r['prob']:.4f}",
+            f"{c['prob']:.4f}",
+            f"{r['loss']:.4f}",
+            f"{c['loss']:.4f}",
+            str(r["rank"]),
+            str(c["rank"]),
+        ]
+        assert row[10].startswith(top_of(r)) and row[11].startswith(top_of(c))
+        assert row[11].endswith("≠") == (not t["same_top1"])
+
+
+def test_diff_svg_is_the_terminal_output(diff_outputs):
+    doc, paths = diff_outputs
+    svg = paths["svg"].read_text()
+    assert svg.startswith("<!-- ce-inspect report: diff -->")
+    ET.fromstring(svg)
+    assert "@font-face" not in svg
+    assert f"{doc['summary']['kl_mean']:.6f}" in svg
+
+
+@pytest.fixture
+def hostile_diff(diff_outputs):
+    doc = copy.deepcopy(diff_outputs[0])
+    k = max(range(len(doc["tokens"])), key=lambda i: doc["tokens"][i]["kl"])  # in the table and the strip
+    t = doc["tokens"][k]
+    t["token"] = t["ref"]["top_token"] = t["cand"]["top_token"] = HOSTILE
+    for side in ("ref", "cand"):
+        t[side].pop("bytes", None)
+        t[side].pop("top_bytes", None)
+    doc["notes"].append("note with </script> and \u2028")
+    return doc, k
+
+
+def test_hostile_tokens_stay_text_in_diff_reports(hostile_diff):
+    from markdown_it import MarkdownIt
+
+    from ce_inspect.report import diff_html, diff_markdown
+
+    doc, k = hostile_diff
+    html = diff_html(doc, "ce-inspect diff -a '</script>'", 4)
+    page = parse(html)
+    assert page.tags.count("script") == 1 and "img" not in page.tags
+    assert "\u202e" not in html and "\u2028" not in html
+    assert json.loads(page.scripts["ce-inspect-diff"]) == doc
+    check_diff_tips(page, doc)
+    assert shown(HOSTILE) in [text for _, _, text in page.tips]
+    md = diff_markdown(doc, "ce-inspect diff -a '```'", 4)
+    rendered = MarkdownIt("commonmark").enable("table").render(md)
+    assert "<img" not in rendered and "<script" not in rendered and "````console" in md
+    row = next(r for r in tables_of(rendered)[1][1:] if r[0] == str(doc["tokens"][k]["index"]))
+    assert len(row) == 12 and row[1] == shown(HOSTILE) and row[10].startswith(shown(HOSTILE))
+
+
+@pytest.fixture
+def diff_dataset_outputs(tiny_llama_dir, model_b, tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    paths = {k: tmp_path / f"dd.{k}" for k in ("jsonl", "summary", "html", "md", "svg")}
+    args = ["diff", "--input", str(data), "-m", str(tiny_llama_dir), "--model-b", str(model_b), "--device", "cpu"]
+    args += ["--worst", "3", "-o", str(paths["jsonl"]), "--summary-json", str(paths["summary"])]
+    args += ["--html", str(paths["html"]), "--markdown", str(paths["md"]), "--svg", str(paths["svg"])]
+    assert main(args) == 0
+    capsys.readouterr()
+    return json.loads(paths["summary"].read_text()), paths
+
+
+def test_diff_dataset_reports_equal_the_summary(diff_dataset_outputs):
+    from markdown_it import MarkdownIt
+
+    doc, paths = diff_dataset_outputs
+    page = parse(paths["html"].read_text())
+    checked = check_diff_fields(page, doc)
+    assert checked >= 5 * (len(doc["worst_by_kl"]) + len(doc["worst_by_dnll"])) + 15
+    assert {"examples", "summary.kl_mean", "worst_by_kl.0.kl_mean", "worst_by_dnll.0.dnll_mean"} <= {
+        p for p, _ in page.fields
+    }
+    assert set(page.stray) <= {"99.9"}
+    assert json.loads(page.scripts["ce-inspect-diff-summary"]) == doc
+    tables = tables_of(MarkdownIt("commonmark").enable("table").render(paths["md"].read_text()))
+    summary = {row[0]: row[1] for row in tables[0][1:]}
+    assert summary["examples"] == str(len(ROWS)) and summary["mean KL(ref‖cand)"] == f"{doc['summary']['kl_mean']:.6f}"
+    for table, key in ((tables[1], "worst_by_kl"), (tables[2], "worst_by_dnll")):
+        assert [r[0] for r in table[1:]] == [str(e["line"]) for e in doc[key]]
+        for row, e in zip(table[1:], doc[key]):
+            assert row[2:] == [
+                str(e["count"]),
+                f"{e['kl_mean']:.6f}",
+                f"{e['dnll_mean']:.4f}",
+                f"{e['same_top1_pct']:.4f}",
+            ]
+    ids = [r[1] for r in tables[1][1:]]
+    assert all("<" not in i or i == "b<i>" for i in ids)  # the id `b<i>` is text, not markup
+    svg = paths["svg"].read_text()
+    assert svg.startswith("<!-- ce-inspect report: diff_summary -->")
+    ET.fromstring(svg)
+
+
+AUDIT_ROWS = [
+    {"id": "fine", "prompt": "Where is it?", "answer": " Here, in the north."},
+    {"id": HOSTILE, "input_ids": [1, 40, 41, 42, 43], "labels": [-100] * 5},  # trains nothing
+    {"id": "bb", "input_ids": [1, 1, 40, 41, 42, 43], "labels": [-100, -100, -100, 41, 42, 43]},  # BOS twice
+]
+
+
+def printed(text: str) -> str:
+    """How a record id is shown: as it is, with control and format characters escaped."""
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+
+
+def expected_audit(path: str, value) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
+
+
+@pytest.fixture
+def audit_outputs(tiny_llama_dir, tmp_path, capsys):
+    data = tmp_path / "audit.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in AUDIT_ROWS))
+    paths = {k: tmp_path / f"a.{k}" for k in ("html", "md", "svg")}
+    args = ["audit", str(data), "-m", str(tiny_llama_dir), "--device", "cpu", "--json"]
+    args += ["--html", str(paths["html"]), "--markdown", str(paths["md"]), "--svg", str(paths["svg"])]
+    assert main(args) == 3  # a --fail-on check failed: every report is written all the same
+    out, _ = capsys.readouterr()
+    doc = json.loads(out)
+    assert {"no-trained-tokens", "bos"} <= set(doc["failed_checks"])
+    return doc, paths
+
+
+def test_audit_html_equals_the_json(audit_outputs):
+    doc, paths = audit_outputs
+    html = paths["html"].read_text()
+    assert html.startswith("<!DOCTYPE html>\n<!-- ce-inspect report: audit")
+    page = parse(html)
+    assert page.tags.count("script") == 1 and "img" not in page.tags
+    checked = check_diff_fields(page, doc, expected_audit)
+    fields = {p for p, _ in page.fields}
+    for k, c in enumerate(doc["checks"]):
+        assert {f"checks.{k}.failed", f"checks.{k}.checked"} <= fields
+        assert {f"checks.{k}.records.{j}.line" for j in range(len(c["records"]))} <= fields
+        assert {f"checks.{k}.examples.{j}.line" for j in range(len(c["examples"]))} <= fields
+    assert checked >= 2 * len(doc["checks"])
+    for field, tip, text in page.tips:  # the offending records' tokens, with their labels
+        tok = resolve(doc, field)
+        assert text == shown(tok["token"], tok["special"]) and f"label {tok['label']}" in tip
+        assert ("OFFENDING" in tip) == tok["offending"]
+    n_tokens = sum(len(e["tokens"]) for c in doc["checks"] for e in c["examples"])
+    assert len(page.tips) == n_tokens > 0
+    assert page.stray == []
+    assert json.loads(page.scripts["ce-inspect-audit"]) == doc
+    assert "\u202e" not in html and "<img" not in html  # the hostile record id stayed text
+
+
+def test_audit_markdown_equals_the_json(audit_outputs):
+    from markdown_it import MarkdownIt
+
+    doc, paths = audit_outputs
+    md = paths["md"].read_text()
+    rendered = MarkdownIt("commonmark").enable("table").render(md)
+    assert "<img" not in rendered and "<script" not in rendered
+    tables = tables_of(rendered)
+    rows = tables[0][1:]
+    assert [r[0] for r in rows] == [c["name"] for c in doc["checks"]]
+    for row, c in zip(rows, doc["checks"]):
+        assert len(row) == 6  # the hostile id's `|` did not split a cell
+        assert row[2:4] == [str(c["checked"]), str(c["failed"])]
+        want = ", ".join(f"{r['line']}" + (f" ({printed(str(r['id']))})" if r["id"] else "") for r in c["records"])
+        assert row[5] == want
+    loss = {r[0]: r[1] for r in tables[1][1:]}
+    assert loss["token-weighted mean loss"] == f"{doc['loss']['token_weighted_mean_loss']:.4f}"
+    examples = [(c["name"], str(e["line"])) for c in doc["checks"] for e in c["examples"]]
+    assert [(r[0], r[1]) for r in tables[2][1:]] == examples
+
+
+def test_audit_svg_is_the_terminal_output(audit_outputs):
+    _, paths = audit_outputs
+    svg = paths["svg"].read_text()
+    assert svg.startswith("<!-- ce-inspect report: audit -->")
+    ET.fromstring(svg)
+    assert "no-trained-tokens" in svg
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["diff", "-m", "a", "--model-b", "b", "-p", "x", "-a", " y"],
+        ["diff", "-m", "a", "--model-b", "b", "--input", "data.jsonl", "-o", "out.jsonl"],
+        ["audit", "data.jsonl", "-m", "a"],
+    ],
+)
+@pytest.mark.parametrize("flag", ["--html", "--svg", "--markdown"])
+def test_bad_diff_or_audit_report_path_fails_before_loading(args, flag, tmp_path, capsys, no_load, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.jsonl").write_text(json.dumps(ROWS[0]) + "\n")
+    code = main([*args, flag, str(tmp_path / "missing" / "r.out")])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == "" and err.startswith(f"Error: {flag} ") and err.count("\n") == 1, err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_diff_dataset_markdown_cannot_share_stdout_with_the_lines(tmp_path, capsys, no_load, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.jsonl").write_text(json.dumps(ROWS[0]) + "\n")
+    assert main(["diff", "-m", "a", "--model-b", "b", "--input", "data.jsonl", "--markdown", "-"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("Error: ") and err.count("\n") == 1
