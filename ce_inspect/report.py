@@ -471,9 +471,8 @@ def _diff_summary_rows(s: dict[str, Any], prefix: str = "summary.") -> list[tupl
 
 
 def _diff_tooltip(t: dict[str, Any]) -> str:
-    lines = [
-        f"#{t['index']} {shown_token(t['token'], t['ref'].get('special', False), t['ref'].get('bytes'))}  id {t['token_id']}"
-    ]
+    token = shown_token(t["token"], t["ref"].get("special", False), t["ref"].get("bytes"))
+    lines = [f"#{t['index']} {token}  id {t['token_id']}"]
     for label, side in (("ref ", t["ref"]), ("cand", t["cand"])):
         top = shown_token(side["top_token"], raw=side.get("top_bytes"))
         lines.append(f"{label} prob {fmt(side['prob'])}  loss {fmt(side['loss'])}  rank {side['rank']}  top-1 {top}")
