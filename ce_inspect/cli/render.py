@@ -309,20 +309,22 @@ def loss_sparkline(tokens: tuple[TokenScore, ...], width: int) -> Text:
     return line.append(tail, style="dim")
 
 
+def loss_key() -> list[tuple[str, str] | str]:
+    """The loss bins of the strip, each in its own style, from ``_HEAT_BG``: what every legend shows."""
+    parts: list[tuple[str, str] | str] = []
+    previous = None
+    for limit, style in _HEAT_BG:
+        label = f"<{limit:g}" if limit != float("inf") else f"≥{previous:g}"
+        parts += [" ", (label, style)] if parts else [(label, style)]
+        previous = limit
+    return parts
+
+
 def heat_legend(context_scored: bool, width: int | None = None, partial_bytes: bool = False) -> Text:
     """The strip's key, one entry never split across lines: wrapped between entries to fit ``width``."""
     entries = [
         Text("masked", style="dim"),
-        Text.assemble(
-            "scored loss: ",
-            ("<0.5", "on dark_green"),
-            " ",
-            ("<2", "black on yellow"),
-            " ",
-            ("<4", "black on dark_orange"),
-            " ",
-            ("≥4", "on red"),
-        ),
+        Text.assemble("scored loss: ", *loss_key()),
         Text("special", style="bold magenta"),
         Text("␣ space"),
         Text("↵ newline"),

@@ -12,7 +12,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .render import _HEAT_BG, fmt, loss_style, visible
+from .render import _HEAT_BG, fmt, loss_key, loss_style, visible
 
 if TYPE_CHECKING:
     from ..audit import AuditReport, CheckResult, ShownFinding, TokenView
@@ -51,16 +51,7 @@ def token_strip(tokens: tuple[TokenView, ...]) -> Text:
 def legend(with_loss: bool) -> Text:
     parts: list[Any] = [("▸offending◂", _OFFENDING), "  ", ("trained", "bold"), "  ", ("not trained", "dim")]
     if with_loss:
-        parts += [
-            "   trained loss: ",
-            ("<0.5", "on dark_green"),
-            " ",
-            ("<2", "black on yellow"),
-            " ",
-            ("<4", "black on dark_orange"),
-            " ",
-            ("≥4", "on red"),
-        ]
+        parts += ["   trained loss: ", *loss_key()]
     parts += ["   ", ("special", "bold magenta"), "  ␣ space  ↵ newline  ⇥ tab"]
     return Text.assemble(*parts)
 
