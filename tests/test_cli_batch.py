@@ -201,7 +201,7 @@ def _many_rows(n: int) -> list[dict]:
 
 @pytest.mark.slow
 def test_kill_9_midway_then_resume_gives_exactly_one_line_per_record(tmp_path, tiny_llama_dir):
-    rows = _many_rows(80)
+    rows = _many_rows(1000)  # enough that the run cannot finish before the signal, even on a fast machine
     data, out = write_jsonl(tmp_path / "d.jsonl", rows), tmp_path / "out.jsonl"
     proc = _start(tmp_path, tiny_llama_dir, data, out)
     _wait_for_lines(proc, out, 5)
@@ -228,7 +228,7 @@ def test_kill_9_midway_then_resume_gives_exactly_one_line_per_record(tmp_path, t
 
 @pytest.mark.slow
 def test_interrupt_leaves_whole_lines_and_says_how_to_resume(tmp_path, tiny_llama_dir):
-    rows = _many_rows(80)
+    rows = _many_rows(1000)  # enough that the run cannot finish before the signal, even on a fast machine
     data, out = write_jsonl(tmp_path / "d.jsonl", rows), tmp_path / "out.jsonl"
     proc = _start(tmp_path, tiny_llama_dir, data, out)
     _wait_for_lines(proc, out, 3)
@@ -337,7 +337,8 @@ def test_resume_never_drops_bytes_it_did_not_write(capsys, tmp_path, tiny_llama_
 
 def test_second_writer_of_one_output_is_refused(tmp_path, tiny_llama_dir):
     """Item 9: two real processes onto one --output: the second fails at once naming the first's PID."""
-    data, out = write_jsonl(tmp_path / "d.jsonl", _many_rows(80)), tmp_path / "out.jsonl"
+    # Enough records that the first is still writing when the second starts, even on a fast machine.
+    data, out = write_jsonl(tmp_path / "d.jsonl", _many_rows(1000)), tmp_path / "out.jsonl"
     first = _start(tmp_path, tiny_llama_dir, data, out)
     try:
         _wait_for_lines(first, out, 2)
@@ -358,7 +359,7 @@ def test_second_writer_of_one_output_is_refused(tmp_path, tiny_llama_dir):
     finally:
         first.communicate(timeout=180)
     assert first.returncode == 0
-    assert [json.loads(x)["line"] for x in out.read_text().splitlines()] == list(range(1, 81))  # the first's, whole
+    assert [json.loads(x)["line"] for x in out.read_text().splitlines()] == list(range(1, 1001))  # the first's, whole
     assert not (tmp_path / ".out.jsonl.lock").exists()
 
 
