@@ -179,7 +179,15 @@ def _start(tmp_path: Path, model: Path, data: Path, out: Path, *extra: str) -> s
     argv = [sys.executable, "-m", "ce_inspect", "batch", str(data), "-m", str(model), "-o", str(out), "-b", "1"]
     argv += ["--sort-window", "1", *extra]
     return subprocess.Popen(
-        argv, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv,
+        cwd=ROOT,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell running the suite in the background (`cmd &`, no job control) starts it with SIGINT
+        # ignored, and children inherit that: give the run the SIGINT a user's Ctrl-C sends.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
