@@ -189,6 +189,68 @@ def batch(
     from rich.console import Console
 
     err = Console(stderr=True)
+    done = _checked_and_scored(
+        common,
+        reports,
+        session,
+        input,
+        output,
+        summary_json,
+        fields,
+        layout,
+        options,
+        settings,
+        err,
+        stdout,
+        resume=resume,
+        force=force,
+        worst=worst,
+        skip_invalid=skip_invalid,
+        format=format,
+        split=split,
+    )
+    if done is None:
+        return  # torchrun, not rank 0: rank 0 merges and reports
+    summary, lines = done
+    if summary_json is not None:
+        from ..files import write_output
+        from ..result import dumps
+
+        write_output(summary_json, dumps(summary.to_dict(), indent=2) + "\n", label="`summary_json`")
+    if lines is not None or reports.svg is not None:
+        _write_reports(reports, summary, lines, worst)
+    from ..files import is_stdout
+    from .render_batch import render_dataset_summary
+
+    # The human summary goes to stdout only when stdout carries neither the JSON lines nor Markdown.
+    to_stdout = output is not None and not is_stdout(output) and not reports.markdown_on_stdout()
+    render_dataset_summary(summary, Console() if to_stdout else err)
+    gate("token-weighted mean loss", summary.token_weighted_mean_loss, fail_above_loss, "--fail-above-loss")
+
+
+def _checked_and_scored(
+    common: Common,
+    reports: Reports,
+    session: Any,
+    input: Path,
+    output: Path | None,
+    summary_json: Path | None,
+    fields: Fields,
+    layout: Layout,
+    options: ScoreOptions,
+    settings: BatchSettings,
+    err: Any,
+    stdout: Any,
+    *,
+    resume: bool,
+    force: bool,
+    worst: int,
+    skip_invalid: bool,
+    format: str | None,
+    split: str | None,
+) -> tuple[DatasetSummary, Any] | None:
+    """Check every output and lock --output, read the resume state and the input, load the model and score:
+    the data-set summary and what the reports keep of the lines (None on a torchrun rank other than 0)."""
     with ExitStack() as stack:
         # Every output is checked, and --output locked, before the input is read or the model loads.
         check_outputs(input, output, summary_json, resume=resume, force=force)
@@ -224,25 +286,12 @@ def batch(
 
             summary = score_sharded(lm, options, scan, settings, err, sharded=sharded, output=output)  # type: ignore[arg-type]
             if summary is None:
-                return  # not rank 0: rank 0 merges and reports
+                return None  # not rank 0: rank 0 merges and reports
             if lines is not None and output is not None:
                 lines.add_file(output, output.stat().st_size)  # rank 0: the reports see the merged lines
         else:
             summary = _score(lm, options, scan, settings, err, output=output, stdout=stdout, lines=lines)
-    if summary_json is not None:
-        from ..files import write_output
-        from ..result import dumps
-
-        write_output(summary_json, dumps(summary.to_dict(), indent=2) + "\n", label="`summary_json`")
-    if lines is not None or reports.svg is not None:
-        _write_reports(reports, summary, lines, worst)
-    from ..files import is_stdout
-    from .render_batch import render_dataset_summary
-
-    # The human summary goes to stdout only when stdout carries neither the JSON lines nor Markdown.
-    to_stdout = output is not None and not is_stdout(output) and not reports.markdown_on_stdout()
-    render_dataset_summary(summary, Console() if to_stdout else err)
-    gate("token-weighted mean loss", summary.token_weighted_mean_loss, fail_above_loss, "--fail-above-loss")
+    return summary, lines
 
 
 def _open_input(
