@@ -605,6 +605,13 @@ DATA_CASES: list[Case] = [
         files={"d.jsonl": '{"prompt": "p", "answer": "a"}\n'},
     ),
     Case(
+        "audit: unknown --format (the same rule as batch)",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--no-model", "--format", "csv"],
+        2,
+        "use one of tokenized, conversations, messages, prompt-completion, prompt-answer, text",
+        files={"d.jsonl": '{"prompt": "p", "answer": "a"}\n'},
+    ),
+    Case(
         "--format that the records do not have",
         ["batch", "{tmp}/d.jsonl", "-m", "{llama}", "--format", "messages"],
         1,

@@ -10,9 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from ..audit import CHECK_NAMES, DEFAULT_EXAMPLES, DEFAULT_FAIL_ON
-from ..data import FORMATS
 from .logs import setup_logging
-from .options import OUTPUT, Common, shared_options
+from .options import OUTPUT, Common, FormatOpt, SplitOpt, shared_options
 from .reports import Reports, report_options
 
 INPUT = "Input"
@@ -77,19 +76,8 @@ def audit(
             rich_help_panel=INPUT,
         ),
     ] = False,
-    format: Annotated[
-        str | None,
-        typer.Option(
-            "--format",
-            metavar="|".join(FORMATS),
-            help="Read every record in this format instead of detecting it from its fields.",
-            rich_help_panel=INPUT,
-        ),
-    ] = None,
-    split: Annotated[
-        str | None,
-        typer.Option(help="The split of a saved or Hub dataset (train, test, ...).", rich_help_panel=INPUT),
-    ] = None,
+    format: FormatOpt = None,
+    split: SplitOpt = None,
     id_field: Annotated[str, typer.Option(help="Field that names each record.", rich_help_panel=INPUT)] = "id",
     batch_size: Annotated[
         int | None,

@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..batch import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS, DEFAULT_SORT_WINDOW, DEFAULT_WORST
-from ..data import FORMATS
 from .logs import setup_logging
-from .options import OUTPUT, Common, GateOpt, gate, shared_options
+from .options import OUTPUT, Common, FormatOpt, GateOpt, SplitOpt, gate, shared_options
 from .reports import Reports, report_options
 
 if TYPE_CHECKING:
@@ -46,19 +45,8 @@ def batch(
             show_default=False,
         ),
     ],
-    format: Annotated[
-        str | None,
-        typer.Option(
-            "--format",
-            metavar="FORMAT",
-            help=f"Read every record as {', '.join(FORMATS)} instead of detecting each one's format from its fields.",
-            rich_help_panel=INPUT,
-        ),
-    ] = None,
-    split: Annotated[
-        str | None,
-        typer.Option(help="The split of a saved or Hub dataset (train, test, ...).", rich_help_panel=INPUT),
-    ] = None,
+    format: FormatOpt = None,
+    split: SplitOpt = None,
     stride: Annotated[
         int | None,
         typer.Option(
@@ -178,8 +166,6 @@ def batch(
         worst=worst,
         sequence=not no_sequence,
     )
-    if format is not None and format not in FORMATS:
-        raise typer.BadParameter(f"{format!r}: use one of {', '.join(FORMATS)}", param_hint="--format")
     fields = Fields(prompt=prompt_field, answer=answer_field, messages=messages_field, id=id_field)
     # Bad values are usage errors, before loading.
     layout, options = replace(common.layout(), stride=stride), common.score_options()

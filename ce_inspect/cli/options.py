@@ -158,6 +158,33 @@ LastTurnOpt = Annotated[
 ]
 
 
+def _known_format(value: str | None) -> str | None:
+    """One rule for --format in every command that reads a data set: a usage error (exit 2) when unknown."""
+    from ..data import FORMATS
+
+    if value is not None and value not in FORMATS:
+        raise typer.BadParameter(f"{value!r}: use one of {', '.join(FORMATS)}")
+    return value
+
+
+# The data-set inputs of `batch` and `audit`, declared once.
+FormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        metavar="FORMAT",
+        callback=_known_format,
+        help="Read every record in this format (tokenized, conversations, messages, prompt-completion, "
+        "prompt-answer or text) instead of detecting each one's format from its fields.",
+        rich_help_panel="Input",
+    ),
+]
+SplitOpt = Annotated[
+    str | None,
+    typer.Option(help="The split of a saved or Hub dataset (train, test, ...).", rich_help_panel="Input"),
+]
+
+
 @dataclass(frozen=True)
 class Common:
     """The shared options of a command, parsed; turns them into library objects."""
