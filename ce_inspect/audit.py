@@ -29,6 +29,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .batch import (
+    BatchReport,
+    BatchSettings,
+    ExampleStats,
+    SummaryBuilder,
+    _check_resume_settings,
+    encode_record,
+    run_scan,
+)
 from .encoding import IGNORE_INDEX, Layout, decode_tokens, encode_messages, encode_pair, special_ids, special_prefix
 from .errors import InputError
 from .result import (
@@ -41,6 +50,7 @@ from .result import (
     AuditRecordRefDict,
     AuditTokenDict,
 )
+from .scoring import ScoreOptions
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -819,6 +829,11 @@ class Audit:
 
     Memory holds the failing records' ids, the first ``examples`` findings per check in full, and (with
     a model) one float per record: nothing grows with a clean data set but the loss list.
+
+    With a model, only each record's mean loss is kept (``add_loss``, from the forward pass or read back
+    from an output line); the records shown in full (``to_show``) are scored again, each alone, and their
+    results handed to ``finish``. So the report is the same whether the losses came from this process,
+    from a resumed file or from the merged parts of a torchrun run.
     """
 
     def __init__(self, ctx: AuditContext, *, max_length: int | None = None, examples: int = DEFAULT_EXAMPLES) -> None:
@@ -831,13 +846,15 @@ class Audit:
         self._checked: dict[str, int] = {name: 0 for name in CHECK_NAMES}
         self._eot_trained = 0  # records that train an end-of-turn token
         self._losses: dict[int, tuple[float, RecordRef]] = {}
-        self._token_losses: dict[int, tuple[dict[int, float], float]] = {}
-        self._top_losses: list[tuple[float, int, ShownFinding]] = []  # min-heap of (mean, -line, view)
         self.skipped: list[dict[str, Any]] = []
         #: Failing records' findings by line, kept between the checks and the forward pass.
         self.findings: dict[int, list[Finding]] = {}
-        #: Records the forward pass could not score (too long for the model, no trained token, ...).
-        self.unscored: list[dict[str, Any]] = []
+        self._unscored: dict[int, dict[str, Any]] = {}
+
+    @property
+    def unscored(self) -> list[dict[str, Any]]:
+        """Records the forward pass could not score (too long for the model, no trained token, ...)."""
+        return [self._unscored[line] for line in sorted(self._unscored)]
 
     def add(self, ex: AuditExample) -> list[Finding]:
         """Check one record; returns its findings (for the per-record output)."""
@@ -873,24 +890,29 @@ class Audit:
     def skip(self, line: int, rid: str | int | None, reason: str) -> None:
         self.skipped.append({"line": line, "id": rid, "reason": reason})
 
-    def add_result(self, line: int, rid: str | int | None, result: ScoreResult) -> None:
-        """Take one record's forward pass: its mean loss, and its token losses where a finding shows it."""
-        mean = result.summary.mean
+    def add_loss(self, line: int, rid: str | int | None, mean: float) -> None:
+        """Take one record's mean loss (from the forward pass, or read back from its output line)."""
         self._losses[line] = (mean, RecordRef(line, rid))
-        if line in self._shown_lines:
-            self._token_losses[line] = ({t.index: t.loss for t in result.tokens}, mean)
-        # The highest means so far, shown if they turn out to be outliers (known only at the end).
-        key = mean if math.isfinite(mean) else math.inf
-        if self.examples:
-            item = (key, -line, show_scored(self.ctx, line, rid, result))
-            if len(self._top_losses) < self.examples:
-                heapq.heappush(self._top_losses, item)
-            elif item[:2] > self._top_losses[0][:2]:
-                heapq.heapreplace(self._top_losses, item)
 
-    @property
-    def _shown_lines(self) -> set[int]:
-        return {s.line for shown in self._shown.values() for s in shown}
+    def add_result(self, line: int, rid: str | int | None, result: ScoreResult) -> None:
+        self.add_loss(line, rid, result.summary.mean)
+
+    def add_unscored(self, line: int, rid: str | int | None, reason: str) -> None:
+        self._unscored[line] = {"line": line, "id": rid, "reason": reason}
+
+    def _top_losses(self) -> list[RecordRef]:
+        """The ``examples`` highest means (non-finite first, then ties by input line): the outliers shown."""
+        flagged, _, _ = self._loss_outliers()
+        key = {ref.line: self._losses[ref.line][0] for ref in flagged}
+        ranked = sorted(flagged, key=lambda r: (-(key[r.line] if math.isfinite(key[r.line]) else math.inf), r.line))
+        return ranked[: self.examples]
+
+    def to_show(self) -> list[int]:
+        """The scored records ``finish`` shows in full, whose token losses it needs (``score_shown``)."""
+        lines = {s.line for shown in self._shown.values() for s in shown if s.line in self._losses}
+        if self._losses:
+            lines.update(r.line for r in self._top_losses())
+        return sorted(lines)
 
     def _eot_note(self) -> str | None:
         checked = self._checked["eot-not-trained"]
@@ -925,7 +947,11 @@ class Audit:
         fail_on: Sequence[str],
         output: str | None = None,
         loss: dict[str, Any] | None = None,
+        scored: dict[int, ScoreResult] | None = None,
     ) -> AuditReport:
+        """The report. ``scored``: the results of the records ``to_show`` names, which the shown
+        findings and outliers display token by token (a record missing from it is shown without losses)."""
+        scored = scored or {}
         results = []
         loss_stats = None
         for info in CHECKS:
@@ -938,13 +964,15 @@ class Audit:
                 if ran:
                     records, note, loss_stats = self._loss_outliers()
                     checked = len(self._losses)
-                    flagged = {r.line for r in records}
-                    top = sorted(self._top_losses, key=lambda item: item[:2], reverse=True)
-                    shown = [view for _, _, view in top if view.line in flagged]
+                    shown = [
+                        show_scored(self.ctx, r.line, r.id, scored[r.line], self._losses[r.line][0])
+                        for r in self._top_losses()
+                        if r.line in scored
+                    ]
                 else:
                     note = "needs a forward pass: not run (no model)"
             if info.name != "loss-outlier":
-                shown = [_with_losses(s, *self._token_losses.get(s.line, (None, None))) for s in shown]
+                shown = [_with_losses(s, scored.get(s.line), self._losses.get(s.line)) for s in shown]
             results.append(CheckResult(info.name, info.description, ran, checked, tuple(records), tuple(shown), note))
         if loss is not None and loss_stats is not None:
             loss = {**loss, "outlier_rule": loss_stats}
@@ -962,22 +990,26 @@ class Audit:
         )
 
 
-def _with_losses(shown: ShownFinding, losses: dict[int, float] | None, mean: float | None) -> ShownFinding:
-    if losses is None:
+def _with_losses(shown: ShownFinding, result: ScoreResult | None, loss: tuple[float, RecordRef] | None) -> ShownFinding:
+    if result is None or loss is None:
         return shown
+    losses = {t.index: t.loss for t in result.tokens}
     tokens = tuple(replace(t, loss=losses.get(t.index)) for t in shown.tokens)
-    return replace(shown, tokens=tokens, mean_loss=mean)
+    return replace(shown, tokens=tokens, mean_loss=loss[0])
 
 
-def show_scored(ctx: AuditContext, line: int, rid: str | int | None, result: ScoreResult) -> ShownFinding:
-    """A loss-outlier view of a scored record: its highest-loss tokens with their context."""
+def show_scored(
+    ctx: AuditContext, line: int, rid: str | int | None, result: ScoreResult, mean: float | None = None
+) -> ShownFinding:
+    """A loss-outlier view of a scored record: its highest-loss tokens with their context. ``mean``: the
+    record's mean loss as its output line has it (default: the result's)."""
     seq = result.sequence
     worst = sorted(
         heapq.nlargest(3, result.tokens, key=lambda t: t.loss if math.isfinite(t.loss) else math.inf),
         key=lambda t: t.index,
     )
     positions = tuple(t.index for t in worst)
-    mean = result.summary.mean
+    mean = result.summary.mean if mean is None else mean
     finding = Finding(
         "loss-outlier",
         positions,
@@ -1005,9 +1037,14 @@ def show_scored(ctx: AuditContext, line: int, rid: str | int | None, result: Sco
 
 
 def record_line(
-    ex_line: int, rid: str | int | None, findings: Sequence[Finding], loss: dict[str, Any] | None = None
+    ex_line: int,
+    rid: str | int | None,
+    findings: Sequence[Finding],
+    loss: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> AuditRecordLineDict:
-    """The per-record output line: which checks the record fails, and where."""
+    """The per-record output line: which checks the record fails, and where; with a model, its loss and
+    the settings it was written with (``audit_line_settings``), which ``--resume`` compares."""
     d: AuditRecordLineDict = {
         "schema_version": SCHEMA_VERSION,
         "kind": "audit_record",
@@ -1018,6 +1055,8 @@ def record_line(
     }
     if loss is not None:
         d["loss"] = loss
+    if settings is not None:
+        d["settings"] = settings
     return d
 
 
@@ -1173,6 +1212,127 @@ class _Discard:
         pass
 
 
+# --- with a model: the forward pass through batch's one runner ---------------------------------------------
+
+
+def audit_line_settings(lm: LoadedModel, scan: Any, options: Any, max_length: int | None) -> dict[str, Any]:
+    """What an audit line depends on besides its record: ``batch.line_settings`` and ``max_length``."""
+    from .batch import line_settings
+
+    return {**line_settings(lm, scan.layout, options, scan.fields), "max_length": max_length}
+
+
+def line_emitter(audit: Audit, settings: dict[str, Any]) -> Callable[[Any, Any], AuditRecordLineDict | None]:
+    """``run_scan``'s ``emit`` for audit: every record the checks took gets one line (its findings, its loss or
+    why the model could not score it); records the checks skipped (``--skip-invalid``) get none."""
+    skipped = {s["line"] for s in audit.skipped}
+
+    def emit(entry: Any, result: Any) -> AuditRecordLineDict | None:
+        if entry.line in skipped:
+            return None
+        findings = audit.findings.get(entry.line, [])
+        if result is None:
+            loss: dict[str, Any] = {"scored": False, "reason": entry.error}
+        else:
+            s = result.summary
+            loss = {"scored": True, "mean": s.mean, "sum": s.sum, "count": s.count}
+            loss["sequence_tokens"] = result.layout["sequence_tokens"]
+        return record_line(entry.line, entry.id, findings, loss, settings)
+
+    return emit
+
+
+def audit_line_stats(obj: Any, worst: int) -> tuple[Any, list[Any]]:
+    """``batch.read_resume``'s parser for audit lines (written with a model): the line, checked key for key
+    against ``AuditRecordLineDict``, as ``ExampleStats`` carrying its findings; a record the model could not
+    score gives stats with no scored token (its line is kept, ``ResumeState.others``)."""
+    from .result import conform
+
+    if not isinstance(obj, dict) or obj.get("schema_version") != SCHEMA_VERSION or obj.get("kind") != "audit_record":
+        raise ValueError(f"not a schema_version {SCHEMA_VERSION} audit record")
+    conform(AuditRecordLineDict, obj)
+    line, loss = obj["line"], obj.get("loss")
+    if line < 1 or not isinstance(loss, dict):
+        raise ValueError("no input line number, or no loss (written with --no-model?)")
+    count = loss["count"] if loss["scored"] else 0
+    if loss["scored"] and not (isinstance(count, int) and count > 0):
+        raise ValueError("a scored record with no scored token")
+    mean = loss["mean"] if loss["scored"] else math.nan
+    stats = ExampleStats(
+        line=line,
+        id=obj["id"],
+        count=count,
+        loss_sum=loss["sum"] if loss["scored"] else 0.0,
+        mean=mean,
+        nll_sum=loss["sum"] if loss["scored"] else 0.0,  # audit scores without label smoothing
+        greedy_hits=0,
+        sequence_tokens=loss["sequence_tokens"] if loss["scored"] else 0,
+        fingerprint=None,
+        payload=obj["findings"],
+    )
+    return stats, []
+
+
+class AuditLosses(BatchReport):
+    """``run_scan``'s report for audit's forward pass: batch's loss summary (audit writes its own lines, with
+    ``line_emitter``), and each record's mean loss to ``audit``; a resumed line must hold the findings the
+    checks find now."""
+
+    def __init__(self, lm: LoadedModel, scan: Any, audit: Audit, options: Any, settings: Any) -> None:
+        self.lm, self.scan, self.options, self.settings = lm, scan, options or ScoreOptions(), settings
+        self.builder = SummaryBuilder(0)  # no worst tokens: audit shows its outliers itself
+        self.audit = audit
+        self.written = audit_line_settings(lm, scan, self.options, audit.max_length)
+        if scan.resume is not None:
+            _check_resume_settings(scan.resume, self.written)
+        self._skipped = {s["line"] for s in audit.skipped}
+
+    def add(self, entry: Any, result: ScoreResult) -> None:
+        self.builder.add(ExampleStats.from_result(entry.line, entry.id, result))
+        self.audit.add_result(entry.line, entry.id, result)
+
+    def resumed(self, entry: Any) -> None:
+        from .errors import ResumeError
+
+        now = [f.to_dict() for f in self.audit.findings.get(entry.line, [])]
+        if entry.done.payload != json_roundtrip(now):
+            raise ResumeError(
+                f"`resume`: input line {entry.line} fails other checks now than the output's line for it says; "
+                "the input or the options changed since, start over with `force`"
+            )
+        super().resumed(entry)
+        self.audit.add_loss(entry.line, entry.id, entry.done.mean)
+
+    def skip(self, skipped: Any) -> None:
+        super().skip(skipped)
+        if skipped.line not in self._skipped:
+            self.audit.add_unscored(skipped.line, skipped.id, skipped.reason)
+
+
+def json_roundtrip(obj: Any) -> Any:
+    """``obj`` as it reads back from an output line (tuples become lists)."""
+    import json
+
+    from .result import dumps
+
+    return json.loads(dumps(obj))
+
+
+def score_shown(lm: LoadedModel, scan: Any, audit: Audit, options: Any = None) -> dict[int, ScoreResult]:
+    """The records the report shows in full (``Audit.to_show``), scored again, each alone (one row, no padding:
+    what ``run`` gives for it), so that the report does not depend on which process scored which record."""
+    from .windows import score_examples
+
+    wanted, results = set(audit.to_show()), {}
+    if not wanted:
+        return results
+    encoder = scan.encoder or (lambda record: encode_record(lm, record, scan.layout))
+    for record in scan.records():
+        if record.line in wanted:
+            results[record.line] = score_examples(lm, [encoder(record)], options or ScoreOptions())[0]
+    return results
+
+
 def score_dataset(
     lm: LoadedModel,
     scan: Any,
@@ -1184,23 +1344,9 @@ def score_dataset(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Any:
     """The forward pass over the scan through ``batch.run_scan`` (the one runner): per record, the mean loss
-    goes to ``audit`` and one line (the record's findings and loss) to ``sink``. Returns the batch summary."""
-    from .batch import BatchSettings, run_scan
-
-    skipped = {s["line"] for s in audit.skipped}
-
-    def emit(entry: Any, result: Any) -> dict[str, Any] | None:
-        if entry.line in skipped:
-            return None
-        findings = audit.findings.get(entry.line, [])
-        if result is None:
-            audit.unscored.append({"line": entry.line, "id": entry.id, "reason": entry.error})
-            return record_line(entry.line, entry.id, findings, {"scored": False, "reason": entry.error})
-        audit.add_result(entry.line, entry.id, result)
-        s = result.summary
-        loss = {"scored": True, "mean": s.mean, "sum": s.sum, "count": s.count}
-        return record_line(entry.line, entry.id, findings, loss)
-
+    goes to ``audit`` and one line (the record's findings and loss) to ``sink``. Returns the batch summary;
+    ``score_shown`` then gives ``audit.finish`` the records it shows."""
+    report = AuditLosses(lm, scan, audit, options, settings or BatchSettings())
     return run_scan(
         lm,
         scan,
@@ -1208,7 +1354,8 @@ def score_dataset(
         options=options,
         settings=settings or BatchSettings(),
         on_batch=on_batch,
-        emit=emit,
+        emit=line_emitter(audit, report.written),
+        report=report,
     )
 
 
@@ -1223,11 +1370,13 @@ __all__ = [
     "CheckResult",
     "Finding",
     "audit_example",
+    "audit_line_stats",
     "check_dataset",
     "example_from_record",
     "parse_checks",
     "read_audit_records",
     "record_line",
     "score_dataset",
+    "score_shown",
     "tokenizer_only",
 ]

@@ -121,7 +121,7 @@ class ExampleStats:
     nll_sum: float
     greedy_hits: int
     sequence_tokens: int
-    fingerprint: int
+    fingerprint: int | None  # None: the line does not list its scored tokens (``audit``'s)
     #: What another command's report needs to rebuild its summary from the line (``diff``: every token's
     #: figures); None for ``batch``, whose summary needs only the fields above.
     payload: Any = field(default=None, compare=False, repr=False)
@@ -364,10 +364,13 @@ class ResumeState:
     settings: dict[str, Any]  # what every line was written with (``line_settings``); {} for an empty file
     # distributed: False for the union of torchrun part files, whose lines are not a prefix of the input
     ordered: bool = True
+    #: Input lines whose output line records no scored example (``audit``'s records the model could not
+    #: score: the line holds their findings); the scan leaves them invalid and the runner does not rewrite them.
+    others: frozenset[int] = frozenset()
 
     @property
     def last_line(self) -> int:
-        return max(self.examples, default=0)
+        return max(max(self.examples, default=0), max(self.others, default=0))
 
 
 #: How every output line starts (``output_line`` puts ``schema_version`` first). A torn last line is
@@ -381,7 +384,8 @@ def _is_our_torn_line(raw: bytes) -> bool:
 
 
 #: One parsed output line (and ``worst``) -> what resume keeps of it; ``ValueError``/``KeyError``/``TypeError``
-#: when the line is not one the command writes.
+#: when the line is not one the command writes. Stats that count no scored token mark a line of ours that
+#: records no score (``ResumeState.others``).
 LineParser = Callable[[Any, int], "tuple[ExampleStats, list[WorstToken]]"]
 
 
@@ -400,6 +404,8 @@ def read_resume(
     path = Path(path)
     parse = parse or _stats_from_line
     examples: dict[int, ExampleStats] = {}
+    others: set[int] = set()
+    last = 0
     tokens: list[tuple[float, int, int, WorstToken]] = []
     settings: dict[str, Any] | None = None
     size = 0
@@ -415,7 +421,7 @@ def read_resume(
                         )
                     break  # torn: the writer never finished this line
                 obj, stats, example_tokens = _read_line(path, k, raw, worst, parse, command)
-                if examples and stats.line <= max(examples):
+                if stats.line <= last:
                     raise ResumeError(
                         f"`resume`: line {k} of {path} repeats or goes back to input line {stats.line}; the file "
                         "was edited or written by two runs at once; start over with `force`"
@@ -428,6 +434,11 @@ def read_resume(
                         f"`resume`: line {k} of {path} was written with other settings than line 1; the file "
                         "mixes two runs, start over with `force`"
                     )
+                last = stats.line
+                if not stats.count:
+                    others.add(stats.line)
+                    size += len(raw)
+                    continue
                 examples[stats.line] = stats
                 if worst:
                     for t in example_tokens:
@@ -443,6 +454,7 @@ def read_resume(
         examples=examples,
         worst_tokens=tuple(item[-1] for item in tokens),
         settings=settings or {},
+        others=frozenset(others),
     )
 
 
@@ -522,7 +534,7 @@ def line_settings(
 
 def _check_resume_settings(state: ResumeState, current: dict[str, Any]) -> None:
     """Refuse to continue a file written with another model or any option that changes a line."""
-    if not state.examples:
+    if not state.examples and not state.others:
         return
     for key, value in current.items():
         old = state.settings.get(key)
@@ -553,6 +565,8 @@ class Entry:
     scored: int = 0  # scored targets
     error: str | None = None
     done: ExampleStats | None = None
+    #: An invalid entry whose output line the resumed file already holds (``ResumeState.others``).
+    kept: bool = False
 
     @property
     def pending(self) -> bool:
@@ -634,6 +648,12 @@ def scan_dataset(
             if encoded is not None and not encoded.scored_positions:
                 reason, encoded = "no token of it is scored (every label is ignored)", None
         done = resume.examples.get(record.line) if resume is not None else None
+        kept = resume is not None and record.line in resume.others
+        if kept and reason is None:
+            raise ResumeError(
+                f"`resume`: input line {record.line}{_id_note(record.id)} can be scored now but {resume.path} "  # type: ignore[union-attr]
+                "holds no score for it; the input or the options changed since, start over with `force`"
+            )
         if done is not None:
             _check_done(resume, record, encoded, done, reason)  # type: ignore[arg-type]
             entries.append(Entry(record.line, record.id, done.sequence_tokens, done.count, done=done))
@@ -643,7 +663,7 @@ def scan_dataset(
                 raise InvalidRecordError(
                     f"{info.where(record)}: {reason} (fix the {info.unit}, or pass --skip-invalid)"
                 )
-            entries.append(Entry(record.line, record.id, error=reason))
+            entries.append(Entry(record.line, record.id, error=reason, kept=kept))
             continue
         assert encoded is not None
         if resume is not None and resume.ordered and record.line < resume.last_line:
@@ -655,7 +675,7 @@ def scan_dataset(
     if not entries:
         raise InputError(f"{name} holds no records")
     if resume is not None:
-        missing = sorted(set(resume.examples) - {e.line for e in entries})
+        missing = sorted((set(resume.examples) | resume.others) - {e.line for e in entries})
         if missing:
             raise ResumeError(
                 f"`resume`: {resume.path} has a result for input line {missing[0]}, which {name} does not have; "
@@ -687,7 +707,12 @@ def _check_done(state: ResumeState, record: Record, encoded: Encoded | None, don
     if encoded is None:
         raise ResumeError(f"{where} cannot be scored now ({reason}) but {state.path} holds a result for it")
     targets = [(p, encoded.input_ids[p]) for p in encoded.scored_positions]
-    if fingerprint_targets(targets) != done.fingerprint or len(encoded) != done.sequence_tokens:
+    # A line that keeps no tokens (``audit``'s) has no fingerprint: its counts are compared instead.
+    if done.fingerprint is not None:
+        same = fingerprint_targets(targets) == done.fingerprint
+    else:
+        same = done.count == len(targets)
+    if not same or len(encoded) != done.sequence_tokens:
         raise ResumeError(
             f"{where} does not encode to the tokens {state.path} holds for it; the input or the layout "
             "options changed since, resume with the same ones or start over with `force`"
@@ -880,7 +905,7 @@ def run_scan(
     report = report or BatchReport(lm, scan, options, settings)
     start = time.perf_counter()
     for entry, result in _score_in_order(lm, scan, options, settings, stats, on_batch, score):
-        line = emit(entry, result) if emit is not None and entry.done is None else None
+        line = emit(entry, result) if emit is not None and entry.done is None and not entry.kept else None
         if line is not None:
             sink.write(line)
         if entry.error is not None:

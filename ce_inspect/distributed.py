@@ -208,6 +208,10 @@ class ShardedResume:
         return set(self.base.examples) if self.base is not None else set()
 
     @property
+    def base_others(self) -> frozenset[int]:
+        return self.base.others if self.base is not None else frozenset()
+
+    @property
     def resumed(self) -> int:
         return len(self.base_lines) + sum(len(p.examples) for p in self.parts.values())
 
@@ -231,9 +235,9 @@ def read_sharded_resume(
         path = part_path(output, rank, world)
         if path.exists():
             state = read_resume(path, worst)
-            if base is None or not set(state.examples) <= set(base.examples):
+            if base is None or not _lines(state) <= _lines(base):
                 parts[rank] = state
-    states = [s for s in ([base] if base else []) + list(parts.values()) if s.examples]
+    states = [s for s in ([base] if base else []) + list(parts.values()) if s.examples or s.others]
     if not states:
         return ShardedResume(base, parts, base)
     for s in states[1:]:
@@ -242,14 +246,16 @@ def read_sharded_resume(
                 f"`resume`: {s.path} was written with other settings than {states[0].path}; start over with `force`"
             )
     examples: dict[int, Any] = {}
+    others: set[int] = set()
     for s in states:
-        for line, stats in s.examples.items():
-            if line in examples:
+        for line in _lines(s):
+            if line in examples or line in others:
                 raise ResumeError(
                     f"`resume`: input line {line} has a result in two files ({s.path} and another); "
                     "start over with `force`"
                 )
-            examples[line] = stats
+        examples.update(s.examples)
+        others.update(s.others)
     union = replace(
         states[0],
         path=output,
@@ -258,14 +264,25 @@ def read_sharded_resume(
         examples=dict(sorted(examples.items())),
         worst_tokens=(),
         ordered=False,
+        others=frozenset(others),
     )
     return ShardedResume(base, parts, union)
+
+
+def _lines(state: ResumeState) -> set[int]:
+    return set(state.examples) | state.others
+
+
+def unscored_lines(scan: Scan, state: ShardedResume) -> set[int]:
+    """The invalid entries whose output line is still to write (``audit`` writes one for a record the model
+    cannot score): rank 0's, ahead of its share; ``batch`` and ``diff`` write none."""
+    return {e.line for e in scan.entries if e.error is not None and e.line not in state.base_others}
 
 
 def check_shares(state: ShardedResume, shares: list[list[int]]) -> None:
     """Every part file must hold lines of its own rank's share only: the plan is the one it was written for."""
     for rank, part in state.parts.items():
-        foreign = sorted(set(part.examples) - set(shares[rank]))
+        foreign = sorted(set(part.examples) - set(shares[rank]) | (part.others if rank else frozenset()))
         if foreign:
             raise ResumeError(
                 f"`resume`: {part.path} holds input line {foreign[0]}, which is not rank {rank}'s share now: "
@@ -497,7 +514,7 @@ def score_share(
     base = state.base_lines
     shares = shard_lines([e for e in scan.entries if e.error is None and e.line not in base], session.world)
     check_shares(state, shares)
-    mine = set(shares[session.rank])
+    mine = set(shares[session.rank]) | (unscored_lines(scan, state) if session.rank == 0 else set())
     own = state.parts.get(session.rank)
     share = replace(scan, entries=tuple(e for e in scan.entries if e.line in mine), resume=own, subset=True)
     # Every rank has checked and read the part files before any rank writes to its own.
@@ -570,6 +587,8 @@ def merge_and_sum_up(
             if done is None:
                 raise RankFailedError(f"the merged {output} has no result for input line {e.line}; a part is missing")
             e = replace(e, done=done)
+        elif e.line in merged.others:
+            e = replace(e, kept=True)
         entries.append(e)
     final = replace(scan, entries=tuple(entries), resume=merged)
     sink = JsonlSink(io.BytesIO(), name=str(output))  # nothing is left to write: every example is done

@@ -810,5 +810,18 @@ class _AuditRecordLineDictRequired(TypedDict):
     findings: list[AuditFindingDict]
 
 
+class _AuditRecordLossDictRequired(TypedDict):
+    scored: bool  # false: the model could not score the record (``reason``)
+
+
+class AuditRecordLossDict(_AuditRecordLossDictRequired, total=False):
+    mean: float  # scored: the record's mean loss over its trained tokens
+    sum: float
+    count: int  # trained tokens scored
+    sequence_tokens: int  # tokens of the record's sequence (``--resume`` compares it with the input)
+    reason: str  # not scored: why
+
+
 class AuditRecordLineDict(_AuditRecordLineDictRequired, total=False):
-    loss: dict[str, Any]  # with a model: {scored, mean, sum, count} or {scored: false, reason}
+    loss: AuditRecordLossDict  # with a model
+    settings: dict[str, Any]  # with a model: what the line was written with (``--resume`` compares them)

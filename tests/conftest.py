@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Never touch a model hub from tests.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -206,4 +209,40 @@ def _isolated_cache(monkeypatch, tmp_path_factory):
 
 def write_json(path: Path, data) -> Path:
     path.write_text(json.dumps(data))
+    return path
+
+
+def json_close(a, b, where: str = "", tol: float = 1e-6) -> None:
+    """Equal JSON, floats to ``tol`` (relative, or absolute near 0)."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=tol, abs_tol=tol), f"{where}: {a} != {b}"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            json_close(a[k], b[k], f"{where}.{k}", tol)
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            json_close(x, y, f"{where}[{i}]", tol)
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def write_audit_data(path: Path, model_dir: Path) -> Path:
+    """``samples/pairs.jsonl`` for `audit` with a model, with four more lines: a record that trains nothing
+    (not scored), one whose end-of-sequence token is not trained (a finding on a scored record), one whose only
+    trained token is the model's least likely one there (a loss outlier), and a line that is not a record."""
+    from ce_inspect import load
+
+    lm = load(str(model_dir), device="cpu", quiet=True)
+    prefix = lm.tokenizer("Q: what?")["input_ids"]
+    with torch.no_grad():
+        least = int(lm.model(torch.tensor([prefix])).logits[0, -1].argmin())
+    eos = lm.tokenizer.eos_token_id
+    rows: list[object] = [json.loads(line) for line in (ROOT / "samples" / "pairs.jsonl").read_text().splitlines()]
+    rows.insert(2, {"id": "untrained", "input_ids": [*prefix, eos], "labels": [-100] * (len(prefix) + 1)})
+    rows.insert(6, "not a record")
+    rows.insert(9, {"id": "eot-masked", "input_ids": [*prefix, eos], "labels": [-100, *prefix[1:], -100]})
+    rows.insert(12, {"id": "outlier", "input_ids": [*prefix, least], "labels": [-100] * len(prefix) + [least]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

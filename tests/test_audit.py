@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import byte_tokenizer
+from conftest import byte_tokenizer, json_close
 
 from ce_inspect.audit import (
     CHECK_NAMES,
@@ -331,6 +331,8 @@ def _lines_conform(lines: list[dict]) -> None:
 
     for line in lines:
         _conforms(line, r.AuditRecordLineDict)
+        if "loss" in line:
+            _conforms(line["loss"], r.AuditRecordLossDict)
         for finding in line["findings"]:
             _conforms(finding, r.AuditFindingDict)
 
@@ -537,7 +539,7 @@ def test_bad_record_error_from_the_core(tok, tmp_path):
 def test_loss_outlier_sample_with_smollm2(smollm2):
     """samples/audit/loss-outlier.jsonl through SmolLM2 (batch's runner): exactly the gibberish answer is flagged,
     and each record's mean loss equals CrossEntropyLoss on the model's own logits."""
-    from ce_inspect.audit import score_dataset
+    from ce_inspect.audit import score_dataset, score_shown
     from ce_inspect.batch import scan_dataset
 
     path = SAMPLES / "loss-outlier.jsonl"
@@ -546,7 +548,8 @@ def test_loss_outlier_sample_with_smollm2(smollm2):
     lines: list[dict] = []
     sink = SimpleNamespace(name=None, write=lines.append)
     score_dataset(smollm2, scan, audit, sink)
-    report = audit.finish(input=str(path), model="smollm2", tokenizer="smollm2", fail_on=())
+    scored = score_shown(smollm2, scan, audit)
+    report = audit.finish(input=str(path), model="smollm2", tokenizer="smollm2", fail_on=(), scored=scored)
     assert [r.id for r in report.check("loss-outlier").records] == ["bad-3"]
     assert report.check("loss-outlier").examples[0].mean_loss == max(line["loss"]["mean"] for line in lines)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -595,3 +598,97 @@ def test_parquet_input_through_the_reader(tok, tmp_path):
     assert report.records == 5
     assert _flagged(report) == {"eot-not-trained": ["bad-2"]}
     assert report.check("eot-not-trained").records[0].line == 3
+
+
+# --- with the model: the records shown in full, and --resume -------------------------------------------------
+
+
+@pytest.fixture
+def audit_data(tiny_llama_dir, tmp_path):
+    from conftest import write_audit_data
+
+    return write_audit_data(tmp_path / "data.jsonl", tiny_llama_dir)
+
+
+def _audit_cli(capsys, data: Path, model: Path, *args) -> tuple[int, dict | None, str]:
+    code, out, err = _cli(capsys, "audit", data, "--model", model, "--skip-invalid", "--json", "-b", "2", *args)
+    return code, (json.loads(out) if out else None), err
+
+
+def _check(doc: dict, name: str) -> dict:
+    return next(c for c in doc["checks"] if c["name"] == name)
+
+
+def test_with_model_shown_records_carry_their_cross_entropy(tiny_llama, tiny_llama_dir, audit_data, tmp_path, capsys):
+    """The loss outlier and a finding on a scored record are shown token by token: every trained token's loss is
+    torch's cross entropy on the model's own logits for that record, and the mean is the record's output line's."""
+    out_file = tmp_path / "r.jsonl"
+    code, doc, err = _audit_cli(capsys, audit_data, tiny_llama_dir, "-o", out_file)
+    assert code == 3 and doc["gate_failed"] == ["no-trained-tokens", "eot-not-trained"], err
+    lines = {line["id"]: line for line in map(json.loads, out_file.read_text().splitlines())}
+    rows = {r["id"]: r for r in map(json.loads, audit_data.read_text().splitlines()) if isinstance(r, dict)}
+    outliers, eot = _check(doc, "loss-outlier"), _check(doc, "eot-not-trained")
+    assert [r["id"] for r in outliers["records"]] == ["outlier"] and len(outliers["examples"]) == 1
+    assert [r["id"] for r in eot["records"]] == ["eot-masked", "outlier"]  # neither trains its EOS
+    for view in (outliers["examples"][0], eot["examples"][0]):
+        row = rows[view["id"]]
+        ids = torch.tensor([row["input_ids"]])
+        with torch.no_grad():
+            logits = tiny_llama.model(ids).logits[0]
+        losses = torch.nn.functional.cross_entropy(logits[:-1].float(), ids[0, 1:], reduction="none")
+        trained = [t for t in view["tokens"] if t["trained"]]
+        assert trained and all(row["labels"][t["index"]] == t["token_id"] for t in trained)
+        for t in view["tokens"]:
+            if t["trained"]:
+                assert t["loss"] == pytest.approx(losses[t["index"] - 1].item(), abs=1e-5)
+            else:
+                assert t["loss"] is None
+        assert view["mean_loss"] == lines[view["id"]]["loss"]["mean"]
+        mask = torch.tensor(row["labels"][1:]) != IGNORE
+        assert view["mean_loss"] == pytest.approx(losses[mask].mean().item(), abs=1e-5)
+    assert doc["loss"]["unscored"][0]["id"] == "untrained" and lines["untrained"]["loss"]["scored"] is False
+    _document_conforms(doc)
+    _lines_conform(list(lines.values()))
+
+
+def test_resume_finishes_an_interrupted_output_as_one_run_would(tiny_llama_dir, audit_data, tmp_path, capsys):
+    """An output cut after some lines (one of them a record the model cannot score) and in the middle of the
+    next, as `kill -9` leaves it: --resume keeps the complete lines, drops the torn one, writes the rest, and
+    gives the uninterrupted run's lines and report."""
+    full, out = tmp_path / "full.jsonl", tmp_path / "out.jsonl"
+    code, reference, err = _audit_cli(capsys, audit_data, tiny_llama_dir, "-o", full)
+    assert code == 3, err
+    lines = full.read_bytes().splitlines(keepends=True)
+    assert json.loads(lines[2])["loss"]["scored"] is False  # kept: a line of a record the model cannot score
+    out.write_bytes(b"".join(lines[:4]) + lines[4][:25])
+    code, doc, err = _audit_cli(capsys, audit_data, tiny_llama_dir, "-o", out, "--resume")
+    assert code == 3, err
+    assert "dropping an incomplete last line (25 bytes)" in err
+    assert out.read_bytes()[: sum(map(len, lines[:4]))] == b"".join(lines[:4])
+    got = out.read_bytes().splitlines(keepends=True)
+    assert len(got) == len(lines)
+    for k, (a, b) in enumerate(zip(lines, got), 1):
+        json_close(json.loads(a), json.loads(b), f"line {k}")
+    reference.pop("output"), doc.pop("output")
+    json_close(reference, doc, "report")
+
+
+def test_resume_refuses_what_would_change_a_line_and_leaves_the_file(tiny_llama_dir, audit_data, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    assert _audit_cli(capsys, audit_data, tiny_llama_dir, "-o", out)[0] == 3
+    before = out.read_bytes()
+    code, doc, err = _audit_cli(capsys, audit_data, tiny_llama_dir, "-o", out)
+    assert code == 1 and doc is None and "already exists; pass --resume to continue it or --force" in err
+    code, _, err = _audit_cli(capsys, audit_data, tiny_llama_dir, "-o", out, "--resume", "--max-length", "30")
+    assert code == 1 and "was written with --max-length None, this run has 30" in err, err
+    rows = audit_data.read_text().splitlines()
+    untrained = json.loads(rows[2])
+    untrained["labels"][-1] = untrained["input_ids"][-1]  # the record the model could not score now trains its EOS
+    edited = _write(tmp_path / "edited.jsonl", [json.loads(r) if r.startswith("{") else r for r in rows[:2]])
+    with edited.open("a") as fh:
+        fh.write(json.dumps(untrained) + "\n" + "\n".join(rows[3:]) + "\n")
+    code, _, err = _audit_cli(capsys, edited, tiny_llama_dir, "-o", out, "--resume")
+    assert code == 1 and "input line 3 (id 'untrained') can be scored now" in err, err
+    code, _, err = _cli(capsys, "audit", audit_data, "--model", tiny_llama_dir, "--no-model", "-o", out, "--resume")
+    assert code == 2 and "--resume continues a forward pass; --no-model runs none" in err
+    assert out.read_bytes() == before

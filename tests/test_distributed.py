@@ -27,6 +27,7 @@ from ce_inspect.distributed import (
     shard_lines,
 )
 from ce_inspect.errors import InputError, ResumeError
+from tests.conftest import json_close as _close
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = ROOT / "samples" / "pairs.jsonl"
@@ -167,22 +168,6 @@ def _torchrun(
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port())]
     cmd += ["-m", "ce_inspect", "batch", str(data), "-m", str(model), "-o", str(out), *OPTIONS, *args]
     return subprocess.run(cmd, cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=300)
-
-
-def _close(a, b, where: str = "", tol: float = 1e-6) -> None:
-    """Equal JSON, floats to ``tol`` (relative, or absolute near 0)."""
-    if isinstance(a, float) or isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=tol, abs_tol=tol), f"{where}: {a} != {b}"
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _close(a[k], b[k], f"{where}.{k}", tol)
-    elif isinstance(a, list):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{where}[{i}]", tol)
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def _same_as_single(reference: tuple[Path, Path], out: Path, summary: Path, *ignore: str) -> None:
@@ -528,7 +513,7 @@ def _diff_parse():
 
 
 @pytest.mark.slow
-def test_under_torchrun_diff_needs_input_and_audit_is_refused(tiny_llama_dir, candidate_dir, tmp_path):
+def test_under_torchrun_diff_needs_input_and_audit_a_model(tiny_llama_dir, candidate_dir, tmp_path):
     def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
         cmd += ["--master-port", str(_free_port()), "-m", "ce_inspect", *args]
@@ -540,7 +525,95 @@ def test_under_torchrun_diff_needs_input_and_audit_is_refused(tiny_llama_dir, ca
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "give --input" in errors[0], proc.stderr
     assert re.search(r"exitcode\s*:\s*2 ", proc.stderr)
-    proc = torchrun("audit", str(PAIRS), "-m", str(tiny_llama_dir), "-o", str(tmp_path / "audit.jsonl"))
-    assert proc.returncode != 0 and not (tmp_path / "audit.jsonl").exists()
-    assert "`ce-inspect audit` runs in one process" in proc.stderr and "only batch and diff split" in proc.stderr
+    out = tmp_path / "audit.jsonl"
+    proc = torchrun("audit", str(PAIRS), "-m", str(tiny_llama_dir), "--no-model", "-o", str(out))
+    assert proc.returncode != 0 and not out.exists()
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "--no-model runs no forward pass" in errors[0], proc.stderr
     assert re.search(r"exitcode\s*:\s*2 ", proc.stderr)
+
+
+# --- audit: its forward pass on the same sharded runner, its report rebuilt from the merged lines ---------------
+
+
+@pytest.fixture(scope="module")
+def audit_data(tiny_llama_dir, tmp_path_factory) -> Path:
+    from tests.conftest import write_audit_data
+
+    return write_audit_data(tmp_path_factory.mktemp("audit-data") / "data.jsonl", tiny_llama_dir)
+
+
+def _audit_cmd(model: Path, data: Path, out: Path, *args: str) -> list[str]:
+    return ["-m", "ce_inspect", "audit", str(data), "-m", str(model), "-o", str(out), "--json", *OPTIONS, *args]
+
+
+def _audit_torchrun(model: Path, data: Path, out: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port())]
+    cmd += _audit_cmd(model, data, out, *args)
+    return subprocess.run(cmd, cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def audit_reference(tiny_llama_dir, audit_data, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("audit-single") / "out.jsonl"
+    cmd = [sys.executable, *_audit_cmd(tiny_llama_dir, audit_data, out, "--skip-invalid")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr  # the data set's planted defects trip the default gate
+    return out, json.loads(proc.stdout)
+
+
+def _audit_same_as_single(reference: tuple[Path, dict], out: Path, stdout: str) -> None:
+    ref_lines, lines = reference[0].read_text().splitlines(), out.read_text().splitlines()
+    assert len(lines) == len(ref_lines) == 19  # 20 lines, one of which is not a record
+    for k, (x, y) in enumerate(zip(ref_lines, lines), 1):
+        _close(json.loads(x), json.loads(y), f"line {k}")
+    ref, got = dict(reference[1]), json.loads(stdout)
+    assert ref.pop("output") != got.pop("output")
+    _close(ref, got, "report")
+    checks = {c["name"]: c for c in got["checks"]}
+    # What rank 0 rebuilt from the merged lines: the outlier, shown token by token, and the unscored records.
+    assert [r["id"] for r in checks["loss-outlier"]["records"]] == ["outlier"]
+    assert any(t["loss"] is not None for t in checks["loss-outlier"]["examples"][0]["tokens"])
+    assert [u["id"] for u in got["loss"]["unscored"]] == ["untrained", "long-001"]
+    assert got["loss"]["examples"] == sum(json.loads(x)["loss"]["scored"] for x in lines) == 17
+
+
+@pytest.mark.slow
+def test_two_ranks_audit_what_one_process_audits(tiny_llama_dir, audit_data, audit_reference, tmp_path):
+    out = tmp_path / "out.jsonl"
+    proc = _audit_torchrun(tiny_llama_dir, audit_data, out, "--skip-invalid")
+    assert proc.returncode != 0 and re.search(r"exitcode\s*:\s*3 ", proc.stderr), proc.stderr  # the gate's 3
+    _audit_same_as_single(audit_reference, out, proc.stdout)
+    assert _no_parts(out)
+    assert [line for line in proc.stderr.splitlines() if line.startswith("audit:")] == [
+        "audit: no-trained-tokens, eot-not-trained failed (--fail-on); exit 3"
+    ]
+
+
+@pytest.mark.slow
+def test_a_killed_audit_rank_is_resumed_to_the_same_report(tiny_llama_dir, audit_data, audit_reference, tmp_path):
+    out = tmp_path / "out.jsonl"
+    args = ("--skip-invalid", "--sort-window", "1")
+    killed = _audit_torchrun(tiny_llama_dir, audit_data, out, *args, CE_INSPECT_TEST_RANK_FAULT="1:kill")
+    assert killed.returncode != 0 and not out.exists() and killed.stdout == ""
+    parts = existing_parts(out)
+    assert (1, 2) in parts
+    from ce_inspect.audit import audit_line_stats
+
+    kept = read_resume(parts[(1, 2)], 0, parse=audit_line_stats, command="audit")
+    assert len(kept.examples) + len(kept.others) >= 1  # its first batch's lines were written before the kill
+    resumed = _audit_torchrun(tiny_llama_dir, audit_data, out, "--skip-invalid", "--resume")
+    assert re.search(r"exitcode\s*:\s*3 ", resumed.stderr), resumed.stderr
+    _audit_same_as_single(audit_reference, out, resumed.stdout)
+    assert _no_parts(out)
+
+
+@pytest.mark.slow
+def test_a_bad_record_fails_an_audit_run_with_its_line_and_no_output(tiny_llama_dir, audit_data, tmp_path):
+    out = tmp_path / "out.jsonl"
+    proc = _audit_torchrun(tiny_llama_dir, audit_data, out)  # no --skip-invalid: line 7 is not a record
+    assert proc.returncode != 0 and proc.stdout == ""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "line 7" in errors[0] and "--skip-invalid" in errors[0], proc.stderr
+    assert re.search(r"exitcode\s*:\s*1 ", proc.stderr)
+    assert not out.exists() and _no_parts(out)

@@ -10,13 +10,13 @@ from typing import Annotated, Any
 import typer
 
 from ..audit import CHECK_NAMES, DEFAULT_EXAMPLES, DEFAULT_FAIL_ON
+from ..batch import DEFAULT_SORT_WINDOW
 from .logs import setup_logging
-from .options import OUTPUT, Common, FormatOpt, SplitOpt, shared_options
+from .options import OUTPUT, BatchSizeOpt, Common, FormatOpt, MaxTokensOpt, SortWindowOpt, SplitOpt, shared_options
 from .reports import Reports, report_options
 
 INPUT = "Input"
 CHECKS = "Checks"
-BATCHING = "Batching"
 GATE_EXIT = 3
 
 
@@ -79,20 +79,9 @@ def audit(
     format: FormatOpt = None,
     split: SplitOpt = None,
     id_field: Annotated[str, typer.Option(help="Field that names each record.", rich_help_panel=INPUT)] = "id",
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            "--batch-size",
-            "-b",
-            min=1,
-            help="Records per forward pass (default: the device's).",
-            rich_help_panel=BATCHING,
-        ),
-    ] = None,
-    max_tokens: Annotated[
-        int | None,
-        typer.Option(min=1, help="Cap each batch at this many padded positions.", rich_help_panel=BATCHING),
-    ] = None,
+    batch_size: BatchSizeOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    sort_window: SortWindowOpt = DEFAULT_SORT_WINDOW,
     json_out: Annotated[
         bool,
         typer.Option("--json", help="Print the audit as one JSON document to stdout.", rich_help_panel=OUTPUT),
@@ -100,9 +89,21 @@ def audit(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help="Write one JSON line per record (its failed checks) to FILE.", rich_help_panel=OUTPUT
+            "--output",
+            "-o",
+            help="Write one JSON line per record (its failed checks; with a model, its loss) to FILE. With a model "
+            "it is written as batch writes: line by line, resumable.",
+            rich_help_panel=OUTPUT,
         ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="With a model: continue an interrupted run, keeping the complete lines of --output.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing --output file.", rich_help_panel=OUTPUT)
     ] = False,
@@ -120,10 +121,15 @@ def audit(
         raise typer.BadParameter(str(exc).replace("in `fail_on`", ""), param_hint="--fail-on") from None
     if tokenizer is not None and not no_model:
         raise typer.BadParameter("--tokenizer applies with --no-model; with a model its own tokenizer is used")
+    session = _check_usage(data, output, no_model=no_model, resume=resume, force=force)
     if output is not None:
+        from ..batch import check_batch_output
         from ..files import check_output
 
-        check_output(output, inputs=[("the data", data)], label="`output`", force=force)
+        if no_model:
+            check_output(output, inputs=[("the data", data)], label="`output`", force=force)
+        else:  # batch's rule: an existing file is continued (--resume) or replaced (--force), never silently
+            check_batch_output(output, data, resume=resume, force=force)
     reports.check(
         inputs=[("the data", data)],
         outputs=[("--output", output)],
@@ -132,7 +138,9 @@ def audit(
     )
     layout = common.layout()
     fields = Fields(id=id_field)
-    settings = BatchSettings(batch_size=batch_size, max_tokens=max_tokens)  # validated before any load
+    settings = BatchSettings(
+        batch_size=batch_size, max_tokens=max_tokens, sort_window=sort_window
+    )  # validated before any load
     setup_logging(quiet=json_out or not sys.stderr.isatty())
 
     from rich.console import Console
@@ -146,11 +154,21 @@ def audit(
     # How to read and check the data: the same for the checks and (with a model) the forward pass's scan.
     read = {"layout": layout, "fields": fields, "format": format, "split": split, "info": info}
     checking = {**read, "max_length": max_length, "skip_invalid": skip_invalid, "examples": examples}
-    with _Output(output) as sink:
-        if no_model:
+    if no_model:
+        with _Output(output) as sink:
             report = _audit_without_model(common, tokenizer, data, checking, sink, gate)
-        else:
-            report = _audit_with_model(common, data, read, checking, sink, gate, settings, err)
+    else:
+        with ExitStack() as stack:
+            if output is not None:
+                from ..distributed import check_parts
+                from ..files import output_lock
+
+                check_parts(output, session.world if session else None, resume=resume, force=force)
+                if session is None or session.rank == 0:  # torchrun: rank 0 holds the lock for the run
+                    stack.enter_context(output_lock(output, label="`output`"))
+            report = _audit_with_model(common, data, read, checking, output, gate, settings, err, session, resume)
+        if report is None:
+            return  # torchrun, not rank 0: rank 0 merges and reports
     report = _with_output(report, output)
 
     from .render_audit import render_audit
@@ -195,27 +213,78 @@ def _audit_without_model(
     return audit.finish(input=str(data), model=None, tokenizer=name, fail_on=gate)
 
 
+def _check_usage(data: Path, output: Path | None, *, no_model: bool, resume: bool, force: bool) -> Any:
+    """Flags that do not go together; under torchrun, what a sharded audit needs. Returns the torchrun session."""
+    from ..distributed import current_session
+    from .batch import _check_sharded_usage
+
+    if resume and no_model:
+        raise typer.BadParameter("--resume continues a forward pass; --no-model runs none", param_hint="--resume")
+    if resume and output is None:
+        raise typer.BadParameter("--resume continues an --output file; give --output", param_hint="--resume")
+    if resume and force:
+        raise typer.BadParameter("give --resume or --force, not both", param_hint="--resume")
+    session = current_session()  # torchrun: this process scores one share of the forward pass
+    if session is not None:
+        if no_model:
+            raise typer.BadParameter(
+                "--no-model runs no forward pass, so there is nothing to split over torchrun's ranks; run it in "
+                "one process"
+            )
+        _check_sharded_usage(session.world, data, output)
+    return session
+
+
 def _audit_with_model(
     common: Common,
     data: Path,
     read: dict[str, Any],
     checking: dict[str, Any],
-    sink: Any,
+    output: Path | None,
     gate: tuple[str, ...],
     settings: Any,
     err: Any,
+    session: Any,
+    resume: bool,
 ) -> Any:
-    from ..audit import check_dataset, score_dataset, tokenizer_only
+    """The checks, then the forward pass through batch's runner (in this process, or this rank's share under
+    torchrun) into --output; None on a torchrun rank other than 0."""
+    from ..audit import AuditLosses, audit_line_settings, check_dataset, line_emitter, score_shown, tokenizer_only
     from ..batch import scan_dataset
-    from .render_batch import batch_progress
 
+    sharded, state = _resume_state(err, output, session, resume)
     lm = common.load(quiet=True)
     # The checks see every record, whatever its length; the model's context limits only the forward pass.
     audit = check_dataset(tokenizer_only(lm.tokenizer, lm.name), data, keep_findings=True, **checking)
     options = common.score_options()
-    scan = scan_dataset(lm, data, options=options, skip_invalid=True, **read)
-    with batch_progress(err, scan) as advance:
-        summary = score_dataset(lm, scan, audit, sink, options=options, settings=settings, on_batch=advance)
+    scan = scan_dataset(lm, data, options=options, skip_invalid=True, resume=state, **read)
+    runner = {
+        "emit": line_emitter(audit, audit_line_settings(lm, scan, options, audit.max_length)),
+        "make_report": lambda scan: AuditLosses(lm, scan, audit, options, settings),
+    }
+    if sharded is not None:
+        from ..audit import audit_line_stats
+        from .ranks import score_sharded
+
+        summary = score_sharded(
+            lm,
+            options,
+            scan,
+            settings,
+            err,
+            sharded=sharded,
+            output=output,
+            parse=audit_line_stats,
+            command="audit",
+            **runner,
+        )
+        if summary is None:
+            return None
+    else:
+        from .batch import _score
+
+        report = runner.pop("make_report")(scan)  # before any line is written: it refuses a changed option
+        summary = _score(lm, options, scan, settings, err, output=output, stdout=None, report=report, **runner)
     loss = {
         "examples": summary.examples,
         "scored_tokens": summary.scored_tokens,
@@ -223,7 +292,22 @@ def _audit_with_model(
         "example_weighted_mean_loss": summary.example_weighted_mean_loss,
         "unscored": audit.unscored,
     }
-    return audit.finish(input=str(data), model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss)
+    scored = score_shown(lm, scan, audit, options)
+    return audit.finish(input=str(data), model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss, scored=scored)
+
+
+def _resume_state(err: Any, output: Path | None, session: Any, resume: bool) -> tuple[Any, Any]:
+    """What --resume continues: (the sharded state under torchrun, or None; the lines the scan matches)."""
+    from ..audit import audit_line_stats
+
+    if session is not None:
+        from ..distributed import read_sharded_resume
+
+        sharded = read_sharded_resume(output, session.world, 0, resume=resume, parse=audit_line_stats, command="audit")  # type: ignore[arg-type]
+        return sharded, sharded.union
+    from .batch import _read_resume
+
+    return None, (_read_resume(err, output, 0, parse=audit_line_stats, command="audit") if resume else None)
 
 
 def _with_output(report: Any, output: Path | None) -> Any:

@@ -12,9 +12,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..batch import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS, DEFAULT_SORT_WINDOW, DEFAULT_WORST
+from ..batch import DEFAULT_SORT_WINDOW, DEFAULT_WORST
 from .logs import setup_logging
-from .options import OUTPUT, Common, FormatOpt, GateOpt, SplitOpt, gate, shared_options
+from .options import (
+    BATCHING,
+    OUTPUT,
+    BatchSizeOpt,
+    Common,
+    FormatOpt,
+    GateOpt,
+    MaxTokensOpt,
+    SortWindowOpt,
+    SplitOpt,
+    gate,
+    shared_options,
+)
 from .reports import Reports, report_options
 
 if TYPE_CHECKING:
@@ -27,7 +39,6 @@ if TYPE_CHECKING:
 INPUT = "Input"
 #: How messages and the summary name a data set read from stdin.
 STDIN = "<stdin>"
-BATCHING = "Batching"
 
 
 @shared_options
@@ -72,42 +83,12 @@ def batch(
     id_field: Annotated[
         str, typer.Option(help="Field copied to each output line as its id.", rich_help_panel=INPUT)
     ] = "id",
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            "--batch-size",
-            "-b",
-            min=1,
-            help=(
-                f"At most N examples per forward pass (default {DEFAULT_MAX_ROWS['cpu']} on CPU, "
-                f"{DEFAULT_MAX_ROWS['accelerator']} on a GPU)."
-            ),
-            rich_help_panel=BATCHING,
-        ),
-    ] = None,
-    max_tokens: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help=(
-                "At most T padded positions (rows x longest example) per forward pass; examples are sorted by "
-                f"length first (default {DEFAULT_MAX_TOKENS['cpu']} on CPU, {DEFAULT_MAX_TOKENS['accelerator']} "
-                "on a GPU; a longer example goes alone)."
-            ),
-            rich_help_panel=BATCHING,
-        ),
-    ] = None,
+    batch_size: BatchSizeOpt = None,
+    max_tokens: MaxTokensOpt = None,
     padding_side: Annotated[
         str, typer.Option(help="Pad batches on the right or the left (same figures).", rich_help_panel=BATCHING)
     ] = "right",
-    sort_window: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Examples sorted by length together; larger pads less, smaller holds less and loses less on a kill.",
-            rich_help_panel=BATCHING,
-        ),
-    ] = DEFAULT_SORT_WINDOW,
+    sort_window: SortWindowOpt = DEFAULT_SORT_WINDOW,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Write the JSON lines to FILE (default: stdout).", rich_help_panel=OUTPUT),
@@ -399,20 +380,27 @@ def _score(
     output: Path | None,
     stdout: Any,
     lines: Any = None,
+    **runner: Any,
 ) -> DatasetSummary:
-    """Run the scan into --output (or stdout) with a progress bar; Ctrl-C and `kill` leave whole lines.
-    ``lines`` (the reports' ``BatchLines``) also sees every line written."""
+    """Run the scan into --output (or stdout; or nowhere, when ``stdout`` is None) with a progress bar; Ctrl-C
+    and `kill` leave whole lines. ``lines`` (the reports' ``BatchLines``) also sees every line written;
+    ``runner`` goes to ``run_scan`` (another command's ``score``, ``report``, ``emit``)."""
     from ..batch import JsonlSink, run_scan
     from .render_batch import batch_progress
 
-    sink = JsonlSink.open(output, resume=scan.resume) if output is not None else JsonlSink.to_stdout(stdout)
+    if output is not None:
+        sink = JsonlSink.open(output, resume=scan.resume)
+    else:
+        sink = JsonlSink.to_stdout(stdout if stdout is not None else _Nowhere())
     previous = terminate_as_interrupt()
     try:
         with sink, batch_progress(err, scan) as advance:
             target = sink if lines is None else _Tee(sink, lines)
-            return run_scan(lm, scan, target, options=options, settings=settings, on_batch=advance)  # type: ignore[arg-type]
+            return run_scan(lm, scan, target, options=options, settings=settings, on_batch=advance, **runner)  # type: ignore[arg-type]
     except KeyboardInterrupt:
-        if output is None or not sink.regular:
+        if output is None and stdout is None:
+            where, hint = "no --output was given, so nothing is kept", ""
+        elif output is None or not sink.regular:
             where, hint = f"{sink.lines} lines were written", ""
         else:
             where = f"{sink.lines} complete lines are in {output}"
@@ -433,6 +421,16 @@ def _report_lines(reports: Reports, worst: int, output: Path | None, state: Any)
     if state is not None and output is not None:
         lines.add_file(output, state.size)
     return lines
+
+
+class _Nowhere:
+    """Where the lines go when nobody asked for them (``audit`` without --output)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 class _Tee:

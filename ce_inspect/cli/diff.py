@@ -18,13 +18,16 @@ from .options import (
     OUTPUT,
     AnswerFileOpt,
     AnswerOpt,
+    BatchSizeOpt,
     Common,
     DnllGateOpt,
     KlGateOpt,
     LastTurnOpt,
+    MaxTokensOpt,
     MessagesOpt,
     PromptFileOpt,
     PromptOpt,
+    SortWindowOpt,
     gate,
     read_example,
     shared_options,
@@ -110,16 +113,9 @@ def diff(
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Skip records that cannot be compared.", rich_help_panel=DATASET)
     ] = False,
-    batch_size: Annotated[
-        int | None,
-        typer.Option("--batch-size", "-b", min=1, help="Examples per forward pass.", rich_help_panel=DATASET),
-    ] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option(min=1, help="Cap each batch at this many padded positions.", rich_help_panel=DATASET)
-    ] = None,
-    sort_window: Annotated[
-        int, typer.Option(min=1, help="Examples sorted by length together.", rich_help_panel=DATASET)
-    ] = DEFAULT_SORT_WINDOW,
+    batch_size: BatchSizeOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    sort_window: SortWindowOpt = DEFAULT_SORT_WINDOW,
     summary_json: Annotated[
         Path | None,
         typer.Option(help="Also write the data-set summary as one JSON document to FILE.", rich_help_panel=DATASET),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..batch import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS
 from ..encoding import IGNORE_INDEX, SPECIAL_TOKENS, TOKENIZATIONS, Layout
 from ..errors import InputError
 from ..loading import check_device, check_dtype
@@ -182,6 +183,38 @@ FormatOpt = Annotated[
 SplitOpt = Annotated[
     str | None,
     typer.Option(help="The split of a saved or Hub dataset (train, test, ...).", rich_help_panel="Input"),
+]
+
+# How a data set is cut into forward passes: one declaration for batch, diff --input and audit.
+BATCHING = "Batching"
+BatchSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        "-b",
+        min=1,
+        help=f"At most N examples per forward pass (default {DEFAULT_MAX_ROWS['cpu']} on CPU, "
+        f"{DEFAULT_MAX_ROWS['accelerator']} on a GPU).",
+        rich_help_panel=BATCHING,
+    ),
+]
+MaxTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="At most T padded positions (rows x longest example) per forward pass; examples are sorted by "
+        f"length first (default {DEFAULT_MAX_TOKENS['cpu']} on CPU, {DEFAULT_MAX_TOKENS['accelerator']} on a GPU; "
+        "a longer example goes alone).",
+        rich_help_panel=BATCHING,
+    ),
+]
+SortWindowOpt = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Examples sorted by length together; larger pads less, smaller holds less and loses less on a kill.",
+        rich_help_panel=BATCHING,
+    ),
 ]
 
 

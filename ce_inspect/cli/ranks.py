@@ -21,10 +21,9 @@ if TYPE_CHECKING:
     from ..loading import LoadedModel
     from ..scoring import ScoreOptions
 
-#: Commands that split their data set over the ranks (``diff`` with --input); any other refuses to run under
-#: torchrun. ``audit`` is not one yet: its per-record lines do not hold what its aggregate needs (the
-#: loss-outlier views), so rank 0 could not rebuild it from the merged lines.
-SHARDED_COMMANDS = ("batch", "diff")
+#: Commands that split their data set over the ranks (``diff`` with --input, ``audit``'s forward pass); any
+#: other refuses to run under torchrun.
+SHARDED_COMMANDS = ("batch", "diff", "audit")
 INTERRUPTED = 130
 
 
@@ -37,7 +36,8 @@ def main_rank(argv: list[str] | None, launch: Launch) -> int:
         if launch.rank == 0:
             print(
                 f"Error: `ce-inspect {command}` runs in one process; under torchrun (WORLD_SIZE "
-                f"{launch.world_size}) only {' and '.join(SHARDED_COMMANDS)} split their work over the ranks",
+                f"{launch.world_size}) only {', '.join(SHARDED_COMMANDS[:-1])} and {SHARDED_COMMANDS[-1]} split their "
+                "work over the ranks",
                 file=sys.stderr,
             )
         return 2
