@@ -281,10 +281,12 @@ def _audit_with_model(
         if summary is None:
             return None
     else:
-        from .batch import _score
+        from .batch import score_in_process
 
         report = runner.pop("make_report")(scan)  # before any line is written: it refuses a changed option
-        summary = _score(lm, options, scan, settings, err, output=output, stdout=None, report=report, **runner)
+        summary = score_in_process(
+            lm, options, scan, settings, err, output=output, stdout=None, report=report, **runner
+        )
     loss = {
         "examples": summary.examples,
         "scored_tokens": summary.scored_tokens,

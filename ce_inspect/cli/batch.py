@@ -257,7 +257,7 @@ def _checked_and_scored(
             if lines is not None and output is not None:
                 lines.add_file(output, output.stat().st_size)  # rank 0: the reports see the merged lines
         else:
-            summary = _score(lm, options, scan, settings, err, output=output, stdout=stdout, lines=lines)
+            summary = score_in_process(lm, options, scan, settings, err, output=output, stdout=stdout, lines=lines)
     return summary, lines
 
 
@@ -370,7 +370,7 @@ def _scan(
     )
 
 
-def _score(
+def score_in_process(
     lm: LoadedModel,
     options: ScoreOptions,
     scan: Scan,

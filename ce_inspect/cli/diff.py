@@ -354,7 +354,12 @@ def _diff_dataset_locked(
         if summary is None:
             return None  # not rank 0: rank 0 merges and reports
     else:
-        summary = _diff_in_process(ref_lm, scan, output, stdout, err, options, settings, score, make_report(scan))
+        from .batch import score_in_process
+
+        report = make_report(scan)  # before any line is written: it refuses a changed model or option
+        summary = score_in_process(
+            ref_lm, options, scan, settings, err, output=output, stdout=stdout, score=score, report=report
+        )
     if summary_json is not None:
         from ..result import dumps
 
@@ -375,23 +380,6 @@ def _diff_dataset_locked(
     on_stdout = output is not None and not (reports is not None and reports.markdown_on_stdout())
     render_diff_dataset(summary, Console() if on_stdout else err)
     return summary
-
-
-def _diff_in_process(ref_lm, scan, output, stdout, err, options, settings, score, report):
-    """One process: every pending example, written to ``output`` (or stdout) as it is done."""
-    from ..batch import JsonlSink, run_scan
-    from .render_batch import batch_progress
-
-    sink = JsonlSink.open(output, resume=scan.resume) if output is not None else JsonlSink.to_stdout(stdout)
-    try:
-        with sink, batch_progress(err, scan) as advance:
-            return run_scan(
-                ref_lm, scan, sink, options=options, settings=settings, on_batch=advance, score=score, report=report
-            )
-    except KeyboardInterrupt:
-        hint = "; rerun the same command with --resume to continue" if output is not None else ""
-        err.print(f"Interrupted: {sink.lines} complete lines were written{hint}.", markup=False, soft_wrap=True)
-        raise typer.Exit(130) from None
 
 
 def candidate_options(
