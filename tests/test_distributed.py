@@ -380,7 +380,7 @@ def test_accelerate_launch_on_cpus_writes_what_one_process_writes(tiny_llama_dir
     assert failed.returncode == 1 and failed.stdout == ""  # accelerate's own status: torchrun's failure, raised
     errors = [line for line in failed.stderr.splitlines() if line.startswith("Error:")]
     assert errors == ["Error: rank 1 of 2: injected failure on rank 1 (CE_INSPECT_TEST_RANK_FAULT)"], failed.stderr
-    assert sorted(existing_parts(out)) == [(0, 2), (1, 2)]
+    assert (1, 2) in existing_parts(out)  # rank 1 wrote its first batch before it failed
 
 
 def _accelerate(model: Path, out: Path, home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
