@@ -78,8 +78,11 @@ class Launch:
 
 def detect_launch(environ: dict[str, str] | None = None) -> Launch | None:
     """The launch described by the standard variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), or
-    None for a single process (no WORLD_SIZE, or WORLD_SIZE 1)."""
+    None for a single process (no WORLD_SIZE, or WORLD_SIZE 1). torchrun sets them, and so does
+    ``accelerate launch --multi_gpu``, which starts the ranks through torchrun's launcher (on CPUs too)."""
     env = os.environ if environ is None else environ
+    if "WORLD_SIZE" not in env:
+        _refuse_mpi_ranks(env)
     try:
         world = int(env.get("WORLD_SIZE", "1"))
     except ValueError:
@@ -102,6 +105,27 @@ def detect_launch(environ: dict[str, str] | None = None) -> Launch | None:
         master_port=int(env["MASTER_PORT"]),
         agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
     )
+
+
+#: How MPI launchers (mpirun, mpiexec; ``accelerate launch --cpu`` with an mpirun host file) tell each process
+#: the number of processes: Open MPI, Intel MPI / MPICH, MVAPICH.
+MPI_WORLD_SIZE = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def _refuse_mpi_ranks(env: Any) -> None:
+    """Processes started by MPI alone carry no WORLD_SIZE: each would take itself for a single process and
+    score the whole data set into the same output. Refuse them, naming the launchers that work."""
+    for name in MPI_WORLD_SIZE:
+        try:
+            size = int(env.get(name, "1"))
+        except ValueError:
+            continue
+        if size > 1:
+            raise InputError(
+                f"{name}={size}: this process is one of {size} started by MPI (mpirun, or accelerate launch "
+                "--cpu with an mpirun host file), which sets no WORLD_SIZE or RANK; start the ranks with "
+                "torchrun or accelerate launch --multi_gpu (CPU ranks too)"
+            )
 
 
 def rank_device(device: str, launch: Launch | None) -> str:

@@ -49,6 +49,26 @@ def test_launch_is_read_from_the_standard_variables():
         detect_launch({k: v for k, v in ENV.items() if k != "MASTER_ADDR"})
 
 
+def test_ranks_started_by_mpi_alone_are_refused(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    # accelerate launch --cpu --mpirun_hostfile starts its ranks with mpirun: MPI's variables, not torchrun's.
+    # Taken for single processes, each would score the whole data set into the same output.
+    for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"):
+        with pytest.raises(InputError, match=rf"{name}=2: this process is one of 2 started by MPI"):
+            detect_launch({name: "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
+    assert detect_launch({"PMI_SIZE": "1"}) is None  # one MPI process (srun -n 1) is a single process
+    assert detect_launch({**ENV, "OMPI_COMM_WORLD_SIZE": "2"}).world_size == 2  # torchrun under MPI: its own
+    from ce_inspect.cli import main
+
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "out.jsonl"
+    assert main(["batch", str(PAIRS), "-m", str(tiny_llama_dir), "-o", str(out), "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not out.exists()
+    assert captured.err.count("Error:") == 1 and "accelerate launch --multi_gpu" in captured.err
+
+
 def test_each_rank_takes_its_own_gpu_or_block_of_gpus():
     launch = detect_launch({**ENV, "LOCAL_WORLD_SIZE": "2"})
     assert rank_device("cuda", launch) == "cuda:1"
@@ -325,6 +345,36 @@ def test_sharded_resume_is_the_union_of_the_output_and_the_parts(tmp_path, tiny_
         read_sharded_resume(out, 2, 10, resume=True)
     part_path(out, 1, 2).write_text(lines[0])  # a part the output already holds: left from a merge
     assert sorted(read_sharded_resume(out, 2, 10, resume=True).parts) == [0]
+
+
+@pytest.mark.slow
+def test_accelerate_launch_on_cpus_writes_what_one_process_writes(tiny_llama_dir, reference, tmp_path):
+    # The README's command. accelerate's --multi_gpu starts the ranks through torchrun's launcher whether or
+    # not there is a GPU (its --cpu starts one process, or mpirun ranks: see the MPI test above). HF_HOME
+    # in tmp_path: no user's default_config.yaml steers the launch, and accelerate must write nothing there.
+    out, summary, home = tmp_path / "out.jsonl", tmp_path / "summary.json", tmp_path / "hf"
+    proc = _accelerate(tiny_llama_dir, out, home, "--summary-json", str(summary))
+    assert proc.returncode == 0, proc.stderr
+    _same_as_single(reference, out, summary)
+    assert _no_parts(out) and not home.exists()
+    assert json.loads(summary.read_text())["batching"]["examples"] == 15  # both ranks' shares, merged
+    assert "Error" not in proc.stderr
+    assert proc.stdout.startswith("data set ") and proc.stdout.count("Highest-loss tokens") == 1  # rank 0's only
+    # The same launch has a rank 1 that scores its own share: made to fail, rank 0 names it and keeps its part.
+    failed = _accelerate(tiny_llama_dir, out, home, "--force", CE_INSPECT_TEST_RANK_FAULT="1:error")
+    assert failed.returncode == 1 and failed.stdout == ""  # accelerate's own status: torchrun's failure, raised
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == ["Error: rank 1 of 2: injected failure on rank 1 (CE_INSPECT_TEST_RANK_FAULT)"], failed.stderr
+    assert (1, 2) in existing_parts(out)  # rank 1 wrote its first batch before it failed
+
+
+def _accelerate(model: Path, out: Path, home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`batch` over 2 CPU ranks started by `accelerate launch` (its console script's entry point)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu"]
+    cmd += ["--num_processes", "2", "--main_process_port", str(_free_port()), "-m", "ce_inspect", "batch"]
+    cmd += [str(PAIRS), "-m", str(model), "-o", str(out), "--skip-invalid", *OPTIONS, *args]
+    env = _env(HF_HOME=str(home), **env)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
