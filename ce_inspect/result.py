@@ -775,6 +775,7 @@ class _AuditLossDictRequired(TypedDict):
     token_weighted_mean_loss: float | None
     example_weighted_mean_loss: float | None
     unscored: list[dict[str, Any]]  # {line, id, reason} of records the model could not score
+    resumed: int  # records whose loss was read back from the output (--resume), not scored by this run
 
 
 class AuditLossDict(_AuditLossDictRequired, total=False):

@@ -670,6 +670,7 @@ def test_resume_finishes_an_interrupted_output_as_one_run_would(tiny_llama_dir, 
     for k, (a, b) in enumerate(zip(lines, got), 1):
         json_close(json.loads(a), json.loads(b), f"line {k}")
     reference.pop("output"), doc.pop("output")
+    assert (reference["loss"].pop("resumed"), doc["loss"].pop("resumed")) == (0, 3)  # lines 1-4, one unscored
     json_close(reference, doc, "report")
 
 

@@ -612,13 +612,14 @@ def audit_reference(tiny_llama_dir, audit_data, tmp_path_factory) -> tuple[Path,
     return out, json.loads(proc.stdout)
 
 
-def _audit_same_as_single(reference: tuple[Path, dict], out: Path, stdout: str) -> None:
+def _audit_same_as_single(reference: tuple[Path, dict], out: Path, stdout: str, resumed: int = 0) -> None:
     ref_lines, lines = reference[0].read_text().splitlines(), out.read_text().splitlines()
     assert len(lines) == len(ref_lines) == 19  # 20 lines, one of which is not a record
     for k, (x, y) in enumerate(zip(ref_lines, lines), 1):
         _close(json.loads(x), json.loads(y), f"line {k}")
-    ref, got = dict(reference[1]), json.loads(stdout)
+    ref, got = json.loads(json.dumps(reference[1])), json.loads(stdout)
     assert ref.pop("output") != got.pop("output")
+    assert ref["loss"].pop("resumed") == 0 and got["loss"].pop("resumed") == resumed
     _close(ref, got, "report")
     checks = {c["name"]: c for c in got["checks"]}
     # What rank 0 rebuilt from the merged lines: the outlier, shown token by token, and the unscored records.
@@ -650,11 +651,12 @@ def test_a_killed_audit_rank_is_resumed_to_the_same_report(tiny_llama_dir, audit
     assert (1, 2) in parts
     from ce_inspect.audit import audit_line_stats
 
-    kept = read_resume(parts[(1, 2)], 0, parse=audit_line_stats, command="audit")
-    assert len(kept.examples) + len(kept.others) >= 1  # its first batch's lines were written before the kill
+    states = {key: read_resume(p, 0, parse=audit_line_stats, command="audit") for key, p in parts.items()}
+    assert len(states[(1, 2)].examples) >= 1  # its first batch's lines were written before the kill
+    kept = sum(len(s.examples) for s in states.values())
     resumed = _audit_torchrun(tiny_llama_dir, audit_data, out, "--skip-invalid", "--resume")
     assert re.search(r"exitcode\s*:\s*3 ", resumed.stderr), resumed.stderr
-    _audit_same_as_single(audit_reference, out, resumed.stdout)
+    _audit_same_as_single(audit_reference, out, resumed.stdout, kept)
     assert _no_parts(out)
 
 

@@ -293,6 +293,7 @@ def _audit_with_model(
         "token_weighted_mean_loss": summary.token_weighted_mean_loss,
         "example_weighted_mean_loss": summary.example_weighted_mean_loss,
         "unscored": audit.unscored,
+        "resumed": summary.resumed,
     }
     scored = score_shown(lm, scan, audit, options)
     return audit.finish(input=str(data), model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss, scored=scored)

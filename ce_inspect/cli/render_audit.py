@@ -166,6 +166,7 @@ def render_audit(report: AuditReport, console: Console | None = None) -> None:
                 f"token-weighted mean {fmt(loss.get('token_weighted_mean_loss'))}, "
                 f"example-weighted mean {fmt(loss.get('example_weighted_mean_loss'))} over {loss.get('examples')} "
                 f"records ({loss.get('scored_tokens')} trained tokens)",
+                f"; {loss['resumed']} read back from the output (--resume)" if loss.get("resumed") else "",
             )
         )
         for u in loss.get("unscored", [])[:5]:
