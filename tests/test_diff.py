@@ -387,7 +387,8 @@ def test_an_infinite_kl_is_an_error_not_a_number(ref_lm):
         return _Side(ref_lm, [example], logits, lambda x: x, 4, vocab, [None])
 
     with pytest.raises(
-        NonFiniteError, match=r"KL\(ref‖cand\) is infinite at scored token 1 of \d+ \(target ' b'\): the "
+        NonFiniteError,
+        match=r"KL\(ref‖cand\) is infinite at scored token 1 of 3 \(target ' '\): the candidate model gives",
     ):
         compare(side(ref_logits), side(cand_logits), ScoreOptions())
     with pytest.raises(
