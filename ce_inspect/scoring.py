@@ -161,8 +161,10 @@ def nonfinite_error(
             cause += f" (try `{dtype_param}` bfloat16 or float32)"
         elif dtype != "float32":
             cause += f" (try `{dtype_param}` float32)"
-        shown = {"nan": "NaN", "+inf": "+inf"}.get(why, "too far apart for a float32 log-softmax")
-        message = f"{whose}'s logits are not finite ({shown}) at {where}: {cause}"
+        if why in ("nan", "+inf"):
+            message = f"{whose}'s logits are not finite ({'NaN' if why == 'nan' else why}) at {where}: {cause}"
+        else:
+            message = f"{whose}'s logits at {where} are too far apart for a float32 log-softmax: {cause}"
     return NonFiniteError(message, example=example, scored=row, why=why, target=target)
 
 

@@ -49,6 +49,9 @@ def test_each_non_finite_row_is_found_with_its_cause():
     assert _why(neg, [0, 1, 2, 3]) == (3, "zero")
     assert _why(neg, [0, 1, 2, 4]) is None  # another entry's: probability 0, every figure finite
     assert _why(neg, [0, 1, 2, 4], smoothing=0.1) == (3, "smoothing")  # label smoothing averages it in
+    far = logits.clone()
+    far[0, 0], far[0, 1] = 3e38, -3e38  # finite, but log p of the second is -6e38: beyond float32
+    assert _why(far, [1, 1, 2, 3]) == (0, "overflow")
 
 
 def test_minus_inf_logits_give_torch_figures():
