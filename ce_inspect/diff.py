@@ -617,11 +617,15 @@ def _pair_figures(ref_logits: torch.Tensor, cand_logits: torch.Tensor) -> dict[s
     ref_logp = torch.log_softmax(ref_logits, dim=-1)  # [rows, vocab]
     cand_logp = torch.log_softmax(cand_logits, dim=-1)  # [rows, vocab]
     diff = ref_logp - cand_logp  # [rows, vocab]
-    ref_p, cand_p = ref_logp.exp(), cand_logp.exp()  # [rows, vocab]
-    # p·(log p − log q) with p = 0 contributing 0, as kl_div defines it: also where p is 0 because its logit
-    # is -inf (a masked vocabulary entry), which would otherwise give 0·(-inf) = NaN.
-    kl = torch.where(ref_p > 0, ref_p * diff, 0.0).sum(dim=-1)  # [rows]
-    kl_reverse = torch.where(cand_p > 0, cand_p * -diff, 0.0).sum(dim=-1)  # [rows]
+    # p·(log p − log q) with p = 0 contributing 0, as kl_div defines it. Where p is 0 because its logit is -inf
+    # (a masked vocabulary entry) the product is 0·inf or 0·NaN (-inf − -inf): NaN, set to 0. No other term
+    # can be NaN: ``compare`` refused rows with a NaN or +inf logit, so where p > 0, log p is finite and log q
+    # finite or -inf.
+    kl = (ref_logp.exp() * diff).nan_to_num_(0.0, math.inf, -math.inf).sum(dim=-1)  # [rows]
+    kl_reverse = (cand_logp.exp() * -diff).nan_to_num_(0.0, math.inf, -math.inf).sum(dim=-1)  # [rows]
+    # Probability 0 for every shared id: a log-softmax of NaN throughout, and no KL over those ids.
+    undefined = ref_logp[:, 0].isnan() | cand_logp[:, 0].isnan()  # [rows]
+    kl, kl_reverse = kl.masked_fill(undefined, math.nan), kl_reverse.masked_fill(undefined, math.nan)
     same = ref_logp.argmax(dim=-1) == cand_logp.argmax(dim=-1)  # [rows]
     return {"kl": kl, "kl_reverse": kl_reverse, "same_top1": same}
 
