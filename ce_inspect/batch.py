@@ -33,7 +33,7 @@ from typing import IO, TYPE_CHECKING, Any
 from .data import DataInfo, Fields, Record, encode_record, open_data, read_records
 from .display import histogram
 from .encoding import Encoded, Layout
-from .errors import InputError, InvalidRecordError, ResumeError
+from .errors import InputError, InvalidRecordError, NonFiniteError, ResumeError
 from .result import (
     SCHEMA_VERSION,
     BatchingDict,
@@ -825,6 +825,7 @@ def _score_in_order(
     score: ScoreFunction,
 ) -> Iterator[tuple[Entry, Any]]:
     records = scan.records()
+    where = f"{scan.name} {scan.info.unit if scan.info is not None else 'line'}"  # + " N": names an input record
     window: list[tuple[Entry, Encoded | None]] = []
     pending = 0
     for entry in scan.entries:
@@ -838,12 +839,13 @@ def _score_in_order(
         window.append((entry, encoded))
         pending += encoded is not None
         if pending >= settings.sort_window:
-            yield from _score_window(window, settings, stats, on_batch, score)
+            yield from _score_window(where, window, settings, stats, on_batch, score)
             window, pending = [], 0
-    yield from _score_window(window, settings, stats, on_batch, score)
+    yield from _score_window(where, window, settings, stats, on_batch, score)
 
 
 def _score_window(
+    where: str,
     window: list[tuple[Entry, Encoded | None]],
     settings: BatchSettings,
     stats: BatchStats,
@@ -857,7 +859,20 @@ def _score_window(
     for batch in plan_batches(lengths, settings.batch_size, settings.max_tokens, settings.max_padding):
         rows = [todo[j] for j in batch]
         examples = [window[i][1] for i in rows]
-        scored = score(examples)  # type: ignore[arg-type]
+        try:
+            scored = score(examples)  # type: ignore[arg-type]
+        except NonFiniteError as exc:
+            at = next((i for i in rows if window[i][1] is exc.example), None)
+            if at is None:
+                raise
+            entry = window[at][0]
+            raise NonFiniteError(
+                f"{where} {entry.line}{_id_note(entry.id)}: {exc}",
+                example=exc.example,
+                scored=exc.scored,
+                why=exc.why,
+                target=exc.target,
+            ) from None
         results.update(zip(rows, scored))
         tokens = sum(lengths[j] for j in batch)
         stats.batches += 1

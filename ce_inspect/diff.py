@@ -33,7 +33,15 @@ from .result import (
     TurnDict,
     dumps,
 )
-from .scoring import ScoreOptions, _model_losses, _results, scored_rows, token_figures
+from .scoring import (
+    ScoreOptions,
+    _model_losses,
+    _results,
+    nonfinite_error,
+    nonfinite_row,
+    scored_rows,
+    token_figures,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -569,22 +577,37 @@ def compare(ref: _Side, cand: _Side, options: ScoreOptions) -> list[DiffResult]:
                 figures = token_figures(
                     logits, chunk_targets, label_smoothing=options.label_smoothing, top_k=options.top_k
                 )
+                bad = nonfinite_row(logits, chunk_targets, figures)
+                if bad is not None:
+                    raise _nonfinite(ref if name == "ref" else cand, name, start + bad[0], bad[1], targets, options)
                 for key, value in figures.items():
                     parts[name].setdefault(key, []).append(value.cpu())
-            for key, value in _pair_figures(ref_logits[:, :shared], cand_logits[:, :shared]).items():
+            pair = _pair_figures(ref_logits[:, :shared], cand_logits[:, :shared])
+            for key in ("kl", "kl_reverse"):
+                bad = (~torch.isfinite(pair[key])).nonzero()  # [n_bad, 1]
+                if bad.numel():
+                    raise _nonfinite(ref, "ref", start + int(bad[0, 0]), key, targets, options)
+            for key, value in pair.items():
                 parts["pair"].setdefault(key, []).append(value.cpu())
             del ref_logits, cand_logits
     figures = {side: {k: torch.cat(v).tolist() for k, v in p.items()} for side, p in parts.items()}
-    for key in ("kl", "kl_reverse"):
-        bad = next((i for i, v in enumerate(figures["pair"][key]) if not math.isfinite(v)), None)
-        if bad is not None:
-            raise InputError(
-                f"{'KL(ref‖cand)' if key == 'kl' else 'KL(cand‖ref)'} is {figures['pair'][key][bad]} at scored token "
-                f"{bad + 1}: one model gives probability 0 (or a NaN logit) where the other does not"
-            )
     figures["ref"]["target"] = targets
     figures["cand"]["target"] = targets
     return _diff_results(ref, cand, figures, options, shared)
+
+
+def _nonfinite(side: _Side, name: str, row: int, why: str, targets: list[int], options: ScoreOptions) -> Exception:
+    return nonfinite_error(
+        side.lm.tokenizer,
+        side.examples,
+        row,
+        why,
+        target=targets[row],
+        dtype=side.lm.dtype,
+        label_smoothing=options.label_smoothing,
+        whose="the reference model" if name == "ref" else "the candidate model",
+        dtype_param="dtype" if name == "ref" else "dtype_b",
+    )
 
 
 def _pair_figures(ref_logits: torch.Tensor, cand_logits: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -594,9 +617,15 @@ def _pair_figures(ref_logits: torch.Tensor, cand_logits: torch.Tensor) -> dict[s
     ref_logp = torch.log_softmax(ref_logits, dim=-1)  # [rows, vocab]
     cand_logp = torch.log_softmax(cand_logits, dim=-1)  # [rows, vocab]
     diff = ref_logp - cand_logp  # [rows, vocab]
-    # p·(log p − log q) with p = 0 contributing 0 (exp underflow), as kl_div defines it.
-    kl = (ref_logp.exp() * diff).sum(dim=-1)  # [rows]
-    kl_reverse = (cand_logp.exp() * -diff).sum(dim=-1)  # [rows]
+    # p·(log p − log q) with p = 0 contributing 0, as kl_div defines it. Where p is 0 because its logit is -inf
+    # (a masked vocabulary entry) the product is 0·inf or 0·NaN (-inf − -inf): NaN, set to 0. No other term
+    # can be NaN: ``compare`` refused rows with a NaN or +inf logit, so where p > 0, log p is finite and log q
+    # finite or -inf.
+    kl = (ref_logp.exp() * diff).nan_to_num_(0.0, math.inf, -math.inf).sum(dim=-1)  # [rows]
+    kl_reverse = (cand_logp.exp() * -diff).nan_to_num_(0.0, math.inf, -math.inf).sum(dim=-1)  # [rows]
+    # Probability 0 for every shared id: a log-softmax of NaN throughout, and no KL over those ids.
+    undefined = ref_logp[:, 0].isnan() | cand_logp[:, 0].isnan()  # [rows]
+    kl, kl_reverse = kl.masked_fill(undefined, math.nan), kl_reverse.masked_fill(undefined, math.nan)
     same = ref_logp.argmax(dim=-1) == cand_logp.argmax(dim=-1)  # [rows]
     return {"kl": kl, "kl_reverse": kl_reverse, "same_top1": same}
 

@@ -39,6 +39,21 @@ class SequenceTooLongError(InputError):
     """The example is longer than the model's context window."""
 
 
+class NonFiniteError(CeInspectError):
+    """A figure the model gives a scored token is not a finite number (NaN or inf logits, probability 0).
+
+    It keeps what ``scoring.nonfinite_error`` built it from, so that a caller that scored a part of an
+    example (a window) or a batch of them can say where the token is in what the user gave.
+    """
+
+    def __init__(self, message: str, *, example: object, scored: int, why: str, target: int) -> None:
+        super().__init__(message)
+        self.example = example  # the encoded example at fault
+        self.scored = scored  # which of its scored tokens, from 0
+        self.why = why
+        self.target = target
+
+
 class CacheError(CeInspectError):
     """The conversion cache could not be written."""
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .encoding import Encoded, Layout, byte_hex, decode_tokens, encode, encode_messages, special_ids
-from .errors import InputError, ModelLoadError
+from .errors import InputError, ModelLoadError, NonFiniteError
 from .result import Alternative, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
 
 if TYPE_CHECKING:
@@ -89,6 +89,83 @@ def token_figures(
     rank = (logp > target_logp[:, None]).sum(dim=-1, dtype=torch.int32) + 1
     top_logp, top_ids = logp.topk(max(top_k, 1), dim=-1)  # [n, k]
     return {"logprob": target_logp, "loss": loss, "rank": rank, "top_logp": top_logp, "top_ids": top_ids}
+
+
+def nonfinite_row(
+    logits: torch.Tensor, targets: torch.Tensor, figures: dict[str, torch.Tensor]
+) -> tuple[int, str] | None:
+    """The first row of ``logits`` [n, vocab] whose ``token_figures`` are not all finite, and why; None if none.
+
+    One NaN or +inf logit anywhere in a row makes the row's whole log-softmax NaN, so the target's
+    log-probability and loss catch it without another pass over the vocabulary. A -inf logit is a
+    probability of 0, which is legitimate (models mask padded vocabulary entries that way) unless it is
+    the target's, or label smoothing averages it into the loss. Top-k probabilities and ranks are finite
+    whenever the target's log-probability is.
+    """
+    import torch
+
+    ok = torch.isfinite(figures["logprob"]) & torch.isfinite(figures["loss"])  # [n]
+    if bool(ok.all()):
+        return None
+    i = int((~ok).nonzero()[0, 0])
+    row = logits[i]  # [vocab]
+    if bool(torch.isnan(row).any()):
+        return i, "nan"
+    if bool(torch.isposinf(row).any()):
+        return i, "+inf"
+    if bool(torch.isneginf(row[targets[i]])):
+        return i, "zero"
+    if bool(torch.isneginf(row).any()) and bool(torch.isfinite(figures["logprob"][i])):
+        return i, "smoothing"
+    return i, "overflow"  # finite logits so far apart that float32's log-softmax overflows
+
+
+def nonfinite_error(
+    tokenizer: Any,
+    examples: Sequence[Encoded],
+    row: int,
+    why: str,
+    *,
+    target: int,
+    dtype: str,
+    label_smoothing: float,
+    whose: str = "the model",
+    dtype_param: str = "dtype",
+) -> NonFiniteError:
+    """The one error for a scored token whose figures are not finite: ``row`` counts the scored targets of
+    ``examples`` in order, ``why`` is what ``nonfinite_row`` found, ``whose`` names the model."""
+    example = examples[0]
+    for example in examples:
+        if row < len(example.scored_positions):
+            break
+        row -= len(example.scored_positions)
+    (text,) = decode_tokens(tokenizer, [target])
+    where = f"scored token {row + 1} of {len(example.scored_positions)} (target {text!r})"
+    if why in ("kl", "kl_reverse"):
+        p, q = ("reference", "candidate") if why == "kl" else ("candidate", "reference")
+        message = (
+            f"{'KL(ref‖cand)' if why == 'kl' else 'KL(cand‖ref)'} is infinite at {where}: the {q} model gives "
+            f"probability 0 (a logit of -inf) to a token the {p} model does not"
+        )
+    elif why == "zero":
+        message = f"{whose} gives {where} probability 0 (its logit is -inf), so its loss is infinite"
+    elif why == "smoothing":
+        message = (
+            f"with `label_smoothing` {label_smoothing:g} the loss of {where} is infinite: {whose} gives some "
+            "vocabulary entries a logit of -inf (probability 0), and label smoothing averages -log p over every "
+            "entry, as CrossEntropyLoss does"
+        )
+    else:
+        cause = f"its weights hold NaN or inf, or its computation overflows {dtype}"
+        if dtype == "float16":
+            cause += f" (try `{dtype_param}` bfloat16 or float32)"
+        elif dtype != "float32":
+            cause += f" (try `{dtype_param}` float32)"
+        if why in ("nan", "+inf"):
+            message = f"{whose}'s logits are not finite ({'NaN' if why == 'nan' else why}) at {where}: {cause}"
+        else:
+            message = f"{whose}'s logits at {where} are too far apart for a float32 log-softmax: {cause}"
+    return NonFiniteError(message, example=example, scored=row, why=why, target=target)
 
 
 def cross_entropy(
@@ -197,7 +274,7 @@ def score_batch(
 
     options, top_k_note = _fit_top_k(lm, options)
     with torch.inference_mode():
-        figures = _figures(lm, input_ids, attention, position_ids, rows_b, rows_t, targets, options)
+        figures = _figures(lm, examples, input_ids, attention, position_ids, rows_b, rows_t, targets, options)
         model_losses = _model_losses(lm, examples) if options.verify else [None] * len(examples)
 
     results = _results(lm, examples, figures, model_losses, options)
@@ -370,7 +447,10 @@ def _forward(
         ours = head(rows.reshape(-1, rows.shape[-1])).float().reshape(own.shape).to(own.device)
         exact = own.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32
         tol = 1e-4 if exact else 2e-2
-        ok = bool(torch.allclose(ours, own, rtol=tol, atol=tol * max(1.0, own.abs().max().item())))
+        # The scale of the finite logits only: a -inf (masked) logit would make any tolerance pass.
+        finite = own[torch.isfinite(own)].abs()
+        scale = max(1.0, finite.max().item()) if finite.numel() else 1.0
+        ok = bool(torch.allclose(ours, own, rtol=tol, atol=tol * scale))
     except Exception as exc:  # noqa: BLE001 - any surprise means: use the model's own path
         log.debug("output head check failed: %s", exc)
     states = _at_columns(states, columns, seq_len) if ok else None
@@ -433,6 +513,7 @@ def scored_rows(
 
 def _figures(
     lm: LoadedModel,
+    examples: Sequence[Encoded],
     input_ids: torch.Tensor,
     attention: torch.Tensor,
     position_ids: torch.Tensor,
@@ -454,6 +535,18 @@ def _figures(
             label_smoothing=options.label_smoothing,
             top_k=options.top_k,
         )
+        bad = nonfinite_row(chunk_logits, target_tensor[start : start + rows], chunk)
+        if bad is not None:
+            row = start + bad[0]
+            raise nonfinite_error(
+                lm.tokenizer,
+                examples,
+                row,
+                bad[1],
+                target=targets[row],
+                dtype=lm.dtype,
+                label_smoothing=options.label_smoothing,
+            )
         for key, value in chunk.items():
             parts.setdefault(key, []).append(value.cpu())
         del chunk_logits, chunk

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .encoding import Encoded, decode_tokens, special_ids
-from .errors import InputError
+from .errors import InputError, NonFiniteError
 from .result import ScoreResult, SequenceToken, Summary, TokenScore
 
 if TYPE_CHECKING:
@@ -81,7 +81,10 @@ def score_windows(
     tokens: list[TokenScore] = []
     for start in range(0, len(pieces), WINDOWS_PER_BATCH):
         group = pieces[start : start + WINDOWS_PER_BATCH]
-        scored = score_batch(lm, [piece for _, piece in group], options, padding_side=padding_side)
+        try:
+            scored = score_batch(lm, [piece for _, piece in group], options, padding_side=padding_side)
+        except NonFiniteError as exc:
+            raise _in_text(lm, example, options, exc, len(tokens), [piece for _, piece in group]) from None
         for (begin, _), result in zip(group, scored):
             tokens.extend(replace(t, index=t.index + begin) for t in result.tokens)
     note = (
@@ -91,6 +94,20 @@ def score_windows(
         "perplexity guide)"
     )
     return _merged(lm, example, tokens, options, note, len(plan))
+
+
+def _in_text(
+    lm: LoadedModel, example: Encoded, options: ScoreOptions, exc: NonFiniteError, done: int, group: list[Encoded]
+) -> NonFiniteError:
+    """``exc``, raised for a window of ``group``, naming its token among the whole text's scored tokens."""
+    from .scoring import nonfinite_error
+
+    at = next(i for i, piece in enumerate(group) if piece is exc.example)
+    row = done + sum(len(piece.scored_positions) for piece in group[:at]) + exc.scored
+    smoothing = options.label_smoothing
+    return nonfinite_error(
+        lm.tokenizer, [example], row, exc.why, target=exc.target, dtype=lm.dtype, label_smoothing=smoothing
+    )
 
 
 def _window(example: Encoded, begin: int, end: int, first: int) -> Encoded:

@@ -14,7 +14,7 @@ from ce_inspect import Layout, ScoreOptions, load
 from ce_inspect.cli import main
 from ce_inspect.diff import diff, diff_messages
 from ce_inspect.encoding import encode
-from ce_inspect.errors import InputError
+from ce_inspect.errors import InputError, NonFiniteError
 from tests.conftest import build_model
 
 PROMPT = "Where is the capital of China? "
@@ -386,8 +386,15 @@ def test_an_infinite_kl_is_an_error_not_a_number(ref_lm):
     def side(logits):
         return _Side(ref_lm, [example], logits, lambda x: x, 4, vocab, [None])
 
-    with pytest.raises(InputError, match=r"KL\(ref‖cand\) is inf at scored token 1: one model gives probability 0"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"KL\(ref‖cand\) is infinite at scored token 1 of 3 \(target ' '\): the candidate model gives",
+    ):
         compare(side(ref_logits), side(cand_logits), ScoreOptions())
+    with pytest.raises(
+        NonFiniteError, match=r"KL\(cand‖ref\) is infinite at .*: the reference model gives probability 0"
+    ):
+        compare(side(cand_logits), side(ref_logits), ScoreOptions())
     assert compare(side(ref_logits), side(ref_logits), ScoreOptions())[0].summary.kl_mean == 0.0
 
 

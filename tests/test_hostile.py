@@ -112,7 +112,13 @@ def _old_gpt2_buffers(weights) -> None:
     weights.update({f"transformer.h.{i}.attn.bias": mask.clone() for i in range(2)})
 
 
+def _nan_head(weights) -> None:
+    weights["lm_head.weight"][100] = float("nan")  # one NaN row: every row's log-softmax is NaN
+
+
 _RUN = ["run", "-p", "the cat", "-a", " sat", "--device", "cpu", "-m"]
+_NAN_HEAD = _model_files("m", _edit_weights("llama", _nan_head))
+_NOT_FINITE = "the model's logits are not finite (NaN) at scored token 1 of 5 (target ' '): its weights hold NaN or inf"
 _MISSING = "lacks 2 weights (model.layers.0.mlp.down_proj.weight, model.norm.weight) (transformers would fill"
 
 LOADING_CASES: list[Case] = [
@@ -215,6 +221,56 @@ LOADING_CASES: list[Case] = [
         ["run", "-p", "x", "-a", "y", "-m", "{llama}", "--device-map", "auto", "--device", "cuda"],
         1,
         "--device-map places the model itself; leave --device at auto",
+    ),
+    # NaN or inf logits (a corrupt checkpoint, float16 overflow): a one-line error naming the token, never
+    # a traceback (run), a JSON ValueError (--json, batch, audit) or a figure.
+    Case("nan-logits", [*_RUN, "m"], 1, _NOT_FINITE, _NAN_HEAD),
+    Case("nan-logits-json", [*_RUN, "m", "--json"], 1, _NOT_FINITE, _NAN_HEAD),
+    Case(
+        "nan-logits-dtype-hint",
+        [*_RUN, "m", "--dtype", "bfloat16"],
+        1,
+        "overflows bfloat16 (try --dtype float32)",
+        _NAN_HEAD,
+    ),
+    *[
+        Case(
+            f"nan-logits-{command}{'-skip-invalid' * skip}",
+            [command, "data.jsonl", "-m", "m", "--device", "cpu", *["--skip-invalid"] * skip],
+            1,
+            f"data.jsonl line 1 (id 'b'): {_NOT_FINITE}",
+            {**_NAN_HEAD, "data.jsonl": '{"id": "b", "prompt": "the cat", "answer": " sat"}\n'},
+        )
+        for command, skip in [("batch", False), ("batch", True), ("audit", False)]
+    ],
+    Case(
+        "nan-logits-diff-candidate",
+        ["diff", "-p", "the cat", "-a", " sat", "--device", "cpu", "-m", "{llama}", "--model-b", "m"],
+        1,
+        "the candidate model's logits are not finite (NaN) at scored token 1 of 5 (target ' ')",
+        _NAN_HEAD,
+    ),
+    Case(
+        "nan-logits-diff-dtype-b",
+        [
+            "diff",
+            "-p",
+            "the cat",
+            "-a",
+            " sat",
+            "--device",
+            "cpu",
+            "-m",
+            "{llama}",
+            "--model-b",
+            "m",
+            "--dtype-b",
+            "bfloat16",
+        ],
+        1,
+        "the candidate model's logits are not finite (NaN) at scored token 1 of 5 (target ' '): its weights hold NaN "
+        "or inf, or its computation overflows bfloat16 (try --dtype-b float32)",
+        _NAN_HEAD,
     ),
 ]
 

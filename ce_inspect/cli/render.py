@@ -43,7 +43,8 @@ def clipped(text: Text, width: int) -> Text:
 
 
 def loss_style(loss: float, scale: tuple[tuple[float, str], ...] = _HEAT) -> str:
-    return next(style for limit, style in scale if loss < limit)
+    # NaN and +inf are below no limit: they take the worst style (scoring refuses them; this must never raise).
+    return next((style for limit, style in scale if loss < limit), scale[-1][1])
 
 
 def turn_label(turn: int | None, role: str) -> str:
