@@ -1252,8 +1252,10 @@ def audit_line_stats(obj: Any, worst: int) -> tuple[Any, list[Any]]:
         raise ValueError(f"not a schema_version {SCHEMA_VERSION} audit record")
     conform(AuditRecordLineDict, obj)
     line, loss = obj["line"], obj.get("loss")
-    if line < 1 or not isinstance(loss, dict):
-        raise ValueError("no input line number, or no loss (written with --no-model?)")
+    if line < 1:
+        raise ValueError("no input line number")
+    if not isinstance(loss, dict):
+        raise ValueError("it holds no loss: an audit without a model wrote it")
     count = loss["count"] if loss["scored"] else 0
     if loss["scored"] and not (isinstance(count, int) and count > 0):
         raise ValueError("a scored record with no scored token")

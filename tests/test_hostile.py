@@ -775,6 +775,45 @@ DATA_CASES: list[Case] = [
         "--max-length",
         files={"d.jsonl": '{"input_ids": [1, 70, 2], "labels": [-100, 70, 2]}\n'},
     ),
+    Case(
+        "audit: --resume with --no-model (nothing to resume)",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--no-model", "-o", "{tmp}/o.jsonl", "--resume"],
+        2,
+        "--resume continues a forward pass; --no-model runs none",
+        files={"d.jsonl": '{"input_ids": [1, 70, 2], "labels": [-100, 70, 2]}\n'},
+    ),
+    Case(
+        "audit: --resume without --output",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--resume"],
+        2,
+        "--resume continues an --output file; give --output",
+        files={"d.jsonl": '{"input_ids": [1, 70, 2], "labels": [-100, 70, 2]}\n'},
+    ),
+    Case(
+        "audit: --resume of a --no-model output (its lines hold no loss)",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "-o", "{tmp}/o.jsonl", "--resume"],
+        1,
+        "o.jsonl is not a complete ce-inspect audit result (it holds no loss: an audit without a model wrote it)",
+        files={
+            "d.jsonl": '{"input_ids": [1, 70, 2], "labels": [-100, 70, 2]}\n',
+            "o.jsonl": '{"schema_version": 1, "kind": "audit_record", "line": 1, "id": null, "failed": [], '
+            '"findings": []}\n',
+        },
+    ),
+    Case(
+        "audit with a model: an existing --output needs --resume or --force (as batch)",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "-o", "{tmp}/o.jsonl"],
+        1,
+        "already exists; pass --resume to continue it or --force to replace it",
+        files={"d.jsonl": '{"input_ids": [1, 70, 2], "labels": [-100, 70, 2]}\n', "o.jsonl": ""},
+    ),
+    Case(
+        "audit: --json and --output /dev/stdout",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--json", "-o", "/dev/stdout"],
+        2,
+        "--json prints the audit to stdout, and --output writes its lines there too",
+        files={"d.jsonl": '{"input_ids": [1, 70, 2], "labels": [-100, 70, 2]}\n'},
+    ),
 ]
 
 # --- diff, reports and other commands --------------------------------------------------------------------

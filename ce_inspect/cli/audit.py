@@ -122,6 +122,11 @@ def audit(
     if tokenizer is not None and not no_model:
         raise typer.BadParameter("--tokenizer applies with --no-model; with a model its own tokenizer is used")
     session = _check_usage(data, output, no_model=no_model, resume=resume, force=force)
+    if json_out and output is not None:
+        from ..files import is_stdout
+
+        if is_stdout(output):
+            raise typer.BadParameter("--json prints the audit to stdout, and --output writes its lines there too")
     if output is not None:
         from ..batch import check_batch_output
         from ..files import check_output
@@ -189,7 +194,10 @@ def audit(
 
         sys.stdout.write(dumps(report.to_dict(), indent=2) + "\n")
     elif not reports.markdown_on_stdout():
-        render_audit(report, Console())
+        from ..files import is_stdout
+
+        # The per-record lines already go to stdout (-o /dev/stdout): the human report goes beside them, on stderr.
+        render_audit(report, err if output is not None and is_stdout(output) else Console())
     if report.gate_failed:
         err.print(
             f"audit: {', '.join(report.gate_failed)} failed (--fail-on); exit {GATE_EXIT}", markup=False, style="red"
