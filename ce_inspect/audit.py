@@ -34,7 +34,7 @@ from .batch import (
     BatchSettings,
     ExampleStats,
     SummaryBuilder,
-    _check_resume_settings,
+    check_resume_settings,
     encode_record,
     run_scan,
 )
@@ -1286,7 +1286,7 @@ class AuditLosses(BatchReport):
         self.audit = audit
         self.written = audit_line_settings(lm, scan, self.options, audit.max_length)
         if scan.resume is not None:
-            _check_resume_settings(scan.resume, self.written)
+            check_resume_settings(scan.resume, self.written)
         self._skipped = {s["line"] for s in audit.skipped}
 
     def add(self, entry: Any, result: ScoreResult) -> None:

@@ -532,7 +532,7 @@ def line_settings(
     return json.loads(dumps(settings))  # as it reads back from a line: tuples become lists
 
 
-def _check_resume_settings(state: ResumeState, current: dict[str, Any]) -> None:
+def check_resume_settings(state: ResumeState, current: dict[str, Any]) -> None:
     """Refuse to continue a file written with another model or any option that changes a line."""
     if not state.examples and not state.others:
         return
@@ -634,7 +634,7 @@ def scan_dataset(
     if label is not None:
         info = replace(info, path=label)  # error messages name what the user gave
     if resume is not None:
-        _check_resume_settings(resume, line_settings(lm, layout, options or ScoreOptions(), fields))
+        check_resume_settings(resume, line_settings(lm, layout, options or ScoreOptions(), fields))
     entries: list[Entry] = []
     scan = Scan(path=path, fields=fields, layout=layout, entries=(), resume=resume, info=info)
     for record in scan.records():
@@ -945,7 +945,7 @@ class BatchReport:
         self.written = line_settings(lm, scan.layout, options, scan.fields, sequence=settings.sequence)
         self.builder = SummaryBuilder(settings.worst)
         if scan.resume is not None:
-            _check_resume_settings(scan.resume, self.written)
+            check_resume_settings(scan.resume, self.written)
             self.builder.add_tokens(scan.resume.worst_tokens)
 
     def line(self, entry: Entry, result: ScoreResult) -> BatchLineDict:
@@ -1091,6 +1091,7 @@ __all__ = [
     "SummaryBuilder",
     "WorstToken",
     "check_batch_output",
+    "check_resume_settings",
     "device_kind",
     "encode_record",
     "line_settings",

@@ -771,11 +771,11 @@ class DiffReport:
     def __init__(
         self, ref_lm: LoadedModel, cand_lm: LoadedModel, scan: Any, worst: int, options: ScoreOptions | None = None
     ) -> None:
-        from .batch import _check_resume_settings
+        from .batch import check_resume_settings
 
         self.written = diff_line_settings(ref_lm, cand_lm, scan.layout, options or ScoreOptions(), scan.fields)
         if scan.resume is not None:  # before any line is written: a changed model or option changes nothing
-            _check_resume_settings(scan.resume, self.written)
+            check_resume_settings(scan.resume, self.written)
         self.ref = {"model": ref_lm.name, "device": ref_lm.device, "dtype": ref_lm.dtype}
         self.cand = {"model": cand_lm.name, "device": cand_lm.device, "dtype": cand_lm.dtype}
         self.scan, self.worst = scan, worst
