@@ -170,6 +170,7 @@ def test_prompt_file_crlf_is_read_verbatim_and_run_agrees_with_batch(capsys, bas
     assert line["summary"]["mean"] == pytest.approx(from_file["summary"]["mean"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_stdin_is_read_verbatim_in_a_real_process(tiny_llama_dir, tmp_path):
     (tmp_path / "p.txt").write_bytes(CRLF_PROMPT)
     args = ["run", "-m", str(tiny_llama_dir), "-a", " ok", "--json"]
@@ -219,6 +220,7 @@ def test_output_onto_an_input_is_refused_before_loading(capsys, tmp_path):
     assert messages.read_text() == text and link.is_symlink()
 
 
+@pytest.mark.slow
 def test_output_modes_and_links_in_a_real_process(tiny_llama_dir, tmp_path):
     """Item 10: a new file gets 0666 less the umask, an existing one keeps its mode, a link stays a link."""
     import os
@@ -238,6 +240,7 @@ def test_output_modes_and_links_in_a_real_process(tiny_llama_dir, tmp_path):
     assert (tmp_path / "new.json").stat().st_ino != before  # replaced atomically: a new inode at the target
 
 
+@pytest.mark.slow
 def test_output_to_dev_stdout_writes_through_in_a_real_process(tiny_llama_dir, tmp_path):
     """Item 8: /dev/stdout (a pipe here) is written, never renamed over."""
     proc = _proc(
@@ -264,6 +267,7 @@ def broken_pipe_run(args, tmp_path) -> subprocess.CompletedProcess:
         os.close(write_end)
 
 
+@pytest.mark.slow
 def test_run_exits_141_when_stdout_reader_goes_away(tiny_llama_dir, tmp_path):
     """`run --json | head -c 10` and `run | head`: 141, like a tool killed by SIGPIPE, and no traceback."""
     for extra in (["--json"], []):

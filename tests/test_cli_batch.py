@@ -343,6 +343,7 @@ def test_resume_never_drops_bytes_it_did_not_write(capsys, tmp_path, tiny_llama_
     assert [json.loads(x)["line"] for x in out.read_text().splitlines()] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_second_writer_of_one_output_is_refused(tmp_path, tiny_llama_dir):
     """Item 9: two real processes onto one --output: the second fails at once naming the first's PID."""
     # Enough records that the first is still writing when the second starts, even on a fast machine.
@@ -371,6 +372,7 @@ def test_second_writer_of_one_output_is_refused(tmp_path, tiny_llama_dir):
     assert not (tmp_path / ".out.jsonl.lock").exists()
 
 
+@pytest.mark.slow
 def test_batch_reads_stdin_and_resumes_from_it(tmp_path, tiny_llama_dir):
     """`batch -` reads JSONL from stdin (spooled: batch reads its input twice), and --resume works with it."""
     data = write_jsonl(tmp_path / "d.jsonl", _many_rows(6))
@@ -392,6 +394,7 @@ def test_batch_reads_stdin_and_resumes_from_it(tmp_path, tiny_llama_dir):
     assert summary["input"] == "<stdin>" and summary["resumed"] == 2 and summary["examples"] == 6
 
 
+@pytest.mark.slow
 def test_batch_output_to_dev_stdout_and_a_fifo(capsys, tmp_path, tiny_llama_dir, data):
     """Item 8: JSON lines written through to /dev/stdout (summary to stderr) and to a FIFO (with a reader)."""
     import stat
@@ -419,6 +422,7 @@ def test_batch_output_to_dev_stdout_and_a_fifo(capsys, tmp_path, tiny_llama_dir,
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
 
 
+@pytest.mark.slow
 def test_batch_exits_141_like_run_when_stdout_reader_goes_away(tmp_path, tiny_llama_dir, data):
     """`batch | head` and `run --json | head -c 10` agree: 141 once a write meets the closed pipe."""
     from test_cli import broken_pipe_run

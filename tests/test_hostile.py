@@ -916,7 +916,12 @@ def run_case(case: Case, tmp_path: Path, paths: dict[str, str], capsys) -> tuple
     return code, out, err
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def _param(case: Case) -> object:
+    """A row that starts a whole process (stdin, signals) is `slow`: `make test-fast` leaves it out."""
+    return pytest.param(case, id=case.name, marks=[pytest.mark.slow] if case.process else [])
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in CASES])
 def test_hostile_input(case: Case, tmp_path, tiny_llama_dir, tiny_gpt2_dir, capsys):
     code, out, err = run_case(case, tmp_path, {"llama": str(tiny_llama_dir), "gpt2": str(tiny_gpt2_dir)}, capsys)
     assert "Traceback" not in err, err
