@@ -64,6 +64,9 @@ class LoadedModel:
     fingerprint: str | None = None
     #: Filled by scoring on first use: whether the fast head path reproduces the model's own logits.
     fast_head: bool | None = field(default=None, repr=False)
+    #: Filled by scoring on the first right-padded batch: whether the model's outputs at real positions are
+    #: those of the example alone when the padding after them is not masked (a causal model's are).
+    unmasked_padding: bool | None = field(default=None, repr=False)
 
 
 def cache_root() -> Path:

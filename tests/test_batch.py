@@ -240,6 +240,56 @@ def test_batched_equals_alone_gemma2_softcap(tmp_path):
                 assert got["loss"] == pytest.approx(want.loss, abs=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2"])
+def test_right_padding_goes_unmasked_where_it_changes_nothing(tmp_path, arch):
+    """Right padding is left unmasked (SDPA's causal kernel, no [batch, seq, seq] mask) once a probe shows the
+    model's real positions ignore it; the figures equal each example alone and the masked pass's."""
+    from conftest import build_model
+
+    from ce_inspect import encode
+    from ce_inspect.scoring import score_batch
+
+    lm = load(str(build_model(tmp_path / arch, arch, add_bos=arch != "gpt2")), device="cpu", quiet=True)
+    examples = [encode(lm.tokenizer, row["prompt"], row["answer"], Layout()) for row in RECORDS]
+    assert len({len(e) for e in examples}) > 1  # padded
+    unmasked = score_batch(lm, examples)
+    assert lm.unmasked_padding is True
+    lm.unmasked_padding = False  # as for a model the probe refused: the mask and the positions go in
+    masked = score_batch(lm, examples)
+    for example, a, b in zip(examples, unmasked, masked):
+        ref = score_encoded(lm, example)
+        for x, y, z in zip(a.tokens, b.tokens, ref.tokens):
+            assert x.loss == pytest.approx(z.loss, abs=1e-5) and x.loss == pytest.approx(y.loss, abs=1e-5)
+            assert x.rank == y.rank == z.rank
+
+
+class _LeakyModel(torch.nn.Module):
+    """Logits at every position see the mean of all the row's tokens: a model whose real positions see the
+    padding after them (a prefix-LM, or custom code gone wrong)."""
+
+    def __init__(self, vocab: int = 50) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, vocab)
+
+    def forward(self, input_ids, use_cache=False, **_):
+        states = self.embed(input_ids)
+        return type("Out", (), {"logits": states + states.mean(1, keepdim=True)})
+
+
+def test_right_padding_stays_masked_for_a_model_whose_positions_see_it():
+    from types import SimpleNamespace
+
+    from ce_inspect.scoring import _unmasked_padding_ok
+
+    torch.manual_seed(0)
+    ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]])
+    attention = (ids != 0).long()
+    leaky = SimpleNamespace(model=_LeakyModel(), name="leaky", unmasked_padding=None)
+    assert _unmasked_padding_ok(leaky, ids, attention) is False and leaky.unmasked_padding is False
+    causal = SimpleNamespace(model=torch.nn.Identity(), name="broken", unmasked_padding=None)
+    assert _unmasked_padding_ok(causal, ids, attention) is False  # a model the probe cannot run: keep the mask
+
+
 # --- the data-set summary against plain torch -----------------------------------------------------------
 
 

@@ -176,19 +176,26 @@ def test_rows_that_fit_one_chunk_are_projected_once_by_the_model(tiny_llama):
     assert_matches_reference(result, reference(tiny_llama, example))
 
 
-def test_no_mask_no_cache_for_an_unpadded_example(tiny_llama):
+def test_no_cache_and_a_mask_only_for_left_padding(tiny_llama):
+    """No KV cache ever; no mask without padding, nor for right padding (a causal model's real positions never
+    see it: SDPA's causal kernel, no [batch, seq, seq] mask); left padding needs the mask and positions."""
+    pair = [example_for(tiny_llama), example_for(tiny_llama, answer=" Beijing.")]
+    score_batch(tiny_llama, pair)  # the one-time probe of right padding, before the calls are recorded
+    assert tiny_llama.unmasked_padding is True
     seen: list[dict] = []
     handle = tiny_llama.model.register_forward_pre_hook(lambda m, a, k: seen.append(dict(k)), with_kwargs=True)
     try:
         score_encoded(tiny_llama, example_for(tiny_llama))
-        score_batch(tiny_llama, [example_for(tiny_llama), example_for(tiny_llama, answer=" Beijing.")])
+        score_batch(tiny_llama, pair)
+        score_batch(tiny_llama, pair, padding_side="left")
     finally:
         handle.remove()
-    single, padded = seen
-    assert single["use_cache"] is False and padded["use_cache"] is False
+    single, right, left = seen
+    assert single["use_cache"] is False and right["use_cache"] is False and left["use_cache"] is False
     assert "attention_mask" not in single and "position_ids" not in single
-    assert padded["attention_mask"].shape == padded["input_ids"].shape
-    assert not bool(padded["attention_mask"].all())
+    assert "attention_mask" not in right and "position_ids" not in right
+    assert left["attention_mask"].shape == left["input_ids"].shape
+    assert not bool(left["attention_mask"].all()) and "position_ids" in left
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
