@@ -64,7 +64,8 @@ def test_in_place_rewrite_reaches_the_running_model_and_is_caught(lm, model_dir)
     with pytest.raises(ModelChangedError) as caught:
         check_model_unchanged(lm)
     message = str(caught.value)
-    assert f"the model's file {model_dir.resolve() / WEIGHTS} changed while ce-inspect was using it (modified" in message
+    path = model_dir.resolve() / WEIGHTS
+    assert f"the model's file {path} changed while ce-inspect was using it (modified" in message
     assert "size" not in message  # same size: only the time says it
     assert "these figures cannot be trusted: run again once the files stop changing" in message
     with pytest.raises(ModelChangedError, match="changed while ce-inspect was using it"):
@@ -182,8 +183,10 @@ def test_batch_stops_at_the_first_batch_after_the_change(when, model_dir, tmp_pa
     code = main([*args, "-o", str(out)])
     stdout, stderr = capsys.readouterr()
     assert code == 1
-    assert stderr.strip().splitlines()[-1].startswith(
-        f"Error: the model's file {model_dir.resolve() / WEIGHTS} changed while ce-inspect was using it"
+    assert (
+        stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"Error: the model's file {model_dir.resolve() / WEIGHTS} changed while ce-inspect was using it")
     )
     assert len(calls) == 2
     assert out.read_text().splitlines() == clean[:2]
