@@ -228,3 +228,14 @@ def test_diff_checks_both_models_even_the_released_reference(tmp_path):
 
     with pytest.raises(ModelChangedError, match=f"file {a.resolve() / WEIGHTS} changed"):
         diff(lambda: load(str(a), device="cpu", quiet=True), candidate, "the cat", " sat")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_model_on_the_gpu_was_copied_and_is_not_watched(model_dir):
+    lm = load(str(model_dir), device="cuda", dtype="float32")
+    before = score(lm, "the cat", " sat")
+    assert lm.files == ()
+    _rewrite_in_place(model_dir / WEIGHTS)
+    after = score(lm, "the cat", " sat")  # no error, and the figures are still the loaded weights'
+    assert [t.loss for t in after.tokens] == [t.loss for t in before.tokens]
