@@ -34,6 +34,7 @@ from .data import DataInfo, Fields, Record, encode_record, open_data, read_recor
 from .display import histogram
 from .encoding import Encoded, Layout
 from .errors import InputError, InvalidRecordError, NonFiniteError, ResumeError
+from .loading import check_model_unchanged
 from .result import (
     SCHEMA_VERSION,
     BatchingDict,
@@ -920,6 +921,8 @@ def run_scan(
     report = report or BatchReport(lm, scan, options, settings)
     start = time.perf_counter()
     for entry, result in _score_in_order(lm, scan, options, settings, stats, on_batch, score):
+        if result is not None:  # a change to the weight files during its pass: no line of it is written
+            check_model_unchanged(lm)
         line = emit(entry, result) if emit is not None and entry.done is None and not entry.kept else None
         if line is not None:
             sink.write(line)

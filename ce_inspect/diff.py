@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypedDict
 
 from .encoding import Encoded, Layout, decode_tokens, encode, encode_messages
 from .errors import InputError
+from .loading import check_model_unchanged
 from .result import (
     BatchingDict,
     LayoutDict,
@@ -590,6 +591,8 @@ def compare(ref: _Side, cand: _Side, options: ScoreOptions) -> list[DiffResult]:
             for key, value in pair.items():
                 parts["pair"].setdefault(key, []).append(value.cpu())
             del ref_logits, cand_logits
+    for side in (ref, cand):  # both passes and the heads above read the weights from their files
+        check_model_unchanged(side.lm)
     figures = {side: {k: torch.cat(v).tolist() for k, v in p.items()} for side, p in parts.items()}
     figures["ref"]["target"] = targets
     figures["cand"]["target"] = targets

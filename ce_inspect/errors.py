@@ -23,6 +23,10 @@ class ModelLoadError(CeInspectError):
     """The model exists but could not be loaded (not a causal LM, unreadable, corrupt, ...)."""
 
 
+class ModelChangedError(CeInspectError):
+    """A file the loaded model reads its weights from changed (rewritten, replaced or removed) while it ran."""
+
+
 class DefaultModelMissingError(CeInspectError):
     """No --model was given and the bundled default model package is not installed."""
 

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from .errors import (
     CacheError,
     DefaultModelMissingError,
     DeviceError,
+    ModelChangedError,
     ModelLoadError,
     ModelNotFoundError,
 )
@@ -62,6 +64,9 @@ class LoadedModel:
     #: A digest of what the figures depend on in the model (config, tokenizer files, weights), so that
     #: a resumed batch can tell whether the model changed since; None when it cannot be computed.
     fingerprint: str | None = None
+    #: The weight files the model reads as it runs (transformers memory-maps them), as ``os.stat`` saw them
+    #: when loading began; empty when every weight was copied to an accelerator. See ``check_model_unchanged``.
+    files: tuple[FileStamp, ...] = field(default=(), repr=False)
     #: Filled by scoring on first use: whether the fast head path reproduces the model's own logits.
     fast_head: bool | None = field(default=None, repr=False)
     #: Filled by scoring on the first right-padded batch: whether the model's outputs at real positions are
@@ -213,6 +218,9 @@ def load(
     _check_causal_lm(folder, source, revision, trust_remote_code)
     if source == "folder":
         _check_tokenizer_files(Path(folder))
+    # Stamped before loading, so that a rewrite while the weights are read shows too (a Hub snapshot only
+    # exists for sure once loaded: it may be downloaded, or another revision's, until then).
+    files = stamp_model_files(folder, source, revision) if source != "hub" else ()
     try:
         tokenizer = _load_tokenizer(folder, source, revision, trust_remote_code)
         hf_model = _load_model(folder, source, revision, trust_remote_code, torch_dtype, device_map)
@@ -222,6 +230,7 @@ def load(
         # The cache passed the check in gguf_cache_folder yet does not load: rebuild it, once.
         log.warning("The cache at %s does not load (%s); rebuilding it.", folder, exc)
         build_gguf_cache(gguf, Path(folder))
+        files = stamp_model_files(folder, source, revision)
         tokenizer = _load_tokenizer(folder, source, revision, trust_remote_code)
         hf_model = _load_model(folder, source, revision, trust_remote_code, torch_dtype, device_map)
     if device_map is None:
@@ -230,6 +239,7 @@ def load(
     else:
         device_label = f"device_map={device_map}"
     hf_model.eval()
+    files = _files_read_while_running(hf_model, files or stamp_model_files(folder, source, revision))
     dtype_label = str(next(hf_model.parameters()).dtype).removeprefix("torch.")
     return LoadedModel(
         model=hf_model,
@@ -241,6 +251,7 @@ def load(
         context_length=context_length(hf_model.config, tokenizer),
         path=str(folder),
         fingerprint=model_fingerprint(folder, source, revision),
+        files=files,
     )
 
 
@@ -784,3 +795,113 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
     except Exception:  # noqa: BLE001 - no fingerprint rather than a failed run
         return None
     return Path(config).parent if config else None
+
+
+# --- the files a running model reads ---------------------------------------------------------------------
+
+#: Checkpoint formats transformers memory-maps instead of copying (safetensors; torch's zip format with
+#: ``mmap=True``) when the file's dtype is the one used on CPU: rewriting such a file in place (``cp``, a
+#: trainer saving into the folder) changes the weights of a model that is running, mid-run.
+_WEIGHT_FILE = re.compile(r"\.(safetensors|bin|pt|pth)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What ``os.stat`` says of one weight file: enough to tell that it was rewritten, replaced or removed.
+
+    The status change time (ctime) is kept too: no tool can set it back, so a rewrite that restores the old
+    size and modification time (``cp -p`` of a same-shaped checkpoint, ``touch -r``) still shows.
+    """
+
+    path: str
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> FileStamp:
+        stat = os.stat(path)
+        return cls(os.fspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+
+
+def stamp_model_files(
+    folder: str | os.PathLike[str], source: str = "folder", revision: str | None = None
+) -> tuple[FileStamp, ...]:
+    """The stamps of the weight files in a model folder, GGUF cache folder or Hub snapshot (``stat`` only).
+
+    Only weight files count: config and tokenizer files are read once, at load, so a later change to them
+    (or to anything else in the folder, such as an output written there) cannot change a figure. A GGUF
+    cache's model is its ``model.safetensors``; the ``.gguf`` itself is not read once converted.
+    """
+    root = _hub_snapshot(str(folder), revision) if source == "hub" else Path(folder)
+    if root is None:
+        return ()
+    try:
+        root = Path(os.path.abspath(root))  # still the same file if the working folder changes
+        return tuple(FileStamp.of(path) for path in sorted(root.iterdir()) if _WEIGHT_FILE.search(path.name))
+    except OSError:
+        return ()
+
+
+def _files_read_while_running(model: Any, files: tuple[FileStamp, ...]) -> tuple[FileStamp, ...]:
+    """``files`` if a weight stayed on the CPU (memory-mapped) or on ``meta`` (offloaded, read from disk on
+    use); nothing when every weight was copied to an accelerator, where a change to the files no longer
+    reaches the figures. Either way the files must not have changed while they were being loaded."""
+    _check_files(files)
+    tensors = [*model.parameters(), *model.buffers()]
+    return files if any(t.device.type in ("cpu", "meta") for t in tensors) else ()
+
+
+def check_model_unchanged(lm: LoadedModel) -> None:
+    """Raise ``ModelChangedError`` if a file ``lm`` reads its weights from changed since loading began.
+
+    Every path that computes figures calls it after its forward pass and before it hands a figure out, so
+    a change during the pass shows before any line from it is written. A few ``stat`` calls: microseconds.
+    """
+    _check_files(lm.files)
+
+
+def _check_files(files: tuple[FileStamp, ...]) -> None:
+    for stamp in files:
+        change = _change(stamp)
+        if change is not None:
+            raise ModelChangedError(change)
+
+
+def _change(stamp: FileStamp) -> str | None:
+    """The one-line error for a file that is no longer as ``stamp`` recorded it; None when it is."""
+    after = "run again once the files stop changing"
+    try:
+        now = FileStamp.of(stamp.path)
+    except OSError as exc:
+        what = "was removed" if isinstance(exc, FileNotFoundError) else f"can no longer be read ({exc.strerror})"
+        return (
+            f"the model's file {stamp.path} {what} while ce-inspect was using it; what was scored may no longer "
+            f"be the model in {Path(stamp.path).parent}: {after}"
+        )
+    if now.inode != stamp.inode:
+        # The loaded weights still read the old file, but the folder now holds another model.
+        return (
+            f"the model's file {stamp.path} was replaced by another file (modified {_clock(now.mtime_ns)}) while "
+            f"ce-inspect was using it; what was scored is no longer the model in {Path(stamp.path).parent}: {after}"
+        )
+    if now == stamp:
+        return None
+    details = [f"size {stamp.size} -> {now.size} bytes"] if now.size != stamp.size else []
+    if now.mtime_ns != stamp.mtime_ns:
+        details.append(f"modified {_clock(now.mtime_ns)}")
+    else:
+        details.append(f"changed {_clock(now.ctime_ns)} with its modification time kept")
+    return (
+        f"the model's file {stamp.path} changed while ce-inspect was using it ({', '.join(details)}); its weights "
+        f"are read from that file as the run goes, so these figures cannot be trusted: {after}"
+    )
+
+
+def _clock(ns: int) -> str:
+    """A file time as the local wall clock, to the second (the date too when it is not today)."""
+    when = time.localtime(ns / 1e9)
+    today = time.localtime()
+    same_day = (when.tm_year, when.tm_yday) == (today.tm_year, today.tm_yday)
+    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", when)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .encoding import Encoded, Layout, byte_hex, decode_tokens, encode, encode_messages, special_ids
 from .errors import InputError, ModelLoadError, NonFiniteError
+from .loading import check_model_unchanged
 from .result import Alternative, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
 
 if TYPE_CHECKING:
@@ -276,6 +277,7 @@ def score_batch(
     with torch.inference_mode():
         figures = _figures(lm, examples, input_ids, attention, position_ids, rows_b, rows_t, targets, options)
         model_losses = _model_losses(lm, examples) if options.verify else [None] * len(examples)
+    check_model_unchanged(lm)  # the pass read the weights from their files: were they the loaded ones?
 
     results = _results(lm, examples, figures, model_losses, options)
     if top_k_note:
