@@ -747,7 +747,14 @@ def _fsync(path: Path) -> None:
 #: hashing gigabytes on every run would cost seconds, and weights are rewritten, not edited in place.
 FINGERPRINT_HASH_LIMIT = 64 * 2**20
 # Files in a model folder that no loader reads: documentation, pictures, data sets, dot-files (git, locks).
-_NOT_MODEL_FILE = re.compile(r"^\.|\.(md|jsonl|png|jpe?g|gif|svg|lock)$|^(license|notice)", re.IGNORECASE)
+#: The files a model's figures depend on: config, tokenizer files (and chat template), weights and their
+#: index, remote code. Anything else in the folder (a README, a training log, an output ce-inspect wrote
+#: there: scores.json, a report) is not part of the model.
+_MODEL_FILE = re.compile(
+    r"^(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|chat_template)"
+    r"\.(json|jinja)$|^(vocab|merges)\.|\.(safetensors|bin|pt|pth|model|tiktoken|py)$|\.index\.json$",
+    re.IGNORECASE,
+)
 
 
 def model_fingerprint(
@@ -756,10 +763,11 @@ def model_fingerprint(
     """A digest of what a model's figures depend on: its config, tokenizer files, weights (and code).
 
     A GGUF cache is fingerprinted by the content hashes its manifest records (checked on every run by
-    :func:`cache_is_valid`). A folder or Hub snapshot by each of its files (all but documentation, pictures
-    and dot-files): its content when at most :data:`FINGERPRINT_HASH_LIMIT` bytes (config.json, tokenizer
-    files, small weights), else its name, size and mtime_ns. Costs a few milliseconds for a typical model
-    (its tokenizer.json is hashed); None when the files cannot be read.
+    :func:`cache_is_valid`). A folder or Hub snapshot by each of its model files (``_MODEL_FILE``: config,
+    tokenizer, weights, code; not an output written beside them): its content when at most
+    :data:`FINGERPRINT_HASH_LIMIT` bytes (config.json, tokenizer files, small weights), else its name, size
+    and mtime_ns. Costs a few milliseconds for a typical model (its tokenizer.json is hashed); None when
+    the files cannot be read.
     """
     try:
         if source in ("default", "gguf"):
@@ -772,11 +780,11 @@ def model_fingerprint(
             items = sorted(
                 (path.name, _file_digest(path))
                 for path in root.iterdir()
-                if path.is_file() and not _NOT_MODEL_FILE.search(path.name)
+                if path.is_file() and _MODEL_FILE.search(path.name) and not path.name.startswith(".")
             )
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return hashlib.sha256(json.dumps(["ce-inspect model fingerprint 1", items]).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(["ce-inspect model fingerprint 2", items]).encode()).hexdigest()
 
 
 def _file_digest(path: Path) -> str:

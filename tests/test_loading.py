@@ -446,11 +446,16 @@ def test_fingerprint_is_stable_for_the_same_model(tiny_llama_dir, tiny_llama):
     assert again.fingerprint == tiny_llama.fingerprint
 
 
-def test_fingerprint_ignores_documentation(tiny_llama_dir, tmp_path):
+def test_fingerprint_ignores_documentation_and_outputs_written_beside_the_model(tiny_llama_dir, tmp_path):
+    """Only model files count: a README, or ce-inspect's own outputs in the model's folder (a summary JSON, a
+    report), must not make `--resume` believe the model changed."""
     folder = copy_model(tiny_llama_dir, tmp_path / "m")
     before = loading_mod.model_fingerprint(folder)
     (folder / "README.md").write_text("# my model\n")
     (folder / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    (folder / "summary.json").write_text('{"schema_version": 1}\n')
+    (folder / "report.html").write_text("<html></html>\n")
+    (folder / "trainer_state.json").write_text("{}\n")
     assert loading_mod.model_fingerprint(folder) == before
 
 
