@@ -121,20 +121,8 @@ def audit(
         raise typer.BadParameter(str(exc).replace("in `fail_on`", ""), param_hint="--fail-on") from None
     if tokenizer is not None and not no_model:
         raise typer.BadParameter("--tokenizer applies with --no-model; with a model its own tokenizer is used")
-    session = _check_usage(data, output, no_model=no_model, resume=resume, force=force)
-    if json_out and output is not None:
-        from ..files import is_stdout
-
-        if is_stdout(output):
-            raise typer.BadParameter("--json prints the audit to stdout, and --output writes its lines there too")
-    if output is not None:
-        from ..batch import check_batch_output
-        from ..files import check_output
-
-        if no_model:
-            check_output(output, inputs=[("the data", data)], label="`output`", force=force)
-        else:  # batch's rule: an existing file is continued (--resume) or replaced (--force), never silently
-            check_batch_output(output, data, resume=resume, force=force)
+    session = _check_usage(data, output, no_model=no_model, resume=resume, force=force, json_out=json_out)
+    _check_output(data, output, no_model=no_model, resume=resume, force=force)
     reports.check(
         inputs=[("the data", data)],
         outputs=[("--output", output)],
@@ -143,9 +131,8 @@ def audit(
     )
     layout = common.layout()
     fields = Fields(id=id_field)
-    settings = BatchSettings(
-        batch_size=batch_size, max_tokens=max_tokens, sort_window=sort_window
-    )  # validated before any load
+    # Validated before anything loads.
+    settings = BatchSettings(batch_size=batch_size, max_tokens=max_tokens, sort_window=sort_window)
     setup_logging(quiet=json_out or not sys.stderr.isatty())
 
     from rich.console import Console
@@ -163,14 +150,7 @@ def audit(
         with _Output(output) as sink:
             report = _audit_without_model(common, tokenizer, data, checking, sink, gate)
     else:
-        with ExitStack() as stack:
-            if output is not None:
-                from ..distributed import check_parts
-                from ..files import output_lock
-
-                check_parts(output, session.world if session else None, resume=resume, force=force)
-                if session is None or session.rank == 0:  # torchrun: rank 0 holds the lock for the run
-                    stack.enter_context(output_lock(output, label="`output`"))
+        with _locked(output, session, resume=resume, force=force):
             report = _audit_with_model(common, data, read, checking, output, gate, settings, err, session, resume)
         if report is None:
             return  # torchrun, not rank 0: rank 0 merges and reports
@@ -221,11 +201,14 @@ def _audit_without_model(
     return audit.finish(input=str(data), model=None, tokenizer=name, fail_on=gate)
 
 
-def _check_usage(data: Path, output: Path | None, *, no_model: bool, resume: bool, force: bool) -> Any:
+def _check_usage(data: Path, output: Path | None, *, no_model: bool, resume: bool, force: bool, json_out: bool) -> Any:
     """Flags that do not go together; under torchrun, what a sharded audit needs. Returns the torchrun session."""
     from ..distributed import current_session
+    from ..files import is_stdout
     from .batch import _check_sharded_usage
 
+    if json_out and output is not None and is_stdout(output):
+        raise typer.BadParameter("--json prints the audit to stdout, and --output writes its lines there too")
     if resume and no_model:
         raise typer.BadParameter("--resume continues a forward pass; --no-model runs none", param_hint="--resume")
     if resume and output is None:
@@ -241,6 +224,33 @@ def _check_usage(data: Path, output: Path | None, *, no_model: bool, resume: boo
             )
         _check_sharded_usage(session.world, data, output)
     return session
+
+
+def _check_output(data: Path, output: Path | None, *, no_model: bool, resume: bool, force: bool) -> None:
+    """--output, before anything loads: the one output validator; with a model, batch's rule too (an existing
+    file is continued with --resume or replaced with --force, never silently)."""
+    if output is None:
+        return
+    from ..batch import check_batch_output
+    from ..files import check_output
+
+    if no_model:
+        check_output(output, inputs=[("the data", data)], label="`output`", force=force)
+    else:
+        check_batch_output(output, data, resume=resume, force=force)
+
+
+def _locked(output: Path | None, session: Any, *, resume: bool, force: bool) -> ExitStack:
+    """With a model: torchrun's part files checked, and --output locked for the run (by rank 0 under torchrun)."""
+    stack = ExitStack()
+    if output is not None:
+        from ..distributed import check_parts
+        from ..files import output_lock
+
+        check_parts(output, session.world if session else None, resume=resume, force=force)
+        if session is None or session.rank == 0:
+            stack.enter_context(output_lock(output, label="`output`"))
+    return stack
 
 
 def _audit_with_model(
