@@ -36,6 +36,7 @@ from .batch import (
     SummaryBuilder,
     check_resume_settings,
     encode_record,
+    fingerprint_targets,
     run_scan,
 )
 from .encoding import IGNORE_INDEX, Layout, decode_tokens, encode_messages, encode_pair, special_ids, special_prefix
@@ -1237,6 +1238,7 @@ def line_emitter(audit: Audit, settings: dict[str, Any]) -> Callable[[Any, Any],
             s = result.summary
             loss = {"scored": True, "mean": s.mean, "sum": s.sum, "count": s.count}
             loss["sequence_tokens"] = result.layout["sequence_tokens"]
+            loss["targets"] = fingerprint_targets([(t.index, t.token_id) for t in result.tokens])
         return record_line(entry.line, entry.id, findings, loss, settings)
 
     return emit
@@ -1269,7 +1271,7 @@ def audit_line_stats(obj: Any, worst: int) -> tuple[Any, list[Any]]:
         nll_sum=loss["sum"] if loss["scored"] else 0.0,  # audit scores without label smoothing
         greedy_hits=0,
         sequence_tokens=loss["sequence_tokens"] if loss["scored"] else 0,
-        fingerprint=None,
+        fingerprint=loss["targets"] if loss["scored"] else "",
         payload=obj["findings"],
     )
     return stats, []

@@ -105,9 +105,12 @@ class WorstToken:
         }
 
 
-def fingerprint_targets(targets: Sequence[tuple[int, int]]) -> int:
-    """A digest of the (position, token id) of every scored target: what resume compares with the input."""
-    return hash(tuple(targets))
+def fingerprint_targets(targets: Sequence[tuple[int, int]]) -> str:
+    """A digest of the (position, token id) of every scored target: what resume compares with the input.
+    Stable across processes and versions of Python, so an output line can carry it (``audit``'s do)."""
+    import hashlib
+
+    return hashlib.blake2b(json.dumps([list(t) for t in targets]).encode(), digest_size=12).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ class ExampleStats:
     nll_sum: float
     greedy_hits: int
     sequence_tokens: int
-    fingerprint: int | None  # None: the line does not list its scored tokens (``audit``'s)
+    fingerprint: str  # fingerprint_targets of its scored targets
     #: What another command's report needs to rebuild its summary from the line (``diff``: every token's
     #: figures); None for ``batch``, whose summary needs only the fields above.
     payload: Any = field(default=None, compare=False, repr=False)
@@ -708,12 +711,7 @@ def _check_done(state: ResumeState, record: Record, encoded: Encoded | None, don
     if encoded is None:
         raise ResumeError(f"{where} cannot be scored now ({reason}) but {state.path} holds a result for it")
     targets = [(p, encoded.input_ids[p]) for p in encoded.scored_positions]
-    # A line that keeps no tokens (``audit``'s) has no fingerprint: its counts are compared instead.
-    if done.fingerprint is not None:
-        same = fingerprint_targets(targets) == done.fingerprint
-    else:
-        same = done.count == len(targets)
-    if not same or len(encoded) != done.sequence_tokens:
+    if fingerprint_targets(targets) != done.fingerprint or len(encoded) != done.sequence_tokens:
         raise ResumeError(
             f"{where} does not encode to the tokens {state.path} holds for it; the input or the layout "
             "options changed since, resume with the same ones or start over with `force`"

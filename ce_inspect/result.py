@@ -820,6 +820,7 @@ class AuditRecordLossDict(_AuditRecordLossDictRequired, total=False):
     sum: float
     count: int  # trained tokens scored
     sequence_tokens: int  # tokens of the record's sequence (``--resume`` compares it with the input)
+    targets: str  # a digest of the scored (position, token id) pairs (``--resume`` compares it with the input)
     reason: str  # not scored: why
 
 

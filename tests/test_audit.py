@@ -712,6 +712,14 @@ def test_resume_refuses_what_would_change_a_line_and_leaves_the_file(tiny_llama_
         fh.write(json.dumps(untrained) + "\n" + "\n".join(rows[3:]) + "\n")
     code, _, err = _audit_cli(capsys, edited, tiny_llama_dir, "-o", out, "--resume")
     assert code == 1 and "input line 3 (id 'untrained') can be scored now" in err, err
+    # The same lengths and findings, other tokens: an answer edited letter for letter (byte tokenizer).
+    first = json.loads(rows[0])
+    first["answer"] = first["answer"].swapcase()
+    same_shape = _write(tmp_path / "swapped.jsonl", [first])
+    with same_shape.open("a") as fh:
+        fh.write("\n".join(rows[1:]) + "\n")
+    code, _, err = _audit_cli(capsys, same_shape, tiny_llama_dir, "-o", out, "--resume")
+    assert code == 1 and "input line 1 (id 'geo-001') does not encode to the tokens" in err, err
     code, _, err = _cli(capsys, "audit", audit_data, "--model", tiny_llama_dir, "--no-model", "-o", out, "--resume")
     assert code == 2 and "--resume continues a forward pass; --no-model runs none" in err
     assert out.read_bytes() == before
