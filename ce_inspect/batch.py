@@ -551,9 +551,19 @@ def check_resume_settings(state: ResumeState, current: dict[str, Any]) -> None:
             continue
         if old != value:
             raise ResumeError(
-                f"`resume`: {state.path} was written with `{key}` {old!r}, this run has {value!r}; resume with the "
-                "same options, or start over with `force`"
+                f"`resume`: {state.path} was written with {_setting(key, old)}, this run has {_setting(key, value)}; "
+                "resume with the same options, or start over with `force`"
             )
+
+
+def _setting(key: str, value: Any) -> str:
+    """One setting as a resume error shows it. A switch is shown as the lines' ``settings`` hold it: its option
+    may be the negation (``sequence`` is --no-sequence), so "--no-sequence True" would say the opposite."""
+    if isinstance(value, bool):
+        return f'"{key}": {json.dumps(value)}'
+    if value is None:
+        return f"no `{key}`"
+    return f"`{key}` {value!r}"
 
 
 # --- the scan: every record encoded once, before any forward pass ---------------------------------------

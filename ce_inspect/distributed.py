@@ -533,8 +533,11 @@ def score_share(
     ``runner`` goes to ``run_scan`` as it is (a command's own ``score`` function, ``emit``), and
     ``make_report(scan)`` builds the command's report for the scan it sums up (this rank's share), so every
     command on the one runner is sharded the same way."""
-    from .batch import JsonlSink, run_scan
+    from .batch import BatchReport, JsonlSink, run_scan
 
+    # Every option an output line depends on, against everything resumed (the output and every part),
+    # before any rank writes: a share's own report sees only its part, and the merge would be too late.
+    (make_report or (lambda whole: BatchReport(lm, whole, options, settings)))(scan)
     base = state.base_lines
     shares = shard_lines([e for e in scan.entries if e.error is None and e.line not in base], session.world)
     check_shares(state, shares)

@@ -703,7 +703,7 @@ def test_resume_refuses_what_would_change_a_line_and_leaves_the_file(tiny_llama_
     code, doc, err = _audit_cli(capsys, audit_data, tiny_llama_dir, "-o", out)
     assert code == 1 and doc is None and "already exists; pass --resume to continue it or --force" in err
     code, _, err = _audit_cli(capsys, audit_data, tiny_llama_dir, "-o", out, "--resume", "--max-length", "30")
-    assert code == 1 and "was written with --max-length None, this run has 30" in err, err
+    assert code == 1 and "was written with no --max-length, this run has --max-length 30" in err, err
     rows = audit_data.read_text().splitlines()
     untrained = json.loads(rows[2])
     untrained["labels"][-1] = untrained["input_ids"][-1]  # the record the model could not score now trains its EOS

@@ -495,7 +495,7 @@ def test_resume_refuses_output_of_another_input(tiny_llama, tmp_path):
         scan_dataset(tiny_llama, shorter, resume=state)
     with pytest.raises(ResumeError, match="label_smoothing"):
         scan_dataset(tiny_llama, data, resume=state, options=ScoreOptions(label_smoothing=0.1))
-    with pytest.raises(ResumeError, match="with `add_eos` True, this run has False"):
+    with pytest.raises(ResumeError, match='with "add_eos": true, this run has "add_eos": false'):
         scan_dataset(tiny_llama, data, resume=state, layout=Layout(add_eos=False))
 
 

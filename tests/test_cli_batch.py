@@ -312,10 +312,10 @@ def test_resume_refuses_an_option_that_changes_lines(capsys, tmp_path, tiny_llam
     assert _batch(capsys, data, tiny_llama_dir, out)[0] == 0
     kept = b"".join(out.read_bytes().splitlines(keepends=True)[:3])
     for extra, message in (
-        (["--top-k", "3"], "was written with --top-k 0, this run has 3"),
-        (["--no-sequence"], "was written with --no-sequence True, this run has False"),
-        (["--label-smoothing", "0.1"], "was written with --label-smoothing 0.0, this run has 0.1"),
-        (["--no-mask-prompt"], "was written with --no-mask-prompt True, this run has False"),
+        (["--top-k", "3"], "was written with --top-k 0, this run has --top-k 3"),
+        (["--no-sequence"], 'was written with "sequence": true, this run has "sequence": false'),
+        (["--label-smoothing", "0.1"], "was written with --label-smoothing 0.0, this run has --label-smoothing 0.1"),
+        (["--no-mask-prompt"], 'was written with "mask_prompt": true, this run has "mask_prompt": false'),
         (["--answer-field", "prompt"], "was written with `fields`"),
     ):
         out.write_bytes(kept)

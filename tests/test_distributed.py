@@ -387,6 +387,20 @@ def test_a_single_process_output_is_resumed_under_torchrun(tiny_llama_dir, refer
     assert json.loads(summary.read_text())["resumed"] == 5
 
 
+@pytest.mark.slow
+def test_a_resumed_output_with_other_options_is_refused_before_any_rank_writes(tiny_llama_dir, reference, tmp_path):
+    """A single-process output written with the whole-sequence view, resumed under torchrun with
+    --no-sequence: refused before any rank writes a part, and the output is left as it was."""
+    out = tmp_path / "out.jsonl"
+    out.write_text("".join(reference[0].read_text().splitlines(keepends=True)[:5]))
+    before = out.read_bytes()
+    proc = _torchrun(tiny_llama_dir, out, "--resume", "--no-sequence")
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and 'was written with "sequence": true, this run has "sequence": false' in errors[0]
+    assert out.read_bytes() == before and _no_parts(out)
+
+
 # --- the ranks' channel, with a store in memory -------------------------------------------------------------
 
 
