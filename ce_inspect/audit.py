@@ -50,6 +50,7 @@ from .result import (
     AuditRecordLineDict,
     AuditRecordRefDict,
     AuditTokenDict,
+    as_read_back,
 )
 from .scoring import ScoreOptions
 
@@ -891,6 +892,11 @@ class Audit:
     def skip(self, line: int, rid: str | int | None, reason: str) -> None:
         self.skipped.append({"line": line, "id": rid, "reason": reason})
 
+    @property
+    def skipped_lines(self) -> set[int]:
+        """The records the checks skipped (``skip_invalid``): no output line, not counted as unscored."""
+        return {s["line"] for s in self.skipped}
+
     def add_loss(self, line: int, rid: str | int | None, mean: float) -> None:
         """Take one record's mean loss (from the forward pass, or read back from its output line)."""
         self._losses[line] = (mean, RecordRef(line, rid))
@@ -901,9 +907,9 @@ class Audit:
     def add_unscored(self, line: int, rid: str | int | None, reason: str) -> None:
         self._unscored[line] = {"line": line, "id": rid, "reason": reason}
 
-    def _top_losses(self) -> list[RecordRef]:
-        """The ``examples`` highest means (non-finite first, then ties by input line): the outliers shown."""
-        flagged, _, _ = self._loss_outliers()
+    def _top_losses(self, flagged: Sequence[RecordRef]) -> list[RecordRef]:
+        """The ``examples`` highest means of the ``flagged`` records (non-finite first, then ties by input line):
+        the outliers shown."""
         key = {ref.line: self._losses[ref.line][0] for ref in flagged}
         ranked = sorted(flagged, key=lambda r: (-(key[r.line] if math.isfinite(key[r.line]) else math.inf), r.line))
         return ranked[: self.examples]
@@ -912,7 +918,7 @@ class Audit:
         """The scored records ``finish`` shows in full, whose token losses it needs (``score_shown``)."""
         lines = {s.line for shown in self._shown.values() for s in shown if s.line in self._losses}
         if self._losses:
-            lines.update(r.line for r in self._top_losses())
+            lines.update(r.line for r in self._top_losses(self._loss_outliers()[0]))
         return sorted(lines)
 
     def _eot_note(self) -> str | None:
@@ -967,7 +973,7 @@ class Audit:
                     checked = len(self._losses)
                     shown = [
                         show_scored(self.ctx, r.line, r.id, scored[r.line], self._losses[r.line][0])
-                        for r in self._top_losses()
+                        for r in self._top_losses(records)
                         if r.line in scored
                     ]
                 else:
@@ -1226,7 +1232,7 @@ def audit_line_settings(lm: LoadedModel, scan: Any, options: Any, max_length: in
 def line_emitter(audit: Audit, settings: dict[str, Any]) -> Callable[[Any, Any], AuditRecordLineDict | None]:
     """``run_scan``'s ``emit`` for audit: every record the checks took gets one line (its findings, its loss or
     why the model could not score it); records the checks skipped (``--skip-invalid``) get none."""
-    skipped = {s["line"] for s in audit.skipped}
+    skipped = audit.skipped_lines
 
     def emit(entry: Any, result: Any) -> AuditRecordLineDict | None:
         if entry.line in skipped:
@@ -1258,20 +1264,20 @@ def audit_line_stats(obj: Any, worst: int) -> tuple[Any, list[Any]]:
         raise ValueError("no input line number")
     if not isinstance(loss, dict):
         raise ValueError("it holds no loss: an audit without a model wrote it")
-    count = loss["count"] if loss["scored"] else 0
-    if loss["scored"] and not (isinstance(count, int) and count > 0):
+    if not loss["scored"]:  # a line that records no score
+        return ExampleStats(line, obj["id"], 0, 0.0, math.nan, 0.0, 0, 0, "", payload=obj["findings"]), []
+    if not (isinstance(loss["count"], int) and loss["count"] > 0):
         raise ValueError("a scored record with no scored token")
-    mean = loss["mean"] if loss["scored"] else math.nan
     stats = ExampleStats(
         line=line,
         id=obj["id"],
-        count=count,
-        loss_sum=loss["sum"] if loss["scored"] else 0.0,
-        mean=mean,
-        nll_sum=loss["sum"] if loss["scored"] else 0.0,  # audit scores without label smoothing
+        count=loss["count"],
+        loss_sum=loss["sum"],
+        mean=loss["mean"],
+        nll_sum=loss["sum"],  # audit scores without label smoothing
         greedy_hits=0,
-        sequence_tokens=loss["sequence_tokens"] if loss["scored"] else 0,
-        fingerprint=loss["targets"] if loss["scored"] else "",
+        sequence_tokens=loss["sequence_tokens"],
+        fingerprint=loss["targets"],
         payload=obj["findings"],
     )
     return stats, []
@@ -1289,7 +1295,7 @@ class AuditLosses(BatchReport):
         self.written = audit_line_settings(lm, scan, self.options, audit.max_length)
         if scan.resume is not None:
             check_resume_settings(scan.resume, self.written)
-        self._skipped = {s["line"] for s in audit.skipped}
+        self._skipped = audit.skipped_lines
 
     def add(self, entry: Any, result: ScoreResult) -> None:
         self.builder.add(ExampleStats.from_result(entry.line, entry.id, result))
@@ -1299,7 +1305,7 @@ class AuditLosses(BatchReport):
         from .errors import ResumeError
 
         now = [f.to_dict() for f in self.audit.findings.get(entry.line, [])]
-        if entry.done.payload != json_roundtrip(now):
+        if entry.done.payload != as_read_back(now):
             raise ResumeError(
                 f"`resume`: input line {entry.line} fails other checks now than the output's line for it says; "
                 "the input or the options changed since, start over with `force`"
@@ -1311,15 +1317,6 @@ class AuditLosses(BatchReport):
         super().skip(skipped)
         if skipped.line not in self._skipped:
             self.audit.add_unscored(skipped.line, skipped.id, skipped.reason)
-
-
-def json_roundtrip(obj: Any) -> Any:
-    """``obj`` as it reads back from an output line (tuples become lists)."""
-    import json
-
-    from .result import dumps
-
-    return json.loads(dumps(obj))
 
 
 def score_shown(lm: LoadedModel, scan: Any, audit: Audit, options: Any = None) -> dict[int, ScoreResult]:

@@ -44,6 +44,7 @@ from .result import (
     SkippedDict,
     WorstExampleDict,
     WorstTokenDict,
+    as_read_back,
     batch_line_from_dict,
     dumps,
     perplexity,
@@ -533,7 +534,7 @@ def line_settings(
     }
     if sequence is not None:
         settings["sequence"] = sequence
-    return json.loads(dumps(settings))  # as it reads back from a line: tuples become lists
+    return as_read_back(settings)
 
 
 def check_resume_settings(state: ResumeState, current: dict[str, Any]) -> None:

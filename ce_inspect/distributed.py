@@ -537,7 +537,8 @@ def score_share(
 
     # Every option an output line depends on, against everything resumed (the output and every part),
     # before any rank writes: a share's own report sees only its part, and the merge would be too late.
-    (make_report or (lambda whole: BatchReport(lm, whole, options, settings)))(scan)
+    make_report = make_report or (lambda whole: BatchReport(lm, whole, options, settings))
+    make_report(scan)
     base = state.base_lines
     shares = shard_lines([e for e in scan.entries if e.error is None and e.line not in base], session.world)
     check_shares(state, shares)
@@ -547,8 +548,7 @@ def score_share(
     # Every rank has checked and read the part files before any rank writes to its own.
     session.barrier("parts read")
     with JsonlSink.open(part_path(output, session.rank, session.world), resume=own) as sink:
-        if make_report is not None:
-            runner["report"] = make_report(share)
+        runner["report"] = make_report(share)
         summary = run_scan(
             lm, share, sink, options=options, settings=settings, on_batch=session.on_batch(show), **runner
         )

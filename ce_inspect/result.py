@@ -710,6 +710,11 @@ def dumps(obj: Any, indent: int | None = None) -> str:
     return json.dumps(obj, ensure_ascii=False, allow_nan=False, indent=indent)
 
 
+def as_read_back(obj: Any) -> Any:
+    """``obj`` as it reads back from an output line (tuples become lists), to compare with what a line holds."""
+    return json.loads(dumps(obj))
+
+
 # --- audit (ce_inspect/audit.py): the `audit --json` document and its --output lines ---------------------
 
 # Optional keys are declared in a ``total=False`` subclass: exact under ``from __future__ import annotations``
