@@ -448,11 +448,7 @@ def _forward(
         rows = kept["probe"]
         ours = head(rows.reshape(-1, rows.shape[-1])).float().reshape(own.shape).to(own.device)
         exact = own.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32
-        tol = 1e-4 if exact else 2e-2
-        # The scale of the finite logits only: a -inf (masked) logit would make any tolerance pass.
-        finite = own[torch.isfinite(own)].abs()
-        scale = max(1.0, finite.max().item()) if finite.numel() else 1.0
-        ok = bool(torch.allclose(ours, own, rtol=tol, atol=tol * scale))
+        ok = _same_logits(ours, own, exact=exact)
     except Exception as exc:  # noqa: BLE001 - any surprise means: use the model's own path
         log.debug("output head check failed: %s", exc)
     states = _at_columns(states, columns, seq_len) if ok else None
@@ -515,6 +511,18 @@ def scored_rows(
     return selected, head, rows
 
 
+def _same_logits(got: torch.Tensor, want: torch.Tensor, *, exact: bool, equal_nan: bool = False) -> bool:
+    """Whether two blocks of logits agree: 1e-4 (float32 throughout) or 2e-2 (a lower precision somewhere),
+    relative and scaled by the largest finite logit of ``want`` (a -inf, masked, logit would make any
+    tolerance pass)."""
+    import torch
+
+    tol = 1e-4 if exact else 2e-2
+    finite = want[torch.isfinite(want)].abs()
+    scale = max(1.0, finite.max().item()) if finite.numel() else 1.0
+    return bool(torch.allclose(got, want, rtol=tol, atol=tol * scale, equal_nan=equal_nan))
+
+
 def _right_padded(attention: torch.Tensor) -> bool:
     """Whether every row of the [batch, seq] mask is its tokens first, then only padding."""
     import torch
@@ -544,10 +552,7 @@ def _unmasked_padding_ok(lm: LoadedModel, input_ids: torch.Tensor, attention: to
             want = model(input_ids=alone, use_cache=False).logits[0].float()  # [n, vocab]
             got = model(input_ids=padded, use_cache=False).logits[0, :n].float()  # [n, vocab]
             exact = next(model.parameters()).dtype == torch.float32
-            tol = 1e-4 if exact else 2e-2
-            finite = want[torch.isfinite(want)].abs()
-            scale = max(1.0, finite.max().item()) if finite.numel() else 1.0
-            lm.unmasked_padding = bool(torch.allclose(got, want, rtol=tol, atol=tol * scale, equal_nan=True))
+            lm.unmasked_padding = _same_logits(got, want, exact=exact, equal_nan=True)
         except Exception as exc:  # noqa: BLE001 - any surprise means: keep the mask
             log.debug("unmasked padding check failed: %s", exc)
         if not lm.unmasked_padding:
