@@ -17,11 +17,12 @@ Importing this package does not import torch or transformers; ``load`` does.
 
 import os as _os
 
-# MKL's float32 matmul picks its kernel, and on several threads how it splits the sum, from the number of
-# rows in the call, so the same example summed in another order when it shared a batch (up to 5e-5 apart
-# on SmolLM2 over 30 layers). Strict conditional reproducibility makes every row's sum independent of the
-# other rows: batched figures then equal one-by-one ones. MKL reads it at its first call, hence here,
-# before torch runs anything; a value the user set wins. Other BLAS libraries ignore it.
+# Intel MKL's float32 matmul picks its kernel, and on several threads how it splits the sum, from the
+# number of rows in the call. On Intel CPUs strict conditional reproducibility makes every row's sum
+# independent of the other rows, so batched figures there equal one-by-one ones bit for bit. It does not on
+# AMD CPUs (measured on an AMD EPYC: rows differ by up to 9e-5 with any MKL_CBWR value and thread count);
+# what holds everywhere is the float32 bound of ce_inspect.numerics. MKL reads it at its first call, hence
+# here, before torch runs anything; a value the user set wins. Other BLAS libraries ignore it.
 _os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 from .diff import DiffResult, DiffSummary, TokenDiff, diff, diff_messages

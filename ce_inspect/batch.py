@@ -845,7 +845,9 @@ def _score_in_order(
         if record is None or record.line != entry.line:
             raise InputError(f"{scan.name} changed while it was being scored; run again")
         encoder = scan.encoder or (lambda r: encode_record(lm, r, scan.layout))
-        encoded = encoder(record) if entry.pending else None
+        # A resumed example is encoded and counts towards its window as in the run that wrote it, so a run
+        # resumed inside a window forms that run's windows and batches (and gives its figures).
+        encoded = encoder(record) if entry.error is None else None
         window.append((entry, encoded))
         pending += encoded is not None
         if pending >= settings.sort_window:
@@ -866,13 +868,19 @@ def _score_window(
     lengths = [len(window[i][1]) for i in todo]  # type: ignore[arg-type]
     results: dict[int, Any] = {}
     emitted = 0
-    for batch in plan_batches(lengths, settings.batch_size, settings.max_tokens, settings.max_padding):
+    for planned in plan_batches(lengths, settings.batch_size, settings.max_tokens, settings.max_padding):
+        # Resumed examples were planned with the rest, so the batches are those of an uninterrupted run: a
+        # batch of resumed examples only is skipped, one that mixes them with others is scored whole (the
+        # resumed rows' results are dropped), so the others sum exactly as they would have.
+        batch = [j for j in planned if window[todo[j]][0].pending]
+        if not batch:
+            continue
         rows = [todo[j] for j in batch]
-        examples = [window[i][1] for i in rows]
+        examples = [window[todo[j]][1] for j in planned]
         try:
             scored = score(examples)  # type: ignore[arg-type]
         except NonFiniteError as exc:
-            at = next((i for i in rows if window[i][1] is exc.example), None)
+            at = next((todo[j] for j in planned if window[todo[j]][1] is exc.example), None)
             if at is None:
                 raise
             entry = window[at][0]
@@ -883,16 +891,16 @@ def _score_window(
                 why=exc.why,
                 target=exc.target,
             ) from None
-        results.update(zip(rows, scored))
+        results.update((todo[j], result) for j, result in zip(planned, scored) if window[todo[j]][0].pending)
         tokens = sum(lengths[j] for j in batch)
         stats.batches += 1
         stats.examples += len(rows)
         stats.sequence_tokens += tokens
-        stats.padded_positions += len(rows) * max(lengths[j] for j in batch)
+        stats.padded_positions += len(rows) * max(lengths[j] for j in planned)
         if on_batch is not None:
             on_batch(len(rows), tokens)
         # Emit in input order everything that no longer waits on an unscored example before it.
-        while emitted < len(window) and (window[emitted][1] is None or emitted in results):
+        while emitted < len(window) and (not window[emitted][0].pending or emitted in results):
             yield window[emitted][0], results.pop(emitted, None)
             emitted += 1
     for entry, _ in window[emitted:]:

@@ -246,3 +246,12 @@ def write_audit_data(path: Path, model_dir: Path) -> Path:
     rows.insert(12, {"id": "outlier", "input_ids": [*prefix, least], "labels": [-100] * len(prefix) + [least]})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def batch_tolerance(lm, examples) -> float:
+    """How far a token's loss (or a mean of them) batched may lie from the example alone: the float32
+    rounding bound of ``ce_inspect.numerics`` for this model, these examples' logits and their longest
+    length. Batched figures are not bit-identical to one-by-one ones on every CPU (see README, Numerics)."""
+    from ce_inspect.numerics import logit_scale, loss_tolerance
+
+    return loss_tolerance(lm.model.config, logit_scale(lm, examples), max(len(e) for e in examples))
