@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,30 @@ ROOT = Path(__file__).resolve().parents[1]
 # Never touch a model hub from tests.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+#: The longest a test waits for a process it started, or for an event in one, before it fails. Generous on
+#: purpose: it is a deadline, never a measurement. On a loaded 2-core machine (load average ~6) one process
+#: that imports torch and transformers takes ~30 s to start, a torchrun run has three of them, and a whole
+#: `batch` of a few hundred records takes minutes; a test that waits less fails there, not here.
+PROCESS_TIMEOUT = 600.0
+
+
+def wait_for(
+    ready: Callable[[], bool], what: str, *, proc: subprocess.Popen | None = None, timeout: float = PROCESS_TIMEOUT
+) -> None:
+    """Poll ``ready`` until it holds; fail naming ``what`` when ``timeout`` seconds pass first, or at once
+    when ``proc`` ends before it holds (with its stderr). A deadline to wait on an event, not a timing."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            pytest.fail(f"the process ended (exit {proc.returncode}) before {what}: {err}")
+        if time.monotonic() > deadline:
+            if proc is not None:
+                proc.kill()
+            pytest.fail(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.01)
+
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 # ChatML, like SmolLM2's, with a default system prompt injected when none is given.

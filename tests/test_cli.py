@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PROCESS_TIMEOUT
 from typer.testing import CliRunner
 
 from ce_inspect.cli import main
@@ -44,7 +45,7 @@ def test_json_stdout_has_nothing_else(tiny_llama_dir):
         [sys.executable, "-m", "ce_inspect", "run", "-m", str(tiny_llama_dir), "-p", "a b", "-a", " c", "--json"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=PROCESS_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr
     json.loads(proc.stdout)
@@ -129,7 +130,7 @@ def test_help_does_not_import_torch():
         "main(['run', '-p', 'x', '--device', 'gpu', '-a', 'y'])\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert "Usage" in proc.stdout
 
@@ -144,7 +145,12 @@ def _proc(args, *, tmp_path, stdin=None, **kwargs) -> subprocess.CompletedProces
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "CE_INSPECT_CACHE": str(tmp_path / "c")}
     return subprocess.run(
-        [sys.executable, "-m", "ce_inspect", *args], cwd=tmp_path, env=env, capture_output=True, timeout=180, **kwargs
+        [sys.executable, "-m", "ce_inspect", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=PROCESS_TIMEOUT,
+        **kwargs,
     )
 
 
@@ -261,7 +267,11 @@ def broken_pipe_run(args, tmp_path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "CE_INSPECT_CACHE": str(tmp_path / "c")}
     try:
         return subprocess.run(
-            [sys.executable, "-m", "ce_inspect", *args], stdout=write_end, stderr=subprocess.PIPE, env=env, timeout=180
+            [sys.executable, "-m", "ce_inspect", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=PROCESS_TIMEOUT,
         )
     finally:
         os.close(write_end)

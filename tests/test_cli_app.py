@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from conftest import PROCESS_TIMEOUT
 
 from ce_inspect import loading
 from ce_inspect.batch import BatchSettings
@@ -138,7 +139,9 @@ def test_version_through_python_m_without_torch():
         "    assert e.code == 0, e.code\n"
         "assert 'torch' not in sys.modules\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=PROCESS_TIMEOUT
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"ce-inspect {_pyproject_version()}\n"
 

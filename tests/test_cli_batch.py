@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import typer
+from conftest import PROCESS_TIMEOUT, wait_for
 
 from ce_inspect.cli import main
 from ce_inspect.cli.app import app
@@ -172,16 +172,20 @@ def test_custom_field_names(capsys, tiny_llama_dir, tmp_path):
 def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", CE_INSPECT_CACHE=str(tmp_path / "c"))
+    # One torch thread: on cores other work keeps busy, two OpenMP threads wait for each other at every
+    # operation of the tiny model and a record takes ~20x longer (1,000 records took over 5 minutes).
+    env["OMP_NUM_THREADS"] = "1"
     return env
 
 
-def _start(tmp_path: Path, model: Path, data: Path, out: Path, *extra: str) -> subprocess.Popen:
+def _start(tmp_path: Path, model: Path, data: Path, out: Path, *extra: str, stdin=None) -> subprocess.Popen:
     argv = [sys.executable, "-m", "ce_inspect", "batch", str(data), "-m", str(model), "-o", str(out), "-b", "1"]
     argv += ["--sort-window", "1", *extra]
     return subprocess.Popen(
         argv,
         cwd=ROOT,
         env=_env(tmp_path),
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -191,16 +195,8 @@ def _start(tmp_path: Path, model: Path, data: Path, out: Path, *extra: str) -> s
     )
 
 
-def _wait_for_lines(proc: subprocess.Popen, out: Path, n: int, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if out.exists() and out.read_bytes().count(b"\n") >= n:
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended before writing {n} lines: {proc.stderr.read()}")
-        time.sleep(0.01)
-    proc.kill()
-    pytest.fail("timed out waiting for output")
+def _wait_for_lines(proc: subprocess.Popen, out: Path, n: int) -> None:
+    wait_for(lambda: out.exists() and out.read_bytes().count(b"\n") >= n, f"{n} lines in {out}", proc=proc)
 
 
 def _many_rows(n: int) -> list[dict]:
@@ -214,7 +210,7 @@ def test_kill_9_midway_then_resume_gives_exactly_one_line_per_record(tmp_path, t
     proc = _start(tmp_path, tiny_llama_dir, data, out)
     _wait_for_lines(proc, out, 5)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=PROCESS_TIMEOUT)
     written = out.read_bytes().count(b"\n")
     assert 5 <= written < len(rows), "the kill must land mid-run"
 
@@ -225,6 +221,7 @@ def test_kill_9_midway_then_resume_gives_exactly_one_line_per_record(tmp_path, t
         env=_env(tmp_path),
         capture_output=True,
         text=True,
+        timeout=PROCESS_TIMEOUT,
     )
     assert resumed.returncode == 0, resumed.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -241,7 +238,7 @@ def test_interrupt_leaves_whole_lines_and_says_how_to_resume(tmp_path, tiny_llam
     proc = _start(tmp_path, tiny_llama_dir, data, out)
     _wait_for_lines(proc, out, 3)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=PROCESS_TIMEOUT)
     assert proc.returncode == 130
     raw = out.read_bytes()
     assert raw.endswith(b"\n")
@@ -346,11 +343,21 @@ def test_resume_never_drops_bytes_it_did_not_write(capsys, tmp_path, tiny_llama_
 @pytest.mark.slow
 def test_second_writer_of_one_output_is_refused(tmp_path, tiny_llama_dir):
     """Item 9: two real processes onto one --output: the second fails at once naming the first's PID."""
-    # Enough records that the first is still writing when the second starts, even on a fast machine.
-    data, out = write_jsonl(tmp_path / "d.jsonl", _many_rows(1000)), tmp_path / "out.jsonl"
-    first = _start(tmp_path, tiny_llama_dir, data, out)
+    from ce_inspect.files import lock_path
+
+    # The first reads its records from stdin, which `batch` reads only once --output is locked: held at
+    # that point until the test writes them, it holds the lock however fast or slow the machine is.
+    rows = _many_rows(20)
+    out = tmp_path / "out.jsonl"
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    first = _start(tmp_path, tiny_llama_dir, Path("-"), out, stdin=subprocess.PIPE)
     try:
-        _wait_for_lines(first, out, 2)
+        lock = lock_path(out)
+        wait_for(
+            lambda: lock.exists() and lock.read_text().strip() == str(first.pid),
+            f"the first run (PID {first.pid}) to hold the lock {lock}",
+            proc=first,
+        )
         second = subprocess.run(
             [sys.executable, "-m", "ce_inspect", "batch", str(data), "-m", str(tiny_llama_dir), "-o", str(out)]
             + ["--force"],
@@ -358,7 +365,7 @@ def test_second_writer_of_one_output_is_refused(tmp_path, tiny_llama_dir):
             env=_env(tmp_path),
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=PROCESS_TIMEOUT,
         )
         assert second.returncode == 1 and second.stdout == ""
         assert second.stderr == (
@@ -366,9 +373,9 @@ def test_second_writer_of_one_output_is_refused(tmp_path, tiny_llama_dir):
             "or write elsewhere\n"
         )
     finally:
-        first.communicate(timeout=180)
-    assert first.returncode == 0
-    assert [json.loads(x)["line"] for x in out.read_text().splitlines()] == list(range(1, 1001))  # the first's, whole
+        _, err = first.communicate(data.read_text(), timeout=PROCESS_TIMEOUT)
+    assert first.returncode == 0, err
+    assert [json.loads(x)["line"] for x in out.read_text().splitlines()] == list(range(1, len(rows) + 1))  # whole
     assert not (tmp_path / ".out.jsonl.lock").exists()
 
 
@@ -379,7 +386,10 @@ def test_batch_reads_stdin_and_resumes_from_it(tmp_path, tiny_llama_dir):
     base = [sys.executable, "-m", "ce_inspect", "batch", "-m", str(tiny_llama_dir), "--no-sequence"]
 
     def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([*base, *args], cwd=tmp_path, env=_env(tmp_path), input=stdin, capture_output=True)
+        env = _env(tmp_path)
+        return subprocess.run(
+            [*base, *args], cwd=tmp_path, env=env, input=stdin, capture_output=True, timeout=PROCESS_TIMEOUT
+        )
 
     from_file = run(str(data))
     from_stdin = run("-", stdin=data.read_bytes())
@@ -406,6 +416,7 @@ def test_batch_output_to_dev_stdout_and_a_fifo(capsys, tmp_path, tiny_llama_dir,
         env=_env(tmp_path),
         capture_output=True,
         text=True,
+        timeout=PROCESS_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(x)["line"] for x in proc.stdout.splitlines()] == [1, 2, 3, 4]  # nothing else on stdout
@@ -417,7 +428,8 @@ def test_batch_output_to_dev_stdout_and_a_fifo(capsys, tmp_path, tiny_llama_dir,
     reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
     reader.start()
     assert main(["batch", str(data), "-m", str(tiny_llama_dir), "-o", str(fifo)]) == 0
-    reader.join(timeout=60)
+    reader.join(timeout=PROCESS_TIMEOUT)
+    assert not reader.is_alive(), f"the FIFO's reader got no end of file in {PROCESS_TIMEOUT:.0f} s"
     assert [json.loads(x)["line"] for x in received[0].splitlines()] == [1, 2, 3, 4]
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
 

@@ -27,6 +27,7 @@ from ce_inspect.distributed import (
     shard_lines,
 )
 from ce_inspect.errors import InputError, ResumeError
+from tests.conftest import PROCESS_TIMEOUT
 from tests.conftest import json_close as _close
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +178,7 @@ def _env(**extra: str) -> dict[str, str]:
 def _single(model: Path, out: Path, summary: Path, *args: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "ce_inspect", "batch", str(PAIRS), "-m", str(model), "-o", str(out)]
     cmd += ["--summary-json", str(summary), "--skip-invalid", *OPTIONS, *args]
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
 
 
 def _torchrun(
@@ -187,7 +188,7 @@ def _torchrun(
     args = ("--skip-invalid", *args) if skip else args
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port())]
     cmd += ["-m", "ce_inspect", "batch", str(data), "-m", str(model), "-o", str(out), *OPTIONS, *args]
-    return subprocess.run(cmd, cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
 
 
 def _same_as_single(reference: tuple[Path, Path], out: Path, summary: Path, *ignore: str) -> None:
@@ -295,7 +296,7 @@ def test_under_torchrun_output_is_required_and_run_is_refused(tiny_llama_dir, tm
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=PROCESS_TIMEOUT,
     )
     assert proc.returncode != 0 and proc.stdout == ""
     assert "cannot share stdout; give --output" in proc.stderr
@@ -307,7 +308,7 @@ def test_under_torchrun_output_is_required_and_run_is_refused(tiny_llama_dir, tm
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=PROCESS_TIMEOUT,
     )
     assert proc.returncode != 0 and "`ce-inspect run` runs in one process" in proc.stderr
 
@@ -374,7 +375,7 @@ def _accelerate(model: Path, out: Path, home: Path, *args: str, **env: str) -> s
     cmd += ["--num_processes", "2", "--main_process_port", str(_free_port()), "-m", "ce_inspect", "batch"]
     cmd += [str(PAIRS), "-m", str(model), "-o", str(out), "--skip-invalid", *OPTIONS, *args]
     env = _env(HF_HOME=str(home), **env)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
 
 
 @pytest.mark.slow
@@ -511,7 +512,7 @@ def _diff_cmd(model: Path, candidate: Path, out: Path, summary: Path, *args: str
 def _diff_torchrun(model: Path, candidate: Path, out: Path, summary: Path, *args: str, **env: str):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port())]
     cmd += _diff_cmd(model, candidate, out, summary, *args)
-    return subprocess.run(cmd, cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -519,7 +520,7 @@ def diff_reference(tiny_llama_dir, candidate_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("diff-single")
     out, summary = folder / "out.jsonl", folder / "summary.json"
     cmd = [sys.executable, *_diff_cmd(tiny_llama_dir, candidate_dir, out, summary)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     return out, summary
 
@@ -581,7 +582,7 @@ def test_under_torchrun_diff_needs_input_and_audit_a_model(tiny_llama_dir, candi
     def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
         cmd += ["--master-port", str(_free_port()), "-m", "ce_inspect", *args]
-        return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+        return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
 
     model = ("-m", str(tiny_llama_dir), "--model-b", str(candidate_dir))
     proc = torchrun("diff", *model, "-p", "a", "-a", " b")
@@ -614,14 +615,14 @@ def _audit_cmd(model: Path, data: Path, out: Path, *args: str) -> list[str]:
 def _audit_torchrun(model: Path, data: Path, out: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port())]
     cmd += _audit_cmd(model, data, out, *args)
-    return subprocess.run(cmd, cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
 def audit_reference(tiny_llama_dir, audit_data, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("audit-single") / "out.jsonl"
     cmd = [sys.executable, *_audit_cmd(tiny_llama_dir, audit_data, out, "--skip-invalid")]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
     assert proc.returncode == 3, proc.stderr  # the data set's planted defects trip the default gate
     return out, json.loads(proc.stdout)
 

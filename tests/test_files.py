@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import PROCESS_TIMEOUT
 
 from ce_inspect.errors import InputError
 from ce_inspect.files import check_output, is_ours, lock_path, output_lock, read_text, write_output
@@ -150,7 +151,8 @@ def test_a_fifo_is_written_through(tmp_path):
     reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
     reader.start()
     write_output(fifo, DOC * 5000)  # more than a pipe holds: the reader must drain it
-    reader.join(timeout=30)
+    reader.join(timeout=PROCESS_TIMEOUT)
+    assert not reader.is_alive(), f"the FIFO's reader got no end of file in {PROCESS_TIMEOUT:.0f} s"
     assert received == [(DOC * 5000).encode()]
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
 

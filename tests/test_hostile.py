@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import build_model, byte_tokenizer
+from conftest import PROCESS_TIMEOUT, build_model, byte_tokenizer
 
 from ce_inspect.cli import main
 
@@ -903,7 +903,7 @@ def run_case(case: Case, tmp_path: Path, paths: dict[str, str], capsys) -> tuple
             input=case.stdin,
             stdin=None if case.stdin is not None else subprocess.DEVNULL,
             capture_output=True,
-            timeout=180,
+            timeout=PROCESS_TIMEOUT,
         )
         return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
     cwd = os.getcwd()
@@ -931,3 +931,62 @@ def test_hostile_input(case: Case, tmp_path, tiny_llama_dir, tiny_gpt2_dir, caps
         assert len(errors) == 1, err  # one line, not a cascade
         assert case.message in errors[0], errors[0]
         assert out == "", out  # on failure stdout stays empty
+
+
+# --- issue 22, load ---
+
+# A rank started with this on its path orders the ranks as a loaded machine may: rank 0 (the one that
+# speaks for the run) begins only once rank 1 has exited.
+_RANK_0_LAST = """\
+import os, time
+folder, rank = os.environ["CE_INSPECT_TEST_ORDER"], os.environ.get("RANK")
+if rank == "1":
+    with open(os.path.join(folder, "rank1.pid"), "w") as fh:
+        fh.write(str(os.getpid()))
+elif rank == "0":
+    deadline = time.monotonic() + float(os.environ["CE_INSPECT_TEST_ORDER_TIMEOUT"])
+    while time.monotonic() < deadline:
+        try:
+            with open(os.path.join(folder, "rank1.pid")) as fh, open(f"/proc/{int(fh.read())}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] in "ZX":
+                    break  # rank 1 has exited; torchrun has not reaped it yet
+        except ValueError:  # rank 1 is writing its PID
+            pass
+        except FileNotFoundError as exc:
+            if "/proc/" in str(exc.filename):
+                break  # rank 1 has exited and been reaped
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_command_refused_under_torchrun_is_named_when_rank_0_starts_last(tmp_path, tiny_llama_dir):
+    """Under torchrun, `run` is refused by rank 0 with one line and exit 2. Rank 1 used to exit 2 too: when it
+    got there first (ranks start unevenly on a loaded machine), torchrun stopped rank 0 with SIGTERM before
+    it printed anything, and the user saw only torchrun's traceback."""
+    import re
+    import socket
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_RANK_0_LAST)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(hook), str(ROOT)]),
+        CE_INSPECT_TEST_ORDER=str(tmp_path),
+        CE_INSPECT_TEST_ORDER_TIMEOUT=str(PROCESS_TIMEOUT),
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
+    cmd += ["-m", "ce_inspect", "run", "-p", "a", "-a", "b", "-m", str(tiny_llama_dir)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
+    assert (tmp_path / "rank1.pid").exists()  # the hook ran
+    assert proc.returncode != 0 and proc.stdout == ""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "`ce-inspect run` runs in one process" in errors[0], proc.stderr
+    assert re.search(r"exitcode\s*:\s*2 ", proc.stderr) and "SIGTERM" not in proc.stderr, proc.stderr

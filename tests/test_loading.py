@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import build_model, byte_tokenizer
+from conftest import PROCESS_TIMEOUT, build_model, byte_tokenizer
 
 from ce_inspect import load
 from ce_inspect import loading as loading_mod
@@ -419,7 +419,9 @@ def test_validators_do_not_import_torch():
         "from ce_inspect.cli.options import Common\nCommon(device='cpu', dtype='float16').check()\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], timeout=PROCESS_TIMEOUT
+    )
 
 
 def test_cli_and_library_share_the_validator(monkeypatch):

@@ -33,13 +33,16 @@ def main_rank(argv: list[str] | None, launch: Launch) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in args if not a.startswith("-")), None)
     if command is not None and command not in SHARDED_COMMANDS:
-        if launch.rank == 0:
-            print(
-                f"Error: `ce-inspect {command}` runs in one process; under torchrun (WORLD_SIZE "
-                f"{launch.world_size}) only {', '.join(SHARDED_COMMANDS[:-1])} and {SHARDED_COMMANDS[-1]} split their "
-                "work over the ranks",
-                file=sys.stderr,
-            )
+        if launch.rank != 0:
+            # Rank 0 says why and exits 2, the run's status. Were this rank to exit 2 first, torchrun would
+            # stop rank 0 with SIGTERM before it had printed a word (on a loaded machine, ranks start unevenly).
+            return 0
+        print(
+            f"Error: `ce-inspect {command}` runs in one process; under torchrun (WORLD_SIZE "
+            f"{launch.world_size}) only {', '.join(SHARDED_COMMANDS[:-1])} and {SHARDED_COMMANDS[-1]} split their "
+            "work over the ranks",
+            file=sys.stderr,
+        )
         return 2
     from ..distributed import start, stop
 
