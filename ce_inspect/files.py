@@ -20,8 +20,12 @@ a JSONL line. ``spool_stdin`` copies stdin to a temporary file for readers that 
   A link is followed (its target is replaced, the link stays a link); a new file gets the usual mode
   (0666 less the umask) and an existing file keeps its mode. Anything else (a FIFO, a terminal,
   ``/dev/null``, ``/dev/stdout``) is written through, never renamed over.
+- ``write_outputs`` writes a command's whole documents (``-o``, ``--summary-json``, reports) all or
+  nothing: every temporary file first, then the write-through paths, then the renames.
 - ``output_lock`` keeps two runs from writing one file at once: an advisory ``flock`` on
   ``.NAME.lock`` next to the file, holding the writer's PID; the second run gets a one-line error.
+  Every writer takes it (streams for their whole run, ``write_outputs`` while it writes). The lock
+  file is opened without following links and taken over only when it holds nothing but a PID.
 
 Messages name the output by the label the caller gives (a library parameter in backquotes, which the
 command line shows as its flag).
