@@ -1049,9 +1049,14 @@ class JsonlSink:
             self._stream.flush()
         else:
             data = memoryview(text.encode("utf-8"))
-            while data:  # a raw file may take fewer bytes than asked
-                written = self._stream.write(data)  # type: ignore[arg-type]
-                data = data[written or 0 :]
+            try:
+                while data:  # a raw file may take fewer bytes than asked
+                    written = self._stream.write(data)  # type: ignore[arg-type]
+                    data = data[written or 0 :]
+            except OSError as exc:
+                from .files import stream_write_error
+
+                raise stream_write_error(self.name, exc, lines=self.lines, resumable=self.regular) from None
             self.committed += len(text.encode("utf-8"))
         self.lines += 1
 

@@ -20,8 +20,12 @@ a JSONL line. ``spool_stdin`` copies stdin to a temporary file for readers that 
   A link is followed (its target is replaced, the link stays a link); a new file gets the usual mode
   (0666 less the umask) and an existing file keeps its mode. Anything else (a FIFO, a terminal,
   ``/dev/null``, ``/dev/stdout``) is written through, never renamed over.
+- ``write_outputs`` writes a command's whole documents (``-o``, ``--summary-json``, reports) all or
+  nothing: every temporary file first, then the write-through paths, then the renames.
 - ``output_lock`` keeps two runs from writing one file at once: an advisory ``flock`` on
   ``.NAME.lock`` next to the file, holding the writer's PID; the second run gets a one-line error.
+  Every writer takes it (streams for their whole run, ``write_outputs`` while it writes). The lock
+  file is opened without following links and taken over only when it holds nothing but a PID.
 
 Messages name the output by the label the caller gives (a library parameter in backquotes, which the
 command line shows as its flag).
@@ -29,12 +33,13 @@ command line shows as its flag).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -150,12 +155,14 @@ def check_output(
     label: str = "`output`",
     force: bool = False,
     marks: Sequence[re.Pattern[bytes]] = (OURS,),
+    mark_text: str = '{"schema_version": ...}',
 ) -> OutputTarget:
     """Refuse an output path that cannot or must not be written; call it before loading the model.
 
     ``inputs`` are ``(label, path)`` pairs of the files the command reads (``None`` is skipped, ``-``
     means this process's stdin). ``force`` allows replacing a regular file ce-inspect did not write;
-    ``marks`` say how this command's own output starts (see ``is_ours``).
+    ``marks`` say how this command's own output starts (see ``is_ours``), and ``mark_text`` says it in
+    the refusal's words.
     """
     path = Path(path)
     name = f"{label} {path}"
@@ -182,8 +189,8 @@ def check_output(
         raise InputError(f"{name}: cannot read it to check what it holds ({exc.strerror})") from None
     if not ours and not force:
         raise InputError(
-            f"{name}: exists and was not written by ce-inspect (it does not start with "
-            '{"schema_version": ...}); pass `force` to replace it, or give another path'
+            f"{name}: exists and was not written by ce-inspect (it does not start with {mark_text}); "
+            "pass `force` to replace it, or give another path"
         )
     return OutputTarget(path, exists=True, regular=True, ours=ours)
 
@@ -251,9 +258,97 @@ def open_stream(path: str | os.PathLike[str]) -> tuple[IO[bytes], bool]:
 
 
 def write_output(path: str | os.PathLike[str], text: str, *, label: str = "`output`") -> None:
-    """Write ``text`` to ``path``: atomically to a regular file or new path, through to anything else."""
-    with atomic_stream(path, label=label) as fh:
-        _write_all(fh, text.encode("utf-8"))
+    """Write ``text`` to ``path`` under its lock: atomically to a regular file or new path, through to
+    anything else (``write_outputs`` with one document)."""
+    write_outputs([(path, text, label)])
+
+
+def write_outputs(documents: Sequence[tuple[str | os.PathLike[str], str, str]]) -> None:
+    """Write whole documents, ``(path, text, label)`` each, all or nothing.
+
+    Every regular path (or new path) is locked (``output_lock``) for the write, as a streaming writer
+    locks it, so no two ce-inspect runs replace one file at once. Then every regular file's text goes to
+    a temporary file next to it (fsynced), then the write-through paths (a device, FIFO, ``/dev/stdout``)
+    are written, and only when all of that succeeded are the temporary files renamed into place: a
+    failure anywhere (a full disk, ``/dev/full``) leaves every regular file as it was and no temporary
+    file. A device written before the failure may hold part of its text, as it would with ``cat``.
+    """
+    with ExitStack() as stack:
+        locked: set[Path] = set()
+        for path, _, label in documents:
+            if not writes_through(path) and lock_path(path) not in locked:
+                locked.add(lock_path(path))
+                stack.enter_context(output_lock(path, label=label))
+        staged: list[tuple[str, Path, str | os.PathLike[str], str]] = []
+        several = "; no output file was changed" if len(documents) > 1 else ""
+        try:
+            for path, text, label in documents:
+                if not writes_through(path):
+                    tmp, target = _stage(path, text.encode("utf-8"), label, several)
+                    staged.append((tmp, target, path, label))
+            for path, text, label in documents:
+                if writes_through(path):
+                    try:
+                        with open_through(path) as fh:
+                            _write_all(fh, text.encode("utf-8"))
+                    except OSError as exc:
+                        raise InputError(f"{label} {path}: cannot write it ({exc.strerror}){several}") from None
+            for i, (tmp, target, path, label) in enumerate(staged):
+                try:
+                    os.replace(tmp, target)
+                except OSError as exc:
+                    done = ", ".join(str(p) for _, _, p, _ in staged[:i])
+                    kept = f"; {done} already replaced" if done else several
+                    raise InputError(f"{label} {path}: cannot write it ({exc.strerror}){kept}") from None
+        finally:
+            for tmp, *_ in staged:
+                Path(tmp).unlink(missing_ok=True)  # nothing left once renamed
+        for folder in {target.parent for _, target, _, _ in staged}:
+            _sync_folder(folder)
+
+
+def _stage(path: str | os.PathLike[str], data: bytes, label: str, several: str = "") -> tuple[str, Path]:
+    """``data`` in a new fsynced temporary file next to ``path``'s real target: ``(temporary, target)``."""
+    try:
+        fd, tmp, target = _temporary_for(path)
+    except OSError as exc:
+        raise InputError(f"{label} {path}: cannot write it ({exc.strerror}){several}") from None
+    try:
+        with os.fdopen(fd, "wb", buffering=0) as fh:
+            _write_all(fh, data)
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"{label} {path}: cannot write it ({_reason(exc)}){several}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp, target
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "the disk is full: no space left on device"
+    return exc.strerror or str(exc)
+
+
+def _temporary_for(path: str | os.PathLike[str]) -> tuple[int, str, Path]:
+    """A temporary file next to the real target of ``path`` (links followed), with the mode the target
+    has (or 0666 less the umask): ``(descriptor, temporary, target)``."""
+    target = Path(os.path.realpath(path))
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = None
+    fd, tmp = _temporary(target)
+    if mode is not None:
+        try:
+            os.fchmod(fd, mode)
+        except OSError:
+            os.close(fd)
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return fd, tmp, target
 
 
 @contextmanager
@@ -271,28 +366,35 @@ def atomic_stream(path: str | os.PathLike[str], *, label: str = "`output`") -> I
             with open_through(path) as fh:
                 yield fh
             return
-        target = Path(os.path.realpath(path))
-        try:
-            mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
-        except FileNotFoundError:
-            mode = None
-        fd, tmp = _temporary(target)
+        fd, tmp, target = _temporary_for(path)
     except OSError as exc:
-        raise InputError(f"{label} {path}: cannot write it ({exc.strerror})") from None
+        raise InputError(f"{label} {path}: cannot write it ({_reason(exc)})") from None
     try:
-        if mode is not None:
-            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb", buffering=0) as fh:
             yield fh
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise InputError(f"{label} {path}: cannot write it ({exc.strerror})") from None
+        raise InputError(f"{label} {path}: cannot write it ({_reason(exc)})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _sync_folder(target.parent)
+
+
+def stream_write_error(path: str | os.PathLike[str], exc: OSError, *, lines: int, resumable: bool) -> InputError:
+    """The one-line error of a stream of JSON lines (``batch -o``, ``audit -o``) whose write failed.
+
+    ``lines`` complete lines are in the file; a ``resumable`` writer (a regular file, cut back to its last
+    complete line on the way out) says that ``--resume`` continues from them.
+    """
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    problem = "the disk is full (no space left on device)" if full else f"cannot write it ({exc.strerror or exc})"
+    kept = f"the {lines} line{'s' if lines != 1 else ''} written so far are whole"
+    if resumable:
+        kept += f": {'free some space' if full else 'fix that'} and rerun with `resume` to continue"
+    return InputError(f"`output` {path}: {problem}; {kept}")
 
 
 def _write_all(fh: IO[bytes], data: bytes) -> None:
@@ -337,6 +439,9 @@ def output_lock(path: str | os.PathLike[str], *, label: str = "`output`") -> Ite
 
     Only regular files (and new paths) are locked. The lock file holds the writer's PID and is removed
     on the way out; after a ``kill -9`` it stays, but the kernel has released the lock with the process.
+    The lock file is opened without following a link and never truncated unless it holds nothing but a
+    PID (what a ce-inspect run left): a link, a FIFO, a hard link or any other file planted at
+    ``.NAME.lock`` is refused, and the file it names stays as it was.
     """
     try:
         import fcntl
@@ -349,23 +454,52 @@ def output_lock(path: str | os.PathLike[str], *, label: str = "`output`") -> Ite
     where = lock_path(path)
     fd = _acquire(fcntl, where, f"{label} {path}")
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)  # _acquire checked that it holds nothing but a PID
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            raise InputError(f"{label} {path}: cannot write the lock file {where} ({_reason(exc)})") from None
         yield
     finally:
         try:
-            where.unlink(missing_ok=True)
+            if os.fstat(fd).st_ino == os.stat(where, follow_symlinks=False).st_ino:
+                where.unlink()
         except OSError:
             pass
         os.close(fd)  # closing releases the lock
 
 
+#: What a lock file may hold for ce-inspect to take it over: nothing, or the PID a previous run wrote.
+_LOCK_TEXT = re.compile(rb"\A(\d{1,20}\n?)?\Z")
+
+
+def _remove_hint(name: str) -> str:
+    return f"remove it if no ce-inspect run is writing {name.split(' ', 1)[-1]}"  # name: "LABEL PATH"
+
+
+def _open_lock(where: Path, name: str) -> int:
+    """Open (or create) the lock file without following a link; refuse anything but a lone regular file."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    remove = _remove_hint(name)
+    try:
+        fd = os.open(where, flags, 0o666)
+    except OSError as exc:
+        if os.path.islink(where):
+            raise InputError(
+                f"{name}: the lock file {where} is a link, which ce-inspect never writes through; {remove}"
+            ) from None
+        raise InputError(f"{name}: cannot create the lock file {where} ({exc.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        what = "has other hard links" if stat.S_ISREG(st.st_mode) else "is not a regular file"
+        raise InputError(f"{name}: the lock file {where} {what}, so ce-inspect did not make it; {remove}")
+    return fd
+
+
 def _acquire(fcntl, where: Path, name: str) -> int:  # type: ignore[no-untyped-def]
     while True:
-        try:
-            fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise InputError(f"{name}: cannot create the lock file {where} ({exc.strerror})") from None
+        fd = _open_lock(where, name)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -378,11 +512,19 @@ def _acquire(fcntl, where: Path, name: str) -> int:  # type: ignore[no-untyped-d
         # The previous holder may have removed the lock file between our open and our flock: then we
         # hold a lock on a file nobody else will open, so start again on the current one.
         try:
-            if os.fstat(fd).st_ino == os.stat(where).st_ino:
-                return fd
+            same = os.fstat(fd).st_ino == os.stat(where, follow_symlinks=False).st_ino
         except FileNotFoundError:
-            pass
-        os.close(fd)
+            same = False
+        if not same:
+            os.close(fd)
+            continue
+        if _LOCK_TEXT.match(os.pread(fd, 64, 0)) is None:
+            os.close(fd)
+            raise InputError(
+                f"{name}: the lock file {where} holds something other than a ce-inspect PID, so ce-inspect "
+                f"did not make it; {_remove_hint(name)}"
+            )
+        return fd
 
 
 __all__ = [
@@ -390,6 +532,7 @@ __all__ = [
     "read_bytes",
     "read_text",
     "spool_stdin",
+    "stream_write_error",
     "OutputTarget",
     "check_output",
     "is_ours",
@@ -399,5 +542,6 @@ __all__ = [
     "open_through",
     "output_lock",
     "write_output",
+    "write_outputs",
     "writes_through",
 ]

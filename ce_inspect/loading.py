@@ -12,6 +12,7 @@ it uses and nothing else (transformers would silently fill the gaps with random 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import hashlib
@@ -23,6 +24,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -221,6 +223,7 @@ def load(
     # Stamped before loading, so that a rewrite while the weights are read shows too (a Hub snapshot only
     # exists for sure once loaded: it may be downloaded, or another revision's, until then).
     files = stamp_model_files(folder, source, revision) if source != "hub" else ()
+    built = cache_identity(Path(folder)) if gguf is not None else None
     try:
         tokenizer = _load_tokenizer(folder, source, revision, trust_remote_code)
         hf_model = _load_model(folder, source, revision, trust_remote_code, torch_dtype, device_map)
@@ -229,7 +232,7 @@ def load(
             raise
         # The cache passed the check in gguf_cache_folder yet does not load: rebuild it, once.
         log.warning("The cache at %s does not load (%s); rebuilding it.", folder, exc)
-        build_gguf_cache(gguf, Path(folder))
+        build_gguf_cache(gguf, Path(folder), broken=built)
         files = stamp_model_files(folder, source, revision)
         tokenizer = _load_tokenizer(folder, source, revision, trust_remote_code)
         hf_model = _load_model(folder, source, revision, trust_remote_code, torch_dtype, device_map)
@@ -686,11 +689,77 @@ def _safetensors_complete(path: Path) -> bool:
     return bool(ends) and 8 + length + max(ends) == size
 
 
-def build_gguf_cache(gguf: Path, folder: Path) -> None:
-    """Dequantize ``gguf`` once and store it as config + tokenizer + safetensors in ``folder``, atomically."""
-    log.info("Converting %s to a safetensors cache in %s (once, ~20-40 s; later runs reuse it) ...", gguf.name, folder)
+def build_gguf_cache(gguf: Path, folder: Path, *, broken: tuple[int, int] | None = None) -> None:
+    """Dequantize ``gguf`` once and store it as config + tokenizer + safetensors in ``folder``, atomically.
+
+    Builders of one cache take turns: each holds an advisory lock (``.NAME.lock`` beside the folder)
+    while it converts, and one that finds a complete, valid cache once it holds the lock uses it instead
+    of converting again, so a cache another run has just built (and may be loading) is never deleted.
+    ``broken`` is the ``cache_identity`` of a cache that passes the check yet does not load (``load``
+    knows it is broken): that one is rebuilt, unless another run has replaced it meanwhile.
+    """
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(f"cannot write the model cache under {folder.parent}: {exc.strerror or exc}") from exc
+    with _cache_lock(folder):
+        if (broken is None or cache_identity(folder) != broken) and cache_is_valid(folder):
+            log.info("Another ce-inspect run has built the cache at %s; using it.", folder)
+            return
+        _build_locked(gguf, folder)
+
+
+def cache_identity(folder: Path) -> tuple[int, int] | None:
+    """Which build of a cache folder is there: its manifest's inode and mtime (None: no manifest)."""
+    try:
+        st = (folder / MANIFEST).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+@contextlib.contextmanager
+def _cache_lock(folder: Path) -> Iterator[None]:
+    """Hold the cache's build lock (``.NAME.lock`` beside it), waiting for another builder to finish."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): builds are not serialised
+        yield
+        return
+    where = folder.parent / f".{folder.name}.lock"
+    waited = False
+    while True:
+        try:
+            fd = os.open(where, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as exc:
+            raise CacheError(f"cannot create the model cache's lock file {where}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            if not waited:
+                log.warning("Another ce-inspect run is building the cache at %s; waiting for it ...", folder)
+                waited = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        # The last holder removes the file on its way out: a lock on a removed file guards nothing.
+        try:
+            if os.fstat(fd).st_ino == os.stat(where, follow_symlinks=False).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        try:
+            where.unlink()
+        except OSError:
+            pass
+        os.close(fd)  # closing releases the lock
+
+
+def _build_locked(gguf: Path, folder: Path) -> None:
+    log.info("Converting %s to a safetensors cache in %s (once, ~20-40 s; later runs reuse it) ...", gguf.name, folder)
+    try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     except OSError as exc:
         raise CacheError(f"cannot write the model cache under {folder.parent}: {exc.strerror or exc}") from exc
@@ -704,13 +773,9 @@ def build_gguf_cache(gguf: Path, folder: Path) -> None:
         manifest = {"format": CACHE_FORMAT, "source": str(gguf), "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         _fsync(tmp / MANIFEST)
-        if folder.exists():
+        if folder.exists():  # incomplete, damaged or broken; no other builder holds the lock
             shutil.rmtree(folder)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not cache_is_valid(folder):  # another process may have won the race with a good cache
-                raise
+        os.rename(tmp, folder)
     except OSError as exc:
         raise CacheError(f"cannot write the model cache at {folder}: {exc.strerror or exc}") from exc
     finally:

@@ -23,6 +23,10 @@ from .display import LOSS_BINS, fmt, histogram, loss_bin, printable, prob_text, 
 #: The first bytes of every report ce-inspect writes (HTML, SVG, Markdown): how ``files.check_output``
 #: recognises a report it may replace.
 REPORT_MARK = re.compile(rb"\A(<!DOCTYPE html>\s*)?<!-- ce-inspect report")
+#: ``REPORT_MARK`` in the words of a refusal.
+REPORT_MARK_TEXT = (
+    "<!-- ce-inspect report: KIND -->, the comment every ce-inspect report opens with, after <!DOCTYPE html> in HTML"
+)
 #: Segments that a masked layout trains on; the others are context (as ``cli/render.py``).
 TARGET_SEGMENTS = frozenset({"answer", "eos", "assistant", "eot"})
 _BIN_LABELS = ("< 0.5", "0.5 to 2", "2 to 4", "≥ 4")
@@ -764,6 +768,7 @@ def _markdown() -> Any:
 
 __all__ = [
     "REPORT_MARK",
+    "REPORT_MARK_TEXT",
     "BatchLines",
     "audit_html",
     "audit_markdown",

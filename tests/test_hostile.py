@@ -872,6 +872,23 @@ COMMAND_CASES: list[Case] = [
         2,
         "--fail-above-loss",
     ),
+    # --- issue 22, lost files ---
+    # A refused foreign report said it lacked the JSON mark {"schema_version" ...; it names the report's mark.
+    Case(
+        "report-onto-a-foreign-html-file",
+        ["run", "-m", "{llama}", "-p", "a", "-a", "b", "--html", "mine.html"],
+        1,
+        "--html mine.html: exists and was not written by ce-inspect (it does not start with "
+        "<!-- ce-inspect report: KIND -->, the comment every ce-inspect report opens with",
+        files={"mine.html": "<!DOCTYPE html>\n<p>my notes</p>\n"},
+    ),
+    Case(
+        "report-onto-a-foreign-markdown-file",
+        ["run", "-m", "{llama}", "-p", "a", "-a", "b", "--markdown", "notes.md"],
+        1,
+        "<!-- ce-inspect report: KIND -->",
+        files={"notes.md": '{"schema_version": 1}\n'},  # the JSON mark makes no report ours
+    ),
 ]
 
 CASES = LOADING_CASES + FILE_CASES + TEXT_CASES + DATA_CASES + COMMAND_CASES
@@ -990,3 +1007,294 @@ def test_a_command_refused_under_torchrun_is_named_when_rank_0_starts_last(tmp_p
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "`ce-inspect run` runs in one process" in errors[0], proc.stderr
     assert re.search(r"exitcode\s*:\s*2 ", proc.stderr) and "SIGTERM" not in proc.stderr, proc.stderr
+
+
+# --- issue 22, lost files ---------------------------------------------------------------------------------
+
+_PAIRS = "".join(json.dumps({"prompt": f"the cat {i}", "answer": f" sat {i}"}) + "\n" for i in range(5))
+_OURS_LINE = '{"schema_version": 1, "line": 1}\n'  # a line ce-inspect wrote: replaceable, or kept by a refusal
+# The three writers of JSON lines under a lock, as (command line, after the input); {llama} filled in.
+_LINE_WRITERS = {
+    "batch": ["batch", "r5.jsonl", "-m", "{llama}", "--device", "cpu", "-o", "out.jsonl"],
+    "audit": ["audit", "r5.jsonl", "-m", "{llama}", "--device", "cpu", "-o", "out.jsonl"],
+    "audit-no-model": ["audit", "r5.jsonl", "--no-model", "--tokenizer", "{llama}", "-o", "out.jsonl"],
+    "diff-input": ["diff", "--input", "r5.jsonl", "-m", "{llama}", "--model-b", "{llama}", "-o", "out.jsonl"],
+}
+
+
+def _cli(args: list[str], tmp_path: Path, llama: Path, capsys) -> tuple[int, str, str]:
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        code = main([a.replace("{llama}", str(llama)) for a in args])
+    finally:
+        os.chdir(cwd)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("planted", ["symlink", "hard-link", "fifo", "other-text"])
+@pytest.mark.parametrize("command", list(_LINE_WRITERS))
+def test_a_file_planted_at_the_lock_path_is_refused_and_kept(command, planted, tmp_path, tiny_llama_dir, capsys):
+    """Item 1: a link (or anything but a PID file) at `.out.jsonl.lock` was truncated and given a PID."""
+    (tmp_path / "r5.jsonl").write_text(_PAIRS)
+    victim, lock = tmp_path / "victim", tmp_path / ".out.jsonl.lock"
+    victim.write_bytes(b"data\n")
+    if planted == "symlink":
+        lock.symlink_to("victim")
+    elif planted == "hard-link":
+        os.link(victim, lock)
+    elif planted == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.write_bytes(b"data\n")
+    code, out, err = _cli(_LINE_WRITERS[command], tmp_path, tiny_llama_dir, capsys)
+    assert "Traceback" not in err and code == 1 and out == "", err
+    errors = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and f"the lock file {lock}" in errors[0] and "remove it" in errors[0], err
+    assert victim.read_bytes() == b"data\n"  # the file it names is untouched
+    if planted != "fifo":
+        assert lock.read_bytes() == b"data\n"
+    assert lock.is_symlink() == (planted == "symlink")
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_lock_left_by_a_killed_run_is_still_taken_over(tmp_path, tiny_llama_dir, capsys):
+    """Item 1's boundary: a lock file holding only a PID (what a killed run leaves) does not block."""
+    (tmp_path / "r5.jsonl").write_text(_PAIRS)
+    (tmp_path / ".out.jsonl.lock").write_text("999999\n")
+    code, _, err = _cli(_LINE_WRITERS["batch"], tmp_path, tiny_llama_dir, capsys)
+    assert code == 0, err
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 5
+    assert not (tmp_path / ".out.jsonl.lock").exists()
+
+
+_HOLD_LOCK = """
+import sys
+from ce_inspect.files import output_lock
+with output_lock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes stdin
+"""
+
+
+def _hold_lock(path: Path) -> subprocess.Popen:
+    """A second process holding ``path``'s output lock (as a running `batch -o` does) until its stdin closes."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
+    )
+    line = holder.stdout.readline()  # the event: the lock is held (blocks until then, or EOF if it died)
+    assert line == "held\n", f"the lock holder did not take the lock (exit {holder.poll()})"
+    return holder
+
+
+_WHOLE_WRITERS = {
+    "run-o": ["run", "-m", "{llama}", "-p", "the cat", "-a", " sat", "--device", "cpu", "-o", "c4.jsonl"],
+    "diff-o": ["diff", "-m", "{llama}", "--model-b", "{llama}", "-p", "the cat", "-a", " sat", "-o", "c4.jsonl"],
+    "run-html": ["run", "-m", "{llama}", "-p", "the cat", "-a", " sat", "--device", "cpu", "--html", "c4.jsonl"],
+    "batch-summary-json": ["batch", "r5.jsonl", "-m", "{llama}", "--device", "cpu", "--summary-json", "c4.jsonl"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", list(_WHOLE_WRITERS))
+def test_run_and_diff_output_wait_their_turn_at_the_lock(command, tmp_path, tiny_llama_dir):
+    """Item 2: `run -o` and `diff -o` renamed their document over a file `batch -o` was writing (its lines
+    lost, both exit 0). Every writer of a whole document takes the output's lock: with it held by another
+    process, they stop with batch's one-line error and the file keeps its lines."""
+    (tmp_path / "r5.jsonl").write_text(_PAIRS)
+    target = tmp_path / "c4.jsonl"
+    lines = _OURS_LINE if command != "run-html" else "<!-- ce-inspect report: run -->\n"
+    target.write_text(lines)
+    holder = _hold_lock(target)
+    try:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+        args = [a.replace("{llama}", str(tiny_llama_dir)) for a in _WHOLE_WRITERS[command]]
+        proc = subprocess.run(
+            [sys.executable, "-m", "ce_inspect", *args],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        holder.communicate("", timeout=120)
+    assert "Traceback" not in proc.stderr and proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert f"another ce-inspect run (PID {holder.pid}) is writing it" in errors[0], errors[0]
+    assert target.read_text() == lines
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--html", "old.html", "--markdown", "/dev/full"],
+        ["-o", "old.json", "--html", "old.html", "--svg", "/dev/full"],
+        ["--markdown", "/dev/full", "--svg", "old.svg", "-o", "old.json"],
+    ],
+    ids=["html-and-full-markdown", "output-html-and-full-svg", "full-markdown-first"],
+)
+def test_one_failed_report_leaves_every_file_as_it_was(args, tmp_path, tiny_llama_dir, capsys):
+    """Item 3: `run --html old.html --markdown /dev/full` exited 1 but replaced old.html. The documents
+    are written all or nothing: temporary files first, the device, then the renames."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    old = {
+        "old.html": "<!DOCTYPE html>\n<!-- ce-inspect report: run -->\nold\n",
+        "old.svg": "<!-- ce-inspect report: run -->\n<svg/>\n",
+        "old.json": '{"schema_version": 1, "old": true}\n',
+    }
+    for name, text in old.items():
+        (tmp_path / name).write_text(text)
+    run = ["run", "-m", "{llama}", "-p", "the cat", "-a", " sat", "--device", "cpu", *args]
+    code, out, err = _cli(run, tmp_path, tiny_llama_dir, capsys)
+    assert "Traceback" not in err and code == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "/dev/full: cannot write it" in errors[0], err
+    assert "no output file was changed" in errors[0]
+    assert {name: (tmp_path / name).read_text() for name in old} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(old)  # no temporary or lock file left
+    # The same command with a writable device instead replaces them all.
+    args = [a.replace("/dev/full", "/dev/null") for a in args]
+    code, _, err = _cli([*run[: -len(args)], *args], tmp_path, tiny_llama_dir, capsys)
+    assert code == 0, err
+    assert all((tmp_path / name).read_text() != text for name, text in old.items() if name in args)
+
+
+class _SmallDisk:
+    """``open_stream`` onto a disk that holds ``room`` bytes: a write past them takes what fits, then the
+    next raises ENOSPC, as a full file system does (a 128 KiB tmpfs gives the same, but needs root)."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def __call__(self, path):
+        import errno
+        import io
+
+        room = self.room
+
+        class Full(io.FileIO):
+            def write(self, data) -> int:
+                left = room - self.tell()
+                if left <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return super().write(bytes(data)[:left])
+
+        return Full(path, "wb"), True
+
+
+@pytest.mark.parametrize("command", ["batch", "audit"])
+def test_a_full_disk_during_the_lines_is_one_line_and_resume_finishes(command, tmp_path, tiny_llama_dir, capsys):
+    """Item 8: a full disk during `batch -o` / `audit -o` was an `OSError: [Errno 28]` traceback. Now one
+    line saying so, naming the file and the whole lines kept; `--resume` with space again finishes it."""
+    from ce_inspect import files
+
+    rows = "".join(json.dumps({"prompt": f"the cat {i}", "answer": f" sat on mat {i}"}) + "\n" for i in range(12))
+    (tmp_path / "r12.jsonl").write_text(rows)
+    args = [command, "r12.jsonl", "-m", "{llama}", "--device", "cpu", "-o", "out.jsonl"]
+    code, _, err = _cli(args, tmp_path, tiny_llama_dir, capsys)
+    assert code == 0, err
+    whole = (tmp_path / "out.jsonl").read_bytes()
+    line_size = len(whole.splitlines(keepends=True)[0])
+    (tmp_path / "out.jsonl").unlink()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(files, "open_stream", _SmallDisk(int(line_size * 3.5)))
+        code, out, err = _cli(args, tmp_path, tiny_llama_dir, capsys)
+    assert "Traceback" not in err and code == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("Error: ")]
+    kept = (tmp_path / "out.jsonl").read_text().splitlines(keepends=True)
+    assert 0 < len(kept) < 12 and all(line.endswith("\n") and json.loads(line) for line in kept)
+    assert errors == [
+        f"Error: --output out.jsonl: the disk is full (no space left on device); the {len(kept)} lines written "
+        "so far are whole: free some space and rerun with --resume to continue"
+    ], err
+    code, _, err = _cli([*args, "--resume"], tmp_path, tiny_llama_dir, capsys)
+    assert code == 0, err
+    resumed = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in resumed] == list(range(1, 13))
+    assert [r["line"] for r in resumed] == [json.loads(line)["line"] for line in whole.splitlines()]
+
+
+_BUILD = """
+import shutil, sys, time
+from pathlib import Path
+from ce_inspect import loading
+
+name, model, gguf, events = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+
+def wait_for(event):
+    deadline = time.monotonic() + 300
+    while not (events / event).exists():  # an event the test (or the other process) makes
+        assert time.monotonic() < deadline, f"{name}: no {event} in 300 s"
+        time.sleep(0.05)
+
+def convert(source, out):
+    (events / f"{name}.converting").touch()
+    if name == "first":
+        wait_for("finish")
+    for item in model.iterdir():
+        shutil.copy(item, out / item.name)
+
+checked = loading.cache_is_valid
+def cache_is_valid(folder):
+    valid = checked(folder)
+    (events / f"{name}.checked-{'valid' if valid else 'invalid'}").touch()
+    return valid
+
+loading._convert_gguf, loading.cache_is_valid = convert, cache_is_valid
+folder = Path(loading.gguf_cache_folder(gguf))
+built = (folder / loading.MANIFEST).stat().st_ino
+(events / f"{name}.done").write_text(str(folder))
+if name == "first":
+    wait_for("second.done")  # the first is still using its cache while the second finishes
+    assert checked(folder) and (folder / loading.MANIFEST).stat().st_ino == built, "the cache was replaced"
+"""
+
+
+@pytest.mark.slow
+def test_two_first_runs_on_an_empty_cache_share_one_build(tmp_path, tiny_llama_dir):
+    """Item 4: two first runs on an empty GGUF cache: the second converter deleted the first's finished,
+    in-use cache and renamed its own over it. Now builders take turns under a lock, and the second,
+    which saw no cache, finds the first's complete one once it holds the lock and uses it."""
+    import time
+
+    gguf, events = tmp_path / "tiny.gguf", tmp_path / "events"
+    gguf.write_bytes(b"GGUF not really")
+    events.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CE_INSPECT_CACHE": str(tmp_path / "cache")}
+
+    def start(name: str) -> subprocess.Popen:
+        argv = [sys.executable, "-c", _BUILD, name, str(tiny_llama_dir), str(gguf), str(events)]
+        return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_for(event: str, proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 300
+        while not (events / event).exists():
+            assert proc.poll() is None, f"exited {proc.returncode} before {event}: {proc.communicate()}"
+            assert time.monotonic() < deadline, f"no {event} after 300 s"
+            time.sleep(0.05)
+
+    first = start("first")
+    try:
+        wait_for("first.converting", first)  # the first holds the build lock and converts
+        second = start("second")
+        try:
+            wait_for("second.checked-invalid", second)  # the second saw no cache: it will build
+            (events / "finish").touch()
+            _, second_err = second.communicate(timeout=300)
+        finally:
+            second.kill()
+        _, first_err = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0, first_err
+    assert second.returncode == 0, second_err
+    assert not (events / "second.converting").exists()  # one conversion, shared
+    assert (events / "first.done").read_text() == (events / "second.done").read_text()
+    assert "waiting for it" in second_err or (events / "second.checked-valid").exists()

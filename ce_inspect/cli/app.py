@@ -25,7 +25,7 @@ from .options import (
     gate,
     read_example,
     shared_options,
-    write_atomic,
+    write_documents,
 )
 from .reports import Reports, report_options
 
@@ -125,8 +125,7 @@ def run(
         for note in result.notes:  # the rendered view prints them; JSON or Markdown keeps stdout for itself
             print(f"note: {note}", file=sys.stderr)
 
-    if output is not None:
-        write_atomic(output, result.to_json() + "\n")
+    documents = [("--output", output, result.to_json() + "\n")] if output is not None else []
     from .render import render_result
 
     if reports.requested():
@@ -139,7 +138,10 @@ def run(
             markdown=lambda: run_markdown(doc, command_line()),
             terminal=lambda console: render_result(result, console),
             kind="run",
+            also=documents,  # --output with the reports, all or nothing
         )
+    else:
+        write_documents(documents)
     if json_out:
         sys.stdout.write(result.to_json() + "\n")
     elif not reports.markdown_on_stdout():

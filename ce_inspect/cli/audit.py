@@ -349,8 +349,9 @@ class _Output:
         if self.path is None:
             return None
         from ..batch import JsonlSink
-        from ..files import atomic_stream
+        from ..files import atomic_stream, output_lock
 
+        self.stack.enter_context(output_lock(self.path, label="`output`"))  # every writer takes the lock
         fh = self.stack.enter_context(atomic_stream(self.path, label="`output`"))
         return JsonlSink(fh, name=str(self.path), regular=False)
 

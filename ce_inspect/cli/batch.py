@@ -26,6 +26,7 @@ from .options import (
     SplitOpt,
     gate,
     shared_options,
+    write_documents,
 )
 from .reports import Reports, report_options
 
@@ -179,13 +180,15 @@ def batch(
     if done is None:
         return  # torchrun, not rank 0: rank 0 merges and reports
     summary, lines = done
+    documents = []
     if summary_json is not None:
-        from ..files import write_output
         from ..result import dumps
 
-        write_output(summary_json, dumps(summary.to_dict(), indent=2) + "\n", label="`summary_json`")
+        documents.append(("`summary_json`", summary_json, dumps(summary.to_dict(), indent=2) + "\n"))
     if lines is not None or reports.svg is not None:
-        _write_reports(reports, summary, lines, worst)
+        _write_reports(reports, summary, lines, worst, also=documents)  # all or nothing
+    else:
+        write_documents(documents)
     from ..files import is_stdout
     from .render_batch import render_dataset_summary
 
@@ -448,7 +451,7 @@ class _Tee:
         self._lines.add(obj)
 
 
-def _write_reports(reports: Reports, summary: Any, lines: Any, worst: int) -> None:
+def _write_reports(reports: Reports, summary: Any, lines: Any, worst: int, also: Any = ()) -> None:
     from ..report import BatchLines, batch_html, batch_markdown
     from .render_batch import render_dataset_summary
     from .reports import command_line
@@ -460,6 +463,7 @@ def _write_reports(reports: Reports, summary: Any, lines: Any, worst: int) -> No
         markdown=lambda: batch_markdown(doc, lines, command_line()),
         terminal=lambda console: render_dataset_summary(summary, console),
         kind="batch",
+        also=also,
     )
 
 

@@ -31,7 +31,7 @@ from .options import (
     gate,
     read_example,
     shared_options,
-    write_atomic,
+    write_documents,
 )
 from .reports import Reports, report_options
 
@@ -222,8 +222,7 @@ def diff(
     else:
         result = diff_pair(ref, cand, example.prompt, example.answer, layout=example.layout, options=options)
 
-    if output is not None:
-        write_atomic(output, result.to_json() + "\n")
+    documents = [("--output", output, result.to_json() + "\n")] if output is not None else []
     from .render_diff import render_diff
 
     if reports.requested():
@@ -236,7 +235,10 @@ def diff(
             markdown=lambda: diff_markdown(doc, command_line(), worst),
             terminal=lambda console: render_diff(result, color_by=color_by, worst=worst, console=console),
             kind="diff",
+            also=documents,  # --output with the reports, all or nothing
         )
+    else:
+        write_documents(documents)
     if json_out:
         sys.stdout.write(result.to_json() + "\n")
     elif not reports.markdown_on_stdout():
@@ -360,10 +362,11 @@ def _diff_dataset_locked(
         summary = score_in_process(
             ref_lm, options, scan, settings, err, output=output, stdout=stdout, score=score, report=report
         )
+    documents = []
     if summary_json is not None:
         from ..result import dumps
 
-        write_atomic(summary_json, dumps(summary.to_dict(), indent=2) + "\n", option="--summary-json")
+        documents.append(("--summary-json", summary_json, dumps(summary.to_dict(), indent=2) + "\n"))
     from .render_diff import render_diff_dataset
 
     if reports is not None and reports.requested():
@@ -376,7 +379,10 @@ def _diff_dataset_locked(
             markdown=lambda: diff_dataset_markdown(doc, command_line()),
             terminal=lambda console: render_diff_dataset(summary, console),
             kind="diff_summary",
+            also=documents,  # --summary-json with the reports, all or nothing
         )
+    else:
+        write_documents(documents)
     on_stdout = output is not None and not (reports is not None and reports.markdown_on_stdout())
     render_diff_dataset(summary, Console() if on_stdout else err)
     return summary

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -420,11 +420,11 @@ def read_messages(file: Path) -> list[dict[str, str]]:
     return parse_messages(data, name)
 
 
-def write_atomic(path: Path, text: str, option: str = "--output") -> None:
-    """Write a whole output document by the rules of ``files.write_output`` (atomic for regular files)."""
-    from ..files import write_output
+def write_documents(documents: Sequence[tuple[str, Path, str]]) -> None:
+    """Write whole documents ``(flag, path, text)`` all or nothing, each under its lock (``files.write_outputs``)."""
+    from ..files import write_outputs
 
-    write_output(path, text, label=option)
+    write_outputs([(path, text, label) for label, path, text in documents])
 
 
 GATES = "Gates"

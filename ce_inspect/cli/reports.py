@@ -102,7 +102,7 @@ class Reports:
         ``outputs`` are the command's other files; a report may not be one of them, nor another report.
         """
         from ..files import check_output, is_stdout
-        from ..report import REPORT_MARK
+        from ..report import REPORT_MARK, REPORT_MARK_TEXT
 
         if stdout_busy is not None:
             on_stdout = [
@@ -124,7 +124,9 @@ class Reports:
                 )
             seen[key] = label
         for label, path in self._files():
-            check_output(path, inputs=inputs, label=label, force=force, marks=(REPORT_MARK,))
+            check_output(
+                path, inputs=inputs, label=label, force=force, marks=(REPORT_MARK,), mark_text=REPORT_MARK_TEXT
+            )
 
     def write(
         self,
@@ -133,23 +135,26 @@ class Reports:
         markdown: Callable[[], str],
         terminal: Callable[[Console], None],
         kind: str,
+        also: Sequence[tuple[str, Path, str]] = (),
     ) -> None:
-        """Render every requested report, then write them: a failed render leaves no file behind."""
-        from ..files import write_output
+        """Render every requested report, then write them with ``also``, the command's other whole
+        documents (``(label, path, text)``: ``--output``, ``--summary-json``), all or nothing
+        (``files.write_outputs``): a failed render or write leaves every file as it was. Markdown on
+        stdout (``-``) is printed once the files are written."""
+        from ..files import write_outputs
 
-        texts: list[tuple[str, Path, str]] = []
+        texts: list[tuple[str, Path, str]] = list(also)
         if self.html is not None:
             texts.append(("--html", self.html, html()))
         if self.svg is not None:
             texts.append(("--svg", self.svg, record_svg(terminal, kind)))
         if self.markdown is not None:
             texts.append(("--markdown", self.markdown, markdown()))
-        for label, path, text in texts:
+        write_outputs([(path, text, label) for label, path, text in texts if str(path) != "-"])
+        for _, path, text in texts:
             if str(path) == "-":
                 sys.stdout.write(text)
                 sys.stdout.flush()
-            else:
-                write_output(path, text, label=label)
 
 
 def record_svg(render: Callable[[Console], None], kind: str) -> str:
