@@ -183,6 +183,35 @@ def test_padding_by_pad_token_or_attention_mask(breaker, tok, tmp_path):
     assert report.check("padding-trained").examples[0].finding.positions == (n - 3, n - 2, n - 1)
 
 
+def test_padding_by_eos_names_every_trained_pad_position(tok, tmp_path):
+    """EOS used as pad after a chat record's "<|im_end|>\\n": every pad position is named (the first EOS of the
+    tail opens no turn, the record's text ended before it); a pair's text ends with its own EOS, which is not
+    padding; a record with no text: the first EOS of the tail closes it."""
+    from ce_inspect.encoding import encode_pair
+
+    rows = _broken(tok, _pad_eos, {1})
+    n = len(rows[1]["input_ids"])
+    pair = encode_pair(tok, "Q: the", " answer", ignore_index=IGNORE)
+    assert pair.input_ids[-1] == tok.eos_token_id  # the pair's text ends with EOS
+    rows.append(
+        {
+            "id": "pair",
+            "prompt": "Q: the",
+            "completion": " answer",
+            "input_ids": [*pair.input_ids, *[tok.eos_token_id] * 3],
+            "labels": [*pair.labels, *[tok.eos_token_id] * 3],
+        }
+    )
+    bare = [*pair.input_ids, *[tok.eos_token_id] * 3]
+    rows.append({"id": "bare", "input_ids": bare, "labels": [IGNORE, *bare[1:]]})
+    report = _audit(tok, _write(tmp_path / "d.jsonl", rows), examples=5)
+    assert _flagged(report) == {"padding-trained": ["bad-1", "pair", "bare"]}
+    positions = {s.id: s.finding.positions for s in report.check("padding-trained").examples}
+    assert positions["bad-1"] == (n - 4, n - 3, n - 2, n - 1)  # all four pads _pad_eos appended
+    m = len(bare)
+    assert positions["pair"] == positions["bare"] == (m - 3, m - 2, m - 1)
+
+
 def test_clean_data_set_passes_every_check(tok, tmp_path):
     rows = [_record(tok, k)[0] for k in range(5)]
     rows += [{"id": "chat", "messages": _messages(1)}, {"id": "pair", "prompt": "Q: the", "answer": " answer"}]
