@@ -954,7 +954,8 @@ class Audit:
         clean = [m for line, (m, _) in values if math.isfinite(m) and line not in failing]
         basis, sample, over = "passing", clean, "the records that pass every other check"
         if len(clean) < OUTLIER_MIN_RECORDS:
-            basis, sample, over = "all", finite, f"all records (fewer than {OUTLIER_MIN_RECORDS} pass every other check)"
+            basis, sample = "all", finite
+            over = f"all records (fewer than {OUTLIER_MIN_RECORDS} pass every other check)"
         if len(sample) < OUTLIER_MIN_RECORDS:
             note = f"fewer than {OUTLIER_MIN_RECORDS} records with a finite loss: only non-finite losses are flagged"
             return bad, note, None
