@@ -112,6 +112,8 @@ DEFAULT_FAIL_ON = ("no-trained-tokens", "eot-not-trained", "pre-shifted-labels",
 def parse_checks(spec: str | Iterable[str]) -> tuple[str, ...]:
     """``a,b`` (or a list) -> the check names, validated; ``none`` -> no check."""
     names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
+    if not names:  # `--fail-on ""` (an unset variable in a script) must not turn the gate off unnoticed
+        raise InputError("`fail_on` names no check; give 'none' to turn the gate off, or the checks to gate on")
     if names == ["none"]:
         return ()
     unknown = [n for n in names if n not in CHECK_NAMES]
