@@ -66,8 +66,9 @@ DEFAULT_EXAMPLES = 3
 WINDOW = 6
 #: loss-outlier: a record is an outlier when the modified z-score of its mean loss (Iglewicz and Hoaglin:
 #: 0.6745 x (loss - median) / MAD, MAD the median absolute deviation) exceeds ``OUTLIER_K``, i.e. its loss
-#: is more than 3.5 robust standard deviations (1.4826 x MAD) above the data set's median, *and* it is at
-#: least ``OUTLIER_MIN_GAP`` nats above the median (so a data set of near-identical losses flags nothing).
+#: is more than 3.5 robust standard deviations (1.4826 x MAD) above the median, *and* it is at least
+#: ``OUTLIER_MIN_GAP`` nats above the median (so a data set of near-identical losses flags nothing). The median
+#: and MAD are those of the records that pass every other check (``Audit._loss_outliers``).
 OUTLIER_K = 3.5
 OUTLIER_MIN_GAP = 1.0
 OUTLIER_MIN_RECORDS = 5
@@ -99,7 +100,7 @@ CHECKS: tuple[CheckInfo, ...] = (
     CheckInfo(
         "loss-outlier",
         f"mean loss more than {OUTLIER_K:g} robust standard deviations and {OUTLIER_MIN_GAP:g} nat above the "
-        "data set's median, or not finite",
+        "median of the records that pass every other check, or not finite",
         needs_model=True,
     ),
 )
@@ -111,6 +112,8 @@ DEFAULT_FAIL_ON = ("no-trained-tokens", "eot-not-trained", "pre-shifted-labels",
 def parse_checks(spec: str | Iterable[str]) -> tuple[str, ...]:
     """``a,b`` (or a list) -> the check names, validated; ``none`` -> no check."""
     names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
+    if not names:  # `--fail-on ""` (an unset variable in a script) must not turn the gate off unnoticed
+        raise InputError("`fail_on` names no check; give 'none' to turn the gate off, or the checks to gate on")
     if names == ["none"]:
         return ()
     unknown = [n for n in names if n not in CHECK_NAMES]
@@ -599,9 +602,14 @@ def _padding(rc: RecordChecks) -> list[int]:
     run = len(ids)
     while run > 0 and ids[run - 1] == end:
         run -= 1
+    ref = rc.reference[0] if end == ctx.eos_id else None
+    if ref is not None:
+        # The record's own text says where it ends: every EOS past that is padding (a chat template's text ends
+        # "<|im_end|>\n", and an EOS used as pad after it opens no turn of its own).
+        return list(range(max(run, ref.offset + len(ref.input_ids)), len(ids)))
     tail = list(range(run, len(ids)))
     if end == ctx.eos_id:
-        tail = tail[1:]  # the first EOS closes the text; the ones after it are padding
+        tail = tail[1:]  # no text to say otherwise: the first EOS closes the text; the ones after it are padding
     return tail
 
 
@@ -931,19 +939,35 @@ class Audit:
             return f"{self._eot_trained} of {checked} records train an end-of-turn token and the others do not"
         return None
 
+    def _other_failing(self) -> set[int]:
+        """The lines of the records that fail a check other than loss-outlier."""
+        return {r.line for name, refs in self._failing.items() if name != "loss-outlier" for r in refs}
+
     def _loss_outliers(self) -> tuple[list[RecordRef], str | None, dict[str, Any] | None]:
+        """The records whose mean loss is an outlier. The median and MAD are taken over the records that pass
+        every other check (``OUTLIER_BASIS``): a broken record's loss (pre-shifted labels, trained padding, ...)
+        says how it is broken, not what the data is like, and a few of them widen the spread enough to hide an
+        off-topic answer. Every scored record above the threshold is flagged, whatever else it fails. With fewer
+        than ``OUTLIER_MIN_RECORDS`` such records the statistics are over every finite loss, and the note says so."""
         values = sorted(self._losses.items())
         finite = [m for _, (m, _) in values if math.isfinite(m)]
         bad = [ref for _, (m, ref) in values if not math.isfinite(m)]
-        if len(finite) < OUTLIER_MIN_RECORDS:
+        failing = self._other_failing()
+        clean = [m for line, (m, _) in values if math.isfinite(m) and line not in failing]
+        basis, sample, over = "passing", clean, "the records that pass every other check"
+        if len(clean) < OUTLIER_MIN_RECORDS:
+            basis, sample = "all", finite
+            over = f"all records (fewer than {OUTLIER_MIN_RECORDS} pass every other check)"
+        if len(sample) < OUTLIER_MIN_RECORDS:
             note = f"fewer than {OUTLIER_MIN_RECORDS} records with a finite loss: only non-finite losses are flagged"
             return bad, note, None
-        median = statistics.median(finite)
-        mad = statistics.median(abs(m - median) for m in finite)
+        median = statistics.median(sample)
+        mad = statistics.median(abs(m - median) for m in sample)
         threshold = max(median + OUTLIER_K * 1.4826 * mad, median + OUTLIER_MIN_GAP)
         flagged = [ref for _, (m, ref) in values if not math.isfinite(m) or m > threshold]
-        stats = {"median": median, "mad": mad, "threshold": threshold, "records": len(finite)}
-        return flagged, f"median {median:.4f}, MAD {mad:.4f}: outliers above {threshold:.4f} nats", stats
+        stats = {"median": median, "mad": mad, "threshold": threshold, "records": len(sample), "basis": basis}
+        note = f"median {median:.4f}, MAD {mad:.4f} over {over}: outliers above {threshold:.4f} nats"
+        return flagged, note, stats
 
     def finish(
         self,

@@ -784,7 +784,9 @@ class _AuditLossDictRequired(TypedDict):
 
 
 class AuditLossDict(_AuditLossDictRequired, total=False):
-    outlier_rule: dict[str, Any]  # {median, mad, threshold, records}
+    # {median, mad, threshold, records, basis}: the statistics' records, basis "passing" (those that pass every
+    # other check) or "all" (fewer than 5 pass)
+    outlier_rule: dict[str, Any]
 
 
 class _AuditDictRequired(TypedDict):

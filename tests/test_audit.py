@@ -183,6 +183,35 @@ def test_padding_by_pad_token_or_attention_mask(breaker, tok, tmp_path):
     assert report.check("padding-trained").examples[0].finding.positions == (n - 3, n - 2, n - 1)
 
 
+def test_padding_by_eos_names_every_trained_pad_position(tok, tmp_path):
+    """EOS used as pad after a chat record's "<|im_end|>\\n": every pad position is named (the first EOS of the
+    tail opens no turn, the record's text ended before it); a pair's text ends with its own EOS, which is not
+    padding; a record with no text: the first EOS of the tail closes it."""
+    from ce_inspect.encoding import encode_pair
+
+    rows = _broken(tok, _pad_eos, {1})
+    n = len(rows[1]["input_ids"])
+    pair = encode_pair(tok, "Q: the", " answer", ignore_index=IGNORE)
+    assert pair.input_ids[-1] == tok.eos_token_id  # the pair's text ends with EOS
+    rows.append(
+        {
+            "id": "pair",
+            "prompt": "Q: the",
+            "completion": " answer",
+            "input_ids": [*pair.input_ids, *[tok.eos_token_id] * 3],
+            "labels": [*pair.labels, *[tok.eos_token_id] * 3],
+        }
+    )
+    bare = [*pair.input_ids, *[tok.eos_token_id] * 3]
+    rows.append({"id": "bare", "input_ids": bare, "labels": [IGNORE, *bare[1:]]})
+    report = _audit(tok, _write(tmp_path / "d.jsonl", rows), examples=5)
+    assert _flagged(report) == {"padding-trained": ["bad-1", "pair", "bare"]}
+    positions = {s.id: s.finding.positions for s in report.check("padding-trained").examples}
+    assert positions["bad-1"] == (n - 4, n - 3, n - 2, n - 1)  # all four pads _pad_eos appended
+    m = len(bare)
+    assert positions["pair"] == positions["bare"] == (m - 3, m - 2, m - 1)
+
+
 def test_clean_data_set_passes_every_check(tok, tmp_path):
     rows = [_record(tok, k)[0] for k in range(5)]
     rows += [{"id": "chat", "messages": _messages(1)}, {"id": "pair", "prompt": "Q: the", "answer": " answer"}]
@@ -298,6 +327,45 @@ def test_loss_outlier_identical_losses_flag_nothing(tok):
     for line in range(1, 9):
         audit.add_result(line, None, _fake_result(2.0 + 1e-3 * line))
     assert audit.finish(input="x", model="m", tokenizer="t", fail_on=()).check("loss-outlier").failed == 0
+
+
+def test_loss_outlier_statistics_skip_records_that_fail_other_checks(tok):
+    """Broken records' losses do not widen the spread: the median and MAD are those of the records that pass
+    every other check, and every record above the threshold is flagged (a broken one too)."""
+    rows = [_record(tok, k) for k in range(5)]
+    clean = [1.0, 1.1, 0.9, 1.2, 0.8, 1.05]
+    audit = Audit(AuditContext(tok))
+    line = 0
+    for m in clean + [3.0]:  # six clean records and an off-topic answer (3.0)
+        line += 1
+        row, _ = rows[line % 5]
+        audit.add(AuditExample(line, f"r{line}", tuple(row["input_ids"]), tuple(row["labels"])))
+        audit.add_result(line, f"r{line}", _fake_result(m))
+    for m in (0.1, 9.0, 12.0, 0.2, 8.0):  # broken records (labels shifted by hand) with wild losses
+        line += 1
+        row, _ = rows[line % 5]
+        labels = [*row["labels"][1:], IGNORE]
+        audit.add(AuditExample(line, f"b{line}", tuple(row["input_ids"]), tuple(labels)))
+        audit.add_result(line, f"b{line}", _fake_result(m))
+    report = audit.finish(input="x", model="m", tokenizer="t", fail_on=())
+    assert [r.id for r in report.check("pre-shifted-labels").records] == ["b8", "b9", "b10", "b11", "b12"]
+    everything = [*clean, 3.0, 0.1, 9.0, 12.0, 0.2, 8.0]
+    old_median = statistics_median(everything)
+    old_mad = statistics_median([abs(m - old_median) for m in everything])
+    assert max(old_median + 3.5 * 1.4826 * old_mad, old_median + 1) > 3.0  # over every record: missed
+    median = statistics_median([*clean, 3.0])
+    mad = statistics_median([abs(m - median) for m in [*clean, 3.0]])
+    threshold = max(median + 3.5 * 1.4826 * mad, median + 1.0)
+    assert [r.id for r in report.check("loss-outlier").records] == ["r7", "b9", "b10", "b12"]
+    assert report.to_dict()["checks"] and "pass every other check" in report.check("loss-outlier").note
+    rule = audit._loss_outliers()[2]
+    assert rule["basis"] == "passing" and rule["records"] == 7
+    assert rule["threshold"] == pytest.approx(threshold)
+
+
+def statistics_median(values: list[float]) -> float:
+    v, n = sorted(values), len(values)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
 # --- the command --------------------------------------------------------------------------------------------
@@ -555,6 +623,74 @@ def test_bad_record_error_from_the_core(tok, tmp_path):
     rows = [{"id": "x", "input_ids": [1, 2, 999999], "labels": [1, 2, 3]}]
     with pytest.raises(InvalidRecordError, match=r"line 1 \(id 'x'\): 'input_ids' item 2 is 999999"):
         check_dataset(tokenizer_only(tok, "tiny"), _write(tmp_path / "d.jsonl", rows))
+
+
+#: An answer to another question, in another language: no check but loss-outlier can see it.
+OFF_TOPIC = {
+    "id": "off-topic",
+    "messages": [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Der Kühlschrank singt leise Opern für verlorene Regenschirme."},
+    ],
+}
+
+
+def _contaminated_set(path: Path, *, broken: bool, off_topic: bool) -> Path:
+    """The committed samples' clean records, (``broken``) every sample's planted defects (bad-*), and
+    (``off_topic``) one off-topic answer."""
+    rows = []
+    for f in sorted(SAMPLES.glob("*.jsonl")):
+        for row in map(json.loads, f.read_text().splitlines()):
+            bad = row["id"].startswith("bad")
+            if (f.stem == "loss-outlier" and bad) or (bad and not broken) or (not bad and f.stem != "clean"):
+                continue
+            rows.append({**row, "id": f"{f.stem}:{row['id']}"})
+    rows += [{**OFF_TOPIC, "messages": list(OFF_TOPIC["messages"])}] if off_topic else []
+    rows += [
+        {**row, "id": f"ok:{row['id']}"}
+        for row in map(json.loads, (SAMPLES / "loss-outlier.jsonl").read_text().splitlines())
+        if row["id"].startswith("ok")
+    ]
+    return _write(path, rows)
+
+
+def _audit_with(lm, path: Path):
+    from ce_inspect.audit import score_dataset
+    from ce_inspect.batch import scan_dataset
+
+    audit = check_dataset(tokenizer_only(lm.tokenizer, "smollm2"), path, keep_findings=True)
+    lines: list[dict] = []
+    score_dataset(lm, scan_dataset(lm, path, skip_invalid=True), audit, SimpleNamespace(name=None, write=lines.append))
+    return audit.finish(input=str(path), model="smollm2", tokenizer="smollm2", fail_on=()), lines
+
+
+@pytest.mark.default_model
+def test_loss_outlier_finds_an_off_topic_answer_among_broken_records(smollm2, tmp_path):
+    """Issue 22: the planted defects of every sample and one off-topic answer. Over every record the median and
+    MAD would put the threshold above the off-topic answer's loss (computed here, independently); over the
+    records that pass every other check it is flagged, and no clean record is. Without the broken records or the
+    off-topic answer: no false alarm."""
+    report, lines = _audit_with(smollm2, _contaminated_set(tmp_path / "c.jsonl", broken=True, off_topic=True))
+    failing = {line["id"] for line in lines if line["failed"]}
+    assert len(failing) >= 13  # the planted defects, each found by its check
+    means = {line["id"]: line["loss"]["mean"] for line in lines if line["loss"]["scored"]}
+    everything = list(means.values())
+    median = statistics_median(everything)
+    mad = statistics_median([abs(m - median) for m in everything])
+    assert means["off-topic"] < max(median + 3.5 * 1.4826 * mad, median + 1.0)  # the old rule's blind spot
+    flagged = {r.id for r in report.check("loss-outlier").records}
+    assert "off-topic" in flagged and flagged - {"off-topic"} <= failing
+    passing = [m for rid, m in means.items() if rid not in failing]
+    median = statistics_median(passing)
+    mad = statistics_median([abs(m - median) for m in passing])
+    threshold = max(median + 3.5 * 1.4826 * mad, median + 1.0)
+    assert flagged == {rid for rid, m in means.items() if m > threshold}
+    for broken, off_topic in ((False, False), (True, False)):
+        report, _ = _audit_with(
+            smollm2, _contaminated_set(tmp_path / f"{broken}.jsonl", broken=broken, off_topic=off_topic)
+        )
+        assert {r.id for r in report.check("loss-outlier").records} <= failing  # no clean record flagged
+    assert report.check("loss-outlier").ran
 
 
 @pytest.mark.default_model

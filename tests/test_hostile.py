@@ -814,6 +814,39 @@ DATA_CASES: list[Case] = [
         "--json prints the audit to stdout, and --output writes its lines there too",
         files={"d.jsonl": '{"input_ids": [1, 70, 2], "labels": [-100, 70, 2]}\n'},
     ),
+    # --- issue 22, audit gates ---
+    *[
+        Case(
+            f"{name}: a gate over zero records fails",
+            [*args, "--skip-invalid", *gate],
+            3,
+            f"no record was {verb} (every one was skipped)",
+            files={"d.jsonl": '{"labels": [1]}\n{"prompt": 5}\n'},
+        )
+        for name, args, gate, verb in [
+            ("batch", ["batch", "d.jsonl", "-m", "{llama}"], ["--fail-above-loss", "1"], "scored"),
+            (
+                "diff --input",
+                ["diff", "--input", "d.jsonl", "-m", "{llama}", "--model-b", "{gpt2}"],
+                ["--fail-above-kl", "0.05"],
+                "compared",
+            ),
+        ]
+    ],
+    Case(
+        "audit: --fail-on '' is a usage error",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--no-model", "--fail-on", ""],
+        2,
+        "--fail-on names no check; give 'none' to turn the gate off",
+        files={"d.jsonl": '{"input_ids": [1, 70, 2], "labels": [-100, 70, 2]}\n'},
+    ),
+    Case(
+        "audit: --fail-on loss-outlier --no-model is a usage error",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--no-model", "--fail-on", "bos,loss-outlier"],
+        2,
+        "loss-outlier needs a forward pass and --no-model runs none",
+        files={"d.jsonl": '{"input_ids": [1, 70, 2], "labels": [-100, 70, 2]}\n'},
+    ),
 ]
 
 # --- diff, reports and other commands --------------------------------------------------------------------
@@ -1298,3 +1331,23 @@ def test_two_first_runs_on_an_empty_cache_share_one_build(tmp_path, tiny_llama_d
     assert not (events / "second.converting").exists()  # one conversion, shared
     assert (events / "first.done").read_text() == (events / "second.done").read_text()
     assert "waiting for it" in second_err or (events / "second.checked-valid").exists()
+
+
+# --- issue 22, audit gates ---
+
+
+@pytest.mark.parametrize("no_model", [True, False], ids=["no-model", "model"])
+def test_audit_gate_over_zero_records_fails(no_model, tmp_path, tiny_llama_dir, capsys):
+    """Every record skipped: the audit is still written (-o, the report) and the gate exits 3, saying so."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"labels": [1]}\n{"prompt": 5}\n', encoding="utf-8")
+    out = tmp_path / "o.jsonl"
+    args = ["audit", str(data), "-m", str(tiny_llama_dir), "--skip-invalid", "--json", "-o", str(out)]
+    code = main([*args, *(["--no-model"] if no_model else [])])
+    stdout, err = capsys.readouterr()
+    assert code == 3, err
+    assert "no record was checked (every one was skipped)" in err and "Traceback" not in err
+    doc = json.loads(stdout)
+    assert doc["records"] == 0 and len(doc["skipped"]) == 2 and doc["gate_failed"] == []
+    assert out.exists()
+    assert main([*args[:-2], "--fail-on", "none", *(["--no-model"] if no_model else [])]) == 0  # no gate: exit 0

@@ -118,7 +118,14 @@ def audit(
     try:
         gate = parse_checks(fail_on if fail_on is not None else DEFAULT_FAIL_ON)
     except InputError as exc:
-        raise typer.BadParameter(str(exc).replace("in `fail_on`", ""), param_hint="--fail-on") from None
+        raise typer.BadParameter(
+            str(exc).replace("in `fail_on`", "").replace("`fail_on`", "--fail-on"), param_hint="--fail-on"
+        ) from None
+    if no_model and "loss-outlier" in gate:
+        raise typer.BadParameter(
+            "loss-outlier needs a forward pass and --no-model runs none: drop it from --fail-on or --no-model",
+            param_hint="--fail-on",
+        )
     if tokenizer is not None and not no_model:
         raise typer.BadParameter("--tokenizer applies with --no-model; with a model its own tokenizer is used")
     session = _check_usage(data, output, no_model=no_model, resume=resume, force=force, json_out=json_out)
@@ -178,11 +185,27 @@ def audit(
 
         # The per-record lines already go to stdout (-o /dev/stdout): the human report goes beside them, on stderr.
         render_audit(report, err if output is not None and is_stdout(output) else Console())
+    unchecked = _gate_over_nothing(report)
+    if unchecked:
+        err.print(f"Error: gate failed: {unchecked} (--fail-on); exit {GATE_EXIT}", markup=False, style="red")
+        raise typer.Exit(GATE_EXIT)
     if report.gate_failed:
         err.print(
             f"audit: {', '.join(report.gate_failed)} failed (--fail-on); exit {GATE_EXIT}", markup=False, style="red"
         )
         raise typer.Exit(GATE_EXIT)
+
+
+def _gate_over_nothing(report: Any) -> str | None:
+    """Why the --fail-on gate checked nothing, or None: a gate over zero records fails rather than passes."""
+    if not report.fail_on:
+        return None
+    if report.records == 0:
+        return "no record was checked (every one was skipped), so the gate checked nothing"
+    outliers = report.check("loss-outlier")
+    if "loss-outlier" in report.fail_on and outliers.ran and outliers.checked == 0:
+        return "no record was scored, so the loss-outlier gate checked nothing"
+    return None
 
 
 def _audit_without_model(

@@ -181,8 +181,9 @@ def diff(
         )
         if summary is None:
             return  # torchrun, not rank 0: rank 0 reports the run and applies the gates
-        gate("mean KL(ref‖cand)", summary.summary and summary.summary.kl_mean, fail_above_kl, "--fail-above-kl")
-        gate("mean ΔNLL", summary.summary and summary.summary.dnll_mean, fail_above_dnll, "--fail-above-dnll")
+        compared = summary.summary
+        gate("mean KL(ref‖cand)", compared and compared.kl_mean, fail_above_kl, "--fail-above-kl", verb="compared")
+        gate("mean ΔNLL", compared and compared.dnll_mean, fail_above_dnll, "--fail-above-dnll", verb="compared")
         return
     for flag, value in (
         ("--summary-json", summary_json),
@@ -243,8 +244,8 @@ def diff(
         sys.stdout.write(result.to_json() + "\n")
     elif not reports.markdown_on_stdout():
         render_diff(result, color_by=color_by, worst=worst)
-    gate("mean KL(ref‖cand)", result.summary.kl_mean, fail_above_kl, "--fail-above-kl")
-    gate("mean ΔNLL", result.summary.dnll_mean, fail_above_dnll, "--fail-above-dnll")
+    gate("mean KL(ref‖cand)", result.summary.kl_mean, fail_above_kl, "--fail-above-kl", verb="compared")
+    gate("mean ΔNLL", result.summary.dnll_mean, fail_above_dnll, "--fail-above-dnll", verb="compared")
 
 
 def refuse_with_input(flags: dict[str, object]) -> None:

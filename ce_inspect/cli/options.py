@@ -453,9 +453,19 @@ KlGateOpt = Annotated[float | None, _gate_option("mean KL(ref‖cand)")]
 DnllGateOpt = Annotated[float | None, _gate_option("mean ΔNLL (candidate − reference)")]
 
 
-def gate(what: str, value: float | None, limit: float | None, flag: str) -> None:
-    """Trip a --fail-above-* gate: one line on stderr and exit code 3. Call it once all output is written."""
-    if limit is None or value is None or value <= limit:
+def gate(what: str, value: float | None, limit: float | None, flag: str, *, verb: str = "scored") -> None:
+    """Trip a --fail-above-* gate: one line on stderr and exit code 3. Call it once all output is written.
+    ``value`` None (no record was scored, or compared: every one skipped) trips it too: a gate over nothing
+    has checked nothing, and passing it would say the data is fine."""
+    if limit is None:
+        return
+    if value is None:
+        print(
+            f"Error: gate failed: no record was {verb} (every one was skipped), so {flag} {limit:g} checked nothing",
+            file=sys.stderr,
+        )
+        raise typer.Exit(3)
+    if value <= limit:
         return
     print(f"Error: gate failed: {what} {value:.6g} is above {flag} {limit:g}", file=sys.stderr)
     raise typer.Exit(3)
