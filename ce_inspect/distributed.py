@@ -95,6 +95,7 @@ def detect_launch(environ: dict[str, str] | None = None) -> Launch | None:
             f"WORLD_SIZE is {world} but {', '.join(missing)} is not set; start the ranks with torchrun "
             "or accelerate launch"
         )
+    rank_timeout(env)  # a bad value stops every rank here, before any joins the run
     rank, local_rank = int(env["RANK"]), int(env.get("LOCAL_RANK", env["RANK"]))
     return Launch(
         rank=rank,
@@ -105,6 +106,29 @@ def detect_launch(environ: dict[str, str] | None = None) -> Launch | None:
         master_port=int(env["MASTER_PORT"]),
         agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
     )
+
+
+TIMEOUT_ENV = "CE_INSPECT_RANK_TIMEOUT"
+
+
+def rank_timeout(environ: Any = None) -> float:
+    """``CE_INSPECT_RANK_TIMEOUT`` in seconds (``DEFAULT_RANK_TIMEOUT`` when unset): a finite number above 0."""
+    import math
+
+    env = os.environ if environ is None else environ
+    text = env.get(TIMEOUT_ENV)
+    if text is None or not text.strip():
+        return DEFAULT_RANK_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(
+            f"{TIMEOUT_ENV}={text!r} is not a number of seconds above 0: it is how long a rank waits while no "
+            f"rank makes progress (default {DEFAULT_RANK_TIMEOUT:g}); set it to e.g. 3600, or unset it"
+        )
+    return value
 
 
 #: How MPI launchers (mpirun, mpiexec; ``accelerate launch --cpu`` with an mpirun host file) tell each process
@@ -463,7 +487,7 @@ def start(launch: Launch) -> Session:
     import torch.distributed as dist
 
     global _SESSION
-    timeout = float(os.environ.get("CE_INSPECT_RANK_TIMEOUT", DEFAULT_RANK_TIMEOUT))
+    timeout = rank_timeout()
     store = dist.TCPStore(
         launch.master_addr,
         launch.master_port,

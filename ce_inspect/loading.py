@@ -20,6 +20,7 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -242,6 +243,8 @@ def load(
     else:
         device_label = f"device_map={device_map}"
     hf_model.eval()
+    check_vocabulary(folder, hf_model, tokenizer)
+    own_cpu_weights(hf_model)
     files = _files_read_while_running(hf_model, files or stamp_model_files(folder, source, revision))
     dtype_label = str(next(hf_model.parameters()).dtype).removeprefix("torch.")
     return LoadedModel(
@@ -526,6 +529,8 @@ def _load_model(
         model, info = _from_pretrained(AutoModelForCausalLM.from_pretrained, folder, source, revision, **kwargs)
     except ModelNotFoundError:
         raise
+    except pickle.UnpicklingError as exc:
+        raise _unsafe_pickle_error(folder) from exc
     except ValueError as exc:
         if remote := _remote_code_error(folder, exc):
             raise remote from exc
@@ -538,6 +543,43 @@ def _load_model(
         raise ModelLoadError(f"could not load the model from {folder}: {_one_line(exc)}") from exc
     _check_weights(folder, info)
     return model
+
+
+def _unsafe_pickle_error(folder: str) -> ModelLoadError:
+    """A pickle checkpoint that torch's safe loader (``weights_only``) refuses, told in ce-inspect's words
+    (torch's own advice is to load it unsafely, and it runs past one line)."""
+    try:
+        files = sorted(p.name for p in Path(folder).iterdir() if re.search(r"\.(bin|pt|pth)$", p.name, re.IGNORECASE))
+    except OSError:
+        files = []
+    what = f"{', '.join(files)} in {folder}" if files else f"the pickle checkpoint of {folder}"
+    return ModelLoadError(
+        f"{what} holds Python objects or code besides tensors, which torch's safe loader refuses (unpickling "
+        "them could run any code); ce-inspect does not load it unsafely: only if you trust its source, convert "
+        "it to safetensors (torch.load with weights_only=False, then safetensors.torch.save_file)"
+    )
+
+
+def check_vocabulary(folder: str, model: Any, tokenizer: Any) -> None:
+    """Refuse a tokenizer with token ids that the model's embedding (or head) has no row for.
+
+    A config whose `vocab_size` is below the tokenizer's ids builds an embedding that every such id indexes
+    out of range (torch's ``IndexError`` at the first text that uses one). More rows than the tokenizer
+    has ids is common (vocabularies padded to a multiple of 64 or 128) and fine.
+    """
+    largest = max([len(tokenizer) - 1, *tokenizer.get_vocab().values()])
+    sizes = {"embedding": model.get_input_embeddings().weight.shape[0]}
+    head = model.get_output_embeddings()
+    if head is not None and getattr(head, "weight", None) is not None:
+        sizes["head"] = head.weight.shape[0]
+    short = {name: int(rows) for name, rows in sizes.items() if largest >= rows}
+    if short:
+        rows = ", ".join(f"its {name} {n}" for name, n in short.items())
+        raise ModelLoadError(
+            f"the tokenizer of {folder} has token ids up to {largest}, but the model has rows for fewer ({rows}; "
+            f"`vocab_size` {getattr(model.config, 'vocab_size', '?')} in config.json): the model and the tokenizer "
+            "do not belong together; use the tokenizer the model was trained with, or resize its embeddings"
+        )
 
 
 def _check_weights(folder: str, info: dict[str, Any]) -> None:
@@ -917,10 +959,31 @@ def stamp_model_files(
         return ()
 
 
+def own_cpu_weights(model: Any) -> None:
+    """Copy the weights left on the CPU out of the checkpoint's memory map into the process's own memory.
+
+    transformers memory-maps a safetensors file (and torch's zip format) whose dtype is the one used on
+    CPU. A copy that truncates the file while the model runs (``cp``, ``shutil.copyfile``, a trainer saving
+    into the folder) then takes the pages from under the weights, and the next forward pass touching them
+    dies of SIGBUS (exit 135, no message, no cleanup) instead of failing with the check below. With its
+    own copy the model keeps its weights; the check after each forward pass names the changed file. On the
+    bundled SmolLM2 (513 MB of float32, 2-core AMD EPYC) the load time stays within noise and the steady
+    RSS the same (~930 MB after a forward pass), but the weights become anonymous memory instead of
+    shared file cache (peak RSS 936 -> 1419 MB while copying; CPU ranks of torchrun no longer share pages).
+    """
+    import torch
+
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.device.type == "cpu":
+                tensor.data = tensor.data.clone()
+
+
 def _files_read_while_running(model: Any, files: tuple[FileStamp, ...]) -> tuple[FileStamp, ...]:
-    """``files`` if a weight stayed on the CPU (memory-mapped) or on ``meta`` (offloaded, read from disk on
-    use); nothing when every weight was copied to an accelerator, where a change to the files no longer
-    reaches the figures. Either way the files must not have changed while they were being loaded."""
+    """``files`` if a weight stayed on the CPU (memory-mapped at load, copied out since) or on ``meta``
+    (offloaded, read from disk on use); nothing when every weight was copied to an accelerator, where a
+    change to the files no longer reaches the figures. Either way the files must not have changed while
+    they were being loaded."""
     _check_files(files)
     tensors = [*model.parameters(), *model.buffers()]
     return files if any(t.device.type in ("cpu", "meta") for t in tensors) else ()
@@ -967,8 +1030,8 @@ def _change(stamp: FileStamp) -> str | None:
     else:
         details.append(f"changed {_clock(now.ctime_ns)} with its modification time kept")
     return (
-        f"the model's file {stamp.path} changed while ce-inspect was using it ({', '.join(details)}); its weights "
-        f"are read from that file as the run goes, so these figures cannot be trusted: {after}"
+        f"the model's file {stamp.path} changed while ce-inspect was using it ({', '.join(details)}); the folder "
+        f"no longer holds the model that was scored, so these figures cannot be trusted: {after}"
     )
 
 

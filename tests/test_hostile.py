@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -926,6 +927,80 @@ COMMAND_CASES: list[Case] = [
 
 CASES = LOADING_CASES + FILE_CASES + TEXT_CASES + DATA_CASES + COMMAND_CASES
 
+# --- issue 22, runtime ---
+
+
+def _evil_pickle(folder: Path) -> None:
+    """A pytorch_model.bin whose pickle calls os.system when loaded unsafely (torch.load(weights_only=False))."""
+    import torch
+    from safetensors.torch import load_file
+
+    build_model(folder, "llama")
+    weights = dict(load_file(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    weights["evil"] = _Evil()
+    torch.save(weights, folder / "pytorch_model.bin")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo owned > owned.txt",))
+
+
+# Issue 22 item 9: `vocab_size` 100 below the byte tokenizer's 268 ids: torch's IndexError in every command.
+_SMALL_VOCAB = _model_files("m", lambda folder: build_model(folder, "llama", vocab_size=100))
+_VOCAB = "the tokenizer of m has token ids up to 267, but the model has rows for fewer (its embedding 100, its head 100"
+_RUN_M = ["run", "-p", "the cat", "-a", " sat", "--device", "cpu", "-m", "m"]
+_PAIR = {"d.jsonl": '{"prompt": "a", "answer": "b"}\n'}
+CASES += [
+    Case("vocab-below-tokenizer-run", _RUN_M, 1, _VOCAB, _SMALL_VOCAB),
+    Case(
+        "vocab-below-tokenizer-batch",
+        ["batch", "d.jsonl", "-m", "m", "--device", "cpu"],
+        1,
+        _VOCAB,
+        {**_SMALL_VOCAB, **_PAIR},
+    ),
+    Case(
+        "vocab-below-tokenizer-audit",
+        ["audit", "d.jsonl", "-m", "m", "--device", "cpu"],
+        1,
+        _VOCAB,
+        {**_SMALL_VOCAB, **_PAIR},
+    ),
+    Case(
+        "vocab-below-tokenizer-diff",
+        ["diff", "-m", "{llama}", "--model-b", "m", "-p", "a", "-a", "b"],
+        1,
+        _VOCAB,
+        _SMALL_VOCAB,
+    ),
+    Case(
+        "vocab-below-tokenizer-diff-input",
+        ["diff", "-m", "m", "--model-b", "{llama}", "--input", "d.jsonl", "-o", "o.jsonl"],
+        1,
+        _VOCAB,
+        {**_SMALL_VOCAB, **_PAIR},
+    ),
+    # More embedding rows than token ids (a vocabulary padded to a multiple of 64) is fine.
+    Case(
+        "vocab-padded-past-tokenizer",
+        _RUN_M,
+        0,
+        "",
+        _model_files("m", lambda folder: build_model(folder, "llama", vocab_size=320)),
+    ),
+    # Issue 22, questionable: torch's own advice ("Re-running `torch.load` with `weights_only` set to False
+    # will likely succeed ..."), cut mid-word at 300 characters; now ce-inspect's line, naming the file.
+    Case(
+        "pickle-with-code",
+        _RUN_M,
+        1,
+        "pytorch_model.bin in m holds Python objects or code besides tensors, which torch's safe loader refuses",
+        _model_files("m", _evil_pickle),
+    ),
+]
+
 
 def _fill(text: str, paths: dict[str, str]) -> str:
     for key, value in paths.items():
@@ -1351,3 +1426,116 @@ def test_audit_gate_over_zero_records_fails(no_model, tmp_path, tiny_llama_dir, 
     assert doc["records"] == 0 and len(doc["skipped"]) == 2 and doc["gate_failed"] == []
     assert out.exists()
     assert main([*args[:-2], "--fail-on", "none", *(["--no-model"] if no_model else [])]) == 0  # no gate: exit 0
+
+
+# --- issue 22, runtime ---
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "0", "nan"])
+def test_bad_rank_timeout_is_one_usage_line(value, tmp_path, monkeypatch, capsys):
+    """Issue 22 item 11: a bad CE_INSPECT_RANK_TIMEOUT was a traceback in every rank (float() in start)."""
+    launch = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    for name, text in {**launch, "CE_INSPECT_RANK_TIMEOUT": value}.items():
+        monkeypatch.setenv(name, text)
+    # Refused before the rank joins anything: no store at port 1 is ever asked for.
+    code = main(["batch", str(tmp_path / "d.jsonl"), "-o", str(tmp_path / "o.jsonl")])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err == (
+        f"Error: CE_INSPECT_RANK_TIMEOUT={value!r} is not a number of seconds above 0: it is how long a rank waits "
+        "while no rank makes progress (default 1800); set it to e.g. 3600, or unset it\n"
+    )
+
+
+def test_rank_timeout_is_read_by_one_validator():
+    from ce_inspect.distributed import DEFAULT_RANK_TIMEOUT, rank_timeout
+
+    assert rank_timeout({}) == rank_timeout({"CE_INSPECT_RANK_TIMEOUT": ""}) == DEFAULT_RANK_TIMEOUT
+    assert rank_timeout({"CE_INSPECT_RANK_TIMEOUT": "2.5"}) == 2.5
+    for bad in ("inf", "-1e-9", "1s"):
+        with pytest.raises(Exception, match="CE_INSPECT_RANK_TIMEOUT"):
+            rank_timeout({"CE_INSPECT_RANK_TIMEOUT": bad})
+
+
+@pytest.mark.slow
+def test_bad_rank_timeout_under_torchrun_shows_no_ce_inspect_traceback(tmp_path, tiny_llama_dir):
+    """What a user sees under torchrun: each rank's `Error:` line (exit 2), then torchrun's own report
+    (its ChildFailedError traceback, exit 1), with no frame of ce-inspect in it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "answer": "b"}\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), CE_INSPECT_RANK_TIMEOUT="abc")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
+    cmd += ["-m", "ce_inspect", "batch", str(data), "-m", str(tiny_llama_dir), "-o", str(tmp_path / "o.jsonl")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr  # torchrun's status for a failed rank
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert errors and all(e.startswith("Error: CE_INSPECT_RANK_TIMEOUT='abc' is not a number") for e in errors)
+    assert f'File "{ROOT / "ce_inspect"}' not in proc.stderr, proc.stderr  # no ce-inspect frame in any traceback
+    assert re.search(r"exitcode\s*:\s*2 ", proc.stderr), proc.stderr  # the ranks' usage status, in torchrun's report
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def _wait_for(what: str, ready, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    """Wait (polling) until ``ready()``; fail with ``what`` if it does not happen or the process ends first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"the process ended (exit {proc.returncode}) before {what}: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no sign after {timeout:.0f} s that {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_truncating_copy_onto_the_weights_mid_batch_is_exit_1_naming_the_file(tmp_path):
+    """Issue 22 item 10: `cp` onto a memory-mapped weight file mid-batch killed the run with SIGBUS (exit 135, no
+    message, the lock file left). The model holds its own copy of its CPU weights: the run stops at the next
+    batch with exit 1 naming the file, the lines kept are whole, and --resume finishes the job."""
+    model = build_model(tmp_path / "m", "llama")
+    other = build_model(tmp_path / "other", "llama", seed=1)  # the same shapes, other weights
+    weights = model / "model.safetensors"
+    original = weights.read_bytes()
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": f"record {k}", "answer": " the cat sat" * 3}) + "\n" for k in range(1000))
+    )
+    out = tmp_path / "o.jsonl"
+    args = [sys.executable, "-m", "ce_inspect", "batch", str(data), "-m", str(model), "--device", "cpu", "-o", str(out)]
+    args += ["-b", "1", "--sort-window", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for("a first line was written", lambda: out.exists() and out.stat().st_size > 0, proc)
+        # What `cp other/model.safetensors m/model.safetensors` does: truncate, then write. The file stays
+        # short until the run has stopped, so that every page the old map had is gone while it runs.
+        with open(weights, "wb") as fh:
+            fh.write((other / "model.safetensors").read_bytes()[:1000])
+            fh.flush()
+            assert proc.poll() is None, "the batch finished before the copy: give it a bigger data set"
+            _, err = proc.communicate(timeout=180)
+            fh.write((other / "model.safetensors").read_bytes()[1000:])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, (proc.returncode, err)  # was -7 (SIGBUS)
+    assert err.count("Error: ") == 1 and "Traceback" not in err, err
+    error = next(line for line in err.splitlines() if line.startswith("Error: "))
+    assert f"the model's file {weights.resolve()} changed while ce-inspect was using it" in error
+    kept = out.read_text().splitlines()
+    assert kept and all(json.loads(line)["line"] == k for k, line in enumerate(kept, 1))
+    # The folder holds its model again: --resume (which takes the output's lock) scores the rest and keeps
+    # the lines already written.
+    weights.write_bytes(original)
+    again = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    lines = out.read_text().splitlines()
+    assert len(lines) == 1000 and lines[: len(kept)] == kept

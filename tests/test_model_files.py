@@ -1,5 +1,7 @@
 """A weight file rewritten while ce-inspect runs stops the run: transformers memory-maps safetensors weights
-(float32 on CPU), so an in-place rewrite would change the running model's figures mid-run, with exit 0."""
+(float32 on CPU), so an in-place rewrite would change the running model's figures mid-run, with exit 0, and
+a truncating copy would kill it with SIGBUS; the loaded model copies its CPU weights out of the map, and the
+folder that no longer holds the scored model is named."""
 
 from __future__ import annotations
 
@@ -55,12 +57,13 @@ def test_stamp_holds_the_weight_files_only(lm, model_dir):
     check_model_unchanged(lm)
 
 
-def test_in_place_rewrite_reaches_the_running_model_and_is_caught(lm, model_dir):
+def test_in_place_rewrite_is_caught_and_no_longer_reaches_the_running_model(lm, model_dir):
     weight = lm.model.model.layers[1].mlp.up_proj.weight
     before = weight.clone()
     _rewrite_in_place(model_dir / WEIGHTS)
-    # The hazard itself: the loaded model's weights are the file's bytes (memory-mapped), now other ones.
-    assert not torch.equal(before, weight)
+    # The hazard that was: the loaded weights were the file's memory-mapped bytes, now other ones (and a
+    # truncating copy killed the process with SIGBUS). The model holds its own copy since issue 22.
+    assert torch.equal(before, weight)
     with pytest.raises(ModelChangedError) as caught:
         check_model_unchanged(lm)
     message = str(caught.value)
