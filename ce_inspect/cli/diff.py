@@ -276,7 +276,11 @@ def diff_dataset(
         _check_sharded_usage(session.world, input, output)
     check_outputs(input, output, summary_json, resume=resume, force=force)  # batch's checks, before loading
     with contextlib.ExitStack() as stack:
-        if output is not None and (session is None or session.rank == 0):  # as batch: one writer per output
+        if output is not None:  # as batch: leftover part files refused, one writer per output
+            from ..distributed import check_parts
+
+            check_parts(output, session.world if session else None, resume=resume, force=force)
+        if output is not None and (session is None or session.rank == 0):
             from ..files import output_lock
 
             stack.enter_context(output_lock(output, label="`output`"))
@@ -303,9 +307,8 @@ def _diff_dataset_locked(
     err = Console(stderr=True)
     sharded = None
     if session is not None:
-        from ..distributed import check_parts, read_sharded_resume
+        from ..distributed import read_sharded_resume
 
-        check_parts(output, session.world, resume=resume, force=force)  # type: ignore[arg-type]
         sharded = read_sharded_resume(
             output,  # type: ignore[arg-type]
             session.world,
