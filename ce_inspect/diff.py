@@ -676,13 +676,15 @@ def diff_encoded(
 
 def record_encoder(ref_lm: LoadedModel, cand_lm: LoadedModel, layout: Layout) -> Callable[[Any], Encoded]:
     """Record -> the reference's example, after checking the candidate's tokenizer lays out the same tokens
-    (a record where they differ is an invalid record: it stops the run, or is skipped with --skip-invalid)."""
-    from .batch import encode_record
+    (a record where they differ is an invalid record: it stops the run, or is skipped with --skip-invalid).
+    Every record is encoded as ``batch`` encodes it, whole: diff scores no windows."""
+    from .data import encode_whole
 
     def encoder(record: Any) -> Encoded:
-        ref = encode_record(ref_lm, record, layout)
+        ref = encode_whole(ref_lm, record, layout, "diff")
         if cand_lm.tokenizer is not ref_lm.tokenizer:
-            check_same_tokens(ref, encode_record(cand_lm, record, layout), ref_lm.tokenizer, cand_lm.tokenizer)
+            cand = encode_whole(cand_lm, record, layout, "diff")
+            check_same_tokens(ref, cand, ref_lm.tokenizer, cand_lm.tokenizer)
         return ref
 
     return encoder
