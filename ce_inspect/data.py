@@ -675,6 +675,22 @@ def encode_record(lm: LoadedModel, record: Record, layout: Layout) -> Encoded:
     return encode(tokenizer, record.prompt, record.answer, layout, max_length=context)
 
 
+def encode_whole(lm: LoadedModel, record: Record, layout: Layout, command: str) -> Encoded:
+    """``encode_record`` for a command that scores whole examples only, never windows (``diff``; ``audit``'s
+    command line, which has no `stride`): a text longer than the context is an error whose advice is the
+    command's own, not `stride`, which ``command`` does not have."""
+    from dataclasses import replace
+
+    from .errors import WINDOWS_REMEDY, SequenceTooLongError
+
+    try:
+        return encode_record(lm, record, replace(layout, stride=None) if layout.stride is not None else layout)
+    except SequenceTooLongError as exc:
+        if exc.remedy != WINDOWS_REMEDY:
+            raise
+        raise SequenceTooLongError(exc.problem, f"{command} scores whole examples only, not windows") from None
+
+
 def _encode_text_record(lm: LoadedModel, text: str, layout: Layout) -> Encoded:
     from .encoding import encode_trl_language_modeling
 
@@ -719,7 +735,7 @@ def vocab_size(lm: LoadedModel) -> int:
 def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, layout: Layout, *, max_length: int | None) -> Encoded:
     """Language modelling: [BOS] + the text + [EOS unless `add_eos` is off], every token scored but the first."""
     from .encoding import ANSWER, BOS, EOS, special_prefix
-    from .errors import SequenceTooLongError
+    from .errors import WINDOWS_REMEDY, SequenceTooLongError
 
     if layout.chat or layout.sep:
         raise InputError("a `text` record has no prompt and answer: `chat` and `sep` do not apply")
@@ -737,8 +753,7 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, layout: Layout, *
     if max_length is not None and len(ids) > max_length:
         if layout.stride is None:
             raise SequenceTooLongError(
-                f"the text is {len(ids)} tokens but the model's context is {max_length}; score it in windows "
-                "with `stride`"
+                f"the text is {len(ids)} tokens but the model's context is {max_length}", WINDOWS_REMEDY
             )
         windows = {"window": max_length, "stride": layout.stride}
     segments = [BOS] * len(bos) + [ANSWER] * len(body) + [EOS] * len(eos)
@@ -829,6 +844,7 @@ __all__ = [
     "detect_format",
     "encode_record",
     "encode_text",
+    "encode_whole",
     "encode_tokenized",
     "file_kind",
     "open_data",

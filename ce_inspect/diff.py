@@ -40,6 +40,7 @@ from .scoring import (
     _results,
     nonfinite_error,
     nonfinite_row,
+    pack,
     scored_rows,
     token_figures,
 )
@@ -479,7 +480,8 @@ def _release() -> None:
 def check_same_tokens(
     ref: Encoded, cand: Encoded, ref_tokenizer: Any, cand_tokenizer: Any, *, example: int | None = None
 ) -> None:
-    """Refuse unless both sides laid out the same token ids with the same positions scored."""
+    """Refuse unless both sides laid out the same token ids with the same positions scored, and the same
+    target (label) at each."""
     where = "" if example is None else f"example {example + 1}: "
     a, b = list(ref.input_ids), list(cand.input_ids)
     if a == b:
@@ -487,6 +489,11 @@ def check_same_tokens(
             raise InputError(
                 f"{where}the two models' layouts score different positions of the same tokens "
                 "(their chat templates or special tokens differ); diff compares the same scored tokens only"
+            )
+        if [ref.labels[p] for p in ref.scored_positions] != [cand.labels[p] for p in cand.scored_positions]:
+            raise InputError(
+                f"{where}the two models' layouts train other labels at the same scored positions; diff compares "
+                "the same scored tokens only"
             )
         return
     at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -514,6 +521,7 @@ class _Side:
 
     lm: LoadedModel  # with ``model`` set to None once the pass is done in sequential mode
     examples: list[Encoded]
+    targets: list[int]  # each scored target's id, as ``scoring.pack`` gives it (the label)
     selected: Any  # [n_scored, hidden] or [n_scored, vocab]
     head: Callable[[Any], Any]
     rows: int
@@ -524,37 +532,15 @@ class _Side:
     def run(cls, lm: LoadedModel, examples: list[Encoded], options: ScoreOptions, keep_model: bool = True) -> _Side:
         import torch
 
-        for example in examples:
-            if not example.scored_positions:
-                raise InputError("the example has no scored position (every label is ignore_index)")
-        input_ids, attention, rows_b, rows_t = _pack(lm, examples)
-        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # [batch, seq]
+        packed = pack(lm, examples)  # `batch`'s packer: the same targets (labels) at the same positions
         with torch.inference_mode():
-            selected, head, rows = scored_rows(lm, input_ids, attention, position_ids, rows_b, rows_t, options)
+            selected, head, rows = scored_rows(
+                lm, packed.input_ids, packed.attention, packed.position_ids, packed.rows_b, packed.rows_t, options
+            )
             vocab = int(head(selected[:1]).shape[-1])
             losses = _model_losses(lm, examples) if options.verify else [None] * len(examples)
         kept = lm if keep_model else dataclasses.replace(lm, model=None)
-        return cls(kept, examples, selected, head, rows, vocab, list(losses))
-
-
-def _pack(lm: LoadedModel, examples: Sequence[Encoded]) -> tuple[Any, Any, list[int], list[int]]:
-    """Right-padded input ids [batch, seq], attention [batch, seq], and each scored target's (row, column)."""
-    import torch
-
-    tokenizer = lm.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-    width = max(len(e) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # [batch, seq]
-    attention = torch.zeros((len(examples), width), dtype=torch.long)  # [batch, seq]
-    rows_b: list[int] = []
-    rows_t: list[int] = []
-    for b, example in enumerate(examples):
-        input_ids[b, : len(example)] = torch.tensor(example.input_ids)
-        attention[b, : len(example)] = 1
-        for p in example.scored_positions:
-            rows_b.append(b)
-            rows_t.append(p - 1)  # the logits at p - 1 predict the token at p
-    return input_ids, attention, rows_b, rows_t
+        return cls(kept, examples, packed.targets, selected, head, rows, vocab, list(losses))
 
 
 def compare(ref: _Side, cand: _Side, options: ScoreOptions) -> list[DiffResult]:
@@ -562,7 +548,7 @@ def compare(ref: _Side, cand: _Side, options: ScoreOptions) -> list[DiffResult]:
     import torch
 
     shared = min(ref.vocab, cand.vocab)
-    targets = [e.input_ids[p] for e in ref.examples for p in e.scored_positions]
+    targets = ref.targets  # == cand.targets: ``check_same_tokens`` compared the labels
     if max(targets) >= shared:
         raise InputError(f"a scored token id ({max(targets)}) is outside the shared vocabulary of {shared} ids")
     # Both sides' logits, their log-softmax and the KL terms are live at once: about twice what `run` holds.
@@ -690,13 +676,15 @@ def diff_encoded(
 
 def record_encoder(ref_lm: LoadedModel, cand_lm: LoadedModel, layout: Layout) -> Callable[[Any], Encoded]:
     """Record -> the reference's example, after checking the candidate's tokenizer lays out the same tokens
-    (a record where they differ is an invalid record: it stops the run, or is skipped with --skip-invalid)."""
-    from .batch import encode_record
+    (a record where they differ is an invalid record: it stops the run, or is skipped with --skip-invalid).
+    Every record is encoded as ``batch`` encodes it, whole: diff scores no windows."""
+    from .data import encode_whole
 
     def encoder(record: Any) -> Encoded:
-        ref = encode_record(ref_lm, record, layout)
+        ref = encode_whole(ref_lm, record, layout, "diff")
         if cand_lm.tokenizer is not ref_lm.tokenizer:
-            check_same_tokens(ref, encode_record(cand_lm, record, layout), ref_lm.tokenizer, cand_lm.tokenizer)
+            cand = encode_whole(cand_lm, record, layout, "diff")
+            check_same_tokens(ref, cand, ref_lm.tokenizer, cand_lm.tokenizer)
         return ref
 
     return encoder

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError, SequenceTooLongError
+from .errors import WINDOWS_REMEDY, InputError, SequenceTooLongError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -1151,7 +1151,7 @@ def encode_trl(
     if max_length is not None and len(full_ids) > max_length:
         raise SequenceTooLongError(
             f"the example is {len(full_ids)} tokens but the model's context is {max_length}; shorten it "
-            "(TRL would cut it at its `max_length`, keeping the start)"
+            "(TRL would cut it at its own max_length, keeping the start)"
         )
     special = special_ids(tokenizer)
     segments = [PROMPT] * start + [
@@ -1255,8 +1255,8 @@ def encode_trl_language_modeling(
     if max_length is not None and len(ids) > max_length:
         if stride is None or kind != "text":
             raise SequenceTooLongError(
-                f"the example is {len(ids)} tokens but the model's context is {max_length}"
-                + ("; score it in windows with `stride`" if kind == "text" else "")
+                f"the example is {len(ids)} tokens but the model's context is {max_length}",
+                WINDOWS_REMEDY if kind == "text" else None,
             )
         windows = {"window": max_length, "stride": stride}
     special = special_ids(tokenizer)

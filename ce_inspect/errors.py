@@ -39,8 +39,22 @@ class InputError(CeInspectError):
     """The prompt, answer or options cannot form a valid training example."""
 
 
+#: The advice a text longer than the context gets where windows can score it (`batch`).
+WINDOWS_REMEDY = "score it in windows with `stride`"
+
+
 class SequenceTooLongError(InputError):
-    """The example is longer than the model's context window."""
+    """The example is longer than the model's context window.
+
+    ``remedy``, the advice the message ends with, is kept apart from ``problem``, so that a command that
+    cannot follow it words its own (``data.encode_whole``: ``diff`` scores no windows, so it names no
+    `stride`).
+    """
+
+    def __init__(self, problem: str, remedy: str | None = None) -> None:
+        super().__init__(f"{problem}; {remedy}" if remedy else problem)
+        self.problem = problem
+        self.remedy = remedy
 
 
 class NonFiniteError(CeInspectError):

@@ -851,6 +851,9 @@ DATA_CASES: list[Case] = [
 ]
 
 # --- diff, reports and other commands --------------------------------------------------------------------
+_PAIR_LINE = '{"id": "a", "prompt": "Q", "answer": " A"}\n'
+_DIFF_INPUT = ["diff", "--input", "d.jsonl", "--model-b", "{llama}"]  # the model against itself
+_LONG_TEXT = '{"text": "%s"}\n' % ("ab " * 200)  # 403 tokens with BOS and EOS; the tiny models' context is 256
 COMMAND_CASES: list[Case] = [
     Case("diff-without-candidate", ["diff", "-m", "{llama}", "-p", "a", "-a", "b"], 2, "--model-b"),
     Case("diff-bad-dtype-b", ["diff", "-m", "{llama}", "--dtype-b", "fp8", "-p", "a", "-a", "b"], 2, "--dtype-b"),
@@ -922,6 +925,69 @@ COMMAND_CASES: list[Case] = [
         1,
         "<!-- ce-inspect report: KIND -->",
         files={"notes.md": '{"schema_version": 1}\n'},  # the JSON mark makes no report ours
+    ),
+    # --- issue 22, the drifted diff copy ---
+    # diff --input checks leftover torchrun part files with batch's one check (it wrote beside them, exit 0).
+    *[
+        Case(
+            f"{command} -o beside a leftover torchrun part file",
+            [*argv, "-m", "{llama}", "--device", "cpu", "-o", "o.jsonl"],
+            1,
+            "--output o.jsonl: part files of an unfinished torchrun run are next to it (.o.jsonl.rank0-of-2.part); "
+            "pass --resume to continue that run or --force to start over",
+            {"d.jsonl": _PAIR_LINE, ".o.jsonl.rank0-of-2.part": _PAIR_LINE},
+        )
+        for command, argv in [("batch", ["batch", "d.jsonl"]), ("diff", _DIFF_INPUT)]
+    ],
+    Case(
+        "diff --input --resume of a torchrun run's part files in one process",
+        [*_DIFF_INPUT, "-m", "{llama}", "--device", "cpu", "-o", "o.jsonl", "--resume"],
+        1,
+        "--resume: o.jsonl has part files of a torchrun run with 2 ranks (.o.jsonl.rank1-of-2.part); this is a "
+        "single process",
+        {"d.jsonl": _PAIR_LINE, ".o.jsonl.rank1-of-2.part": ""},
+    ),
+    # Hostile (14): a text longer than the context; diff has no --stride, so its error names none.
+    *[
+        Case(
+            f"diff --input a text longer than the context{name}",
+            [*_DIFF_INPUT, "-m", "{llama}", "--device", "cpu", *extra],
+            1,
+            f"d.jsonl line 1: the {what} is 403 tokens but the model's context is 256; diff scores whole examples "
+            "only, not windows (fix the line, or pass --skip-invalid)",
+            {"d.jsonl": _LONG_TEXT},
+        )
+        for name, extra, what in [("", [], "text"), (" (trl)", ["--tokenization", "trl"], "example")]
+    ],
+    Case(
+        "batch: a text longer than the context (batch has --stride)",
+        ["batch", "d.jsonl", "-m", "{llama}", "--device", "cpu"],
+        1,
+        "d.jsonl line 1: the text is 403 tokens but the model's context is 256; score it in windows with --stride",
+        {"d.jsonl": _LONG_TEXT},
+    ),
+    # Hostile (15): the candidate's custom code needs --trust-remote-code-b; the reference's --trust-remote-code.
+    *[
+        Case(
+            f"diff: a candidate with its own code{name}",
+            [*argv, "-m", "{llama}", "--model-b", "custom", "--device", "cpu", "--trust-remote-code"],
+            1,
+            "custom holds its own Python code for the model or tokenizer, which runs only with "
+            "--trust-remote-code-b; allow it",
+            {**_model_files("custom", _remote_code), "d.jsonl": _PAIR_LINE},
+        )
+        for name, argv in [
+            ("", ["diff", "-p", "a", "-a", "b"]),
+            (" (--input)", _DIFF_INPUT),
+            (" (--sequential)", ["diff", "-p", "a", "-a", "b", "--sequential"]),
+        ]
+    ],
+    Case(
+        "diff: a reference with its own code",
+        ["diff", "-p", "a", "-a", "b", "-m", "custom", "--model-b", "{llama}", "--device", "cpu"],
+        1,
+        "runs only with --trust-remote-code; allow it",
+        _model_files("custom", _remote_code),
     ),
 ]
 

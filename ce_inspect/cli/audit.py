@@ -298,7 +298,12 @@ def _audit_with_model(
     # The checks see every record, whatever its length; the model's context limits only the forward pass.
     audit = check_dataset(tokenizer_only(lm.tokenizer, lm.name), data, keep_findings=True, **checking)
     options = common.score_options()
-    scan = scan_dataset(lm, data, options=options, skip_invalid=True, resume=state, **read)
+    from ..data import encode_whole
+
+    def encoder(record: Any) -> Any:  # this command has no --stride: a too-long text's reason names none
+        return encode_whole(lm, record, read["layout"], "audit")
+
+    scan = scan_dataset(lm, data, options=options, skip_invalid=True, resume=state, encoder=encoder, **read)
     runner = {
         "emit": line_emitter(audit, audit_line_settings(lm, scan, options, audit.max_length)),
         "make_report": lambda scan: AuditLosses(lm, scan, audit, options, settings),

@@ -213,9 +213,9 @@ def diff(
 
     options = common.score_options()
     if sequential:
-        ref, cand = (lambda: common.load()), (lambda: candidate.load())
+        ref, cand = (lambda: common.load()), (lambda: load_candidate(candidate))
     else:
-        ref, cand = common.load(), candidate.load()
+        ref, cand = common.load(), load_candidate(candidate)
     if example.conversation is not None:
         result = diff_messages(
             ref, cand, example.conversation, layout=example.layout, options=options, last_turn=last_turn
@@ -279,7 +279,11 @@ def diff_dataset(
         _check_sharded_usage(session.world, input, output)
     check_outputs(input, output, summary_json, resume=resume, force=force)  # batch's checks, before loading
     with contextlib.ExitStack() as stack:
-        if output is not None and (session is None or session.rank == 0):  # as batch: one writer per output
+        if output is not None:  # as batch: leftover part files refused, one writer per output
+            from ..distributed import check_parts
+
+            check_parts(output, session.world if session else None, resume=resume, force=force)
+        if output is not None and (session is None or session.rank == 0):
             from ..files import output_lock
 
             stack.enter_context(output_lock(output, label="`output`"))
@@ -306,9 +310,8 @@ def _diff_dataset_locked(
     err = Console(stderr=True)
     sharded = None
     if session is not None:
-        from ..distributed import check_parts, read_sharded_resume
+        from ..distributed import read_sharded_resume
 
-        check_parts(output, session.world, resume=resume, force=force)  # type: ignore[arg-type]
         sharded = read_sharded_resume(
             output,  # type: ignore[arg-type]
             session.world,
@@ -320,7 +323,7 @@ def _diff_dataset_locked(
         state = sharded.union
     else:
         state = _read_resume(err, output, settings.worst, parse=diff_line_stats, command="diff") if resume else None
-    ref_lm, cand_lm = common.load(), candidate.load()
+    ref_lm, cand_lm = common.load(), load_candidate(candidate)
     options, layout = common.score_options(), common.layout()
     scan = scan_dataset(
         ref_lm,
@@ -427,6 +430,19 @@ def candidate_options(
         hint = exc.param_hint if isinstance(exc.param_hint, str) else None
         raise typer.BadParameter(exc.message, param_hint=f"{hint}-b" if hint else None) from None
     return candidate
+
+
+def load_candidate(candidate: Common):
+    """The candidate model, loaded; an error loading it names the candidate's flags (--trust-remote-code-b,
+    --dtype-b, ...), not the reference's, which ``load``'s own parameter names would become."""
+    from ..errors import CeInspectError
+    from .errors import as_candidate
+
+    try:
+        return candidate.load()
+    except CeInspectError as exc:
+        exc.args = (as_candidate(str(exc)),)  # the same error, its message in the candidate's words
+        raise
 
 
 def check_output(output: Path, inputs: list[Path | None], force: bool = False) -> None:

@@ -26,6 +26,9 @@ FLAGS: dict[str, str] = {
     "model": "--model",
     "model_b": "--model-b",
     "dtype_b": "--dtype-b",
+    "revision_b": "--revision-b",
+    "device_b": "--device-b",
+    "trust_remote_code_b": "--trust-remote-code-b",
     "revision": "--revision",
     "device": "--device",
     "dtype": "--dtype",
@@ -65,6 +68,15 @@ FLAGS: dict[str, str] = {
     "fail_on": "--fail-on",
 }
 
+# `load`'s parameters -> the candidate's (`diff`'s second model): what a message about loading it names.
+CANDIDATE: dict[str, str] = {
+    "model": "model_b",
+    "revision": "revision_b",
+    "device": "device_b",
+    "dtype": "dtype_b",
+    "trust_remote_code": "trust_remote_code_b",
+}
+
 _PARAM = re.compile(r"`([a-z][a-z0-9_]*)`")
 DEBUG_ENV = "CE_INSPECT_DEBUG"
 
@@ -72,6 +84,12 @@ DEBUG_ENV = "CE_INSPECT_DEBUG"
 def cli_message(message: str) -> str:
     """``message`` with every backquoted library parameter shown as its command-line flag."""
     return _PARAM.sub(lambda m: FLAGS.get(m[1], m[0]), message)
+
+
+def as_candidate(message: str) -> str:
+    """A library message about loading the candidate model, naming the candidate's parameters (shown as
+    --trust-remote-code-b, --dtype-b, ...) where ``load`` named its own (`trust_remote_code`, `dtype`, ...)."""
+    return _PARAM.sub(lambda m: f"`{CANDIDATE[m[1]]}`" if m[1] in CANDIDATE else m[0], message)
 
 
 @dataclass(frozen=True)
