@@ -109,7 +109,7 @@ def test_sharegpt_system_and_unknown_speakers():
     )
     assert [m["role"] for m in record.messages] == ["system", "user", "assistant", "tool"]
     bad = parse_record(3, {"conversations": [{"from": "human"}]})
-    assert 'message 0 (user) has no "content" string' in bad.error
+    assert 'message 0 (human) has no "value" string (ShareGPT\'s text)' in bad.error  # issue 22: ShareGPT's field
 
 
 def test_tokenized_labels_from_masks_as_trl_builds_them():
