@@ -1230,7 +1230,7 @@ def check_dataset(
         if sink is not None:
             sink.write(record_line(ex.line, ex.id, findings))
     if not audit.records and not audit.skipped:
-        raise InputError(f"{path} holds no records")
+        raise InputError(f"{info.path} holds no records")
     return audit
 
 

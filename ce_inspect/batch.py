@@ -50,7 +50,7 @@ from .result import (
     perplexity,
 )
 from .scoring import ScoreOptions
-from .windows import score_examples
+from .windows import check_stride, score_examples
 
 if TYPE_CHECKING:
     from .files import OutputTarget
@@ -644,6 +644,7 @@ def scan_dataset(
     """
     path, layout, fields = Path(path), layout or Layout(), fields or Fields()
     name = label if label is not None else str(path)
+    check_stride(layout.stride, lm.context_length)  # once, not as an error of every long record
     if info is None:
         info = open_data(path, fields, format=format, split=split)
     if label is not None:

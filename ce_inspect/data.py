@@ -237,16 +237,23 @@ def _parse_messages(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Reco
 def sharegpt_messages(data: Any, source: str = "conversations") -> list[dict[str, Any]]:
     """ShareGPT ``[{"from", "value"}]`` as ``[{"role", "content"}]``: human -> user, gpt -> assistant.
 
-    Messages already in role/content form pass through; ``parse_messages`` validates the result.
+    Messages already in role/content form pass through; ``parse_messages`` validates the result. A ShareGPT
+    message without a ``from`` or a ``value`` string is an InputError naming ShareGPT's field.
     """
     if not isinstance(data, list):
         return data  # parse_messages names the problem
     out: list[Any] = []
-    for message in data:
-        if isinstance(message, dict) and "from" in message and "role" not in message:
-            speaker = message["from"]
-            role = SHAREGPT_ROLES.get(speaker, speaker) if isinstance(speaker, str) else speaker
-            out.append({"role": role, "content": message.get("value")})
+    for i, message in enumerate(data):
+        if isinstance(message, dict) and "role" not in message:
+            speaker, value = message.get("from"), message.get("value")
+            if not isinstance(speaker, str) or not speaker:
+                raise InputError(
+                    f'{source}: message {i} has no "from" string (ShareGPT\'s speaker: human, gpt, system, ...)'
+                )
+            role = SHAREGPT_ROLES.get(speaker, speaker)
+            if not isinstance(value, (str, list)):
+                raise InputError(f'{source}: message {i} ({speaker}) has no "value" string (ShareGPT\'s text)')
+            out.append({"role": role, "content": value})
         else:
             out.append(message)
     return out
@@ -285,6 +292,12 @@ def _parse_tokenized(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Rec
     if "input_ids" not in obj:
         raise InputError("missing field 'input_ids'")
     ids = _int_list(obj, "input_ids")
+    for name in ("labels", *MASK_FIELDS):
+        if name in obj and obj[name] is None:  # absent would train every token: say so, do not guess
+            raise InputError(
+                f"field {name!r} is null; give it as an array, or drop the field (with no labels and no masks every "
+                "token is trained, as TRL does)"
+            )
     attention = None
     if obj.get("attention_mask") is not None:
         attention = _int_list(obj, "attention_mask", bits=True)
@@ -320,14 +333,28 @@ _PARSERS = {
 # --- files -> objects -----------------------------------------------------------------------------------
 
 
+#: Names that say JSON Lines: every line is a record, whatever its first character.
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
 def file_kind(path: str | os.PathLike[str]) -> str:
-    """Which reader a path needs: by what it is (a folder, a Parquet file, a JSON array), else a Hub id."""
+    """Which reader a path needs: by what it is (a folder, a Parquet file, a JSON array), else a Hub id.
+
+    A ``.jsonl`` (or ``.ndjson``) name is JSON Lines; another file is a JSON array when its first character
+    is ``[``. Only a regular file is looked into: a pipe's first bytes would be gone for its reader (such an
+    input is read by name: a ``.json`` name is a JSON array, any other JSON Lines).
+    """
     p = Path(path)
     if p.is_dir():
         return "saved-dataset"
     if p.is_file() or p.suffix:
-        if p.suffix.lower() == ".parquet":
+        suffix = p.suffix.lower()
+        if suffix == ".parquet":
             return "parquet"
+        if suffix in JSONL_SUFFIXES:
+            return "jsonl"
+        if not p.is_file():
+            return "json" if suffix == ".json" else "jsonl"
         return "json" if _first_char(p) == "[" else "jsonl"
     text = str(path)
     if text.count("/") == 1 and not text.startswith((".", "/")):
@@ -383,6 +410,8 @@ def _json_array_objects(path: Path, chunk: int = 1 << 20) -> Iterator[tuple[int,
             raise InputError(f"{path}: not a JSON array")
         reader.pos += 1
         if reader.next_char() == "]":
+            reader.pos += 1
+            _end_of_array(reader, path, 0)
             return
         index = 0
         while True:
@@ -397,10 +426,20 @@ def _json_array_objects(path: Path, chunk: int = 1 << 20) -> Iterator[tuple[int,
             sep = reader.next_char()
             reader.pos += 1
             if sep == "]":
+                _end_of_array(reader, path, index)
                 return
             if sep != ",":
                 yield index + 1, None, "not valid JSON (expected ',' or ']' after the previous element)"
                 return
+
+
+def _end_of_array(reader: _ArrayReader, path: Path, elements: int) -> None:
+    """Refuse text after the array's closing bracket: JSON Lines whose first line is an array, two arrays."""
+    if reader.next_char() != "":
+        raise InputError(
+            f"{path}: more text after the JSON array's closing ']' (it has {elements} elements): a JSON array file "
+            "holds one array. If the file is JSON Lines (one object per line), name it .jsonl"
+        )
 
 
 class _ArrayReader:
@@ -594,8 +633,17 @@ def open_data(
 ) -> DataInfo:
     """The file kind and the format of the data set (from its first valid record), for the one-line notice.
 
-    Reads only until the first record that parses; raises for a file that cannot be opened at all.
+    Reads only until the first record that parses; raises for a file that cannot be opened at all, and for
+    an input that can be read only once (stdin, a pipe, a FIFO: ``files.is_stream``), since every reader of
+    a data set reads it again after this: ``files.spooled_input`` copies such an input to a file first.
     """
+    from .files import is_stream
+
+    if is_stream(path):
+        raise InputError(
+            f"{path}: can be read only once (stdin, a pipe or a FIFO), and a data set is read more than once; "
+            "copy it to a file first (`files.spooled_input` does)"
+        )
     kind = file_kind(path)
     detected = format
     if detected is None:

@@ -805,7 +805,7 @@ class DiffReport:
         return DiffDatasetSummary(
             reference=self.ref,
             candidate=self.cand,
-            input=str(self.scan.path),
+            input=self.scan.name,
             output=output,
             examples=len(self.examples),
             skipped=tuple(self.skipped),

@@ -2,7 +2,9 @@
 
 **Inputs.** ``read_text`` reads a file (or ``-``, stdin) as bytes and decodes them as strict UTF-8:
 the text is the file's, byte for byte (CRLF stays CRLF, a BOM stays), as ``batch`` keeps the text of
-a JSONL line. ``spool_stdin`` copies stdin to a temporary file for readers that need two passes.
+a JSONL line. ``spool_stdin`` copies stdin to a temporary file for readers that need two passes;
+``spooled_input`` does the same for every input that can be read only once (``-``, a FIFO, ``/dev/stdin``,
+a ``<(...)`` pipe given as a path, a device), so that a data set is read from its source exactly once.
 
 **Outputs**, as GNU tools keep them:
 
@@ -102,22 +104,86 @@ class _Encoded:
 
 
 def spool_stdin(label: str) -> Path:
-    """Copy all of stdin to a new temporary file and return its path; the caller removes it."""
-    import shutil
+    """Copy all of stdin to a new temporary file and return its path; the caller removes it.
+
+    The copy has no suffix: what it holds (JSON Lines or a JSON array) is told from its first character.
+    """
+    stream = _stdin(label)
+    if isinstance(stream, _Encoded):
+        import io
+
+        stream = io.BytesIO(stream.read())  # type: ignore[assignment]
+    return _spool(stream, "stdin", "", f"{label} (stdin)")  # type: ignore[arg-type]
+
+
+def is_stream(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` can be read only once: ``-`` (stdin), or something that is neither a regular file nor
+    a folder (a FIFO, a pipe named as ``/dev/stdin`` or ``/dev/fd/N``, a device). A missing path is not."""
+    if str(path) == "-":
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False  # missing or unreadable: whatever reads it names the problem
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+@contextmanager
+def spooled_input(path: str | os.PathLike[str], label: str) -> Iterator[Path]:
+    """``path`` as a file that can be read as often as a reader needs, for the duration of the ``with``.
+
+    A regular file, a folder or a name that is not a file (a Hub id; a missing file, which its reader names)
+    is ``path`` itself. An input that can be read only once (``is_stream``) is read once, to its end, into a
+    temporary file (which keeps the name's suffix: ``data.jsonl`` stays JSON Lines), removed at the end.
+    ``label`` names the input in errors.
+    """
+    if not is_stream(path):
+        yield Path(path)
+        return
+    if str(path) == "-":
+        spool = spool_stdin(label)
+    else:
+        from .errors import read_error
+
+        try:
+            source = open(path, "rb")  # closed below; a FIFO waits here for its writer, as `cat` does
+        except OSError as exc:
+            raise read_error(f"{label} {path}", exc) from None
+        with source:
+            spool = _spool(source, "input", Path(path).suffix, f"{label} {path}")
+    try:
+        yield spool
+    finally:
+        spool.unlink(missing_ok=True)
+
+
+def _spool(stream: IO[bytes], kind: str, suffix: str, name: str) -> Path:
+    """Copy ``stream`` to its end into a new temporary file; its path. ``name`` names the input in errors."""
     import tempfile
 
-    stream = _stdin(label)
-    fd, name = tempfile.mkstemp(prefix="ce-inspect-stdin-", suffix=".jsonl")
+    from .errors import read_error
+
+    try:
+        fd, spool = tempfile.mkstemp(prefix=f"ce-inspect-{kind}-", suffix=suffix)
+    except OSError as exc:
+        raise InputError(f"{name}: cannot copy it to a temporary file ({exc.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            if isinstance(stream, _Encoded):
-                fh.write(stream.read())
-            else:
-                shutil.copyfileobj(stream, fh)
-    except OSError as exc:
-        Path(name).unlink(missing_ok=True)
-        raise InputError(f"{label} (stdin): cannot copy it to a temporary file ({exc.strerror})") from None
-    return Path(name)
+            while True:
+                try:
+                    chunk = stream.read(1 << 20)
+                except OSError as exc:
+                    raise read_error(name, exc) from None
+                if not chunk:
+                    break
+                fh.write(chunk)
+    except OSError as exc:  # writing the copy: a read error is an InputError by now
+        Path(spool).unlink(missing_ok=True)
+        raise InputError(f"{name}: cannot copy it to a temporary file ({exc.strerror})") from None
+    except BaseException:
+        Path(spool).unlink(missing_ok=True)
+        raise
+    return Path(spool)
 
 
 # --- outputs ---------------------------------------------------------------------------------------------
@@ -531,8 +597,10 @@ __all__ = [
     "OURS",
     "read_bytes",
     "read_text",
+    "is_stream",
     "spool_stdin",
     "stream_write_error",
+    "spooled_input",
     "OutputTarget",
     "check_output",
     "is_ours",

@@ -26,16 +26,22 @@ if TYPE_CHECKING:
 WINDOWS_PER_BATCH = 8
 
 
+def check_stride(stride: int | None, window: int | None) -> None:
+    """Refuse a ``stride`` the window (the model's context; None: unknown) cannot take: an error of the
+    option, raised once for a whole data set, before any record is read, not once per long record."""
+    if stride is not None and window is not None and stride >= window:
+        raise InputError(
+            f"`stride` must be smaller than the window of {window} tokens (the model's context), so that every "
+            f"token keeps some left context; got {stride}"
+        )
+
+
 def window_plan(length: int, window: int, stride: int) -> list[tuple[int, int, int]]:
     """(begin, end, first scored position) of each window over ``length`` tokens; positions are 0-based.
 
     The scored spans ``[first, end)`` tile ``[1, length)`` exactly: position 0 has nothing before it.
     """
-    if stride >= window:
-        raise InputError(
-            f"`stride` must be smaller than the window of {window} tokens (the model's context), so that every "
-            f"token keeps some left context; got {stride}"
-        )
+    check_stride(stride, window)
     plan: list[tuple[int, int, int]] = []
     begin, previous_end = 0, 0
     while True:

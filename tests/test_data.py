@@ -109,7 +109,7 @@ def test_sharegpt_system_and_unknown_speakers():
     )
     assert [m["role"] for m in record.messages] == ["system", "user", "assistant", "tool"]
     bad = parse_record(3, {"conversations": [{"from": "human"}]})
-    assert 'message 0 (user) has no "content" string' in bad.error
+    assert 'message 0 (human) has no "value" string (ShareGPT\'s text)' in bad.error  # issue 22: ShareGPT's field
 
 
 def test_tokenized_labels_from_masks_as_trl_builds_them():
@@ -395,5 +395,5 @@ def test_long_text_without_stride_says_how(short_context_dir, tmp_path, capsys):
     data = jsonl(tmp_path / "t.jsonl", [{"text": LONG_TEXT}])
     assert main(["batch", str(data), "-m", str(short_context_dir)]) == 1
     assert "score it in windows with --stride" in capsys.readouterr().err
-    assert main(["batch", str(data), "-m", str(short_context_dir), "--stride", "32"]) == 1
+    assert main(["batch", str(data), "-m", str(short_context_dir), "--stride", "32"]) == 2  # a usage error (issue 22)
     assert "--stride must be smaller than the window of 32 tokens" in capsys.readouterr().err

@@ -21,6 +21,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import PROCESS_TIMEOUT, build_model, byte_tokenizer
@@ -854,6 +855,7 @@ DATA_CASES: list[Case] = [
 _PAIR_LINE = '{"id": "a", "prompt": "Q", "answer": " A"}\n'
 _DIFF_INPUT = ["diff", "--input", "d.jsonl", "--model-b", "{llama}"]  # the model against itself
 _LONG_TEXT = '{"text": "%s"}\n' % ("ab " * 200)  # 403 tokens with BOS and EOS; the tiny models' context is 256
+_ARRAY_THEN_LINES = '["prompt", "answer"]\n{"prompt": "Hi", "answer": " there"}\n'
 COMMAND_CASES: list[Case] = [
     Case("diff-without-candidate", ["diff", "-m", "{llama}", "-p", "a", "-a", "b"], 2, "--model-b"),
     Case("diff-bad-dtype-b", ["diff", "-m", "{llama}", "--dtype-b", "fp8", "-p", "a", "-a", "b"], 2, "--dtype-b"),
@@ -988,6 +990,75 @@ COMMAND_CASES: list[Case] = [
         1,
         "runs only with --trust-remote-code; allow it",
         _model_files("custom", _remote_code),
+    ),
+    # --- issue 22, inputs ---
+    # (5) A .jsonl name is JSON Lines: a first line that is an array is one invalid record, not the whole file.
+    Case(
+        "issue 22 (5): a .jsonl whose first line is an array names that line",
+        ["batch", "{tmp}/h.jsonl", "-m", "{llama}"],
+        1,
+        "h.jsonl line 1: not a JSON object but a JSON array (fix the line, or pass --skip-invalid)",
+        files={"h.jsonl": _ARRAY_THEN_LINES},
+    ),
+    Case(
+        "issue 22 (5): a .json array followed by more lines is an error, also with --skip-invalid",
+        ["batch", "{tmp}/h.json", "-m", "{llama}", "--skip-invalid"],
+        1,
+        "h.json: more text after the JSON array's closing ']' (it has 2 elements)",
+        files={"h.json": _ARRAY_THEN_LINES},
+    ),
+    Case(
+        "issue 22 (5): an unnamed file that starts with an array and goes on is an error",
+        ["audit", "{tmp}/h", "-m", "{llama}", "--no-model", "--skip-invalid"],
+        1,
+        "name it .jsonl",
+        files={"h": _ARRAY_THEN_LINES},
+    ),
+    # Questionable: "labels": null trained every token, silently. It is an invalid record now, naming the fix.
+    Case(
+        "issue 22: labels null",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}"],
+        1,
+        "d.jsonl line 1: field 'labels' is null; give it as an array, or drop the field",
+        files={"d.jsonl": '{"input_ids": [1, 70, 71, 2], "labels": null}\n'},
+    ),
+    Case(
+        "issue 22: completion_mask null",
+        ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--no-model"],
+        1,
+        "d.jsonl line 1: field 'completion_mask' is null",
+        files={"d.jsonl": '{"input_ids": [1, 70, 71, 2], "completion_mask": null}\n'},
+    ),
+    # Questionable: ShareGPT errors said "content" for a missing `value`; they name ShareGPT's fields.
+    Case(
+        "issue 22: ShareGPT message without value",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}"],
+        1,
+        """field 'conversations': message 1 (gpt) has no "value" string (ShareGPT's text)""",
+        files={"d.jsonl": '{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt"}]}\n'},
+    ),
+    Case(
+        "issue 22: ShareGPT message without from",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}"],
+        1,
+        """field 'conversations': message 0 has no "from" string (ShareGPT's speaker""",
+        files={"d.jsonl": '{"conversations": [{"value": "Hi"}, {"from": "gpt", "value": "there"}]}\n'},
+    ),
+    # Questionable: --stride >= the context was a bad line per long record (all skipped with --skip-invalid, exit
+    # 0); it is a usage error of the option, said once when the model's context is known, before the data is read.
+    Case(
+        "issue 22: --stride as long as the context",
+        ["batch", "{tmp}/t.jsonl", "-m", "{llama}", "--stride", "256", "--skip-invalid"],
+        2,
+        "--stride must be smaller than the window of 256 tokens (the model's context)",
+        files={"t.jsonl": ('{"text": "' + "the cat sat on the mat " * 20 + '"}\n') * 3},
+    ),
+    Case(
+        "issue 22: --stride longer than the context, short records",
+        ["batch", "{tmp}/d.jsonl", "-m", "{llama}", "--stride", "999"],
+        2,
+        "--stride must be smaller than the window of 256 tokens",
+        files={"d.jsonl": '{"prompt": "Q", "answer": " A"}\n'},
     ),
 ]
 
@@ -1605,3 +1676,223 @@ def test_truncating_copy_onto_the_weights_mid_batch_is_exit_1_naming_the_file(tm
     assert again.returncode == 0, again.stderr
     lines = out.read_text().splitlines()
     assert len(lines) == 1000 and lines[: len(kept)] == kept
+
+
+# --- issue 22, inputs ---
+
+
+def _cli_process(args: list[str], tmp_path: Path, **popen) -> subprocess.Popen:
+    """``ce-inspect ARGS`` as a real process in ``tmp_path``; its temporary files go to ``tmp_path/tmp``."""
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path / "tmp")}
+    env.update(popen.pop("env", {}))
+    return subprocess.Popen([sys.executable, "-m", "ce_inspect", *args], cwd=tmp_path, env=env, **popen)
+
+
+_FIVE = "".join(json.dumps({"id": k, "prompt": f"Q{k}", "answer": " the cat"}) + "\n" for k in range(5))
+
+
+def _data_command(command: str, path: str, model: Path) -> list[str]:
+    """A command of each kind that takes a data path, writing its per-record lines to o.jsonl."""
+    if command == "batch":
+        return ["batch", path, "-m", str(model), "--no-sequence", "-o", "o.jsonl"]
+    if command == "audit":
+        return ["audit", path, "-m", str(model), "-o", "o.jsonl"]
+    if command == "audit --no-model":
+        return ["audit", path, "-m", str(model), "--no-model", "-o", "o.jsonl"]
+    return ["diff", "-m", str(model), "--model-b", str(model), "--input", path, "-o", "o.jsonl"]
+
+
+def _check_read_once(proc: subprocess.Popen, tmp_path: Path, shown: str) -> None:
+    """The command read all five records from an input that can be read once, named it as given, and left
+    no temporary copy behind."""
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"the command did not end in 240 s (it hangs on its input): {err.decode()[-2000:]}")
+    err_text = err.decode("utf-8", "replace")
+    assert proc.returncode == 0, err_text
+    assert "Traceback" not in err_text and "holds no records" not in err_text, err_text
+    lines = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [line["id"] for line in lines] == [0, 1, 2, 3, 4]
+    assert [line["line"] for line in lines] == [1, 2, 3, 4, 5]
+    assert shown in err_text + out.decode("utf-8", "replace")  # messages name the input as the user gave it
+    assert not any("ce-inspect-" in p.name for p in (tmp_path / "tmp").iterdir())  # the copy is removed
+
+
+_DATA_COMMANDS = ["batch", "audit", "audit --no-model", "diff --input"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", _DATA_COMMANDS)
+def test_issue22_12_a_fifo_is_read_once(command, tmp_path, tiny_llama_dir):
+    """(12) A FIFO as input hung: the format probe consumed its data and the second open waited for a writer
+    that was gone. It is read once, into a temporary file, by every command that takes a data path."""
+    import threading
+
+    fifo = tmp_path / "data.jsonl"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "w", encoding="utf-8") as fh:  # waits for the command to open it
+            fh.write(_FIVE)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    proc = _cli_process(
+        _data_command(command, str(fifo), tiny_llama_dir), tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        _check_read_once(proc, tmp_path, str(fifo))
+    finally:
+        if writer.is_alive():  # the command never opened the FIFO: open it here, so the writer can end
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(timeout=120)
+
+
+def _feed(w: int) -> Any:
+    """A thread writing the five records into the pipe ``w`` (then closing it), as a slow shell would."""
+    import threading
+
+    def feed() -> None:
+        with os.fdopen(w, "w", encoding="utf-8") as fh:
+            fh.write(_FIVE)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    return writer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", _DATA_COMMANDS)
+def test_issue22_13_a_pipe_given_as_a_path_is_read_once(command, tmp_path, tiny_llama_dir):
+    """(13) `batch <(cat r5.jsonl)` said "holds no records" though the pipe carried 5: the probe read them
+    and the second open of /dev/fd/N found the pipe empty. Every command that takes a data path reads it once."""
+    r, w = os.pipe()
+    path = f"/dev/fd/{r}"
+    args = _data_command(command, path, tiny_llama_dir)
+    proc = _cli_process(args, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(r,))
+    os.close(r)
+    writer = _feed(w)
+    _check_read_once(proc, tmp_path, path)
+    writer.join(timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["batch", "audit --no-model"])
+def test_issue22_13_dev_stdin_from_a_pipe_is_read_once(command, tmp_path, tiny_llama_dir):
+    """(13) `cat r5.jsonl | ce-inspect batch /dev/stdin` said "holds no records"."""
+    r, w = os.pipe()
+    args = _data_command(command, "/dev/stdin", tiny_llama_dir)
+    proc = _cli_process(args, tmp_path, stdin=r, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(r)
+    writer = _feed(w)
+    _check_read_once(proc, tmp_path, "/dev/stdin")
+    writer.join(timeout=120)
+
+
+def test_issue22_12_the_library_refuses_a_fifo_without_reading_it(tmp_path):
+    """``open_data`` (called by every reader of a whole data set) refuses what can be read only once, at
+    once and without opening it (a FIFO with no writer would block); ``read_records`` reads it in one pass."""
+    import threading
+
+    from ce_inspect.data import open_data, read_records
+    from ce_inspect.errors import InputError
+
+    fifo = tmp_path / "data.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="can be read only once"):
+        open_data(fifo)
+
+    def feed() -> None:
+        with open(fifo, "w", encoding="utf-8") as fh:
+            fh.write(_FIVE)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    assert [r.id for r in read_records(fifo)] == [0, 1, 2, 3, 4]  # nothing probed away
+    writer.join(timeout=120)
+
+
+def test_issue22_5_a_jsonl_whose_first_line_is_an_array_scores_the_other_lines(tmp_path, tiny_llama_dir, capsys):
+    """(5) The whole file was read as one JSON array and every later line ignored: nothing scored, exit 0."""
+    data = tmp_path / "h.jsonl"
+    data.write_text(_ARRAY_THEN_LINES, encoding="utf-8")
+    out, summary = tmp_path / "o.jsonl", tmp_path / "s.json"
+    args = ["batch", str(data), "-m", str(tiny_llama_dir), "--skip-invalid", "-o", str(out)]
+    assert main([*args, "--summary-json", str(summary)]) == 0
+    assert "(JSONL)" in capsys.readouterr().err
+    (line,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert line["line"] == 2 and line["summary"]["count"] > 0
+    skipped = json.loads(summary.read_text())["skipped"]
+    assert skipped == [{"line": 1, "id": None, "reason": "not a JSON object but a JSON array"}]
+
+
+def _pipe_full(r: int, capacity: int, proc: subprocess.Popen) -> None:
+    """Wait until the pipe holds ``capacity`` bytes (the writer met a full pipe) or the writer ended."""
+    import fcntl
+    import struct
+    import termios
+    import time
+
+    deadline = time.monotonic() + 240
+    while proc.poll() is None:
+        pending = struct.unpack("i", fcntl.ioctl(r, termios.FIONREAD, b"\0\0\0\0"))[0]
+        if pending >= capacity:
+            return
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the pipe held {pending} of {capacity} bytes after 240 s and the command still ran")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("unbuffered", [True, False], ids=["PYTHONUNBUFFERED=1", "buffered"])
+@pytest.mark.parametrize("command", ["run --json", "batch lines"])
+def test_issue22_6_a_nonblocking_stdout_pipe_gets_every_byte(command, unbuffered, tmp_path, tiny_llama_dir):
+    """(6) Into a non-blocking pipe whose reader is slow, `--json` ended with exit 0 after 65,536 bytes of a
+    longer document (unbuffered) or a BlockingIOError traceback; every write now completes. The reader reads
+    nothing until the pipe is full (4 KiB here), so every run meets a full pipe; the pipe's flag is restored."""
+    import fcntl
+    import select
+    import time
+
+    if command == "run --json":
+        args = ["run", "-m", str(tiny_llama_dir), "-p", "x", "-a", "the cat sat on the mat " * 10, "--json"]
+    else:
+        (tmp_path / "d.jsonl").write_text(_FIVE * 3, encoding="utf-8")
+        args = ["batch", "d.jsonl", "-m", str(tiny_llama_dir)]
+    r, w = os.pipe()
+    capacity = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(w, False)
+    env = {"PYTHONUNBUFFERED": "1"} if unbuffered else {}
+    with open(tmp_path / "stderr", "wb") as err:
+        proc = _cli_process(args, tmp_path, stdout=w, stderr=err, env=env)
+    try:
+        _pipe_full(r, capacity, proc)  # the slow reader: nothing read until the writer has to wait
+        chunks, deadline = [], time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if select.select([r], [], [], 0.5)[0]:
+                chunks.append(os.read(r, 1 << 16))
+            elif proc.poll() is not None:
+                break  # ended, and everything it wrote is read (this test holds the write end: no EOF)
+        else:
+            proc.kill()
+            pytest.fail("the command did not end in 240 s")
+        assert not os.get_blocking(w)  # the caller's pipe is left as it was found
+    finally:
+        os.close(w)
+        os.close(r)
+        proc.wait(timeout=120)
+    stderr = (tmp_path / "stderr").read_text("utf-8", "replace")
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    data = b"".join(chunks)
+    assert len(data) > capacity
+    if command == "run --json":
+        doc = json.loads(data)  # the whole document: a cut one does not parse
+        assert doc["summary"]["count"] == len(doc["tokens"]) > 100
+    else:
+        lines = [json.loads(line) for line in data.decode().splitlines()]
+        assert [line["line"] for line in lines] == list(range(1, 16))

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .app import app
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: every known error is one line on stderr and a non-zero exit (see cli/errors.py)."""
-    from ..distributed import current_session, detect_launch
-    from ..errors import CeInspectError
-    from .errors import cli_message, debug, report
     from .reports import remember_argv
 
     remember_argv(sys.argv[1:] if argv is None else argv)
+    with blocking_stdout():  # every write to stdout complete, even where the reader made the pipe non-blocking
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    from ..distributed import current_session, detect_launch
+    from ..errors import CeInspectError
+    from .errors import cli_message, debug, report
+
     try:  # torchrun / accelerate launch: this process is one rank of several
         launch = detect_launch()
     except CeInspectError as exc:
@@ -43,6 +51,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {reported.message}", file=sys.stderr)
         return reported.exit_code
     return result if isinstance(result, int) else 0
+
+
+@contextmanager
+def blocking_stdout() -> Iterator[None]:
+    """stdout's descriptor in blocking mode while a command runs, as it was found afterwards.
+
+    A reader that set its pipe non-blocking (O_NONBLOCK belongs to the open pipe, which the child shares)
+    would make a write into a full pipe fail with EAGAIN: a traceback, or, unbuffered (``PYTHONUNBUFFERED``),
+    a silently shortened document. In blocking mode every write waits for the reader and completes. The
+    flag is restored after a last flush, so that the caller finds its pipe as it left it.
+    """
+    try:
+        fd = sys.stdout.fileno()
+        nonblocking = not os.get_blocking(fd)
+    except (AttributeError, OSError, ValueError):  # no stdout, or a stand-in without a descriptor (tests)
+        nonblocking = False
+    if not nonblocking:
+        yield
+        return
+    os.set_blocking(fd, True)
+    try:
+        yield
+    finally:
+        try:
+            sys.stdout.flush()  # what is still buffered goes out while writes wait
+        except (OSError, ValueError):
+            pass  # kept in the buffer: the final flush (``entry``) fails again and sets the exit status
+        try:
+            os.set_blocking(fd, False)
+        except OSError:
+            pass
 
 
 #: Exit status when stdout's reader goes away before everything was written: 128 + SIGPIPE, the shell's

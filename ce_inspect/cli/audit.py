@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -145,22 +146,27 @@ def audit(
     from rich.console import Console
 
     from ..data import open_data
+    from ..files import spooled_input
+    from .batch import input_name
     from .errors import cli_message
 
     err = Console(stderr=True)
-    info = open_data(data, fields, format=format, split=split)  # before anything loads: a bad input fails fast
-    err.print(cli_message(info.describe()), markup=False, soft_wrap=True, highlight=False)
-    # How to read and check the data: the same for the checks and (with a model) the forward pass's scan.
-    read = {"layout": layout, "fields": fields, "format": format, "split": split, "info": info}
-    checking = {**read, "max_length": max_length, "skip_invalid": skip_invalid, "examples": examples}
-    if no_model:
-        with _Output(output) as sink:
-            report = _audit_without_model(common, tokenizer, data, checking, sink, gate)
-    else:
-        with _locked(output, session, resume=resume, force=force):
-            report = _audit_with_model(common, data, read, checking, output, gate, settings, err, session, resume)
-        if report is None:
-            return  # torchrun, not rank 0: rank 0 merges and reports
+    # stdin, a FIFO or a pipe given as a path is read once, into a temporary file: the audit reads it twice.
+    with spooled_input(data, "the data") as source:
+        info = open_data(source, fields, format=format, split=split)  # before anything loads: fails fast
+        info = replace(info, path=input_name(data))  # messages name the data as the user gave it
+        err.print(cli_message(info.describe()), markup=False, soft_wrap=True, highlight=False)
+        # How to read and check the data: the same for the checks and (with a model) the forward pass's scan.
+        read = {"layout": layout, "fields": fields, "format": format, "split": split, "info": info}
+        checking = {**read, "max_length": max_length, "skip_invalid": skip_invalid, "examples": examples}
+        if no_model:
+            with _Output(output) as sink:
+                report = _audit_without_model(common, tokenizer, source, checking, sink, gate)
+        else:
+            with _locked(output, session, resume=resume, force=force):
+                report = _audit_with_model(common, source, read, checking, output, gate, settings, err, session, resume)
+            if report is None:
+                return  # torchrun, not rank 0: rank 0 merges and reports
     report = _with_output(report, output)
 
     from .render_audit import render_audit
@@ -221,7 +227,7 @@ def _audit_without_model(
     )
     lm = tokenizer_only(tok, name)
     audit = check_dataset(lm, data, sink=sink, **checking)
-    return audit.finish(input=str(data), model=None, tokenizer=name, fail_on=gate)
+    return audit.finish(input=checking["info"].path, model=None, tokenizer=name, fail_on=gate)
 
 
 def _check_usage(data: Path, output: Path | None, *, no_model: bool, resume: bool, force: bool, json_out: bool) -> Any:
@@ -303,7 +309,9 @@ def _audit_with_model(
     def encoder(record: Any) -> Any:  # this command has no --stride: a too-long text's reason names none
         return encode_whole(lm, record, read["layout"], "audit")
 
-    scan = scan_dataset(lm, data, options=options, skip_invalid=True, resume=state, encoder=encoder, **read)
+    scan = scan_dataset(
+        lm, data, options=options, skip_invalid=True, resume=state, encoder=encoder, label=read["info"].path, **read
+    )
     runner = {
         "emit": line_emitter(audit, audit_line_settings(lm, scan, options, audit.max_length)),
         "make_report": lambda scan: AuditLosses(lm, scan, audit, options, settings),
@@ -342,7 +350,8 @@ def _audit_with_model(
         "resumed": summary.resumed,
     }
     scored = score_shown(lm, scan, audit, options)
-    return audit.finish(input=str(data), model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss, scored=scored)
+    name = read["info"].path  # the data as the user gave it (``data`` may be stdin's or a pipe's copy)
+    return audit.finish(input=name, model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss, scored=scored)
 
 
 def _resume_state(err: Any, output: Path | None, session: Any, resume: bool) -> tuple[Any, Any]:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -248,6 +247,7 @@ def _checked_and_scored(
         source = stack.enter_context(_input_file(input))
         info = _open_input(err, source, input, fields, format=format, split=split)
         lm = common.load(quiet=True)
+        _check_stride(layout, lm)
         _top_k_note(err, lm, options)
         scan = _scan(lm, layout, options, source, input, fields, info, skip_invalid=skip_invalid, state=state)
         lines = _report_lines(reports, worst, output, state if sharded is None else None)
@@ -273,10 +273,21 @@ def _open_input(
 
     info = open_data(source, fields, format=format, split=split)
     described = info.describe()
-    if str(input) == "-":
-        described = described.replace(str(source), STDIN, 1)
+    if source != input:  # stdin or a pipe, read once into a temporary file: name what the user gave
+        described = described.replace(str(source), input_name(input), 1)
     err.print(cli_message(described), markup=False, soft_wrap=True, highlight=False)
     return info
+
+
+def _check_stride(layout: Layout, lm: LoadedModel) -> None:
+    """--stride against the model's context, known once the model is loaded: a usage error, before the scan."""
+    from ..errors import InputError
+    from ..windows import check_stride
+
+    try:
+        check_stride(layout.stride, lm.context_length)
+    except InputError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _top_k_note(err: Any, lm: LoadedModel, options: ScoreOptions) -> None:
@@ -331,19 +342,17 @@ def _read_resume(
     return state
 
 
-@contextmanager
-def _input_file(input: Path) -> Iterator[Path]:
-    """The JSONL file to read; '-' is stdin, copied to a temporary file since a batch reads its input twice."""
-    if str(input) != "-":
-        yield input
-        return
-    from ..files import spool_stdin
+def input_name(input: Path) -> str:
+    """How messages and the summary name a data set: its path as given, or ``<stdin>`` for '-'."""
+    return STDIN if str(input) == "-" else str(input)
 
-    spool = spool_stdin("the input")
-    try:
-        yield spool
-    finally:
-        spool.unlink(missing_ok=True)
+
+def _input_file(input: Path) -> AbstractContextManager[Path]:
+    """The data set to read: the file itself, or, for what can be read only once ('-' for stdin, a FIFO, a
+    pipe given as a path), a temporary copy, since a batch reads its input twice (``files.spooled_input``)."""
+    from ..files import spooled_input
+
+    return spooled_input(input, "the input")
 
 
 def _scan(
@@ -369,7 +378,7 @@ def _scan(
         skip_invalid=skip_invalid,
         resume=state,
         info=info,
-        label=STDIN if str(input) == "-" else None,
+        label=None if source == input else input_name(input),
     )
 
 
@@ -474,8 +483,12 @@ def _check_sharded_usage(world: int, input: Path, output: Path | None) -> None:
         raise typer.BadParameter(
             f"the {world} ranks of a torchrun run cannot share stdout; give --output", param_hint="--output"
         )
-    if str(input) == "-":
-        raise typer.BadParameter("under torchrun every rank reads the input itself; give a file, not stdin")
+    from ..files import is_stream
+
+    if is_stream(input):
+        raise typer.BadParameter(
+            "under torchrun every rank reads the input itself; give a regular file, not stdin or a pipe"
+        )
     if writes_through(output):
         raise typer.BadParameter(
             "under torchrun the ranks' parts are merged into a regular file; give one", param_hint="--output"

@@ -272,7 +272,7 @@ def diff_dataset(
     (None on a torchrun rank other than 0, which only scores its share). ``resume`` keeps the complete
     lines of ``output`` (and, under torchrun, of every rank's part file) and compares only the rest."""
     from ..distributed import current_session
-    from .batch import _check_sharded_usage, check_outputs
+    from .batch import _check_sharded_usage, check_outputs, input_name
 
     session = current_session()  # torchrun: this process compares one share (ranks.score_sharded)
     if session is not None:
@@ -287,16 +287,43 @@ def diff_dataset(
             from ..files import output_lock
 
             stack.enter_context(output_lock(output, label="`output`"))
+        from ..files import spooled_input
+
+        # stdin, a FIFO or a pipe given as a path is read once, into a temporary file: the scan reads it twice.
+        source = stack.enter_context(spooled_input(input, "--input"))
         summary = _diff_dataset_locked(
-            common, candidate, input, output, summary_json, settings, skip_invalid, force, session, resume, reports
+            common,
+            candidate,
+            source,
+            output,
+            summary_json,
+            settings,
+            skip_invalid,
+            force,
+            session,
+            resume,
+            reports,
+            label=input_name(input),
         )
     return summary
 
 
 def _diff_dataset_locked(
-    common, candidate, input, output, summary_json, settings, skip_invalid, force, session, resume, reports=None
+    common,
+    candidate,
+    input,
+    output,
+    summary_json,
+    settings,
+    skip_invalid,
+    force,
+    session,
+    resume,
+    reports=None,
+    label=None,
 ):
-    """``diff_dataset`` once its outputs are checked and ``--output`` is locked."""
+    """``diff_dataset`` once its outputs are checked and ``--output`` is locked; ``label`` names ``input`` in
+    messages and the summary when it is a stand-in (stdin's or a pipe's copy)."""
     from ..batch import scan_dataset
     from .batch import _read_resume
 
@@ -333,6 +360,7 @@ def _diff_dataset_locked(
         skip_invalid=skip_invalid,
         encoder=record_encoder(ref_lm, cand_lm, layout),
         resume=state,
+        label=label,
     )
 
     def score(examples):
