@@ -15,7 +15,7 @@ from ce_inspect.cli import main
 from ce_inspect.diff import diff, diff_messages
 from ce_inspect.encoding import encode
 from ce_inspect.errors import InputError, NonFiniteError
-from tests.conftest import build_model
+from tests.conftest import batch_tolerance, build_model
 
 PROMPT = "Where is the capital of China? "
 ANSWER = " The capital is Beijing, in the north; the answer is there."
@@ -494,3 +494,65 @@ def test_dataset_output_is_locked_against_a_second_writer(pair_dirs, tmp_path, c
     assert code == 1 and out == "" and "another ce-inspect run" in err, err
     assert not out_file.exists()
     assert cli(["diff", "-m", a, "--model-b", b, "--input", str(data), "-o", str(out_file)], capsys)[0] == 0
+
+
+# --- issue 22: diff --input scores the targets batch scores, on every record form ---------------------------
+
+_CHAT = [{"role": "user", "content": "Yo"}, {"role": "assistant", "content": "Hey there."}]
+#: One record of every form ``data.FORMATS`` reads (and every source of tokenized labels); ids 5..40 are
+#: in the tiny models' vocabulary. The first tokenized record's labels differ from its input ids where it
+#: trains: ``batch`` scores the label there, and so must ``diff`` (its copy used to score the input id).
+EVERY_FORM = [
+    ("tokenized labels", {"input_ids": [1, 20, 21, 22, 23, 24, 25], "labels": [-100, -100, -100, 30, 31, 32, 33]}),
+    ("tokenized labels equal", {"input_ids": [1, 20, 21, 22, 23], "labels": [-100, -100, 21, 22, 23]}),
+    ("tokenized completion_mask", {"input_ids": [1, 9, 10, 11, 12], "completion_mask": [0, 0, 1, 1, 1]}),
+    ("tokenized assistant_masks", {"input_ids": [1, 9, 10, 11, 12], "assistant_masks": [0, 1, 1, 0, 1]}),
+    ("tokenized input_ids only", {"input_ids": [1, 7, 8, 9, 10]}),
+    ("conversations", {"conversations": [{"from": "human", "value": "Yo"}, {"from": "gpt", "value": "Hey there."}]}),
+    ("messages", {"messages": _CHAT}),
+    ("prompt-completion", {"prompt": "Where is it?", "completion": " In the north."}),
+    ("prompt-completion conversational", {"prompt": _CHAT[:1], "completion": _CHAT[1:]}),
+    ("prompt-answer", {"prompt": "Hi", "answer": " the answer is a longer one."}),
+    ("text", {"text": "the cat sat on the mat"}),
+]
+
+
+def test_every_form_in_the_table_is_a_format_the_reader_knows():
+    from ce_inspect.data import FORMATS, Fields, parse_record
+
+    seen = {parse_record(1, record, Fields()).format for _, record in EVERY_FORM}
+    assert seen == set(FORMATS)  # a new format must get a row above
+
+
+@pytest.mark.parametrize("tokenization", ["separate", "trl"])
+def test_dataset_scores_the_targets_batch_scores_on_every_record_form(
+    pair_dirs, ref_lm, tmp_path, tokenization, capsys
+):
+    """Issue 22: on every record form, `diff --input` scores the same (position, target id) pairs as `batch`
+    with the same model and options, and its reference losses are batch's losses (within the float32 bound:
+    the two commands may batch the records differently)."""
+    data = tmp_path / "every-form.jsonl"
+    data.write_text("".join(json.dumps({"id": name, **record}) + "\n" for name, record in EVERY_FORM))
+    a, b = map(str, pair_dirs)
+    common = ["-m", a, "--device", "cpu", "--tokenization", tokenization, "-b", "4"]
+    code, _, err = cli(["batch", str(data), *common, "-o", str(tmp_path / "batch.jsonl")], capsys)
+    assert code == 0, err
+    code, _, err = cli(
+        ["diff", "--input", str(data), *common, "--model-b", b, "-o", str(tmp_path / "diff.jsonl")], capsys
+    )
+    assert code == 0, err
+    batched = [json.loads(line) for line in (tmp_path / "batch.jsonl").read_text().splitlines()]
+    diffed = [json.loads(line) for line in (tmp_path / "diff.jsonl").read_text().splitlines()]
+    assert [line["id"] for line in batched] == [line["id"] for line in diffed] == [name for name, _ in EVERY_FORM]
+    from ce_inspect.data import Fields, encode_record, parse_record
+
+    layout = Layout(tokenization=tokenization)
+    encoded = [encode_record(ref_lm, parse_record(1, record, Fields()), layout) for _, record in EVERY_FORM]
+    bound = batch_tolerance(ref_lm, encoded)
+    for mine, theirs in zip(batched, diffed):
+        targets = [(t["index"], t["token_id"]) for t in mine["tokens"]]
+        assert targets and targets == [(t["index"], t["token_id"]) for t in theirs["tokens"]], mine["id"]
+        losses = [t["ref"]["loss"] for t in theirs["tokens"]]
+        assert losses == pytest.approx([t["loss"] for t in mine["tokens"]], abs=bound), mine["id"]
+    first = batched[0]["tokens"]  # the trained labels, not the input ids at those positions
+    assert [(t["index"], t["token_id"]) for t in first] == [(3, 30), (4, 31), (5, 32), (6, 33)]
