@@ -575,6 +575,23 @@ def test_with_model_unscored_record_is_a_finding_not_an_error(tiny_llama_dir, tm
     assert doc["loss"]["examples"] == 3
 
 
+def test_with_model_a_text_longer_than_the_context_is_not_scored_with_audits_own_reason(
+    tiny_llama_dir, tmp_path, capsys
+):
+    """Issue 22 (14): a record longer than the model's context is listed as not scored; its reason said "score
+    it in windows with --stride", an option audit does not have. It names what audit does instead."""
+    rows = [{"id": "ok", "prompt": "Q", "answer": " A"}, {"id": "long", "text": "ab " * 200}]  # 403 tokens > 256
+    data = _write(tmp_path / "d.jsonl", rows)
+    code, out, err = _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--json", "--fail-on", "no-trained-tokens")
+    assert code == 0, err
+    (unscored,) = json.loads(out)["loss"]["unscored"]
+    assert (unscored["line"], unscored["id"]) == (2, "long")
+    assert unscored["reason"] == (
+        "the text is 403 tokens but the model's context is 256; audit scores whole examples only, not windows"
+    )
+    assert "--stride" not in out + err
+
+
 # --- the committed samples, with SmolLM2's own tokenizer and chat template ---------------------------------
 
 
