@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -36,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # measure this checkout, not an installed copy
+
+from machine import describe as machine  # noqa: E402
 
 from ce_inspect import scoring  # noqa: E402
 from ce_inspect.batch import (  # noqa: E402
@@ -165,22 +166,6 @@ def overhead(lm, scan, data: Path, out: Path) -> dict[str, float]:
         "write JSON line": write / n,
         "whole run_scan": total / n,
     }
-
-
-def machine() -> str:
-    import torch
-
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    threads = torch.get_num_threads()
-    python = platform.python_version()
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads), Python {python}"
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -25,19 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's ce_inspect
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' tiny models and records
 
+from machine import cpu_name  # noqa: E402
+
 from ce_inspect import Layout, encode, load, score_encoded  # noqa: E402
 from ce_inspect.numerics import logit_scale, loss_tolerance  # noqa: E402
 from ce_inspect.scoring import score_batch  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def measure(name: str, lm, rows) -> None:

@@ -24,8 +24,6 @@ import gc
 import json
 import math
 import os
-import platform
-import random
 import subprocess
 import sys
 import time
@@ -33,28 +31,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # measure this checkout, not an installed copy
+sys.path.insert(0, str(ROOT / "tests"))  # the synthetic batch the test of the one pass uses
+
+from conftest import synthetic_batch  # noqa: E402
+from machine import describe as machine  # noqa: E402
 
 from ce_inspect import ScoreOptions, load  # noqa: E402
-from ce_inspect.encoding import Encoded  # noqa: E402
 from ce_inspect.scoring import _results  # noqa: E402
-
-
-def synthetic_batch(n_scored: int, vocab: int, top_k: int) -> tuple[Encoded, dict[str, list]]:
-    """One example of ``n_scored`` scored tokens and made-up figures for them, as ``_figures`` returns them."""
-    rng = random.Random(0)
-    ids = tuple(rng.randrange(vocab) for _ in range(n_scored + 1))
-    example = Encoded(input_ids=ids, labels=(-100, *ids[1:]), segments=("prompt",) + ("answer",) * n_scored)
-    logprob = [-rng.random() * 5 for _ in range(n_scored)]
-    top_ids = [[rng.randrange(vocab) for _ in range(max(top_k, 1))] for _ in range(n_scored)]
-    figures = {
-        "logprob": logprob,
-        "loss": [-lp for lp in logprob],
-        "rank": [rng.randrange(1, vocab) for _ in range(n_scored)],
-        "top_logp": [sorted((-rng.random() for _ in row), reverse=True) for row in top_ids],
-        "top_ids": top_ids,
-        "target": list(ids[1:]),
-    }
-    return example, figures
 
 
 def cpu_seconds(lm, n_scored: int, top_k: int, repeats: int) -> list[float]:
@@ -75,20 +58,6 @@ def cpu_seconds(lm, n_scored: int, top_k: int, repeats: int) -> list[float]:
     finally:
         gc.enable()
     return times
-
-
-def machine() -> str:
-    import torch
-
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def main() -> None:

@@ -282,3 +282,26 @@ def batch_tolerance(lm, examples) -> float:
     from ce_inspect.numerics import logit_scale, loss_tolerance
 
     return loss_tolerance(lm.model.config, logit_scale(lm, examples), max(len(e) for e in examples))
+
+
+def synthetic_batch(n_scored: int, vocab: int, top_k: int):
+    """One example of ``n_scored`` scored tokens and made-up figures for them, as ``scoring._figures`` returns
+    them (the test of the one pass and ``bench/result_building.py`` share it)."""
+    import random
+
+    from ce_inspect.encoding import Encoded
+
+    rng = random.Random(0)
+    ids = tuple(rng.randrange(vocab) for _ in range(n_scored + 1))
+    example = Encoded(input_ids=ids, labels=(-100, *ids[1:]), segments=("prompt",) + ("answer",) * n_scored)
+    logprob = [-rng.random() * 5 for _ in range(n_scored)]
+    top_ids = [[rng.randrange(vocab) for _ in range(max(top_k, 1))] for _ in range(n_scored)]
+    figures = {
+        "logprob": logprob,
+        "loss": [-lp for lp in logprob],
+        "rank": [rng.randrange(1, vocab) for _ in range(n_scored)],
+        "top_logp": [sorted((-rng.random() for _ in row), reverse=True) for row in top_ids],
+        "top_ids": top_ids,
+        "target": list(ids[1:]),
+    }
+    return example, figures

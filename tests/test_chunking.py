@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import build_model
+from conftest import build_model, synthetic_batch
 
 from ce_inspect import Layout, ScoreOptions, encode, load, score_batch, score_encoded
 from ce_inspect.scoring import DEFAULT_CHUNK_BYTES
@@ -332,28 +332,6 @@ def test_cuda_equals_cpu(tiny_llama_dir, tiny_llama):
 
 
 # --- result building ------------------------------------------------------------------------------------
-
-
-def synthetic_batch(n_scored: int, vocab: int, top_k: int):
-    """One example of ``n_scored`` scored tokens and made-up figures for them, as ``_figures`` returns them."""
-    import random
-
-    from ce_inspect.encoding import Encoded
-
-    rng = random.Random(0)
-    ids = tuple(rng.randrange(vocab) for _ in range(n_scored + 1))
-    example = Encoded(input_ids=ids, labels=(-100, *ids[1:]), segments=("prompt",) + ("answer",) * n_scored)
-    logprob = [-rng.random() * 5 for _ in range(n_scored)]
-    top_ids = [[rng.randrange(vocab) for _ in range(max(top_k, 1))] for _ in range(n_scored)]
-    figures = {
-        "logprob": logprob,
-        "loss": [-lp for lp in logprob],
-        "rank": [rng.randrange(1, vocab) for _ in range(n_scored)],
-        "top_logp": [sorted((-rng.random() for _ in row), reverse=True) for row in top_ids],
-        "top_ids": top_ids,
-        "target": list(ids[1:]),
-    }
-    return example, figures
 
 
 class CountingList(list):
