@@ -384,7 +384,8 @@ def test_an_infinite_kl_is_an_error_not_a_number(ref_lm):
     cand_logits[:, 7] = -math.inf
 
     def side(logits):
-        return _Side(ref_lm, [example], logits, lambda x: x, 4, vocab, [None])
+        targets = [example.labels[p] for p in example.scored_positions]
+        return _Side(ref_lm, [example], targets, logits, lambda x: x, 4, vocab, [None])
 
     with pytest.raises(
         NonFiniteError,

@@ -704,7 +704,8 @@ DATA_CASES: list[Case] = [
         "ShareGPT message without a value",
         ["batch", "{tmp}/d.jsonl", "-m", "{llama}"],
         1,
-        'message 1 (assistant) has no "content" string',
+        # Issue 22: it said "content", a field ShareGPT does not have; it names ShareGPT's own fields.
+        'message 1 (gpt) has no "value" string (ShareGPT\'s text)',
         files={"d.jsonl": '{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt"}]}\n'},
     ),
     Case(
