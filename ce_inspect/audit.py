@@ -22,6 +22,7 @@ it). A pre-tokenized record is compared with it when its tokens are those of its
 from __future__ import annotations
 
 import heapq
+import json
 import math
 import os
 import statistics
@@ -51,6 +52,7 @@ from .result import (
     AuditRecordRefDict,
     AuditTokenDict,
     as_read_back,
+    dumps,
 )
 from .scoring import ScoreOptions
 
@@ -969,6 +971,27 @@ class Audit:
         note = f"median {median:.4f}, MAD {mad:.4f} over {over}: outliers above {threshold:.4f} nats"
         return flagged, note, stats
 
+    def outlier_findings(self) -> dict[int, Finding]:
+        """The loss-outlier finding of every record the rule flags, by input line: what its per-record line
+        carries once the losses of the whole data set are known (``mark_outliers``)."""
+        if not self._losses:
+            return {}
+        records, _, stats = self._loss_outliers()
+        out: dict[int, Finding] = {}
+        for ref in records:
+            mean = self._losses[ref.line][0]
+            if not math.isfinite(mean):
+                out[ref.line] = Finding("loss-outlier", (), f"its mean loss is {mean}: not a finite number")
+            elif stats is not None:
+                out[ref.line] = Finding(
+                    "loss-outlier",
+                    (),
+                    f"mean loss {mean:.4f} nats, above the outlier threshold {stats['threshold']:.4f} "
+                    f"(median {stats['median']:.4f}, MAD {stats['mad']:.4f})",
+                    {"mean": mean, "threshold": stats["threshold"]},
+                )
+        return out
+
     def finish(
         self,
         *,
@@ -1089,6 +1112,69 @@ def record_line(
     if settings is not None:
         d["settings"] = settings
     return d
+
+
+def with_outlier(line: dict[str, Any], finding: Finding | None) -> dict[str, Any]:
+    """A per-record line with its loss-outlier finding as the whole data set's losses give it: any earlier one
+    (a resumed or merged file's) dropped, ``finding`` (None: not an outlier) added last."""
+    findings = [f for f in line["findings"] if f.get("check") != "loss-outlier"]
+    failed = [name for name in line["failed"] if name != "loss-outlier"]
+    if finding is not None:
+        findings.append(finding.to_dict())
+        failed.append("loss-outlier")
+    return {**line, "failed": failed, "findings": findings}
+
+
+#: The loss-outlier check's note when the per-record lines went to a stream and could not be marked.
+STREAMED_NOTE = (
+    "the per-record lines went to a stream (not a regular file) as the records were scored, before the loss "
+    "statistics existed: they do not carry loss-outlier; the report's records are the outliers"
+)
+
+
+def mark_outliers(path: str | os.PathLike[str], audit: Audit, *, label: str = "`output`") -> int:
+    """Carry loss-outlier into the per-record lines of the regular file ``path`` (written by the forward pass,
+    which could not know the outliers yet): the file is rewritten atomically (``files.atomic_stream``; on an
+    error it stays as it was), a changed line re-serialized, every other line kept byte for byte. The caller
+    holds ``path``'s lock. Returns how many lines carry loss-outlier."""
+    from .files import atomic_stream
+
+    flagged = audit.outlier_findings()
+    marked = 0
+    try:
+        source = open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"{label} {path}: cannot read it back ({exc.strerror})") from None
+    with source, atomic_stream(path, label=label) as out:
+        for raw in source:
+            obj = json.loads(raw)
+            if obj.get("kind") == "audit_record":
+                finding = flagged.get(obj["line"])
+                marked += finding is not None
+                new = with_outlier(obj, finding)
+                if new != obj:
+                    raw = (dumps(new) + "\n").encode("utf-8")
+            view = memoryview(raw)
+            while view:
+                view = view[out.write(view) or 0 :]
+    return marked
+
+
+def outliers_in_lines(report: AuditReport, audit: Audit, path: str | os.PathLike[str]) -> tuple[AuditReport, bool]:
+    """After the forward pass into ``path``: a regular file's lines get their loss-outlier findings
+    (``mark_outliers``); a stream's are gone by now, so when there are outliers the loss-outlier check's note
+    says the lines lack them. Returns (the report, whether that note was added)."""
+    from .files import writes_through
+
+    if not writes_through(path):
+        mark_outliers(path, audit)
+        return report, False
+    check = report.check("loss-outlier")
+    if not check.failed:
+        return report, False
+    note = f"{check.note}; {STREAMED_NOTE}" if check.note else STREAMED_NOTE
+    checks = tuple(replace(c, note=note) if c.name == "loss-outlier" else c for c in report.checks)
+    return replace(report, checks=checks), True
 
 
 # --- reading a data set ----------------------------------------------------------------------------------
@@ -1289,7 +1375,7 @@ def audit_line_stats(obj: Any, worst: int) -> tuple[Any, list[Any]]:
     if not isinstance(loss, dict):
         raise ValueError("it holds no loss: an audit without a model wrote it")
     if not loss["scored"]:  # a line that records no score
-        return ExampleStats(line, obj["id"], 0, 0.0, math.nan, 0.0, 0, 0, "", payload=obj["findings"]), []
+        return ExampleStats(line, obj["id"], 0, 0.0, math.nan, 0.0, 0, 0, "", payload=_checked_findings(obj)), []
     if not (isinstance(loss["count"], int) and loss["count"] > 0):
         raise ValueError("a scored record with no scored token")
     stats = ExampleStats(
@@ -1302,9 +1388,15 @@ def audit_line_stats(obj: Any, worst: int) -> tuple[Any, list[Any]]:
         greedy_hits=0,
         sequence_tokens=loss["sequence_tokens"],
         fingerprint=loss["targets"],
-        payload=obj["findings"],
+        payload=_checked_findings(obj),
     )
     return stats, []
+
+
+def _checked_findings(line: dict[str, Any]) -> list[Any]:
+    """A line's findings that the checks give again on resume: loss-outlier depends on every record's loss,
+    not on this record alone, and is marked again when the run ends (``mark_outliers``)."""
+    return [f for f in line["findings"] if f.get("check") != "loss-outlier"]
 
 
 class AuditLosses(BatchReport):
@@ -1399,6 +1491,8 @@ __all__ = [
     "check_dataset",
     "example_from_record",
     "parse_checks",
+    "mark_outliers",
+    "outliers_in_lines",
     "read_audit_records",
     "record_line",
     "score_dataset",

@@ -744,7 +744,9 @@ class _AuditFindingDictRequired(TypedDict):
 
 
 class AuditFindingDict(_AuditFindingDictRequired, total=False):
-    detail: dict[str, Any]  # boundary: the two splits (alone, together, prompt_tokens, common_prefix)
+    detail: dict[
+        str, Any
+    ]  # boundary: the two splits (alone, together, prompt_tokens, common_prefix); loss-outlier: mean, threshold
 
 
 class _AuditExampleDictRequired(TypedDict):

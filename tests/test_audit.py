@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -876,3 +877,82 @@ def test_resume_refuses_what_would_change_a_line_and_leaves_the_file(tiny_llama_
     code, _, err = _cli(capsys, "audit", audit_data, "--model", tiny_llama_dir, "--no-model", "-o", out, "--resume")
     assert code == 2 and "--resume continues a forward pass; --no-model runs none" in err
     assert out.read_bytes() == before
+
+
+# --- loss-outlier in the per-record lines -------------------------------------------------------------------
+
+
+def _lines(path: Path) -> dict[str, dict]:
+    return {line["id"]: line for line in map(json.loads, path.read_text().splitlines())}
+
+
+def test_per_record_lines_carry_loss_outlier_as_the_report_flags_it(tiny_llama_dir, audit_data, tmp_path, capsys):
+    """The forward pass writes each line before the data set's loss statistics exist; when it ends, the output
+    file is rewritten (atomically, under its lock) so that exactly the records the report flags as loss
+    outliers carry loss-outlier, with their mean and the threshold the report used. A --resume of the finished
+    file compares the other findings only (loss-outlier depends on every record) and leaves it byte for byte."""
+    out = tmp_path / "r.jsonl"
+    code, doc, err = _audit_cli(capsys, audit_data, tiny_llama_dir, "-o", out, "--fail-on", "loss-outlier")
+    assert code == 3 and doc["gate_failed"] == ["loss-outlier"], err
+    lines = _lines(out)
+    flagged = {r["id"] for r in _check(doc, "loss-outlier")["records"]}
+    assert flagged == {"outlier"}
+    assert {i for i, line in lines.items() if "loss-outlier" in line["failed"]} == flagged
+    line = lines["outlier"]
+    assert line["failed"] == ["eot-not-trained", "loss-outlier"]  # the record's own findings first, in check order
+    finding = line["findings"][-1]
+    rule = doc["loss"]["outlier_rule"]
+    assert finding["check"] == "loss-outlier" and finding["positions"] == []
+    assert finding["detail"] == {"mean": line["loss"]["mean"], "threshold": rule["threshold"]}
+    assert line["loss"]["mean"] > rule["threshold"]
+    assert all(
+        lines[i]["loss"]["mean"] <= rule["threshold"] for i in lines if i not in flagged and lines[i]["loss"]["scored"]
+    )
+    _lines_conform(list(lines.values()))
+    assert not [
+        p for p in tmp_path.iterdir() if p.name.startswith(".r.jsonl") and "lock" not in p.name
+    ]  # no temporary left
+    before = out.read_bytes()
+    code, again, err = _audit_cli(
+        capsys, audit_data, tiny_llama_dir, "-o", out, "--fail-on", "loss-outlier", "--resume"
+    )
+    assert code == 3 and again["loss"]["resumed"] == again["loss"]["examples"], err
+    assert out.read_bytes() == before
+
+
+def test_resume_of_a_cut_file_marks_the_outliers_of_the_whole_data_set(tiny_llama_dir, audit_data, tmp_path, capsys):
+    """A file cut before the outlier's line (a killed run: nothing marked yet) and one whose kept lines carry a
+    stale mark both resume to the lines of one uninterrupted run."""
+    full, out = tmp_path / "full.jsonl", tmp_path / "out.jsonl"
+    assert _audit_cli(capsys, audit_data, tiny_llama_dir, "-o", full)[0] == 3
+    lines = full.read_bytes().splitlines(keepends=True)
+    k = next(i for i, raw in enumerate(lines) if json.loads(raw)["id"] == "outlier")
+    stale = json.loads(lines[0])
+    stale["failed"].append("loss-outlier")
+    stale["findings"].append({"check": "loss-outlier", "positions": [], "message": "an earlier run's mark"})
+    out.write_bytes((json.dumps(stale) + "\n").encode() + b"".join(lines[1:k]))
+    code, _, err = _audit_cli(capsys, audit_data, tiny_llama_dir, "-o", out, "--resume")
+    assert code == 3, err
+    assert out.read_bytes() == full.read_bytes()
+
+
+def test_streamed_lines_say_they_lack_loss_outlier(tiny_llama_dir, audit_data, tmp_path, capsys):
+    """Lines streamed to a FIFO (or a pipe, /dev/stdout) are gone before the statistics exist: the report's
+    loss-outlier note and stderr say that the lines do not carry it; the report still flags the outlier."""
+    import threading
+
+    from ce_inspect.audit import STREAMED_NOTE
+
+    fifo = tmp_path / "lines.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    code, doc, err = _audit_cli(capsys, audit_data, tiny_llama_dir, "-o", fifo)
+    reader.join(timeout=60)
+    assert code == 3, err
+    assert STREAMED_NOTE in " ".join(err.split())
+    outliers = _check(doc, "loss-outlier")
+    assert [r["id"] for r in outliers["records"]] == ["outlier"] and STREAMED_NOTE in outliers["note"]
+    streamed = [json.loads(raw) for raw in got[0].splitlines()]
+    assert len(streamed) == doc["records"] and not any("loss-outlier" in line["failed"] for line in streamed)

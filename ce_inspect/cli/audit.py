@@ -351,7 +351,16 @@ def _audit_with_model(
     }
     scored = score_shown(lm, scan, audit, options)
     name = read["info"].path  # the data as the user gave it (``data`` may be stdin's or a pipe's copy)
-    return audit.finish(input=name, model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss, scored=scored)
+    report = audit.finish(input=name, model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss, scored=scored)
+    if output is None:
+        return report
+    from ..audit import STREAMED_NOTE, outliers_in_lines
+
+    # Under the output's lock still: the lines get the loss-outlier findings only the whole data set gives.
+    report, streamed = outliers_in_lines(report, audit, output)
+    if streamed:
+        err.print(f"audit: --output: {STREAMED_NOTE}", markup=False, soft_wrap=True, highlight=False)
+    return report
 
 
 def _resume_state(err: Any, output: Path | None, session: Any, resume: bool) -> tuple[Any, Any]:
