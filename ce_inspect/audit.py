@@ -80,7 +80,6 @@ OUTLIER_MIN_RECORDS = 5
 class CheckInfo:
     name: str
     description: str
-    needs_model: bool = False
 
 
 CHECKS: tuple[CheckInfo, ...] = (
@@ -103,7 +102,6 @@ CHECKS: tuple[CheckInfo, ...] = (
         "loss-outlier",
         f"mean loss more than {OUTLIER_K:g} robust standard deviations and {OUTLIER_MIN_GAP:g} nat above the "
         "median of the records that pass every other check, or not finite",
-        needs_model=True,
     ),
 )
 CHECK_NAMES = tuple(c.name for c in CHECKS)

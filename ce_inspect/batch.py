@@ -64,7 +64,6 @@ if TYPE_CHECKING:
 #: activations still fit in a few GiB (chosen from that estimate, not yet measured on a GPU).
 DEFAULT_MAX_TOKENS = {"cpu": 2048, "accelerator": 16384}
 DEFAULT_MAX_ROWS = {"cpu": 64, "accelerator": 256}
-DEFAULT_BATCH_SIZE = DEFAULT_MAX_ROWS["cpu"]
 #: A batch takes no example that would make more than this fraction of its positions padding: padding
 #: is computed and thrown away, while one more forward pass costs little next to it.
 DEFAULT_MAX_PADDING = 0.1

@@ -198,10 +198,6 @@ class OutputTarget:
     regular: bool  # a regular file, or a path that does not exist yet (it will be one)
     ours: bool  # exists and looks like ce-inspect's output (or is empty)
 
-    @property
-    def replaceable(self) -> bool:
-        return not self.exists or not self.regular or self.ours
-
 
 def is_ours(path: str | os.PathLike[str], marks: Sequence[re.Pattern[bytes]] = (OURS,)) -> bool:
     """Whether the regular file at ``path`` is empty or starts like a document ce-inspect writes.

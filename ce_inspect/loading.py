@@ -261,27 +261,6 @@ def load(
     )
 
 
-def _resolve(model: str | os.PathLike[str] | None) -> tuple[str, str, str, Path | None]:
-    """Where to load ``model`` from: (folder or Hub id, source, display name, GGUF file behind a cache)."""
-    if model is None:
-        gguf = default_gguf_path()
-        return gguf_cache_folder(gguf), "default", f"{DEFAULT_PACKAGE}/{DEFAULT_GGUF}", gguf
-    spec = os.fspath(model)
-    path = Path(spec).expanduser()
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        gguf = path.resolve()
-        return gguf_cache_folder(gguf), "gguf", str(path), gguf
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{spec} is a folder but not a Hugging Face model folder (it has no config.json)")
-        return str(path), "folder", str(path), None
-    if path.exists():
-        raise ModelLoadError(f"{spec} is a file but not a .gguf model; pass a model folder or a .gguf file")
-    if _looks_like_path(spec):
-        raise ModelNotFoundError(f"model path {spec} does not exist")
-    return spec, "hub", spec, None
-
-
 # The files a tokenizer is read from, in any of the formats transformers knows (fast, sentencepiece, BPE,
 # WordPiece, tiktoken); a folder with none of them cannot have a tokenizer.
 _TOKENIZER_FILES = (
