@@ -45,6 +45,9 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m ce_inspect.schema --check
+	# Issue 17's ratchet: no import cycle, private cross-module name, function body over 60 lines or module
+	# over 700 beyond those architecture-baseline.txt lists.
+	$(BIN)/python scripts/check_architecture.py
 
 # Regenerate schema/*.json from the TypedDicts in ce_inspect/result.py (commit the result).
 schema: setup
