@@ -12,6 +12,12 @@ Notebook use::
     result = score_messages(lm, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}])
     [(t.turn, t.role, t.mean) for t in result.turns]
 
+A data set, as ``ce-inspect batch`` scores it (resumable, sharded under torchrun; ``diff_dataset`` and
+``audit_dataset`` likewise)::
+
+    summary = score_dataset(lm, "samples/pairs.jsonl", output="scores.jsonl")
+    summary.token_weighted_mean_loss
+
 Importing this package does not import torch or transformers; ``load`` does.
 """
 
@@ -25,6 +31,8 @@ import os as _os
 # here, before torch runs anything; a value the user set wins. Other BLAS libraries ignore it.
 _os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
+from .batch import BatchSettings, DatasetSummary
+from .data import Fields
 from .diff import DiffResult, DiffSummary, TokenDiff, diff, diff_messages
 from .encoding import (
     IGNORE_INDEX,
@@ -40,6 +48,7 @@ from .encoding import (
 from .errors import CeInspectError
 from .loading import LoadedModel, load
 from .result import SCHEMA_VERSION, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
+from .runner import audit_dataset, diff_dataset, score_dataset
 from .scoring import (
     ScoreOptions,
     cross_entropy,
@@ -55,10 +64,13 @@ __version__ = "0.1.0"
 __all__ = [
     "IGNORE_INDEX",
     "SCHEMA_VERSION",
+    "BatchSettings",
     "CeInspectError",
+    "DatasetSummary",
     "DiffResult",
     "DiffSummary",
     "Encoded",
+    "Fields",
     "Layout",
     "LoadedModel",
     "ScoreOptions",
@@ -68,8 +80,10 @@ __all__ = [
     "TokenDiff",
     "TokenScore",
     "TurnSummary",
+    "audit_dataset",
     "cross_entropy",
     "diff",
+    "diff_dataset",
     "diff_messages",
     "encode",
     "encode_chat",
@@ -80,6 +94,7 @@ __all__ = [
     "parse_messages",
     "score",
     "score_batch",
+    "score_dataset",
     "score_encoded",
     "score_messages",
     "token_figures",

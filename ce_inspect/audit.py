@@ -59,6 +59,7 @@ from .scoring import ScoreOptions
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from .job import Job
     from .loading import LoadedModel
     from .result import ScoreResult
 
@@ -1448,7 +1449,22 @@ def score_shown(lm: LoadedModel, scan: Any, audit: Audit, options: Any = None) -
     return results
 
 
-def score_dataset(
+def audit_job(lm: LoadedModel, scan: Any, audit: Audit, options: Any, settings: Any) -> Job:
+    """audit's forward pass as a job for the one runner: per record, the mean loss goes to ``audit`` and one
+    line (the record's findings and loss, ``line_emitter``) to the output; batch's loss summary is returned
+    (``AuditLosses``). ``score_shown`` then gives ``audit.finish`` the records it shows."""
+    from .job import Job
+
+    options = options or ScoreOptions()
+    return Job(
+        command="audit",
+        make_report=lambda share: AuditLosses(lm, share, audit, options, settings or BatchSettings()),
+        emit=line_emitter(audit, audit_line_settings(lm, scan, options, audit.max_length)),
+        parse=audit_line_stats,
+    )
+
+
+def score_losses(
     lm: LoadedModel,
     scan: Any,
     audit: Audit,
@@ -1458,10 +1474,9 @@ def score_dataset(
     settings: Any = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Any:
-    """The forward pass over the scan through ``batch.run_scan`` (the one runner): per record, the mean loss
-    goes to ``audit`` and one line (the record's findings and loss) to ``sink``. Returns the batch summary;
-    ``score_shown`` then gives ``audit.finish`` the records it shows."""
-    report = AuditLosses(lm, scan, audit, options, settings or BatchSettings())
+    """The forward pass over ``scan`` into ``sink`` (``audit_job`` through ``batch.run_scan``), in this process,
+    with no output checks or resume of its own (``runner.audit_dataset`` has them). Returns the batch summary."""
+    job = audit_job(lm, scan, audit, options, settings)
     return run_scan(
         lm,
         scan,
@@ -1469,8 +1484,8 @@ def score_dataset(
         options=options,
         settings=settings or BatchSettings(),
         on_batch=on_batch,
-        emit=line_emitter(audit, report.written),
-        report=report,
+        emit=job.emit,
+        report=job.make_report(scan),  # type: ignore[misc]
     )
 
 
@@ -1493,7 +1508,8 @@ __all__ = [
     "outliers_in_lines",
     "read_audit_records",
     "record_line",
-    "score_dataset",
+    "audit_job",
+    "score_losses",
     "score_shown",
     "tokenizer_only",
 ]

@@ -48,6 +48,7 @@ from .scoring import (
 if TYPE_CHECKING:
     import torch
 
+    from .job import Job
     from .loading import LoadedModel
 
 log = logging.getLogger("ce_inspect")
@@ -672,6 +673,20 @@ def diff_encoded(
 
 
 # --- data sets: `batch`'s runner with a two-model score function and this report --------------------------
+
+
+def diff_job(ref: LoadedModel, cand: LoadedModel, options: ScoreOptions, worst: int) -> Job:
+    """``diff --input``'s job for the one runner: both models on the same tokens, one line of KL, ΔNLL and top-1
+    agreement per example, the lines read back for ``resume`` and the torchrun merge."""
+    from .job import Job
+
+    return Job(
+        command="diff",
+        make_report=lambda scan: DiffReport(ref, cand, scan, worst, options),
+        score=lambda examples: diff_encoded(ref, cand, examples, options),
+        parse=diff_line_stats,
+        counts_resumed=False,  # diff's summary has no count of resumed examples
+    )
 
 
 def record_encoder(ref_lm: LoadedModel, cand_lm: LoadedModel, layout: Layout) -> Callable[[Any], Encoded]:

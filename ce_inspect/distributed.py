@@ -648,9 +648,7 @@ def merge_and_sum_up(
     summary = run_scan(lm, final, sink, options=options, settings=settings, **runner)
     for p in parts:
         p.unlink(missing_ok=True)
-    # batch's summary counts the examples read back from an earlier run's files; diff's has no such count.
-    counts = {"resumed": state.resumed} if hasattr(summary, "resumed") else {}
-    return replace(summary, batching=batching, **counts)
+    return replace(summary, batching=batching)  # the resumed count is the job's (``runner.Job.counts_resumed``)
 
 
 def add_batching(stats: Sequence[BatchStats | dict[str, Any]], into: BatchStats) -> BatchStats:

@@ -673,12 +673,12 @@ def _contaminated_set(path: Path, *, broken: bool, off_topic: bool) -> Path:
 
 
 def _audit_with(lm, path: Path):
-    from ce_inspect.audit import score_dataset
+    from ce_inspect.audit import score_losses
     from ce_inspect.batch import scan_dataset
 
     audit = check_dataset(tokenizer_only(lm.tokenizer, "smollm2"), path, keep_findings=True)
     lines: list[dict] = []
-    score_dataset(lm, scan_dataset(lm, path, skip_invalid=True), audit, SimpleNamespace(name=None, write=lines.append))
+    score_losses(lm, scan_dataset(lm, path, skip_invalid=True), audit, SimpleNamespace(name=None, write=lines.append))
     return audit.finish(input=str(path), model="smollm2", tokenizer="smollm2", fail_on=()), lines
 
 
@@ -715,7 +715,7 @@ def test_loss_outlier_finds_an_off_topic_answer_among_broken_records(smollm2, tm
 def test_loss_outlier_sample_with_smollm2(smollm2):
     """samples/audit/loss-outlier.jsonl through SmolLM2 (batch's runner): exactly the gibberish answer is flagged,
     and each record's mean loss equals CrossEntropyLoss on the model's own logits."""
-    from ce_inspect.audit import score_dataset, score_shown
+    from ce_inspect.audit import score_losses, score_shown
     from ce_inspect.batch import scan_dataset
 
     path = SAMPLES / "loss-outlier.jsonl"
@@ -723,7 +723,7 @@ def test_loss_outlier_sample_with_smollm2(smollm2):
     scan = scan_dataset(smollm2, path, skip_invalid=True)
     lines: list[dict] = []
     sink = SimpleNamespace(name=None, write=lines.append)
-    score_dataset(smollm2, scan, audit, sink)
+    score_losses(smollm2, scan, audit, sink)
     scored = score_shown(smollm2, scan, audit)
     report = audit.finish(input=str(path), model="smollm2", tokenizer="smollm2", fail_on=(), scored=scored)
     assert [r.id for r in report.check("loss-outlier").records] == ["bad-3"]

@@ -129,7 +129,7 @@ def audit(
         )
     if tokenizer is not None and not no_model:
         raise typer.BadParameter("--tokenizer applies with --no-model; with a model its own tokenizer is used")
-    session = _check_usage(data, output, no_model=no_model, resume=resume, force=force, json_out=json_out)
+    _check_usage(data, output, no_model=no_model, resume=resume, force=force, json_out=json_out)
     _check_output(data, output, no_model=no_model, resume=resume, force=force)
     reports.check(
         inputs=[("the data", data)],
@@ -145,29 +145,24 @@ def audit(
 
     from rich.console import Console
 
-    from ..data import open_data
-    from ..files import spooled_input
-    from .batch import input_name
-    from .errors import cli_message
-
     err = Console(stderr=True)
-    # stdin, a FIFO or a pipe given as a path is read once, into a temporary file: the audit reads it twice.
-    with spooled_input(data, "the data") as source:
-        info = open_data(source, fields, format=format, split=split)  # before anything loads: fails fast
-        info = replace(info, path=input_name(data))  # messages name the data as the user gave it
-        err.print(cli_message(info.describe()), markup=False, soft_wrap=True, highlight=False)
-        # How to read and check the data: the same for the checks and (with a model) the forward pass's scan.
-        read = {"layout": layout, "fields": fields, "format": format, "split": split, "info": info}
-        checking = {**read, "max_length": max_length, "skip_invalid": skip_invalid, "examples": examples}
-        if no_model:
-            with _Output(output) as sink:
-                report = _audit_without_model(common, tokenizer, source, checking, sink, gate)
-        else:
-            with _locked(output, session, resume=resume, force=force):
-                report = _audit_with_model(common, source, read, checking, output, gate, settings, err, session, resume)
-            if report is None:
-                return  # torchrun, not rank 0: rank 0 merges and reports
-    report = _with_output(report, output)
+    read = {"layout": layout, "fields": fields, "format": format, "split": split}
+    checking = {"max_length": max_length, "skip_invalid": skip_invalid, "examples": examples}
+    if no_model:
+        report = _audit_without_model(common, tokenizer, data, output, {**read, **checking}, gate, err)
+    else:
+        from ..runner import audit_dataset
+        from .batch import interrupts, stderr_notes
+        from .render_batch import batch_progress
+
+        with interrupts(err):
+            report = audit_dataset(
+                lambda: common.load(quiet=True), data, output, options=common.score_options(), settings=settings,
+                fail_on=gate, resume=resume, force=force, progress=lambda scan: batch_progress(err, scan),
+                notes=stderr_notes(err), **read, **checking,
+            )  # fmt: skip
+        if report is None:
+            return  # torchrun, not rank 0: rank 0 merges and reports
 
     from .render_audit import render_audit
 
@@ -215,26 +210,43 @@ def _gate_over_nothing(report: Any) -> str | None:
 
 
 def _audit_without_model(
-    common: Common, tokenizer: str | None, data: Path, checking: dict[str, Any], sink: Any, gate: tuple[str, ...]
+    common: Common,
+    tokenizer: str | None,
+    data: Path,
+    output: Path | None,
+    checking: dict[str, Any],
+    gate: tuple[str, ...],
+    err: Any,
 ) -> Any:
+    """The checks that need no forward pass, the tokenizer only; --output written atomically."""
     from ..audit import check_dataset, tokenizer_only
+    from ..data import open_data
+    from ..files import spooled_input
     from ..loading import load_tokenizer
+    from ..runner import input_name
+    from .batch import stderr_notes
 
-    tok, name = load_tokenizer(
-        tokenizer if tokenizer is not None else common.model,
-        revision=common.revision,
-        trust_remote_code=common.trust_remote_code,
-    )
-    lm = tokenizer_only(tok, name)
-    audit = check_dataset(lm, data, sink=sink, **checking)
-    return audit.finish(input=checking["info"].path, model=None, tokenizer=name, fail_on=gate)
+    # stdin, a FIFO or a pipe given as a path is read once, into a temporary file: the checks read it twice.
+    with spooled_input(data, "the data") as source:
+        info = open_data(source, checking["fields"], format=checking["format"], split=checking["split"])
+        info = replace(info, path=input_name(data))  # messages name the data as the user gave it
+        stderr_notes(err)(info.describe())  # before anything loads: a bad file fails fast
+        with _Output(output) as sink:
+            tok, name = load_tokenizer(
+                tokenizer if tokenizer is not None else common.model,
+                revision=common.revision,
+                trust_remote_code=common.trust_remote_code,
+            )
+            audit = check_dataset(tokenizer_only(tok, name), source, sink=sink, info=info, **checking)
+    where = str(output) if output is not None else None
+    return audit.finish(input=info.path, model=None, tokenizer=name, fail_on=gate, output=where)
 
 
 def _check_usage(data: Path, output: Path | None, *, no_model: bool, resume: bool, force: bool, json_out: bool) -> Any:
     """Flags that do not go together; under torchrun, what a sharded audit needs. Returns the torchrun session."""
     from ..distributed import current_session
     from ..files import is_stdout
-    from .batch import _check_sharded_usage
+    from .batch import check_sharded_usage
 
     if json_out and output is not None and is_stdout(output):
         raise typer.BadParameter("--json prints the audit to stdout, and --output writes its lines there too")
@@ -251,7 +263,7 @@ def _check_usage(data: Path, output: Path | None, *, no_model: bool, resume: boo
                 "--no-model runs no forward pass, so there is nothing to split over torchrun's ranks; run it in "
                 "one process"
             )
-        _check_sharded_usage(session.world, data, output)
+        check_sharded_usage(session.world, data, output)
     return session
 
 
@@ -267,120 +279,6 @@ def _check_output(data: Path, output: Path | None, *, no_model: bool, resume: bo
         check_output(output, inputs=[("the data", data)], label="`output`", force=force)
     else:
         check_batch_output(output, data, resume=resume, force=force)
-
-
-def _locked(output: Path | None, session: Any, *, resume: bool, force: bool) -> ExitStack:
-    """With a model: torchrun's part files checked, and --output locked for the run (by rank 0 under torchrun)."""
-    stack = ExitStack()
-    if output is not None:
-        from ..distributed import check_parts
-        from ..files import output_lock
-
-        check_parts(output, session.world if session else None, resume=resume, force=force)
-        if session is None or session.rank == 0:
-            stack.enter_context(output_lock(output, label="`output`"))
-    return stack
-
-
-def _audit_with_model(
-    common: Common,
-    data: Path,
-    read: dict[str, Any],
-    checking: dict[str, Any],
-    output: Path | None,
-    gate: tuple[str, ...],
-    settings: Any,
-    err: Any,
-    session: Any,
-    resume: bool,
-) -> Any:
-    """The checks, then the forward pass through batch's runner (in this process, or this rank's share under
-    torchrun) into --output; None on a torchrun rank other than 0."""
-    from ..audit import AuditLosses, audit_line_settings, check_dataset, line_emitter, score_shown, tokenizer_only
-    from ..batch import scan_dataset
-
-    sharded, state = _resume_state(err, output, session, resume)
-    lm = common.load(quiet=True)
-    # The checks see every record, whatever its length; the model's context limits only the forward pass.
-    audit = check_dataset(tokenizer_only(lm.tokenizer, lm.name), data, keep_findings=True, **checking)
-    options = common.score_options()
-    from ..data import encode_whole
-
-    def encoder(record: Any) -> Any:  # this command has no --stride: a too-long text's reason names none
-        return encode_whole(lm, record, read["layout"], "audit")
-
-    scan = scan_dataset(
-        lm, data, options=options, skip_invalid=True, resume=state, encoder=encoder, label=read["info"].path, **read
-    )
-    runner = {
-        "emit": line_emitter(audit, audit_line_settings(lm, scan, options, audit.max_length)),
-        "make_report": lambda scan: AuditLosses(lm, scan, audit, options, settings),
-    }
-    if sharded is not None:
-        from ..audit import audit_line_stats
-        from .ranks import score_sharded
-
-        summary = score_sharded(
-            lm,
-            options,
-            scan,
-            settings,
-            err,
-            sharded=sharded,
-            output=output,
-            parse=audit_line_stats,
-            command="audit",
-            **runner,
-        )
-        if summary is None:
-            return None
-    else:
-        from .batch import score_in_process
-
-        report = runner.pop("make_report")(scan)  # before any line is written: it refuses a changed option
-        summary = score_in_process(
-            lm, options, scan, settings, err, output=output, stdout=None, report=report, **runner
-        )
-    loss = {
-        "examples": summary.examples,
-        "scored_tokens": summary.scored_tokens,
-        "token_weighted_mean_loss": summary.token_weighted_mean_loss,
-        "example_weighted_mean_loss": summary.example_weighted_mean_loss,
-        "unscored": audit.unscored,
-        "resumed": summary.resumed,
-    }
-    scored = score_shown(lm, scan, audit, options)
-    name = read["info"].path  # the data as the user gave it (``data`` may be stdin's or a pipe's copy)
-    report = audit.finish(input=name, model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss, scored=scored)
-    if output is None:
-        return report
-    from ..audit import STREAMED_NOTE, outliers_in_lines
-
-    # Under the output's lock still: the lines get the loss-outlier findings only the whole data set gives.
-    report, streamed = outliers_in_lines(report, audit, output)
-    if streamed:
-        err.print(f"audit: --output: {STREAMED_NOTE}", markup=False, soft_wrap=True, highlight=False)
-    return report
-
-
-def _resume_state(err: Any, output: Path | None, session: Any, resume: bool) -> tuple[Any, Any]:
-    """What --resume continues: (the sharded state under torchrun, or None; the lines the scan matches)."""
-    from ..audit import audit_line_stats
-
-    if session is not None:
-        from ..distributed import read_sharded_resume
-
-        sharded = read_sharded_resume(output, session.world, 0, resume=resume, parse=audit_line_stats, command="audit")  # type: ignore[arg-type]
-        return sharded, sharded.union
-    from .batch import _read_resume
-
-    return None, (_read_resume(err, output, 0, parse=audit_line_stats, command="audit") if resume else None)
-
-
-def _with_output(report: Any, output: Path | None) -> Any:
-    from dataclasses import replace
-
-    return replace(report, output=str(output)) if output is not None else report
 
 
 class _Output:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-from contextlib import AbstractContextManager, ExitStack
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -30,15 +30,12 @@ from .options import (
 from .reports import Reports, report_options
 
 if TYPE_CHECKING:
-    from ..batch import BatchSettings, DatasetSummary, Fields, ResumeState, Scan
-    from ..data import DataInfo
+    from ..batch import BatchSettings, DatasetSummary, Fields
     from ..encoding import Layout
     from ..loading import LoadedModel
     from ..scoring import ScoreOptions
 
 INPUT = "Input"
-#: How messages and the summary name a data set read from stdin.
-STDIN = "<stdin>"
 
 
 @shared_options
@@ -136,9 +133,9 @@ def batch(
     _check_usage(padding_side, resume=resume, force=force, output=output)
     from ..distributed import current_session
 
-    session = current_session()  # torchrun: this process scores one share (see ranks.score_sharded)
+    session = current_session()  # torchrun: this process scores one share (runner.DatasetRun)
     if session is not None:
-        _check_sharded_usage(session.world, input, output)
+        check_sharded_usage(session.world, input, output)
     settings = BatchSettings(
         batch_size=batch_size,  # None: the device's default, as for max_tokens
         max_tokens=max_tokens,
@@ -218,65 +215,63 @@ def _checked_and_scored(
     format: str | None,
     split: str | None,
 ) -> tuple[DatasetSummary, Any] | None:
-    """Check every output and lock --output, read the resume state and the input, load the model and score:
-    the data-set summary and what the reports keep of the lines (None on a torchrun rank other than 0)."""
-    with ExitStack() as stack:
-        # Every output is checked, and --output locked, before the input is read or the model loads.
-        check_outputs(input, output, summary_json, resume=resume, force=force)
-        reports.check(
-            inputs=[("the input", input)],
-            outputs=[("--output", output), ("--summary-json", summary_json)],
-            stdout_busy=None if output is not None else "the JSON lines (no --output)",
-            force=force,
-        )
-        if output is not None:
-            from ..distributed import check_parts
-            from ..files import output_lock
+    """Check every output and lock --output, read the resume state and the input, load the model and score
+    through the library's one data-set runner: the data-set summary and what the reports keep of the lines
+    (None on a torchrun rank other than 0)."""
+    from ..runner import DatasetRun
+    from .render_batch import batch_progress
 
-            check_parts(output, session.world if session else None, resume=resume, force=force)
-            if session is None or session.rank == 0:  # torchrun: rank 0 holds the lock for the run
-                stack.enter_context(output_lock(output, label="`output`"))
-        sharded = None
-        if session is not None:  # torchrun: the output and every rank's part file
-            from ..distributed import read_sharded_resume
-
-            sharded = read_sharded_resume(output, session.world, worst, resume=resume)  # type: ignore[arg-type]
-            state = sharded.union
-        else:
-            state = _read_resume(err, output, worst) if resume else None
-        source = stack.enter_context(_input_file(input))
-        info = _open_input(err, source, input, fields, format=format, split=split)
+    # Every output is checked, and --output locked, before the input is read or the model loads.
+    check_outputs(input, output, summary_json, resume=resume, force=force)
+    reports.check(
+        inputs=[("the input", input)],
+        outputs=[("--output", output), ("--summary-json", summary_json)],
+        stdout_busy=None if output is not None else "the JSON lines (no --output)",
+        force=force,
+    )
+    with DatasetRun(
+        input, output, worst=worst, resume=resume, force=force, fields=fields, format=format, split=split,
+        session=session, notes=stderr_notes(err),
+    ) as run:  # fmt: skip
         lm = common.load(quiet=True)
         _check_stride(layout, lm)
         _top_k_note(err, lm, options)
-        scan = _scan(lm, layout, options, source, input, fields, info, skip_invalid=skip_invalid, state=state)
-        lines = _report_lines(reports, worst, output, state if sharded is None else None)
-        if sharded is not None:
-            from .ranks import score_sharded
-
-            summary = score_sharded(lm, options, scan, settings, err, sharded=sharded, output=output)  # type: ignore[arg-type]
-            if summary is None:
-                return None  # not rank 0: rank 0 merges and reports
-            if lines is not None and output is not None:
-                lines.add_file(output, output.stat().st_size)  # rank 0: the reports see the merged lines
-        else:
-            summary = score_in_process(lm, options, scan, settings, err, output=output, stdout=stdout, lines=lines)
+        scan = run.scan(lm, layout=layout, options=options, skip_invalid=skip_invalid)
+        lines = _report_lines(reports, worst, output, run.state if run.sharded is None else None)
+        with interrupts(err):
+            summary = run.run(
+                lm,
+                scan,
+                options=options,
+                settings=settings,
+                stream=stdout,
+                tee=lines.add if lines is not None else None,
+                progress=lambda scan: batch_progress(err, scan),
+            )
+        if summary is None:
+            return None  # not rank 0: rank 0 merges and reports
+        if run.sharded is not None and lines is not None and output is not None:
+            lines.add_file(output, output.stat().st_size)  # rank 0: the reports see the merged lines
     return summary, lines
 
 
-def _open_input(
-    err: Any, source: Path, input: Path, fields: Fields, *, format: str | None, split: str | None
-) -> DataInfo:
-    """Open the data (a bad file fails before the model loads) and say on stderr how it is read."""
-    from ..data import open_data
+def stderr_notes(err: Any) -> Any:
+    """What the runner tells the user on the way (how the data is read, a torn line dropped), on stderr."""
     from .errors import cli_message
 
-    info = open_data(source, fields, format=format, split=split)
-    described = info.describe()
-    if source != input:  # stdin or a pipe, read once into a temporary file: name what the user gave
-        described = described.replace(str(source), input_name(input), 1)
-    err.print(cli_message(described), markup=False, soft_wrap=True, highlight=False)
-    return info
+    return lambda message: err.print(cli_message(message), markup=False, soft_wrap=True, highlight=False)
+
+
+@contextmanager
+def interrupts(err: Any) -> Iterator[None]:
+    """Ctrl-C or `kill` during a run: the runner's word on what the output keeps, then exit 130."""
+    from ..runner import Interrupted
+
+    try:
+        yield
+    except Interrupted as exc:
+        err.print(f"Interrupted: {exc.message}.", markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 def _check_stride(layout: Layout, lm: LoadedModel) -> None:
@@ -324,105 +319,6 @@ def check_outputs(input: Path, output: Path | None, summary_json: Path | None, *
         check_output(summary_json, inputs=inputs, label="`summary_json`", force=force)
 
 
-def _read_resume(
-    err: Any, output: Path | None, worst: int, *, parse: Any = None, command: str = "batch"
-) -> ResumeState | None:
-    """The output file's complete lines (``parse`` reads each: ``batch``'s by default), or None if none."""
-    from ..batch import read_resume
-
-    if output is None or not output.exists():
-        return None
-    state = read_resume(output, worst, parse=parse, command=command)
-    if state.torn_bytes:
-        err.print(
-            f"Resuming: dropping an incomplete last line ({state.torn_bytes} bytes) of {output}.",
-            markup=False,
-            soft_wrap=True,
-        )
-    return state
-
-
-def input_name(input: Path) -> str:
-    """How messages and the summary name a data set: its path as given, or ``<stdin>`` for '-'."""
-    return STDIN if str(input) == "-" else str(input)
-
-
-def _input_file(input: Path) -> AbstractContextManager[Path]:
-    """The data set to read: the file itself, or, for what can be read only once ('-' for stdin, a FIFO, a
-    pipe given as a path), a temporary copy, since a batch reads its input twice (``files.spooled_input``)."""
-    from ..files import spooled_input
-
-    return spooled_input(input, "the input")
-
-
-def _scan(
-    lm: LoadedModel,
-    layout: Layout,
-    options: ScoreOptions,
-    source: Path,
-    input: Path,
-    fields: Fields,
-    info: DataInfo,
-    *,
-    skip_invalid: bool,
-    state: ResumeState | None,
-) -> Scan:
-    from ..batch import scan_dataset
-
-    return scan_dataset(
-        lm,
-        source,
-        layout=layout,
-        options=options,
-        fields=fields,
-        skip_invalid=skip_invalid,
-        resume=state,
-        info=info,
-        label=None if source == input else input_name(input),
-    )
-
-
-def score_in_process(
-    lm: LoadedModel,
-    options: ScoreOptions,
-    scan: Scan,
-    settings: BatchSettings,
-    err: Any,
-    *,
-    output: Path | None,
-    stdout: Any,
-    lines: Any = None,
-    **runner: Any,
-) -> DatasetSummary:
-    """Run the scan into --output (or stdout; or nowhere, when ``stdout`` is None) with a progress bar; Ctrl-C
-    and `kill` leave whole lines. ``lines`` (the reports' ``BatchLines``) also sees every line written;
-    ``runner`` goes to ``run_scan`` (another command's ``score``, ``report``, ``emit``)."""
-    from ..batch import JsonlSink, run_scan
-    from .render_batch import batch_progress
-
-    if output is not None:
-        sink = JsonlSink.open(output, resume=scan.resume)
-    else:
-        sink = JsonlSink.to_stdout(stdout if stdout is not None else _Nowhere())
-    previous = terminate_as_interrupt()
-    try:
-        with sink, batch_progress(err, scan) as advance:
-            target = sink if lines is None else _Tee(sink, lines)
-            return run_scan(lm, scan, target, options=options, settings=settings, on_batch=advance, **runner)  # type: ignore[arg-type]
-    except KeyboardInterrupt:
-        if output is None and stdout is None:
-            where, hint = "no --output was given, so nothing is kept", ""
-        elif output is None or not sink.regular:
-            where, hint = f"{sink.lines} lines were written", ""
-        else:
-            where = f"{sink.lines} complete lines are in {output}"
-            hint = "; rerun the same command with --resume to continue"
-        err.print(f"Interrupted: {where}{hint}.", markup=False, soft_wrap=True)
-        raise typer.Exit(130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _report_lines(reports: Reports, worst: int, output: Path | None, state: Any) -> Any:
     """What the HTML and Markdown reports keep of the output lines; a resumed run reads the kept ones back."""
     if reports.html is None and reports.markdown is None:
@@ -433,31 +329,6 @@ def _report_lines(reports: Reports, worst: int, output: Path | None, state: Any)
     if state is not None and output is not None:
         lines.add_file(output, state.size)
     return lines
-
-
-class _Nowhere:
-    """Where the lines go when nobody asked for them (``audit`` without --output)."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
-class _Tee:
-    """The output sink, with every line it writes also handed to the reports."""
-
-    def __init__(self, sink: Any, lines: Any) -> None:
-        self._sink, self._lines = sink, lines
-
-    @property
-    def name(self) -> str | None:
-        return self._sink.name
-
-    def write(self, obj: Any) -> None:
-        self._sink.write(obj)
-        self._lines.add(obj)
 
 
 def _write_reports(reports: Reports, summary: Any, lines: Any, worst: int, also: Any = ()) -> None:
@@ -476,7 +347,7 @@ def _write_reports(reports: Reports, summary: Any, lines: Any, worst: int, also:
     )
 
 
-def _check_sharded_usage(world: int, input: Path, output: Path | None) -> None:
+def check_sharded_usage(world: int, input: Path, output: Path | None) -> None:
     from ..files import writes_through
 
     if output is None:
@@ -493,12 +364,3 @@ def _check_sharded_usage(world: int, input: Path, output: Path | None) -> None:
         raise typer.BadParameter(
             "under torchrun the ranks' parts are merged into a regular file; give one", param_hint="--output"
         )
-
-
-def terminate_as_interrupt() -> Any:
-    """Treat SIGTERM (a plain `kill`) like Ctrl-C, so the output file is left with complete lines only."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, handler)

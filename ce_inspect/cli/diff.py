@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
 from pathlib import Path
@@ -268,132 +267,54 @@ def diff_dataset(
     resume: bool = False,
     reports: Reports | None = None,
 ):
-    """Every record of ``input`` through both models with `batch`'s runner; returns the data-set summary
-    (None on a torchrun rank other than 0, which only scores its share). ``resume`` keeps the complete
-    lines of ``output`` (and, under torchrun, of every rank's part file) and compares only the rest."""
+    """Every record of ``input`` through both models with the library's one data-set runner (``diff``'s job);
+    returns the data-set summary (None on a torchrun rank other than 0, which only scores its share).
+    ``resume`` keeps the complete lines of ``output`` (and, under torchrun, of every rank's part file) and
+    compares only the rest."""
+    from ..diff import diff_job, diff_line_stats, record_encoder
     from ..distributed import current_session
-    from .batch import _check_sharded_usage, check_outputs, input_name
+    from ..runner import DatasetRun
+    from .batch import check_outputs, check_sharded_usage, interrupts, stderr_notes
+    from .render_batch import batch_progress
 
-    session = current_session()  # torchrun: this process compares one share (ranks.score_sharded)
+    session = current_session()  # torchrun: this process compares one share
     if session is not None:
-        _check_sharded_usage(session.world, input, output)
+        check_sharded_usage(session.world, input, output)
     check_outputs(input, output, summary_json, resume=resume, force=force)  # batch's checks, before loading
-    with contextlib.ExitStack() as stack:
-        if output is not None:  # as batch: leftover part files refused, one writer per output
-            from ..distributed import check_parts
-
-            check_parts(output, session.world if session else None, resume=resume, force=force)
-        if output is not None and (session is None or session.rank == 0):
-            from ..files import output_lock
-
-            stack.enter_context(output_lock(output, label="`output`"))
-        from ..files import spooled_input
-
-        # stdin, a FIFO or a pipe given as a path is read once, into a temporary file: the scan reads it twice.
-        source = stack.enter_context(spooled_input(input, "--input"))
-        summary = _diff_dataset_locked(
-            common,
-            candidate,
-            source,
-            output,
-            summary_json,
-            settings,
-            skip_invalid,
-            force,
-            session,
-            resume,
-            reports,
-            label=input_name(input),
-        )
-    return summary
-
-
-def _diff_dataset_locked(
-    common,
-    candidate,
-    input,
-    output,
-    summary_json,
-    settings,
-    skip_invalid,
-    force,
-    session,
-    resume,
-    reports=None,
-    label=None,
-):
-    """``diff_dataset`` once its outputs are checked and ``--output`` is locked; ``label`` names ``input`` in
-    messages and the summary when it is a stand-in (stdin's or a pipe's copy)."""
-    from ..batch import scan_dataset
-    from .batch import _read_resume
-
     stdout = sys.stdout
     setup_logging(quiet=not sys.stderr.isatty())
 
     from rich.console import Console
 
-    from ..diff import DiffReport, diff_encoded, diff_line_stats, record_encoder
-
     err = Console(stderr=True)
-    sharded = None
-    if session is not None:
-        from ..distributed import read_sharded_resume
+    with DatasetRun(
+        input, output, command="diff", parse=diff_line_stats, worst=settings.worst, resume=resume, force=force,
+        data_label="--input", session=session, notes=stderr_notes(err), describe=False,
+    ) as run:  # fmt: skip
+        ref_lm, cand_lm = common.load(), load_candidate(candidate)
+        options, layout = common.score_options(), common.layout()
+        scan = run.scan(
+            ref_lm, layout=layout, options=options, skip_invalid=skip_invalid,
+            encoder=record_encoder(ref_lm, cand_lm, layout),
+        )  # fmt: skip
+        job = diff_job(ref_lm, cand_lm, options, settings.worst)
+        with interrupts(err):
+            summary = run.run(
+                ref_lm, scan, job, options=options, settings=settings, stream=stdout,
+                progress=lambda scan: batch_progress(err, scan),
+            )  # fmt: skip
+    if summary is None:
+        return None  # not rank 0: rank 0 merges and reports
+    _write_dataset_outputs(summary, summary_json, output, reports, err)
+    return summary
 
-        sharded = read_sharded_resume(
-            output,  # type: ignore[arg-type]
-            session.world,
-            settings.worst,
-            resume=resume,
-            parse=diff_line_stats,
-            command="diff",
-        )
-        state = sharded.union
-    else:
-        state = _read_resume(err, output, settings.worst, parse=diff_line_stats, command="diff") if resume else None
-    ref_lm, cand_lm = common.load(), load_candidate(candidate)
-    options, layout = common.score_options(), common.layout()
-    scan = scan_dataset(
-        ref_lm,
-        input,
-        layout=layout,
-        options=options,
-        skip_invalid=skip_invalid,
-        encoder=record_encoder(ref_lm, cand_lm, layout),
-        resume=state,
-        label=label,
-    )
 
-    def score(examples):
-        return diff_encoded(ref_lm, cand_lm, examples, options)
+def _write_dataset_outputs(
+    summary, summary_json: Path | None, output: Path | None, reports: Reports | None, err
+) -> None:
+    """--summary-json and the reports (all or nothing), then the human summary."""
+    from rich.console import Console
 
-    def make_report(scan):  # before any line is written: it refuses a changed model or option
-        return DiffReport(ref_lm, cand_lm, scan, settings.worst, options)
-
-    if sharded is not None:
-        from .ranks import score_sharded
-
-        summary = score_sharded(
-            ref_lm,
-            options,
-            scan,
-            settings,
-            err,
-            sharded=sharded,
-            output=output,  # type: ignore[arg-type]
-            score=score,
-            make_report=make_report,
-            parse=diff_line_stats,
-            command="diff",
-        )
-        if summary is None:
-            return None  # not rank 0: rank 0 merges and reports
-    else:
-        from .batch import score_in_process
-
-        report = make_report(scan)  # before any line is written: it refuses a changed model or option
-        summary = score_in_process(
-            ref_lm, options, scan, settings, err, output=output, stdout=stdout, score=score, report=report
-        )
     documents = []
     if summary_json is not None:
         from ..result import dumps
@@ -417,7 +338,6 @@ def _diff_dataset_locked(
         write_documents(documents)
     on_stdout = output is not None and not (reports is not None and reports.markdown_on_stdout())
     render_diff_dataset(summary, Console() if on_stdout else err)
-    return summary
 
 
 def candidate_options(

@@ -12,14 +12,10 @@ from __future__ import annotations
 import io
 import sys
 import traceback
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..batch import BatchSettings, Scan
-    from ..distributed import Launch, ShardedResume
-    from ..loading import LoadedModel
-    from ..scoring import ScoreOptions
+    from ..distributed import Launch
 
 #: Commands that split their data set over the ranks (``diff`` with --input, ``audit``'s forward pass); any
 #: other refuses to run under torchrun.
@@ -90,57 +86,3 @@ def _error_line(stderr: str) -> str | None:
         if line.startswith("Error: "):
             return line[len("Error: ") :]
     return None
-
-
-def score_sharded(
-    lm: LoadedModel,
-    options: ScoreOptions,
-    scan: Scan,
-    settings: BatchSettings,
-    err: Any,
-    *,
-    sharded: ShardedResume,
-    output: Path,
-    **runner: Any,
-) -> Any:
-    """torchrun, for every sharded command: score this rank's share into its part file; rank 0 then waits
-    for every rank, merges the parts into --output and returns the summary (the others return None).
-    Ctrl-C and `kill` leave whole lines in the part files. ``runner``: the command's ``score``, ``emit``,
-    ``make_report`` and ``parse``/``command`` (``distributed.score_share``, ``merge_and_sum_up``)."""
-    import signal
-
-    import typer
-
-    from .. import distributed
-    from ..batch import BatchStats
-    from .batch import terminate_as_interrupt
-    from .render_batch import batch_progress
-
-    session = distributed.current_session()
-    assert session is not None
-    reading = {k: runner.pop(k) for k in ("parse", "command") if k in runner}  # only the merge reads lines
-    previous = terminate_as_interrupt()
-    try:
-        with batch_progress(err, scan) as advance:
-            show = advance if session.rank == 0 else None
-            stats = distributed.score_share(
-                session, lm, scan, sharded, output, options=options, settings=settings, show=show, **runner
-            )
-            if session.rank != 0:
-                session.post(0, batching=stats.to_dict())
-                return None
-            session.gather(show)
-    except KeyboardInterrupt:
-        part = distributed.part_path(output, session.rank, session.world)
-        err.print(f"Interrupted: the complete lines are kept in {part}; rerun with --resume.", markup=False)
-        raise typer.Exit(130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    failure = session.failure()
-    if failure is not None:
-        raise failure
-    total = BatchStats(settings.batch_size, settings.max_tokens, settings.padding_side)
-    distributed.add_batching([stats, *(o["batching"] for o in session.outcomes.values())], total)
-    return distributed.merge_and_sum_up(
-        session, lm, scan, sharded, output, options=options, settings=settings, batching=total, **runner, **reading
-    )

@@ -1,0 +1,550 @@
+"""The one data-set runner: every data-set command (``batch``, ``diff --input``, ``audit`` with a model) is a
+``Job`` that ``DatasetRun`` runs.
+
+A job says what the command makes of the data: how a batch of examples is scored (one model or two), what
+an output line is, how a line is read back (``--resume``, the torchrun merge) and how the summary is built.
+The run does everything else, once, for every command:
+
+1. ``DatasetRun.__enter__`` (before any model loads): the output is checked (``batch.check_batch_output``),
+   leftover torchrun part files refused (``distributed.check_parts``), the output locked (rank 0 under
+   torchrun), what ``resume`` continues read back, stdin or a pipe spooled to a file (the data is read
+   twice), and the data opened and described (``data.open_data``).
+2. ``DatasetRun.scan``: every record encoded and matched against the resumed lines (``batch.scan_dataset``).
+3. ``DatasetRun.run``: the forward passes in token-budget batches (``batch.run_scan``) into the output (or
+   a stream), a progress callback per batch, SIGTERM treated like Ctrl-C so the file keeps whole lines;
+   under torchrun this rank's share into its part file, and on rank 0 the merge and the summary rebuilt
+   from the merged lines (``distributed``).
+
+``score_dataset``, ``diff_dataset`` and ``audit_dataset`` are the library's entry points: a loaded model (or
+two), a data path and an output path in, the lines the command line writes out, and the summary returned.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from .batch import (
+    DEFAULT_WORST,
+    BatchSettings,
+    BatchStats,
+    JsonlSink,
+    ResumeState,
+    Scan,
+    check_batch_output,
+    read_resume,
+    run_scan,
+    scan_dataset,
+)
+from .data import DataInfo, Fields, Record, open_data
+from .encoding import Encoded, Layout
+from .errors import InputError
+from .job import Job
+from .scoring import ScoreOptions
+
+if TYPE_CHECKING:
+    from .audit import AuditReport
+    from .batch import DatasetSummary
+    from .diff import DiffDatasetSummary
+    from .distributed import Session, ShardedResume
+    from .loading import LoadedModel
+
+#: How messages and the summary name a data set read from stdin.
+STDIN = "<stdin>"
+
+#: A progress display: given the scan, a context that yields the callback told (examples, tokens) per batch.
+Progress = Callable[[Scan], AbstractContextManager[Callable[[int, int], None]]]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a run; ``message`` says what the output keeps (the CLI prints it, exit 130)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def input_name(data: str | Path) -> str:
+    """How messages and the summary name a data set: its path as given, or ``<stdin>`` for '-'."""
+    return STDIN if str(data) == "-" else str(data)
+
+
+class DatasetRun:
+    """One data-set run: entered before any model loads (outputs checked and locked, resume read, the data
+    opened), then ``scan`` and ``run`` once the model is loaded. ``notes`` receives what the user should be
+    told on the way (how the data is read, unless not ``describe``; a torn last line dropped); ``session`` is
+    torchrun's (None: one process)."""
+
+    def __init__(
+        self,
+        data: str | Path,
+        output: str | Path | None = None,
+        *,
+        command: str = "batch",
+        parse: Callable[[Any, int], Any] | None = None,
+        worst: int = DEFAULT_WORST,
+        resume: bool = False,
+        force: bool = False,
+        fields: Fields | None = None,
+        format: str | None = None,
+        split: str | None = None,
+        data_label: str = "the input",
+        session: Session | None = None,
+        notes: Callable[[str], None] | None = None,
+        describe: bool = True,
+    ) -> None:
+        if resume and output is None:
+            raise InputError("`resume` continues an `output` file; give `output`")
+        if resume and force:
+            raise InputError("give `resume` or `force`, not both")
+        if session is not None and output is None:
+            raise InputError(f"the {session.world} ranks of a torchrun run cannot share a stream; give `output`")
+        self.data, self.output = Path(data), (Path(output) if output is not None else None)
+        self.command, self.parse, self.worst = command, parse, worst
+        self.resume, self.force = resume, force
+        self.fields, self.format, self.split, self.data_label = fields or Fields(), format, split, data_label
+        self.session, self.notes, self.describe = session, notes or (lambda message: None), describe
+        self._stack = ExitStack()
+        self.sharded: ShardedResume | None = None
+        self.state: ResumeState | None = None
+        self.source: Path = self.data
+        self.info: DataInfo | None = None
+
+    @property
+    def label(self) -> str | None:
+        """The data's name in messages and the summary when ``source`` is a stand-in (stdin's or a pipe's copy)."""
+        return None if self.source == self.data else input_name(self.data)
+
+    def __enter__(self) -> DatasetRun:
+        try:
+            self._open()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.__exit__(*exc)  # type: ignore[arg-type]
+
+    def _open(self) -> None:
+        from .distributed import check_parts
+        from .files import output_lock, spooled_input
+
+        session, output = self.session, self.output
+        if output is not None:
+            check_batch_output(output, self.data, resume=self.resume, force=self.force)
+            check_parts(output, session.world if session else None, resume=self.resume, force=self.force)
+            if session is None or session.rank == 0:  # torchrun: rank 0 holds the lock for the run
+                self._stack.enter_context(output_lock(output, label="`output`"))
+        self._read_resume()
+        # stdin, a FIFO or a pipe given as a path is read once, into a temporary file: the scan reads it twice.
+        self.source = self._stack.enter_context(spooled_input(self.data, self.data_label))
+        info = open_data(self.source, self.fields, format=self.format, split=self.split)
+        self.info = replace(info, path=self.label) if self.label is not None else info
+        if self.describe:
+            self.notes(self.info.describe())  # how the data is read, before anything loads
+
+    def _read_resume(self) -> None:
+        session, output = self.session, self.output
+        if session is not None:
+            from .distributed import read_sharded_resume
+
+            self.sharded = read_sharded_resume(
+                output,  # type: ignore[arg-type]
+                session.world,
+                self.worst,
+                resume=self.resume,
+                parse=self.parse,
+                command=self.command,
+            )
+            self.state = self.sharded.union
+        elif self.resume and output is not None and output.exists():
+            self.state = read_resume(output, self.worst, parse=self.parse, command=self.command)
+            if self.state.torn_bytes:
+                self.notes(f"Resuming: dropping an incomplete last line ({self.state.torn_bytes} bytes) of {output}.")
+
+    def scan(
+        self,
+        lm: LoadedModel,
+        *,
+        layout: Layout | None = None,
+        options: ScoreOptions | None = None,
+        skip_invalid: bool = False,
+        encoder: Callable[[Record], Encoded] | None = None,
+    ) -> Scan:
+        """Every record encoded (``encoder``, default the model's own encoding) and matched to the resumed lines."""
+        return scan_dataset(
+            lm,
+            self.source,
+            layout=layout,
+            options=options,
+            fields=self.fields,
+            skip_invalid=skip_invalid,
+            resume=self.state,
+            info=self.info,
+            label=self.label,
+            encoder=encoder,
+        )
+
+    def run(
+        self,
+        lm: LoadedModel,
+        scan: Scan,
+        job: Job | None = None,
+        *,
+        options: ScoreOptions | None = None,
+        settings: BatchSettings | None = None,
+        stream: IO[str] | None = None,
+        tee: Callable[[dict[str, Any]], None] | None = None,
+        progress: Progress | None = None,
+    ) -> Any:
+        """Score the scan into ``output`` (without one: each line to ``stream``, or nowhere) and return the
+        summary; under torchrun, None on every rank but 0. ``tee`` also sees every line written (the reports)."""
+        job = job or Job()
+        options, settings = options or ScoreOptions(), settings or BatchSettings()
+        progress = progress or (lambda scan: nullcontext(lambda examples, tokens: None))
+        with _terminate_as_interrupt():
+            if self.session is not None:
+                return self._run_sharded(lm, scan, job, options, settings, progress)
+            return self._run_here(lm, scan, job, options, settings, stream, tee, progress)
+
+    def _run_here(
+        self,
+        lm: LoadedModel,
+        scan: Scan,
+        job: Job,
+        options: ScoreOptions,
+        settings: BatchSettings,
+        stream: IO[str] | None,
+        tee: Callable[[dict[str, Any]], None] | None,
+        progress: Progress,
+    ) -> Any:
+        output = self.output
+        report = job.report(lm, scan, options, settings)  # before any line is written: it refuses a changed option
+        sink = (
+            JsonlSink.open(output, resume=scan.resume)
+            if output is not None
+            else JsonlSink.to_stdout(stream or _Nowhere())
+        )
+        try:
+            with sink, progress(scan) as advance:
+                target = sink if tee is None else _Tee(sink, tee)
+                return run_scan(
+                    lm,
+                    scan,
+                    target,  # type: ignore[arg-type]
+                    options=options,
+                    settings=settings,
+                    on_batch=advance,
+                    score=job.score,
+                    report=report,
+                    emit=job.emit,
+                )
+        except KeyboardInterrupt:
+            if output is None and stream is None:
+                raise Interrupted("no --output was given, so nothing is kept") from None
+            if output is None or not sink.regular:
+                raise Interrupted(f"{sink.lines} lines were written") from None
+            raise Interrupted(
+                f"{sink.lines} complete lines are in {output}; rerun the same command with --resume to continue"
+            ) from None
+
+    def _run_sharded(
+        self, lm: LoadedModel, scan: Scan, job: Job, options: ScoreOptions, settings: BatchSettings, progress: Progress
+    ) -> Any:
+        """This rank's share into its part file; rank 0 then waits for every rank, merges the parts into the
+        output and returns the summary rebuilt from the merged lines (the others return None)."""
+        from . import distributed
+
+        session, output, sharded = self.session, self.output, self.sharded
+        assert session is not None and output is not None and sharded is not None
+        kwargs = {"score": job.score, "emit": job.emit, "make_report": lambda s: job.report(lm, s, options, settings)}
+        try:
+            with progress(scan) as advance:
+                show = advance if session.rank == 0 else None
+                stats = distributed.score_share(
+                    session, lm, scan, sharded, output, options=options, settings=settings, show=show, **kwargs
+                )
+                if session.rank != 0:
+                    session.post(0, batching=stats.to_dict())
+                    return None
+                session.gather(show)
+        except KeyboardInterrupt:
+            part = distributed.part_path(output, session.rank, session.world)
+            raise Interrupted(f"the complete lines are kept in {part}; rerun with --resume") from None
+        failure = session.failure()
+        if failure is not None:
+            raise failure
+        total = BatchStats(settings.batch_size, settings.max_tokens, settings.padding_side)
+        distributed.add_batching([stats, *(o["batching"] for o in session.outcomes.values())], total)
+        summary = distributed.merge_and_sum_up(
+            session,
+            lm,
+            scan,
+            sharded,
+            output,
+            options=options,
+            settings=settings,
+            batching=total,
+            parse=job.parse,
+            command=job.command,
+            **kwargs,
+        )
+        return replace(summary, resumed=sharded.resumed) if job.counts_resumed else summary
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (a plain `kill`) like Ctrl-C, so the output file is left with complete lines only. Only
+    the main thread can take a signal; elsewhere (a notebook's worker thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Nowhere:
+    """Where the lines go when nobody asked for them (``audit`` without an output)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class _Tee:
+    """The output sink, with every line it writes also handed to ``also`` (the reports' ``BatchLines.add``)."""
+
+    def __init__(self, sink: JsonlSink, also: Callable[[dict[str, Any]], None]) -> None:
+        self._sink, self._also = sink, also
+
+    @property
+    def name(self) -> str | None:
+        return self._sink.name
+
+    def write(self, obj: Any) -> None:
+        self._sink.write(obj)
+        self._also(obj)
+
+
+def current_session() -> Session | None:
+    from .distributed import current_session as session
+
+    return session()
+
+
+# --- the library's entry points -----------------------------------------------------------------------------
+
+
+def _loaded(lm: LoadedModel | Callable[[], LoadedModel]) -> LoadedModel:
+    """A loaded model, or the function that loads it (called once the outputs are checked and the data opened,
+    so that a bad path fails before a slow load)."""
+    from .loading import LoadedModel
+
+    return lm if isinstance(lm, LoadedModel) else lm()
+
+
+def score_dataset(
+    lm: LoadedModel | Callable[[], LoadedModel],
+    data: str | Path,
+    output: str | Path | None = None,
+    *,
+    layout: Layout | None = None,
+    options: ScoreOptions | None = None,
+    settings: BatchSettings | None = None,
+    fields: Fields | None = None,
+    skip_invalid: bool = False,
+    resume: bool = False,
+    force: bool = False,
+    format: str | None = None,
+    split: str | None = None,
+    stream: IO[str] | None = None,
+    progress: Progress | None = None,
+    notes: Callable[[str], None] | None = None,
+) -> DatasetSummary:
+    """Every record of ``data`` through ``lm``, as ``ce-inspect batch`` scores it: one JSON line per example
+    into ``output`` (in input order; without it, to ``stream`` or nowhere) and the data-set summary returned.
+    ``resume`` continues an interrupted ``output``; ``force`` replaces an existing one. Under torchrun, each
+    rank scores its share and rank 0 merges (``output`` required; the other ranks return None)."""
+    settings = settings or BatchSettings()
+    with DatasetRun(
+        data,
+        output,
+        worst=settings.worst,
+        resume=resume,
+        force=force,
+        fields=fields,
+        format=format,
+        split=split,
+        session=current_session(),
+        notes=notes,
+    ) as run:
+        lm = _loaded(lm)
+        scan = run.scan(lm, layout=layout, options=options, skip_invalid=skip_invalid)
+        return run.run(lm, scan, options=options, settings=settings, stream=stream, progress=progress)
+
+
+def diff_dataset(
+    ref: LoadedModel | Callable[[], LoadedModel],
+    cand: LoadedModel | Callable[[], LoadedModel],
+    data: str | Path,
+    output: str | Path | None = None,
+    *,
+    layout: Layout | None = None,
+    options: ScoreOptions | None = None,
+    settings: BatchSettings | None = None,
+    skip_invalid: bool = False,
+    resume: bool = False,
+    force: bool = False,
+    stream: IO[str] | None = None,
+    progress: Progress | None = None,
+    notes: Callable[[str], None] | None = None,
+) -> DiffDatasetSummary:
+    """Every record of ``data`` through both models, as ``ce-inspect diff --input`` compares them: one JSON
+    line per example into ``output`` and the data-set summary returned (resume, force, torchrun: as
+    ``score_dataset``). Both tokenizers must give each record the same tokens."""
+    from .diff import diff_job, diff_line_stats, record_encoder
+
+    settings, options, layout = settings or BatchSettings(), options or ScoreOptions(), layout or Layout()
+    with DatasetRun(
+        data,
+        output,
+        command="diff",
+        parse=diff_line_stats,
+        worst=settings.worst,
+        resume=resume,
+        force=force,
+        data_label="the data",
+        session=current_session(),
+        notes=notes,
+    ) as run:
+        ref, cand = _loaded(ref), _loaded(cand)
+        scan = run.scan(
+            ref, layout=layout, options=options, skip_invalid=skip_invalid, encoder=record_encoder(ref, cand, layout)
+        )
+        job = diff_job(ref, cand, options, settings.worst)
+        return run.run(ref, scan, job, options=options, settings=settings, stream=stream, progress=progress)
+
+
+def audit_dataset(
+    lm: LoadedModel | Callable[[], LoadedModel],
+    data: str | Path,
+    output: str | Path | None = None,
+    *,
+    layout: Layout | None = None,
+    options: ScoreOptions | None = None,
+    settings: BatchSettings | None = None,
+    fields: Fields | None = None,
+    max_length: int | None = None,
+    skip_invalid: bool = False,
+    examples: int | None = None,
+    fail_on: tuple[str, ...] | None = None,
+    resume: bool = False,
+    force: bool = False,
+    format: str | None = None,
+    split: str | None = None,
+    progress: Progress | None = None,
+    notes: Callable[[str], None] | None = None,
+) -> AuditReport:
+    """``ce-inspect audit --model``: every check on every record, then the forward pass through the one
+    runner (each record's loss, the loss outliers); one line per record into ``output`` (marked with
+    ``loss-outlier`` once every loss is known) and the report returned. Under torchrun, None on ranks but 0."""
+    from .audit import (
+        DEFAULT_EXAMPLES,
+        DEFAULT_FAIL_ON,
+        audit_job,
+        audit_line_stats,
+        check_dataset,
+        outliers_in_lines,
+        score_shown,
+        tokenizer_only,
+    )
+    from .data import encode_whole
+
+    settings, options, layout = settings or BatchSettings(), options or ScoreOptions(), layout or Layout()
+    fields = fields or Fields()
+    with DatasetRun(
+        data,
+        output,
+        command="audit",
+        parse=audit_line_stats,
+        worst=0,
+        resume=resume,
+        force=force,
+        fields=fields,
+        format=format,
+        split=split,
+        data_label="the data",
+        session=current_session(),
+        notes=notes,
+    ) as run:
+        name = run.info.path  # type: ignore[union-attr]  # the data as the user gave it
+        lm = _loaded(lm)
+        # The checks see every record, whatever its length; the model's context limits only the forward pass.
+        audit = check_dataset(
+            tokenizer_only(lm.tokenizer, lm.name),
+            run.source,
+            layout=layout,
+            fields=fields,
+            format=format,
+            split=split,
+            info=run.info,
+            max_length=max_length,
+            skip_invalid=skip_invalid,
+            examples=DEFAULT_EXAMPLES if examples is None else examples,
+            keep_findings=True,
+        )
+
+        def encoder(record: Record) -> Encoded:  # audit has no --stride: a too-long text's reason names none
+            return encode_whole(lm, record, layout, "audit")
+
+        scan = run.scan(lm, layout=layout, options=options, skip_invalid=True, encoder=encoder)
+        job = audit_job(lm, scan, audit, options, settings)
+        summary = run.run(lm, scan, job, options=options, settings=settings, progress=progress)
+        if summary is None:
+            return None  # type: ignore[return-value]  # torchrun, not rank 0: rank 0 merges and reports
+        loss = {
+            "examples": summary.examples,
+            "scored_tokens": summary.scored_tokens,
+            "token_weighted_mean_loss": summary.token_weighted_mean_loss,
+            "example_weighted_mean_loss": summary.example_weighted_mean_loss,
+            "unscored": audit.unscored,
+            "resumed": summary.resumed,
+        }
+        scored = score_shown(lm, scan, audit, options)
+        gate = DEFAULT_FAIL_ON if fail_on is None else fail_on
+        report = audit.finish(input=name, model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss, scored=scored)
+        if output is None:
+            return report
+        # Under the output's lock still: the lines get the loss-outlier findings only the whole data set gives.
+        report, streamed = outliers_in_lines(report, audit, output)
+        if streamed and notes is not None:
+            from .audit import STREAMED_NOTE
+
+            notes(f"audit: --output: {STREAMED_NOTE}")
+        return replace(report, output=str(output))
+
+
+__all__ = [
+    "DatasetRun",
+    "Interrupted",
+    "Job",
+    "audit_dataset",
+    "diff_dataset",
+    "input_name",
+    "score_dataset",
+]
