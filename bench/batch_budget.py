@@ -132,7 +132,7 @@ def overhead(lm, scan, data: Path, out: Path) -> dict[str, float]:
     encoded = [encode_record(lm, r, scan.layout) for r in records]
     encode = time.perf_counter() - start
     build = [0.0]
-    real_results = scoring._results
+    real_results = scoring.build_results
 
     def timed_results(*args, **kwargs):
         t = time.perf_counter()
@@ -141,14 +141,14 @@ def overhead(lm, scan, data: Path, out: Path) -> dict[str, float]:
         finally:
             build[0] += time.perf_counter() - t
 
-    scoring._results = timed_results
+    scoring.build_results = timed_results
     try:
         start = time.perf_counter()
         with JsonlSink.open(out) as sink:
             run_scan(lm, scan, sink, settings=BatchSettings())
         total = time.perf_counter() - start
     finally:
-        scoring._results = real_results
+        scoring.build_results = real_results
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     # Writing: the output document (to_dict) and its JSON line, timed on results rebuilt for the purpose.
     results = [scoring.score_batch(lm, [e])[0] for e in encoded[:20]]

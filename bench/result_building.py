@@ -3,7 +3,7 @@
     python bench/result_building.py                  # bundled SmolLM2's tokenizer: bench/results/result-building-cpu.md
     python bench/result_building.py --model DIR --sizes 1024,16384 --repeats 5
 
-``scoring._results`` builds every token's record (text, piece, rank, top-k alternatives, the whole-sequence
+``scoring.build_results`` builds every token's record (text, piece, rank, top-k alternatives, the whole-sequence
 view) from the figures the forward pass produced. It is one pass over the figure lists, so its time per
 token stays flat as the example grows. Re-slicing the lists for every token, as it once did, made it grow
 with the length: ~1.7 s at 16,384 tokens, against under 0.2 s once fixed, with the tests' tiny byte-level
@@ -37,14 +37,14 @@ from conftest import synthetic_batch  # noqa: E402
 from machine import describe as machine  # noqa: E402
 
 from ce_inspect import ScoreOptions, load  # noqa: E402
-from ce_inspect.scoring import _results  # noqa: E402
+from ce_inspect.scoring import build_results  # noqa: E402
 
 
 def cpu_seconds(lm, n_scored: int, top_k: int, repeats: int) -> list[float]:
-    """CPU time of ``_results`` on one example of ``n_scored`` scored tokens, once per repeat."""
+    """CPU time of ``build_results`` on one example of ``n_scored`` scored tokens, once per repeat."""
     options = ScoreOptions(top_k=top_k)
     example, figures = synthetic_batch(n_scored, len(lm.tokenizer), top_k)
-    (result,) = _results(lm, [example], figures, [None], options)  # a warm-up, and a check of what it built
+    (result,) = build_results(lm, [example], figures, [None], options)  # a warm-up, and a check of what it built
     assert [t.loss for t in result.tokens] == figures["loss"]
     assert math.isclose(result.summary.sum, math.fsum(figures["loss"]), rel_tol=1e-9)
     times = []
@@ -53,7 +53,7 @@ def cpu_seconds(lm, n_scored: int, top_k: int, repeats: int) -> list[float]:
     try:
         for _ in range(repeats):
             start = time.process_time()
-            _results(lm, [example], figures, [None], options)
+            build_results(lm, [example], figures, [None], options)
             times.append(time.process_time() - start)
     finally:
         gc.enable()
@@ -80,7 +80,7 @@ def main() -> None:
             print(f"top-k {top_k}, {n:,} tokens: {min(times):.3f} s", flush=True)
     load_after = os.getloadavg()[0]
     report = [
-        "# Result building (`scoring._results`) by scored tokens",
+        "# Result building (`scoring.build_results`) by scored tokens",
         "",
         "Command: `" + " ".join(["python bench/result_building.py", *sys.argv[1:]]) + "`",
         f"Commit: {commit.stdout.strip() or 'unknown'}; model: {lm.name}; machine: {machine()}",

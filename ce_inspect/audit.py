@@ -499,11 +499,11 @@ def check_boundary(rc: RecordChecks) -> Finding | None:
     if isinstance(ex.prompt, str) and isinstance(ex.completion, str):
         prompt_text, whole_text = ex.prompt, ex.prompt + ex.completion
     elif isinstance(ex.prompt, tuple) and isinstance(ex.completion, tuple):
-        from .encoding import _render  # the one renderer of chat templates
+        from .encoding import render_template  # the one renderer of chat templates
 
         try:
-            prompt_text = _render(ctx.tokenizer, [dict(m) for m in ex.prompt], generation_prompt=True)
-            whole_text = _render(ctx.tokenizer, [dict(m) for m in (*ex.prompt, *ex.completion)])
+            prompt_text = render_template(ctx.tokenizer, [dict(m) for m in ex.prompt], generation_prompt=True)
+            whole_text = render_template(ctx.tokenizer, [dict(m) for m in (*ex.prompt, *ex.completion)])
         except InputError:
             return None
     else:
@@ -1187,12 +1187,12 @@ def read_audit_records(
 ) -> Iterator[tuple[Any, Any | None]]:
     """Every record of the data set through ``data``'s reader, streamed: (record, its text as a second record
     when it is pre-tokenized and also carries the text it was made from, e.g. ``messages``; else None)."""
-    from .data import FORMATS, Fields, Record, _objects, detect_format, file_kind, parse_record
+    from .data import FORMATS, Fields, Record, detect_format, file_kind, parse_record, read_objects
 
     if format is not None and format not in FORMATS:
         raise InputError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     fields = fields or Fields()
-    for number, obj, error in _objects(path, file_kind(path), split):
+    for number, obj, error in read_objects(path, file_kind(path), split):
         if error is not None:
             yield Record(number, error=error), None
             continue

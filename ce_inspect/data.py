@@ -585,7 +585,7 @@ def _hub_objects(name: str, split: str | None) -> Iterator[tuple[int, Any, str |
     yield from _arrow_dataset_rows(_pick_split(ds, split if not hasattr(ds, "column_names") else None, name))
 
 
-def _objects(path: str | os.PathLike[str], kind: str, split: str | None) -> Iterator[tuple[int, Any, str | None]]:
+def read_objects(path: str | os.PathLike[str], kind: str, split: str | None) -> Iterator[tuple[int, Any, str | None]]:
     if split is not None and kind in ("jsonl", "json", "parquet"):
         raise InputError(f"{path} is a single file; `split` applies to saved and Hub datasets")
     if kind == "jsonl":
@@ -617,7 +617,7 @@ def read_records(
     if format is not None and format not in FORMATS:
         raise InputError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     fields = fields or Fields()
-    for number, obj, error in _objects(path, file_kind(path), split):
+    for number, obj, error in read_objects(path, file_kind(path), split):
         if error is not None:
             yield Record(number, error=error)
         else:

@@ -36,10 +36,10 @@ from .result import (
 )
 from .scoring import (
     ScoreOptions,
-    _model_losses,
-    _results,
+    build_results,
     nonfinite_error,
     nonfinite_row,
+    own_losses,
     pack,
     scored_rows,
     token_figures,
@@ -539,7 +539,7 @@ class _Side:
                 lm, packed.input_ids, packed.attention, packed.position_ids, packed.rows_b, packed.rows_t, options
             )
             vocab = int(head(selected[:1]).shape[-1])
-            losses = _model_losses(lm, examples) if options.verify else [None] * len(examples)
+            losses = own_losses(lm, examples) if options.verify else [None] * len(examples)
         kept = lm if keep_model else dataclasses.replace(lm, model=None)
         return cls(kept, examples, packed.targets, selected, head, rows, vocab, list(losses))
 
@@ -623,8 +623,8 @@ def _pair_figures(ref_logits: torch.Tensor, cand_logits: torch.Tensor) -> dict[s
 def _diff_results(
     ref: _Side, cand: _Side, figures: dict[str, dict[str, list[Any]]], options: ScoreOptions, shared: int
 ) -> list[DiffResult]:
-    ref_results = _results(ref.lm, ref.examples, figures["ref"], ref.model_losses, options)
-    cand_results = _results(cand.lm, cand.examples, figures["cand"], cand.model_losses, options)
+    ref_results = build_results(ref.lm, ref.examples, figures["ref"], ref.model_losses, options)
+    cand_results = build_results(cand.lm, cand.examples, figures["cand"], cand.model_losses, options)
     notes: list[str] = []
     if ref.vocab != cand.vocab:
         notes.append(

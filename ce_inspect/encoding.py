@@ -726,7 +726,7 @@ def _chat_template(tokenizer: PreTrainedTokenizerBase) -> str:
     return template
 
 
-def _render(
+def render_template(
     tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], generation_prompt: bool = False
 ) -> str:
     try:
@@ -741,7 +741,7 @@ def _try_render(
     tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], generation_prompt: bool = False
 ) -> str | None:
     try:
-        return _render(tokenizer, messages, generation_prompt)
+        return render_template(tokenizer, messages, generation_prompt)
     except InputError:
         return None
 
@@ -895,7 +895,7 @@ def _check_chat_tokenizer(tokenizer: PreTrainedTokenizerBase) -> str:
 
 def _render_conversation(tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]]) -> _Rendering:
     """The whole conversation's rendering and tokens, every character still template text."""
-    text = _render(tokenizer, msgs)
+    text = render_template(tokenizer, msgs)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     return _Rendering(
         text=text,
@@ -1022,7 +1022,7 @@ def _answer_start(
     tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]], k: int, r: _Rendering, where: str
 ) -> int:
     """The first token after turn ``k``'s generation prompt, which must be a text and a token prefix."""
-    prompt_text = _render(tokenizer, msgs[:k], generation_prompt=True)
+    prompt_text = render_template(tokenizer, msgs[:k], generation_prompt=True)
     if not r.text.startswith(prompt_text):
         at = _parting(prompt_text, r.text)
         raise InputError(

@@ -469,8 +469,6 @@ def audit_dataset(
         audit_job,
         audit_line_stats,
         check_dataset,
-        outliers_in_lines,
-        score_shown,
         tokenizer_only,
     )
     from .data import encode_whole
@@ -517,26 +515,41 @@ def audit_dataset(
         summary = run.run(lm, scan, job, options=options, settings=settings, progress=progress)
         if summary is None:
             return None  # type: ignore[return-value]  # torchrun, not rank 0: rank 0 merges and reports
-        loss = {
-            "examples": summary.examples,
-            "scored_tokens": summary.scored_tokens,
-            "token_weighted_mean_loss": summary.token_weighted_mean_loss,
-            "example_weighted_mean_loss": summary.example_weighted_mean_loss,
-            "unscored": audit.unscored,
-            "resumed": summary.resumed,
-        }
-        scored = score_shown(lm, scan, audit, options)
         gate = DEFAULT_FAIL_ON if fail_on is None else fail_on
-        report = audit.finish(input=name, model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss, scored=scored)
-        if output is None:
-            return report
-        # Under the output's lock still: the lines get the loss-outlier findings only the whole data set gives.
-        report, streamed = outliers_in_lines(report, audit, output)
-        if streamed and notes is not None:
-            from .audit import STREAMED_NOTE
+        return _audit_report(lm, scan, audit, summary, name, gate, options, output, notes)
 
-            notes(f"audit: --output: {STREAMED_NOTE}")
-        return replace(report, output=str(output))
+
+def _audit_report(
+    lm: LoadedModel,
+    scan: Scan,
+    audit: Any,
+    summary: DatasetSummary,
+    name: str,
+    gate: tuple[str, ...],
+    options: ScoreOptions,
+    output: str | Path | None,
+    notes: Callable[[str], None] | None,
+) -> AuditReport:
+    """The audit's report once every record is scored: the shown records scored again alone, the outliers
+    marked in the output's lines (still under its lock)."""
+    from .audit import STREAMED_NOTE, outliers_in_lines, score_shown
+
+    loss = {
+        "examples": summary.examples,
+        "scored_tokens": summary.scored_tokens,
+        "token_weighted_mean_loss": summary.token_weighted_mean_loss,
+        "example_weighted_mean_loss": summary.example_weighted_mean_loss,
+        "unscored": audit.unscored,
+        "resumed": summary.resumed,
+    }
+    scored = score_shown(lm, scan, audit, options)
+    report = audit.finish(input=name, model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss, scored=scored)
+    if output is None:
+        return report
+    report, streamed = outliers_in_lines(report, audit, output)
+    if streamed and notes is not None:
+        notes(f"audit: --output: {STREAMED_NOTE}")
+    return replace(report, output=str(output))
 
 
 __all__ = [

@@ -296,10 +296,10 @@ def score_batch(
     options, top_k_note = _fit_top_k(lm, options)
     with torch.inference_mode():
         figures = _figures(lm, examples, input_ids, attention, position_ids, rows_b, rows_t, targets, options)
-        model_losses = _model_losses(lm, examples) if options.verify else [None] * len(examples)
+        model_losses = own_losses(lm, examples) if options.verify else [None] * len(examples)
     check_model_unchanged(lm)  # the pass read the weights from their files: were they the loaded ones?
 
-    results = _results(lm, examples, figures, model_losses, options)
+    results = build_results(lm, examples, figures, model_losses, options)
     if top_k_note:
         results = [replace(r, notes=(*r.notes, top_k_note)) for r in results]
     return results
@@ -624,7 +624,7 @@ def _figures(
     return out
 
 
-def _model_losses(lm: LoadedModel, examples: Sequence[Encoded]) -> list[float]:
+def own_losses(lm: LoadedModel, examples: Sequence[Encoded]) -> list[float]:
     """The model's own ``loss`` (its CrossEntropyLoss path), one example at a time."""
     import torch
 
@@ -638,7 +638,7 @@ def _model_losses(lm: LoadedModel, examples: Sequence[Encoded]) -> list[float]:
     return losses
 
 
-def _results(
+def build_results(
     lm: LoadedModel,
     examples: Sequence[Encoded],
     figures: dict[str, list[Any]],

@@ -350,13 +350,13 @@ def test_result_building_is_one_pass_at_16k_scored_tokens(tiny_llama, top_k):
     """Turning the figure lists into results is one pass over them: each list is sliced once per example,
     so building 16,384 tokens copies each list's 16,384 entries once (re-slicing the lists for every token,
     as it once did, copies them 16,384 times). Its time is measured in `bench/result_building.py`."""
-    from ce_inspect.scoring import _results
+    from ce_inspect.scoring import build_results
 
     options = ScoreOptions(top_k=top_k)
     example, figures = synthetic_batch(16_384, len(tiny_llama.tokenizer), top_k)
     counted = {key: CountingList(values) for key, values in figures.items()}
     CountingList.copied = 0
-    (result,) = _results(tiny_llama, [example], counted, [None], options)
+    (result,) = build_results(tiny_llama, [example], counted, [None], options)
     assert CountingList.copied <= len(figures) * 16_384, f"{CountingList.copied} figure entries copied"
     # The figures land on the right tokens, computed independently from the synthetic lists.
     assert [t.loss for t in result.tokens] == figures["loss"]

@@ -17,7 +17,7 @@ from conftest import build_model, byte_tokenizer
 
 from ce_inspect import Layout, ScoreOptions, encode, load, score
 from ce_inspect.cli import main
-from ce_inspect.cli.render import _HEAT, _HEAT_BG, loss_style
+from ce_inspect.cli.render import _HEAT, HEAT_BG, loss_style
 from ce_inspect.diff import diff
 from ce_inspect.encoding import Encoded
 from ce_inspect.errors import NonFiniteError
@@ -228,6 +228,6 @@ def test_batch_stops_at_the_line_and_keeps_whole_lines(tmp_path, capsys, skip_in
 
 
 def test_loss_style_is_total():
-    for scale in (_HEAT, _HEAT_BG):
+    for scale in (_HEAT, HEAT_BG):
         assert loss_style(math.nan, scale) == loss_style(math.inf, scale) == scale[-1][1]
         assert loss_style(-math.inf, scale) == scale[0][1]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from .app import app
+from .stdout import BROKEN_PIPE, blocking_stdout, silence_stdout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,13 +31,13 @@ def _main(argv: list[str] | None) -> int:
     if launch is not None and current_session() is None:
         from .ranks import main_rank
 
-        return main_rank(argv, launch)
+        return main_rank(argv, launch, main)
     try:
         result = app(args=argv, prog_name="ce-inspect", standalone_mode=False)
     except BrokenPipeError:
         # The reader of stdout went away (`| head`): stop quietly with the status of a process killed by
         # SIGPIPE, as Unix tools do, whichever command it was.
-        _silence_stdout()
+        silence_stdout()
         return BROKEN_PIPE
     except (Exception, KeyboardInterrupt) as exc:
         reported = report(exc)
@@ -51,62 +50,6 @@ def _main(argv: list[str] | None) -> int:
         print(f"Error: {reported.message}", file=sys.stderr)
         return reported.exit_code
     return result if isinstance(result, int) else 0
-
-
-@contextmanager
-def blocking_stdout() -> Iterator[None]:
-    """stdout's descriptor in blocking mode while a command runs, as it was found afterwards.
-
-    A reader that set its pipe non-blocking (O_NONBLOCK belongs to the open pipe, which the child shares)
-    would make a write into a full pipe fail with EAGAIN: a traceback, or, unbuffered (``PYTHONUNBUFFERED``),
-    a silently shortened document. In blocking mode every write waits for the reader and completes. The
-    flag is restored after a last flush, so that the caller finds its pipe as it left it.
-    """
-    try:
-        fd = sys.stdout.fileno()
-        nonblocking = not os.get_blocking(fd)
-    except (AttributeError, OSError, ValueError):  # no stdout, or a stand-in without a descriptor (tests)
-        nonblocking = False
-    if not nonblocking:
-        yield
-        return
-    os.set_blocking(fd, True)
-    try:
-        yield
-    finally:
-        try:
-            sys.stdout.flush()  # what is still buffered goes out while writes wait
-        except (OSError, ValueError):
-            pass  # kept in the buffer: the final flush (``entry``) fails again and sets the exit status
-        try:
-            os.set_blocking(fd, False)
-        except OSError:
-            pass
-
-
-#: Exit status when stdout's reader goes away before everything was written: 128 + SIGPIPE, the shell's
-#: status for a tool killed by SIGPIPE.
-BROKEN_PIPE = 141
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so that Python's own final flush does not fail a second time."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
-def broken_pipe_raises() -> None:
-    """Let a broken pipe under Rich raise BrokenPipeError like any other write, instead of Rich's own
-    exit with status 1, so that every command ends with the same status (141) whatever was printing."""
-    from rich.console import Console
-
-    def raise_it(self: Console) -> None:
-        raise BrokenPipeError(32, "Broken pipe")
-
-    Console.on_broken_pipe = raise_it  # type: ignore[method-assign]
 
 
 def entry() -> None:

@@ -367,14 +367,14 @@ def shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
     def command(**kwargs: Any) -> Any:
         common = Common(**{name: kwargs.pop(name) for name in names})
         common.check()
-        from . import BROKEN_PIPE, _silence_stdout, broken_pipe_raises
+        from .stdout import BROKEN_PIPE, broken_pipe_raises, silence_stdout
 
         broken_pipe_raises()
         try:
             return func(common=common, **kwargs)
         except BrokenPipeError:
             # stdout's reader went away (`| head`): caught here, before click turns it into exit 1.
-            _silence_stdout()
+            silence_stdout()
             raise typer.Exit(BROKEN_PIPE) from None
 
     command.__name__ = func.__name__

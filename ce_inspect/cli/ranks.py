@@ -15,6 +15,8 @@ import traceback
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..distributed import Launch
 
 #: Commands that split their data set over the ranks (``diff`` with --input, ``audit``'s forward pass); any
@@ -23,9 +25,8 @@ SHARDED_COMMANDS = ("batch", "diff", "audit")
 INTERRUPTED = 130
 
 
-def main_rank(argv: list[str] | None, launch: Launch) -> int:
-    from . import main
-
+def main_rank(argv: list[str] | None, launch: Launch, main: Callable[[list[str]], int]) -> int:
+    """Run the command line (``main``, the one of ``ce_inspect.cli``) as one rank of ``launch``."""
     args = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in args if not a.startswith("-")), None)
     if command is not None and command not in SHARDED_COMMANDS:

@@ -17,7 +17,7 @@ from ..result import ScoreResult, SequenceToken, TokenScore, TurnSummary
 
 # Loss thresholds (nats) for the colour scale: p > 0.61, p > 0.14, p > 0.02, below.
 _HEAT = ((0.5, "green"), (2.0, "yellow"), (4.0, "dark_orange"), (float("inf"), "red"))
-_HEAT_BG = ((0.5, "on dark_green"), (2.0, "black on yellow"), (4.0, "black on dark_orange"), (float("inf"), "on red"))
+HEAT_BG = ((0.5, "on dark_green"), (2.0, "black on yellow"), (4.0, "black on dark_orange"), (float("inf"), "on red"))
 #: Segments that a masked layout trains on; the others are context (prompt, template, other roles).
 _TARGET_SEGMENTS = {"answer", "eos", "assistant", "eot"}
 _TOP_K_WIDTH = 10  # characters of each alternative shown in the table
@@ -281,7 +281,7 @@ def sequence_view(
         special = tok.special or (special_ids is not None and tok.token_id in special_ids)
         piece = visible(tok.token, special, tok.bytes)
         if tok.scored and tok.loss is not None:
-            piece.stylize(loss_style(tok.loss, _HEAT_BG))
+            piece.stylize(loss_style(tok.loss, HEAT_BG))
             if context_scored and not is_target:
                 piece.stylize("italic")
         else:
@@ -311,10 +311,10 @@ def loss_sparkline(tokens: tuple[TokenScore, ...], width: int) -> Text:
 
 
 def loss_key() -> list[tuple[str, str] | str]:
-    """The loss bins of the strip, each in its own style, from ``_HEAT_BG``: what every legend shows."""
+    """The loss bins of the strip, each in its own style, from ``HEAT_BG``: what every legend shows."""
     parts: list[tuple[str, str] | str] = []
     previous = None
-    for limit, style in _HEAT_BG:
+    for limit, style in HEAT_BG:
         label = f"<{limit:g}" if limit != float("inf") else f"≥{previous:g}"
         parts += [" ", (label, style)] if parts else [(label, style)]
         previous = limit

@@ -12,7 +12,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .render import _HEAT_BG, fmt, loss_key, loss_style, visible
+from .render import HEAT_BG, fmt, loss_key, loss_style, visible
 
 if TYPE_CHECKING:
     from ..audit import AuditReport, CheckResult, ShownFinding, TokenView
@@ -39,7 +39,7 @@ def token_strip(tokens: tuple[TokenView, ...]) -> Text:
             text.append("◂", style="red")
             continue
         if tok.trained:
-            piece.stylize(loss_style(tok.loss, _HEAT_BG) if tok.loss is not None else "bold")
+            piece.stylize(loss_style(tok.loss, HEAT_BG) if tok.loss is not None else "bold")
         else:
             piece.stylize("dim")
             if tok.index % 2:
