@@ -51,8 +51,9 @@ if TYPE_CHECKING:
     from .audit import AuditReport
     from .batch import DatasetSummary
     from .diff import DiffDatasetSummary
-    from .distributed import Session, ShardedResume
+    from .distributed import Session
     from .loading import LoadedModel
+    from .sharded import ShardedResume
 
 #: How messages and the summary name a data set read from stdin.
 STDIN = "<stdin>"
@@ -152,7 +153,7 @@ class DatasetRun:
     def _read_resume(self) -> None:
         session, output = self.session, self.output
         if session is not None:
-            from .distributed import read_sharded_resume
+            from .sharded import read_sharded_resume
 
             self.sharded = read_sharded_resume(
                 output,  # type: ignore[arg-type]
@@ -260,6 +261,7 @@ class DatasetRun:
         """This rank's share into its part file; rank 0 then waits for every rank, merges the parts into the
         output and returns the summary rebuilt from the merged lines (the others return None)."""
         from . import distributed
+        from .sharded import add_batching, merge_and_sum_up, score_share
 
         session, output, sharded = self.session, self.output, self.sharded
         assert session is not None and output is not None and sharded is not None
@@ -267,7 +269,7 @@ class DatasetRun:
         try:
             with progress(scan) as advance:
                 show = advance if session.rank == 0 else None
-                stats = distributed.score_share(
+                stats = score_share(
                     session, lm, scan, sharded, output, options=options, settings=settings, show=show, **kwargs
                 )
                 if session.rank != 0:
@@ -281,8 +283,8 @@ class DatasetRun:
         if failure is not None:
             raise failure
         total = BatchStats(settings.batch_size, settings.max_tokens, settings.padding_side)
-        distributed.add_batching([stats, *(o["batching"] for o in session.outcomes.values())], total)
-        summary = distributed.merge_and_sum_up(
+        add_batching([stats, *(o["batching"] for o in session.outcomes.values())], total)
+        summary = merge_and_sum_up(
             session,
             lm,
             scan,

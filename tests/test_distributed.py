@@ -19,14 +19,12 @@ from ce_inspect.distributed import (
     check_parts,
     detect_launch,
     existing_parts,
-    merge_outputs,
     part_path,
     rank_device,
     rank_gpus,
-    read_sharded_resume,
-    shard_lines,
 )
 from ce_inspect.errors import InputError, ResumeError
+from ce_inspect.sharded import merge_outputs, read_sharded_resume, shard_lines
 from tests.conftest import PROCESS_TIMEOUT
 from tests.conftest import json_close as _close
 
