@@ -4,6 +4,7 @@ how a 2,000-record batch report opens.
     python scripts/screenshots.py            # pictures into docs/ (the README's), measurements printed
     python scripts/screenshots.py --out DIR  # pictures elsewhere
     python scripts/screenshots.py --check    # CI: only the 2,000-record measurement, fails over the limits
+                                             # (5 MB; opening it at most 3 x the time of a 20-record one)
 
 The run and the batch pictures use the bundled default model on samples/ (the README's examples). The
 2,000-record batch is scored for real, by `ce-inspect batch --html`, with the tiny offline model the tests
@@ -18,6 +19,7 @@ import json
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,9 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-LIMIT_SECONDS = 2.0
+#: What a 2,000-record report should take to open on an idle machine (measured 0.5-1.0 s on 2 cores): printed,
+#: not enforced, since a loaded machine's wall clock says nothing about the page.
+BUDGET_SECONDS = 2.0
 LIMIT_BYTES = 5_000_000
+#: The 2,000-record report's load time over the 20-record one's, both loaded in turns in one run.
+LIMIT_RATIO = 3.0
 RECORDS = 2000
+SMALL_RECORDS = 20
 
 
 def chromium() -> str | None:
@@ -100,35 +107,46 @@ def load_time(browser: str, html: Path, work: Path) -> float:
     return float(match[1])
 
 
-def big_batch(work: Path) -> Path:
-    """A 2,000-record batch report, scored for real with the tests' tiny model."""
+def batch_report(work: Path, records: int) -> Path:
+    """A batch report of ``records`` records, scored for real with the tests' tiny model."""
     sys.path.insert(0, str(ROOT))
     from tests.conftest import build_model
 
-    model = build_model(work / "tiny-llama", "llama")
+    model = work / "tiny-llama"
+    if not model.exists():
+        build_model(model, "llama")
     rng = random.Random(0)
     words = "the a model loss token answer prompt data set train eval of to in is was for with on".split()
-    data = work / "records.jsonl"
+    data = work / f"records-{records}.jsonl"
     with data.open("w", encoding="utf-8") as fh:
-        for i in range(RECORDS):
+        for i in range(records):
             prompt = " ".join(rng.choices(words, k=rng.randint(3, 12)))
             answer = " " + " ".join(rng.choices(words, k=rng.randint(3, 20)))
             fh.write(json.dumps({"id": f"r{i}", "prompt": prompt, "answer": answer}) + "\n")
-    html = work / "batch-2000.html"
+    html = work / f"batch-{records}.html"
     ce_inspect("batch", str(data), "-m", str(model), "--device", "cpu", "--top-k", "5", "--worst", "50",
-               "-o", str(work / "scores-2000.jsonl"), "--html", str(html))  # fmt: skip
+               "-o", str(work / f"scores-{records}.jsonl"), "--html", str(html))  # fmt: skip
     return html
 
 
 def measure(browser: str, work: Path) -> bool:
-    html = big_batch(work)
-    size = html.stat().st_size
-    loads = [load_time(browser, html, work) for _ in range(3)]
-    ok = size < LIMIT_BYTES and max(loads) / 1000 < LIMIT_SECONDS
+    """The 2,000-record report's size (a hard limit) and its load time against a 20-record report's, loaded
+    in turns in the same run. A wall-clock limit would fail on a busy machine (CI beside other jobs measured
+    2.6-2.8 s for what takes 0.7 s idle); the ratio tells whether opening the report grows with the records
+    far beyond the browser's fixed cost, whatever the machine's load. The absolute times are printed beside it."""
+    big, small = batch_report(work, RECORDS), batch_report(work, SMALL_RECORDS)
+    size = big.stat().st_size
+    big_ms, small_ms = [], []
+    for _ in range(3):
+        small_ms.append(load_time(browser, small, work))
+        big_ms.append(load_time(browser, big, work))
+    ratio = statistics.median(big_ms) / statistics.median(small_ms)
+    ok = size < LIMIT_BYTES and ratio < LIMIT_RATIO
     print(
         f"{RECORDS}-record batch report (tiny model, --top-k 5 --worst 50): {size / 1e6:.2f} MB, "
-        f"load event with layout after {', '.join(f'{ms:.0f}' for ms in loads)} ms "
-        f"(limits {LIMIT_BYTES / 1e6:.0f} MB, {LIMIT_SECONDS:.0f} s): {'ok' if ok else 'OVER'}"
+        f"load event with layout after {', '.join(f'{ms:.0f}' for ms in big_ms)} ms; a {SMALL_RECORDS}-record one "
+        f"after {', '.join(f'{ms:.0f}' for ms in small_ms)} ms: {ratio:.1f} x (limits {LIMIT_BYTES / 1e6:.0f} MB, "
+        f"{LIMIT_RATIO:g} x; the budget on an idle machine is {BUDGET_SECONDS:g} s): {'ok' if ok else 'OVER'}"
     )
     return ok
 
