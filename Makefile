@@ -48,6 +48,8 @@ lint: setup
 	# Issue 17's ratchet: no import cycle, private cross-module name, function body over 60 lines or module
 	# over 700 beyond those architecture-baseline.txt lists.
 	$(BIN)/python scripts/check_architecture.py
+	# The layers of pyproject.toml [tool.importlinter]: each module imports only the layers below it.
+	$(BIN)/lint-imports --no-cache
 
 # Regenerate schema/*.json from the TypedDicts in ce_inspect/result.py (commit the result).
 schema: setup
