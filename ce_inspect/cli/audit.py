@@ -112,23 +112,9 @@ def audit(
     """Audit a training data set: labels that train nothing, an end-of-turn never trained, template or
     padding tokens trained, BOS doubled, labels shifted twice, tokenization boundaries, and (with a model)
     loss outliers. Exits 3 when a --fail-on check fails."""
-    from ..audit import parse_checks
     from ..batch import BatchSettings, Fields
-    from ..errors import InputError
 
-    try:
-        gate = parse_checks(fail_on if fail_on is not None else DEFAULT_FAIL_ON)
-    except InputError as exc:
-        raise typer.BadParameter(
-            str(exc).replace("in `fail_on`", "").replace("`fail_on`", "--fail-on"), param_hint="--fail-on"
-        ) from None
-    if no_model and "loss-outlier" in gate:
-        raise typer.BadParameter(
-            "loss-outlier needs a forward pass and --no-model runs none: drop it from --fail-on or --no-model",
-            param_hint="--fail-on",
-        )
-    if tokenizer is not None and not no_model:
-        raise typer.BadParameter("--tokenizer applies with --no-model; with a model its own tokenizer is used")
+    gate = _checked_gate(fail_on, no_model=no_model, tokenizer=tokenizer)
     _check_usage(data, output, no_model=no_model, resume=resume, force=force, json_out=json_out)
     _check_output(data, output, no_model=no_model, resume=resume, force=force)
     reports.check(
@@ -163,6 +149,34 @@ def audit(
             )  # fmt: skip
         if report is None:
             return  # torchrun, not rank 0: rank 0 merges and reports
+    _write_report(report, reports, output, json_out=json_out, err=err)
+    _apply_gate(report, err)
+
+
+def _checked_gate(fail_on: str | None, *, no_model: bool, tokenizer: str | None) -> tuple[str, ...]:
+    """The --fail-on checks, and the flags that cannot go with them, as usage errors before anything runs."""
+    from ..audit import parse_checks
+    from ..errors import InputError
+
+    try:
+        gate = parse_checks(fail_on if fail_on is not None else DEFAULT_FAIL_ON)
+    except InputError as exc:
+        raise typer.BadParameter(
+            str(exc).replace("in `fail_on`", "").replace("`fail_on`", "--fail-on"), param_hint="--fail-on"
+        ) from None
+    if no_model and "loss-outlier" in gate:
+        raise typer.BadParameter(
+            "loss-outlier needs a forward pass and --no-model runs none: drop it from --fail-on or --no-model",
+            param_hint="--fail-on",
+        )
+    if tokenizer is not None and not no_model:
+        raise typer.BadParameter("--tokenizer applies with --no-model; with a model its own tokenizer is used")
+    return gate
+
+
+def _write_report(report: Any, reports: Reports, output: Path | None, *, json_out: bool, err: Any) -> None:
+    """The HTML/Markdown/SVG reports, then the JSON document or the human report."""
+    from rich.console import Console
 
     from .render_audit import render_audit
 
@@ -186,6 +200,10 @@ def audit(
 
         # The per-record lines already go to stdout (-o /dev/stdout): the human report goes beside them, on stderr.
         render_audit(report, err if output is not None and is_stdout(output) else Console())
+
+
+def _apply_gate(report: Any, err: Any) -> None:
+    """Exit 3 when a --fail-on check failed, or when the gate checked nothing, everything written by then."""
     unchecked = _gate_over_nothing(report)
     if unchecked:
         err.print(f"Error: gate failed: {unchecked} (--fail-on); exit {GATE_EXIT}", markup=False, style="red")

@@ -176,6 +176,26 @@ def batch(
     if done is None:
         return  # torchrun, not rank 0: rank 0 merges and reports
     summary, lines = done
+    _write_summary(summary, lines, reports, output, summary_json, worst, err)
+    gate("token-weighted mean loss", summary.token_weighted_mean_loss, fail_above_loss, "--fail-above-loss")
+
+
+def _write_summary(
+    summary: DatasetSummary,
+    lines: Any,
+    reports: Reports,
+    output: Path | None,
+    summary_json: Path | None,
+    worst: int,
+    err: Any,
+) -> None:
+    """--summary-json and the reports (all or nothing), then the human summary: on stdout only when stdout
+    carries neither the JSON lines nor Markdown."""
+    from rich.console import Console
+
+    from ..files import is_stdout
+    from .render_batch import render_dataset_summary
+
     documents = []
     if summary_json is not None:
         from ..result import dumps
@@ -185,13 +205,8 @@ def batch(
         _write_reports(reports, summary, lines, worst, also=documents)  # all or nothing
     else:
         write_documents(documents)
-    from ..files import is_stdout
-    from .render_batch import render_dataset_summary
-
-    # The human summary goes to stdout only when stdout carries neither the JSON lines nor Markdown.
     to_stdout = output is not None and not is_stdout(output) and not reports.markdown_on_stdout()
     render_dataset_summary(summary, Console() if to_stdout else err)
-    gate("token-weighted mean loss", summary.token_weighted_mean_loss, fail_above_loss, "--fail-above-loss")
 
 
 def _checked_and_scored(

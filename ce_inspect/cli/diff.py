@@ -137,6 +137,7 @@ def diff(
     if color_by not in COLOR_BY:
         raise typer.BadParameter(f"{color_by!r}: use kl or dnll", param_hint="--color-by")
     candidate = candidate_options(common, model_b, revision_b, device_b, dtype_b, trust_remote_code_b)
+    gates = (fail_above_kl, fail_above_dnll)
     if input is not None:
         refuse_with_input(
             {
@@ -150,39 +151,10 @@ def diff(
                 "--sequential": sequential or None,
             }
         )
-        if resume and output is None:
-            raise typer.BadParameter("--resume continues an --output file; give --output", param_hint="--resume")
-        if resume and force:
-            raise typer.BadParameter("give --resume or --force, not both", param_hint="--resume")
-        settings = BatchSettings(
-            batch_size=batch_size,  # None: the device's default, as for max_tokens
-            max_tokens=max_tokens,
-            sort_window=sort_window,
-            worst=worst,
+        settings = _dataset_settings(resume, force, output, batch_size, max_tokens, sort_window, worst)
+        _diff_input(
+            common, candidate, reports, input, output, summary_json, settings, skip_invalid, force, resume, gates
         )
-        reports.check(
-            inputs=[("--input", input)],
-            outputs=[("--output", output), ("--summary-json", summary_json)],
-            stdout_busy="the JSON lines (no --output)" if output is None else None,
-            force=force,
-        )
-        summary = diff_dataset(
-            common,
-            candidate,
-            input,
-            output,
-            summary_json,
-            settings,
-            skip_invalid,
-            force,
-            resume=resume,
-            reports=reports,
-        )
-        if summary is None:
-            return  # torchrun, not rank 0: rank 0 reports the run and applies the gates
-        compared = summary.summary
-        gate("mean KL(ref‖cand)", compared and compared.kl_mean, fail_above_kl, "--fail-above-kl", verb="compared")
-        gate("mean ΔNLL", compared and compared.dnll_mean, fail_above_dnll, "--fail-above-dnll", verb="compared")
         return
     for flag, value in (
         ("--summary-json", summary_json),
@@ -206,7 +178,66 @@ def diff(
         force=force,
     )
     setup_logging(quiet=json_out)
+    result = _diff_example(common, candidate, example, last_turn=last_turn, sequential=sequential)
+    _write_example_outputs(result, reports, output, json_out=json_out, color_by=color_by, worst=worst)
+    gate("mean KL(ref‖cand)", result.summary.kl_mean, fail_above_kl, "--fail-above-kl", verb="compared")
+    gate("mean ΔNLL", result.summary.dnll_mean, fail_above_dnll, "--fail-above-dnll", verb="compared")
 
+
+def _dataset_settings(
+    resume: bool,
+    force: bool,
+    output: Path | None,
+    batch_size: int | None,
+    max_tokens: int | None,
+    sort_window: int,
+    worst: int,
+) -> BatchSettings:
+    """--input's usage checks and batching settings, before anything loads."""
+    if resume and output is None:
+        raise typer.BadParameter("--resume continues an --output file; give --output", param_hint="--resume")
+    if resume and force:
+        raise typer.BadParameter("give --resume or --force, not both", param_hint="--resume")
+    return BatchSettings(
+        batch_size=batch_size,  # None: the device's default, as for max_tokens
+        max_tokens=max_tokens,
+        sort_window=sort_window,
+        worst=worst,
+    )
+
+
+def _diff_input(
+    common: Common,
+    candidate: Common,
+    reports: Reports,
+    input: Path,
+    output: Path | None,
+    summary_json: Path | None,
+    settings: BatchSettings,
+    skip_invalid: bool,
+    force: bool,
+    resume: bool,
+    gates: tuple[float | None, float | None],
+) -> None:
+    """diff --input: the data set through both models, its outputs, then the gates (on rank 0 under torchrun)."""
+    reports.check(
+        inputs=[("--input", input)],
+        outputs=[("--output", output), ("--summary-json", summary_json)],
+        stdout_busy="the JSON lines (no --output)" if output is None else None,
+        force=force,
+    )
+    summary = diff_dataset(
+        common, candidate, input, output, summary_json, settings, skip_invalid, force, resume=resume, reports=reports
+    )
+    if summary is None:
+        return  # torchrun, not rank 0: rank 0 reports the run and applies the gates
+    compared = summary.summary
+    gate("mean KL(ref‖cand)", compared and compared.kl_mean, gates[0], "--fail-above-kl", verb="compared")
+    gate("mean ΔNLL", compared and compared.dnll_mean, gates[1], "--fail-above-dnll", verb="compared")
+
+
+def _diff_example(common: Common, candidate: Common, example, *, last_turn: bool, sequential: bool):
+    """One example (a pair or a conversation) through both models; ``sequential``: one model in memory at a time."""
     from ..diff import diff as diff_pair
     from ..diff import diff_messages
 
@@ -216,12 +247,14 @@ def diff(
     else:
         ref, cand = common.load(), load_candidate(candidate)
     if example.conversation is not None:
-        result = diff_messages(
+        return diff_messages(
             ref, cand, example.conversation, layout=example.layout, options=options, last_turn=last_turn
         )
-    else:
-        result = diff_pair(ref, cand, example.prompt, example.answer, layout=example.layout, options=options)
+    return diff_pair(ref, cand, example.prompt, example.answer, layout=example.layout, options=options)
 
+
+def _write_example_outputs(result, reports: Reports, output: Path | None, *, json_out: bool, color_by: str, worst: int):
+    """--output and the reports (all or nothing), then the JSON document or the human view."""
     documents = [("--output", output, result.to_json() + "\n")] if output is not None else []
     from .render_diff import render_diff
 
@@ -243,8 +276,6 @@ def diff(
         sys.stdout.write(result.to_json() + "\n")
     elif not reports.markdown_on_stdout():
         render_diff(result, color_by=color_by, worst=worst)
-    gate("mean KL(ref‖cand)", result.summary.kl_mean, fail_above_kl, "--fail-above-kl", verb="compared")
-    gate("mean ΔNLL", result.summary.dnll_mean, fail_above_dnll, "--fail-above-dnll", verb="compared")
 
 
 def refuse_with_input(flags: dict[str, object]) -> None:
