@@ -715,7 +715,7 @@ def as_read_back(obj: Any) -> Any:
     return json.loads(dumps(obj))
 
 
-# --- audit (ce_inspect/audit.py): the `audit --json` document and its --output lines ---------------------
+# --- audit (ce_inspect/audit/): the `audit --json` document and its --output lines ---------------------
 
 # Optional keys are declared in a ``total=False`` subclass: exact under ``from __future__ import annotations``
 # on every Python version (``NotRequired`` in a string annotation is not seen by typing's TypedDict).
