@@ -375,7 +375,7 @@ def test_dataset_record_with_other_tokens_is_skipped_or_stops(pair_dirs, tmp_pat
 
 def test_an_infinite_kl_is_an_error_not_a_number(ref_lm):
     """A candidate that gives probability 0 to a token the reference does not: KL is infinite, refused."""
-    from ce_inspect.diff import _Side, compare
+    from ce_inspect.diff.compare import _Side, compare
 
     example = encode(ref_lm.tokenizer, "a", " b", Layout(), max_length=None)
     n, vocab = len(example.scored_positions), len(ref_lm.tokenizer)

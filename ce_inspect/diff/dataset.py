@@ -1,0 +1,276 @@
+"""``diff --input``: a data set through both models as a job for the one runner (``diff_job``), its summary and
+its lines read back for ``resume``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+from ..encoding import Encoded, Layout
+from ..result import (
+    BatchingDict,
+    SkippedDict,
+)
+from ..scoring import (
+    ScoreOptions,
+)
+from .compare import check_same_tokens, diff_encoded
+from .figures import DIFF_SCHEMA_VERSION, DiffLineDict, DiffResult, DiffSummary, DiffSummaryDict, TokenFigures
+
+if TYPE_CHECKING:
+    from ..job import Job
+    from ..loading import LoadedModel
+
+# --- data sets: `batch`'s runner with a two-model score function and this report --------------------------
+
+
+def diff_job(ref: LoadedModel, cand: LoadedModel, options: ScoreOptions, worst: int) -> Job:
+    """``diff --input``'s job for the one runner: both models on the same tokens, one line of KL, ΔNLL and top-1
+    agreement per example, the lines read back for ``resume`` and the torchrun merge."""
+    from ..job import Job
+
+    return Job(
+        command="diff",
+        make_report=lambda scan: DiffReport(ref, cand, scan, worst, options),
+        score=lambda examples: diff_encoded(ref, cand, examples, options),
+        parse=diff_line_stats,
+        counts_resumed=False,  # diff's summary has no count of resumed examples
+    )
+
+
+def record_encoder(ref_lm: LoadedModel, cand_lm: LoadedModel, layout: Layout) -> Callable[[Any], Encoded]:
+    """Record -> the reference's example, after checking the candidate's tokenizer lays out the same tokens
+    (a record where they differ is an invalid record: it stops the run, or is skipped with --skip-invalid).
+    Every record is encoded as ``batch`` encodes it, whole: diff scores no windows."""
+    from ..data import encode_whole
+
+    def encoder(record: Any) -> Encoded:
+        ref = encode_whole(ref_lm, record, layout, "diff")
+        if cand_lm.tokenizer is not ref_lm.tokenizer:
+            cand = encode_whole(cand_lm, record, layout, "diff")
+            check_same_tokens(ref, cand, ref_lm.tokenizer, cand_lm.tokenizer)
+        return ref
+
+    return encoder
+
+
+class DiffModelDict(TypedDict):
+    model: str
+    device: str
+    dtype: str
+
+
+class WorstExampleDict(TypedDict):
+    line: int
+    id: str | int | None
+    count: int
+    kl_mean: float
+    dnll_mean: float
+    same_top1_pct: float
+
+
+class DiffDatasetDict(TypedDict):
+    schema_version: int
+    kind: Literal["diff_summary"]
+    reference: DiffModelDict
+    candidate: DiffModelDict
+    input: str
+    output: str | None
+    examples: int
+    skipped_count: int
+    skipped: list[SkippedDict]
+    summary: DiffSummaryDict | None  # token-weighted over every scored token of the data set; null: none scored
+    worst_by_kl: list[WorstExampleDict]
+    worst_by_dnll: list[WorstExampleDict]
+    batching: BatchingDict
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class DiffDatasetSummary:
+    reference: dict[str, str]
+    candidate: dict[str, str]
+    input: str
+    output: str | None
+    examples: int
+    skipped: tuple[Any, ...]
+    summary: DiffSummary | None  # None when no example was scored
+    worst_by_kl: tuple[WorstExampleDict, ...]
+    worst_by_dnll: tuple[WorstExampleDict, ...]
+    batching: Any  # batch.BatchStats
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> DiffDatasetDict:
+        return {
+            "schema_version": DIFF_SCHEMA_VERSION,
+            "kind": "diff_summary",
+            "reference": dict(self.reference),
+            "candidate": dict(self.candidate),
+            "input": self.input,
+            "output": self.output,
+            "examples": self.examples,
+            "skipped_count": len(self.skipped),
+            "skipped": [s.to_dict() for s in self.skipped],
+            "summary": self.summary.to_dict() if self.summary is not None else None,
+            "worst_by_kl": list(self.worst_by_kl),
+            "worst_by_dnll": list(self.worst_by_dnll),
+            "batching": self.batching.to_dict(),
+            "notes": list(self.notes),
+        }
+
+
+class DiffReport:
+    """``run_scan``'s report for ``diff``: each example's diff document as its line, then the data-set
+    summary (token-weighted statistics over every scored token, and the worst examples by KL and ΔNLL)."""
+
+    def __init__(
+        self, ref_lm: LoadedModel, cand_lm: LoadedModel, scan: Any, worst: int, options: ScoreOptions | None = None
+    ) -> None:
+        from ..batch import check_resume_settings
+
+        self.written = diff_line_settings(ref_lm, cand_lm, scan.layout, options or ScoreOptions(), scan.fields)
+        if scan.resume is not None:  # before any line is written: a changed model or option changes nothing
+            check_resume_settings(scan.resume, self.written)
+        self.ref = {"model": ref_lm.name, "device": ref_lm.device, "dtype": ref_lm.dtype}
+        self.cand = {"model": cand_lm.name, "device": cand_lm.device, "dtype": cand_lm.dtype}
+        self.scan, self.worst = scan, worst
+        self.tokens: list[TokenFigures] = []
+        self.examples: list[WorstExampleDict] = []
+        self.skipped: list[Any] = []
+        self.notes: dict[str, None] = {}
+        self.shared_vocab = 0
+
+    def line(self, entry: Any, result: DiffResult) -> DiffLineDict:
+        d: dict[str, Any] = dict(result.to_dict())
+        line = {"schema_version": d.pop("schema_version"), "id": entry.id, "line": entry.line, **d}
+        return {**line, "settings": self.written}  # type: ignore[typeddict-item]
+
+    def add(self, entry: Any, result: DiffResult) -> None:
+        s = result.summary
+        example = _worst_entry(entry.line, entry.id, s.count, s.kl_mean, s.dnll_mean, s.same_top1_pct)
+        self._add(ResumedDiff([t.figures() for t in result.tokens], example, s.shared_vocab, result.notes))
+
+    def resumed(self, entry: Any) -> None:
+        self._add(entry.done.payload)  # read back from the line by ``diff_line_stats``
+
+    def _add(self, figures: ResumedDiff) -> None:
+        self.tokens.extend(figures.tokens)
+        self.shared_vocab = figures.shared_vocab
+        self.notes.update((n, None) for n in figures.notes if "vocabularies differ" in n)
+        self.examples.append(figures.example)
+
+    def skip(self, skipped: Any) -> None:
+        self.skipped.append(skipped)
+
+    def finish(self, *, output: str | None, batching: Any) -> DiffDatasetSummary:
+        def worst(key: str) -> tuple[WorstExampleDict, ...]:
+            return tuple(sorted(self.examples, key=lambda e: (-e[key], e["line"]))[: self.worst])  # type: ignore[literal-required]
+
+        return DiffDatasetSummary(
+            reference=self.ref,
+            candidate=self.cand,
+            input=self.scan.name,
+            output=output,
+            examples=len(self.examples),
+            skipped=tuple(self.skipped),
+            summary=DiffSummary.of(self.tokens, self.shared_vocab) if self.tokens else None,
+            worst_by_kl=worst("kl_mean"),
+            worst_by_dnll=worst("dnll_mean"),
+            batching=batching,
+            notes=tuple(self.notes),
+        )
+
+
+def _worst_entry(
+    line: int, rid: str | int | None, count: int, kl_mean: float, dnll_mean: float, same_top1_pct: float
+) -> WorstExampleDict:
+    return {
+        "line": line,
+        "id": rid,
+        "count": count,
+        "kl_mean": kl_mean,
+        "dnll_mean": dnll_mean,
+        "same_top1_pct": same_top1_pct,
+    }
+
+
+# --- resume: a diff line read back into what the data-set summary needs -----------------------------------
+
+
+@dataclass(frozen=True)
+class ResumedDiff:
+    """What ``DiffReport`` sums of one example: every token's figures (the data-set statistics are
+    token-weighted, quantiles included), its worst-example entry, the shared vocabulary and the notes."""
+
+    tokens: Sequence[TokenFigures]
+    example: WorstExampleDict
+    shared_vocab: int
+    notes: Sequence[str]
+
+
+def diff_line_settings(
+    ref_lm: LoadedModel, cand_lm: LoadedModel, layout: Layout, options: ScoreOptions, fields: Any = None
+) -> dict[str, Any]:
+    """``batch.line_settings`` of the reference (model, fingerprint, dtype, every layout and scoring option,
+    the record fields) plus the candidate's model, fingerprint and dtype as ``model_b``, ... ."""
+    from ..batch import line_settings
+
+    settings = line_settings(ref_lm, layout, options, fields)
+    cand = line_settings(cand_lm, layout, options, fields)
+    return {
+        **settings,
+        "model_b": cand["model"],
+        "model_b_fingerprint": cand["model_fingerprint"],
+        "dtype_b": cand["dtype"],
+    }
+
+
+def diff_line_stats(obj: Any, worst: int) -> tuple[Any, list[Any]]:
+    """``batch.read_resume``'s parser for ``diff --input`` lines: the line, checked key for key against
+    ``DiffLineDict``, as the scan's ``ExampleStats`` (the reference's figures, the scored targets'
+    fingerprint) carrying a ``ResumedDiff``. ``worst`` is unused: diff's summary keeps no worst tokens."""
+    from ..batch import ExampleStats, fingerprint_targets
+    from ..result import conform
+
+    if not isinstance(obj, dict) or obj.get("schema_version") != DIFF_SCHEMA_VERSION or obj.get("kind") != "diff":
+        raise ValueError(f"not a schema_version {DIFF_SCHEMA_VERSION} diff document")
+    conform(DiffLineDict, obj)
+    tokens, summary = obj["tokens"], obj["summary"]
+    if obj["line"] < 1 or not tokens:
+        raise ValueError("no input line number or no scored tokens")
+    if summary["count"] != len(tokens):
+        raise ValueError(f"summary counts {summary['count']} tokens but {len(tokens)} are listed")
+    figures = [
+        TokenFigures(
+            t["kl"],
+            t["kl_reverse"],
+            t["dnll"],
+            t["dp"],
+            t["same_top1"],
+            t["ref"]["loss"],
+            t["cand"]["loss"],
+            -t["ref"]["logprob"],
+            -t["cand"]["logprob"],
+        )
+        for t in tokens
+    ]
+    line, rid = obj["line"], obj["id"]
+    example = _worst_entry(
+        line, rid, summary["count"], summary["kl_mean"], summary["dnll_mean"], summary["same_top1_pct"]
+    )
+    ref = obj["reference"]["summary"]
+    stats = ExampleStats(
+        line=line,
+        id=rid,
+        count=len(tokens),
+        loss_sum=math.fsum(f.ref_loss for f in figures),
+        mean=ref["mean"],
+        nll_sum=math.fsum(f.ref_nll for f in figures),
+        greedy_hits=ref["greedy_hits"],
+        sequence_tokens=obj["layout"]["sequence_tokens"],
+        fingerprint=fingerprint_targets([(t["index"], t["token_id"]) for t in tokens]),
+        payload=ResumedDiff(figures, example, summary["shared_vocab"], obj["notes"]),
+    )
+    return stats, []
