@@ -360,8 +360,13 @@ def _shown_id(rid: str | int | None) -> str:
     return "" if rid is None else printable(str(rid))
 
 
-def batch_context(summary: dict[str, Any], lines: BatchLines, command: str) -> dict[str, Any]:
-    """What the batch templates show, from the summary document and the output lines."""
+def _skipped_rows(skipped: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The skipped lines as a report lists them: line, shown id and printable reason."""
+    return [{"line": k["line"], "id": _shown_id(k["id"]), "reason": printable(k["reason"])} for k in skipped]
+
+
+def _batch_worst_examples(summary: dict[str, Any], lines: BatchLines) -> list[dict[str, Any]]:
+    """The worst examples, each with its whole line's strip and token rows when ``lines`` kept it."""
     worst = []
     for k, e in enumerate(summary["worst_examples"]):
         line = lines.line(e["line"])
@@ -380,6 +385,44 @@ def batch_context(summary: dict[str, Any], lines: BatchLines, command: str) -> d
                 "has_sequence": line is not None and "sequence" in line,
             }
         )
+    return worst
+
+
+def _histogram_rows(hist: dict[str, Any]) -> list[dict[str, Any]]:
+    """The data-set histogram as text rows: bin edges, count and a bar scaled to the fullest bin."""
+    return [
+        {
+            "lo": f"{hist['edges'][k]:g}",
+            "hi": f"{hist['edges'][k + 1]:g}",
+            "count": n,
+            "bar": "█" * round(20 * n / max(max(hist["counts"]), 1)),
+        }
+        for k, n in enumerate(hist["counts"])
+    ]
+
+
+def _batch_worst_tokens(summary: dict[str, Any], anchors: set[int]) -> list[dict[str, Any]]:
+    """The worst tokens; one links to its line's section when that line is among the worst examples shown."""
+    return [
+        {
+            "field": f"worst_tokens.{k}",
+            "line": t["line"],
+            "id": _shown_id(t["id"]),
+            "index": t["index"],
+            "token": shown_token(t["token"], t["segment"] == "eos"),
+            "loss": fmt(t["loss"]),
+            "prob": fmt(t["prob"]),
+            "rank": t["rank"],
+            "bin": loss_bin(t["loss"]),
+            "anchor": f"line-{t['line']}" if t["line"] in anchors else None,
+        }
+        for k, t in enumerate(summary["worst_tokens"])
+    ]
+
+
+def batch_context(summary: dict[str, Any], lines: BatchLines, command: str) -> dict[str, Any]:
+    """What the batch templates show, from the summary document and the output lines."""
+    worst = _batch_worst_examples(summary, lines)
     anchors = {w["line"] for w in worst if w["anchor"]}
     hist = summary.get("example_loss_histogram") or histogram([])
     counts = lines.position_count
@@ -392,35 +435,11 @@ def batch_context(summary: dict[str, Any], lines: BatchLines, command: str) -> d
         "rows": _batch_summary_rows(summary),
         "histogram": _histogram_figure(hist),
         "hist_spark": sparkline(hist["counts"], 40, top=max(hist["counts"], default=0)),
-        "hist_rows": [
-            {
-                "lo": f"{hist['edges'][k]:g}",
-                "hi": f"{hist['edges'][k + 1]:g}",
-                "count": n,
-                "bar": "█" * round(20 * n / max(max(hist["counts"]), 1)),
-            }
-            for k, n in enumerate(hist["counts"])
-        ],
+        "hist_rows": _histogram_rows(hist),
         "positions": _position_figure(lines.position_means(), counts),
         "worst": worst,
-        "worst_tokens": [
-            {
-                "field": f"worst_tokens.{k}",
-                "line": t["line"],
-                "id": _shown_id(t["id"]),
-                "index": t["index"],
-                "token": shown_token(t["token"], t["segment"] == "eos"),
-                "loss": fmt(t["loss"]),
-                "prob": fmt(t["prob"]),
-                "rank": t["rank"],
-                "bin": loss_bin(t["loss"]),
-                "anchor": f"line-{t['line']}" if t["line"] in anchors else None,
-            }
-            for k, t in enumerate(summary["worst_tokens"])
-        ],
-        "skipped": [
-            {"line": k["line"], "id": _shown_id(k["id"]), "reason": printable(k["reason"])} for k in summary["skipped"]
-        ],
+        "worst_tokens": _batch_worst_tokens(summary, anchors),
+        "skipped": _skipped_rows(summary["skipped"]),
         "legend": _legend(),
         "data": script_json(summary),
     }
