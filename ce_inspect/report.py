@@ -651,54 +651,68 @@ def _audit_token(tok: dict[str, Any], field: str) -> dict[str, Any]:
     return {"text": shown_token(tok["token"], tok["special"]), "cls": " ".join(classes), "tip": tip, "field": field}
 
 
+def _audit_check(c: dict[str, Any], field: str, fail_on: list[str]) -> dict[str, Any]:
+    """One check's row: its counts, whether it gates the exit, and its first failing records by line."""
+    shown = c["records"][:AUDIT_RECORDS_SHOWN]
+    return {
+        "field": field,
+        "name": c["name"],
+        "ran": c["ran"],
+        "checked": c["checked"],
+        "failed": c["failed"],
+        "gate": c["name"] in fail_on,
+        "records": [
+            {"field": f"{field}.records.{j}", "line": r["line"], "id": _shown_id(r["id"])} for j, r in enumerate(shown)
+        ],
+        "more": len(c["records"]) - len(shown),
+        "description": printable(c["description"]) if c["failed"] else "",
+        "note": printable(c.get("note", "")),
+    }
+
+
+def _audit_examples(c: dict[str, Any], field: str) -> list[dict[str, Any]]:
+    """One check's failing examples, each with its message and its tokens around the offending positions."""
+    examples = []
+    for j, e in enumerate(c["examples"]):
+        ef = f"{field}.examples.{j}"
+        examples.append(
+            {
+                "field": ef,
+                "check": c["name"],
+                "line": e["line"],
+                "id": _shown_id(e["id"]),
+                "message": printable(e["message"]),
+                "mean_loss": fmt(e["mean_loss"]) if e.get("mean_loss") is not None else None,
+                "tokens": [_audit_token(t, f"{ef}.tokens.{i}") for i, t in enumerate(e["tokens"])],
+            }
+        )
+    return examples
+
+
+def _audit_loss_rows(loss: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    """The loss figures of the audit's forward pass (none when it did not run), with their JSON fields."""
+    if loss is None:
+        return []
+    rows = [("records scored", str(loss["examples"]), "loss.examples")]
+    rows.append(("trained tokens", str(loss["scored_tokens"]), "loss.scored_tokens"))
+    for label, key in (
+        ("token-weighted mean loss", "token_weighted_mean_loss"),
+        ("example-weighted mean loss", "example_weighted_mean_loss"),
+    ):
+        if loss.get(key) is not None:
+            rows.append((label, fmt(loss[key]), f"loss.{key}"))
+    return rows
+
+
 def audit_context(doc: dict[str, Any], command: str) -> dict[str, Any]:
     """What the audit templates show, from ``doc`` (an ``AuditReport.to_dict()``): the checks, then the first
     failing records of each with their tokens around the offending positions."""
     checks, examples = [], []
     for k, c in enumerate(doc["checks"]):
         field = f"checks.{k}"
-        shown = c["records"][:AUDIT_RECORDS_SHOWN]
-        checks.append(
-            {
-                "field": field,
-                "name": c["name"],
-                "ran": c["ran"],
-                "checked": c["checked"],
-                "failed": c["failed"],
-                "gate": c["name"] in doc["fail_on"],
-                "records": [
-                    {"field": f"{field}.records.{j}", "line": r["line"], "id": _shown_id(r["id"])}
-                    for j, r in enumerate(shown)
-                ],
-                "more": len(c["records"]) - len(shown),
-                "description": printable(c["description"]) if c["failed"] else "",
-                "note": printable(c.get("note", "")),
-            }
-        )
-        for j, e in enumerate(c["examples"]):
-            ef = f"{field}.examples.{j}"
-            examples.append(
-                {
-                    "field": ef,
-                    "check": c["name"],
-                    "line": e["line"],
-                    "id": _shown_id(e["id"]),
-                    "message": printable(e["message"]),
-                    "mean_loss": fmt(e["mean_loss"]) if e.get("mean_loss") is not None else None,
-                    "tokens": [_audit_token(t, f"{ef}.tokens.{i}") for i, t in enumerate(e["tokens"])],
-                }
-            )
-    loss = doc.get("loss")
-    loss_rows = []
-    if loss is not None:
-        loss_rows = [("records scored", str(loss["examples"]), "loss.examples")]
-        loss_rows.append(("trained tokens", str(loss["scored_tokens"]), "loss.scored_tokens"))
-        for label, key in (
-            ("token-weighted mean loss", "token_weighted_mean_loss"),
-            ("example-weighted mean loss", "example_weighted_mean_loss"),
-        ):
-            if loss.get(key) is not None:
-                loss_rows.append((label, fmt(loss[key]), f"loss.{key}"))
+        checks.append(_audit_check(c, field, doc["fail_on"]))
+        examples.extend(_audit_examples(c, field))
+    loss = _audit_loss_rows(doc.get("loss"))
     return {
         "command": printable(command),
         "input": printable(doc["input"]),
@@ -708,10 +722,8 @@ def audit_context(doc: dict[str, Any], command: str) -> dict[str, Any]:
         "max_length": doc.get("max_length"),
         "checks": checks,
         "examples": examples,
-        "loss": loss_rows,
-        "skipped": [
-            {"line": k["line"], "id": _shown_id(k["id"]), "reason": printable(k["reason"])} for k in doc["skipped"]
-        ],
+        "loss": loss,
+        "skipped": _skipped_rows(doc["skipped"]),
         "gate_failed": doc["gate_failed"],
         "failed_checks": doc["failed_checks"],
         "legend": _legend(),
