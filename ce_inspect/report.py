@@ -360,8 +360,13 @@ def _shown_id(rid: str | int | None) -> str:
     return "" if rid is None else printable(str(rid))
 
 
-def batch_context(summary: dict[str, Any], lines: BatchLines, command: str) -> dict[str, Any]:
-    """What the batch templates show, from the summary document and the output lines."""
+def _skipped_rows(skipped: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The skipped lines as a report lists them: line, shown id and printable reason."""
+    return [{"line": k["line"], "id": _shown_id(k["id"]), "reason": printable(k["reason"])} for k in skipped]
+
+
+def _batch_worst_examples(summary: dict[str, Any], lines: BatchLines) -> list[dict[str, Any]]:
+    """The worst examples, each with its whole line's strip and token rows when ``lines`` kept it."""
     worst = []
     for k, e in enumerate(summary["worst_examples"]):
         line = lines.line(e["line"])
@@ -380,6 +385,44 @@ def batch_context(summary: dict[str, Any], lines: BatchLines, command: str) -> d
                 "has_sequence": line is not None and "sequence" in line,
             }
         )
+    return worst
+
+
+def _histogram_rows(hist: dict[str, Any]) -> list[dict[str, Any]]:
+    """The data-set histogram as text rows: bin edges, count and a bar scaled to the fullest bin."""
+    return [
+        {
+            "lo": f"{hist['edges'][k]:g}",
+            "hi": f"{hist['edges'][k + 1]:g}",
+            "count": n,
+            "bar": "█" * round(20 * n / max(max(hist["counts"]), 1)),
+        }
+        for k, n in enumerate(hist["counts"])
+    ]
+
+
+def _batch_worst_tokens(summary: dict[str, Any], anchors: set[int]) -> list[dict[str, Any]]:
+    """The worst tokens; one links to its line's section when that line is among the worst examples shown."""
+    return [
+        {
+            "field": f"worst_tokens.{k}",
+            "line": t["line"],
+            "id": _shown_id(t["id"]),
+            "index": t["index"],
+            "token": shown_token(t["token"], t["segment"] == "eos"),
+            "loss": fmt(t["loss"]),
+            "prob": fmt(t["prob"]),
+            "rank": t["rank"],
+            "bin": loss_bin(t["loss"]),
+            "anchor": f"line-{t['line']}" if t["line"] in anchors else None,
+        }
+        for k, t in enumerate(summary["worst_tokens"])
+    ]
+
+
+def batch_context(summary: dict[str, Any], lines: BatchLines, command: str) -> dict[str, Any]:
+    """What the batch templates show, from the summary document and the output lines."""
+    worst = _batch_worst_examples(summary, lines)
     anchors = {w["line"] for w in worst if w["anchor"]}
     hist = summary.get("example_loss_histogram") or histogram([])
     counts = lines.position_count
@@ -392,35 +435,11 @@ def batch_context(summary: dict[str, Any], lines: BatchLines, command: str) -> d
         "rows": _batch_summary_rows(summary),
         "histogram": _histogram_figure(hist),
         "hist_spark": sparkline(hist["counts"], 40, top=max(hist["counts"], default=0)),
-        "hist_rows": [
-            {
-                "lo": f"{hist['edges'][k]:g}",
-                "hi": f"{hist['edges'][k + 1]:g}",
-                "count": n,
-                "bar": "█" * round(20 * n / max(max(hist["counts"]), 1)),
-            }
-            for k, n in enumerate(hist["counts"])
-        ],
+        "hist_rows": _histogram_rows(hist),
         "positions": _position_figure(lines.position_means(), counts),
         "worst": worst,
-        "worst_tokens": [
-            {
-                "field": f"worst_tokens.{k}",
-                "line": t["line"],
-                "id": _shown_id(t["id"]),
-                "index": t["index"],
-                "token": shown_token(t["token"], t["segment"] == "eos"),
-                "loss": fmt(t["loss"]),
-                "prob": fmt(t["prob"]),
-                "rank": t["rank"],
-                "bin": loss_bin(t["loss"]),
-                "anchor": f"line-{t['line']}" if t["line"] in anchors else None,
-            }
-            for k, t in enumerate(summary["worst_tokens"])
-        ],
-        "skipped": [
-            {"line": k["line"], "id": _shown_id(k["id"]), "reason": printable(k["reason"])} for k in summary["skipped"]
-        ],
+        "worst_tokens": _batch_worst_tokens(summary, anchors),
+        "skipped": _skipped_rows(summary["skipped"]),
         "legend": _legend(),
         "data": script_json(summary),
     }
@@ -632,54 +651,68 @@ def _audit_token(tok: dict[str, Any], field: str) -> dict[str, Any]:
     return {"text": shown_token(tok["token"], tok["special"]), "cls": " ".join(classes), "tip": tip, "field": field}
 
 
+def _audit_check(c: dict[str, Any], field: str, fail_on: list[str]) -> dict[str, Any]:
+    """One check's row: its counts, whether it gates the exit, and its first failing records by line."""
+    shown = c["records"][:AUDIT_RECORDS_SHOWN]
+    return {
+        "field": field,
+        "name": c["name"],
+        "ran": c["ran"],
+        "checked": c["checked"],
+        "failed": c["failed"],
+        "gate": c["name"] in fail_on,
+        "records": [
+            {"field": f"{field}.records.{j}", "line": r["line"], "id": _shown_id(r["id"])} for j, r in enumerate(shown)
+        ],
+        "more": len(c["records"]) - len(shown),
+        "description": printable(c["description"]) if c["failed"] else "",
+        "note": printable(c.get("note", "")),
+    }
+
+
+def _audit_examples(c: dict[str, Any], field: str) -> list[dict[str, Any]]:
+    """One check's failing examples, each with its message and its tokens around the offending positions."""
+    examples = []
+    for j, e in enumerate(c["examples"]):
+        ef = f"{field}.examples.{j}"
+        examples.append(
+            {
+                "field": ef,
+                "check": c["name"],
+                "line": e["line"],
+                "id": _shown_id(e["id"]),
+                "message": printable(e["message"]),
+                "mean_loss": fmt(e["mean_loss"]) if e.get("mean_loss") is not None else None,
+                "tokens": [_audit_token(t, f"{ef}.tokens.{i}") for i, t in enumerate(e["tokens"])],
+            }
+        )
+    return examples
+
+
+def _audit_loss_rows(loss: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    """The loss figures of the audit's forward pass (none when it did not run), with their JSON fields."""
+    if loss is None:
+        return []
+    rows = [("records scored", str(loss["examples"]), "loss.examples")]
+    rows.append(("trained tokens", str(loss["scored_tokens"]), "loss.scored_tokens"))
+    for label, key in (
+        ("token-weighted mean loss", "token_weighted_mean_loss"),
+        ("example-weighted mean loss", "example_weighted_mean_loss"),
+    ):
+        if loss.get(key) is not None:
+            rows.append((label, fmt(loss[key]), f"loss.{key}"))
+    return rows
+
+
 def audit_context(doc: dict[str, Any], command: str) -> dict[str, Any]:
     """What the audit templates show, from ``doc`` (an ``AuditReport.to_dict()``): the checks, then the first
     failing records of each with their tokens around the offending positions."""
     checks, examples = [], []
     for k, c in enumerate(doc["checks"]):
         field = f"checks.{k}"
-        shown = c["records"][:AUDIT_RECORDS_SHOWN]
-        checks.append(
-            {
-                "field": field,
-                "name": c["name"],
-                "ran": c["ran"],
-                "checked": c["checked"],
-                "failed": c["failed"],
-                "gate": c["name"] in doc["fail_on"],
-                "records": [
-                    {"field": f"{field}.records.{j}", "line": r["line"], "id": _shown_id(r["id"])}
-                    for j, r in enumerate(shown)
-                ],
-                "more": len(c["records"]) - len(shown),
-                "description": printable(c["description"]) if c["failed"] else "",
-                "note": printable(c.get("note", "")),
-            }
-        )
-        for j, e in enumerate(c["examples"]):
-            ef = f"{field}.examples.{j}"
-            examples.append(
-                {
-                    "field": ef,
-                    "check": c["name"],
-                    "line": e["line"],
-                    "id": _shown_id(e["id"]),
-                    "message": printable(e["message"]),
-                    "mean_loss": fmt(e["mean_loss"]) if e.get("mean_loss") is not None else None,
-                    "tokens": [_audit_token(t, f"{ef}.tokens.{i}") for i, t in enumerate(e["tokens"])],
-                }
-            )
-    loss = doc.get("loss")
-    loss_rows = []
-    if loss is not None:
-        loss_rows = [("records scored", str(loss["examples"]), "loss.examples")]
-        loss_rows.append(("trained tokens", str(loss["scored_tokens"]), "loss.scored_tokens"))
-        for label, key in (
-            ("token-weighted mean loss", "token_weighted_mean_loss"),
-            ("example-weighted mean loss", "example_weighted_mean_loss"),
-        ):
-            if loss.get(key) is not None:
-                loss_rows.append((label, fmt(loss[key]), f"loss.{key}"))
+        checks.append(_audit_check(c, field, doc["fail_on"]))
+        examples.extend(_audit_examples(c, field))
+    loss = _audit_loss_rows(doc.get("loss"))
     return {
         "command": printable(command),
         "input": printable(doc["input"]),
@@ -689,10 +722,8 @@ def audit_context(doc: dict[str, Any], command: str) -> dict[str, Any]:
         "max_length": doc.get("max_length"),
         "checks": checks,
         "examples": examples,
-        "loss": loss_rows,
-        "skipped": [
-            {"line": k["line"], "id": _shown_id(k["id"]), "reason": printable(k["reason"])} for k in doc["skipped"]
-        ],
+        "loss": loss,
+        "skipped": _skipped_rows(doc["skipped"]),
         "gate_failed": doc["gate_failed"],
         "failed_checks": doc["failed_checks"],
         "legend": _legend(),
