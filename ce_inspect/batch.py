@@ -650,52 +650,15 @@ def scan_dataset(
         info = replace(info, path=label)  # error messages name what the user gave
     if resume is not None:
         check_resume_settings(resume, line_settings(lm, layout, options or ScoreOptions(), fields))
-    entries: list[Entry] = []
     scan = Scan(path=path, fields=fields, layout=layout, entries=(), resume=resume, info=info)
-    for record in scan.records():
-        reason = record.error
-        encoded: Encoded | None = None
-        if reason is None:
-            try:
-                encoded = encoder(record) if encoder else encode_record(lm, record, layout)
-            except InputError as exc:
-                reason = str(exc)
-            if encoded is not None and not encoded.scored_positions:
-                reason, encoded = "no token of it is scored (every label is ignored)", None
-        done = resume.examples.get(record.line) if resume is not None else None
-        kept = resume is not None and record.line in resume.others
-        if kept and reason is None:
-            raise ResumeError(
-                f"`resume`: input line {record.line}{_id_note(record.id)} can be scored now but {resume.path} "  # type: ignore[union-attr]
-                "holds no score for it; the input or the options changed since, start over with `force`"
-            )
-        if done is not None:
-            _check_done(resume, record, encoded, done, reason)  # type: ignore[arg-type]
-            entries.append(Entry(record.line, record.id, done.sequence_tokens, done.count, done=done))
-            continue
-        if reason is not None:
-            if not skip_invalid:
-                raise InvalidRecordError(
-                    f"{info.where(record)}: {reason} (fix the {info.unit}, or pass --skip-invalid)"
-                )
-            entries.append(Entry(record.line, record.id, error=reason, kept=kept))
-            continue
-        assert encoded is not None
-        if resume is not None and resume.ordered and record.line < resume.last_line:
-            raise ResumeError(
-                f"`resume`: {resume.path} has results up to input line {resume.last_line} but none for line "
-                f"{record.line}, which is valid now; the input changed since, start over with `force`"
-            )
-        entries.append(Entry(record.line, record.id, len(encoded), len(encoded.scored_positions)))
+    entries = [
+        _scan_entry(lm, record, layout, info, skip_invalid=skip_invalid, resume=resume, encoder=encoder)
+        for record in scan.records()
+    ]
     if not entries:
         raise InputError(f"{name} holds no records")
     if resume is not None:
-        missing = sorted((set(resume.examples) | resume.others) - {e.line for e in entries})
-        if missing:
-            raise ResumeError(
-                f"`resume`: {resume.path} has a result for input line {missing[0]}, which {name} does not have; "
-                "it was written for another input, start over with `force`"
-            )
+        _check_resume_covered(resume, entries, name)
     return Scan(
         path=path,
         fields=fields,
@@ -706,6 +669,70 @@ def scan_dataset(
         label=label,
         encoder=encoder,
     )
+
+
+def _encode_for_scan(
+    lm: LoadedModel, record: Record, layout: Layout, encoder: Callable[[Record], Encoded] | None
+) -> tuple[Encoded | None, str | None]:
+    """The record's example, or why it has none: its read error, the encoder's InputError, or no scored token."""
+    reason = record.error
+    encoded: Encoded | None = None
+    if reason is None:
+        try:
+            encoded = encoder(record) if encoder else encode_record(lm, record, layout)
+        except InputError as exc:
+            reason = str(exc)
+        if encoded is not None and not encoded.scored_positions:
+            reason, encoded = "no token of it is scored (every label is ignored)", None
+    return encoded, reason
+
+
+def _scan_entry(
+    lm: LoadedModel,
+    record: Record,
+    layout: Layout,
+    info: DataInfo,
+    *,
+    skip_invalid: bool,
+    resume: ResumeState | None,
+    encoder: Callable[[Record], Encoded] | None,
+) -> Entry:
+    """One record's entry: read back from ``resume``, invalid (only with ``skip_invalid``), or to score.
+
+    Raises where the record and the resumed file disagree, so a resume never mixes two inputs' results.
+    """
+    encoded, reason = _encode_for_scan(lm, record, layout, encoder)
+    done = resume.examples.get(record.line) if resume is not None else None
+    kept = resume is not None and record.line in resume.others
+    if kept and reason is None:
+        raise ResumeError(
+            f"`resume`: input line {record.line}{_id_note(record.id)} can be scored now but {resume.path} "  # type: ignore[union-attr]
+            "holds no score for it; the input or the options changed since, start over with `force`"
+        )
+    if done is not None:
+        _check_done(resume, record, encoded, done, reason)  # type: ignore[arg-type]
+        return Entry(record.line, record.id, done.sequence_tokens, done.count, done=done)
+    if reason is not None:
+        if not skip_invalid:
+            raise InvalidRecordError(f"{info.where(record)}: {reason} (fix the {info.unit}, or pass --skip-invalid)")
+        return Entry(record.line, record.id, error=reason, kept=kept)
+    assert encoded is not None
+    if resume is not None and resume.ordered and record.line < resume.last_line:
+        raise ResumeError(
+            f"`resume`: {resume.path} has results up to input line {resume.last_line} but none for line "
+            f"{record.line}, which is valid now; the input changed since, start over with `force`"
+        )
+    return Entry(record.line, record.id, len(encoded), len(encoded.scored_positions))
+
+
+def _check_resume_covered(resume: ResumeState, entries: list[Entry], name: str) -> None:
+    """Refuse a resumed file that holds a result for an input line the input does not have."""
+    missing = sorted((set(resume.examples) | resume.others) - {e.line for e in entries})
+    if missing:
+        raise ResumeError(
+            f"`resume`: {resume.path} has a result for input line {missing[0]}, which {name} does not have; "
+            "it was written for another input, start over with `force`"
+        )
 
 
 def _id_note(rid: str | int | None) -> str:
