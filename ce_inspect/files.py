@@ -352,7 +352,7 @@ def write_outputs(documents: Sequence[tuple[str | os.PathLike[str], str, str]]) 
                 if writes_through(path):
                     try:
                         with open_through(path) as fh:
-                            _write_all(fh, text.encode("utf-8"))
+                            write_all(fh, text.encode("utf-8"))
                     except OSError as exc:
                         raise InputError(f"{label} {path}: cannot write it ({exc.strerror}){several}") from None
             for i, (tmp, target, path, label) in enumerate(staged):
@@ -377,7 +377,7 @@ def _stage(path: str | os.PathLike[str], data: bytes, label: str, several: str =
         raise InputError(f"{label} {path}: cannot write it ({exc.strerror}){several}") from None
     try:
         with os.fdopen(fd, "wb", buffering=0) as fh:
-            _write_all(fh, data)
+            write_all(fh, data)
             os.fsync(fh.fileno())
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -459,7 +459,8 @@ def stream_write_error(path: str | os.PathLike[str], exc: OSError, *, lines: int
     return InputError(f"`output` {path}: {problem}; {kept}")
 
 
-def _write_all(fh: IO[bytes], data: bytes) -> None:
+def write_all(fh: IO[bytes], data: bytes) -> None:
+    """Every byte of ``data`` to ``fh``: a raw (unbuffered) file may take fewer bytes than asked."""
     view = memoryview(data)
     while view:  # a raw file may take fewer bytes than asked
         view = view[fh.write(view) or 0 :]

@@ -42,6 +42,7 @@ from .batch import (
     scan_dataset,
 )
 from .data import DataInfo, Fields, Record, open_data
+from .distributed import current_session
 from .encoding import Encoded, Layout
 from .errors import InputError
 from .job import Job
@@ -341,12 +342,6 @@ class _Tee:
     def write(self, obj: Any) -> None:
         self._sink.write(obj)
         self._also(obj)
-
-
-def current_session() -> Session | None:
-    from .distributed import current_session as session
-
-    return session()
 
 
 # --- the library's entry points -----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .batch import BatchReport, BatchStats, JsonlSink, read_resume, run_scan
 from .distributed import RankFailedError, Session, part_path
 from .errors import ResumeError
-from .files import atomic_stream
+from .files import atomic_stream, write_all
 
 if TYPE_CHECKING:
     from .batch import BatchSettings, DatasetSummary, Entry, ResumeState, Scan
@@ -194,9 +194,7 @@ def merge_outputs(output: Path, sources: Sequence[tuple[Path, int | None]]) -> i
     lines = 0
     with atomic_stream(output, label="`output`") as fh:
         for _, raw in heapq.merge(*(_lines_of(p, size) for p, size in sources), key=lambda x: x[0]):
-            view = memoryview(raw)
-            while view:  # the stream is raw: it may take fewer bytes than asked
-                view = view[fh.write(view) or 0 :]
+            write_all(fh, raw)
             lines += 1
     return lines
 

@@ -513,27 +513,37 @@ def mark_outliers(path: str | os.PathLike[str], audit: Audit, *, label: str = "`
     """Carry loss-outlier into the per-record lines of the regular file ``path`` (written by the forward pass,
     which could not know the outliers yet): the file is rewritten atomically (``files.atomic_stream``; on an
     error it stays as it was), a changed line re-serialized, every other line kept byte for byte. The caller
-    holds ``path``'s lock. Returns how many lines carry loss-outlier."""
+    holds ``path``'s lock. Returns how many lines carry loss-outlier. With no outlier and no line marked by an
+    earlier run (a resumed file's), nothing would change, and the file is left as it is."""
     from ..files import atomic_stream
 
     flagged = audit.outlier_findings()
-    marked = 0
     try:
         source = open(path, "rb")
     except OSError as exc:
         raise InputError(f"{label} {path}: cannot read it back ({exc.strerror})") from None
-    with source, atomic_stream(path, label=label) as out:
-        for raw in source:
-            obj = json.loads(raw)
-            if obj.get("kind") == "audit_record":
-                finding = flagged.get(obj["line"])
-                marked += finding is not None
-                new = with_outlier(obj, finding)
-                if new != obj:
-                    raw = (dumps(new) + "\n").encode("utf-8")
-            view = memoryview(raw)
-            while view:
-                view = view[out.write(view) or 0 :]
+    with source:
+        if not flagged and not any(b'"loss-outlier"' in raw for raw in source):
+            return 0
+        source.seek(0)
+        with atomic_stream(path, label=label) as out:
+            return _rewrite_marked(source, out, flagged)
+
+
+def _rewrite_marked(source: Any, out: Any, flagged: dict[int, Finding]) -> int:
+    """``source``'s lines to ``out``, each audit line with its loss-outlier finding as ``flagged`` gives it."""
+    from ..files import write_all
+
+    marked = 0
+    for raw in source:
+        obj = json.loads(raw)
+        if obj.get("kind") == "audit_record":
+            finding = flagged.get(obj["line"])
+            marked += finding is not None
+            new = with_outlier(obj, finding)
+            if new != obj:
+                raw = (dumps(new) + "\n").encode("utf-8")
+        write_all(out, raw)
     return marked
 
 
