@@ -44,16 +44,16 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m ce_inspect.schema --check
+	$(BIN)/python -m ce_inspect.contract.schema --check
 	# Issue 17's ratchet: no import cycle, private cross-module name, function body over 60 lines or module
 	# over 700 beyond those architecture-baseline.txt lists.
 	$(BIN)/python scripts/check_architecture.py
 	# The layers of pyproject.toml [tool.importlinter]: each module imports only the layers below it.
 	$(BIN)/lint-imports --no-cache
 
-# Regenerate schema/*.json from the TypedDicts in ce_inspect/result.py (commit the result).
+# Regenerate schema/*.json from the TypedDicts in ce_inspect/contract/result.py (commit the result).
 schema: setup
-	$(BIN)/python -m ce_inspect.schema
+	$(BIN)/python -m ce_inspect.contract.schema
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -38,17 +38,10 @@ sys.path.insert(0, str(ROOT))  # measure this checkout, not an installed copy
 
 from machine import describe as machine  # noqa: E402
 
-from ce_inspect import scoring  # noqa: E402
-from ce_inspect.batch import (  # noqa: E402
-    BatchSettings,
-    JsonlSink,
-    encode_record,
-    output_line,
-    read_records,
-    run_scan,
-    scan_dataset,
-)
-from ce_inspect.loading import default_gguf_path, gguf_cache_folder, load  # noqa: E402
+from ce_inspect.data import encode_record, read_records  # noqa: E402
+from ce_inspect.dataset import BatchSettings, JsonlSink, output_line, run_scan, scan_dataset  # noqa: E402
+from ce_inspect.model import default_gguf_path, gguf_cache_folder, load  # noqa: E402
+from ce_inspect.scoring import scorer as scoring  # noqa: E402
 
 WORDS = (
     "the model reads a prompt and scores each token of the answer with the loss that training would assign "

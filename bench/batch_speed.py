@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # measure this checkout, not an installed copy
 
-from ce_inspect.batch import BatchSettings, JsonlSink, run_scan, scan_dataset  # noqa: E402
-from ce_inspect.loading import load  # noqa: E402
+from ce_inspect.dataset import BatchSettings, JsonlSink, run_scan, scan_dataset  # noqa: E402
+from ce_inspect.model import load  # noqa: E402
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ ANSWER = " The capital of China is Beijing."
 def make_example(tokenizer, prompt_tokens: int, scored_tokens: int, seed: int):
     """An Encoded example: [BOS if any] + ``prompt_tokens`` random ids (masked) + ``scored_tokens - 1``
     random ids and EOS (scored), laid out as ce-inspect's encoder lays out a prompt/answer pair."""
-    from ce_inspect.encoding import IGNORE_INDEX, Encoded, special_prefix
+    from ce_inspect.text import IGNORE_INDEX, Encoded, special_prefix
 
     rng = random.Random(seed)
     reserved = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
@@ -511,7 +511,7 @@ def section_batch(args, device: str, log) -> dict:
 
 
 def section_startup(args, device: str, log) -> dict:
-    from ce_inspect.loading import default_gguf_path, gguf_cache_folder
+    from ce_inspect.model import default_gguf_path, gguf_cache_folder
 
     folder = gguf_cache_folder(default_gguf_path())  # builds the cache once if needed: "warm cache" from here
     py = sys.executable

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ce_inspect.encoding import Layout, encode_messages  # noqa: E402
-from ce_inspect.loading import load_tokenizer  # noqa: E402
+from ce_inspect.model import load_tokenizer  # noqa: E402
+from ce_inspect.text import Layout, encode_messages  # noqa: E402
 
 WORDS = "the a cat dog sat on mat sun moon river stone tree house blue red green quick slow".split()
 

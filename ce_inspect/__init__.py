@@ -31,10 +31,23 @@ import os as _os
 # here, before torch runs anything; a value the user set wins. Other BLAS libraries ignore it.
 _os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
-from .batch import BatchSettings, DatasetSummary
-from .data import Fields
-from .diff import DiffResult, DiffSummary, TokenDiff, diff, diff_messages
-from .encoding import (
+from ce_inspect.audit import audit_dataset
+from ce_inspect.contract import SCHEMA_VERSION, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
+from ce_inspect.data import Fields
+from ce_inspect.dataset import BatchSettings, DatasetSummary, score_dataset
+from ce_inspect.diff import DiffResult, DiffSummary, TokenDiff, diff, diff_dataset, diff_messages
+from ce_inspect.errors import CeInspectError
+from ce_inspect.model import LoadedModel, load
+from ce_inspect.scoring import (
+    ScoreOptions,
+    cross_entropy,
+    score,
+    score_batch,
+    score_encoded,
+    score_messages,
+    token_figures,
+)
+from ce_inspect.text import (
     IGNORE_INDEX,
     Encoded,
     Layout,
@@ -44,19 +57,6 @@ from .encoding import (
     encode_pair,
     joint_split,
     parse_messages,
-)
-from .errors import CeInspectError
-from .loading import LoadedModel, load
-from .result import SCHEMA_VERSION, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
-from .runner import audit_dataset, diff_dataset, score_dataset
-from .scoring import (
-    ScoreOptions,
-    cross_entropy,
-    score,
-    score_batch,
-    score_encoded,
-    score_messages,
-    token_figures,
 )
 
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
 """``python -m ce_inspect`` runs the command line."""
 
-from .cli import entry
+from ce_inspect.cli import entry
 
 entry()

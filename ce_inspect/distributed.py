@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CeInspectError, InputError, ResumeError
+from ce_inspect.errors import CeInspectError, InputError, ResumeError
 
 DEFAULT_RANK_TIMEOUT = 1800.0  # seconds without any progress before a waiting rank gives up
 #: Test hook: "RANK:kill" makes that rank SIGKILL itself once its first batch is written, "RANK:error" raise there.

@@ -22,7 +22,7 @@ Every ``ce_inspect/**/*.py`` is parsed with ``ast`` (nothing is imported) and fo
 
 Each violation has a stable key, one per line (``cycle ce_inspect.a ce_inspect.b``, ``private
 ce_inspect.a -> ce_inspect.b._name``, ``function ce_inspect.cli.diff:diff``, ``module
-ce_inspect.batch``). The baseline file lists the known ones: the redesign of issue 17 removes them, and
+ce_inspect.dataset.batch``). The baseline file lists the known ones: the redesign of issue 17 removes them, and
 any new one fails ``make lint``. Baseline lines that no longer occur are printed (without failing) so
 they can be deleted.
 """

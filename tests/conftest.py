@@ -204,7 +204,7 @@ def smollm2_gguf_logits(models_cache) -> dict[str, torch.Tensor]:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ce_inspect.loading import default_gguf_path
+    from ce_inspect.model import default_gguf_path
 
     gguf = default_gguf_path()
     stat = gguf.stat()
@@ -289,7 +289,7 @@ def synthetic_batch(n_scored: int, vocab: int, top_k: int):
     them (the test of the one pass and ``bench/result_building.py`` share it)."""
     import random
 
-    from ce_inspect.encoding import Encoded
+    from ce_inspect.text import Encoded
 
     rng = random.Random(0)
     ids = tuple(rng.randrange(vocab) for _ in range(n_scored + 1))

@@ -30,8 +30,8 @@ from ce_inspect.audit import (
     tokenizer_only,
 )
 from ce_inspect.cli import main
-from ce_inspect.encoding import Layout, encode_messages
 from ce_inspect.errors import InputError, InvalidRecordError
+from ce_inspect.text import Layout, encode_messages
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "audit"
@@ -188,7 +188,7 @@ def test_padding_by_eos_names_every_trained_pad_position(tok, tmp_path):
     """EOS used as pad after a chat record's "<|im_end|>\\n": every pad position is named (the first EOS of the
     tail opens no turn, the record's text ended before it); a pair's text ends with its own EOS, which is not
     padding; a record with no text: the first EOS of the tail closes it."""
-    from ce_inspect.encoding import encode_pair
+    from ce_inspect.text import encode_pair
 
     rows = _broken(tok, _pad_eos, {1})
     n = len(rows[1]["input_ids"])
@@ -380,7 +380,7 @@ def _conforms(d: dict, typed) -> None:
 
 
 def _document_conforms(doc: dict) -> None:
-    from ce_inspect import result as r
+    from ce_inspect.contract import result as r
 
     _conforms(doc, r.AuditDict)
     if "loss" in doc:
@@ -396,7 +396,7 @@ def _document_conforms(doc: dict) -> None:
 
 
 def _lines_conform(lines: list[dict]) -> None:
-    from ce_inspect import result as r
+    from ce_inspect.contract import result as r
 
     for line in lines:
         _conforms(line, r.AuditRecordLineDict)
@@ -439,7 +439,7 @@ def test_cli_unknown_check_is_a_usage_error(tiny_llama_dir, tmp_path, capsys, to
 
 
 def test_cli_no_model_loads_no_model(tiny_llama_dir, tmp_path, capsys, tok, monkeypatch):
-    import ce_inspect.loading as loading
+    import ce_inspect.model.loading as loading
 
     def refuse(*args, **kwargs):
         raise AssertionError("--no-model loaded the model")
@@ -521,7 +521,7 @@ def test_with_model_per_record_loss_matches_cross_entropy(tiny_llama, tiny_llama
     """
     import os
 
-    from ce_inspect.encoding import encode
+    from ce_inspect.text import encode
 
     tok = tiny_llama.tokenizer
     rows = [{"id": f"c{k}", "messages": _messages(k)} for k in range(5)]
@@ -600,7 +600,7 @@ def test_with_model_a_text_longer_than_the_context_is_not_scored_with_audits_own
 def smollm2_tokenizer(models_cache):
     import os
 
-    from ce_inspect.loading import load_tokenizer
+    from ce_inspect.model import load_tokenizer
 
     saved = os.environ.get("CE_INSPECT_CACHE")
     os.environ["CE_INSPECT_CACHE"] = str(models_cache)  # the checkout's own cache of converted models
@@ -674,7 +674,7 @@ def _contaminated_set(path: Path, *, broken: bool, off_topic: bool) -> Path:
 
 def _audit_with(lm, path: Path):
     from ce_inspect.audit import score_losses
-    from ce_inspect.batch import scan_dataset
+    from ce_inspect.dataset import scan_dataset
 
     audit = check_dataset(tokenizer_only(lm.tokenizer, "smollm2"), path, keep_findings=True)
     lines: list[dict] = []
@@ -716,7 +716,7 @@ def test_loss_outlier_sample_with_smollm2(smollm2):
     """samples/audit/loss-outlier.jsonl through SmolLM2 (batch's runner): exactly the gibberish answer is flagged,
     and each record's mean loss equals CrossEntropyLoss on the model's own logits."""
     from ce_inspect.audit import score_losses, score_shown
-    from ce_inspect.batch import scan_dataset
+    from ce_inspect.dataset import scan_dataset
 
     path = SAMPLES / "loss-outlier.jsonl"
     audit = check_dataset(tokenizer_only(smollm2.tokenizer, "smollm2"), path, keep_findings=True)

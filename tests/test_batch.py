@@ -11,15 +11,12 @@ import torch
 from conftest import batch_tolerance
 
 from ce_inspect import Layout, ScoreOptions, load, score_encoded
-from ce_inspect.batch import (
+from ce_inspect.data import Fields, Record, encode_record, read_records
+from ce_inspect.dataset import (
     BatchSettings,
-    Fields,
     JsonlSink,
-    Record,
-    encode_record,
     output_conflict,
     plan_batches,
-    read_records,
     read_resume,
     run_scan,
     scan_dataset,
@@ -157,7 +154,7 @@ def test_batch_settings_reject_nonsense():
 
 
 def test_batch_settings_take_the_device_defaults_for_what_is_unset():
-    from ce_inspect.batch import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS
+    from ce_inspect.dataset import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS
 
     cpu = BatchSettings().resolved("cpu")
     assert (cpu.batch_size, cpu.max_tokens) == (DEFAULT_MAX_ROWS["cpu"], DEFAULT_MAX_TOKENS["cpu"])
@@ -287,7 +284,7 @@ class _LeakyModel(torch.nn.Module):
 def test_right_padding_stays_masked_for_a_model_whose_positions_see_it():
     from types import SimpleNamespace
 
-    from ce_inspect.scoring import _unmasked_padding_ok
+    from ce_inspect.scoring.scorer import _unmasked_padding_ok
 
     torch.manual_seed(0)
     ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]])
@@ -584,7 +581,7 @@ CHAT = [
 
 
 def test_chat_records_batched_equal_alone_and_the_models_loss(tiny_llama, tmp_path):
-    from ce_inspect.encoding import encode_messages
+    from ce_inspect.text import encode_messages
 
     data = write_jsonl(tmp_path / "chat.jsonl", CHAT + [RECORDS[0]])  # chat and pair records may mix
     scan = scan_dataset(tiny_llama, data)

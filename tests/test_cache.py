@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from ce_inspect import load, loading
+from ce_inspect import load
 from ce_inspect.errors import ModelLoadError
-from ce_inspect.loading import MANIFEST, cache_is_valid, gguf_cache_folder
+from ce_inspect.model import MANIFEST, cache_is_valid, gguf_cache_folder, loading
 
 
 @dataclass

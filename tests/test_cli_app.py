@@ -13,12 +13,12 @@ import pytest
 import typer
 from conftest import PROCESS_TIMEOUT
 
-from ce_inspect import loading
-from ce_inspect.batch import BatchSettings
+from ce_inspect import model
 from ce_inspect.cli import main
 from ce_inspect.cli.app import COMMANDS, app
 from ce_inspect.cli.errors import FLAGS, Reported, cli_message, report
 from ce_inspect.cli.options import Common
+from ce_inspect.dataset import BatchSettings
 from ce_inspect.errors import CeInspectError, InputError, ModelNotFoundError
 from ce_inspect.scoring import REDUCTIONS, ScoreOptions
 
@@ -181,6 +181,6 @@ def test_each_example_is_shown_and_parses(monkeypatch, capsys, target, line):
     monkeypatch.chdir(ROOT)  # the examples use the repository's samples
     monkeypatch.setattr(Common, "load", lambda *a, **k: (_ for _ in ()).throw(_Parsed()))
     # `audit --no-model` loads only a tokenizer: parsing reached it just the same.
-    monkeypatch.setattr(loading, "load_tokenizer", lambda *a, **k: (_ for _ in ()).throw(_Parsed()))
+    monkeypatch.setattr(model, "load_tokenizer", lambda *a, **k: (_ for _ in ()).throw(_Parsed()))
     with pytest.raises(_Parsed):
         main(args[1:])

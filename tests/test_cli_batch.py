@@ -54,8 +54,8 @@ def test_progress_bar_is_drawn_only_on_a_terminal(tiny_llama, data):
 
     from rich.console import Console
 
-    from ce_inspect.batch import scan_dataset
     from ce_inspect.cli.render_batch import batch_progress
+    from ce_inspect.dataset import scan_dataset
 
     scan = scan_dataset(tiny_llama, data)
     for terminal in (True, False):
@@ -256,7 +256,7 @@ def fingerprinted(monkeypatch):
     """Give every loaded model a fingerprint of its folder's files when loading does not compute one."""
     import hashlib
 
-    import ce_inspect.loading as loading
+    import ce_inspect.model.loading as loading
 
     real = loading.load
 

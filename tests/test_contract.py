@@ -18,8 +18,8 @@ import pytest
 from conftest import byte_tokenizer
 
 from ce_inspect import Layout, ScoreOptions, score, score_messages
-from ce_inspect import result as wire
 from ce_inspect.cli import main
+from ce_inspect.contract import result as wire
 
 ROOT = Path(__file__).resolve().parents[1]
 CONVERSATION = [
@@ -244,7 +244,7 @@ def test_from_dict_round_trips_every_run_document(run_documents):
 
 
 def test_batch_lines_read_back_into_the_same_line(batch_outputs):
-    from ce_inspect.batch import Entry, output_line
+    from ce_inspect.dataset import Entry, output_line
 
     for doc in batch_outputs[0]:
         line, rid, parsed = wire.batch_line_from_dict(doc)
@@ -275,7 +275,7 @@ def test_from_dict_refuses_what_is_not_the_contract(run_documents, edit, words):
 
 
 def test_committed_schemas_are_what_the_types_generate(tmp_path):
-    from ce_inspect import schema
+    from ce_inspect.contract import schema
 
     assert schema.main(["--check", str(ROOT / "schema")]) == 0
     for name, (root, title) in schema.DOCUMENTS.items():
@@ -312,7 +312,7 @@ def test_real_outputs_validate_against_the_schemas(run_documents, batch_outputs)
 
 
 def test_resume_reads_lines_through_the_contract(batch_outputs, tmp_path):
-    from ce_inspect.batch import read_resume
+    from ce_inspect.dataset import read_resume
     from ce_inspect.errors import ResumeError
 
     lines = [d for d in batch_outputs[0] if "sequence" not in d]  # --no-sequence lines resume too
@@ -384,7 +384,7 @@ def _write(folder: Path, conversation) -> Path:
 )
 def test_diff_and_audit_documents_hold_their_types_and_schemas(other_documents, name, schema, type_name):
     from ce_inspect import diff as _  # noqa: F401 - the module, for its types
-    from ce_inspect.diff import DiffDatasetDict, DiffDict
+    from ce_inspect.contract import DiffDatasetDict, DiffDict
 
     types_ = {"DiffDict": DiffDict, "DiffDatasetDict": DiffDatasetDict}
     tp = types_.get(type_name) or getattr(wire, type_name)
@@ -395,7 +395,7 @@ def test_diff_and_audit_documents_hold_their_types_and_schemas(other_documents, 
 
 
 def test_diff_lines_are_diff_documents_with_their_record(other_documents):
-    from ce_inspect.diff import DiffLineDict
+    from ce_inspect.contract import DiffLineDict
 
     line = other_documents["diff line"]
     assert (line["id"], line["line"]) == ("a", 1)

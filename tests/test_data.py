@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ce_inspect.cli import main
-from ce_inspect.data import (
+from ce_inspect.data.records import (
     MAX_JSON_ELEMENT_BYTES,
     Fields,
     Record,
@@ -24,8 +24,8 @@ from ce_inspect.data import (
     parse_record,
     read_records,
 )
-from ce_inspect.encoding import Layout, encode
 from ce_inspect.errors import InputError
+from ce_inspect.text import Layout, encode
 
 PAIRS = [
     ("The capital of France is", " Paris."),
@@ -159,7 +159,7 @@ def test_json_array_streams_element_by_element(tmp_path):
 
 
 def test_json_array_element_too_large_is_refused(tmp_path, monkeypatch):
-    import ce_inspect.data as data
+    import ce_inspect.data.records as data
 
     monkeypatch.setattr(data, "MAX_JSON_ELEMENT_BYTES", 100)
     path = tmp_path / "d.json"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ce_inspect import ScoreOptions, load, score
-from ce_inspect import loading as loading_mod
+from ce_inspect.model import loading as loading_mod
 
 pytestmark = pytest.mark.default_model
 

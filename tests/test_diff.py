@@ -13,8 +13,8 @@ import torch
 from ce_inspect import Layout, ScoreOptions, load
 from ce_inspect.cli import main
 from ce_inspect.diff import diff, diff_messages
-from ce_inspect.encoding import encode
 from ce_inspect.errors import InputError, NonFiniteError
+from ce_inspect.text import encode
 from tests.conftest import batch_tolerance, build_model
 
 PROMPT = "Where is the capital of China? "
@@ -168,7 +168,7 @@ def test_sequential_releases_the_reference_before_loading_the_candidate(pair_dir
 def test_chat_conversation_matches_independent(ref_lm, cand_lm):
     messages = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello, the tin."}]
     result = diff_messages(ref_lm, cand_lm, messages)
-    from ce_inspect.encoding import encode_messages
+    from ce_inspect.text import encode_messages
 
     example = encode_messages(ref_lm.tokenizer, messages, Layout(), max_length=None)
     ids, rows = example.input_ids, [p - 1 for p in example.scored_positions]

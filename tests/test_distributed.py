@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ce_inspect.batch import Entry, read_resume
+from ce_inspect.dataset import Entry, merge_outputs, read_resume, read_sharded_resume, shard_lines
 from ce_inspect.distributed import (
     check_parts,
     detect_launch,
@@ -24,7 +24,6 @@ from ce_inspect.distributed import (
     rank_gpus,
 )
 from ce_inspect.errors import InputError, ResumeError
-from ce_inspect.sharded import merge_outputs, read_sharded_resume, shard_lines
 from tests.conftest import PROCESS_TIMEOUT
 from tests.conftest import json_close as _close
 

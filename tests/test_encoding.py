@@ -6,8 +6,8 @@ import pytest
 from conftest import byte_tokenizer
 
 from ce_inspect import IGNORE_INDEX, Layout, encode, encode_pair
-from ce_inspect.encoding import special_prefix
 from ce_inspect.errors import InputError, SequenceTooLongError
+from ce_inspect.text import special_prefix
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 from conftest import CHATML, byte_tokenizer
 
 from ce_inspect import Layout, encode, encode_chat, encode_messages, parse_messages
-from ce_inspect.encoding import IGNORE_INDEX, decode_tokens
 from ce_inspect.errors import InputError
+from ce_inspect.text import IGNORE_INDEX, decode_tokens
 
 # A second template shape: Llama-2 style, BOS and EOS written by the template, no generation prompt,
 # a space the template adds before the answer and before EOS.

@@ -15,8 +15,8 @@ import torch
 from conftest import byte_tokenizer
 
 from ce_inspect import Layout, ScoreOptions, encode, encode_messages, encode_pair, score, score_messages
-from ce_inspect.encoding import byte_hex, check_answer, check_text, decode_tokens, scored_turns
 from ce_inspect.errors import InputError
+from ce_inspect.text import byte_hex, check_answer, check_text, decode_tokens, scored_turns
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +292,7 @@ def test_chat_conversation_scores_with_notes_and_figures_intact(tiny_llama):
 
 
 def test_encoding_functions_are_named_steps_under_60_lines():
-    source = Path(__file__).resolve().parents[1] / "ce_inspect" / "encoding.py"
+    source = Path(__file__).resolve().parents[1] / "ce_inspect" / "text" / "encoding.py"
     tree = ast.parse(source.read_text(encoding="utf-8"))
     long = {
         node.name: node.end_lineno - node.lineno + 1

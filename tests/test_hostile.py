@@ -1470,7 +1470,7 @@ def test_a_full_disk_during_the_lines_is_one_line_and_resume_finishes(command, t
 _BUILD = """
 import shutil, sys, time
 from pathlib import Path
-from ce_inspect import loading
+from ce_inspect.model import loading
 
 name, model, gguf, events = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
 

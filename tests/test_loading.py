@@ -13,8 +13,8 @@ import pytest
 from conftest import PROCESS_TIMEOUT, build_model, byte_tokenizer
 
 from ce_inspect import load
-from ce_inspect import loading as loading_mod
 from ce_inspect.errors import DefaultModelMissingError, DeviceError, ModelLoadError, ModelNotFoundError
+from ce_inspect.model import loading as loading_mod
 
 
 def test_local_folder_loads_on_cpu(tiny_llama_dir):
@@ -414,7 +414,7 @@ def test_check_dtype():
 
 def test_validators_do_not_import_torch():
     code = (
-        "import sys\nfrom ce_inspect.loading import check_device, check_dtype\n"
+        "import sys\nfrom ce_inspect.model.loading import check_device, check_dtype\n"
         "check_device('cuda:1'); check_dtype('bfloat16')\n"
         "from ce_inspect.cli.options import Common\nCommon(device='cpu', dtype='float16').check()\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"

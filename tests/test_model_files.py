@@ -17,7 +17,7 @@ from conftest import build_model
 from ce_inspect import load, score
 from ce_inspect.cli import main
 from ce_inspect.errors import ModelChangedError
-from ce_inspect.loading import _files_read_while_running, check_model_unchanged, stamp_model_files
+from ce_inspect.model.loading import _files_read_while_running, check_model_unchanged, stamp_model_files
 
 WEIGHTS = "model.safetensors"
 
@@ -106,7 +106,7 @@ def test_replaced_or_removed_file_is_caught(lm, model_dir, tmp_path):
 
 
 def test_change_while_loading_fails_the_load(model_dir, monkeypatch):
-    import ce_inspect.loading as loading
+    import ce_inspect.model.loading as loading
 
     original = loading._load_model
 
@@ -136,7 +136,7 @@ def test_only_weights_left_on_cpu_or_meta_are_watched(model_dir):
 
 @pytest.mark.default_model
 def test_default_model_watches_its_cache_safetensors(smollm2):
-    from ce_inspect.loading import MANIFEST
+    from ce_inspect.model import MANIFEST
 
     names = [Path(f.path).name for f in smollm2.files]
     assert names == [WEIGHTS]  # not the manifest (another run may refresh it), not the .gguf (converted)
@@ -157,8 +157,8 @@ def _records(path: Path, n: int) -> Path:
 def test_batch_stops_at_the_first_batch_after_the_change(when, model_dir, tmp_path, capsys, monkeypatch):
     """Batches of 2 in input order (sort window 2): the first batch's 2 lines are kept, and they are the
     lines of a run on unchanged files; nothing computed after the rewrite is written."""
-    import ce_inspect.batch as batch
-    import ce_inspect.scoring as scoring
+    import ce_inspect.dataset.batch as batch
+    import ce_inspect.scoring.scorer as scoring
 
     data = _records(tmp_path / "data.jsonl", 6)
     args = ["batch", str(data), "-m", str(model_dir), "--device", "cpu", "-b", "2", "--sort-window", "2"]
@@ -196,16 +196,16 @@ def test_batch_stops_at_the_first_batch_after_the_change(when, model_dir, tmp_pa
 
 
 def test_run_fails_when_the_weights_change_after_loading(model_dir, tmp_path, capsys, monkeypatch):
-    import ce_inspect.loading as loading
+    import ce_inspect.model
 
-    original = loading.load
+    original = ce_inspect.model.load
 
     def load_then_rewrite(*args, **kwargs):
         lm = original(*args, **kwargs)
         _rewrite_in_place(model_dir / WEIGHTS)
         return lm
 
-    monkeypatch.setattr(loading, "load", load_then_rewrite)
+    monkeypatch.setattr(ce_inspect.model, "load", load_then_rewrite)
     out = tmp_path / "out.json"
     args = ["run", "-p", "the cat", "-a", " sat", "-m", str(model_dir), "--device", "cpu", "--json", "-o", str(out)]
     code = main(args)

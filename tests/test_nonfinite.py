@@ -18,12 +18,11 @@ from conftest import build_model, byte_tokenizer
 from ce_inspect import Layout, ScoreOptions, encode, load, score
 from ce_inspect.cli import main
 from ce_inspect.cli.render import _HEAT, HEAT_BG, loss_style
+from ce_inspect.contract import dumps
 from ce_inspect.diff import diff
-from ce_inspect.encoding import Encoded
 from ce_inspect.errors import NonFiniteError
-from ce_inspect.result import dumps
-from ce_inspect.scoring import nonfinite_row, token_figures
-from ce_inspect.windows import score_windows
+from ce_inspect.scoring import nonfinite_row, score_windows, token_figures
+from ce_inspect.text import Encoded
 
 PROMPT, ANSWER = "the cat", " sat on it"
 Z = byte_tokenizer().convert_tokens_to_ids("Z")

@@ -279,7 +279,7 @@ def hostile_doc(run_outputs):
 
 
 def test_hostile_tokens_stay_text_in_html(hostile_doc):
-    from ce_inspect.report import run_html
+    from ce_inspect.reports import run_html
 
     html = run_html(hostile_doc, "ce-inspect run -a '</script>'")
     page = parse(html)
@@ -296,7 +296,7 @@ def test_hostile_tokens_stay_text_in_html(hostile_doc):
 def test_hostile_tokens_stay_text_in_markdown(hostile_doc):
     from markdown_it import MarkdownIt
 
-    from ce_inspect.report import run_markdown
+    from ce_inspect.reports import run_markdown
 
     md = run_markdown(hostile_doc, "ce-inspect run -a '```'")
     assert "\u202e" not in md
@@ -406,12 +406,12 @@ def test_batch_svg_is_well_formed(batch_outputs):
 
 @pytest.fixture
 def no_load(monkeypatch):
-    import ce_inspect.loading
+    import ce_inspect.model.loading
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(ce_inspect.loading, "load", refuse)
+    monkeypatch.setattr(ce_inspect.model.loading, "load", refuse)
 
 
 @pytest.mark.parametrize("flag", ["--html", "--svg", "--markdown"])
@@ -446,7 +446,7 @@ def test_report_usage_conflicts_exit_2(args, capsys, no_load, tmp_path, monkeypa
 
 
 def test_a_failed_render_leaves_no_file(tiny_llama_dir, tmp_path, monkeypatch):
-    import ce_inspect.report
+    import ce_inspect.reports.report
 
     old = tmp_path / "old.html"
     old.write_text("<!DOCTYPE html>\n<!-- ce-inspect report: run -->\nprevious")
@@ -454,7 +454,7 @@ def test_a_failed_render_leaves_no_file(tiny_llama_dir, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("render failed")
 
-    monkeypatch.setattr(ce_inspect.report, "run_markdown", broken)
+    monkeypatch.setattr(ce_inspect.reports, "run_markdown", broken)
     args = ["run", "-m", str(tiny_llama_dir), "-p", "x", "-a", " y", "--html", str(old)]
     with pytest.raises(RuntimeError):
         main([*args, "--svg", str(tmp_path / "new.svg"), "--markdown", str(tmp_path / "new.md")])
@@ -663,7 +663,7 @@ def hostile_diff(diff_outputs):
 def test_hostile_tokens_stay_text_in_diff_reports(hostile_diff):
     from markdown_it import MarkdownIt
 
-    from ce_inspect.report import diff_html, diff_markdown
+    from ce_inspect.reports import diff_html, diff_markdown
 
     doc, k = hostile_diff
     html = diff_html(doc, "ce-inspect diff -a '</script>'", 4)

@@ -1,5 +1,5 @@
 """The library's data-set entry points (``ce_inspect.score_dataset``, ``diff_dataset``, ``audit_dataset``) write
-exactly the lines the command line writes, resumed too: both are the one runner (``ce_inspect.runner``)."""
+exactly the lines the command line writes, resumed too: both are the one runner (``ce_inspect.dataset.runner``)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from conftest import build_model, write_audit_data
 import ce_inspect
 from ce_inspect import BatchSettings, load
 from ce_inspect.cli import main
+from ce_inspect.dataset import DatasetRun, Interrupted
 from ce_inspect.errors import InputError, ResumeError
-from ce_inspect.runner import DatasetRun, Interrupted
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = ROOT / "samples" / "pairs.jsonl"

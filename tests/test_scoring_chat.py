@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ce_inspect import Layout, ScoreOptions, score, score_messages
-from ce_inspect.result import SCHEMA_VERSION
+from ce_inspect.contract import SCHEMA_VERSION
 
 CONVERSATION = [
     {"role": "user", "content": "Hi there"},

@@ -12,7 +12,7 @@ import torch
 from conftest import byte_tokenizer
 
 from ce_inspect import Layout, ScoreOptions, encode, load, score
-from ce_inspect.encoding import decode_tokens
+from ce_inspect.text import decode_tokens
 
 
 def lm_eval_loglikelihood(model, tok, context: str, continuation: str) -> tuple[float, bool, list[int]]:

@@ -18,7 +18,7 @@ pytest.importorskip("datasets", reason="TRL's data preparation needs datasets: p
 
 from ce_inspect.cli import main  # noqa: E402
 from ce_inspect.data import encode_record, read_records  # noqa: E402
-from ce_inspect.encoding import Layout  # noqa: E402
+from ce_inspect.text import Layout  # noqa: E402
 
 
 def pairs(eos: str, end_of_turn: str) -> list[tuple[str, str]]:
@@ -121,7 +121,7 @@ def test_trl_parity_smollm2_tokenizer(form, smollm2, tiny_hf_model, tmp_path):
 
 def test_trl_split_differs_from_separate_and_joint(tiny_llama, tiny_hf_model, tmp_path):
     """The reason `trl` exists: on these pairs neither `separate` nor `joint` trains what TRL trains."""
-    from ce_inspect.encoding import encode
+    from ce_inspect.text import encode
 
     rows = plain_rows(tiny_llama.tokenizer.eos_token, "<|im_end|>")
     expected = trl_prepared(tiny_hf_model, tiny_llama.tokenizer, rows, tmp_path)

@@ -25,7 +25,7 @@ file through the checks, and the forward pass as a job for ``runner.DatasetRun``
 
 from __future__ import annotations
 
-from .checks import (
+from ce_inspect.audit.checks import (
     CHECK_NAMES,
     CHECKS,
     DEFAULT_EXAMPLES,
@@ -36,7 +36,8 @@ from .checks import (
     audit_example,
     parse_checks,
 )
-from .dataset import (
+from ce_inspect.audit.dataset import (
+    audit_dataset,
     audit_job,
     audit_line_stats,
     check_dataset,
@@ -46,7 +47,7 @@ from .dataset import (
     score_shown,
     tokenizer_only,
 )
-from .summary import (
+from ce_inspect.audit.summary import (
     STREAMED_NOTE,
     Audit,
     AuditReport,
@@ -75,6 +76,7 @@ __all__ = [
     "audit_example",
     "audit_job",
     "audit_line_stats",
+    "audit_dataset",
     "check_dataset",
     "example_from_record",
     "mark_outliers",

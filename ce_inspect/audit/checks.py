@@ -7,10 +7,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from ..encoding import IGNORE_INDEX, Layout, decode_tokens, encode_messages, encode_pair, special_ids, special_prefix
-from ..errors import InputError
-from ..result import (
+from ce_inspect.contract import (
     AuditFindingDict,
+)
+from ce_inspect.errors import InputError
+from ce_inspect.text import (
+    IGNORE_INDEX,
+    Layout,
+    decode_tokens,
+    encode_messages,
+    encode_pair,
+    special_ids,
+    special_prefix,
 )
 
 if TYPE_CHECKING:
@@ -252,7 +260,7 @@ class AuditContext:
     def _prefix_split(self, prompt: str, completion: str, ignore_index: int) -> Any:
         """Prompt+completion tokenized as one string; the completion starts where the prompt's own tokens
         stop matching (TRL's rule), EOS appended."""
-        from ..encoding import Encoded
+        from ce_inspect.text import Encoded
 
         alone, whole = self.tokens(prompt), self.tokens(prompt + completion)
         start = _common_prefix(alone, whole)
@@ -453,7 +461,7 @@ def check_boundary(rc: RecordChecks) -> Finding | None:
     if isinstance(ex.prompt, str) and isinstance(ex.completion, str):
         prompt_text, whole_text = ex.prompt, ex.prompt + ex.completion
     elif isinstance(ex.prompt, tuple) and isinstance(ex.completion, tuple):
-        from ..encoding import render_template  # the one renderer of chat templates
+        from ce_inspect.text import render_template  # the one renderer of chat templates
 
         try:
             prompt_text = render_template(ctx.tokenizer, [dict(m) for m in ex.prompt], generation_prompt=True)

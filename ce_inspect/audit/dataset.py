@@ -6,33 +6,41 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..batch import (
-    BatchReport,
-    BatchSettings,
-    ExampleStats,
-    SummaryBuilder,
-    check_resume_settings,
-    encode_record,
-    fingerprint_targets,
-    run_scan,
-)
-from ..encoding import Layout
-from ..errors import InputError
-from ..result import (
+from ce_inspect.audit.checks import DEFAULT_EXAMPLES, DEFAULT_FAIL_ON, AuditContext, AuditExample
+from ce_inspect.audit.summary import STREAMED_NOTE, Audit, AuditReport, outliers_in_lines, record_line
+from ce_inspect.contract import (
     SCHEMA_VERSION,
     AuditRecordLineDict,
     as_read_back,
 )
-from ..scoring import ScoreOptions
-from .checks import DEFAULT_EXAMPLES, AuditContext, AuditExample
-from .summary import Audit, record_line
+from ce_inspect.data import Fields, Record, encode_record, encode_whole
+from ce_inspect.dataset import (
+    BatchReport,
+    BatchSettings,
+    DatasetRun,
+    DatasetSummary,
+    ExampleStats,
+    Progress,
+    Scan,
+    SummaryBuilder,
+    as_loaded,
+    check_resume_settings,
+    fingerprint_targets,
+    run_scan,
+)
+from ce_inspect.distributed import current_session
+from ce_inspect.errors import InputError
+from ce_inspect.scoring import ScoreOptions
+from ce_inspect.text import Encoded, Layout
 
 if TYPE_CHECKING:
-    from ..job import Job
-    from ..loading import LoadedModel
-    from ..result import ScoreResult
+    from ce_inspect.contract import ScoreResult
+    from ce_inspect.dataset import Job
+    from ce_inspect.model import LoadedModel
 
 # --- reading a data set ----------------------------------------------------------------------------------
 
@@ -45,7 +53,7 @@ def read_audit_records(
 ) -> Iterator[tuple[Any, Any | None]]:
     """Every record of the data set through ``data``'s reader, streamed: (record, its text as a second record
     when it is pre-tokenized and also carries the text it was made from, e.g. ``messages``; else None)."""
-    from ..data import FORMATS, Fields, Record, detect_format, file_kind, parse_record, read_objects
+    from ce_inspect.data import FORMATS, Fields, Record, detect_format, file_kind, parse_record, read_objects
 
     if format is not None and format not in FORMATS:
         raise InputError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
@@ -79,7 +87,7 @@ def _text_of(record: Any) -> dict[str, Any]:
 
 def tokenizer_only(tokenizer: Any, name: str) -> LoadedModel:
     """A ``LoadedModel`` with no model: what the encoders need (the tokenizer), without a context limit."""
-    from ..loading import LoadedModel
+    from ce_inspect.model import LoadedModel
 
     return LoadedModel(
         model=None, tokenizer=tokenizer, name=name, source="tokenizer", device="none", dtype="none", context_length=None
@@ -92,7 +100,7 @@ def example_from_record(lm: LoadedModel, record: Any, text: Any, layout: Layout)
     if record.error is not None:
         raise InputError(record.error)
     if record.input_ids is not None:
-        from ..data import encode_tokenized
+        from ce_inspect.data import encode_tokenized
 
         # The reader's one validator (ids in the vocabulary, labels ids or the ignore index); the padding it
         # refuses for scoring is what padding-trained looks at, so the mask is checked here, not there.
@@ -113,7 +121,7 @@ def example_from_record(lm: LoadedModel, record: Any, text: Any, layout: Layout)
             pretokenized=True,
             **_text_of(text),
         )
-    from ..data import encode_record
+    from ce_inspect.data import encode_record
 
     encoded = encode_record(lm, record, layout)
     own = layout.tokenization != "trl"  # ce-inspect's own layout is the reference; TRL's is checked against it
@@ -150,8 +158,8 @@ def check_dataset(
     checked; ``keep_findings`` keeps each failing record's findings for a later pass (the model's) instead.
     A record that is not an example stops the run, naming it, unless ``skip_invalid``.
     """
-    from ..data import open_data
-    from ..errors import InvalidRecordError
+    from ce_inspect.data import open_data
+    from ce_inspect.errors import InvalidRecordError
 
     info = info or open_data(path, fields, format=format, split=split)
     layout = layout or Layout()
@@ -191,7 +199,7 @@ class _Discard:
 
 def audit_line_settings(lm: LoadedModel, scan: Any, options: Any, max_length: int | None) -> dict[str, Any]:
     """What an audit line depends on besides its record: ``batch.line_settings`` and ``max_length``."""
-    from ..batch import line_settings
+    from ce_inspect.dataset import line_settings
 
     return {**line_settings(lm, scan.layout, options, scan.fields), "max_length": max_length}
 
@@ -221,7 +229,7 @@ def audit_line_stats(obj: Any, worst: int) -> tuple[Any, list[Any]]:
     """``batch.read_resume``'s parser for audit lines (written with a model): the line, checked key for key
     against ``AuditRecordLineDict``, as ``ExampleStats`` carrying its findings; a record the model could not
     score gives stats with no scored token (its line is kept, ``ResumeState.others``)."""
-    from ..result import conform
+    from ce_inspect.contract import conform
 
     if not isinstance(obj, dict) or obj.get("schema_version") != SCHEMA_VERSION or obj.get("kind") != "audit_record":
         raise ValueError(f"not a schema_version {SCHEMA_VERSION} audit record")
@@ -275,7 +283,7 @@ class AuditLosses(BatchReport):
         self.audit.add_result(entry.line, entry.id, result)
 
     def resumed(self, entry: Any) -> None:
-        from ..errors import ResumeError
+        from ce_inspect.errors import ResumeError
 
         now = [f.to_dict() for f in self.audit.findings.get(entry.line, [])]
         if entry.done.payload != as_read_back(now):
@@ -295,7 +303,7 @@ class AuditLosses(BatchReport):
 def score_shown(lm: LoadedModel, scan: Any, audit: Audit, options: Any = None) -> dict[int, ScoreResult]:
     """The records the report shows in full (``Audit.to_show``), scored again, each alone (one row, no padding:
     what ``run`` gives for it), so that the report does not depend on which process scored which record."""
-    from ..windows import score_examples
+    from ce_inspect.scoring import score_examples
 
     wanted, results = set(audit.to_show()), {}
     if not wanted:
@@ -311,7 +319,7 @@ def audit_job(lm: LoadedModel, scan: Any, audit: Audit, options: Any, settings: 
     """audit's forward pass as a job for the one runner: per record, the mean loss goes to ``audit`` and one
     line (the record's findings and loss, ``line_emitter``) to the output; batch's loss summary is returned
     (``AuditLosses``). ``score_shown`` then gives ``audit.finish`` the records it shows."""
-    from ..job import Job
+    from ce_inspect.dataset import Job
 
     options = options or ScoreOptions()
     return Job(
@@ -345,3 +353,106 @@ def score_losses(
         emit=job.emit,
         report=job.make_report(scan),  # type: ignore[misc]
     )
+
+
+# --- the library's entry point -----------------------------------------------------------------------------
+
+
+def audit_dataset(
+    lm: LoadedModel | Callable[[], LoadedModel],
+    data: str | Path,
+    output: str | Path | None = None,
+    *,
+    layout: Layout | None = None,
+    options: ScoreOptions | None = None,
+    settings: BatchSettings | None = None,
+    fields: Fields | None = None,
+    max_length: int | None = None,
+    skip_invalid: bool = False,
+    examples: int | None = None,
+    fail_on: tuple[str, ...] | None = None,
+    resume: bool = False,
+    force: bool = False,
+    format: str | None = None,
+    split: str | None = None,
+    progress: Progress | None = None,
+    notes: Callable[[str], None] | None = None,
+) -> AuditReport:
+    """``ce-inspect audit --model``: every check on every record, then the forward pass through the one
+    runner (each record's loss, the loss outliers); one line per record into ``output`` (marked with
+    ``loss-outlier`` once every loss is known) and the report returned. Under torchrun, None on ranks but 0."""
+    settings, options, layout = settings or BatchSettings(), options or ScoreOptions(), layout or Layout()
+    fields = fields or Fields()
+    with DatasetRun(
+        data,
+        output,
+        command="audit",
+        parse=audit_line_stats,
+        worst=0,
+        resume=resume,
+        force=force,
+        fields=fields,
+        format=format,
+        split=split,
+        data_label="the data",
+        session=current_session(),
+        notes=notes,
+    ) as run:
+        name = run.info.path  # type: ignore[union-attr]  # the data as the user gave it
+        lm = as_loaded(lm)
+        # The checks see every record, whatever its length; the model's context limits only the forward pass.
+        audit = check_dataset(
+            tokenizer_only(lm.tokenizer, lm.name),
+            run.source,
+            layout=layout,
+            fields=fields,
+            format=format,
+            split=split,
+            info=run.info,
+            max_length=max_length,
+            skip_invalid=skip_invalid,
+            examples=DEFAULT_EXAMPLES if examples is None else examples,
+            keep_findings=True,
+        )
+
+        def encoder(record: Record) -> Encoded:  # audit has no --stride: a too-long text's reason names none
+            return encode_whole(lm, record, layout, "audit")
+
+        scan = run.scan(lm, layout=layout, options=options, skip_invalid=True, encoder=encoder)
+        job = audit_job(lm, scan, audit, options, settings)
+        summary = run.run(lm, scan, job, options=options, settings=settings, progress=progress)
+        if summary is None:
+            return None  # type: ignore[return-value]  # torchrun, not rank 0: rank 0 merges and reports
+        gate = DEFAULT_FAIL_ON if fail_on is None else fail_on
+        return _audit_report(lm, scan, audit, summary, name, gate, options, output, notes)
+
+
+def _audit_report(
+    lm: LoadedModel,
+    scan: Scan,
+    audit: Any,
+    summary: DatasetSummary,
+    name: str,
+    gate: tuple[str, ...],
+    options: ScoreOptions,
+    output: str | Path | None,
+    notes: Callable[[str], None] | None,
+) -> AuditReport:
+    """The audit's report once every record is scored: the shown records scored again alone, the outliers
+    marked in the output's lines (still under its lock)."""
+    loss = {
+        "examples": summary.examples,
+        "scored_tokens": summary.scored_tokens,
+        "token_weighted_mean_loss": summary.token_weighted_mean_loss,
+        "example_weighted_mean_loss": summary.example_weighted_mean_loss,
+        "unscored": audit.unscored,
+        "resumed": summary.resumed,
+    }
+    scored = score_shown(lm, scan, audit, options)
+    report = audit.finish(input=name, model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss, scored=scored)
+    if output is None:
+        return report
+    report, streamed = outliers_in_lines(report, audit, output)
+    if streamed and notes is not None:
+        notes(f"audit: --output: {STREAMED_NOTE}")
+    return replace(report, output=str(output))

@@ -12,19 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from ..encoding import IGNORE_INDEX
-from ..errors import InputError
-from ..result import (
-    SCHEMA_VERSION,
-    AuditCheckDict,
-    AuditDict,
-    AuditExampleDict,
-    AuditRecordLineDict,
-    AuditRecordRefDict,
-    AuditTokenDict,
-    dumps,
-)
-from .checks import (
+from ce_inspect.audit.checks import (
     CHECK_NAMES,
     CHECKS,
     DEFAULT_EXAMPLES,
@@ -37,9 +25,21 @@ from .checks import (
     Finding,
     RecordChecks,
 )
+from ce_inspect.contract import (
+    SCHEMA_VERSION,
+    AuditCheckDict,
+    AuditDict,
+    AuditExampleDict,
+    AuditRecordLineDict,
+    AuditRecordRefDict,
+    AuditTokenDict,
+    dumps,
+)
+from ce_inspect.errors import InputError
+from ce_inspect.text import IGNORE_INDEX
 
 if TYPE_CHECKING:
-    from ..result import ScoreResult
+    from ce_inspect.contract import ScoreResult
 
 # --- the data set -------------------------------------------------------------------------------------
 
@@ -515,7 +515,7 @@ def mark_outliers(path: str | os.PathLike[str], audit: Audit, *, label: str = "`
     error it stays as it was), a changed line re-serialized, every other line kept byte for byte. The caller
     holds ``path``'s lock. Returns how many lines carry loss-outlier. With no outlier and no line marked by an
     earlier run (a resumed file's), nothing would change, and the file is left as it is."""
-    from ..files import atomic_stream
+    from ce_inspect.files import atomic_stream
 
     flagged = audit.outlier_findings()
     try:
@@ -532,7 +532,7 @@ def mark_outliers(path: str | os.PathLike[str], audit: Audit, *, label: str = "`
 
 def _rewrite_marked(source: Any, out: Any, flagged: dict[int, Finding]) -> int:
     """``source``'s lines to ``out``, each audit line with its loss-outlier finding as ``flagged`` gives it."""
-    from ..files import write_all
+    from ce_inspect.files import write_all
 
     marked = 0
     for raw in source:
@@ -551,7 +551,7 @@ def outliers_in_lines(report: AuditReport, audit: Audit, path: str | os.PathLike
     """After the forward pass into ``path``: a regular file's lines get their loss-outlier findings
     (``mark_outliers``); a stream's are gone by now, so when there are outliers the loss-outlier check's note
     says the lines lack them. Returns (the report, whether that note was added)."""
-    from ..files import writes_through
+    from ce_inspect.files import writes_through
 
     if not writes_through(path):
         mark_outliers(path, audit)

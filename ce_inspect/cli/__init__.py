@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import sys
 
-from .app import app
-from .stdout import BROKEN_PIPE, blocking_stdout, silence_stdout
+from ce_inspect.cli.app import app
+from ce_inspect.cli.stdout import BROKEN_PIPE, blocking_stdout, silence_stdout
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: every known error is one line on stderr and a non-zero exit (see cli/errors.py)."""
-    from .reports import remember_argv
+    from ce_inspect.cli.reports import remember_argv
 
     remember_argv(sys.argv[1:] if argv is None else argv)
     with blocking_stdout():  # every write to stdout complete, even where the reader made the pipe non-blocking
@@ -19,9 +19,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from ..distributed import current_session, detect_launch
-    from ..errors import CeInspectError
-    from .errors import cli_message, debug, report
+    from ce_inspect.cli.errors import cli_message, debug, report
+    from ce_inspect.distributed import current_session, detect_launch
+    from ce_inspect.errors import CeInspectError
 
     try:  # torchrun / accelerate launch: this process is one rank of several
         launch = detect_launch()
@@ -29,7 +29,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"Error: {cli_message(str(exc))}", file=sys.stderr)
         return 2
     if launch is not None and current_session() is None:
-        from .ranks import main_rank
+        from ce_inspect.cli.ranks import main_rank
 
         return main_rank(argv, launch, main)
     try:

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .logs import setup_logging
-from .options import (
+from ce_inspect.cli.logs import setup_logging
+from ce_inspect.cli.options import (
     OUTPUT,
     AnswerFileOpt,
     AnswerOpt,
@@ -27,7 +27,7 @@ from .options import (
     shared_options,
     write_documents,
 )
-from .reports import Reports, report_options
+from ce_inspect.cli.reports import Reports, report_options
 
 app = typer.Typer(
     name="ce-inspect",
@@ -46,7 +46,7 @@ def version() -> str:
     try:
         return installed("ce-inspect")
     except PackageNotFoundError:
-        from .. import __version__
+        from ce_inspect import __version__
 
         return __version__
 
@@ -100,7 +100,7 @@ def run(
     """Score ANSWER given PROMPT (or the assistant turns of a conversation): per-token target, probability,
     loss and rank, with mean and sum."""
     if output is not None:
-        from ..files import check_output
+        from ce_inspect.files import check_output
 
         inputs = [("--prompt-file", prompt_file), ("--answer-file", answer_file), ("--messages", messages)]
         check_output(output, inputs=inputs, label="--output", force=force)
@@ -114,7 +114,7 @@ def run(
     options = common.score_options()
     setup_logging(quiet=json_out)
 
-    from ..scoring import score, score_messages
+    from ce_inspect.scoring import score, score_messages
 
     lm = common.load()
     if example.conversation is not None:
@@ -126,11 +126,11 @@ def run(
             print(f"note: {note}", file=sys.stderr)
 
     documents = [("--output", output, result.to_json() + "\n")] if output is not None else []
-    from .render import render_result
+    from ce_inspect.cli.render import render_result
 
     if reports.requested():
-        from ..report import run_html, run_markdown
-        from .reports import command_line
+        from ce_inspect.cli.reports import command_line
+        from ce_inspect.reports import run_html, run_markdown
 
         doc = result.to_dict()
         reports.write(

@@ -10,11 +10,20 @@ from typing import Annotated, Any
 
 import typer
 
-from ..audit import CHECK_NAMES, DEFAULT_EXAMPLES, DEFAULT_FAIL_ON
-from ..batch import DEFAULT_SORT_WINDOW
-from .logs import setup_logging
-from .options import OUTPUT, BatchSizeOpt, Common, FormatOpt, MaxTokensOpt, SortWindowOpt, SplitOpt, shared_options
-from .reports import Reports, report_options
+from ce_inspect.audit import CHECK_NAMES, DEFAULT_EXAMPLES, DEFAULT_FAIL_ON
+from ce_inspect.cli.logs import setup_logging
+from ce_inspect.cli.options import (
+    OUTPUT,
+    BatchSizeOpt,
+    Common,
+    FormatOpt,
+    MaxTokensOpt,
+    SortWindowOpt,
+    SplitOpt,
+    shared_options,
+)
+from ce_inspect.cli.reports import Reports, report_options
+from ce_inspect.dataset import DEFAULT_SORT_WINDOW
 
 INPUT = "Input"
 CHECKS = "Checks"
@@ -112,7 +121,8 @@ def audit(
     """Audit a training data set: labels that train nothing, an end-of-turn never trained, template or
     padding tokens trained, BOS doubled, labels shifted twice, tokenization boundaries, and (with a model)
     loss outliers. Exits 3 when a --fail-on check fails."""
-    from ..batch import BatchSettings, Fields
+    from ce_inspect.data import Fields
+    from ce_inspect.dataset import BatchSettings
 
     gate = _checked_gate(fail_on, no_model=no_model, tokenizer=tokenizer)
     _check_usage(data, output, no_model=no_model, resume=resume, force=force, json_out=json_out)
@@ -137,9 +147,9 @@ def audit(
     if no_model:
         report = _audit_without_model(common, tokenizer, data, output, {**read, **checking}, gate, err)
     else:
-        from ..runner import audit_dataset
-        from .batch import interrupts, stderr_notes
-        from .render_batch import batch_progress
+        from ce_inspect.audit import audit_dataset
+        from ce_inspect.cli.batch import interrupts, stderr_notes
+        from ce_inspect.cli.render_batch import batch_progress
 
         with interrupts(err):
             report = audit_dataset(
@@ -155,8 +165,8 @@ def audit(
 
 def _checked_gate(fail_on: str | None, *, no_model: bool, tokenizer: str | None) -> tuple[str, ...]:
     """The --fail-on checks, and the flags that cannot go with them, as usage errors before anything runs."""
-    from ..audit import parse_checks
-    from ..errors import InputError
+    from ce_inspect.audit import parse_checks
+    from ce_inspect.errors import InputError
 
     try:
         gate = parse_checks(fail_on if fail_on is not None else DEFAULT_FAIL_ON)
@@ -178,11 +188,11 @@ def _write_report(report: Any, reports: Reports, output: Path | None, *, json_ou
     """The HTML/Markdown/SVG reports, then the JSON document or the human report."""
     from rich.console import Console
 
-    from .render_audit import render_audit
+    from ce_inspect.cli.render_audit import render_audit
 
     if reports.requested():
-        from ..report import audit_html, audit_markdown
-        from .reports import command_line
+        from ce_inspect.cli.reports import command_line
+        from ce_inspect.reports import audit_html, audit_markdown
 
         doc = report.to_dict()
         reports.write(
@@ -192,11 +202,11 @@ def _write_report(report: Any, reports: Reports, output: Path | None, *, json_ou
             kind="audit",
         )
     if json_out:
-        from ..result import dumps
+        from ce_inspect.contract import dumps
 
         sys.stdout.write(dumps(report.to_dict(), indent=2) + "\n")
     elif not reports.markdown_on_stdout():
-        from ..files import is_stdout
+        from ce_inspect.files import is_stdout
 
         # The per-record lines already go to stdout (-o /dev/stdout): the human report goes beside them, on stderr.
         render_audit(report, err if output is not None and is_stdout(output) else Console())
@@ -237,12 +247,12 @@ def _audit_without_model(
     err: Any,
 ) -> Any:
     """The checks that need no forward pass, the tokenizer only; --output written atomically."""
-    from ..audit import check_dataset, tokenizer_only
-    from ..data import open_data
-    from ..files import spooled_input
-    from ..loading import load_tokenizer
-    from ..runner import input_name
-    from .batch import stderr_notes
+    from ce_inspect.audit import check_dataset, tokenizer_only
+    from ce_inspect.cli.batch import stderr_notes
+    from ce_inspect.data import open_data
+    from ce_inspect.dataset import input_name
+    from ce_inspect.files import spooled_input
+    from ce_inspect.model import load_tokenizer
 
     # stdin, a FIFO or a pipe given as a path is read once, into a temporary file: the checks read it twice.
     with spooled_input(data, "the data") as source:
@@ -262,9 +272,9 @@ def _audit_without_model(
 
 def _check_usage(data: Path, output: Path | None, *, no_model: bool, resume: bool, force: bool, json_out: bool) -> Any:
     """Flags that do not go together; under torchrun, what a sharded audit needs. Returns the torchrun session."""
-    from ..distributed import current_session
-    from ..files import is_stdout
-    from .batch import check_sharded_usage
+    from ce_inspect.cli.batch import check_sharded_usage
+    from ce_inspect.distributed import current_session
+    from ce_inspect.files import is_stdout
 
     if json_out and output is not None and is_stdout(output):
         raise typer.BadParameter("--json prints the audit to stdout, and --output writes its lines there too")
@@ -290,8 +300,8 @@ def _check_output(data: Path, output: Path | None, *, no_model: bool, resume: bo
     file is continued with --resume or replaced with --force, never silently)."""
     if output is None:
         return
-    from ..batch import check_batch_output
-    from ..files import check_output
+    from ce_inspect.dataset import check_batch_output
+    from ce_inspect.files import check_output
 
     if no_model:
         check_output(output, inputs=[("the data", data)], label="`output`", force=force)
@@ -310,8 +320,8 @@ class _Output:
     def __enter__(self) -> Any:
         if self.path is None:
             return None
-        from ..batch import JsonlSink
-        from ..files import atomic_stream, output_lock
+        from ce_inspect.dataset import JsonlSink
+        from ce_inspect.files import atomic_stream, output_lock
 
         self.stack.enter_context(output_lock(self.path, label="`output`"))  # every writer takes the lock
         fh = self.stack.enter_context(atomic_stream(self.path, label="`output`"))

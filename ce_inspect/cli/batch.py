@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..batch import DEFAULT_SORT_WINDOW, DEFAULT_WORST
-from .logs import setup_logging
-from .options import (
+from ce_inspect.cli.logs import setup_logging
+from ce_inspect.cli.options import (
     BATCHING,
     OUTPUT,
     BatchSizeOpt,
@@ -27,13 +26,15 @@ from .options import (
     shared_options,
     write_documents,
 )
-from .reports import Reports, report_options
+from ce_inspect.cli.reports import Reports, report_options
+from ce_inspect.dataset import DEFAULT_SORT_WINDOW, DEFAULT_WORST
 
 if TYPE_CHECKING:
-    from ..batch import BatchSettings, DatasetSummary, Fields
-    from ..encoding import Layout
-    from ..loading import LoadedModel
-    from ..scoring import ScoreOptions
+    from ce_inspect.data import Fields
+    from ce_inspect.dataset import BatchSettings, DatasetSummary
+    from ce_inspect.model import LoadedModel
+    from ce_inspect.scoring import ScoreOptions
+    from ce_inspect.text import Layout
 
 INPUT = "Input"
 
@@ -128,10 +129,11 @@ def batch(
 ) -> None:
     """Score every record of a data set (JSONL, JSON, Parquet, datasets; '-': JSONL on stdin): one JSON line per
     example, in input order, then a summary."""
-    from ..batch import BatchSettings, Fields
+    from ce_inspect.data import Fields
+    from ce_inspect.dataset import BatchSettings
 
     _check_usage(padding_side, resume=resume, force=force, output=output)
-    from ..distributed import current_session
+    from ce_inspect.distributed import current_session
 
     session = current_session()  # torchrun: this process scores one share (runner.DatasetRun)
     if session is not None:
@@ -193,12 +195,12 @@ def _write_summary(
     carries neither the JSON lines nor Markdown."""
     from rich.console import Console
 
-    from ..files import is_stdout
-    from .render_batch import render_dataset_summary
+    from ce_inspect.cli.render_batch import render_dataset_summary
+    from ce_inspect.files import is_stdout
 
     documents = []
     if summary_json is not None:
-        from ..result import dumps
+        from ce_inspect.contract import dumps
 
         documents.append(("`summary_json`", summary_json, dumps(summary.to_dict(), indent=2) + "\n"))
     if lines is not None or reports.svg is not None:
@@ -233,8 +235,8 @@ def _checked_and_scored(
     """Check every output and lock --output, read the resume state and the input, load the model and score
     through the library's one data-set runner: the data-set summary and what the reports keep of the lines
     (None on a torchrun rank other than 0)."""
-    from ..runner import DatasetRun
-    from .render_batch import batch_progress
+    from ce_inspect.cli.render_batch import batch_progress
+    from ce_inspect.dataset import DatasetRun
 
     # Every output is checked, and --output locked, before the input is read or the model loads.
     check_outputs(input, output, summary_json, resume=resume, force=force)
@@ -272,7 +274,7 @@ def _checked_and_scored(
 
 def stderr_notes(err: Any) -> Any:
     """What the runner tells the user on the way (how the data is read, a torn line dropped), on stderr."""
-    from .errors import cli_message
+    from ce_inspect.cli.errors import cli_message
 
     return lambda message: err.print(cli_message(message), markup=False, soft_wrap=True, highlight=False)
 
@@ -280,7 +282,7 @@ def stderr_notes(err: Any) -> Any:
 @contextmanager
 def interrupts(err: Any) -> Iterator[None]:
     """Ctrl-C or `kill` during a run: the runner's word on what the output keeps, then exit 130."""
-    from ..runner import Interrupted
+    from ce_inspect.dataset import Interrupted
 
     try:
         yield
@@ -291,8 +293,8 @@ def interrupts(err: Any) -> Iterator[None]:
 
 def _check_stride(layout: Layout, lm: LoadedModel) -> None:
     """--stride against the model's context, known once the model is loaded: a usage error, before the scan."""
-    from ..errors import InputError
-    from ..windows import check_stride
+    from ce_inspect.errors import InputError
+    from ce_inspect.text import check_stride
 
     try:
         check_stride(layout.stride, lm.context_length)
@@ -301,7 +303,7 @@ def _check_stride(layout: Layout, lm: LoadedModel) -> None:
 
 
 def _top_k_note(err: Any, lm: LoadedModel, options: ScoreOptions) -> None:
-    from ..scoring import top_k_note
+    from ce_inspect.scoring import top_k_note
 
     note = top_k_note(lm, options)
     if note:  # every line's notes carry it too
@@ -321,9 +323,9 @@ def check_outputs(input: Path, output: Path | None, summary_json: Path | None, *
     """Every output path, checked by the core's one validator before anything is read or loaded."""
     import os
 
-    from ..batch import check_batch_output
-    from ..errors import InputError
-    from ..files import check_output
+    from ce_inspect.dataset import check_batch_output
+    from ce_inspect.errors import InputError
+    from ce_inspect.files import check_output
 
     if output is not None:
         check_batch_output(output, input, resume=resume, force=force)
@@ -338,7 +340,7 @@ def _report_lines(reports: Reports, worst: int, output: Path | None, state: Any)
     """What the HTML and Markdown reports keep of the output lines; a resumed run reads the kept ones back."""
     if reports.html is None and reports.markdown is None:
         return None
-    from ..report import BatchLines
+    from ce_inspect.reports import BatchLines
 
     lines = BatchLines(worst)
     if state is not None and output is not None:
@@ -347,9 +349,9 @@ def _report_lines(reports: Reports, worst: int, output: Path | None, state: Any)
 
 
 def _write_reports(reports: Reports, summary: Any, lines: Any, worst: int, also: Any = ()) -> None:
-    from ..report import BatchLines, batch_html, batch_markdown
-    from .render_batch import render_dataset_summary
-    from .reports import command_line
+    from ce_inspect.cli.render_batch import render_dataset_summary
+    from ce_inspect.cli.reports import command_line
+    from ce_inspect.reports import BatchLines, batch_html, batch_markdown
 
     doc = summary.to_dict()
     lines = lines if lines is not None else BatchLines(0)
@@ -363,13 +365,13 @@ def _write_reports(reports: Reports, summary: Any, lines: Any, worst: int, also:
 
 
 def check_sharded_usage(world: int, input: Path, output: Path | None) -> None:
-    from ..files import writes_through
+    from ce_inspect.files import writes_through
 
     if output is None:
         raise typer.BadParameter(
             f"the {world} ranks of a torchrun run cannot share stdout; give --output", param_hint="--output"
         )
-    from ..files import is_stream
+    from ce_inspect.files import is_stream
 
     if is_stream(input):
         raise typer.BadParameter(

@@ -9,10 +9,8 @@ from typing import Annotated
 
 import typer
 
-from ..batch import DEFAULT_SORT_WINDOW, BatchSettings
-from ..diff import COLOR_BY
-from .logs import setup_logging
-from .options import (
+from ce_inspect.cli.logs import setup_logging
+from ce_inspect.cli.options import (
     MODEL,
     OUTPUT,
     AnswerFileOpt,
@@ -32,7 +30,9 @@ from .options import (
     shared_options,
     write_documents,
 )
-from .reports import Reports, report_options
+from ce_inspect.cli.reports import Reports, report_options
+from ce_inspect.dataset import DEFAULT_SORT_WINDOW, BatchSettings
+from ce_inspect.diff import COLOR_BY
 
 CANDIDATE = "Candidate model (B)"
 DATASET = "Data set (--input)"
@@ -164,7 +164,7 @@ def diff(
     ):
         if value is not None:
             raise typer.BadParameter(f"{flag} goes with --input (a data set)", param_hint=flag)
-    from ..distributed import current_session
+    from ce_inspect.distributed import current_session
 
     if current_session() is not None:
         raise typer.BadParameter("under torchrun diff splits a data set over the ranks; give --input")
@@ -238,8 +238,8 @@ def _diff_input(
 
 def _diff_example(common: Common, candidate: Common, example, *, last_turn: bool, sequential: bool):
     """One example (a pair or a conversation) through both models; ``sequential``: one model in memory at a time."""
-    from ..diff import diff as diff_pair
-    from ..diff import diff_messages
+    from ce_inspect.diff import diff as diff_pair
+    from ce_inspect.diff import diff_messages
 
     options = common.score_options()
     if sequential:
@@ -256,11 +256,11 @@ def _diff_example(common: Common, candidate: Common, example, *, last_turn: bool
 def _write_example_outputs(result, reports: Reports, output: Path | None, *, json_out: bool, color_by: str, worst: int):
     """--output and the reports (all or nothing), then the JSON document or the human view."""
     documents = [("--output", output, result.to_json() + "\n")] if output is not None else []
-    from .render_diff import render_diff
+    from ce_inspect.cli.render_diff import render_diff
 
     if reports.requested():
-        from ..report import diff_html, diff_markdown
-        from .reports import command_line
+        from ce_inspect.cli.reports import command_line
+        from ce_inspect.reports import diff_html, diff_markdown
 
         doc = result.to_dict()
         reports.write(
@@ -302,11 +302,11 @@ def diff_dataset(
     returns the data-set summary (None on a torchrun rank other than 0, which only scores its share).
     ``resume`` keeps the complete lines of ``output`` (and, under torchrun, of every rank's part file) and
     compares only the rest."""
-    from ..diff import diff_job, diff_line_stats, record_encoder
-    from ..distributed import current_session
-    from ..runner import DatasetRun
-    from .batch import check_outputs, check_sharded_usage, interrupts, stderr_notes
-    from .render_batch import batch_progress
+    from ce_inspect.cli.batch import check_outputs, check_sharded_usage, interrupts, stderr_notes
+    from ce_inspect.cli.render_batch import batch_progress
+    from ce_inspect.dataset import DatasetRun
+    from ce_inspect.diff import diff_job, diff_line_stats, record_encoder
+    from ce_inspect.distributed import current_session
 
     session = current_session()  # torchrun: this process compares one share
     if session is not None:
@@ -348,14 +348,14 @@ def _write_dataset_outputs(
 
     documents = []
     if summary_json is not None:
-        from ..result import dumps
+        from ce_inspect.contract import dumps
 
         documents.append(("--summary-json", summary_json, dumps(summary.to_dict(), indent=2) + "\n"))
-    from .render_diff import render_diff_dataset
+    from ce_inspect.cli.render_diff import render_diff_dataset
 
     if reports is not None and reports.requested():
-        from ..report import diff_dataset_html, diff_dataset_markdown
-        from .reports import command_line
+        from ce_inspect.cli.reports import command_line
+        from ce_inspect.reports import diff_dataset_html, diff_dataset_markdown
 
         doc = summary.to_dict()
         reports.write(
@@ -386,8 +386,8 @@ def candidate_options(
             "give the candidate model: --model-b, or the same model at another --dtype-b, --device-b or --revision-b",
             param_hint="--model-b",
         )
-    from ..errors import DeviceError
-    from ..loading import check_device, check_dtype
+    from ce_inspect.errors import DeviceError
+    from ce_inspect.model import check_device, check_dtype
 
     for value, check, name in ((device_b, check_device, "device"), (dtype_b, check_dtype, "dtype")):
         if value is not None:
@@ -414,8 +414,8 @@ def candidate_options(
 def load_candidate(candidate: Common):
     """The candidate model, loaded; an error loading it names the candidate's flags (--trust-remote-code-b,
     --dtype-b, ...), not the reference's, which ``load``'s own parameter names would become."""
-    from ..errors import CeInspectError
-    from .errors import as_candidate
+    from ce_inspect.cli.errors import as_candidate
+    from ce_inspect.errors import CeInspectError
 
     try:
         return candidate.load()
@@ -427,6 +427,6 @@ def load_candidate(candidate: Common):
 def check_output(output: Path, inputs: list[Path | None], force: bool = False) -> None:
     """Before any model loads: the core's one output validator (not an input, not a folder, not a file
     ce-inspect did not write unless --force)."""
-    from ..files import check_output as check
+    from ce_inspect.files import check_output as check
 
     check(output, inputs=[("an input file", p) for p in inputs], label="--output", force=force)

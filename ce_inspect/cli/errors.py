@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import typer
 
-from ..distributed import RankFailedError
-from ..errors import CeInspectError
+from ce_inspect.distributed import RankFailedError
+from ce_inspect.errors import CeInspectError
 
 # Library parameter -> the flag that sets it. Only these names are replaced, so backquoted user text
 # in a message stays as it is; add a parameter here when a library message names it.

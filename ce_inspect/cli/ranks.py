@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ..distributed import Launch
+    from ce_inspect.distributed import Launch
 
 #: Commands that split their data set over the ranks (``diff`` with --input, ``audit``'s forward pass); any
 #: other refuses to run under torchrun.
@@ -41,7 +41,7 @@ def main_rank(argv: list[str] | None, launch: Launch, main: Callable[[list[str]]
             file=sys.stderr,
         )
         return 2
-    from ..distributed import start, stop
+    from ce_inspect.distributed import start, stop
 
     session = start(launch)
     quiet = launch.rank != 0
@@ -52,7 +52,7 @@ def main_rank(argv: list[str] | None, launch: Launch, main: Callable[[list[str]]
         try:
             code = main(args)
         except BaseException as exc:  # noqa: BLE001 - a bug, or a stop because another rank failed
-            from ..distributed import Aborted
+            from ce_inspect.distributed import Aborted
 
             aborted = isinstance(exc, Aborted)
             if quiet:

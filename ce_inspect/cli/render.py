@@ -11,9 +11,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..display import buckets, fmt, prob_text, shown_token, sparkline
-from ..encoding import boundary_note
-from ..result import ScoreResult, SequenceToken, TokenScore, TurnSummary
+from ce_inspect.contract import ScoreResult, SequenceToken, TokenScore, TurnSummary
+from ce_inspect.display import buckets, fmt, prob_text, shown_token, sparkline
+from ce_inspect.text import boundary_note
 
 # Loss thresholds (nats) for the colour scale: p > 0.61, p > 0.14, p > 0.02, below.
 _HEAT = ((0.5, "green"), (2.0, "yellow"), (4.0, "dark_orange"), (float("inf"), "red"))

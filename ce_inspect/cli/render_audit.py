@@ -12,10 +12,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .render import HEAT_BG, fmt, loss_key, loss_style, visible
+from ce_inspect.cli.render import HEAT_BG, loss_key, loss_style, visible
+from ce_inspect.display import fmt
 
 if TYPE_CHECKING:
-    from ..audit import AuditReport, CheckResult, ShownFinding, TokenView
+    from ce_inspect.audit import AuditReport, CheckResult, ShownFinding, TokenView
 
 _OFFENDING = "bold white on red"
 

@@ -19,10 +19,11 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .render import fmt, loss_style, visible
+from ce_inspect.cli.render import loss_style, visible
+from ce_inspect.display import fmt
 
 if TYPE_CHECKING:
-    from ..batch import DatasetSummary, Scan
+    from ce_inspect.dataset import DatasetSummary, Scan
 
 
 class _TokensPerSecond(ProgressColumn):

@@ -8,8 +8,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..diff import DiffDatasetSummary, DiffResult, DiffSummary, TokenDiff
-from .render import clipped, fmt, prob_text, visible
+from ce_inspect.cli.render import clipped, visible
+from ce_inspect.diff import DiffDatasetSummary, DiffResult, DiffSummary, TokenDiff
+from ce_inspect.display import fmt, prob_text
 
 # KL (nats) thresholds: imperceptible, small (a bf16 cast), notable, large.
 _KL_BG = ((0.001, "on dark_green"), (0.01, "black on yellow"), (0.1, "black on dark_orange"), (float("inf"), "on red"))

@@ -2,7 +2,7 @@
 
 A command takes them with ``@report_options`` (its function then receives ``reports: Reports``), calls
 ``reports.check(...)`` before the model loads, and ``reports.write(...)`` with its JSON documents once it
-has them. HTML and Markdown come from ``ce_inspect.report`` (the JSON documents, rendered by templates);
+has them. HTML and Markdown come from ``ce_inspect.reports.report`` (the JSON documents, rendered by templates);
 the SVG is the command's terminal output, recorded by Rich.
 """
 
@@ -80,7 +80,7 @@ class Reports:
         return any(p is not None for p in (self.html, self.svg, self.markdown))
 
     def markdown_on_stdout(self) -> bool:
-        from ..files import is_stdout
+        from ce_inspect.files import is_stdout
 
         return self.markdown is not None and (str(self.markdown) == "-" or is_stdout(self.markdown))
 
@@ -101,8 +101,8 @@ class Reports:
         ``stdout_busy`` names what else the command prints on stdout (``--json``): Markdown cannot share it.
         ``outputs`` are the command's other files; a report may not be one of them, nor another report.
         """
-        from ..files import check_output, is_stdout
-        from ..report import REPORT_MARK, REPORT_MARK_TEXT
+        from ce_inspect.files import check_output, is_stdout
+        from ce_inspect.reports import REPORT_MARK, REPORT_MARK_TEXT
 
         if stdout_busy is not None:
             on_stdout = [
@@ -141,7 +141,7 @@ class Reports:
         documents (``(label, path, text)``: ``--output``, ``--summary-json``), all or nothing
         (``files.write_outputs``): a failed render or write leaves every file as it was. Markdown on
         stdout (``-``) is printed once the files are written."""
-        from ..files import write_outputs
+        from ce_inspect.files import write_outputs
 
         texts: list[tuple[str, Path, str]] = list(also)
         if self.html is not None:

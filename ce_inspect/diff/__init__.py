@@ -16,7 +16,7 @@ runner, its summary, its lines read back).
 
 from __future__ import annotations
 
-from .compare import (
+from ce_inspect.diff.compare import (
     check_same_tokens,
     compare,
     diff,
@@ -24,30 +24,22 @@ from .compare import (
     diff_examples,
     diff_messages,
 )
-from .dataset import (
-    DiffDatasetDict,
+from ce_inspect.diff.dataset import (
     DiffDatasetSummary,
-    DiffModelDict,
     DiffReport,
     ResumedDiff,
-    WorstExampleDict,
+    diff_dataset,
     diff_job,
     diff_line_settings,
     diff_line_stats,
     record_encoder,
 )
-from .figures import (
+from ce_inspect.diff.figures import (
     COLOR_BY,
-    DIFF_SCHEMA_VERSION,
     KL_QUANTILES,
-    DiffDict,
-    DiffLineDict,
     DiffResult,
-    DiffSideDict,
     DiffSummary,
-    DiffSummaryDict,
     TokenDiff,
-    TokenDiffDict,
     TokenFigures,
     mean_se,
     percentile,
@@ -55,23 +47,14 @@ from .figures import (
 
 __all__ = [
     "COLOR_BY",
-    "DIFF_SCHEMA_VERSION",
-    "DiffDatasetDict",
     "DiffDatasetSummary",
-    "DiffDict",
-    "DiffLineDict",
-    "DiffModelDict",
     "DiffReport",
     "DiffResult",
-    "DiffSideDict",
     "DiffSummary",
-    "DiffSummaryDict",
     "KL_QUANTILES",
     "ResumedDiff",
     "TokenDiff",
-    "TokenDiffDict",
     "TokenFigures",
-    "WorstExampleDict",
     "check_same_tokens",
     "compare",
     "diff",
@@ -80,6 +63,7 @@ __all__ = [
     "diff_job",
     "diff_line_settings",
     "diff_line_stats",
+    "diff_dataset",
     "diff_messages",
     "mean_se",
     "percentile",

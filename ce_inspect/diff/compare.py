@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..encoding import Encoded, Layout, decode_tokens, encode, encode_messages
-from ..errors import InputError
-from ..loading import check_model_unchanged
-from ..scoring import (
+from ce_inspect.diff.figures import DiffResult, DiffSummary, TokenDiff
+from ce_inspect.errors import InputError
+from ce_inspect.model import check_model_unchanged
+from ce_inspect.scoring import (
     ScoreOptions,
     build_results,
     nonfinite_error,
@@ -24,12 +24,12 @@ from ..scoring import (
     scored_rows,
     token_figures,
 )
-from .figures import DiffResult, DiffSummary, TokenDiff
+from ce_inspect.text import Encoded, Layout, decode_tokens, encode, encode_messages
 
 if TYPE_CHECKING:
     import torch
 
-    from ..loading import LoadedModel
+    from ce_inspect.model import LoadedModel
 
 log = logging.getLogger("ce_inspect")
 

@@ -6,22 +6,26 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
-from ..encoding import Encoded, Layout
-from ..result import (
-    BatchingDict,
-    SkippedDict,
+from ce_inspect.contract import (
+    DIFF_SCHEMA_VERSION,
+    DiffLineDict,
 )
-from ..scoring import (
+from ce_inspect.contract.diff import DiffDatasetDict, WorstExampleDict
+from ce_inspect.dataset import BatchSettings, DatasetRun, Progress, as_loaded
+from ce_inspect.diff.compare import check_same_tokens, diff_encoded
+from ce_inspect.diff.figures import DiffResult, DiffSummary, TokenFigures
+from ce_inspect.distributed import current_session
+from ce_inspect.scoring import (
     ScoreOptions,
 )
-from .compare import check_same_tokens, diff_encoded
-from .figures import DIFF_SCHEMA_VERSION, DiffLineDict, DiffResult, DiffSummary, DiffSummaryDict, TokenFigures
+from ce_inspect.text import Encoded, Layout
 
 if TYPE_CHECKING:
-    from ..job import Job
-    from ..loading import LoadedModel
+    from ce_inspect.dataset import Job
+    from ce_inspect.model import LoadedModel
 
 # --- data sets: `batch`'s runner with a two-model score function and this report --------------------------
 
@@ -29,7 +33,7 @@ if TYPE_CHECKING:
 def diff_job(ref: LoadedModel, cand: LoadedModel, options: ScoreOptions, worst: int) -> Job:
     """``diff --input``'s job for the one runner: both models on the same tokens, one line of KL, ΔNLL and top-1
     agreement per example, the lines read back for ``resume`` and the torchrun merge."""
-    from ..job import Job
+    from ce_inspect.dataset import Job
 
     return Job(
         command="diff",
@@ -44,7 +48,7 @@ def record_encoder(ref_lm: LoadedModel, cand_lm: LoadedModel, layout: Layout) ->
     """Record -> the reference's example, after checking the candidate's tokenizer lays out the same tokens
     (a record where they differ is an invalid record: it stops the run, or is skipped with --skip-invalid).
     Every record is encoded as ``batch`` encodes it, whole: diff scores no windows."""
-    from ..data import encode_whole
+    from ce_inspect.data import encode_whole
 
     def encoder(record: Any) -> Encoded:
         ref = encode_whole(ref_lm, record, layout, "diff")
@@ -54,38 +58,6 @@ def record_encoder(ref_lm: LoadedModel, cand_lm: LoadedModel, layout: Layout) ->
         return ref
 
     return encoder
-
-
-class DiffModelDict(TypedDict):
-    model: str
-    device: str
-    dtype: str
-
-
-class WorstExampleDict(TypedDict):
-    line: int
-    id: str | int | None
-    count: int
-    kl_mean: float
-    dnll_mean: float
-    same_top1_pct: float
-
-
-class DiffDatasetDict(TypedDict):
-    schema_version: int
-    kind: Literal["diff_summary"]
-    reference: DiffModelDict
-    candidate: DiffModelDict
-    input: str
-    output: str | None
-    examples: int
-    skipped_count: int
-    skipped: list[SkippedDict]
-    summary: DiffSummaryDict | None  # token-weighted over every scored token of the data set; null: none scored
-    worst_by_kl: list[WorstExampleDict]
-    worst_by_dnll: list[WorstExampleDict]
-    batching: BatchingDict
-    notes: list[str]
 
 
 @dataclass(frozen=True)
@@ -128,7 +100,7 @@ class DiffReport:
     def __init__(
         self, ref_lm: LoadedModel, cand_lm: LoadedModel, scan: Any, worst: int, options: ScoreOptions | None = None
     ) -> None:
-        from ..batch import check_resume_settings
+        from ce_inspect.dataset import check_resume_settings
 
         self.written = diff_line_settings(ref_lm, cand_lm, scan.layout, options or ScoreOptions(), scan.fields)
         if scan.resume is not None:  # before any line is written: a changed model or option changes nothing
@@ -215,7 +187,7 @@ def diff_line_settings(
 ) -> dict[str, Any]:
     """``batch.line_settings`` of the reference (model, fingerprint, dtype, every layout and scoring option,
     the record fields) plus the candidate's model, fingerprint and dtype as ``model_b``, ... ."""
-    from ..batch import line_settings
+    from ce_inspect.dataset import line_settings
 
     settings = line_settings(ref_lm, layout, options, fields)
     cand = line_settings(cand_lm, layout, options, fields)
@@ -231,8 +203,8 @@ def diff_line_stats(obj: Any, worst: int) -> tuple[Any, list[Any]]:
     """``batch.read_resume``'s parser for ``diff --input`` lines: the line, checked key for key against
     ``DiffLineDict``, as the scan's ``ExampleStats`` (the reference's figures, the scored targets'
     fingerprint) carrying a ``ResumedDiff``. ``worst`` is unused: diff's summary keeps no worst tokens."""
-    from ..batch import ExampleStats, fingerprint_targets
-    from ..result import conform
+    from ce_inspect.contract import conform
+    from ce_inspect.dataset import ExampleStats, fingerprint_targets
 
     if not isinstance(obj, dict) or obj.get("schema_version") != DIFF_SCHEMA_VERSION or obj.get("kind") != "diff":
         raise ValueError(f"not a schema_version {DIFF_SCHEMA_VERSION} diff document")
@@ -274,3 +246,46 @@ def diff_line_stats(obj: Any, worst: int) -> tuple[Any, list[Any]]:
         payload=ResumedDiff(figures, example, summary["shared_vocab"], obj["notes"]),
     )
     return stats, []
+
+
+# --- the library's entry point -----------------------------------------------------------------------------
+
+
+def diff_dataset(
+    ref: LoadedModel | Callable[[], LoadedModel],
+    cand: LoadedModel | Callable[[], LoadedModel],
+    data: str | Path,
+    output: str | Path | None = None,
+    *,
+    layout: Layout | None = None,
+    options: ScoreOptions | None = None,
+    settings: BatchSettings | None = None,
+    skip_invalid: bool = False,
+    resume: bool = False,
+    force: bool = False,
+    stream: IO[str] | None = None,
+    progress: Progress | None = None,
+    notes: Callable[[str], None] | None = None,
+) -> DiffDatasetSummary:
+    """Every record of ``data`` through both models, as ``ce-inspect diff --input`` compares them: one JSON
+    line per example into ``output`` and the data-set summary returned (resume, force, torchrun: as
+    ``score_dataset``). Both tokenizers must give each record the same tokens."""
+    settings, options, layout = settings or BatchSettings(), options or ScoreOptions(), layout or Layout()
+    with DatasetRun(
+        data,
+        output,
+        command="diff",
+        parse=diff_line_stats,
+        worst=settings.worst,
+        resume=resume,
+        force=force,
+        data_label="the data",
+        session=current_session(),
+        notes=notes,
+    ) as run:
+        ref, cand = as_loaded(ref), as_loaded(cand)
+        scan = run.scan(
+            ref, layout=layout, options=options, skip_invalid=skip_invalid, encoder=record_encoder(ref, cand, layout)
+        )
+        job = diff_job(ref, cand, options, settings.worst)
+        return run.run(ref, scan, job, options=options, settings=settings, stream=stream, progress=progress)

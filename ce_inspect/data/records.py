@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .encoding import IGNORE_INDEX, Encoded, Layout
-from .errors import InputError, read_error
+from ce_inspect.errors import InputError, read_error
+from ce_inspect.text import IGNORE_INDEX, Encoded, Layout
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from .loading import LoadedModel
+    from ce_inspect.model import LoadedModel
 
 #: Record formats, in the order detection tries them.
 FORMATS = ("tokenized", "conversations", "messages", "prompt-completion", "prompt-answer", "text")
@@ -187,7 +187,7 @@ def _string(obj: dict[str, Any], name: str) -> str:
 
 def _text(value: str, name: str) -> str:
     """The core's text rule (no lone surrogates, ...), so that a bad record is an invalid line, not a crash."""
-    from .encoding import check_text
+    from ce_inspect.text import check_text
 
     check_text(value, f"field {name!r}")
     return value
@@ -201,7 +201,7 @@ def _parse_prompt_answer(line: int, rid: Any, obj: dict[str, Any], f: Fields) ->
 
 
 def _parse_prompt_completion(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Record:
-    from .encoding import parse_messages
+    from ce_inspect.text import parse_messages
 
     for name in (f.prompt, f.completion):
         if name not in obj:
@@ -225,7 +225,7 @@ def _parse_prompt_completion(line: int, rid: Any, obj: dict[str, Any], f: Fields
 
 
 def _parse_messages(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Record:
-    from .encoding import parse_messages
+    from ce_inspect.text import parse_messages
 
     if f.prompt in obj or f.answer in obj:
         raise InputError(f"has both {f.messages!r} and {f.prompt!r}/{f.answer!r}; keep one")
@@ -260,7 +260,7 @@ def sharegpt_messages(data: Any, source: str = "conversations") -> list[dict[str
 
 
 def _parse_conversations(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Record:
-    from .encoding import parse_messages
+    from ce_inspect.text import parse_messages
 
     if f.conversations not in obj:
         raise InputError(f"missing field {f.conversations!r}")
@@ -637,7 +637,7 @@ def open_data(
     an input that can be read only once (stdin, a pipe, a FIFO: ``files.is_stream``), since every reader of
     a data set reads it again after this: ``files.spooled_input`` copies such an input to a file first.
     """
-    from .files import is_stream
+    from ce_inspect.files import is_stream
 
     if is_stream(path):
         raise InputError(
@@ -673,7 +673,7 @@ def encode_record(lm: LoadedModel, record: Record, layout: Layout) -> Encoded:
     conversations through ``encoding.encode_messages``; ``layout.tokenization == "trl"`` applies TRL's rule to
     every text format; tokenized records are scored exactly as given.
     """
-    from .encoding import encode, encode_trl, encode_trl_language_modeling
+    from ce_inspect.text import encode, encode_trl, encode_trl_language_modeling
 
     if record.error is not None:
         raise InputError(record.error)
@@ -694,7 +694,7 @@ def encode_record(lm: LoadedModel, record: Record, layout: Layout) -> Encoded:
         encoded = _encode_text_record(lm, record.text, layout)
         windows = encoded.layout.get("windows")
         if windows:
-            from .windows import window_plan
+            from ce_inspect.text import window_plan
 
             window_plan(len(encoded), windows["window"], windows["stride"])  # a stride the window cannot take fails now
         return encoded
@@ -716,7 +716,7 @@ def encode_record(lm: LoadedModel, record: Record, layout: Layout) -> Encoded:
             return encode_trl_language_modeling(
                 tokenizer, record.messages, ignore_index=layout.ignore_index, max_length=context
             )
-        from .encoding import encode_messages
+        from ce_inspect.text import encode_messages
 
         return encode_messages(tokenizer, record.messages, _chat_layout(layout), max_length=context)
     assert record.prompt is not None and record.answer is not None
@@ -729,7 +729,7 @@ def encode_whole(lm: LoadedModel, record: Record, layout: Layout, command: str) 
     command's own, not `stride`, which ``command`` does not have."""
     from dataclasses import replace
 
-    from .errors import WINDOWS_REMEDY, SequenceTooLongError
+    from ce_inspect.errors import WINDOWS_REMEDY, SequenceTooLongError
 
     try:
         return encode_record(lm, record, replace(layout, stride=None) if layout.stride is not None else layout)
@@ -740,7 +740,7 @@ def encode_whole(lm: LoadedModel, record: Record, layout: Layout, command: str) 
 
 
 def _encode_text_record(lm: LoadedModel, text: str, layout: Layout) -> Encoded:
-    from .encoding import encode_trl_language_modeling
+    from ce_inspect.text import encode_trl_language_modeling
 
     if layout.tokenization == "trl":
         return encode_trl_language_modeling(
@@ -762,7 +762,7 @@ def _chat_layout(layout: Layout) -> Layout:
 
 def _encode_chat_completion(lm: LoadedModel, record: Record, layout: Layout) -> Encoded:
     """Conversational prompt-completion without TRL's rule: the chat layout, scoring the completion's turn."""
-    from .encoding import encode_messages
+    from ce_inspect.text import encode_messages
 
     completion = record.completion_messages or []
     if [m["role"] for m in completion] != ["assistant"]:
@@ -782,8 +782,8 @@ def vocab_size(lm: LoadedModel) -> int:
 
 def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, layout: Layout, *, max_length: int | None) -> Encoded:
     """Language modelling: [BOS] + the text + [EOS unless `add_eos` is off], every token scored but the first."""
-    from .encoding import ANSWER, BOS, EOS, special_prefix
-    from .errors import WINDOWS_REMEDY, SequenceTooLongError
+    from ce_inspect.errors import WINDOWS_REMEDY, SequenceTooLongError
+    from ce_inspect.text import ANSWER, BOS, EOS, special_prefix
 
     if layout.chat or layout.sep:
         raise InputError("a `text` record has no prompt and answer: `chat` and `sep` do not apply")
@@ -837,8 +837,8 @@ def encode_tokenized(
     id at its position is the target there, as in training (the note counts them: labels shifted by hand are
     shifted again by the model).
     """
-    from .encoding import ANSWER, PROMPT
-    from .errors import SequenceTooLongError
+    from ce_inspect.errors import SequenceTooLongError
+    from ce_inspect.text import ANSWER, PROMPT
 
     if len(labels) != len(input_ids):
         raise InputError(f"{labels_from!r} has {len(labels)} items but 'input_ids' has {len(input_ids)}")
@@ -856,7 +856,7 @@ def encode_tokenized(
             f"'attention_mask' is 0 at {attention_mask.count(0)} positions: the record is padded; give unpadded records"
         )
     if max_length is not None and len(input_ids) > max_length:
-        from .errors import SequenceTooLongError
+        from ce_inspect.errors import SequenceTooLongError
 
         raise SequenceTooLongError(f"the record is {len(input_ids)} tokens but the model's context is {max_length}")
     notes: list[str] = []

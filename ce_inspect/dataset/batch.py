@@ -30,12 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .data import DataInfo, Fields, Record, encode_record, open_data, read_records
-from .display import histogram
-from .encoding import Encoded, Layout
-from .errors import InputError, InvalidRecordError, NonFiniteError, ResumeError
-from .loading import check_model_unchanged
-from .result import (
+from ce_inspect.contract import (
     SCHEMA_VERSION,
     BatchingDict,
     BatchLineDict,
@@ -49,12 +44,16 @@ from .result import (
     dumps,
     perplexity,
 )
-from .scoring import ScoreOptions
-from .windows import check_stride, score_examples
+from ce_inspect.data import DataInfo, Fields, Record, encode_record, open_data, read_records
+from ce_inspect.display import histogram
+from ce_inspect.errors import InputError, InvalidRecordError, NonFiniteError, ResumeError
+from ce_inspect.model import check_model_unchanged
+from ce_inspect.scoring import ScoreOptions, score_examples
+from ce_inspect.text import Encoded, Layout, check_stride
 
 if TYPE_CHECKING:
-    from .files import OutputTarget
-    from .loading import LoadedModel
+    from ce_inspect.files import OutputTarget
+    from ce_inspect.model import LoadedModel
 
 #: Per forward pass, when not given: at most this many padded positions (rows x longest example) and
 #: this many rows, by device kind. On CPU a forward pass is compute-bound and a matmul of a few hundred
@@ -1055,7 +1054,7 @@ class JsonlSink:
     def open(cls, path: str | os.PathLike[str], *, resume: ResumeState | None = None) -> JsonlSink:
         """A fresh output (a regular file emptied in place, keeping its mode and links), or the resumed
         file cut back to its last complete line."""
-        from .files import open_stream
+        from ce_inspect.files import open_stream
 
         path = Path(path)
         try:
@@ -1081,7 +1080,7 @@ class JsonlSink:
                     written = self._stream.write(data)  # type: ignore[arg-type]
                     data = data[written or 0 :]
             except OSError as exc:
-                from .files import stream_write_error
+                from ce_inspect.files import stream_write_error
 
                 raise stream_write_error(self.name, exc, lines=self.lines, resumable=self.regular) from None
             self.committed += len(text.encode("utf-8"))
@@ -1106,7 +1105,7 @@ class JsonlSink:
 def check_batch_output(output: Path, input: str | os.PathLike[str], *, resume: bool, force: bool) -> OutputTarget:
     """The checks of ``files.check_output`` for batch's JSON lines, plus batch's own rule: an existing
     file is continued (``resume``) or replaced (``force``), never silently either. Raises ``InputError``."""
-    from .files import check_output
+    from ce_inspect.files import check_output
 
     # An existing file needs resume (and read_resume then checks every byte of it) or force (which
     # replaces whatever is there), so the first-bytes test of check_output has nothing to add.

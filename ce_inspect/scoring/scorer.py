@@ -18,15 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .encoding import Encoded, Layout, byte_hex, decode_tokens, encode, encode_messages, special_ids
-from .errors import InputError, ModelLoadError, NonFiniteError
-from .loading import check_model_unchanged
-from .result import Alternative, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
+from ce_inspect.contract import Alternative, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
+from ce_inspect.errors import InputError, ModelLoadError, NonFiniteError
+from ce_inspect.model import check_model_unchanged
+from ce_inspect.text import Encoded, Layout, byte_hex, decode_tokens, encode, encode_messages, special_ids
 
 if TYPE_CHECKING:
     import torch
 
-    from .loading import LoadedModel
+    from ce_inspect.model import LoadedModel
 
 log = logging.getLogger("ce_inspect")
 

@@ -3,7 +3,7 @@
 Everything the CLI prints comes from these objects; ``to_dict()`` is the wire format, declared below
 as exact TypedDicts: a key without ``NotRequired`` is in every document, and no document holds a key
 that is not declared here (tests/test_contract.py checks real outputs against both, and
-``python -m ce_inspect.schema`` turns these types into the JSON Schema files in ``schema/``).
+``python -m ce_inspect.contract.schema`` turns these types into the JSON Schema files in ``schema/``).
 Adding keys keeps ``SCHEMA_VERSION``; renaming or removing one bumps it.
 """
 

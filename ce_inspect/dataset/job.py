@@ -7,13 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .batch import BatchReport, BatchSettings, Scan
+from ce_inspect.dataset.batch import BatchReport, BatchSettings, Scan
 
 if TYPE_CHECKING:
-    from .batch import Entry
-    from .encoding import Encoded
-    from .loading import LoadedModel
-    from .scoring import ScoreOptions
+    from ce_inspect.dataset.batch import Entry
+    from ce_inspect.model import LoadedModel
+    from ce_inspect.scoring import ScoreOptions
+    from ce_inspect.text import Encoded
 
 
 @dataclass(frozen=True)

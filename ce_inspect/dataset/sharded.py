@@ -19,15 +19,15 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .batch import BatchReport, BatchStats, JsonlSink, read_resume, run_scan
-from .distributed import RankFailedError, Session, part_path
-from .errors import ResumeError
-from .files import atomic_stream, write_all
+from ce_inspect.dataset.batch import BatchReport, BatchStats, JsonlSink, read_resume, run_scan
+from ce_inspect.distributed import RankFailedError, Session, part_path
+from ce_inspect.errors import ResumeError
+from ce_inspect.files import atomic_stream, write_all
 
 if TYPE_CHECKING:
-    from .batch import BatchSettings, DatasetSummary, Entry, ResumeState, Scan
-    from .loading import LoadedModel
-    from .scoring import ScoreOptions
+    from ce_inspect.dataset.batch import BatchSettings, DatasetSummary, Entry, ResumeState, Scan
+    from ce_inspect.model import LoadedModel
+    from ce_inspect.scoring import ScoreOptions
 
 
 # --- the plan: contiguous shares of about equal tokens ------------------------------------------------

@@ -15,7 +15,8 @@ The run does everything else, once, for every command:
    under torchrun this rank's share into its part file, and on rank 0 the merge and the summary rebuilt
    from the merged lines (``distributed``).
 
-``score_dataset``, ``diff_dataset`` and ``audit_dataset`` are the library's entry points: a loaded model (or
+``score_dataset`` is the library's entry point for ``batch`` (``diff.diff_dataset`` and
+``audit.audit_dataset`` are those of the other commands): a loaded model (or
 two), a data path and an output path in, the lines the command line writes out, and the summary returned.
 """
 
@@ -29,7 +30,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .batch import (
+from ce_inspect.data import DataInfo, Fields, Record, open_data
+from ce_inspect.dataset.batch import (
     DEFAULT_WORST,
     BatchSettings,
     BatchStats,
@@ -41,20 +43,17 @@ from .batch import (
     run_scan,
     scan_dataset,
 )
-from .data import DataInfo, Fields, Record, open_data
-from .distributed import current_session
-from .encoding import Encoded, Layout
-from .errors import InputError
-from .job import Job
-from .scoring import ScoreOptions
+from ce_inspect.dataset.job import Job
+from ce_inspect.distributed import current_session
+from ce_inspect.errors import InputError
+from ce_inspect.scoring import ScoreOptions
+from ce_inspect.text import Encoded, Layout
 
 if TYPE_CHECKING:
-    from .audit import AuditReport
-    from .batch import DatasetSummary
-    from .diff import DiffDatasetSummary
-    from .distributed import Session
-    from .loading import LoadedModel
-    from .sharded import ShardedResume
+    from ce_inspect.dataset.batch import DatasetSummary
+    from ce_inspect.dataset.sharded import ShardedResume
+    from ce_inspect.distributed import Session
+    from ce_inspect.model import LoadedModel
 
 #: How messages and the summary name a data set read from stdin.
 STDIN = "<stdin>"
@@ -134,8 +133,8 @@ class DatasetRun:
         self._stack.__exit__(*exc)  # type: ignore[arg-type]
 
     def _open(self) -> None:
-        from .distributed import check_parts
-        from .files import output_lock, spooled_input
+        from ce_inspect.distributed import check_parts
+        from ce_inspect.files import output_lock, spooled_input
 
         session, output = self.session, self.output
         if output is not None:
@@ -154,7 +153,7 @@ class DatasetRun:
     def _read_resume(self) -> None:
         session, output = self.session, self.output
         if session is not None:
-            from .sharded import read_sharded_resume
+            from ce_inspect.dataset.sharded import read_sharded_resume
 
             self.sharded = read_sharded_resume(
                 output,  # type: ignore[arg-type]
@@ -261,8 +260,8 @@ class DatasetRun:
     ) -> Any:
         """This rank's share into its part file; rank 0 then waits for every rank, merges the parts into the
         output and returns the summary rebuilt from the merged lines (the others return None)."""
-        from . import distributed
-        from .sharded import add_batching, merge_and_sum_up, score_share
+        from ce_inspect import distributed
+        from ce_inspect.dataset.sharded import add_batching, merge_and_sum_up, score_share
 
         session, output, sharded = self.session, self.output, self.sharded
         assert session is not None and output is not None and sharded is not None
@@ -347,10 +346,10 @@ class _Tee:
 # --- the library's entry points -----------------------------------------------------------------------------
 
 
-def _loaded(lm: LoadedModel | Callable[[], LoadedModel]) -> LoadedModel:
+def as_loaded(lm: LoadedModel | Callable[[], LoadedModel]) -> LoadedModel:
     """A loaded model, or the function that loads it (called once the outputs are checked and the data opened,
     so that a bad path fails before a slow load)."""
-    from .loading import LoadedModel
+    from ce_inspect.model import LoadedModel
 
     return lm if isinstance(lm, LoadedModel) else lm()
 
@@ -390,171 +389,16 @@ def score_dataset(
         session=current_session(),
         notes=notes,
     ) as run:
-        lm = _loaded(lm)
+        lm = as_loaded(lm)
         scan = run.scan(lm, layout=layout, options=options, skip_invalid=skip_invalid)
         return run.run(lm, scan, options=options, settings=settings, stream=stream, progress=progress)
-
-
-def diff_dataset(
-    ref: LoadedModel | Callable[[], LoadedModel],
-    cand: LoadedModel | Callable[[], LoadedModel],
-    data: str | Path,
-    output: str | Path | None = None,
-    *,
-    layout: Layout | None = None,
-    options: ScoreOptions | None = None,
-    settings: BatchSettings | None = None,
-    skip_invalid: bool = False,
-    resume: bool = False,
-    force: bool = False,
-    stream: IO[str] | None = None,
-    progress: Progress | None = None,
-    notes: Callable[[str], None] | None = None,
-) -> DiffDatasetSummary:
-    """Every record of ``data`` through both models, as ``ce-inspect diff --input`` compares them: one JSON
-    line per example into ``output`` and the data-set summary returned (resume, force, torchrun: as
-    ``score_dataset``). Both tokenizers must give each record the same tokens."""
-    from .diff import diff_job, diff_line_stats, record_encoder
-
-    settings, options, layout = settings or BatchSettings(), options or ScoreOptions(), layout or Layout()
-    with DatasetRun(
-        data,
-        output,
-        command="diff",
-        parse=diff_line_stats,
-        worst=settings.worst,
-        resume=resume,
-        force=force,
-        data_label="the data",
-        session=current_session(),
-        notes=notes,
-    ) as run:
-        ref, cand = _loaded(ref), _loaded(cand)
-        scan = run.scan(
-            ref, layout=layout, options=options, skip_invalid=skip_invalid, encoder=record_encoder(ref, cand, layout)
-        )
-        job = diff_job(ref, cand, options, settings.worst)
-        return run.run(ref, scan, job, options=options, settings=settings, stream=stream, progress=progress)
-
-
-def audit_dataset(
-    lm: LoadedModel | Callable[[], LoadedModel],
-    data: str | Path,
-    output: str | Path | None = None,
-    *,
-    layout: Layout | None = None,
-    options: ScoreOptions | None = None,
-    settings: BatchSettings | None = None,
-    fields: Fields | None = None,
-    max_length: int | None = None,
-    skip_invalid: bool = False,
-    examples: int | None = None,
-    fail_on: tuple[str, ...] | None = None,
-    resume: bool = False,
-    force: bool = False,
-    format: str | None = None,
-    split: str | None = None,
-    progress: Progress | None = None,
-    notes: Callable[[str], None] | None = None,
-) -> AuditReport:
-    """``ce-inspect audit --model``: every check on every record, then the forward pass through the one
-    runner (each record's loss, the loss outliers); one line per record into ``output`` (marked with
-    ``loss-outlier`` once every loss is known) and the report returned. Under torchrun, None on ranks but 0."""
-    from .audit import (
-        DEFAULT_EXAMPLES,
-        DEFAULT_FAIL_ON,
-        audit_job,
-        audit_line_stats,
-        check_dataset,
-        tokenizer_only,
-    )
-    from .data import encode_whole
-
-    settings, options, layout = settings or BatchSettings(), options or ScoreOptions(), layout or Layout()
-    fields = fields or Fields()
-    with DatasetRun(
-        data,
-        output,
-        command="audit",
-        parse=audit_line_stats,
-        worst=0,
-        resume=resume,
-        force=force,
-        fields=fields,
-        format=format,
-        split=split,
-        data_label="the data",
-        session=current_session(),
-        notes=notes,
-    ) as run:
-        name = run.info.path  # type: ignore[union-attr]  # the data as the user gave it
-        lm = _loaded(lm)
-        # The checks see every record, whatever its length; the model's context limits only the forward pass.
-        audit = check_dataset(
-            tokenizer_only(lm.tokenizer, lm.name),
-            run.source,
-            layout=layout,
-            fields=fields,
-            format=format,
-            split=split,
-            info=run.info,
-            max_length=max_length,
-            skip_invalid=skip_invalid,
-            examples=DEFAULT_EXAMPLES if examples is None else examples,
-            keep_findings=True,
-        )
-
-        def encoder(record: Record) -> Encoded:  # audit has no --stride: a too-long text's reason names none
-            return encode_whole(lm, record, layout, "audit")
-
-        scan = run.scan(lm, layout=layout, options=options, skip_invalid=True, encoder=encoder)
-        job = audit_job(lm, scan, audit, options, settings)
-        summary = run.run(lm, scan, job, options=options, settings=settings, progress=progress)
-        if summary is None:
-            return None  # type: ignore[return-value]  # torchrun, not rank 0: rank 0 merges and reports
-        gate = DEFAULT_FAIL_ON if fail_on is None else fail_on
-        return _audit_report(lm, scan, audit, summary, name, gate, options, output, notes)
-
-
-def _audit_report(
-    lm: LoadedModel,
-    scan: Scan,
-    audit: Any,
-    summary: DatasetSummary,
-    name: str,
-    gate: tuple[str, ...],
-    options: ScoreOptions,
-    output: str | Path | None,
-    notes: Callable[[str], None] | None,
-) -> AuditReport:
-    """The audit's report once every record is scored: the shown records scored again alone, the outliers
-    marked in the output's lines (still under its lock)."""
-    from .audit import STREAMED_NOTE, outliers_in_lines, score_shown
-
-    loss = {
-        "examples": summary.examples,
-        "scored_tokens": summary.scored_tokens,
-        "token_weighted_mean_loss": summary.token_weighted_mean_loss,
-        "example_weighted_mean_loss": summary.example_weighted_mean_loss,
-        "unscored": audit.unscored,
-        "resumed": summary.resumed,
-    }
-    scored = score_shown(lm, scan, audit, options)
-    report = audit.finish(input=name, model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss, scored=scored)
-    if output is None:
-        return report
-    report, streamed = outliers_in_lines(report, audit, output)
-    if streamed and notes is not None:
-        notes(f"audit: --output: {STREAMED_NOTE}")
-    return replace(report, output=str(output))
 
 
 __all__ = [
     "DatasetRun",
     "Interrupted",
     "Job",
-    "audit_dataset",
-    "diff_dataset",
+    "as_loaded",
     "input_name",
     "score_dataset",
 ]

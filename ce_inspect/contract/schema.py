@@ -1,6 +1,6 @@
 """JSON Schema (draft 2020-12) of ce-inspect's output, generated from the TypedDicts in ``result.py``.
 
-``python -m ce_inspect.schema`` writes the files under ``schema/``; ``--check`` only compares them with
+``python -m ce_inspect.contract.schema`` writes the files under ``schema/``; ``--check`` only compares them with
 what the types give now (exit 1 when they differ). The committed files are what consumers in other
 languages validate against; tests/test_contract.py keeps them equal to the types.
 """
@@ -12,12 +12,12 @@ import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from . import result
-from .diff import DiffDatasetDict, DiffDict, DiffLineDict
-from .result import SCHEMA_VERSION, dumps, get_type_hints, is_typeddict
+from ce_inspect.contract import result
+from ce_inspect.contract.diff import DiffDatasetDict, DiffDict, DiffLineDict
+from ce_inspect.contract.result import SCHEMA_VERSION, dumps, get_type_hints, is_typeddict
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
-FOLDER = Path(__file__).resolve().parents[1] / "schema"
+FOLDER = Path(__file__).resolve().parents[2] / "schema"
 
 #: file name -> (root type, title)
 DOCUMENTS: dict[str, tuple[Any, str]] = {
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             folder.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
     if stale:
-        print(f"out of date (run `python -m ce_inspect.schema`): {', '.join(stale)}", file=sys.stderr)
+        print(f"out of date (run `python -m ce_inspect.contract.schema`): {', '.join(stale)}", file=sys.stderr)
         return 1
     return 0
 

@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .encoding import context_length
-from .errors import (
+from ce_inspect.errors import (
     CacheError,
     DefaultModelMissingError,
     DeviceError,
@@ -39,6 +38,7 @@ from .errors import (
     ModelLoadError,
     ModelNotFoundError,
 )
+from ce_inspect.text import context_length
 
 log = logging.getLogger("ce_inspect")
 
@@ -125,7 +125,7 @@ def resolve_device(device: str) -> str:
     """Validate a device string and turn ``auto`` into what this machine has."""
     import torch
 
-    from .distributed import detect_launch, rank_device
+    from ce_inspect.distributed import detect_launch, rank_device
 
     device = check_device(device)
     if device == "auto":
@@ -474,7 +474,7 @@ def _rank_memory() -> dict[str, Any]:
     """Under torchrun, ``device_map`` spreads the model over this rank's block of the node's GPUs only."""
     import torch
 
-    from .distributed import detect_launch, rank_gpus
+    from ce_inspect.distributed import detect_launch, rank_gpus
 
     if not torch.cuda.is_available():
         return {}

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import WINDOWS_REMEDY, InputError, SequenceTooLongError
+from ce_inspect.errors import WINDOWS_REMEDY, InputError, SequenceTooLongError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -14,54 +14,23 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from .encoding import Encoded, decode_tokens, special_ids
-from .errors import InputError, NonFiniteError
-from .result import ScoreResult, SequenceToken, Summary, TokenScore
+from ce_inspect.contract import ScoreResult, SequenceToken, Summary, TokenScore
+from ce_inspect.errors import InputError, NonFiniteError
+from ce_inspect.text import Encoded, decode_tokens, is_windowed, special_ids, window_plan
 
 if TYPE_CHECKING:
-    from .loading import LoadedModel
-    from .scoring import ScoreOptions
+    from ce_inspect.model import LoadedModel
+    from ce_inspect.scoring.scorer import ScoreOptions
 
 #: Windows scored in one forward pass.
 WINDOWS_PER_BATCH = 8
-
-
-def check_stride(stride: int | None, window: int | None) -> None:
-    """Refuse a ``stride`` the window (the model's context; None: unknown) cannot take: an error of the
-    option, raised once for a whole data set, before any record is read, not once per long record."""
-    if stride is not None and window is not None and stride >= window:
-        raise InputError(
-            f"`stride` must be smaller than the window of {window} tokens (the model's context), so that every "
-            f"token keeps some left context; got {stride}"
-        )
-
-
-def window_plan(length: int, window: int, stride: int) -> list[tuple[int, int, int]]:
-    """(begin, end, first scored position) of each window over ``length`` tokens; positions are 0-based.
-
-    The scored spans ``[first, end)`` tile ``[1, length)`` exactly: position 0 has nothing before it.
-    """
-    check_stride(stride, window)
-    plan: list[tuple[int, int, int]] = []
-    begin, previous_end = 0, 0
-    while True:
-        end = min(begin + window, length)
-        plan.append((begin, end, max(previous_end, begin + 1)))
-        if end == length:
-            return plan
-        previous_end, begin = end, begin + stride
-
-
-def is_windowed(example: Encoded) -> bool:
-    windows = example.layout.get("windows")
-    return bool(windows) and len(example) > windows["window"]
 
 
 def score_examples(
     lm: LoadedModel, examples: Sequence[Encoded], options: ScoreOptions, *, padding_side: str = "right"
 ) -> list[ScoreResult]:
     """``scoring.score_batch``, except that examples longer than the context are scored in windows."""
-    from .scoring import score_batch
+    from ce_inspect.scoring.scorer import score_batch
 
     plain = [i for i, e in enumerate(examples) if not is_windowed(e)]
     results: dict[int, ScoreResult] = {}
@@ -78,7 +47,7 @@ def score_windows(
     lm: LoadedModel, example: Encoded, options: ScoreOptions, *, padding_side: str = "right"
 ) -> ScoreResult:
     """Score every trained position of ``example`` once, in windows of ``layout["windows"]``."""
-    from .scoring import score_batch
+    from ce_inspect.scoring.scorer import score_batch
 
     spec = example.layout["windows"]
     plan = window_plan(len(example), spec["window"], spec["stride"])
@@ -106,7 +75,7 @@ def _in_text(
     lm: LoadedModel, example: Encoded, options: ScoreOptions, exc: NonFiniteError, done: int, group: list[Encoded]
 ) -> NonFiniteError:
     """``exc``, raised for a window of ``group``, naming its token among the whole text's scored tokens."""
-    from .scoring import nonfinite_error
+    from ce_inspect.scoring.scorer import nonfinite_error
 
     at = next(i for i, piece in enumerate(group) if piece is exc.example)
     row = done + sum(len(piece.scored_positions) for piece in group[:at]) + exc.scored

@@ -2,7 +2,7 @@
 
 A run's report is built from ``ScoreResult.to_dict()``; a batch's from ``DatasetSummary.to_dict()`` and the
 output lines (``BatchLines`` keeps what it needs of them: loss by position and the worst lines whole).
-Templates live in ``ce_inspect/templates``; jinja2 escapes every value in HTML, and a finalize step
+Templates live in ``ce_inspect/reports/templates``; jinja2 escapes every value in HTML, and a finalize step
 escapes every value in Markdown, so a token cannot add markup to either.
 
 Every figure goes through ``display.fmt`` (4 decimals), as in the terminal. Each number in the HTML sits in
@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from .display import LOSS_BINS, fmt, histogram, loss_bin, printable, prob_text, shown_token, sparkline
+from ce_inspect.display import LOSS_BINS, fmt, histogram, loss_bin, printable, prob_text, shown_token, sparkline
 
 #: The first bytes of every report ce-inspect writes (HTML, SVG, Markdown): how ``files.check_output``
 #: recognises a report it may replace.
@@ -768,7 +768,7 @@ def _fence(command: str) -> str:
 def _loader() -> Any:
     import jinja2
 
-    return jinja2.PackageLoader("ce_inspect", "templates")
+    return jinja2.PackageLoader("ce_inspect.reports", "templates")
 
 
 def _html() -> Any:
