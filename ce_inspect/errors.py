@@ -39,6 +39,12 @@ class InputError(CeInspectError):
     """The prompt, answer or options cannot form a valid training example."""
 
 
+class UsageError(InputError):
+    """Parameters that do not go together or a value an option cannot take (``resume`` without ``output``, a
+    ``stride`` as long as the context): the caller's mistake, not the data's. The command line reports it as
+    a usage error (exit 2); a library caller catching ``InputError`` catches it too."""
+
+
 #: The advice a text longer than the context gets where windows can score it (`batch`).
 WINDOWS_REMEDY = "score it in windows with `stride`"
 

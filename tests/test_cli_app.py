@@ -13,7 +13,7 @@ import pytest
 import typer
 from conftest import PROCESS_TIMEOUT
 
-from ce_inspect import model
+from ce_inspect.cli import audit as cli_audit
 from ce_inspect.cli import main
 from ce_inspect.cli.app import COMMANDS, app
 from ce_inspect.cli.errors import FLAGS, Reported, cli_message, report
@@ -181,6 +181,6 @@ def test_each_example_is_shown_and_parses(monkeypatch, capsys, target, line):
     monkeypatch.chdir(ROOT)  # the examples use the repository's samples
     monkeypatch.setattr(Common, "load", lambda *a, **k: (_ for _ in ()).throw(_Parsed()))
     # `audit --no-model` loads only a tokenizer: parsing reached it just the same.
-    monkeypatch.setattr(model, "load_tokenizer", lambda *a, **k: (_ for _ in ()).throw(_Parsed()))
+    monkeypatch.setattr(cli_audit, "load_tokenizer", lambda *a, **k: (_ for _ in ()).throw(_Parsed()))
     with pytest.raises(_Parsed):
         main(args[1:])

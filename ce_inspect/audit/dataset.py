@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,30 +18,33 @@ from ce_inspect.contract import (
     AuditRecordLineDict,
     as_read_back,
 )
-from ce_inspect.data import Fields, Record, encode_record, encode_whole
+from ce_inspect.data import Fields, Record, encode_record, encode_tokenized, encode_whole, open_data
 from ce_inspect.dataset import (
     BatchReport,
     BatchSettings,
     DatasetRun,
     DatasetSummary,
     ExampleStats,
+    JsonlSink,
     Progress,
     Scan,
     SummaryBuilder,
     as_loaded,
     check_resume_settings,
     fingerprint_targets,
+    input_name,
     run_scan,
 )
 from ce_inspect.distributed import current_session
-from ce_inspect.errors import InputError
+from ce_inspect.errors import InputError, InvalidRecordError
+from ce_inspect.files import atomic_stream, check_output, output_lock, spooled_input
+from ce_inspect.model import LoadedModel
 from ce_inspect.scoring import ScoreOptions
 from ce_inspect.text import Encoded, Layout
 
 if TYPE_CHECKING:
     from ce_inspect.contract import ScoreResult
     from ce_inspect.dataset import Job
-    from ce_inspect.model import LoadedModel
 
 # --- reading a data set ----------------------------------------------------------------------------------
 
@@ -87,8 +91,6 @@ def _text_of(record: Any) -> dict[str, Any]:
 
 def tokenizer_only(tokenizer: Any, name: str) -> LoadedModel:
     """A ``LoadedModel`` with no model: what the encoders need (the tokenizer), without a context limit."""
-    from ce_inspect.model import LoadedModel
-
     return LoadedModel(
         model=None, tokenizer=tokenizer, name=name, source="tokenizer", device="none", dtype="none", context_length=None
     )
@@ -100,8 +102,6 @@ def example_from_record(lm: LoadedModel, record: Any, text: Any, layout: Layout)
     if record.error is not None:
         raise InputError(record.error)
     if record.input_ids is not None:
-        from ce_inspect.data import encode_tokenized
-
         # The reader's one validator (ids in the vocabulary, labels ids or the ignore index); the padding it
         # refuses for scoring is what padding-trained looks at, so the mask is checked here, not there.
         encode_tokenized(
@@ -121,8 +121,6 @@ def example_from_record(lm: LoadedModel, record: Any, text: Any, layout: Layout)
             pretokenized=True,
             **_text_of(text),
         )
-    from ce_inspect.data import encode_record
-
     encoded = encode_record(lm, record, layout)
     own = layout.tokenization != "trl"  # ce-inspect's own layout is the reference; TRL's is checked against it
     return AuditExample(
@@ -158,9 +156,6 @@ def check_dataset(
     checked; ``keep_findings`` keeps each failing record's findings for a later pass (the model's) instead.
     A record that is not an example stops the run, naming it, unless ``skip_invalid``.
     """
-    from ce_inspect.data import open_data
-    from ce_inspect.errors import InvalidRecordError
-
     info = info or open_data(path, fields, format=format, split=split)
     layout = layout or Layout()
     ctx = AuditContext(lm.tokenizer, layout=layout)
@@ -425,6 +420,51 @@ def audit_dataset(
             return None  # type: ignore[return-value]  # torchrun, not rank 0: rank 0 merges and reports
         gate = DEFAULT_FAIL_ON if fail_on is None else fail_on
         return _audit_report(lm, scan, audit, summary, name, gate, options, output, notes)
+
+
+def audit_without_model(
+    tokenizer: Any | Callable[[], tuple[Any, str]],
+    data: str | Path,
+    output: str | Path | None = None,
+    *,
+    name: str = "tokenizer",
+    layout: Layout | None = None,
+    fields: Fields | None = None,
+    max_length: int | None = None,
+    skip_invalid: bool = False,
+    examples: int | None = None,
+    fail_on: tuple[str, ...] | None = None,
+    force: bool = False,
+    format: str | None = None,
+    split: str | None = None,
+    notes: Callable[[str], None] | None = None,
+) -> AuditReport:
+    """``ce-inspect audit --no-model``: the checks that need no forward pass, with a tokenizer only (``name``
+    names it), or with the function that loads it (returning ``(tokenizer, name)``; called once the output
+    is checked and the data opened). One line per record into ``output``, written under a temporary name
+    and renamed into place when complete, so a failed or interrupted audit leaves the old file intact."""
+    fields = fields or Fields()
+    if output is not None:
+        check_output(output, inputs=[("the data", data)], label="`output`", force=force)
+    # stdin, a FIFO or a pipe given as a path is read once, into a temporary file: the checks read it twice.
+    with spooled_input(data, "the data") as source, ExitStack() as stack:
+        info = replace(open_data(source, fields, format=format, split=split), path=input_name(data))
+        if notes is not None:
+            notes(info.describe())  # before anything loads: a bad file fails fast
+        sink = None
+        if output is not None:
+            stack.enter_context(output_lock(output, label="`output`"))  # every writer takes the lock
+            fh = stack.enter_context(atomic_stream(output, label="`output`"))
+            sink = JsonlSink(fh, name=str(output), regular=False)
+        tok, name = tokenizer() if callable(tokenizer) else (tokenizer, name)
+        audit = check_dataset(
+            tokenizer_only(tok, name), source, layout=layout, fields=fields, max_length=max_length,
+            skip_invalid=skip_invalid, examples=DEFAULT_EXAMPLES if examples is None else examples, sink=sink,
+            format=format, split=split, info=info,
+        )  # fmt: skip
+    where = str(output) if output is not None else None
+    gate = DEFAULT_FAIL_ON if fail_on is None else fail_on
+    return audit.finish(input=info.path, model=None, tokenizer=name, fail_on=gate, output=where)
 
 
 def _audit_report(

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import sys
-from contextlib import ExitStack
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ce_inspect.audit import CHECK_NAMES, DEFAULT_EXAMPLES, DEFAULT_FAIL_ON
+from ce_inspect.audit import (
+    CHECK_NAMES,
+    DEFAULT_EXAMPLES,
+    DEFAULT_FAIL_ON,
+    audit_dataset,
+    audit_without_model,
+    parse_checks,
+)
 from ce_inspect.cli.logs import setup_logging
 from ce_inspect.cli.options import (
     OUTPUT,
@@ -22,8 +27,16 @@ from ce_inspect.cli.options import (
     SplitOpt,
     shared_options,
 )
+from ce_inspect.cli.output import DatasetOutputs, command_line
+from ce_inspect.cli.render_audit import render_audit
 from ce_inspect.cli.reports import Reports, report_options
-from ce_inspect.dataset import DEFAULT_SORT_WINDOW
+from ce_inspect.data import Fields
+from ce_inspect.dataset import DEFAULT_SORT_WINDOW, BatchSettings, check_run_arguments
+from ce_inspect.distributed import current_session
+from ce_inspect.errors import InputError
+from ce_inspect.files import is_stdout
+from ce_inspect.model import load_tokenizer
+from ce_inspect.reports import audit_html, audit_markdown
 
 INPUT = "Input"
 CHECKS = "Checks"
@@ -121,53 +134,45 @@ def audit(
     """Audit a training data set: labels that train nothing, an end-of-turn never trained, template or
     padding tokens trained, BOS doubled, labels shifted twice, tokenization boundaries, and (with a model)
     loss outliers. Exits 3 when a --fail-on check fails."""
-    from ce_inspect.data import Fields
-    from ce_inspect.dataset import BatchSettings
-
     gate = _checked_gate(fail_on, no_model=no_model, tokenizer=tokenizer)
     _check_usage(data, output, no_model=no_model, resume=resume, force=force, json_out=json_out)
-    _check_output(data, output, no_model=no_model, resume=resume, force=force)
-    reports.check(
-        inputs=[("the data", data)],
-        outputs=[("--output", output)],
-        stdout_busy="--json" if json_out else None,
-        force=force,
-    )
-    layout = common.layout()
-    fields = Fields(id=id_field)
+    out = DatasetOutputs(data, output, reports, force=force, data_label="the data", streams=False)
+    out.check(json_out=json_out)
     # Validated before anything loads.
     settings = BatchSettings(batch_size=batch_size, max_tokens=max_tokens, sort_window=sort_window)
     setup_logging(quiet=json_out or not sys.stderr.isatty())
-
-    from rich.console import Console
-
-    err = Console(stderr=True)
-    read = {"layout": layout, "fields": fields, "format": format, "split": split}
-    checking = {"max_length": max_length, "skip_invalid": skip_invalid, "examples": examples}
+    read = {"layout": common.layout(), "fields": Fields(id=id_field), "format": format, "split": split}
+    checking = {"max_length": max_length, "skip_invalid": skip_invalid, "examples": examples, "fail_on": gate}
     if no_model:
-        report = _audit_without_model(common, tokenizer, data, output, {**read, **checking}, gate, err)
+        report = audit_without_model(
+            lambda: load_tokenizer(
+                tokenizer if tokenizer is not None else common.model,
+                revision=common.revision,
+                trust_remote_code=common.trust_remote_code,
+            ),
+            data, output, force=force, notes=out.notes, **read, **checking,
+        )  # fmt: skip
     else:
-        from ce_inspect.audit import audit_dataset
-        from ce_inspect.cli.batch import interrupts, stderr_notes
-        from ce_inspect.cli.render_batch import batch_progress
-
-        with interrupts(err):
+        with out.interrupts():
             report = audit_dataset(
                 lambda: common.load(quiet=True), data, output, options=common.score_options(), settings=settings,
-                fail_on=gate, resume=resume, force=force, progress=lambda scan: batch_progress(err, scan),
-                notes=stderr_notes(err), **read, **checking,
+                resume=resume, force=force, progress=out.progress, notes=out.notes, **read, **checking,
             )  # fmt: skip
         if report is None:
             return  # torchrun, not rank 0: rank 0 merges and reports
-    _write_report(report, reports, output, json_out=json_out, err=err)
-    _apply_gate(report, err)
+    out.write(
+        report,
+        kind="audit",
+        html=lambda doc, lines: audit_html(doc, command_line()),
+        markdown=lambda doc, lines: audit_markdown(doc, command_line()),
+        terminal=lambda console: render_audit(report, console),
+        json_out=json_out,
+    )
+    _apply_gate(report, out.err)
 
 
 def _checked_gate(fail_on: str | None, *, no_model: bool, tokenizer: str | None) -> tuple[str, ...]:
     """The --fail-on checks, and the flags that cannot go with them, as usage errors before anything runs."""
-    from ce_inspect.audit import parse_checks
-    from ce_inspect.errors import InputError
-
     try:
         gate = parse_checks(fail_on if fail_on is not None else DEFAULT_FAIL_ON)
     except InputError as exc:
@@ -182,34 +187,6 @@ def _checked_gate(fail_on: str | None, *, no_model: bool, tokenizer: str | None)
     if tokenizer is not None and not no_model:
         raise typer.BadParameter("--tokenizer applies with --no-model; with a model its own tokenizer is used")
     return gate
-
-
-def _write_report(report: Any, reports: Reports, output: Path | None, *, json_out: bool, err: Any) -> None:
-    """The HTML/Markdown/SVG reports, then the JSON document or the human report."""
-    from rich.console import Console
-
-    from ce_inspect.cli.render_audit import render_audit
-
-    if reports.requested():
-        from ce_inspect.cli.reports import command_line
-        from ce_inspect.reports import audit_html, audit_markdown
-
-        doc = report.to_dict()
-        reports.write(
-            html=lambda: audit_html(doc, command_line()),
-            markdown=lambda: audit_markdown(doc, command_line()),
-            terminal=lambda console: render_audit(report, console),
-            kind="audit",
-        )
-    if json_out:
-        from ce_inspect.contract import dumps
-
-        sys.stdout.write(dumps(report.to_dict(), indent=2) + "\n")
-    elif not reports.markdown_on_stdout():
-        from ce_inspect.files import is_stdout
-
-        # The per-record lines already go to stdout (-o /dev/stdout): the human report goes beside them, on stderr.
-        render_audit(report, err if output is not None and is_stdout(output) else Console())
 
 
 def _apply_gate(report: Any, err: Any) -> None:
@@ -237,95 +214,15 @@ def _gate_over_nothing(report: Any) -> str | None:
     return None
 
 
-def _audit_without_model(
-    common: Common,
-    tokenizer: str | None,
-    data: Path,
-    output: Path | None,
-    checking: dict[str, Any],
-    gate: tuple[str, ...],
-    err: Any,
-) -> Any:
-    """The checks that need no forward pass, the tokenizer only; --output written atomically."""
-    from ce_inspect.audit import check_dataset, tokenizer_only
-    from ce_inspect.cli.batch import stderr_notes
-    from ce_inspect.data import open_data
-    from ce_inspect.dataset import input_name
-    from ce_inspect.files import spooled_input
-    from ce_inspect.model import load_tokenizer
-
-    # stdin, a FIFO or a pipe given as a path is read once, into a temporary file: the checks read it twice.
-    with spooled_input(data, "the data") as source:
-        info = open_data(source, checking["fields"], format=checking["format"], split=checking["split"])
-        info = replace(info, path=input_name(data))  # messages name the data as the user gave it
-        stderr_notes(err)(info.describe())  # before anything loads: a bad file fails fast
-        with _Output(output) as sink:
-            tok, name = load_tokenizer(
-                tokenizer if tokenizer is not None else common.model,
-                revision=common.revision,
-                trust_remote_code=common.trust_remote_code,
-            )
-            audit = check_dataset(tokenizer_only(tok, name), source, sink=sink, info=info, **checking)
-    where = str(output) if output is not None else None
-    return audit.finish(input=info.path, model=None, tokenizer=name, fail_on=gate, output=where)
-
-
-def _check_usage(data: Path, output: Path | None, *, no_model: bool, resume: bool, force: bool, json_out: bool) -> Any:
-    """Flags that do not go together; under torchrun, what a sharded audit needs. Returns the torchrun session."""
-    from ce_inspect.cli.batch import check_sharded_usage
-    from ce_inspect.distributed import current_session
-    from ce_inspect.files import is_stdout
-
+def _check_usage(data: Path, output: Path | None, *, no_model: bool, resume: bool, force: bool, json_out: bool) -> None:
+    """Flags that do not go together: audit's own, then the runner's (resume, torchrun)."""
     if json_out and output is not None and is_stdout(output):
         raise typer.BadParameter("--json prints the audit to stdout, and --output writes its lines there too")
     if resume and no_model:
         raise typer.BadParameter("--resume continues a forward pass; --no-model runs none", param_hint="--resume")
-    if resume and output is None:
-        raise typer.BadParameter("--resume continues an --output file; give --output", param_hint="--resume")
-    if resume and force:
-        raise typer.BadParameter("give --resume or --force, not both", param_hint="--resume")
     session = current_session()  # torchrun: this process scores one share of the forward pass
-    if session is not None:
-        if no_model:
-            raise typer.BadParameter(
-                "--no-model runs no forward pass, so there is nothing to split over torchrun's ranks; run it in "
-                "one process"
-            )
-        check_sharded_usage(session.world, data, output)
-    return session
-
-
-def _check_output(data: Path, output: Path | None, *, no_model: bool, resume: bool, force: bool) -> None:
-    """--output, before anything loads: the one output validator; with a model, batch's rule too (an existing
-    file is continued with --resume or replaced with --force, never silently)."""
-    if output is None:
-        return
-    from ce_inspect.dataset import check_batch_output
-    from ce_inspect.files import check_output
-
-    if no_model:
-        check_output(output, inputs=[("the data", data)], label="`output`", force=force)
-    else:
-        check_batch_output(output, data, resume=resume, force=force)
-
-
-class _Output:
-    """The per-record JSONL file, written under a temporary name and renamed into place when complete
-    (``files.atomic_stream``), so a failed or interrupted audit leaves no half file and the old one intact."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.stack = ExitStack()
-
-    def __enter__(self) -> Any:
-        if self.path is None:
-            return None
-        from ce_inspect.dataset import JsonlSink
-        from ce_inspect.files import atomic_stream, output_lock
-
-        self.stack.enter_context(output_lock(self.path, label="`output`"))  # every writer takes the lock
-        fh = self.stack.enter_context(atomic_stream(self.path, label="`output`"))
-        return JsonlSink(fh, name=str(self.path), regular=False)
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.stack.__exit__(exc_type, exc, tb)
+    if session is not None and no_model:
+        raise typer.BadParameter(
+            "--no-model runs no forward pass, so there is nothing to split over torchrun's ranks; run it in one process"
+        )
+    check_run_arguments(data, output, resume=resume, force=force, session=session)

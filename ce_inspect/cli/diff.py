@@ -30,9 +30,13 @@ from ce_inspect.cli.options import (
     shared_options,
     write_documents,
 )
+from ce_inspect.cli.output import DatasetOutputs, command_line
+from ce_inspect.cli.render_diff import render_diff_dataset
 from ce_inspect.cli.reports import Reports, report_options
-from ce_inspect.dataset import DEFAULT_SORT_WINDOW, BatchSettings
-from ce_inspect.diff import COLOR_BY
+from ce_inspect.dataset import DEFAULT_SORT_WINDOW, BatchSettings, check_run_arguments
+from ce_inspect.diff import COLOR_BY, diff_dataset
+from ce_inspect.distributed import current_session
+from ce_inspect.reports import diff_dataset_html, diff_dataset_markdown
 
 CANDIDATE = "Candidate model (B)"
 DATASET = "Data set (--input)"
@@ -151,7 +155,12 @@ def diff(
                 "--sequential": sequential or None,
             }
         )
-        settings = _dataset_settings(resume, force, output, batch_size, max_tokens, sort_window, worst)
+        settings = BatchSettings(
+            batch_size=batch_size,  # None: the device's default, as for max_tokens
+            max_tokens=max_tokens,
+            sort_window=sort_window,
+            worst=worst,
+        )
         _diff_input(
             common, candidate, reports, input, output, summary_json, settings, skip_invalid, force, resume, gates
         )
@@ -164,8 +173,6 @@ def diff(
     ):
         if value is not None:
             raise typer.BadParameter(f"{flag} goes with --input (a data set)", param_hint=flag)
-    from ce_inspect.distributed import current_session
-
     if current_session() is not None:
         raise typer.BadParameter("under torchrun diff splits a data set over the ranks; give --input")
     example = read_example(common, prompt, answer, prompt_file, answer_file, messages, last_turn)
@@ -184,28 +191,6 @@ def diff(
     gate("mean ΔNLL", result.summary.dnll_mean, fail_above_dnll, "--fail-above-dnll", verb="compared")
 
 
-def _dataset_settings(
-    resume: bool,
-    force: bool,
-    output: Path | None,
-    batch_size: int | None,
-    max_tokens: int | None,
-    sort_window: int,
-    worst: int,
-) -> BatchSettings:
-    """--input's usage checks and batching settings, before anything loads."""
-    if resume and output is None:
-        raise typer.BadParameter("--resume continues an --output file; give --output", param_hint="--resume")
-    if resume and force:
-        raise typer.BadParameter("give --resume or --force, not both", param_hint="--resume")
-    return BatchSettings(
-        batch_size=batch_size,  # None: the device's default, as for max_tokens
-        max_tokens=max_tokens,
-        sort_window=sort_window,
-        worst=worst,
-    )
-
-
 def _diff_input(
     common: Common,
     candidate: Common,
@@ -219,18 +204,28 @@ def _diff_input(
     resume: bool,
     gates: tuple[float | None, float | None],
 ) -> None:
-    """diff --input: the data set through both models, its outputs, then the gates (on rank 0 under torchrun)."""
-    reports.check(
-        inputs=[("--input", input)],
-        outputs=[("--output", output), ("--summary-json", summary_json)],
-        stdout_busy="the JSON lines (no --output)" if output is None else None,
-        force=force,
-    )
-    summary = diff_dataset(
-        common, candidate, input, output, summary_json, settings, skip_invalid, force, resume=resume, reports=reports
-    )
+    """diff --input: the data set through both models with the library's ``diff_dataset``, its outputs, then the
+    gates (on rank 0 under torchrun)."""
+    out = DatasetOutputs(input, output, reports, summary_json, force=force, data_label="--input")
+    check_run_arguments(input, output, resume=resume, force=force, session=current_session())
+    out.check()
+    setup_logging(quiet=not sys.stderr.isatty())
+    with out.interrupts():
+        summary = diff_dataset(
+            common.load, lambda: load_candidate(candidate), input, output, layout=common.layout(),
+            options=common.score_options(), settings=settings, skip_invalid=skip_invalid, resume=resume,
+            force=force, stream=out.stream, progress=out.progress, notes=out.notes, data_label="--input",
+            describe=False,
+        )  # fmt: skip
     if summary is None:
         return  # torchrun, not rank 0: rank 0 reports the run and applies the gates
+    out.write(
+        summary,
+        kind="diff_summary",
+        html=lambda doc, lines: diff_dataset_html(doc, command_line()),
+        markdown=lambda doc, lines: diff_dataset_markdown(doc, command_line()),
+        terminal=lambda console: render_diff_dataset(summary, console),
+    )
     compared = summary.summary
     gate("mean KL(ref‖cand)", compared and compared.kl_mean, gates[0], "--fail-above-kl", verb="compared")
     gate("mean ΔNLL", compared and compared.dnll_mean, gates[1], "--fail-above-dnll", verb="compared")
@@ -283,92 +278,6 @@ def refuse_with_input(flags: dict[str, object]) -> None:
     given = [flag for flag, value in flags.items() if value is not None]
     if given:
         raise typer.BadParameter(f"--input reads every example from the data set; drop {', '.join(given)}")
-
-
-def diff_dataset(
-    common: Common,
-    candidate: Common,
-    input: Path,
-    output: Path | None,
-    summary_json: Path | None,
-    settings: BatchSettings,
-    skip_invalid: bool,
-    force: bool,
-    *,
-    resume: bool = False,
-    reports: Reports | None = None,
-):
-    """Every record of ``input`` through both models with the library's one data-set runner (``diff``'s job);
-    returns the data-set summary (None on a torchrun rank other than 0, which only scores its share).
-    ``resume`` keeps the complete lines of ``output`` (and, under torchrun, of every rank's part file) and
-    compares only the rest."""
-    from ce_inspect.cli.batch import check_outputs, check_sharded_usage, interrupts, stderr_notes
-    from ce_inspect.cli.render_batch import batch_progress
-    from ce_inspect.dataset import DatasetRun
-    from ce_inspect.diff import diff_job, diff_line_stats, record_encoder
-    from ce_inspect.distributed import current_session
-
-    session = current_session()  # torchrun: this process compares one share
-    if session is not None:
-        check_sharded_usage(session.world, input, output)
-    check_outputs(input, output, summary_json, resume=resume, force=force)  # batch's checks, before loading
-    stdout = sys.stdout
-    setup_logging(quiet=not sys.stderr.isatty())
-
-    from rich.console import Console
-
-    err = Console(stderr=True)
-    with DatasetRun(
-        input, output, command="diff", parse=diff_line_stats, worst=settings.worst, resume=resume, force=force,
-        data_label="--input", session=session, notes=stderr_notes(err), describe=False,
-    ) as run:  # fmt: skip
-        ref_lm, cand_lm = common.load(), load_candidate(candidate)
-        options, layout = common.score_options(), common.layout()
-        scan = run.scan(
-            ref_lm, layout=layout, options=options, skip_invalid=skip_invalid,
-            encoder=record_encoder(ref_lm, cand_lm, layout),
-        )  # fmt: skip
-        job = diff_job(ref_lm, cand_lm, options, settings.worst)
-        with interrupts(err):
-            summary = run.run(
-                ref_lm, scan, job, options=options, settings=settings, stream=stdout,
-                progress=lambda scan: batch_progress(err, scan),
-            )  # fmt: skip
-    if summary is None:
-        return None  # not rank 0: rank 0 merges and reports
-    _write_dataset_outputs(summary, summary_json, output, reports, err)
-    return summary
-
-
-def _write_dataset_outputs(
-    summary, summary_json: Path | None, output: Path | None, reports: Reports | None, err
-) -> None:
-    """--summary-json and the reports (all or nothing), then the human summary."""
-    from rich.console import Console
-
-    documents = []
-    if summary_json is not None:
-        from ce_inspect.contract import dumps
-
-        documents.append(("--summary-json", summary_json, dumps(summary.to_dict(), indent=2) + "\n"))
-    from ce_inspect.cli.render_diff import render_diff_dataset
-
-    if reports is not None and reports.requested():
-        from ce_inspect.cli.reports import command_line
-        from ce_inspect.reports import diff_dataset_html, diff_dataset_markdown
-
-        doc = summary.to_dict()
-        reports.write(
-            html=lambda: diff_dataset_html(doc, command_line()),
-            markdown=lambda: diff_dataset_markdown(doc, command_line()),
-            terminal=lambda console: render_diff_dataset(summary, console),
-            kind="diff_summary",
-            also=documents,  # --summary-json with the reports, all or nothing
-        )
-    else:
-        write_documents(documents)
-    on_stdout = output is not None and not (reports is not None and reports.markdown_on_stdout())
-    render_diff_dataset(summary, Console() if on_stdout else err)
 
 
 def candidate_options(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import typer
 
 from ce_inspect.distributed import RankFailedError
-from ce_inspect.errors import CeInspectError
+from ce_inspect.errors import CeInspectError, UsageError
 
 # Library parameter -> the flag that sets it. Only these names are replaced, so backquoted user text
 # in a message stays as it is; add a parameter here when a library message names it.
@@ -107,12 +107,17 @@ def _library(exc: BaseException) -> Reported:
 # The base of Typer's usage errors (bad option values, missing arguments, conflicts raised as
 # BadParameter): click's ClickException, which recent Typer versions vendor. Found through the public
 # typer.BadParameter, so that neither click nor Typer's private modules are imported.
-UsageError: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def _usage(exc: BaseException) -> Reported:
     message = exc.format_message()  # type: ignore[attr-defined]
     return Reported(f"{cli_message(message)} (see `ce-inspect --help`)", int(exc.exit_code))  # type: ignore[attr-defined]
+
+
+def _library_usage(exc: BaseException) -> Reported:
+    # The library's usage errors read as Typer's: "Invalid value: ..." and a pointer to --help, exit 2.
+    return Reported(f"Invalid value: {cli_message(str(exc))} (see `ce-inspect --help`)", 2)
 
 
 def _other_rank(exc: BaseException) -> Reported:
@@ -131,8 +136,9 @@ def _aborted(exc: BaseException) -> Reported:
 #: Exception type -> formatter; the first entry the exception is an instance of wins.
 ERRORS: list[tuple[type[BaseException], Callable[[BaseException], Reported]]] = [
     (RankFailedError, _other_rank),
+    (UsageError, _library_usage),
     (CeInspectError, _library),
-    (UsageError, _usage),
+    (ClickException, _usage),
     (typer.Abort, _aborted),
     (KeyboardInterrupt, _interrupted),
 ]

@@ -46,6 +46,7 @@ from ce_inspect.dataset.runner import (
     Interrupted,
     Progress,
     as_loaded,
+    check_run_arguments,
     input_name,
     score_dataset,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "PADDING_SIDES",
     "Progress",
     "as_loaded",
+    "check_run_arguments",
     "ProgressCallback",
     "ResumeState",
     "STDIN",

@@ -44,16 +44,18 @@ from ce_inspect.dataset.batch import (
     scan_dataset,
 )
 from ce_inspect.dataset.job import Job
-from ce_inspect.distributed import current_session
-from ce_inspect.errors import InputError
-from ce_inspect.scoring import ScoreOptions
+from ce_inspect.dataset.sharded import add_batching, merge_and_sum_up, read_sharded_resume, score_share
+from ce_inspect.distributed import check_parts, current_session, part_path
+from ce_inspect.errors import UsageError
+from ce_inspect.files import is_stream, output_lock, spooled_input, writes_through
+from ce_inspect.model import LoadedModel
+from ce_inspect.scoring import ScoreOptions, top_k_note
 from ce_inspect.text import Encoded, Layout
 
 if TYPE_CHECKING:
     from ce_inspect.dataset.batch import DatasetSummary
     from ce_inspect.dataset.sharded import ShardedResume
     from ce_inspect.distributed import Session
-    from ce_inspect.model import LoadedModel
 
 #: How messages and the summary name a data set read from stdin.
 STDIN = "<stdin>"
@@ -73,6 +75,26 @@ class Interrupted(KeyboardInterrupt):
 def input_name(data: str | Path) -> str:
     """How messages and the summary name a data set: its path as given, or ``<stdin>`` for '-'."""
     return STDIN if str(data) == "-" else str(data)
+
+
+def check_run_arguments(
+    data: str | Path, output: str | Path | None, *, resume: bool, force: bool, session: Session | None
+) -> None:
+    """The one check of a data-set run's arguments, for every command, before anything is read or loaded:
+    ``resume`` needs an ``output`` and excludes ``force``; under torchrun every rank reads ``data`` itself (a
+    regular file, not stdin or a pipe) and rank 0 merges the parts into ``output`` (a regular file)."""
+    if resume and output is None:
+        raise UsageError("`resume` continues an `output` file; give `output`")
+    if resume and force:
+        raise UsageError("give `resume` or `force`, not both")
+    if session is None:
+        return
+    if output is None:
+        raise UsageError(f"the {session.world} ranks of a torchrun run cannot share stdout; give `output`")
+    if is_stream(data):
+        raise UsageError("under torchrun every rank reads the input itself; give a regular file, not stdin or a pipe")
+    if writes_through(output):
+        raise UsageError("under torchrun the ranks' parts are merged into a regular file; give one as `output`")
 
 
 class DatasetRun:
@@ -99,12 +121,7 @@ class DatasetRun:
         notes: Callable[[str], None] | None = None,
         describe: bool = True,
     ) -> None:
-        if resume and output is None:
-            raise InputError("`resume` continues an `output` file; give `output`")
-        if resume and force:
-            raise InputError("give `resume` or `force`, not both")
-        if session is not None and output is None:
-            raise InputError(f"the {session.world} ranks of a torchrun run cannot share a stream; give `output`")
+        check_run_arguments(data, output, resume=resume, force=force, session=session)
         self.data, self.output = Path(data), (Path(output) if output is not None else None)
         self.command, self.parse, self.worst = command, parse, worst
         self.resume, self.force = resume, force
@@ -133,9 +150,6 @@ class DatasetRun:
         self._stack.__exit__(*exc)  # type: ignore[arg-type]
 
     def _open(self) -> None:
-        from ce_inspect.distributed import check_parts
-        from ce_inspect.files import output_lock, spooled_input
-
         session, output = self.session, self.output
         if output is not None:
             check_batch_output(output, self.data, resume=self.resume, force=self.force)
@@ -153,8 +167,6 @@ class DatasetRun:
     def _read_resume(self) -> None:
         session, output = self.session, self.output
         if session is not None:
-            from ce_inspect.dataset.sharded import read_sharded_resume
-
             self.sharded = read_sharded_resume(
                 output,  # type: ignore[arg-type]
                 session.world,
@@ -260,9 +272,6 @@ class DatasetRun:
     ) -> Any:
         """This rank's share into its part file; rank 0 then waits for every rank, merges the parts into the
         output and returns the summary rebuilt from the merged lines (the others return None)."""
-        from ce_inspect import distributed
-        from ce_inspect.dataset.sharded import add_batching, merge_and_sum_up, score_share
-
         session, output, sharded = self.session, self.output, self.sharded
         assert session is not None and output is not None and sharded is not None
         kwargs = {"score": job.score, "emit": job.emit, "make_report": lambda s: job.report(lm, s, options, settings)}
@@ -277,7 +286,7 @@ class DatasetRun:
                     return None
                 session.gather(show)
         except KeyboardInterrupt:
-            part = distributed.part_path(output, session.rank, session.world)
+            part = part_path(output, session.rank, session.world)
             raise Interrupted(f"the complete lines are kept in {part}; rerun with --resume") from None
         failure = session.failure()
         if failure is not None:
@@ -349,8 +358,6 @@ class _Tee:
 def as_loaded(lm: LoadedModel | Callable[[], LoadedModel]) -> LoadedModel:
     """A loaded model, or the function that loads it (called once the outputs are checked and the data opened,
     so that a bad path fails before a slow load)."""
-    from ce_inspect.model import LoadedModel
-
     return lm if isinstance(lm, LoadedModel) else lm()
 
 
@@ -369,13 +376,15 @@ def score_dataset(
     format: str | None = None,
     split: str | None = None,
     stream: IO[str] | None = None,
+    tee: Callable[[dict[str, Any]], None] | None = None,
     progress: Progress | None = None,
     notes: Callable[[str], None] | None = None,
 ) -> DatasetSummary:
     """Every record of ``data`` through ``lm``, as ``ce-inspect batch`` scores it: one JSON line per example
     into ``output`` (in input order; without it, to ``stream`` or nowhere) and the data-set summary returned.
     ``resume`` continues an interrupted ``output``; ``force`` replaces an existing one. Under torchrun, each
-    rank scores its share and rank 0 merges (``output`` required; the other ranks return None)."""
+    rank scores its share and rank 0 merges (``output`` required; the other ranks return None). ``tee`` sees
+    every line written; ``progress`` and ``notes`` are as ``DatasetRun``'s."""
     settings = settings or BatchSettings()
     with DatasetRun(
         data,
@@ -390,8 +399,11 @@ def score_dataset(
         notes=notes,
     ) as run:
         lm = as_loaded(lm)
+        note = top_k_note(lm, options or ScoreOptions())
+        if note and notes is not None:  # every line's notes carry it too
+            notes(f"note: {note}")
         scan = run.scan(lm, layout=layout, options=options, skip_invalid=skip_invalid)
-        return run.run(lm, scan, options=options, settings=settings, stream=stream, progress=progress)
+        return run.run(lm, scan, options=options, settings=settings, stream=stream, tee=tee, progress=progress)
 
 
 __all__ = [
@@ -399,6 +411,7 @@ __all__ = [
     "Interrupted",
     "Job",
     "as_loaded",
+    "check_run_arguments",
     "input_name",
     "score_dataset",
 ]

@@ -266,10 +266,13 @@ def diff_dataset(
     stream: IO[str] | None = None,
     progress: Progress | None = None,
     notes: Callable[[str], None] | None = None,
+    data_label: str = "the data",
+    describe: bool = True,
 ) -> DiffDatasetSummary:
     """Every record of ``data`` through both models, as ``ce-inspect diff --input`` compares them: one JSON
     line per example into ``output`` and the data-set summary returned (resume, force, torchrun: as
-    ``score_dataset``). Both tokenizers must give each record the same tokens."""
+    ``score_dataset``). Both tokenizers must give each record the same tokens. ``data_label`` names the data in
+    messages; ``describe``: tell ``notes`` how the data is read."""
     settings, options, layout = settings or BatchSettings(), options or ScoreOptions(), layout or Layout()
     with DatasetRun(
         data,
@@ -279,9 +282,10 @@ def diff_dataset(
         worst=settings.worst,
         resume=resume,
         force=force,
-        data_label="the data",
+        data_label=data_label,
         session=current_session(),
         notes=notes,
+        describe=describe,
     ) as run:
         ref, cand = as_loaded(ref), as_loaded(cand)
         scan = run.scan(

@@ -8,7 +8,7 @@ allows (at least ``window - stride`` tokens once the first window is past). ``sc
 
 from __future__ import annotations
 
-from ce_inspect.errors import InputError
+from ce_inspect.errors import UsageError
 from ce_inspect.text.encoding import Encoded
 
 
@@ -16,7 +16,7 @@ def check_stride(stride: int | None, window: int | None) -> None:
     """Refuse a ``stride`` the window (the model's context; None: unknown) cannot take: an error of the
     option, raised once for a whole data set, before any record is read, not once per long record."""
     if stride is not None and window is not None and stride >= window:
-        raise InputError(
+        raise UsageError(
             f"`stride` must be smaller than the window of {window} tokens (the model's context), so that every "
             f"token keeps some left context; got {stride}"
         )
