@@ -1,7 +1,8 @@
 """Text to training layout: prompt/answer pairs, chat templates, TRL's preparations and the tokens, as
 ``(input_ids, labels)``; the plan of sliding windows over a long text. No model and no I/O."""
 
-from ce_inspect.text.encoding import (
+from ce_inspect.text.chat import chat_template, encode_chat, encode_messages, one_line, render_template
+from ce_inspect.text.encoded import (
     ANSWER,
     BOS,
     EOS,
@@ -14,24 +15,18 @@ from ce_inspect.text.encoding import (
     TOKENIZATIONS,
     Encoded,
     Layout,
-    boundary_note,
-    byte_hex,
+    check_chat_layout,
+    context_length,
+)
+from ce_inspect.text.pair import boundary_note, encode, encode_pair, joint_split
+from ce_inspect.text.tokens import byte_hex, decode_tokens, special_ids, special_prefix, text_ids
+from ce_inspect.text.trl import encode_trl, encode_trl_language_modeling
+from ce_inspect.text.validate import (
     check_answer,
     check_text,
-    context_length,
-    decode_tokens,
-    encode,
-    encode_chat,
-    encode_messages,
-    encode_pair,
-    encode_trl,
-    encode_trl_language_modeling,
-    joint_split,
+    ignored_targets_note,
     parse_messages,
-    render_template,
     scored_turns,
-    special_ids,
-    special_prefix,
     text_notes,
 )
 from ce_inspect.text.windows import (
@@ -55,7 +50,9 @@ __all__ = [
     "TOKENIZATIONS",
     "boundary_note",
     "byte_hex",
+    "chat_template",
     "check_answer",
+    "check_chat_layout",
     "check_stride",
     "check_text",
     "context_length",
@@ -66,13 +63,16 @@ __all__ = [
     "encode_pair",
     "encode_trl",
     "encode_trl_language_modeling",
+    "ignored_targets_note",
     "is_windowed",
     "joint_split",
+    "one_line",
     "parse_messages",
     "render_template",
     "scored_turns",
     "special_ids",
     "special_prefix",
+    "text_ids",
     "text_notes",
     "window_plan",
 ]

@@ -9,7 +9,7 @@ allows (at least ``window - stride`` tokens once the first window is past). ``sc
 from __future__ import annotations
 
 from ce_inspect.errors import UsageError
-from ce_inspect.text.encoding import Encoded
+from ce_inspect.text.encoded import Encoded
 
 
 def check_stride(stride: int | None, window: int | None) -> None:
