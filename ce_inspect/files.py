@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from ce_inspect.errors import InputError
+from ce_inspect.errors import InputError, read_error
 
 #: The first bytes of every JSON document and JSON line ce-inspect writes (see the module docstring).
 OURS = re.compile(rb'\A\{\s*"schema_version":\s*\d')
@@ -60,8 +60,6 @@ _DESCRIPTOR = re.compile(r"\A/(dev/(stdout|stderr|fd/\d+)|proc/(self|\d+)/fd/\d+
 
 def read_bytes(path: str | os.PathLike[str], label: str) -> bytes:
     """The bytes of ``path`` (``-``: all of stdin); a failure is a one-line error naming ``label``."""
-    from ce_inspect.errors import read_error
-
     if str(path) == "-":
         stream = _stdin(label)
         try:
@@ -76,8 +74,6 @@ def read_bytes(path: str | os.PathLike[str], label: str) -> bytes:
 
 def read_text(path: str | os.PathLike[str], label: str) -> str:
     """The text of ``path`` (``-``: stdin), verbatim: its bytes decoded as strict UTF-8, nothing translated."""
-    from ce_inspect.errors import read_error
-
     data = read_bytes(path, label)
     try:
         return data.decode("utf-8")
@@ -143,8 +139,6 @@ def spooled_input(path: str | os.PathLike[str], label: str) -> Iterator[Path]:
     if str(path) == "-":
         spool = spool_stdin(label)
     else:
-        from ce_inspect.errors import read_error
-
         try:
             source = open(path, "rb")  # closed below; a FIFO waits here for its writer, as `cat` does
         except OSError as exc:
@@ -160,8 +154,6 @@ def spooled_input(path: str | os.PathLike[str], label: str) -> Iterator[Path]:
 def _spool(stream: IO[bytes], kind: str, suffix: str, name: str) -> Path:
     """Copy ``stream`` to its end into a new temporary file; its path. ``name`` names the input in errors."""
     import tempfile
-
-    from ce_inspect.errors import read_error
 
     try:
         fd, spool = tempfile.mkstemp(prefix=f"ce-inspect-{kind}-", suffix=suffix)

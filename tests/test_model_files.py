@@ -196,16 +196,16 @@ def test_batch_stops_at_the_first_batch_after_the_change(when, model_dir, tmp_pa
 
 
 def test_run_fails_when_the_weights_change_after_loading(model_dir, tmp_path, capsys, monkeypatch):
-    import ce_inspect.model
+    import ce_inspect.cli.options  # the command line's one call of `load`
 
-    original = ce_inspect.model.load
+    original = ce_inspect.cli.options.load
 
     def load_then_rewrite(*args, **kwargs):
         lm = original(*args, **kwargs)
         _rewrite_in_place(model_dir / WEIGHTS)
         return lm
 
-    monkeypatch.setattr(ce_inspect.model, "load", load_then_rewrite)
+    monkeypatch.setattr(ce_inspect.cli.options, "load", load_then_rewrite)
     out = tmp_path / "out.json"
     args = ["run", "-p", "the cat", "-a", " sat", "-m", str(model_dir), "--device", "cpu", "--json", "-o", str(out)]
     code = main(args)

@@ -406,12 +406,12 @@ def test_batch_svg_is_well_formed(batch_outputs):
 
 @pytest.fixture
 def no_load(monkeypatch):
-    import ce_inspect.model.loading
+    import ce_inspect.cli.options  # the command line's one call of `load`
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(ce_inspect.model.loading, "load", refuse)
+    monkeypatch.setattr(ce_inspect.cli.options, "load", refuse)
 
 
 @pytest.mark.parametrize("flag", ["--html", "--svg", "--markdown"])
@@ -446,7 +446,9 @@ def test_report_usage_conflicts_exit_2(args, capsys, no_load, tmp_path, monkeypa
 
 
 def test_a_failed_render_leaves_no_file(tiny_llama_dir, tmp_path, monkeypatch):
-    import ce_inspect.reports.report
+    import importlib
+
+    cli_app = importlib.import_module("ce_inspect.cli.app")  # where `run` renders its reports
 
     old = tmp_path / "old.html"
     old.write_text("<!DOCTYPE html>\n<!-- ce-inspect report: run -->\nprevious")
@@ -454,7 +456,7 @@ def test_a_failed_render_leaves_no_file(tiny_llama_dir, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("render failed")
 
-    monkeypatch.setattr(ce_inspect.reports, "run_markdown", broken)
+    monkeypatch.setattr(cli_app, "run_markdown", broken)
     args = ["run", "-m", str(tiny_llama_dir), "-p", "x", "-a", " y", "--html", str(old)]
     with pytest.raises(RuntimeError):
         main([*args, "--svg", str(tmp_path / "new.svg"), "--markdown", str(tmp_path / "new.md")])

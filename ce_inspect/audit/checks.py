@@ -13,10 +13,12 @@ from ce_inspect.contract import (
 from ce_inspect.errors import InputError
 from ce_inspect.text import (
     IGNORE_INDEX,
+    Encoded,
     Layout,
     decode_tokens,
     encode_messages,
     encode_pair,
+    render_template,
     special_ids,
     special_prefix,
 )
@@ -260,8 +262,6 @@ class AuditContext:
     def _prefix_split(self, prompt: str, completion: str, ignore_index: int) -> Any:
         """Prompt+completion tokenized as one string; the completion starts where the prompt's own tokens
         stop matching (TRL's rule), EOS appended."""
-        from ce_inspect.text import Encoded
-
         alone, whole = self.tokens(prompt), self.tokens(prompt + completion)
         start = _common_prefix(alone, whole)
         ids = [*self.prefix, *whole, *([self.eos_id] if self.eos_id is not None else [])]
@@ -461,8 +461,6 @@ def check_boundary(rc: RecordChecks) -> Finding | None:
     if isinstance(ex.prompt, str) and isinstance(ex.completion, str):
         prompt_text, whole_text = ex.prompt, ex.prompt + ex.completion
     elif isinstance(ex.prompt, tuple) and isinstance(ex.completion, tuple):
-        from ce_inspect.text import render_template  # the one renderer of chat templates
-
         try:
             prompt_text = render_template(ctx.tokenizer, [dict(m) for m in ex.prompt], generation_prompt=True)
             whole_text = render_template(ctx.tokenizer, [dict(m) for m in (*ex.prompt, *ex.completion)])

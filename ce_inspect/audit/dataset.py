@@ -17,14 +17,28 @@ from ce_inspect.contract import (
     SCHEMA_VERSION,
     AuditRecordLineDict,
     as_read_back,
+    conform,
 )
-from ce_inspect.data import Fields, Record, encode_record, encode_tokenized, encode_whole, open_data
+from ce_inspect.data import (
+    FORMATS,
+    Fields,
+    Record,
+    detect_format,
+    encode_record,
+    encode_tokenized,
+    encode_whole,
+    file_kind,
+    open_data,
+    parse_record,
+    read_objects,
+)
 from ce_inspect.dataset import (
     BatchReport,
     BatchSettings,
     DatasetRun,
     DatasetSummary,
     ExampleStats,
+    Job,
     JsonlSink,
     Progress,
     Scan,
@@ -33,13 +47,14 @@ from ce_inspect.dataset import (
     check_resume_settings,
     fingerprint_targets,
     input_name,
+    line_settings,
     run_scan,
 )
 from ce_inspect.distributed import current_session
-from ce_inspect.errors import InputError, InvalidRecordError
+from ce_inspect.errors import InputError, InvalidRecordError, ResumeError
 from ce_inspect.files import atomic_stream, check_output, output_lock, spooled_input
 from ce_inspect.model import LoadedModel
-from ce_inspect.scoring import ScoreOptions
+from ce_inspect.scoring import ScoreOptions, score_examples
 from ce_inspect.text import Encoded, Layout
 
 if TYPE_CHECKING:
@@ -57,8 +72,6 @@ def read_audit_records(
 ) -> Iterator[tuple[Any, Any | None]]:
     """Every record of the data set through ``data``'s reader, streamed: (record, its text as a second record
     when it is pre-tokenized and also carries the text it was made from, e.g. ``messages``; else None)."""
-    from ce_inspect.data import FORMATS, Fields, Record, detect_format, file_kind, parse_record, read_objects
-
     if format is not None and format not in FORMATS:
         raise InputError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     fields = fields or Fields()
@@ -194,8 +207,6 @@ class _Discard:
 
 def audit_line_settings(lm: LoadedModel, scan: Any, options: Any, max_length: int | None) -> dict[str, Any]:
     """What an audit line depends on besides its record: ``batch.line_settings`` and ``max_length``."""
-    from ce_inspect.dataset import line_settings
-
     return {**line_settings(lm, scan.layout, options, scan.fields), "max_length": max_length}
 
 
@@ -224,8 +235,6 @@ def audit_line_stats(obj: Any, worst: int) -> tuple[Any, list[Any]]:
     """``batch.read_resume``'s parser for audit lines (written with a model): the line, checked key for key
     against ``AuditRecordLineDict``, as ``ExampleStats`` carrying its findings; a record the model could not
     score gives stats with no scored token (its line is kept, ``ResumeState.others``)."""
-    from ce_inspect.contract import conform
-
     if not isinstance(obj, dict) or obj.get("schema_version") != SCHEMA_VERSION or obj.get("kind") != "audit_record":
         raise ValueError(f"not a schema_version {SCHEMA_VERSION} audit record")
     conform(AuditRecordLineDict, obj)
@@ -278,8 +287,6 @@ class AuditLosses(BatchReport):
         self.audit.add_result(entry.line, entry.id, result)
 
     def resumed(self, entry: Any) -> None:
-        from ce_inspect.errors import ResumeError
-
         now = [f.to_dict() for f in self.audit.findings.get(entry.line, [])]
         if entry.done.payload != as_read_back(now):
             raise ResumeError(
@@ -298,8 +305,6 @@ class AuditLosses(BatchReport):
 def score_shown(lm: LoadedModel, scan: Any, audit: Audit, options: Any = None) -> dict[int, ScoreResult]:
     """The records the report shows in full (``Audit.to_show``), scored again, each alone (one row, no padding:
     what ``run`` gives for it), so that the report does not depend on which process scored which record."""
-    from ce_inspect.scoring import score_examples
-
     wanted, results = set(audit.to_show()), {}
     if not wanted:
         return results
@@ -314,8 +319,6 @@ def audit_job(lm: LoadedModel, scan: Any, audit: Audit, options: Any, settings: 
     """audit's forward pass as a job for the one runner: per record, the mean loss goes to ``audit`` and one
     line (the record's findings and loss, ``line_emitter``) to the output; batch's loss summary is returned
     (``AuditLosses``). ``score_shown`` then gives ``audit.finish`` the records it shows."""
-    from ce_inspect.dataset import Job
-
     options = options or ScoreOptions()
     return Job(
         command="audit",

@@ -36,6 +36,7 @@ from ce_inspect.contract import (
     dumps,
 )
 from ce_inspect.errors import InputError
+from ce_inspect.files import atomic_stream, write_all, writes_through
 from ce_inspect.text import IGNORE_INDEX
 
 if TYPE_CHECKING:
@@ -515,8 +516,6 @@ def mark_outliers(path: str | os.PathLike[str], audit: Audit, *, label: str = "`
     error it stays as it was), a changed line re-serialized, every other line kept byte for byte. The caller
     holds ``path``'s lock. Returns how many lines carry loss-outlier. With no outlier and no line marked by an
     earlier run (a resumed file's), nothing would change, and the file is left as it is."""
-    from ce_inspect.files import atomic_stream
-
     flagged = audit.outlier_findings()
     try:
         source = open(path, "rb")
@@ -532,8 +531,6 @@ def mark_outliers(path: str | os.PathLike[str], audit: Audit, *, label: str = "`
 
 def _rewrite_marked(source: Any, out: Any, flagged: dict[int, Finding]) -> int:
     """``source``'s lines to ``out``, each audit line with its loss-outlier finding as ``flagged`` gives it."""
-    from ce_inspect.files import write_all
-
     marked = 0
     for raw in source:
         obj = json.loads(raw)
@@ -551,8 +548,6 @@ def outliers_in_lines(report: AuditReport, audit: Audit, path: str | os.PathLike
     """After the forward pass into ``path``: a regular file's lines get their loss-outlier findings
     (``mark_outliers``); a stream's are gone by now, so when there are outliers the loss-outlier check's note
     says the lines lack them. Returns (the report, whether that note was added)."""
-    from ce_inspect.files import writes_through
-
     if not writes_through(path):
         mark_outliers(path, audit)
         return report, False

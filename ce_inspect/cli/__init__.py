@@ -6,31 +6,28 @@ import os
 import sys
 
 from ce_inspect.cli.app import app
+from ce_inspect.cli.errors import cli_message, debug, report
+from ce_inspect.cli.ranks import main_rank
+from ce_inspect.cli.reports import remember_argv
 from ce_inspect.cli.stdout import BROKEN_PIPE, blocking_stdout, silence_stdout
+from ce_inspect.distributed import current_session, detect_launch
+from ce_inspect.errors import CeInspectError
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: every known error is one line on stderr and a non-zero exit (see cli/errors.py)."""
-    from ce_inspect.cli.reports import remember_argv
-
     remember_argv(sys.argv[1:] if argv is None else argv)
     with blocking_stdout():  # every write to stdout complete, even where the reader made the pipe non-blocking
         return _main(argv)
 
 
 def _main(argv: list[str] | None) -> int:
-    from ce_inspect.cli.errors import cli_message, debug, report
-    from ce_inspect.distributed import current_session, detect_launch
-    from ce_inspect.errors import CeInspectError
-
     try:  # torchrun / accelerate launch: this process is one rank of several
         launch = detect_launch()
     except CeInspectError as exc:
         print(f"Error: {cli_message(str(exc))}", file=sys.stderr)
         return 2
     if launch is not None and current_session() is None:
-        from ce_inspect.cli.ranks import main_rank
-
         return main_rank(argv, launch, main)
     try:
         result = app(args=argv, prog_name="ce-inspect", standalone_mode=False)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ce_inspect import __version__
 from ce_inspect.cli.logs import setup_logging
 from ce_inspect.cli.options import (
     OUTPUT,
@@ -27,7 +28,11 @@ from ce_inspect.cli.options import (
     shared_options,
     write_documents,
 )
-from ce_inspect.cli.reports import Reports, report_options
+from ce_inspect.cli.render import render_result
+from ce_inspect.cli.reports import Reports, command_line, report_options
+from ce_inspect.files import check_output
+from ce_inspect.reports import run_html, run_markdown
+from ce_inspect.scoring import score, score_messages
 
 app = typer.Typer(
     name="ce-inspect",
@@ -46,8 +51,6 @@ def version() -> str:
     try:
         return installed("ce-inspect")
     except PackageNotFoundError:
-        from ce_inspect import __version__
-
         return __version__
 
 
@@ -100,8 +103,6 @@ def run(
     """Score ANSWER given PROMPT (or the assistant turns of a conversation): per-token target, probability,
     loss and rank, with mean and sum."""
     if output is not None:
-        from ce_inspect.files import check_output
-
         inputs = [("--prompt-file", prompt_file), ("--answer-file", answer_file), ("--messages", messages)]
         check_output(output, inputs=inputs, label="--output", force=force)
     example = read_example(common, prompt, answer, prompt_file, answer_file, messages, last_turn)
@@ -114,8 +115,6 @@ def run(
     options = common.score_options()
     setup_logging(quiet=json_out)
 
-    from ce_inspect.scoring import score, score_messages
-
     lm = common.load()
     if example.conversation is not None:
         result = score_messages(lm, example.conversation, layout=example.layout, options=options, last_turn=last_turn)
@@ -126,12 +125,8 @@ def run(
             print(f"note: {note}", file=sys.stderr)
 
     documents = [("--output", output, result.to_json() + "\n")] if output is not None else []
-    from ce_inspect.cli.render import render_result
 
     if reports.requested():
-        from ce_inspect.cli.reports import command_line
-        from ce_inspect.reports import run_html, run_markdown
-
         doc = result.to_dict()
         reports.write(
             html=lambda: run_html(doc, command_line()),

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from ce_inspect.cli.errors import as_candidate
 from ce_inspect.cli.logs import setup_logging
 from ce_inspect.cli.options import (
     MODEL,
@@ -31,12 +32,16 @@ from ce_inspect.cli.options import (
     write_documents,
 )
 from ce_inspect.cli.output import DatasetOutputs, command_line
-from ce_inspect.cli.render_diff import render_diff_dataset
+from ce_inspect.cli.render_diff import render_diff, render_diff_dataset
 from ce_inspect.cli.reports import Reports, report_options
 from ce_inspect.dataset import DEFAULT_SORT_WINDOW, BatchSettings, check_run_arguments
-from ce_inspect.diff import COLOR_BY, diff_dataset
+from ce_inspect.diff import COLOR_BY, diff_dataset, diff_messages
+from ce_inspect.diff import diff as diff_pair
 from ce_inspect.distributed import current_session
-from ce_inspect.reports import diff_dataset_html, diff_dataset_markdown
+from ce_inspect.errors import CeInspectError, DeviceError
+from ce_inspect.files import check_output
+from ce_inspect.model import check_device, check_dtype
+from ce_inspect.reports import diff_dataset_html, diff_dataset_markdown, diff_html, diff_markdown
 
 CANDIDATE = "Candidate model (B)"
 DATASET = "Data set (--input)"
@@ -177,7 +182,8 @@ def diff(
         raise typer.BadParameter("under torchrun diff splits a data set over the ranks; give --input")
     example = read_example(common, prompt, answer, prompt_file, answer_file, messages, last_turn)
     if output is not None:
-        check_output(output, [prompt_file, answer_file, messages], force=force)
+        inputs = [("an input file", p) for p in (prompt_file, answer_file, messages)]
+        check_output(output, inputs=inputs, label="--output", force=force)  # the core's one output validator
     reports.check(
         inputs=[("--prompt-file", prompt_file), ("--answer-file", answer_file), ("--messages", messages)],
         outputs=[("--output", output)],
@@ -233,9 +239,6 @@ def _diff_input(
 
 def _diff_example(common: Common, candidate: Common, example, *, last_turn: bool, sequential: bool):
     """One example (a pair or a conversation) through both models; ``sequential``: one model in memory at a time."""
-    from ce_inspect.diff import diff as diff_pair
-    from ce_inspect.diff import diff_messages
-
     options = common.score_options()
     if sequential:
         ref, cand = (lambda: common.load()), (lambda: load_candidate(candidate))
@@ -251,12 +254,7 @@ def _diff_example(common: Common, candidate: Common, example, *, last_turn: bool
 def _write_example_outputs(result, reports: Reports, output: Path | None, *, json_out: bool, color_by: str, worst: int):
     """--output and the reports (all or nothing), then the JSON document or the human view."""
     documents = [("--output", output, result.to_json() + "\n")] if output is not None else []
-    from ce_inspect.cli.render_diff import render_diff
-
     if reports.requested():
-        from ce_inspect.cli.reports import command_line
-        from ce_inspect.reports import diff_html, diff_markdown
-
         doc = result.to_dict()
         reports.write(
             html=lambda: diff_html(doc, command_line(), worst),
@@ -295,8 +293,6 @@ def candidate_options(
             "give the candidate model: --model-b, or the same model at another --dtype-b, --device-b or --revision-b",
             param_hint="--model-b",
         )
-    from ce_inspect.errors import DeviceError
-    from ce_inspect.model import check_device, check_dtype
 
     for value, check, name in ((device_b, check_device, "device"), (dtype_b, check_dtype, "dtype")):
         if value is not None:
@@ -323,19 +319,8 @@ def candidate_options(
 def load_candidate(candidate: Common):
     """The candidate model, loaded; an error loading it names the candidate's flags (--trust-remote-code-b,
     --dtype-b, ...), not the reference's, which ``load``'s own parameter names would become."""
-    from ce_inspect.cli.errors import as_candidate
-    from ce_inspect.errors import CeInspectError
-
     try:
         return candidate.load()
     except CeInspectError as exc:
         exc.args = (as_candidate(str(exc)),)  # the same error, its message in the candidate's words
         raise
-
-
-def check_output(output: Path, inputs: list[Path | None], force: bool = False) -> None:
-    """Before any model loads: the core's one output validator (not an input, not a folder, not a file
-    ce-inspect did not write unless --force)."""
-    from ce_inspect.files import check_output as check
-
-    check(output, inputs=[("an input file", p) for p in inputs], label="--output", force=force)

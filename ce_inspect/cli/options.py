@@ -16,11 +16,25 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ce_inspect.cli.errors import cli_message
+from ce_inspect.cli.stdout import BROKEN_PIPE, broken_pipe_raises, silence_stdout
+from ce_inspect.data import FORMATS
 from ce_inspect.dataset import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS
-from ce_inspect.errors import InputError
-from ce_inspect.model import check_device, check_dtype
+from ce_inspect.errors import DeviceError, InputError
+from ce_inspect.files import read_text as read_file_text
+from ce_inspect.files import write_outputs
+from ce_inspect.model import check_device, check_dtype, load
 from ce_inspect.scoring import REDUCTIONS, ScoreOptions, check_reduction
-from ce_inspect.text import IGNORE_INDEX, SPECIAL_TOKENS, TOKENIZATIONS, Layout
+from ce_inspect.text import (
+    IGNORE_INDEX,
+    SPECIAL_TOKENS,
+    TOKENIZATIONS,
+    Layout,
+    check_answer,
+    check_text,
+    parse_messages,
+    scored_turns,
+)
 
 if TYPE_CHECKING:
     from ce_inspect.model import LoadedModel
@@ -161,8 +175,6 @@ LastTurnOpt = Annotated[
 
 def _known_format(value: str | None) -> str | None:
     """One rule for --format in every command that reads a data set: a usage error (exit 2) when unknown."""
-    from ce_inspect.data import FORMATS
-
     if value is not None and value not in FORMATS:
         raise typer.BadParameter(f"{value!r}: use one of {', '.join(FORMATS)}")
     return value
@@ -245,9 +257,6 @@ class Common:
 
     def check(self) -> None:
         """Reject malformed strings before anything heavy is imported."""
-        from ce_inspect.cli.errors import cli_message
-        from ce_inspect.errors import DeviceError
-
         try:  # the core's one validator of each; its message names the parameter, shown as the flag
             check_device(self.device)
             check_dtype(self.dtype)
@@ -270,9 +279,6 @@ class Common:
         Conflicting options (--sep with --chat, --system without it, ...) are usage errors; the library's
         message names its parameters, which the error table (cli/errors.py) shows as these flags.
         """
-        from ce_inspect.cli.errors import cli_message
-        from ce_inspect.text import check_text
-
         # Text that cannot be encoded is bad input (exit 1), not a usage error.
         if self.system is not None:
             check_text(self.system, "--system")
@@ -295,9 +301,6 @@ class Common:
 
     def score_options(self) -> ScoreOptions:
         """The scoring options; an out-of-range value (``--label-smoothing nan``) is a usage error."""
-        from ce_inspect.cli.errors import cli_message
-        from ce_inspect.errors import InputError
-
         try:
             return ScoreOptions(
                 reduction=self.reduction,
@@ -310,8 +313,6 @@ class Common:
             raise typer.BadParameter(cli_message(str(exc))) from None
 
     def load(self, quiet: bool = True) -> LoadedModel:
-        from ce_inspect.model import load
-
         return load(
             self.model,
             revision=self.revision,
@@ -367,7 +368,6 @@ def shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
     def command(**kwargs: Any) -> Any:
         common = Common(**{name: kwargs.pop(name) for name in names})
         common.check()
-        from ce_inspect.cli.stdout import BROKEN_PIPE, broken_pipe_raises, silence_stdout
 
         broken_pipe_raises()
         try:
@@ -399,17 +399,12 @@ def read_text(value: str | None, file: Path | None, name: str) -> str:
 
 def read_input(file: Path, label: str) -> str:
     """The text of ``file`` (``-`` = stdin), verbatim (strict UTF-8, CRLF kept); failures name ``label``."""
-    from ce_inspect.files import read_text as read_file_text
-
     return read_file_text(file, label)
 
 
 def read_messages(file: Path) -> list[dict[str, str]]:
     """The conversation in --messages FILE (``-`` = stdin), parsed and validated by the core."""
     import json
-
-    from ce_inspect.errors import InputError
-    from ce_inspect.text import parse_messages
 
     name = "--messages (stdin)" if str(file) == "-" else f"--messages {file}"
     raw = read_input(file, "--messages")
@@ -422,8 +417,6 @@ def read_messages(file: Path) -> list[dict[str, str]]:
 
 def write_documents(documents: Sequence[tuple[str, Path, str]]) -> None:
     """Write whole documents ``(flag, path, text)`` all or nothing, each under its lock (``files.write_outputs``)."""
-    from ce_inspect.files import write_outputs
-
     write_outputs([(path, text, label) for label, path, text in documents])
 
 
@@ -507,7 +500,6 @@ def read_example(
         ]
         if given:
             raise typer.BadParameter(f"--messages holds the whole conversation; drop {', '.join(given)}")
-        from ce_inspect.text import scored_turns
 
         conversation = read_messages(messages)  # every content checked by the core's text validator
         layout = common.layout(chat=True)
@@ -519,7 +511,6 @@ def read_example(
         raise typer.BadParameter("--last-turn needs --messages (a conversation with several assistant turns)")
     if str(prompt_file) == "-" and str(answer_file) == "-":
         raise typer.BadParameter("only one of --prompt-file and --answer-file can be '-' (stdin)")
-    from ce_inspect.text import check_answer, check_text
 
     prompt_text = read_text(prompt, prompt_file, "prompt")
     answer_text = read_text(answer, answer_file, "answer")

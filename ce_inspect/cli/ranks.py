@@ -14,6 +14,8 @@ import sys
 import traceback
 from typing import TYPE_CHECKING
 
+from ce_inspect.distributed import Aborted, start, stop
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -41,7 +43,6 @@ def main_rank(argv: list[str] | None, launch: Launch, main: Callable[[list[str]]
             file=sys.stderr,
         )
         return 2
-    from ce_inspect.distributed import start, stop
 
     session = start(launch)
     quiet = launch.rank != 0
@@ -52,8 +53,6 @@ def main_rank(argv: list[str] | None, launch: Launch, main: Callable[[list[str]]
         try:
             code = main(args)
         except BaseException as exc:  # noqa: BLE001 - a bug, or a stop because another rank failed
-            from ce_inspect.distributed import Aborted
-
             aborted = isinstance(exc, Aborted)
             if quiet:
                 session.post(1, None if aborted else traceback.format_exc().rstrip())

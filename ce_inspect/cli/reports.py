@@ -21,6 +21,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from ce_inspect.files import check_output, is_stdout, write_outputs
+from ce_inspect.reports import REPORT_MARK, REPORT_MARK_TEXT
+
 REPORTS = "Reports"
 #: Width of the recorded terminal in the SVG: wide enough for a top-k table, the same on every machine.
 SVG_WIDTH = 110
@@ -80,8 +83,6 @@ class Reports:
         return any(p is not None for p in (self.html, self.svg, self.markdown))
 
     def markdown_on_stdout(self) -> bool:
-        from ce_inspect.files import is_stdout
-
         return self.markdown is not None and (str(self.markdown) == "-" or is_stdout(self.markdown))
 
     def _files(self) -> list[tuple[str, Path]]:
@@ -101,9 +102,6 @@ class Reports:
         ``stdout_busy`` names what else the command prints on stdout (``--json``): Markdown cannot share it.
         ``outputs`` are the command's other files; a report may not be one of them, nor another report.
         """
-        from ce_inspect.files import check_output, is_stdout
-        from ce_inspect.reports import REPORT_MARK, REPORT_MARK_TEXT
-
         if stdout_busy is not None:
             on_stdout = [
                 label
@@ -141,8 +139,6 @@ class Reports:
         documents (``(label, path, text)``: ``--output``, ``--summary-json``), all or nothing
         (``files.write_outputs``): a failed render or write leaves every file as it was. Markdown on
         stdout (``-``) is printed once the files are written."""
-        from ce_inspect.files import write_outputs
-
         texts: list[tuple[str, Path, str]] = list(also)
         if self.html is not None:
             texts.append(("--html", self.html, html()))
