@@ -14,16 +14,16 @@ import pytest
 import torch
 
 from ce_inspect.cli import main
-from ce_inspect.data.records import (
+from ce_inspect.data import (
     MAX_JSON_ELEMENT_BYTES,
     Fields,
     Record,
-    _json_array_objects,
     encode_record,
     open_data,
     parse_record,
     read_records,
 )
+from ce_inspect.data.readers import _json_array_objects
 from ce_inspect.errors import InputError
 from ce_inspect.text import Layout, encode
 
@@ -159,7 +159,7 @@ def test_json_array_streams_element_by_element(tmp_path):
 
 
 def test_json_array_element_too_large_is_refused(tmp_path, monkeypatch):
-    import ce_inspect.data.records as data
+    import ce_inspect.data.readers as data
 
     monkeypatch.setattr(data, "MAX_JSON_ELEMENT_BYTES", 100)
     path = tmp_path / "d.json"

@@ -1,27 +1,25 @@
 """Data sets: files (JSONL, JSON, Parquet, saved and Hub datasets) and record formats -> ``Record`` -> ``Encoded``."""
 
-from ce_inspect.data.records import (
-    FILE_KINDS,
+from ce_inspect.data.examples import encode_record, encode_text, encode_tokenized, encode_whole, vocab_size
+from ce_inspect.data.formats import (
     FORMATS,
-    JSONL_SUFFIXES,
     MASK_FIELDS,
-    MAX_JSON_ELEMENT_BYTES,
     SHAREGPT_ROLES,
-    DataInfo,
     Fields,
     Record,
     detect_format,
-    encode_record,
-    encode_text,
-    encode_tokenized,
-    encode_whole,
+    parse_record,
+    sharegpt_messages,
+)
+from ce_inspect.data.readers import (
+    FILE_KINDS,
+    JSONL_SUFFIXES,
+    MAX_JSON_ELEMENT_BYTES,
+    DataInfo,
     file_kind,
     open_data,
-    parse_record,
     read_objects,
     read_records,
-    sharegpt_messages,
-    vocab_size,
 )
 
 __all__ = [

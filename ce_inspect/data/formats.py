@@ -1,0 +1,286 @@
+"""Record formats: one decoded object (a JSON line, an array element, a dataset row) -> one ``Record``.
+
+Formats (detected per record from its fields, or forced with ``format``):
+
+- ``prompt-answer``: ce-inspect's own ``{"prompt", "answer"}`` (field names set by ``Fields``);
+- ``prompt-completion``: TRL's prompt-completion type, plain (two strings) or conversational (two message
+  lists);
+- ``messages``: a chat conversation (TRL's conversational language-modelling type);
+- ``conversations``: ShareGPT, messages with ``from``/``value`` (human, gpt, system mapped to user,
+  assistant, system);
+- ``text``: TRL's language-modelling type, every token scored;
+- ``tokenized``: ``input_ids`` with ``labels``, or with TRL's ``completion_mask`` and/or ``assistant_masks``
+  (or neither: every token trained, as TRL does), scored exactly as given.
+
+A record that cannot become an example carries ``error`` instead of raising, so that the caller decides
+whether to stop or skip. Messages of every format are validated by ``encoding.parse_messages``, the same
+function ``run --messages`` uses, so both accept exactly the same conversations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ce_inspect.errors import InputError
+from ce_inspect.text import check_text, parse_messages
+
+#: Record formats, in the order detection tries them.
+FORMATS = ("tokenized", "conversations", "messages", "prompt-completion", "prompt-answer", "text")
+#: ShareGPT speakers -> chat roles. Other speakers (tool, function_call, ...) keep their name as the role.
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+#: TRL's mask columns: 1 marks a trained token; TRL trains a token only where every mask present says 1.
+MASK_FIELDS = ("completion_mask", "assistant_masks")
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Names of the record fields (``--prompt-field`` and friends); TRL's names are fixed."""
+
+    prompt: str = "prompt"
+    answer: str = "answer"
+    messages: str = "messages"
+    id: str = "id"
+    completion: str = "completion"
+    text: str = "text"
+    conversations: str = "conversations"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One example of the input, in one of ``FORMATS``, or the reason it is none.
+
+    Exactly one group of fields is set: ``prompt``/``answer`` (prompt-answer, plain prompt-completion),
+    ``prompt_messages``/``completion_messages`` (conversational prompt-completion), ``messages`` (messages,
+    conversations), ``text``, or ``input_ids``/``labels`` (tokenized). ``labels`` are as given, or built from
+    the masks as TRL builds them (the id where every mask is 1, else -100); ``labels_from`` says which.
+    """
+
+    line: int  # 1-based: the line of a JSONL file, else the record's position in the data set
+    id: str | int | None = None
+    prompt: str | None = None
+    answer: str | None = None
+    messages: list[dict[str, str]] | None = None
+    error: str | None = None
+    format: str | None = field(default=None, compare=False)
+    text: str | None = None
+    prompt_messages: list[dict[str, str]] | None = None
+    completion_messages: list[dict[str, str]] | None = None
+    input_ids: tuple[int, ...] | None = None
+    labels: tuple[int, ...] | None = None
+    labels_from: str | None = (
+        None  # "labels", "completion_mask", "assistant_masks", both masks joined by "+", "input_ids"
+    )
+    attention_mask: tuple[int, ...] | None = None
+
+
+# --- one object -> one record ---------------------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def detect_format(obj: dict[str, Any], fields: Fields | None = None) -> str | None:
+    """The format a record's fields say it is in, or None. The first match of ``FORMATS`` wins."""
+    f = fields or Fields()
+    if "input_ids" in obj:
+        return "tokenized"
+    if f.conversations in obj and f.messages not in obj:
+        return "conversations"
+    if f.messages in obj:
+        return "messages"
+    if f.completion in obj and f.answer not in obj:
+        return "prompt-completion"
+    if f.prompt in obj or f.answer in obj:
+        return "prompt-answer"
+    if f.text in obj:
+        return "text"
+    return None
+
+
+def parse_record(line: int, obj: Any, fields: Fields | None = None, format: str | None = None) -> Record:
+    """One decoded object (a JSON line, an array element, a dataset row) as a ``Record`` of ``format``.
+
+    ``format`` None detects it from the fields. Never raises for bad data: the reason goes in ``error``.
+    """
+    f = fields or Fields()
+    if not isinstance(obj, dict):
+        return Record(line, error=f"not a JSON object but a JSON {_type_name(obj)}")
+    rid = obj.get(f.id)
+    if isinstance(rid, bool) or not isinstance(rid, (str, int, type(None))):
+        return Record(line, error=f"field {f.id!r} must be a string or an integer, not {_type_name(rid)}")
+    fmt = format or detect_format(obj, f)
+    if fmt is None:
+        found = ", ".join(repr(k) for k in list(obj)[:8]) or "none"
+        return Record(
+            line,
+            rid,
+            error=f"no known format (fields: {found}); expected prompt/answer, prompt/completion, messages, "
+            "conversations, text or input_ids (`format` and the field options pick others)",
+        )
+    try:
+        return _PARSERS[fmt](line, rid, obj, f)
+    except InputError as exc:
+        return Record(line, rid, error=str(exc), format=fmt)
+
+
+def _string(obj: dict[str, Any], name: str) -> str:
+    if name not in obj:
+        raise InputError(f"missing field {name!r}")
+    if not isinstance(obj[name], str):
+        raise InputError(f"field {name!r} must be a string, not {_type_name(obj[name])}")
+    return _text(obj[name], name)
+
+
+def _text(value: str, name: str) -> str:
+    """The core's text rule (no lone surrogates, ...), so that a bad record is an invalid line, not a crash."""
+    check_text(value, f"field {name!r}")
+    return value
+
+
+def _parse_prompt_answer(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Record:
+    if f.messages in obj:
+        raise InputError(f"has both {f.messages!r} and {f.prompt!r}/{f.answer!r}; keep one")
+    prompt, answer = _string(obj, f.prompt), _string(obj, f.answer)
+    return Record(line, rid, prompt=prompt, answer=answer, format="prompt-answer")
+
+
+def _parse_prompt_completion(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Record:
+    for name in (f.prompt, f.completion):
+        if name not in obj:
+            raise InputError(f"missing field {name!r}")
+    prompt, completion = obj[f.prompt], obj[f.completion]
+    if isinstance(prompt, str) and isinstance(completion, str):
+        prompt, completion = _text(prompt, f.prompt), _text(completion, f.completion)
+        return Record(line, rid, prompt=prompt, answer=completion, format="prompt-completion")
+    if isinstance(prompt, list) and isinstance(completion, list):
+        return Record(
+            line,
+            rid,
+            prompt_messages=parse_messages(prompt, f"field {f.prompt!r}"),
+            completion_messages=parse_messages(completion, f"field {f.completion!r}"),
+            format="prompt-completion",
+        )
+    raise InputError(
+        f"fields {f.prompt!r} and {f.completion!r} must both be strings or both be message lists, not "
+        f"{_type_name(prompt)} and {_type_name(completion)}"
+    )
+
+
+def _parse_messages(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Record:
+    if f.prompt in obj or f.answer in obj:
+        raise InputError(f"has both {f.messages!r} and {f.prompt!r}/{f.answer!r}; keep one")
+    if f.messages not in obj:
+        raise InputError(f"missing field {f.messages!r}")
+    return Record(line, rid, messages=parse_messages(obj[f.messages], f"field {f.messages!r}"), format="messages")
+
+
+def sharegpt_messages(data: Any, source: str = "conversations") -> list[dict[str, Any]]:
+    """ShareGPT ``[{"from", "value"}]`` as ``[{"role", "content"}]``: human -> user, gpt -> assistant.
+
+    Messages already in role/content form pass through; ``parse_messages`` validates the result. A ShareGPT
+    message without a ``from`` or a ``value`` string is an InputError naming ShareGPT's field.
+    """
+    if not isinstance(data, list):
+        return data  # parse_messages names the problem
+    out: list[Any] = []
+    for i, message in enumerate(data):
+        if isinstance(message, dict) and "role" not in message:
+            speaker, value = message.get("from"), message.get("value")
+            if not isinstance(speaker, str) or not speaker:
+                raise InputError(
+                    f'{source}: message {i} has no "from" string (ShareGPT\'s speaker: human, gpt, system, ...)'
+                )
+            role = SHAREGPT_ROLES.get(speaker, speaker)
+            if not isinstance(value, (str, list)):
+                raise InputError(f'{source}: message {i} ({speaker}) has no "value" string (ShareGPT\'s text)')
+            out.append({"role": role, "content": value})
+        else:
+            out.append(message)
+    return out
+
+
+def _parse_conversations(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Record:
+    if f.conversations not in obj:
+        raise InputError(f"missing field {f.conversations!r}")
+    source = f"field {f.conversations!r}"
+    messages = parse_messages(sharegpt_messages(obj[f.conversations], source), source)
+    return Record(line, rid, messages=messages, format="conversations")
+
+
+def _parse_text(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Record:
+    text = _string(obj, f.text)
+    if not text:
+        raise InputError(f"field {f.text!r} is empty: there is nothing to score")
+    return Record(line, rid, text=text, format="text")
+
+
+def _int_list(obj: dict[str, Any], name: str, *, bits: bool = False) -> tuple[int, ...]:
+    value = obj[name]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise InputError(f"field {name!r} must be a non-empty array of integers, not {_type_name(value)}")
+    for k, item in enumerate(value):
+        ok = isinstance(item, int) and (not isinstance(item, bool) or bits)
+        if not ok or (bits and item not in (0, 1)):
+            want = "0 or 1" if bits else "an integer"
+            raise InputError(f"field {name!r}: item {k} is {item!r}, not {want}")
+    return tuple(int(x) for x in value)
+
+
+def _parse_tokenized(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Record:
+    if "input_ids" not in obj:
+        raise InputError("missing field 'input_ids'")
+    ids = _int_list(obj, "input_ids")
+    for name in ("labels", *MASK_FIELDS):
+        if name in obj and obj[name] is None:  # absent would train every token: say so, do not guess
+            raise InputError(
+                f"field {name!r} is null; give it as an array, or drop the field (with no labels and no masks every "
+                "token is trained, as TRL does)"
+            )
+    attention = None
+    if obj.get("attention_mask") is not None:
+        attention = _int_list(obj, "attention_mask", bits=True)
+    masks = [name for name in MASK_FIELDS if obj.get(name) is not None]
+    given = (["labels"] if obj.get("labels") is not None else []) + masks + (["attention_mask"] if attention else [])
+    lengths = {name: len(obj[name]) for name in given if isinstance(obj[name], (list, tuple))}
+    for name, n in lengths.items():
+        if n != len(ids):
+            raise InputError(f"field {name!r} has {n} items but 'input_ids' has {len(ids)}; they must match")
+    if obj.get("labels") is not None:
+        labels, source = _int_list(obj, "labels"), "labels"
+    elif masks:
+        values = [_int_list(obj, name, bits=True) for name in masks]
+        labels = tuple(tid if all(bits) else -100 for tid, *bits in zip(ids, *values))
+        source = "+".join(masks)
+    else:
+        labels, source = ids, "input_ids"
+    return Record(
+        line, rid, input_ids=ids, labels=labels, labels_from=source, attention_mask=attention, format="tokenized"
+    )
+
+
+_PARSERS = {
+    "prompt-answer": _parse_prompt_answer,
+    "prompt-completion": _parse_prompt_completion,
+    "messages": _parse_messages,
+    "conversations": _parse_conversations,
+    "text": _parse_text,
+    "tokenized": _parse_tokenized,
+}
+
+
+__all__ = [
+    "FORMATS",
+    "MASK_FIELDS",
+    "SHAREGPT_ROLES",
+    "Fields",
+    "Record",
+    "detect_format",
+    "parse_record",
+    "sharegpt_messages",
+]
