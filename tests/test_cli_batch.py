@@ -256,9 +256,9 @@ def fingerprinted(monkeypatch):
     """Give every loaded model a fingerprint of its folder's files when loading does not compute one."""
     import hashlib
 
-    import ce_inspect.model.loading as loading
+    from ce_inspect.model import loader
 
-    real = loading.load
+    real = loader.load
 
     def load(spec=None, **kwargs):
         lm = real(spec, **kwargs)
@@ -269,7 +269,7 @@ def fingerprinted(monkeypatch):
             lm.fingerprint = digest.hexdigest()
         return lm
 
-    monkeypatch.setattr(loading, "load", load)
+    monkeypatch.setattr(loader, "load", load)
 
 
 def _batch(capsys, data: Path, model: Path, out: Path, *extra: str) -> tuple[int, str]:

@@ -406,12 +406,12 @@ def test_batch_svg_is_well_formed(batch_outputs):
 
 @pytest.fixture
 def no_load(monkeypatch):
-    import ce_inspect.model.loading
+    from ce_inspect.model import loader
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(ce_inspect.model.loading, "load", refuse)
+    monkeypatch.setattr(loader, "load", refuse)
 
 
 @pytest.mark.parametrize("flag", ["--html", "--svg", "--markdown"])
