@@ -440,12 +440,12 @@ def test_cli_unknown_check_is_a_usage_error(tiny_llama_dir, tmp_path, capsys, to
 
 def test_cli_no_model_loads_no_model(tiny_llama_dir, tmp_path, capsys, tok, monkeypatch):
     import ce_inspect.cli.options as options  # the command line's one call of `load`
-    import ce_inspect.model.loading as loading
+    from ce_inspect.model import loader
 
     def refuse(*args, **kwargs):
         raise AssertionError("--no-model loaded the model")
 
-    monkeypatch.setattr(loading, "_load_model", refuse)
+    monkeypatch.setattr(loader, "_load_model", refuse)
     monkeypatch.setattr(options, "load", refuse)
     data = _write(tmp_path / "d.jsonl", _broken(tok, _shift, {0}))
     code, out, err = _cli(capsys, "audit", data, "--model", tiny_llama_dir, "--no-model")

@@ -17,7 +17,8 @@ import pytest
 
 from ce_inspect import load
 from ce_inspect.errors import ModelLoadError
-from ce_inspect.model import MANIFEST, cache_is_valid, gguf_cache_folder, loading
+from ce_inspect.model import MANIFEST, cache_is_valid, fingerprint, gguf_cache_folder
+from ce_inspect.model import gguf as gguf_cache
 
 
 @dataclass
@@ -38,7 +39,7 @@ def fake_gguf(tmp_path, tiny_llama_dir, monkeypatch):
         for item in Path(tiny_llama_dir).iterdir():
             shutil.copy(item, out / item.name)
 
-    monkeypatch.setattr(loading, "_convert_gguf", convert)
+    monkeypatch.setattr(gguf_cache, "_convert_gguf", convert)
     monkeypatch.setenv("CE_INSPECT_CACHE", str(tmp_path / "cache"))
     return fake
 
@@ -195,8 +196,8 @@ def test_zeroed_tensor_bytes_are_detected_and_rebuilt(fake_gguf, tiny_llama_dir,
 def hashes(monkeypatch):
     """The names of the files the cache check reads in full."""
     seen: list[str] = []
-    real = loading._sha256
-    monkeypatch.setattr(loading, "_sha256", lambda path: seen.append(path.name) or real(path))
+    real = gguf_cache.sha256_file
+    monkeypatch.setattr(gguf_cache, "sha256_file", lambda path: seen.append(path.name) or real(path))
     return seen
 
 
@@ -261,7 +262,7 @@ def test_read_only_cache_stays_usable_after_a_touch(fake_gguf, hashes, monkeypat
     """A manifest that cannot be refreshed only means the next run hashes again."""
     folder = Path(gguf_cache_folder(fake_gguf.path))
     touch(folder / "config.json")
-    monkeypatch.setattr(loading.tempfile, "mkstemp", lambda **kw: (_ for _ in ()).throw(PermissionError(13, "no")))
+    monkeypatch.setattr(gguf_cache.tempfile, "mkstemp", lambda **kw: (_ for _ in ()).throw(PermissionError(13, "no")))
     hashes.clear()
     assert cache_is_valid(folder) and cache_is_valid(folder)
     assert hashes == ["config.json", "config.json"]
@@ -279,7 +280,7 @@ def test_cache_missing_weights_is_rebuilt_then_refused(fake_gguf, monkeypatch, t
         del weights["model.norm.weight"]
         save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
 
-    monkeypatch.setattr(loading, "_convert_gguf", convert)
+    monkeypatch.setattr(gguf_cache, "_convert_gguf", convert)
     with pytest.raises(ModelLoadError, match=r"lacks 1 weight \(model\.norm\.weight\)"):
         load(str(fake_gguf.path), device="cpu", quiet=True)
     assert len(fake_gguf.conversions) == 2
@@ -294,9 +295,9 @@ def test_cache_fingerprint_comes_from_the_manifest(fake_gguf, tiny_llama_dir):
     rebuilt = load(str(fake_gguf.path), device="cpu", quiet=True)
     assert len(fake_gguf.conversions) == 2 and rebuilt.fingerprint == lm.fingerprint
     # The cache holds the tiny model's files byte for byte, all under the hashing limit: same digest.
-    assert lm.fingerprint == loading.model_fingerprint(tiny_llama_dir)
+    assert lm.fingerprint == fingerprint.model_fingerprint(tiny_llama_dir)
     manifest_path = Path(lm.path) / MANIFEST
     manifest = json.loads(manifest_path.read_text())
     manifest["files"]["config.json"]["sha256"] = "0" * 64
     manifest_path.write_text(json.dumps(manifest))
-    assert loading.model_fingerprint(lm.path, "gguf") != lm.fingerprint  # read from the manifest
+    assert fingerprint.model_fingerprint(lm.path, "gguf") != lm.fingerprint  # read from the manifest

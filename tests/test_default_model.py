@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from ce_inspect import ScoreOptions, load, score
-from ce_inspect.model import loading as loading_mod
+from ce_inspect.model import gguf as gguf_cache
+from ce_inspect.model import loader
 
 pytestmark = pytest.mark.default_model
 
@@ -36,12 +38,13 @@ def test_per_token_logprobs_match_plain_transformers(smollm2):
 
 
 def test_cache_is_reused(smollm2, monkeypatch):
-    monkeypatch.setenv("CE_INSPECT_CACHE", str(loading_mod.Path(smollm2.path).parents[1]))
+    monkeypatch.setenv("CE_INSPECT_CACHE", str(Path(smollm2.path).parents[1]))
 
     def no_rebuild(*args, **kwargs):
         raise AssertionError("the cache was rebuilt although it is valid")
 
-    monkeypatch.setattr(loading_mod, "build_gguf_cache", no_rebuild)
+    monkeypatch.setattr(gguf_cache, "build_gguf_cache", no_rebuild)
+    monkeypatch.setattr(loader, "build_gguf_cache", no_rebuild)
     again = load(device="cpu")
     assert again.path == smollm2.path
 
@@ -59,7 +62,7 @@ def test_cached_weights_equal_the_gguf(smollm2, smollm2_gguf_logits):
 def test_cli_json_on_default_model(smollm2, capsys, monkeypatch):
     from ce_inspect.cli import main
 
-    monkeypatch.setenv("CE_INSPECT_CACHE", str(loading_mod.Path(smollm2.path).parents[1]))
+    monkeypatch.setenv("CE_INSPECT_CACHE", str(Path(smollm2.path).parents[1]))
     assert main(["run", "-p", PROMPT, "-a", ANSWER, "--json", "--device", "cpu"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["model"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -1470,7 +1470,7 @@ def test_a_full_disk_during_the_lines_is_one_line_and_resume_finishes(command, t
 _BUILD = """
 import shutil, sys, time
 from pathlib import Path
-from ce_inspect.model import loading
+from ce_inspect.model import gguf as gguf_cache
 
 name, model, gguf, events = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
 
@@ -1487,19 +1487,19 @@ def convert(source, out):
     for item in model.iterdir():
         shutil.copy(item, out / item.name)
 
-checked = loading.cache_is_valid
+checked = gguf_cache.cache_is_valid
 def cache_is_valid(folder):
     valid = checked(folder)
     (events / f"{name}.checked-{'valid' if valid else 'invalid'}").touch()
     return valid
 
-loading._convert_gguf, loading.cache_is_valid = convert, cache_is_valid
-folder = Path(loading.gguf_cache_folder(gguf))
-built = (folder / loading.MANIFEST).stat().st_ino
+gguf_cache._convert_gguf, gguf_cache.cache_is_valid = convert, cache_is_valid
+folder = Path(gguf_cache.gguf_cache_folder(gguf))
+built = (folder / gguf_cache.MANIFEST).stat().st_ino
 (events / f"{name}.done").write_text(str(folder))
 if name == "first":
     wait_for("second.done")  # the first is still using its cache while the second finishes
-    assert checked(folder) and (folder / loading.MANIFEST).stat().st_ino == built, "the cache was replaced"
+    assert checked(folder) and (folder / gguf_cache.MANIFEST).stat().st_ino == built, "the cache was replaced"
 """
 
 

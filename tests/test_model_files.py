@@ -17,7 +17,7 @@ from conftest import build_model
 from ce_inspect import load, score
 from ce_inspect.cli import main
 from ce_inspect.errors import ModelChangedError
-from ce_inspect.model.loading import _files_read_while_running, check_model_unchanged, stamp_model_files
+from ce_inspect.model import check_model_unchanged, files_read_while_running, stamp_model_files
 
 WEIGHTS = "model.safetensors"
 
@@ -106,16 +106,16 @@ def test_replaced_or_removed_file_is_caught(lm, model_dir, tmp_path):
 
 
 def test_change_while_loading_fails_the_load(model_dir, monkeypatch):
-    import ce_inspect.model.loading as loading
+    from ce_inspect.model import loader
 
-    original = loading._load_model
+    original = loader._load_model
 
     def load_and_rewrite(*args, **kwargs):
         model = original(*args, **kwargs)
         _rewrite_in_place(model_dir / WEIGHTS)
         return model
 
-    monkeypatch.setattr(loading, "_load_model", load_and_rewrite)
+    monkeypatch.setattr(loader, "_load_model", load_and_rewrite)
     with pytest.raises(ModelChangedError, match="changed while ce-inspect was using it"):
         load(str(model_dir), device="cpu", quiet=True)
 
@@ -128,9 +128,9 @@ def test_only_weights_left_on_cpu_or_meta_are_watched(model_dir):
         tensors = [SimpleNamespace(device=torch.device(d)) for d in devices]
         return SimpleNamespace(parameters=lambda: iter(tensors), buffers=lambda: iter(()))
 
-    assert _files_read_while_running(model_on("cuda:0", "cuda:1"), files) == ()
-    assert _files_read_while_running(model_on("cuda:0", "cpu"), files) == files  # device_map with CPU offload
-    assert _files_read_while_running(model_on("cuda:0", "meta"), files) == files  # disk offload
+    assert files_read_while_running(model_on("cuda:0", "cuda:1"), files) == ()
+    assert files_read_while_running(model_on("cuda:0", "cpu"), files) == files  # device_map with CPU offload
+    assert files_read_while_running(model_on("cuda:0", "meta"), files) == files  # disk offload
     assert files and [Path(f.path).name for f in files] == [WEIGHTS]
 
 
