@@ -12,8 +12,8 @@ Notebook use::
     result = score_messages(lm, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}])
     [(t.turn, t.role, t.mean) for t in result.turns]
 
-A data set, as ``ce-inspect batch`` scores it (resumable, sharded under torchrun; ``diff_dataset`` and
-``audit_dataset`` likewise)::
+A data set, as ``ce-inspect batch`` scores it (resumable, sharded under torchrun; ``diff_dataset``,
+``audit_dataset`` and, with a tokenizer only, ``audit_without_model`` likewise)::
 
     summary = score_dataset(lm, "samples/pairs.jsonl", output="scores.jsonl")
     summary.token_weighted_mean_loss
@@ -31,13 +31,13 @@ import os as _os
 # here, before torch runs anything; a value the user set wins. Other BLAS libraries ignore it.
 _os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
-from ce_inspect.audit import audit_dataset
+from ce_inspect.audit import audit_dataset, audit_without_model
 from ce_inspect.contract import SCHEMA_VERSION, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
 from ce_inspect.data import Fields
 from ce_inspect.dataset import BatchSettings, DatasetSummary, score_dataset
 from ce_inspect.diff import DiffResult, DiffSummary, TokenDiff, diff, diff_dataset, diff_messages
 from ce_inspect.errors import CeInspectError
-from ce_inspect.model import LoadedModel, load
+from ce_inspect.model import LoadedModel, load, load_tokenizer
 from ce_inspect.scoring import (
     ScoreOptions,
     cross_entropy,
@@ -81,6 +81,7 @@ __all__ = [
     "TokenScore",
     "TurnSummary",
     "audit_dataset",
+    "audit_without_model",
     "cross_entropy",
     "diff",
     "diff_dataset",
@@ -91,6 +92,7 @@ __all__ = [
     "encode_pair",
     "joint_split",
     "load",
+    "load_tokenizer",
     "parse_messages",
     "score",
     "score_batch",

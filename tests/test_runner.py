@@ -14,7 +14,7 @@ import ce_inspect
 from ce_inspect import BatchSettings, load
 from ce_inspect.cli import main
 from ce_inspect.dataset import DatasetRun, Interrupted
-from ce_inspect.errors import InputError, ResumeError
+from ce_inspect.errors import InputError, ResumeError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = ROOT / "samples" / "pairs.jsonl"
@@ -124,6 +124,28 @@ def test_audit_dataset_writes_the_lines_audit_writes_and_resumes_them(lm, tiny_l
     _resumed_equals(by_lib, by_cli.read_bytes(), 4, again)
 
 
+def test_audit_without_model_writes_the_lines_audit_no_model_writes(tiny_llama_dir, tmp_path, capsys):
+    data = write_audit_data(tmp_path / "data.jsonl", tiny_llama_dir)
+    by_cli, by_lib = tmp_path / "cli.jsonl", tmp_path / "lib.jsonl"
+    args = ("audit", data, "--model", tiny_llama_dir, "--no-model", "--skip-invalid", "-o", by_cli)
+    code, err = _cli(capsys, *args)
+    assert code == 3, err
+    loaded = []
+
+    def tokenizer():  # called once the output is checked and the data opened
+        loaded.append(by_lib.exists())
+        return ce_inspect.load_tokenizer(str(tiny_llama_dir))
+
+    report = ce_inspect.audit_without_model(tokenizer, data, output=by_lib, skip_invalid=True)
+    assert loaded == [False] and by_lib.read_bytes() == by_cli.read_bytes()
+    assert report.gate_failed == ["no-trained-tokens", "eot-not-trained"] and report.model is None
+    mine = tmp_path / "notes.jsonl"
+    mine.write_text("my own notes\n")
+    with pytest.raises(InputError, match="was not written by ce-inspect"):  # never replaced silently
+        ce_inspect.audit_without_model(tokenizer, data, output=mine, skip_invalid=True)
+    assert len(loaded) == 1 and mine.read_text() == "my own notes\n"  # refused before the tokenizer loads
+
+
 def test_a_run_refuses_leftover_part_files_and_a_changed_input(lm, tmp_path):
     """The runner's checks are every command's: a leftover torchrun part file, and a resumed output that
     does not continue this input."""
@@ -175,7 +197,7 @@ def test_ctrl_c_is_a_keyboard_interrupt_saying_what_the_file_keeps(lm, tmp_path)
 
 
 def test_dataset_run_names_its_parameters():
-    with pytest.raises(InputError, match="`resume` continues an `output` file"):
+    with pytest.raises(UsageError, match="`resume` continues an `output` file"):
         DatasetRun(PAIRS, None, resume=True)
     with pytest.raises(InputError, match="give `resume` or `force`, not both"):
         DatasetRun(PAIRS, "x.jsonl", resume=True, force=True)
