@@ -15,13 +15,12 @@ from ce_inspect.diff.figures import DiffResult, DiffSummary, TokenDiff
 from ce_inspect.errors import InputError
 from ce_inspect.model import check_model_unchanged
 from ce_inspect.scoring import (
+    ScoredLogits,
     ScoreOptions,
     build_results,
     nonfinite_error,
     nonfinite_row,
-    own_losses,
-    pack,
-    scored_rows,
+    scorer_for,
     token_figures,
 )
 from ce_inspect.text import Encoded, Layout, decode_tokens, encode, encode_messages
@@ -171,30 +170,33 @@ def _shown(tokenizer: Any, ids: list[int]) -> str:
 
 @dataclass
 class _Side:
-    """What the comparison needs from one model: its scored rows and head, and how to describe it."""
+    """What the comparison needs from one model: its scored rows, read through the scorer contract, and how to
+    describe it."""
 
     lm: LoadedModel  # with ``model`` set to None once the pass is done in sequential mode
-    examples: list[Encoded]
-    targets: list[int]  # each scored target's id, as ``scoring.pack`` gives it (the label)
-    selected: Any  # [n_scored, hidden] or [n_scored, vocab]
-    head: Callable[[Any], Any]
-    rows: int
-    vocab: int
+    scored: ScoredLogits  # the scored rows, in the one packer's order: the same targets (labels) as `batch`'s
     model_losses: list[float | None]
+
+    @property
+    def examples(self) -> list[Encoded]:
+        return self.scored.examples
+
+    @property
+    def targets(self) -> list[int]:
+        return self.scored.targets  # each scored target's id, as ``scoring.pack`` gives it (the label)
+
+    @property
+    def vocab(self) -> int:
+        return self.scored.vocab
 
     @classmethod
     def run(cls, lm: LoadedModel, examples: list[Encoded], options: ScoreOptions, keep_model: bool = True) -> _Side:
-        import torch
-
-        packed = pack(lm, examples)  # `batch`'s packer: the same targets (labels) at the same positions
-        with torch.inference_mode():
-            selected, head, rows = scored_rows(
-                lm, packed.input_ids, packed.attention, packed.position_ids, packed.rows_b, packed.rows_t, options
-            )
-            vocab = int(head(selected[:1]).shape[-1])
-            losses = own_losses(lm, examples) if options.verify else [None] * len(examples)
+        scorer = scorer_for(lm)
+        scored = scorer.scored_logits(examples, options)
+        losses = scorer.own_losses(examples) if options.verify else [None] * len(examples)
+        del scorer  # the scored rows hold the output head, not the model: sequential mode releases its body
         kept = lm if keep_model else dataclasses.replace(lm, model=None)
-        return cls(kept, examples, packed.targets, selected, head, rows, vocab, list(losses))
+        return cls(kept, scored, list(losses))
 
 
 def compare(ref: _Side, cand: _Side, options: ScoreOptions) -> list[DiffResult]:
@@ -206,13 +208,13 @@ def compare(ref: _Side, cand: _Side, options: ScoreOptions) -> list[DiffResult]:
     if max(targets) >= shared:
         raise InputError(f"a scored token id ({max(targets)}) is outside the shared vocabulary of {shared} ids")
     # Both sides' logits, their log-softmax and the KL terms are live at once: about twice what `run` holds.
-    rows = options.chunk_tokens or max(1, min(ref.rows, cand.rows) // 2)
+    rows = options.chunk_tokens or max(1, min(ref.scored.rows, cand.scored.rows) // 2)
     target_tensor = torch.tensor(targets)
     parts: dict[str, dict[str, list[torch.Tensor]]] = {"ref": {}, "cand": {}, "pair": {}}
     with torch.inference_mode():
         for start in range(0, len(targets), rows):
-            ref_logits = ref.head(ref.selected[start : start + rows]).float()  # [rows, vocab_ref]
-            cand_logits = cand.head(cand.selected[start : start + rows]).float().to(ref_logits.device)
+            ref_logits = ref.scored.logits(start, start + rows)  # [rows, vocab_ref], float32
+            cand_logits = cand.scored.logits(start, start + rows).to(ref_logits.device)  # [rows, vocab_cand]
             chunk_targets = target_tensor[start : start + rows].to(ref_logits.device)
             for name, logits in (("ref", ref_logits), ("cand", cand_logits)):
                 figures = token_figures(
