@@ -15,7 +15,6 @@ from ce_inspect.diff.figures import DiffResult, DiffSummary, TokenDiff
 from ce_inspect.errors import InputError
 from ce_inspect.model import check_model_unchanged
 from ce_inspect.scoring import (
-    ScoredLogits,
     ScoreOptions,
     build_results,
     nonfinite_error,
@@ -170,33 +169,31 @@ def _shown(tokenizer: Any, ids: list[int]) -> str:
 
 @dataclass
 class _Side:
-    """What the comparison needs from one model: its scored rows, read through the scorer contract, and how to
-    describe it."""
+    """What the comparison needs from one model: its scored rows, and how to describe it."""
 
     lm: LoadedModel  # with ``model`` set to None once the pass is done in sequential mode
-    scored: ScoredLogits  # the scored rows, in the one packer's order: the same targets (labels) as `batch`'s
+    examples: list[Encoded]
+    targets: list[int]  # each scored target's id, as ``scoring.pack`` gives it (the label)
+    selected: Any  # the scored rows by row: the scorer's ``ScoredLogits`` (a slice is its logits), or logits
+    head: Callable[[Any], Any]  # a slice of ``selected`` -> its logits [rows, vocab]
+    rows: int
+    vocab: int
     model_losses: list[float | None]
-
-    @property
-    def examples(self) -> list[Encoded]:
-        return self.scored.examples
-
-    @property
-    def targets(self) -> list[int]:
-        return self.scored.targets  # each scored target's id, as ``scoring.pack`` gives it (the label)
-
-    @property
-    def vocab(self) -> int:
-        return self.scored.vocab
 
     @classmethod
     def run(cls, lm: LoadedModel, examples: list[Encoded], options: ScoreOptions, keep_model: bool = True) -> _Side:
+        """One forward pass through the scorer contract, ``batch``'s packer laying the examples out: the same
+        targets (labels) at the same positions. The scored rows keep the output head, not the model's body."""
         scorer = scorer_for(lm)
         scored = scorer.scored_logits(examples, options)
+        vocab = scored.vocab
         losses = scorer.own_losses(examples) if options.verify else [None] * len(examples)
-        del scorer  # the scored rows hold the output head, not the model: sequential mode releases its body
         kept = lm if keep_model else dataclasses.replace(lm, model=None)
-        return cls(kept, scored, list(losses))
+        return cls(kept, scored.examples, scored.targets, scored, _as_logits, scored.rows, vocab, list(losses))
+
+
+def _as_logits(rows: Any) -> Any:
+    return rows  # a slice of a ``ScoredLogits`` is already its logits
 
 
 def compare(ref: _Side, cand: _Side, options: ScoreOptions) -> list[DiffResult]:
@@ -208,13 +205,13 @@ def compare(ref: _Side, cand: _Side, options: ScoreOptions) -> list[DiffResult]:
     if max(targets) >= shared:
         raise InputError(f"a scored token id ({max(targets)}) is outside the shared vocabulary of {shared} ids")
     # Both sides' logits, their log-softmax and the KL terms are live at once: about twice what `run` holds.
-    rows = options.chunk_tokens or max(1, min(ref.scored.rows, cand.scored.rows) // 2)
+    rows = options.chunk_tokens or max(1, min(ref.rows, cand.rows) // 2)
     target_tensor = torch.tensor(targets)
     parts: dict[str, dict[str, list[torch.Tensor]]] = {"ref": {}, "cand": {}, "pair": {}}
     with torch.inference_mode():
         for start in range(0, len(targets), rows):
-            ref_logits = ref.scored.logits(start, start + rows)  # [rows, vocab_ref], float32
-            cand_logits = cand.scored.logits(start, start + rows).to(ref_logits.device)  # [rows, vocab_cand]
+            ref_logits = ref.head(ref.selected[start : start + rows]).float()  # [rows, vocab_ref]
+            cand_logits = cand.head(cand.selected[start : start + rows]).float().to(ref_logits.device)
             chunk_targets = target_tensor[start : start + rows].to(ref_logits.device)
             for name, logits in (("ref", ref_logits), ("cand", cand_logits)):
                 figures = token_figures(

@@ -52,6 +52,13 @@ class ScoredLogits(ABC):
         ``figures.nonfinite_row`` tells the user, and log-probabilities no longer show it.
         """
 
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        """``scored[i:j]``: ``logits(i, j)``, the bounds clamped as a slice's are."""
+        start, stop, step = rows.indices(len(self))
+        if step != 1:
+            raise ValueError("scored rows are read in contiguous chunks")
+        return self.logits(start, max(start, stop))
+
     def chunk(self, start: int, stop: int) -> torch.Tensor:
         """The float32 log-probabilities [stop - start, vocab] of scored rows ``start`` .. ``stop - 1``."""
         import torch
