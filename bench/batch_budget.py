@@ -41,7 +41,8 @@ from machine import describe as machine  # noqa: E402
 from ce_inspect.data import encode_record, read_records  # noqa: E402
 from ce_inspect.dataset import BatchSettings, JsonlSink, output_line, run_scan, scan_dataset  # noqa: E402
 from ce_inspect.model import default_gguf_path, gguf_cache_folder, load  # noqa: E402
-from ce_inspect.scoring import scorer as scoring  # noqa: E402
+from ce_inspect.scoring import hf as scoring  # noqa: E402
+from ce_inspect.scoring import score_batch  # noqa: E402
 
 WORDS = (
     "the model reads a prompt and scores each token of the answer with the loss that training would assign "
@@ -144,7 +145,7 @@ def overhead(lm, scan, data: Path, out: Path) -> dict[str, float]:
         scoring.build_results = real_results
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     # Writing: the output document (to_dict) and its JSON line, timed on results rebuilt for the purpose.
-    results = [scoring.score_batch(lm, [e])[0] for e in encoded[:20]]
+    results = [score_batch(lm, [e])[0] for e in encoded[:20]]
     entries = [e for e in scan.entries if e.pending][:20]
     start = time.perf_counter()
     with JsonlSink.open(out.with_suffix(".again")) as sink:

@@ -284,7 +284,7 @@ class _LeakyModel(torch.nn.Module):
 def test_right_padding_stays_masked_for_a_model_whose_positions_see_it():
     from types import SimpleNamespace
 
-    from ce_inspect.scoring.scorer import _unmasked_padding_ok
+    from ce_inspect.scoring.forward import _unmasked_padding_ok
 
     torch.manual_seed(0)
     ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]])

@@ -158,7 +158,7 @@ def test_batch_stops_at_the_first_batch_after_the_change(when, model_dir, tmp_pa
     """Batches of 2 in input order (sort window 2): the first batch's 2 lines are kept, and they are the
     lines of a run on unchanged files; nothing computed after the rewrite is written."""
     import ce_inspect.dataset.batch as batch
-    import ce_inspect.scoring.scorer as scoring
+    import ce_inspect.scoring.hf as scoring
 
     data = _records(tmp_path / "data.jsonl", 6)
     args = ["batch", str(data), "-m", str(model_dir), "--device", "cpu", "-b", "2", "--sort-window", "2"]

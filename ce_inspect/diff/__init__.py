@@ -1,7 +1,7 @@
 """Two models on the same tokens: per-token ΔNLL, KL divergence and top-1 agreement, with llama.cpp's statistics.
 
 Each side lays the example out with its own tokenizer; the comparison goes on only when both give the
-same tokens and the same scored positions. Each model runs its body once (``scoring.scored_rows``) and
+same tokens and the same scored positions. Each model runs its body once (``Scorer.scored_logits``) and
 its head only at the scored positions, ``rows`` at a time, so no (sequence x vocabulary) tensor exists
 for either model. Every figure is computed in float32; sums and statistics in float64.
 

@@ -19,9 +19,7 @@ from ce_inspect.scoring import (
     build_results,
     nonfinite_error,
     nonfinite_row,
-    own_losses,
-    pack,
-    scored_rows,
+    scorer_for,
     token_figures,
 )
 from ce_inspect.text import Encoded, Layout, decode_tokens, encode, encode_messages
@@ -171,30 +169,31 @@ def _shown(tokenizer: Any, ids: list[int]) -> str:
 
 @dataclass
 class _Side:
-    """What the comparison needs from one model: its scored rows and head, and how to describe it."""
+    """What the comparison needs from one model: its scored rows, and how to describe it."""
 
     lm: LoadedModel  # with ``model`` set to None once the pass is done in sequential mode
     examples: list[Encoded]
     targets: list[int]  # each scored target's id, as ``scoring.pack`` gives it (the label)
-    selected: Any  # [n_scored, hidden] or [n_scored, vocab]
-    head: Callable[[Any], Any]
+    selected: Any  # the scored rows by row: the scorer's ``ScoredLogits`` (a slice is its logits), or logits
+    head: Callable[[Any], Any]  # a slice of ``selected`` -> its logits [rows, vocab]
     rows: int
     vocab: int
     model_losses: list[float | None]
 
     @classmethod
     def run(cls, lm: LoadedModel, examples: list[Encoded], options: ScoreOptions, keep_model: bool = True) -> _Side:
-        import torch
-
-        packed = pack(lm, examples)  # `batch`'s packer: the same targets (labels) at the same positions
-        with torch.inference_mode():
-            selected, head, rows = scored_rows(
-                lm, packed.input_ids, packed.attention, packed.position_ids, packed.rows_b, packed.rows_t, options
-            )
-            vocab = int(head(selected[:1]).shape[-1])
-            losses = own_losses(lm, examples) if options.verify else [None] * len(examples)
+        """One forward pass through the scorer contract, ``batch``'s packer laying the examples out: the same
+        targets (labels) at the same positions. The scored rows keep the output head, not the model's body."""
+        scorer = scorer_for(lm)
+        scored = scorer.scored_logits(examples, options)
+        vocab = scored.vocab
+        losses = scorer.own_losses(examples) if options.verify else [None] * len(examples)
         kept = lm if keep_model else dataclasses.replace(lm, model=None)
-        return cls(kept, examples, packed.targets, selected, head, rows, vocab, list(losses))
+        return cls(kept, scored.examples, scored.targets, scored, _as_logits, scored.rows, vocab, list(losses))
+
+
+def _as_logits(rows: Any) -> Any:
+    return rows  # a slice of a ``ScoredLogits`` is already its logits
 
 
 def compare(ref: _Side, cand: _Side, options: ScoreOptions) -> list[DiffResult]:

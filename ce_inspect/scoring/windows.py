@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING
 
 from ce_inspect.contract import ScoreResult, SequenceToken, Summary, TokenScore
 from ce_inspect.errors import InputError, NonFiniteError
+from ce_inspect.scoring.api import score_batch
+from ce_inspect.scoring.figures import nonfinite_error
 from ce_inspect.text import Encoded, decode_tokens, is_windowed, special_ids, window_plan
 
 if TYPE_CHECKING:
     from ce_inspect.model import LoadedModel
-    from ce_inspect.scoring.scorer import ScoreOptions
+    from ce_inspect.scoring.options import ScoreOptions
 
 #: Windows scored in one forward pass.
 WINDOWS_PER_BATCH = 8
@@ -30,8 +32,6 @@ def score_examples(
     lm: LoadedModel, examples: Sequence[Encoded], options: ScoreOptions, *, padding_side: str = "right"
 ) -> list[ScoreResult]:
     """``scoring.score_batch``, except that examples longer than the context are scored in windows."""
-    from ce_inspect.scoring.scorer import score_batch
-
     plain = [i for i, e in enumerate(examples) if not is_windowed(e)]
     results: dict[int, ScoreResult] = {}
     if plain:
@@ -47,8 +47,6 @@ def score_windows(
     lm: LoadedModel, example: Encoded, options: ScoreOptions, *, padding_side: str = "right"
 ) -> ScoreResult:
     """Score every trained position of ``example`` once, in windows of ``layout["windows"]``."""
-    from ce_inspect.scoring.scorer import score_batch
-
     spec = example.layout["windows"]
     plan = window_plan(len(example), spec["window"], spec["stride"])
     pieces = [(begin, _window(example, begin, end, first)) for begin, end, first in plan]
@@ -75,8 +73,6 @@ def _in_text(
     lm: LoadedModel, example: Encoded, options: ScoreOptions, exc: NonFiniteError, done: int, group: list[Encoded]
 ) -> NonFiniteError:
     """``exc``, raised for a window of ``group``, naming its token among the whole text's scored tokens."""
-    from ce_inspect.scoring.scorer import nonfinite_error
-
     at = next(i for i, piece in enumerate(group) if piece is exc.example)
     row = done + sum(len(piece.scored_positions) for piece in group[:at]) + exc.scored
     smoothing = options.label_smoothing

@@ -1,0 +1,159 @@
+"""The scorer contract's one implementation today: a Hugging Face model's forward pass (``HFScorer``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from ce_inspect.contract import ScoreResult
+from ce_inspect.model import check_model_unchanged
+from ce_inspect.scoring.contract import ScoredLogits, Scorer
+from ce_inspect.scoring.figures import nonfinite_error, nonfinite_row, token_figures
+from ce_inspect.scoring.forward import own_losses, scored_rows, vocab_size
+from ce_inspect.scoring.options import ScoreOptions
+from ce_inspect.scoring.packer import Packed, pack
+from ce_inspect.scoring.results import build_results
+from ce_inspect.text import Encoded
+
+if TYPE_CHECKING:
+    import torch
+
+    from ce_inspect.model import LoadedModel
+
+
+class HFScoredLogits(ScoredLogits):
+    """The scored rows of one forward pass of a Hugging Face model: the hidden states its output head would
+    see at the scored positions and that head, or (when it projected them itself) its logits there. It holds
+    the head, not the model: the model's body may be released while it lives."""
+
+    def __init__(
+        self, examples: Sequence[Encoded], targets: Sequence[int], selected: Any, head: Any, rows: int
+    ) -> None:
+        super().__init__(examples, targets, rows)
+        self.selected = selected  # [n_scored, hidden] or [n_scored, vocab]
+        self.head = head  # ``head(selected[i:j])`` is the logits [j - i, vocab]
+        self._vocab: int | None = None
+
+    @property
+    def vocab(self) -> int:
+        if self._vocab is None:
+            self._vocab = int(self.logits(0, 1).shape[-1])
+        return self._vocab
+
+    def logits(self, start: int, stop: int) -> torch.Tensor:
+        import torch
+
+        with torch.inference_mode():
+            return self.head(self.selected[start:stop]).float()  # [stop - start, vocab]
+
+
+class HFScorer(Scorer):
+    """A loaded Hugging Face model's forward pass, behind the scorer contract."""
+
+    def __init__(self, lm: LoadedModel) -> None:
+        self.lm = lm
+
+    def score(
+        self, examples: Sequence[Encoded], options: ScoreOptions, *, padding_side: str = "right"
+    ) -> list[ScoreResult]:
+        """Score several examples in one padded forward pass; each result equals scoring it alone.
+
+        Position ids are derived from the attention mask, so left and right padding give the same figures.
+        """
+        import torch
+
+        if not examples:
+            return []
+        lm = self.lm
+        packed = pack(lm, examples, padding_side=padding_side)
+        options, top_k_note = _fit_top_k(lm, options)
+        with torch.inference_mode():
+            figures = _figures(lm, examples, packed, options)
+            model_losses = self.own_losses(examples) if options.verify else [None] * len(examples)
+        check_model_unchanged(lm)  # the pass read the weights from their files: were they the loaded ones?
+
+        results = build_results(lm, examples, figures, model_losses, options)
+        if top_k_note:
+            results = [replace(r, notes=(*r.notes, top_k_note)) for r in results]
+        return results
+
+    def scored_logits(
+        self, examples: Sequence[Encoded], options: ScoreOptions, *, padding_side: str = "right"
+    ) -> HFScoredLogits:
+        """One forward pass over ``examples`` laid out by the one packer: the same targets (labels) at the same
+        positions as ``score``."""
+        return _scored_logits(self.lm, examples, pack(self.lm, examples, padding_side=padding_side), options)
+
+    def own_losses(self, examples: Sequence[Encoded]) -> list[float]:
+        """The model's own ``loss`` (its CrossEntropyLoss path), one example at a time."""
+        import torch
+
+        with torch.inference_mode():
+            return own_losses(self.lm, examples)
+
+
+def _scored_logits(
+    lm: LoadedModel, examples: Sequence[Encoded], packed: Packed, options: ScoreOptions
+) -> HFScoredLogits:
+    import torch
+
+    with torch.inference_mode():
+        selected, head, rows = scored_rows(
+            lm, packed.input_ids, packed.attention, packed.position_ids, packed.rows_b, packed.rows_t, options
+        )
+    return HFScoredLogits(examples, packed.targets, selected, head, rows)
+
+
+def _figures(
+    lm: LoadedModel, examples: Sequence[Encoded], packed: Packed, options: ScoreOptions
+) -> dict[str, list[Any]]:
+    """The forward pass over ``packed`` and every scored target's figures, a chunk of rows at a time."""
+    import torch
+
+    scored = _scored_logits(lm, examples, packed, options)
+    targets, rows = packed.targets, scored.rows
+    target_tensor = torch.tensor(targets)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(scored), rows):
+        chunk_logits = scored.logits(start, start + rows)  # [rows, vocab]
+        chunk = token_figures(
+            chunk_logits,
+            target_tensor[start : start + rows].to(chunk_logits.device),
+            label_smoothing=options.label_smoothing,
+            top_k=options.top_k,
+        )
+        bad = nonfinite_row(chunk_logits, target_tensor[start : start + rows], chunk)
+        if bad is not None:
+            row = start + bad[0]
+            raise nonfinite_error(
+                lm.tokenizer,
+                examples,
+                row,
+                bad[1],
+                target=targets[row],
+                dtype=lm.dtype,
+                label_smoothing=options.label_smoothing,
+            )
+        for key, value in chunk.items():
+            parts.setdefault(key, []).append(value.cpu())
+        del chunk_logits, chunk
+    out = {key: torch.cat(values).tolist() for key, values in parts.items()}
+    out["target"] = targets
+    return out
+
+
+def top_k_note(lm: LoadedModel, options: ScoreOptions) -> str | None:
+    """The note every result carries when ``top_k`` is more than the vocabulary (the width of the logits)."""
+    vocab = vocab_size(lm.model)
+    if options.top_k <= vocab:
+        return None
+    return f"top-k {options.top_k} is more than the model's vocabulary of {vocab} tokens; showing all {vocab} (--top-k)"
+
+
+def _fit_top_k(lm: LoadedModel, options: ScoreOptions) -> tuple[ScoreOptions, str | None]:
+    """``top_k`` clamped to the vocabulary, with the note that says so (None when it fits)."""
+    note = top_k_note(lm, options)
+    if note is None:
+        return options, None
+    return replace(options, top_k=vocab_size(lm.model)), note
