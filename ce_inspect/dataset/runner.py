@@ -31,27 +31,20 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from ce_inspect.data import DataInfo, Fields, Record, open_data
-from ce_inspect.dataset.batch import (
-    DEFAULT_WORST,
-    BatchSettings,
-    BatchStats,
-    JsonlSink,
-    ResumeState,
-    Scan,
-    check_batch_output,
-    read_resume,
-    run_scan,
-    scan_dataset,
-)
+from ce_inspect.dataset.batching import BatchSettings, run_scan
 from ce_inspect.dataset.job import Job
+from ce_inspect.dataset.resume import ResumeState, read_resume
+from ce_inspect.dataset.scan import Scan, scan_dataset
+from ce_inspect.dataset.sink import JsonlSink, check_batch_output
+from ce_inspect.dataset.summary import DEFAULT_WORST, BatchStats
 from ce_inspect.distributed import current_session
 from ce_inspect.errors import InputError
 from ce_inspect.scoring import ScoreOptions
 from ce_inspect.text import Encoded, Layout
 
 if TYPE_CHECKING:
-    from ce_inspect.dataset.batch import DatasetSummary
     from ce_inspect.dataset.sharded import ShardedResume
+    from ce_inspect.dataset.summary import DatasetSummary
     from ce_inspect.distributed import Session
     from ce_inspect.model import LoadedModel
 
