@@ -9,7 +9,6 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ce_inspect.contract import dumps
 from ce_inspect.errors import InputError
-from ce_inspect.files import check_output, open_stream, stream_write_error
 
 if TYPE_CHECKING:
     from ce_inspect.dataset.resume import ResumeState
@@ -48,6 +47,8 @@ class JsonlSink:
     def open(cls, path: str | os.PathLike[str], *, resume: ResumeState | None = None) -> JsonlSink:
         """A fresh output (a regular file emptied in place, keeping its mode and links), or the resumed
         file cut back to its last complete line."""
+        from ce_inspect.files import open_stream
+
         path = Path(path)
         try:
             if resume is None:
@@ -72,6 +73,8 @@ class JsonlSink:
                     written = self._stream.write(data)  # type: ignore[arg-type]
                     data = data[written or 0 :]
             except OSError as exc:
+                from ce_inspect.files import stream_write_error
+
                 raise stream_write_error(self.name, exc, lines=self.lines, resumable=self.regular) from None
             self.committed += len(text.encode("utf-8"))
         self.lines += 1
@@ -95,6 +98,8 @@ class JsonlSink:
 def check_batch_output(output: Path, input: str | os.PathLike[str], *, resume: bool, force: bool) -> OutputTarget:
     """The checks of ``files.check_output`` for batch's JSON lines, plus batch's own rule: an existing
     file is continued (``resume``) or replaced (``force``), never silently either. Raises ``InputError``."""
+    from ce_inspect.files import check_output
+
     # An existing file needs resume (and read_resume then checks every byte of it) or force (which
     # replaces whatever is there), so the first-bytes test of check_output has nothing to add.
     target = check_output(output, inputs=[("the input file", input)], label="`output`", force=True)
