@@ -1439,7 +1439,7 @@ class _SmallDisk:
 def test_a_full_disk_during_the_lines_is_one_line_and_resume_finishes(command, tmp_path, tiny_llama_dir, capsys):
     """Item 8: a full disk during `batch -o` / `audit -o` was an `OSError: [Errno 28]` traceback. Now one
     line saying so, naming the file and the whole lines kept; `--resume` with space again finishes it."""
-    from ce_inspect import files
+    from ce_inspect.dataset import sink  # where the runner opens its output
 
     rows = "".join(json.dumps({"prompt": f"the cat {i}", "answer": f" sat on mat {i}"}) + "\n" for i in range(12))
     (tmp_path / "r12.jsonl").write_text(rows)
@@ -1450,7 +1450,7 @@ def test_a_full_disk_during_the_lines_is_one_line_and_resume_finishes(command, t
     line_size = len(whole.splitlines(keepends=True)[0])
     (tmp_path / "out.jsonl").unlink()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(files, "open_stream", _SmallDisk(int(line_size * 3.5)))
+        patch.setattr(sink, "open_stream", _SmallDisk(int(line_size * 3.5)))
         code, out, err = _cli(args, tmp_path, tiny_llama_dir, capsys)
     assert "Traceback" not in err and code == 1, err
     errors = [line for line in err.splitlines() if line.startswith("Error: ")]

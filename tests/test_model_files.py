@@ -157,7 +157,7 @@ def _records(path: Path, n: int) -> Path:
 def test_batch_stops_at_the_first_batch_after_the_change(when, model_dir, tmp_path, capsys, monkeypatch):
     """Batches of 2 in input order (sort window 2): the first batch's 2 lines are kept, and they are the
     lines of a run on unchanged files; nothing computed after the rewrite is written."""
-    import ce_inspect.dataset.batch as batch
+    import ce_inspect.dataset.batching as batch
     import ce_inspect.scoring.hf as scoring
 
     data = _records(tmp_path / "data.jsonl", 6)

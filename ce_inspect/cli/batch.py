@@ -30,7 +30,6 @@ from ce_inspect.data import Fields
 from ce_inspect.dataset import (
     DEFAULT_SORT_WINDOW,
     DEFAULT_WORST,
-    PADDING_SIDES,
     BatchSettings,
     check_run_arguments,
     score_dataset,
@@ -131,8 +130,6 @@ def batch(
 ) -> None:
     """Score every record of a data set (JSONL, JSON, Parquet, datasets; '-': JSONL on stdin): one JSON line per
     example, in input order, then a summary."""
-    if padding_side not in PADDING_SIDES:
-        raise typer.BadParameter(f"{padding_side!r}: use right or left", param_hint="--padding-side")
     settings = BatchSettings(
         batch_size=batch_size,  # None: the device's default, as for max_tokens
         max_tokens=max_tokens,

@@ -1,44 +1,31 @@
 """The data-set runner: records scanned and batched by token budget, results written in input order,
 resume, torchrun sharding and the merge, the summary; ``Job`` is what a command adds."""
 
-from ce_inspect.dataset.batch import (
+from ce_inspect.dataset.batching import (
     DEFAULT_MAX_PADDING,
     DEFAULT_MAX_ROWS,
     DEFAULT_MAX_TOKENS,
     DEFAULT_SORT_WINDOW,
-    DEFAULT_WORST,
-    LINE_PREFIX,
     PADDING_SIDES,
     BatchReport,
     BatchSettings,
-    BatchStats,
-    DatasetSummary,
-    Entry,
-    ExampleStats,
-    JsonlSink,
-    LineParser,
     ProgressCallback,
-    ResumeState,
-    Scan,
     ScoreFunction,
-    Skipped,
-    SummaryBuilder,
-    WorstToken,
-    check_batch_output,
-    check_resume_settings,
     device_kind,
-    fingerprint_targets,
-    line_settings,
-    output_conflict,
     output_line,
     plan_batches,
-    read_resume,
     run_scan,
-    scan_dataset,
-    worst_tokens_of,
 )
 from ce_inspect.dataset.job import (
     Job,
+)
+from ce_inspect.dataset.resume import (
+    LINE_PREFIX,
+    LineParser,
+    ResumeState,
+    check_resume_settings,
+    line_settings,
+    read_resume,
 )
 from ce_inspect.dataset.runner import (
     STDIN,
@@ -50,6 +37,12 @@ from ce_inspect.dataset.runner import (
     input_name,
     score_dataset,
 )
+from ce_inspect.dataset.scan import (
+    Entry,
+    Scan,
+    id_note,
+    scan_dataset,
+)
 from ce_inspect.dataset.sharded import (
     ShardedResume,
     add_batching,
@@ -60,6 +53,23 @@ from ce_inspect.dataset.sharded import (
     score_share,
     shard_lines,
     unscored_lines,
+)
+from ce_inspect.dataset.sink import (
+    JsonlSink,
+    check_batch_output,
+    output_conflict,
+)
+from ce_inspect.dataset.summary import (
+    DEFAULT_WORST,
+    BatchStats,
+    DatasetSummary,
+    ExampleStats,
+    Skipped,
+    SummaryBuilder,
+    WorstToken,
+    fingerprint_targets,
+    push_largest,
+    worst_tokens_of,
 )
 
 __all__ = [
@@ -99,6 +109,7 @@ __all__ = [
     "check_shares",
     "device_kind",
     "fingerprint_targets",
+    "id_note",
     "input_name",
     "line_settings",
     "merge_and_sum_up",
@@ -106,6 +117,7 @@ __all__ = [
     "output_conflict",
     "output_line",
     "plan_batches",
+    "push_largest",
     "read_resume",
     "read_sharded_resume",
     "run_scan",

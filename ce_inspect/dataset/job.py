@@ -7,10 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ce_inspect.dataset.batch import BatchReport, BatchSettings, Scan
+from ce_inspect.dataset.batching import BatchReport, BatchSettings
+from ce_inspect.dataset.scan import Scan
 
 if TYPE_CHECKING:
-    from ce_inspect.dataset.batch import Entry
+    from ce_inspect.dataset.scan import Entry
     from ce_inspect.model import LoadedModel
     from ce_inspect.scoring import ScoreOptions
     from ce_inspect.text import Encoded

@@ -31,20 +31,13 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from ce_inspect.data import DataInfo, Fields, Record, open_data
-from ce_inspect.dataset.batch import (
-    DEFAULT_WORST,
-    BatchSettings,
-    BatchStats,
-    JsonlSink,
-    ResumeState,
-    Scan,
-    check_batch_output,
-    read_resume,
-    run_scan,
-    scan_dataset,
-)
+from ce_inspect.dataset.batching import BatchSettings, run_scan
 from ce_inspect.dataset.job import Job
+from ce_inspect.dataset.resume import ResumeState, read_resume
+from ce_inspect.dataset.scan import Scan, scan_dataset
 from ce_inspect.dataset.sharded import add_batching, merge_and_sum_up, read_sharded_resume, score_share
+from ce_inspect.dataset.sink import JsonlSink, check_batch_output
+from ce_inspect.dataset.summary import DEFAULT_WORST, BatchStats
 from ce_inspect.distributed import check_parts, current_session, part_path
 from ce_inspect.errors import UsageError
 from ce_inspect.files import is_stream, output_lock, spooled_input, writes_through
@@ -53,8 +46,8 @@ from ce_inspect.scoring import ScoreOptions, top_k_note
 from ce_inspect.text import Encoded, Layout
 
 if TYPE_CHECKING:
-    from ce_inspect.dataset.batch import DatasetSummary
     from ce_inspect.dataset.sharded import ShardedResume
+    from ce_inspect.dataset.summary import DatasetSummary
     from ce_inspect.distributed import Session
 
 #: How messages and the summary name a data set read from stdin.

@@ -19,13 +19,19 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ce_inspect.dataset.batch import BatchReport, BatchStats, JsonlSink, read_resume, run_scan
+from ce_inspect.dataset.batching import BatchReport, run_scan
+from ce_inspect.dataset.resume import read_resume
+from ce_inspect.dataset.sink import JsonlSink
+from ce_inspect.dataset.summary import BatchStats
 from ce_inspect.distributed import RankFailedError, Session, part_path
 from ce_inspect.errors import ResumeError
 from ce_inspect.files import atomic_stream, write_all
 
 if TYPE_CHECKING:
-    from ce_inspect.dataset.batch import BatchSettings, DatasetSummary, Entry, ResumeState, Scan
+    from ce_inspect.dataset.batching import BatchSettings
+    from ce_inspect.dataset.resume import ResumeState
+    from ce_inspect.dataset.scan import Entry, Scan
+    from ce_inspect.dataset.summary import DatasetSummary
     from ce_inspect.model import LoadedModel
     from ce_inspect.scoring import ScoreOptions
 

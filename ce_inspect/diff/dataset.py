@@ -12,9 +12,21 @@ from typing import IO, TYPE_CHECKING, Any
 from ce_inspect.contract import (
     DIFF_SCHEMA_VERSION,
     DiffLineDict,
+    conform,
 )
 from ce_inspect.contract.diff import DiffDatasetDict, WorstExampleDict
-from ce_inspect.dataset import BatchSettings, DatasetRun, Progress, as_loaded
+from ce_inspect.data import encode_whole
+from ce_inspect.dataset import (
+    BatchSettings,
+    DatasetRun,
+    ExampleStats,
+    Job,
+    Progress,
+    as_loaded,
+    check_resume_settings,
+    fingerprint_targets,
+    line_settings,
+)
 from ce_inspect.diff.compare import check_same_tokens, diff_encoded
 from ce_inspect.diff.figures import DiffResult, DiffSummary, TokenFigures
 from ce_inspect.distributed import current_session
@@ -33,8 +45,6 @@ if TYPE_CHECKING:
 def diff_job(ref: LoadedModel, cand: LoadedModel, options: ScoreOptions, worst: int) -> Job:
     """``diff --input``'s job for the one runner: both models on the same tokens, one line of KL, ΔNLL and top-1
     agreement per example, the lines read back for ``resume`` and the torchrun merge."""
-    from ce_inspect.dataset import Job
-
     return Job(
         command="diff",
         make_report=lambda scan: DiffReport(ref, cand, scan, worst, options),
@@ -48,7 +58,6 @@ def record_encoder(ref_lm: LoadedModel, cand_lm: LoadedModel, layout: Layout) ->
     """Record -> the reference's example, after checking the candidate's tokenizer lays out the same tokens
     (a record where they differ is an invalid record: it stops the run, or is skipped with --skip-invalid).
     Every record is encoded as ``batch`` encodes it, whole: diff scores no windows."""
-    from ce_inspect.data import encode_whole
 
     def encoder(record: Any) -> Encoded:
         ref = encode_whole(ref_lm, record, layout, "diff")
@@ -100,8 +109,6 @@ class DiffReport:
     def __init__(
         self, ref_lm: LoadedModel, cand_lm: LoadedModel, scan: Any, worst: int, options: ScoreOptions | None = None
     ) -> None:
-        from ce_inspect.dataset import check_resume_settings
-
         self.written = diff_line_settings(ref_lm, cand_lm, scan.layout, options or ScoreOptions(), scan.fields)
         if scan.resume is not None:  # before any line is written: a changed model or option changes nothing
             check_resume_settings(scan.resume, self.written)
@@ -187,8 +194,6 @@ def diff_line_settings(
 ) -> dict[str, Any]:
     """``batch.line_settings`` of the reference (model, fingerprint, dtype, every layout and scoring option,
     the record fields) plus the candidate's model, fingerprint and dtype as ``model_b``, ... ."""
-    from ce_inspect.dataset import line_settings
-
     settings = line_settings(ref_lm, layout, options, fields)
     cand = line_settings(cand_lm, layout, options, fields)
     return {
@@ -203,9 +208,6 @@ def diff_line_stats(obj: Any, worst: int) -> tuple[Any, list[Any]]:
     """``batch.read_resume``'s parser for ``diff --input`` lines: the line, checked key for key against
     ``DiffLineDict``, as the scan's ``ExampleStats`` (the reference's figures, the scored targets'
     fingerprint) carrying a ``ResumedDiff``. ``worst`` is unused: diff's summary keeps no worst tokens."""
-    from ce_inspect.contract import conform
-    from ce_inspect.dataset import ExampleStats, fingerprint_targets
-
     if not isinstance(obj, dict) or obj.get("schema_version") != DIFF_SCHEMA_VERSION or obj.get("kind") != "diff":
         raise ValueError(f"not a schema_version {DIFF_SCHEMA_VERSION} diff document")
     conform(DiffLineDict, obj)

@@ -1,0 +1,326 @@
+"""The per-example figures and the data-set summary: ``ExampleStats`` of each scored example, the worst
+examples and tokens, the skipped records, how the run batched (``BatchStats``), and ``SummaryBuilder``,
+which sums them up in input order into a ``DatasetSummary``.
+
+The data-set figures are what training reports over the flattened data set: the token-weighted mean is
+``sum(loss) / scored tokens``, i.e. ``CrossEntropyLoss(reduction="mean")`` over every example's shifted
+logits and labels concatenated; the example-weighted mean averages the per-example means instead.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ce_inspect.contract import (
+    SCHEMA_VERSION,
+    BatchingDict,
+    BatchSummaryDict,
+    ScoreResult,
+    SkippedDict,
+    WorstExampleDict,
+    WorstTokenDict,
+    perplexity,
+)
+from ce_inspect.data import DataInfo
+from ce_inspect.display import histogram
+
+if TYPE_CHECKING:
+    from ce_inspect.model import LoadedModel
+
+DEFAULT_WORST = 10
+
+
+@dataclass(frozen=True)
+class WorstToken:
+    """One scored token, located in the data set, for the list of highest losses."""
+
+    line: int
+    id: str | int | None
+    index: int
+    token: str
+    token_id: int
+    segment: str
+    loss: float
+    prob: float
+    rank: int
+
+    def to_dict(self) -> WorstTokenDict:
+        return {
+            "line": self.line,
+            "id": self.id,
+            "index": self.index,
+            "token": self.token,
+            "token_id": self.token_id,
+            "segment": self.segment,
+            "loss": self.loss,
+            "prob": self.prob,
+            "rank": self.rank,
+        }
+
+
+def fingerprint_targets(targets: Sequence[tuple[int, int]]) -> str:
+    """A digest of the (position, token id) of every scored target: what resume compares with the input.
+    Stable across processes and versions of Python, so an output line can carry it (``audit``'s do)."""
+    import hashlib
+
+    return hashlib.blake2b(json.dumps([list(t) for t in targets]).encode(), digest_size=12).hexdigest()
+
+
+@dataclass(frozen=True)
+class ExampleStats:
+    """What the data-set summary needs of one scored example (also rebuilt from an output line)."""
+
+    line: int
+    id: str | int | None
+    count: int
+    loss_sum: float
+    mean: float
+    nll_sum: float
+    greedy_hits: int
+    sequence_tokens: int
+    fingerprint: str  # fingerprint_targets of its scored targets
+    #: What another command's report needs to rebuild its summary from the line (``diff``: every token's
+    #: figures); None for ``batch``, whose summary needs only the fields above.
+    payload: Any = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_result(cls, line: int, rid: str | int | None, result: ScoreResult) -> ExampleStats:
+        s = result.summary
+        return cls(
+            line=line,
+            id=rid,
+            count=s.count,
+            loss_sum=s.sum,
+            mean=s.mean,
+            nll_sum=-math.fsum(t.logprob for t in result.tokens),
+            greedy_hits=s.greedy_hits,
+            sequence_tokens=len(result.sequence),
+            fingerprint=fingerprint_targets([(t.index, t.token_id) for t in result.tokens]),
+        )
+
+    def to_dict(self) -> WorstExampleDict:
+        return {"line": self.line, "id": self.id, "mean": self.mean, "sum": self.loss_sum, "count": self.count}
+
+
+def worst_tokens_of(line: int, rid: str | int | None, result: ScoreResult, n: int) -> list[WorstToken]:
+    top = heapq.nlargest(n, result.tokens, key=lambda t: t.loss)
+    return [WorstToken(line, rid, t.index, t.token, t.token_id, t.segment, t.loss, t.prob, t.rank) for t in top]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    line: int
+    id: str | int | None
+    reason: str
+
+    def to_dict(self) -> SkippedDict:
+        return {"line": self.line, "id": self.id, "reason": self.reason}
+
+
+@dataclass
+class BatchStats:
+    """How this run batched its work (resumed examples excluded)."""
+
+    batch_size: int | None
+    max_tokens: int | None
+    padding_side: str
+    batches: int = 0
+    examples: int = 0
+    sequence_tokens: int = 0  # real tokens run through the model
+    padded_positions: int = 0  # rows x width summed over batches: what the forward passes computed
+    seconds: float = 0.0
+
+    @property
+    def padding_fraction(self) -> float | None:
+        if not self.padded_positions:
+            return None
+        return 1.0 - self.sequence_tokens / self.padded_positions
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        return self.sequence_tokens / self.seconds if self.seconds > 0 else None
+
+    def to_dict(self) -> BatchingDict:
+        return {
+            "batch_size": self.batch_size,
+            "max_tokens": self.max_tokens,
+            "padding_side": self.padding_side,
+            "batches": self.batches,
+            "examples": self.examples,
+            "sequence_tokens": self.sequence_tokens,
+            "padded_positions": self.padded_positions,
+            "padding_fraction": self.padding_fraction,
+            "seconds": self.seconds,
+            "tokens_per_second": self.tokens_per_second,
+        }
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """The data-set figures. ``token_weighted_mean_loss`` is what a training step over the whole set reports."""
+
+    model: str
+    device: str
+    dtype: str
+    input: str
+    output: str | None
+    examples: int  # scored examples, resumed ones included
+    resumed: int  # of which were read back from the output file (--resume)
+    scored_tokens: int
+    loss_sum: float
+    nll_sum: float
+    example_weighted_mean_loss: float | None
+    greedy_hits: int
+    label_smoothing: float
+    ignore_index: int
+    worst_examples: tuple[ExampleStats, ...]
+    worst_tokens: tuple[WorstToken, ...]
+    skipped: tuple[Skipped, ...]
+    batching: BatchStats
+    data: DataInfo | None = None  # the file kind and record format read
+    #: Per-example mean losses counted in round bins (``display.histogram``): the shape of the data set.
+    example_loss_histogram: dict[str, list[Any]] = field(default_factory=lambda: histogram([]))
+
+    @property
+    def token_weighted_mean_loss(self) -> float | None:
+        """sum(loss) / scored tokens: CrossEntropyLoss(reduction='mean') over the flattened data set."""
+        return self.loss_sum / self.scored_tokens if self.scored_tokens else None
+
+    @property
+    def mean_nll(self) -> float | None:
+        """Token-weighted mean of -log p(target); equals the mean loss unless label smoothing is on."""
+        return self.nll_sum / self.scored_tokens if self.scored_tokens else None
+
+    @property
+    def perplexity(self) -> float | None:
+        return perplexity(self.mean_nll) if self.mean_nll is not None else None
+
+    def to_dict(self) -> BatchSummaryDict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "batch_summary",
+            "model": self.model,
+            "device": self.device,
+            "dtype": self.dtype,
+            "input": self.input,
+            "output": self.output,
+            "examples": self.examples,
+            "resumed": self.resumed,
+            "skipped_count": len(self.skipped),
+            "scored_tokens": self.scored_tokens,
+            "token_weighted_mean_loss": self.token_weighted_mean_loss,
+            "example_weighted_mean_loss": self.example_weighted_mean_loss,
+            "loss_sum": self.loss_sum,
+            "mean_nll": self.mean_nll,
+            "perplexity": self.perplexity,
+            "greedy_hits": self.greedy_hits,
+            "label_smoothing": self.label_smoothing,
+            "ignore_index": self.ignore_index,
+            "worst_examples": [e.to_dict() for e in self.worst_examples],
+            "worst_tokens": [t.to_dict() for t in self.worst_tokens],
+            "skipped": [s.to_dict() for s in self.skipped],
+            "batching": self.batching.to_dict(),
+            "example_loss_histogram": {
+                "edges": list(self.example_loss_histogram["edges"]),
+                "counts": list(self.example_loss_histogram["counts"]),
+            },
+            **({"data": self.data.to_dict()} if self.data is not None else {}),
+        }
+
+
+class SummaryBuilder:
+    """Accumulates examples in input order; keeps only the ``worst`` highest examples and tokens."""
+
+    def __init__(self, worst: int = DEFAULT_WORST) -> None:
+        self.worst = worst
+        self.examples = 0
+        self.resumed = 0
+        self.tokens = 0
+        self.greedy_hits = 0
+        self._loss_sums: list[float] = []
+        self._nll_sums: list[float] = []
+        self._means: list[float] = []
+        self._worst_examples: list[tuple[float, int, ExampleStats]] = []  # min-heap of (mean, -line, stats)
+        self._worst_tokens: list[tuple[float, int, int, WorstToken]] = []  # min-heap of (loss, -line, -index, tok)
+        self.skipped: list[Skipped] = []
+
+    def add(self, stats: ExampleStats, *, resumed: bool = False) -> None:
+        self.examples += 1
+        self.resumed += resumed
+        self.tokens += stats.count
+        self.greedy_hits += stats.greedy_hits
+        self._loss_sums.append(stats.loss_sum)
+        self._nll_sums.append(stats.nll_sum)
+        self._means.append(stats.mean)
+        if self.worst:
+            push_largest(self._worst_examples, (stats.mean, -stats.line, stats), self.worst)
+
+    def add_tokens(self, tokens: Sequence[WorstToken]) -> None:
+        if self.worst:
+            for t in tokens:
+                push_largest(self._worst_tokens, (t.loss, -t.line, -t.index, t), self.worst)
+
+    def skip(self, skipped: Skipped) -> None:
+        self.skipped.append(skipped)
+
+    def finish(
+        self,
+        lm: LoadedModel,
+        *,
+        input: str,
+        output: str | None,
+        label_smoothing: float,
+        ignore_index: int,
+        batching: BatchStats,
+        data: DataInfo | None = None,
+    ) -> DatasetSummary:
+        return DatasetSummary(
+            model=lm.name,
+            device=lm.device,
+            dtype=lm.dtype,
+            input=input,
+            output=output,
+            examples=self.examples,
+            resumed=self.resumed,
+            scored_tokens=self.tokens,
+            loss_sum=math.fsum(self._loss_sums),
+            nll_sum=math.fsum(self._nll_sums),
+            example_weighted_mean_loss=math.fsum(self._means) / len(self._means) if self._means else None,
+            greedy_hits=self.greedy_hits,
+            label_smoothing=label_smoothing,
+            ignore_index=ignore_index,
+            worst_examples=tuple(item[-1] for item in sorted(self._worst_examples, reverse=True)),
+            worst_tokens=tuple(item[-1] for item in sorted(self._worst_tokens, key=lambda x: x[:3], reverse=True)),
+            skipped=tuple(self.skipped),
+            batching=batching,
+            data=data,
+            example_loss_histogram=histogram(self._means),
+        )
+
+
+def push_largest(heap: list[Any], item: tuple[Any, ...], n: int) -> None:
+    """Keep in the min-heap ``heap`` the ``n`` largest items pushed (``resume`` keeps its worst tokens so too)."""
+    # Keys are unique (line, and index within a line), so tuples never compare their last element.
+    if len(heap) < n:
+        heapq.heappush(heap, item)
+    elif item[:-1] > heap[0][:-1]:
+        heapq.heapreplace(heap, item)
+
+
+__all__ = [
+    "BatchStats",
+    "DEFAULT_WORST",
+    "DatasetSummary",
+    "ExampleStats",
+    "Skipped",
+    "SummaryBuilder",
+    "WorstToken",
+    "fingerprint_targets",
+    "push_largest",
+    "worst_tokens_of",
+]
