@@ -446,7 +446,7 @@ def test_report_usage_conflicts_exit_2(args, capsys, no_load, tmp_path, monkeypa
 
 
 def test_a_failed_render_leaves_no_file(tiny_llama_dir, tmp_path, monkeypatch):
-    import ce_inspect.reports.report
+    import ce_inspect.reports
 
     old = tmp_path / "old.html"
     old.write_text("<!DOCTYPE html>\n<!-- ce-inspect report: run -->\nprevious")
