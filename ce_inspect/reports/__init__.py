@@ -1,19 +1,23 @@
-"""HTML and Markdown reports, rendered from the JSON documents through jinja2 templates."""
+"""HTML and Markdown reports, rendered from the JSON documents only (so what a report shows is the JSON).
 
-from ce_inspect.reports.report import (
-    AUDIT_RECORDS_SHOWN,
+A run's report is built from ``ScoreResult.to_dict()``; a batch's from ``DatasetSummary.to_dict()`` and the
+output lines (``BatchLines`` keeps what it needs of them: loss by position and the worst lines whole).
+Templates live in ``ce_inspect/reports/templates``; jinja2 escapes every value in HTML, and a finalize step
+escapes every value in Markdown, so a token cannot add markup to either.
+
+Every figure goes through ``display.fmt`` (4 decimals), as in the terminal. Each number in the HTML sits in
+an element whose ``data-f`` attribute names the JSON field it shows (``tokens.3.loss``), which is how the
+tests check every number against the JSON document.
+
+``pieces`` holds what every report shares (the strip, the token rows, the legend, ``script_json``),
+``environment`` the template environments and Markdown escaping; ``run``, ``batch``, ``diff`` and ``audit``
+each hold one command's context and its HTML and Markdown.
+"""
+
+from ce_inspect.reports.audit import AUDIT_RECORDS_SHOWN, audit_context, audit_html, audit_markdown
+from ce_inspect.reports.batch import BatchLines, batch_context, batch_html, batch_markdown
+from ce_inspect.reports.diff import (
     KL_BINS,
-    REPORT_MARK,
-    REPORT_MARK_TEXT,
-    TARGET_SEGMENTS,
-    BatchLines,
-    MarkdownText,
-    audit_context,
-    audit_html,
-    audit_markdown,
-    batch_context,
-    batch_html,
-    batch_markdown,
     diff_context,
     diff_dataset_context,
     diff_dataset_html,
@@ -21,14 +25,20 @@ from ce_inspect.reports.report import (
     diff_html,
     diff_markdown,
     kl_bin,
-    markdown_escape,
-    run_context,
-    run_html,
-    run_markdown,
+)
+from ce_inspect.reports.environment import MarkdownText, fence, html_environment, markdown_environment, markdown_escape
+from ce_inspect.reports.pieces import (
+    REPORT_MARK,
+    REPORT_MARK_TEXT,
+    TARGET_SEGMENTS,
+    legend,
     script_json,
+    shown_id,
+    skipped_rows,
     strip_lines,
     token_rows,
 )
+from ce_inspect.reports.run import run_context, run_html, run_markdown
 
 __all__ = [
     "AUDIT_RECORDS_SHOWN",
@@ -50,12 +60,18 @@ __all__ = [
     "diff_dataset_markdown",
     "diff_html",
     "diff_markdown",
+    "fence",
+    "html_environment",
     "kl_bin",
+    "legend",
+    "markdown_environment",
     "markdown_escape",
     "run_context",
     "run_html",
     "run_markdown",
     "script_json",
+    "shown_id",
+    "skipped_rows",
     "strip_lines",
     "token_rows",
 ]
