@@ -41,8 +41,27 @@ def commands(samples: Path) -> dict[str, tuple[list[str], list[str]]]:
             + ["--summary-json", "summary.json"],
             ["out.jsonl", "summary.json"],
         ),
-        "audit-no-model": (
-            ["audit", str(audit / "padding-trained.jsonl"), "--no-model", "--json", "-o", "o.jsonl"],
+        "batch-chat": (["batch", str(samples / "chat.jsonl"), "-o", "out.jsonl"], ["out.jsonl"]),
+        "batch-broken": (
+            ["batch", str(samples / "broken.jsonl"), "--skip-invalid", "-o", "out.jsonl", "--summary-json", "s.json"],
+            ["out.jsonl", "s.json"],
+        ),
+        "batch-trl": (["batch", pairs, "--tokenization", "trl", "--skip-invalid"], []),
+        "batch-stdout": (["batch", pairs, "--skip-invalid", "--no-sequence", "-b", "3"], []),
+        "run-messages": (["run", "--messages", str(samples / "chat.json"), "--json"], []),
+        "diff-input-chat": (
+            ["diff", "--input", str(samples / "chat.jsonl"), "--dtype-b", "bfloat16", "--summary-json", "s.json"],
+            ["s.json"],
+        ),
+        **{
+            f"audit-no-model-{path.stem}": (
+                ["audit", str(path), "--no-model", "--json", "-o", "o.jsonl", "--skip-invalid"],
+                ["o.jsonl"],
+            )
+            for path in sorted(audit.glob("*.jsonl"))
+        },
+        "audit-model-clean": (
+            ["audit", str(audit / "clean.jsonl"), "--json", "-o", "o.jsonl", "--summary-json", "s.json"],
             ["o.jsonl"],
         ),
         "audit-model": (
