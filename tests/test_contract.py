@@ -18,8 +18,8 @@ import pytest
 from conftest import byte_tokenizer
 
 from ce_inspect import Layout, ScoreOptions, score, score_messages
+from ce_inspect import contract as wire
 from ce_inspect.cli import main
-from ce_inspect.contract import result as wire
 
 ROOT = Path(__file__).resolve().parents[1]
 CONVERSATION = [
