@@ -6,8 +6,9 @@ declared here (tests/test_contract.py checks real outputs against both, and ``py
 ce_inspect.contract.schema`` turns these types into the JSON Schema files in ``schema/``). Adding keys keeps
 ``SCHEMA_VERSION``; renaming or removing one bumps it.
 
-``wire`` holds the machinery (``SCHEMA_VERSION``, ``dumps``, ``conform``); ``run``, ``layout``, ``batch``,
-``diff`` and ``audit`` each command's documents; ``schema`` the JSON Schema generator.
+``wire`` holds the machinery (``SCHEMA_VERSION``, ``dumps``, ``conform``, and ``WireObject``, which derives a
+dataclass's ``to_dict``/``from_dict`` from its TypedDict, so each field is declared once); ``run``,
+``layout``, ``batch``, ``diff`` and ``audit`` each command's documents; ``schema`` the JSON Schema generator.
 """
 
 from ce_inspect.contract.audit import (
@@ -74,7 +75,9 @@ from ce_inspect.contract.run import (
     perplexity,
 )
 from ce_inspect.contract.wire import (
+    NOT_ON_WIRE,
     SCHEMA_VERSION,
+    WireObject,
     as_read_back,
     conform,
     dumps,
@@ -110,6 +113,7 @@ __all__ = [
     "DocumentDict",
     "HistogramDict",
     "Id",
+    "NOT_ON_WIRE",
     "LayoutDict",
     "PairLayoutDict",
     "ResultDict",
@@ -131,6 +135,7 @@ __all__ = [
     "TurnDict",
     "TurnSummary",
     "WindowsDict",
+    "WireObject",
     "WorstExampleDict",
     "WorstTokenDict",
     "as_read_back",

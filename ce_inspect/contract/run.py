@@ -5,11 +5,12 @@ the wire format of (``ScoreResult``, ``TokenScore``, ``Summary``, ...)."""
 # annotations only, and with string annotations every key would silently count as required.
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ce_inspect.contract.layout import LayoutDict
-from ce_inspect.contract.wire import SCHEMA_VERSION, NotRequired, TypedDict, conform, dumps
+from ce_inspect.contract.wire import NOT_ON_WIRE, SCHEMA_VERSION, NotRequired, TypedDict, WireObject, conform, dumps
 
 # --- the wire format: run's document --------------------------------------------------------------------
 
@@ -110,26 +111,18 @@ class ResultDict(DocumentDict):
 
 
 @dataclass(frozen=True)
-class Alternative:
+class Alternative(WireObject[AlternativeDict]):
     token_id: int
     token: str
     prob: float
     bytes: str | None = None  # hex bytes of a token that does not decode on its own (see ``TokenScore``)
 
-    def to_dict(self) -> AlternativeDict:
-        d: AlternativeDict = {"token_id": self.token_id, "token": self.token, "prob": self.prob}
-        if self.bytes is not None:
-            d["bytes"] = self.bytes
-        return d
-
-    @classmethod
-    def from_dict(cls, d: AlternativeDict) -> "Alternative":
-        return cls(token_id=d["token_id"], token=d["token"], prob=d["prob"], bytes=d.get("bytes"))
-
 
 @dataclass(frozen=True)
-class TokenScore:
+class TokenScore(WireObject[TokenDict]):
     """One scored target: the token at ``index``, predicted from the logits at ``index - 1``."""
+
+    wire_names: ClassVar[Mapping[str, str]] = {"greedy": "is_greedy"}  # derived from ``rank``, so not read
 
     index: int
     token_id: int
@@ -155,41 +148,9 @@ class TokenScore:
     def is_greedy(self) -> bool:
         return self.rank == 1
 
-    def to_dict(self) -> TokenDict:
-        d: TokenDict = {
-            "index": self.index,
-            "token_id": self.token_id,
-            "token": self.token,
-            "piece": self.piece,
-            "segment": self.segment,
-            "special": self.special,
-            "prob": self.prob,
-            "logprob": self.logprob,
-            "loss": self.loss,
-            "rank": self.rank,
-            "top_id": self.top_id,
-            "top_token": self.top_token,
-            "top_prob": self.top_prob,
-            "greedy": self.is_greedy,
-            "turn": self.turn,
-        }
-        if self.bytes is not None:
-            d["bytes"] = self.bytes
-        if self.top_bytes is not None:
-            d["top_bytes"] = self.top_bytes
-        if self.top_k:
-            d["top_k"] = [a.to_dict() for a in self.top_k]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: TokenDict) -> "TokenScore":
-        """The token ``d`` describes (``greedy`` is derived from ``rank``, so it is not read)."""
-        fields = {k: v for k, v in d.items() if k not in ("greedy", "top_k")}
-        return cls(**fields, top_k=tuple(Alternative.from_dict(a) for a in d.get("top_k", ())))  # type: ignore[arg-type]
-
 
 @dataclass(frozen=True)
-class SequenceToken:
+class SequenceToken(WireObject[SequenceTokenDict]):
     """Every input position, scored or not, for the whole-sequence view."""
 
     index: int
@@ -201,25 +162,6 @@ class SequenceToken:
     special: bool = False
     turn: int | None = None
     bytes: str | None = None  # as ``TokenScore.bytes``
-
-    def to_dict(self) -> SequenceTokenDict:
-        d: SequenceTokenDict = {
-            "index": self.index,
-            "token_id": self.token_id,
-            "token": self.token,
-            "segment": self.segment,
-            "scored": self.scored,
-            "loss": self.loss,
-            "special": self.special,
-            "turn": self.turn,
-        }
-        if self.bytes is not None:
-            d["bytes"] = self.bytes
-        return d
-
-    @classmethod
-    def from_dict(cls, d: SequenceTokenDict) -> "SequenceToken":
-        return cls(**d)
 
 
 def perplexity(mean_nll: float) -> float | None:
@@ -247,7 +189,7 @@ class _DerivedFigures:
 
 
 @dataclass(frozen=True)
-class Summary(_DerivedFigures):
+class Summary(_DerivedFigures, WireObject[SummaryDict]):
     reduction: str
     mean: float
     sum: float
@@ -258,7 +200,7 @@ class Summary(_DerivedFigures):
     greedy_hits: int
     model_loss: float | None = None
     verify_abs_diff: float | None = None
-    per_token: tuple[float, ...] = ()
+    per_token: tuple[float, ...] = field(default=(), metadata=NOT_ON_WIRE)  # on the wire as ``loss``
     sum_logprob: float | None = None
 
     @property
@@ -270,50 +212,15 @@ class Summary(_DerivedFigures):
             return list(self.per_token)
         return self.mean
 
-    def to_dict(self) -> SummaryDict:
-        d: SummaryDict = {
-            "reduction": self.reduction,
-            "loss": self.loss,
-            "mean": self.mean,
-            "sum": self.sum,
-            "count": self.count,
-            "perplexity": self.perplexity,
-            "mean_nll": self.mean_nll,
-            "label_smoothing": self.label_smoothing,
-            "ignore_index": self.ignore_index,
-            "greedy_hits": self.greedy_hits,
-            "is_greedy": self.is_greedy,
-        }
-        if self.model_loss is not None:
-            d["model_loss"] = self.model_loss
-        if self.verify_abs_diff is not None:
-            d["verify_abs_diff"] = self.verify_abs_diff
-        if self.sum_logprob is not None:
-            d["sum_logprob"] = self.sum_logprob
-        return d
-
     @classmethod
-    def from_dict(cls, d: SummaryDict) -> "Summary":
+    def from_dict(cls, d: SummaryDict) -> "Summary":  # type: ignore[override]
         """The summary ``d`` describes; ``loss``, ``perplexity`` and ``is_greedy`` are derived, so not read."""
         loss = d["loss"]
-        return cls(
-            reduction=d["reduction"],
-            mean=d["mean"],
-            sum=d["sum"],
-            count=d["count"],
-            mean_nll=d["mean_nll"],
-            label_smoothing=d["label_smoothing"],
-            ignore_index=d["ignore_index"],
-            greedy_hits=d["greedy_hits"],
-            model_loss=d.get("model_loss"),
-            verify_abs_diff=d.get("verify_abs_diff"),
-            per_token=tuple(loss) if isinstance(loss, list) else (),
-            sum_logprob=d.get("sum_logprob"),
-        )
+        return cls(**cls.fields_from_dict(d), per_token=tuple(loss) if isinstance(loss, list) else ())
 
 
 @dataclass(frozen=True)
-class TurnSummary(_DerivedFigures):
+class TurnSummary(_DerivedFigures, WireObject[TurnDict]):
     """The figures of one conversation turn's scored tokens (the overall Summary stays the token-level mean)."""
 
     turn: int | None
@@ -327,30 +234,12 @@ class TurnSummary(_DerivedFigures):
     first_index: int
     last_index: int
 
-    def to_dict(self) -> TurnDict:
-        return {
-            "turn": self.turn,
-            "role": self.role,
-            "count": self.count,
-            "mean": self.mean,
-            "sum": self.sum,
-            "mean_nll": self.mean_nll,
-            "perplexity": self.perplexity,
-            "sum_logprob": self.sum_logprob,
-            "greedy_hits": self.greedy_hits,
-            "is_greedy": self.is_greedy,
-            "first_index": self.first_index,
-            "last_index": self.last_index,
-        }
-
-    @classmethod
-    def from_dict(cls, d: TurnDict) -> "TurnSummary":
-        return cls(**{k: v for k, v in d.items() if k not in ("perplexity", "is_greedy")})  # type: ignore[arg-type]
-
 
 @dataclass(frozen=True)
-class ScoreResult:
+class ScoreResult(WireObject[ResultDict]):
     """What one example scores to: the figures the CLI renders and ``--json`` serialises."""
+
+    schema_version: ClassVar[int] = SCHEMA_VERSION
 
     model: str
     device: str
@@ -363,18 +252,13 @@ class ScoreResult:
     turns: tuple[TurnSummary, ...] = ()
 
     def to_dict(self) -> ResultDict:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "model": self.model,
-            "device": self.device,
-            "dtype": self.dtype,
-            "layout": dict(self.layout),  # type: ignore[typeddict-item]
-            "tokens": [t.to_dict() for t in self.tokens],
-            "summary": self.summary.to_dict(),
-            "sequence": [s.to_dict() for s in self.sequence],
-            "notes": list(self.notes),
-            "turns": [t.to_dict() for t in self.turns],
-        }
+        d = super().to_dict()
+        # The one key order that is not the TypedDict's: run's document has always held ``sequence`` right
+        # after ``summary``, where ResultDict declares it after the keys a batch line shares (and the schema
+        # files list it there), so ``notes`` and ``turns`` move behind it.
+        d["notes"] = d.pop("notes")
+        d["turns"] = d.pop("turns")
+        return d
 
     def to_json(self, indent: int | None = 2) -> str:
         return dumps(self.to_dict(), indent=indent)
@@ -395,14 +279,6 @@ class ScoreResult:
     @classmethod
     def build(cls, d: Any) -> "ScoreResult":
         """The result a document already checked against ``ResultDict`` (or ``BatchLineDict``) describes."""
-        return cls(
-            model=d["model"],
-            device=d["device"],
-            dtype=d["dtype"],
-            tokens=tuple(TokenScore.from_dict(t) for t in d["tokens"]),
-            summary=Summary.from_dict(d["summary"]),
-            sequence=tuple(SequenceToken.from_dict(s) for s in d.get("sequence", ())),
-            layout=dict(d["layout"]),
-            notes=tuple(d["notes"]),
-            turns=tuple(TurnSummary.from_dict(t) for t in d["turns"]),
-        )
+        fields = cls.fields_from_dict(d)
+        fields.setdefault("sequence", ())  # a batch line written with --no-sequence
+        return cls(**fields)
