@@ -51,7 +51,7 @@ lint: setup
 	# The layers of pyproject.toml [tool.importlinter]: each module imports only the layers below it.
 	$(BIN)/lint-imports --no-cache
 
-# Regenerate schema/*.json from the TypedDicts in ce_inspect/contract/result.py (commit the result).
+# Regenerate schema/*.json from the TypedDicts in ce_inspect/contract/ (commit the result).
 schema: setup
 	$(BIN)/python -m ce_inspect.contract.schema
 

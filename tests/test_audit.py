@@ -380,7 +380,7 @@ def _conforms(d: dict, typed) -> None:
 
 
 def _document_conforms(doc: dict) -> None:
-    from ce_inspect.contract import result as r
+    from ce_inspect import contract as r
 
     _conforms(doc, r.AuditDict)
     if "loss" in doc:
@@ -396,7 +396,7 @@ def _document_conforms(doc: dict) -> None:
 
 
 def _lines_conform(lines: list[dict]) -> None:
-    from ce_inspect.contract import result as r
+    from ce_inspect import contract as r
 
     for line in lines:
         _conforms(line, r.AuditRecordLineDict)

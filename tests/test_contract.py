@@ -9,6 +9,7 @@ in either direction.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import types
 import typing
@@ -18,8 +19,8 @@ import pytest
 from conftest import byte_tokenizer
 
 from ce_inspect import Layout, ScoreOptions, score, score_messages
+from ce_inspect import contract as wire
 from ce_inspect.cli import main
-from ce_inspect.contract import result as wire
 
 ROOT = Path(__file__).resolve().parents[1]
 CONVERSATION = [
@@ -269,6 +270,55 @@ def test_from_dict_refuses_what_is_not_the_contract(run_documents, edit, words):
     with pytest.raises(ValueError) as info:
         wire.ScoreResult.from_dict(doc)
     assert words in str(info.value)
+
+
+# --- each field declared once ----------------------------------------------------------------------------
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def test_every_wire_object_is_its_typeddict():
+    """A WireObject's TypedDict declares its wire fields: each dataclass field is a key (or marked NOT_ON_WIRE),
+    and each key that is not a field is a figure derived from them (a property or a class constant)."""
+    from ce_inspect.contract.wire import WireObject
+
+    objects = set(_subclasses(WireObject))
+    assert {wire.Alternative, wire.TokenScore, wire.SequenceToken, wire.Summary, wire.TurnSummary} <= objects
+    assert wire.ScoreResult in objects
+    for cls in objects:
+        keys = {cls.wire_names.get(key, key) for key in typing.get_type_hints(cls.wire_type)}
+        assert set(cls.wire_names) <= set(typing.get_type_hints(cls.wire_type)), cls
+        every = {f.name for f in dataclasses.fields(cls)}
+        fields = {f.name for f in dataclasses.fields(cls) if f.metadata.get("wire", True)}
+        assert fields <= keys, f"{cls.__name__}: not in {cls.wire_type.__name__}: {fields - keys}"
+        for name in keys - fields:
+            assert name not in every, f"{cls.__name__}.{name} is marked NOT_ON_WIRE but is a key"
+            static = inspect.getattr_static(cls, name)
+            assert isinstance(static, (property, int)), f"{cls.__name__}.{name}"
+
+
+def test_documents_keep_their_key_order(run_documents):
+    """Objects list their required keys in their TypedDict's order, then the optional ones they hold; run's
+    document alone has ``sequence`` right after ``summary``."""
+    doc = run_documents["cli pair"]
+    assert list(doc) == [
+        "schema_version", "model", "device", "dtype", "layout", "tokens", "summary", "sequence", "notes", "turns"
+    ]  # fmt: skip
+    for tp, obj in [
+        (wire.TokenDict, doc["tokens"][0]),
+        (wire.AlternativeDict, doc["tokens"][0]["top_k"][0]),
+        (wire.SummaryDict, doc["summary"]),
+        (wire.SequenceTokenDict, doc["sequence"][0]),
+        (wire.TurnDict, run_documents["messages"]["turns"][0]),
+        *((wire.TokenDict, t) for t in run_documents["bytes"]["tokens"] if "bytes" in t),
+    ]:
+        keys = list(typing.get_type_hints(tp))
+        required = [k for k in keys if k in tp.__required_keys__]
+        assert list(obj) == required + [k for k in keys if k not in tp.__required_keys__ and k in obj], tp
 
 
 # --- the JSON Schema files ------------------------------------------------------------------------------

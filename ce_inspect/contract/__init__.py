@@ -1,6 +1,39 @@
-"""The JSON contract: every document's TypedDicts, the typed results, ``SCHEMA_VERSION``, ``dumps``; the
-JSON Schema generator (``python -m ce_inspect.contract.schema``)."""
+"""The JSON contract: every document ce-inspect writes, declared as exact TypedDicts, and the typed results.
 
+Everything the CLI prints comes from these objects; ``to_dict()`` is the wire format, declared as exact
+TypedDicts: a key without ``NotRequired`` is in every document, and no document holds a key that is not
+declared here (tests/test_contract.py checks real outputs against both, and ``python -m
+ce_inspect.contract.schema`` turns these types into the JSON Schema files in ``schema/``). Adding keys keeps
+``SCHEMA_VERSION``; renaming or removing one bumps it.
+
+``wire`` holds the machinery (``SCHEMA_VERSION``, ``dumps``, ``conform``, and ``WireObject``, which derives a
+dataclass's ``to_dict``/``from_dict`` from its TypedDict, so each field is declared once); ``run``,
+``layout``, ``batch``, ``diff`` and ``audit`` each command's documents; ``schema`` the JSON Schema generator.
+"""
+
+from ce_inspect.contract.audit import (
+    AuditCheckDict,
+    AuditDict,
+    AuditExampleDict,
+    AuditFindingDict,
+    AuditLossDict,
+    AuditRecordLineDict,
+    AuditRecordLossDict,
+    AuditRecordRefDict,
+    AuditTokenDict,
+)
+from ce_inspect.contract.batch import (
+    BatchingDict,
+    BatchLineDict,
+    BatchSummaryDict,
+    DataDict,
+    HistogramDict,
+    Id,
+    SkippedDict,
+    WorstExampleDict,
+    WorstTokenDict,
+    batch_line_from_dict,
+)
 from ce_inspect.contract.diff import (
     DIFF_SCHEMA_VERSION,
     DiffDatasetDict,
@@ -11,55 +44,43 @@ from ce_inspect.contract.diff import (
     DiffSummaryDict,
     TokenDiffDict,
 )
-from ce_inspect.contract.result import (
-    SCHEMA_VERSION,
-    Alternative,
-    AlternativeDict,
-    AuditCheckDict,
-    AuditDict,
-    AuditExampleDict,
-    AuditFindingDict,
-    AuditLossDict,
-    AuditRecordLineDict,
-    AuditRecordLossDict,
-    AuditRecordRefDict,
-    AuditTokenDict,
-    BatchingDict,
-    BatchLineDict,
-    BatchSummaryDict,
+from ce_inspect.contract.layout import (
     BoundaryDict,
     BoundaryTokenDict,
     ChatLayoutDict,
-    DataDict,
-    HistogramDict,
-    Id,
     LayoutDict,
     PairLayoutDict,
-    ResultDict,
-    ScoreResult,
-    SequenceToken,
-    SequenceTokenDict,
-    SkippedDict,
-    Summary,
-    SummaryDict,
     TemplateMaskDict,
     TemplateMaskUnusedDict,
     TextLayoutDict,
     TokenCountsDict,
-    TokenDict,
     TokenizedLayoutDict,
-    TokenScore,
     TrlLayoutDict,
+    WindowsDict,
+)
+from ce_inspect.contract.run import (
+    Alternative,
+    AlternativeDict,
+    DocumentDict,
+    ResultDict,
+    ScoreResult,
+    SequenceToken,
+    SequenceTokenDict,
+    Summary,
+    SummaryDict,
+    TokenDict,
+    TokenScore,
     TurnDict,
     TurnSummary,
-    WindowsDict,
-    WorstExampleDict,
-    WorstTokenDict,
+    perplexity,
+)
+from ce_inspect.contract.wire import (
+    NOT_ON_WIRE,
+    SCHEMA_VERSION,
+    WireObject,
     as_read_back,
-    batch_line_from_dict,
     conform,
     dumps,
-    perplexity,
 )
 
 __all__ = [
@@ -89,8 +110,10 @@ __all__ = [
     "BoundaryTokenDict",
     "ChatLayoutDict",
     "DataDict",
+    "DocumentDict",
     "HistogramDict",
     "Id",
+    "NOT_ON_WIRE",
     "LayoutDict",
     "PairLayoutDict",
     "ResultDict",
@@ -112,6 +135,7 @@ __all__ = [
     "TurnDict",
     "TurnSummary",
     "WindowsDict",
+    "WireObject",
     "WorstExampleDict",
     "WorstTokenDict",
     "as_read_back",

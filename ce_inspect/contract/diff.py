@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from ce_inspect.contract.result import (
-    BatchingDict,
-    LayoutDict,
-    SkippedDict,
-    SummaryDict,
-    TokenDict,
-    TurnDict,
-    TypedDict,
-)
+from ce_inspect.contract.batch import BatchingDict, SkippedDict
+from ce_inspect.contract.layout import LayoutDict
+from ce_inspect.contract.run import SummaryDict, TokenDict, TurnDict
+from ce_inspect.contract.wire import TypedDict
 
 DIFF_SCHEMA_VERSION = 1
 

@@ -1,4 +1,4 @@
-"""JSON Schema (draft 2020-12) of ce-inspect's output, generated from the TypedDicts in ``result.py``.
+"""JSON Schema (draft 2020-12) of ce-inspect's output, generated from the contract's TypedDicts.
 
 ``python -m ce_inspect.contract.schema`` writes the files under ``schema/``; ``--check`` only compares them with
 what the types give now (exit 1 when they differ). The committed files are what consumers in other
@@ -12,23 +12,25 @@ import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from ce_inspect.contract import result
+from ce_inspect.contract.audit import AuditDict, AuditRecordLineDict
+from ce_inspect.contract.batch import BatchLineDict, BatchSummaryDict
 from ce_inspect.contract.diff import DiffDatasetDict, DiffDict, DiffLineDict
-from ce_inspect.contract.result import SCHEMA_VERSION, dumps, get_type_hints, is_typeddict
+from ce_inspect.contract.run import ResultDict
+from ce_inspect.contract.wire import SCHEMA_VERSION, dumps, get_type_hints, is_typeddict
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 FOLDER = Path(__file__).resolve().parents[2] / "schema"
 
 #: file name -> (root type, title)
 DOCUMENTS: dict[str, tuple[Any, str]] = {
-    "run.schema.json": (result.ResultDict, "ce-inspect run --json"),
-    "batch-line.schema.json": (result.BatchLineDict, "ce-inspect batch: one output line"),
-    "batch-summary.schema.json": (result.BatchSummaryDict, "ce-inspect batch --summary-json"),
+    "run.schema.json": (ResultDict, "ce-inspect run --json"),
+    "batch-line.schema.json": (BatchLineDict, "ce-inspect batch: one output line"),
+    "batch-summary.schema.json": (BatchSummaryDict, "ce-inspect batch --summary-json"),
     "diff.schema.json": (DiffDict, "ce-inspect diff --json"),
     "diff-line.schema.json": (DiffLineDict, "ce-inspect diff --input: one output line"),
     "diff-summary.schema.json": (DiffDatasetDict, "ce-inspect diff --input --summary-json"),
-    "audit.schema.json": (result.AuditDict, "ce-inspect audit --json"),
-    "audit-record.schema.json": (result.AuditRecordLineDict, "ce-inspect audit --output: one line per record"),
+    "audit.schema.json": (AuditDict, "ce-inspect audit --json"),
+    "audit-record.schema.json": (AuditRecordLineDict, "ce-inspect audit --output: one line per record"),
 }
 
 _SCALARS = {int: "integer", float: "number", str: "string", bool: "boolean", type(None): "null"}
