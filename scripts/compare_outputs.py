@@ -96,6 +96,29 @@ def documents(text: str) -> list[Any]:
         return ["<a human report: its figures include timings, so it is not compared>"]
 
 
+def first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """Where two documents first differ (a JSON path), or None."""
+    if type(a) is not type(b):
+        return f"{path or '/'}: {type(a).__name__} / {type(b).__name__}"
+    if isinstance(a, dict):
+        for key in [*a, *(k for k in b if k not in a)]:
+            if key not in a or key not in b:
+                return f"{path}/{key}: only in the {'new' if key not in a else 'old'} output"
+            found = first_difference(a[key], b[key], f"{path}/{key}")
+            if found:
+                return found
+        return None
+    if isinstance(a, list):
+        if len(a) != len(b):
+            return f"{path}: {len(a)} / {len(b)} items"
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = first_difference(x, y, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return None if a == b else f"{path}: {str(a)[:200]!r} / {str(b)[:200]!r}"
+
+
 def run(checkout: Path, args: list[str], files: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         env = {**os.environ, "PYTHONPATH": str(checkout)}
@@ -120,7 +143,7 @@ def main(argv: list[str]) -> int:
         if not same:
             for key in a:
                 if a[key] != b.get(key):
-                    print(f"    {key} differs: {str(a[key])[:300]!r} / {str(b.get(key))[:300]!r}")
+                    print(f"    {key} differs at {first_difference(a[key], b.get(key))}")
     return 1 if differ else 0
 
 
