@@ -1,6 +1,6 @@
 """Run the same commands from two checkouts of ce-inspect and compare their JSON outputs key for key.
 
-    python scripts/compare_outputs.py OLD_CHECKOUT NEW_CHECKOUT
+    python scripts/compare_outputs.py OLD_CHECKOUT NEW_CHECKOUT [NAME...]
 
 Each checkout's ``ce_inspect`` is imported through ``PYTHONPATH`` (one venv serves both); every command runs in
 a fresh folder of its own with the same relative output names and the same absolute input paths (the new
@@ -61,7 +61,7 @@ def commands(samples: Path) -> dict[str, tuple[list[str], list[str]]]:
             for path in sorted(audit.glob("*.jsonl"))
         },
         "audit-model-clean": (
-            ["audit", str(audit / "clean.jsonl"), "--json", "-o", "o.jsonl", "--summary-json", "s.json"],
+            ["audit", str(audit / "clean.jsonl"), "--json", "-o", "o.jsonl"],
             ["o.jsonl"],
         ),
         "audit-model": (
@@ -127,14 +127,18 @@ def run(checkout: Path, args: list[str], files: list[str]) -> dict[str, Any]:
         )
         out = {"exit": done.returncode, "stdout": scrub(documents(done.stdout), folder)}
         for name in files:
-            out[name] = scrub(documents((Path(folder) / name).read_text()), folder)
+            path = Path(folder) / name
+            out[name] = scrub(documents(path.read_text()), folder) if path.exists() else "<not written>"
         return out
 
 
 def main(argv: list[str]) -> int:
     old, new = (Path(a).resolve() for a in argv[1:3])
     differ = 0
+    only = argv[3:]  # names of the commands to run (default: all)
     for name, (args, files) in commands(new / "samples").items():
+        if only and name not in only:
+            continue
         a, b = run(old, args, files), run(new, args, files)
         same = a == b
         differ += not same
