@@ -14,7 +14,7 @@ import ce_inspect
 from ce_inspect import BatchSettings, load
 from ce_inspect.cli import main
 from ce_inspect.dataset import DatasetRun, Interrupted
-from ce_inspect.errors import InputError, ResumeError, UsageError
+from ce_inspect.errors import InputError, ResumeError
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = ROOT / "samples" / "pairs.jsonl"
@@ -197,7 +197,7 @@ def test_ctrl_c_is_a_keyboard_interrupt_saying_what_the_file_keeps(lm, tmp_path)
 
 
 def test_dataset_run_names_its_parameters():
-    with pytest.raises(UsageError, match="`resume` continues an `output` file"):
+    with pytest.raises(InputError, match="`resume` continues an `output` file"):
         DatasetRun(PAIRS, None, resume=True)
     with pytest.raises(InputError, match="give `resume` or `force`, not both"):
         DatasetRun(PAIRS, "x.jsonl", resume=True, force=True)
