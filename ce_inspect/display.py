@@ -14,6 +14,16 @@ from typing import Any
 VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 #: Loss thresholds (nats) of the colour scale's bins: p > 0.61, p > 0.14, p > 0.02, below.
 LOSS_BINS = (0.5, 2.0, 4.0)
+#: The one loss colour scale of every output: bin k of ``LOSS_BINS`` as (label, background, text on it). The
+#: terminal (and so the SVG, its recording) and the HTML reports take their colours from here, the Markdown
+#: legend its labels. Viridis: lightness falls as the loss rises, so the bins read in grey print and for
+#: colour-blind readers; a figure is always shown on its bin's background, so it reads on any terminal.
+LOSS_SCALE = (
+    ("< 0.5", "#fde725", "#000000"),
+    ("0.5 to 2", "#5ec962", "#000000"),
+    ("2 to 4", "#21918c", "#ffffff"),
+    ("≥ 4", "#440154", "#ffffff"),
+)
 SPARK = "▁▂▃▄▅▆▇█"
 
 
@@ -57,6 +67,13 @@ def prob_text(prob: float) -> str:
 def loss_bin(loss: float) -> int:
     """Which bin of the colour scale a loss falls in: 0 (< 0.5) to 3 (>= 4)."""
     return next((i for i, limit in enumerate(LOSS_BINS) if loss < limit), len(LOSS_BINS))
+
+
+def loss_css() -> str:
+    """The HTML reports' CSS for the loss bins (``.b0`` .. ``.b3``, and their bars in SVG), from ``LOSS_SCALE``."""
+    cells = " ".join(f".b{k} {{ background: {bg}; color: {fg}; }}" for k, (_, bg, fg) in enumerate(LOSS_SCALE))
+    bars = " ".join(f"svg .b{k} {{ fill: {bg}; }}" for k, (_, bg, _fg) in enumerate(LOSS_SCALE))
+    return f"{cells}\n{bars}"
 
 
 def sparkline(values: Sequence[float], width: int, top: float | None = None) -> str:

@@ -230,6 +230,32 @@ def test_run_svg_is_the_terminal_output(run_outputs):
     assert f"{doc['summary']['mean']:.4f}" in svg
 
 
+def test_one_loss_colour_scale_in_the_terminal_svg_and_html(run_outputs):
+    """Issue 20: a token's loss had opposite colours in the terminal (green: low) and the HTML (yellow: low).
+    Now each bin has one colour everywhere: the HTML's CSS, the terminal's style, the SVG's recording."""
+    from rich.style import Style
+
+    from ce_inspect.cli.render import _HEAT, HEAT_BAR, HEAT_BG, loss_style
+    from ce_inspect.display import LOSS_BINS, loss_bin
+
+    doc, paths = run_outputs
+    html, svg = paths["html"].read_text(), paths["svg"].read_text().lower()
+    css = {
+        int(k): (bg.lower(), fg.lower())
+        for k, bg, fg in re.findall(r"\.b(\d) \{ background: (#\w+); color: (#\w+); \}", html)
+    }
+    assert sorted(css) == [0, 1, 2, 3] and len({bg for bg, _ in css.values()}) == 4
+    for loss in (0.1, 0.49, 0.5, 1.9, 2.0, 3.9, 4.0, 12.0):
+        k = loss_bin(loss)
+        assert k == sum(loss >= limit for limit in LOSS_BINS)
+        for scale in (HEAT_BG, _HEAT):  # the strip and the tables' figures
+            style = Style.parse(loss_style(loss, scale))
+            assert (style.bgcolor.triplet.hex, style.color.triplet.hex) == css[k], (loss, scale)
+        assert Style.parse(loss_style(loss, HEAT_BAR)).color.triplet.hex == css[k][0]  # bars: the glyph
+    for k in {loss_bin(t["loss"]) for t in doc["tokens"]}:  # every bin the run's tokens fall in
+        assert f'fill="{css[k][0]}"' in svg, k  # the terminal's recording paints it in the same colour
+
+
 class _Tables(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)

@@ -12,12 +12,16 @@ from rich.table import Table
 from rich.text import Text
 
 from ce_inspect.contract import ScoreResult, SequenceToken, TokenScore, TurnSummary
-from ce_inspect.display import buckets, fmt, prob_text, shown_token, sparkline
+from ce_inspect.display import LOSS_BINS, LOSS_SCALE, buckets, fmt, prob_text, shown_token, sparkline
 from ce_inspect.text import boundary_note
 
 # Loss thresholds (nats) for the colour scale: p > 0.61, p > 0.14, p > 0.02, below.
-_HEAT = ((0.5, "green"), (2.0, "yellow"), (4.0, "dark_orange"), (float("inf"), "red"))
-HEAT_BG = ((0.5, "on dark_green"), (2.0, "black on yellow"), (4.0, "black on dark_orange"), (float("inf"), "on red"))
+#: The loss bins' styles, from the one scale of every output (``display.LOSS_SCALE``): each figure on its
+#: bin's background, as the HTML reports show it.
+HEAT_BG = tuple((limit, f"{fg} on {bg}") for limit, (_, bg, fg) in zip((*LOSS_BINS, float("inf")), LOSS_SCALE))
+_HEAT = HEAT_BG  # figures in tables take the strip's styles: one scale
+#: The same colours for bars (sparklines, histograms): the glyph in its bin's colour.
+HEAT_BAR = tuple((limit, bg) for limit, (_, bg, _fg) in zip((*LOSS_BINS, float("inf")), LOSS_SCALE))
 #: Segments that a masked layout trains on; the others are context (prompt, template, other roles).
 _TARGET_SEGMENTS = {"answer", "eos", "assistant", "eot"}
 _TOP_K_WIDTH = 10  # characters of each alternative shown in the table
@@ -45,6 +49,11 @@ def clipped(text: Text, width: int) -> Text:
 def loss_style(loss: float, scale: tuple[tuple[float, str], ...] = _HEAT) -> str:
     # NaN and +inf are below no limit: they take the worst style (scoring refuses them; this must never raise).
     return next((style for limit, style in scale if loss < limit), scale[-1][1])
+
+
+def loss_figure(text: str, loss: float) -> Text:
+    """A figure (``text``) on the background of ``loss``'s bin, the background on the figure only."""
+    return Text().append(text, style=loss_style(loss))
 
 
 def turn_label(turn: int | None, role: str) -> str:
@@ -204,7 +213,7 @@ def summary_table(result: ScoreResult) -> Table:
     grid.add_column(style="bold")
     grid.add_column()
     headline = {"mean": s.mean, "sum": s.sum}.get(s.reduction)
-    grid.add_row("mean loss", Text(fmt(s.mean), style=loss_style(s.mean)))
+    grid.add_row("mean loss", loss_figure(fmt(s.mean), s.mean))
     grid.add_row("sum", fmt(s.sum))
     grid.add_row("scored tokens", str(s.count))
     grid.add_row("perplexity", fmt(s.perplexity, 3) if s.perplexity is not None else "overflow")
@@ -246,7 +255,7 @@ def turns_table(turns: tuple[TurnSummary, ...]) -> Table:
         table.add_row(
             turn_label(t.turn, t.role),
             str(t.count),
-            Text(fmt(t.mean), style=loss_style(t.mean)),
+            loss_figure(fmt(t.mean), t.mean),
             fmt(t.sum),
             fmt(t.perplexity, 3) if t.perplexity is not None else "overflow",
             Text(f"{t.greedy_hits}/{t.count}", style="green" if t.is_greedy else ""),
@@ -306,7 +315,7 @@ def loss_sparkline(tokens: tuple[TokenScore, ...], width: int) -> Text:
     losses = [t.loss for t in tokens]
     line = Text(label, style="dim")
     for value, bar in zip(buckets(losses, room), sparkline(losses, room)):
-        line.append(bar, style=loss_style(value))
+        line.append(bar, style=loss_style(value, HEAT_BAR))
     return line.append(tail, style="dim")
 
 

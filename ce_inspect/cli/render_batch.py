@@ -19,7 +19,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from ce_inspect.cli.render import loss_style, visible
+from ce_inspect.cli.render import HEAT_BAR, loss_figure, loss_style, visible
 from ce_inspect.display import fmt
 
 if TYPE_CHECKING:
@@ -110,13 +110,13 @@ def _figures(s: DatasetSummary) -> Table:
     if s.token_weighted_mean_loss is not None:
         grid.add_row(
             "token-weighted mean loss",
-            Text(fmt(s.token_weighted_mean_loss), style=loss_style(s.token_weighted_mean_loss)),
+            loss_figure(fmt(s.token_weighted_mean_loss), s.token_weighted_mean_loss),
             "sum / tokens, as CrossEntropyLoss(mean) over the whole set",
         )
     if s.example_weighted_mean_loss is not None:
         grid.add_row(
             "example-weighted mean loss",
-            Text(fmt(s.example_weighted_mean_loss), style=loss_style(s.example_weighted_mean_loss)),
+            loss_figure(fmt(s.example_weighted_mean_loss), s.example_weighted_mean_loss),
             "mean of per-example means",
         )
     grid.add_row("loss sum", fmt(s.loss_sum), "")
@@ -153,7 +153,7 @@ def loss_histogram(histogram: dict[str, list[Any]], bar_width: int = 30) -> Tabl
     for k, n in enumerate(counts):
         mid = (edges[k] + edges[k + 1]) / 2
         bar = "█" * round(bar_width * n / most) or ("▏" if n else "")
-        table.add_row(f"{edges[k]:g} to {edges[k + 1]:g}", Text(bar, style=loss_style(mid)), str(n))
+        table.add_row(f"{edges[k]:g} to {edges[k + 1]:g}", Text(bar, style=loss_style(mid, HEAT_BAR)), str(n))
     return table
 
 
@@ -170,7 +170,7 @@ def _worst_examples(s: DatasetSummary) -> Table | None:
         table.add_row(
             str(e.line),
             Text("" if e.id is None else str(e.id)),
-            Text(fmt(e.mean), style=loss_style(e.mean)),
+            loss_figure(fmt(e.mean), e.mean),
             str(e.count),
             fmt(e.loss_sum),
         )

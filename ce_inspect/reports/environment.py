@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ce_inspect.display import LOSS_BINS, printable
+from ce_inspect.display import LOSS_BINS, loss_css, printable
 
 
 class MarkdownText(str):
@@ -46,6 +46,7 @@ def html_environment() -> Any:
         loader=_loader(), autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
     )
     env.globals["LOSS_BINS"] = LOSS_BINS
+    env.globals["LOSS_CSS"] = loss_css()  # no character autoescaping changes
     return env
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ce_inspect.display import fmt, loss_bin, printable, prob_text, shown_token
+from ce_inspect.display import LOSS_SCALE, fmt, loss_bin, printable, prob_text, shown_token
 
 #: The first bytes of every report ce-inspect writes (HTML, SVG, Markdown): how ``files.check_output``
 #: recognises a report it may replace.
@@ -18,7 +18,6 @@ REPORT_MARK_TEXT = (
 )
 #: Segments that a masked layout trains on; the others are context (as ``cli/render.py``).
 TARGET_SEGMENTS = frozenset({"answer", "eos", "assistant", "eot"})
-_BIN_LABELS = ("< 0.5", "0.5 to 2", "2 to 4", "≥ 4")
 
 
 def _tooltip(seq: dict[str, Any], tok: dict[str, Any] | None) -> str:
@@ -125,7 +124,7 @@ def token_rows(doc: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
 
 
 def legend() -> list[dict[str, str]]:
-    return [{"cls": f"b{k}", "label": label} for k, label in enumerate(_BIN_LABELS)]
+    return [{"cls": f"b{k}", "label": label} for k, (label, _, _) in enumerate(LOSS_SCALE)]
 
 
 def script_json(obj: Any) -> str:
