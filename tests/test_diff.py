@@ -557,3 +557,27 @@ def test_dataset_scores_the_targets_batch_scores_on_every_record_form(
         assert losses == pytest.approx([t["loss"] for t in mine["tokens"]], abs=bound), mine["id"]
     first = batched[0]["tokens"]  # the trained labels, not the input ids at those positions
     assert [(t["index"], t["token_id"]) for t in first] == [(3, 30), (4, 31), (5, 32), (6, 33)]
+
+
+@pytest.mark.parametrize("width", [60, 80, 140])
+def test_the_disagreement_table_fits_the_terminal_with_its_borders(ref_lm, cand_lm, width):
+    """Issue 20: at 80 columns diff's table lost its right border and its KL and ΔNLL columns ran off the
+    line. Now the less important columns go first, as run's table does; target, KL and ΔNLL stay."""
+    import io
+
+    from rich.console import Console
+
+    from ce_inspect.cli.render_diff import render_diff
+
+    result = diff(ref_lm, cand_lm, PROMPT, ANSWER + " and a few more words to compare, token by token")
+    console = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+    render_diff(result, worst=10, console=console)
+    lines = console.file.getvalue().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Where the models disagree most"))
+    table = [line for line in lines[start + 1 :] if line[:1] in "┏┃┡│└"]
+    assert len(table) >= 5, lines
+    assert all(len(line) <= width and line[-1] in "┓┃┩│┘" for line in table), "\n".join(table)
+    header = table[1]
+    assert all(name in header for name in ("target", "KL", "ΔNLL")), header
+    if width >= 140:
+        assert all(name in header for name in ("#", "p ref→cand", "rank", "top ref", "top cand")), header

@@ -76,11 +76,12 @@ def top_k_cell(t: TokenScore) -> Text:
 
 
 @dataclass
-class _Column:
-    """One column of the token table: its header, how much it matters on a narrow terminal, and its cells."""
+class Column:
+    """One column of a table that fits the terminal (``fit_columns``): its header, how much it matters on a
+    narrow terminal, and its cells."""
 
     header: str
-    keep: int  # columns with the lowest ``keep`` go first when the line is too narrow; _ALWAYS never goes
+    keep: int  # columns with the lowest ``keep`` go first when the line is too narrow; ALWAYS never goes
     options: dict[str, Any]
     cells: list[Any] = field(default_factory=list)
 
@@ -90,8 +91,8 @@ class _Column:
         return min(natural, self.options.get("max_width") or natural)
 
 
-_ALWAYS = 100  # target, prob, loss: what the table is for
-_FLEXIBLE_MIN = 20  # the top-k column shrinks (cut with …) down to this many characters
+ALWAYS = 100  # target, prob, loss: what the table is for
+FLEXIBLE_MIN = 20  # the top-k column shrinks (cut with …) down to this many characters
 
 
 def token_table(
@@ -105,15 +106,7 @@ def token_table(
     important columns go first (id, top choice, part, turn, #, top-k, rank); target, prob and loss stay.
     """
     columns, sections = _token_columns(tokens, top_k, roles)
-    if width:
-        columns = _fit_columns(columns, width)
-    # Narrower than target, prob and loss with their padding: drop the padding, then cut long targets with …,
-    # rather than lose a column.
-    tight = bool(width) and _needed(columns, None) > width
-    if tight and width:
-        target = next(c for c in columns if c.header == "target")
-        others = sum(c.width() + 1 for c in columns if c is not target)
-        target.options.update(max_width=max(3, width - 2 - others), overflow="ellipsis")
+    columns, tight = fitted(columns, width, "target")
     table = Table(
         padding=(0, 0) if tight else (0, 1),
         title=f"Per-token loss ({len(tokens)} scored tokens)",
@@ -134,24 +127,24 @@ def token_table(
 
 def _token_columns(
     tokens: tuple[TokenScore, ...], top_k: int, roles: list[str] | None
-) -> tuple[list[_Column], set[int]]:
+) -> tuple[list[Column], set[int]]:
     """Every column the table can show, with its cells, and the rows that start a new section."""
     by_turn = roles is not None
     by_part = any(t.segment not in _TARGET_SEGMENTS for t in tokens)
     last = max((t.index for t in tokens), default=0)
     widest_id = max((t.token_id for t in tokens), default=0)
-    turn = _Column("turn", 30, {"style": "dim", "no_wrap": True, "min_width": 4})
-    part = _Column("part", 25, {"style": "cyan", "no_wrap": True})
-    index = _Column("#", 40, {"justify": "right", "style": "dim", "no_wrap": True, "min_width": len(str(last))})
-    target = _Column("target", _ALWAYS, {"no_wrap": True, "min_width": 6, "max_width": 24})
-    ids = _Column("id", 10, {"justify": "right", "style": "dim", "no_wrap": True, "min_width": len(str(widest_id))})
-    prob = _Column("prob", _ALWAYS, {"justify": "right", "no_wrap": True, "min_width": 6})
-    loss = _Column("loss", _ALWAYS, {"justify": "right", "no_wrap": True, "min_width": 6})
-    rank = _Column("rank", 50, {"justify": "right", "no_wrap": True, "min_width": 4})
+    turn = Column("turn", 30, {"style": "dim", "no_wrap": True, "min_width": 4})
+    part = Column("part", 25, {"style": "cyan", "no_wrap": True})
+    index = Column("#", 40, {"justify": "right", "style": "dim", "no_wrap": True, "min_width": len(str(last))})
+    target = Column("target", ALWAYS, {"no_wrap": True, "min_width": 6, "max_width": 24})
+    ids = Column("id", 10, {"justify": "right", "style": "dim", "no_wrap": True, "min_width": len(str(widest_id))})
+    prob = Column("prob", ALWAYS, {"justify": "right", "no_wrap": True, "min_width": 6})
+    loss = Column("loss", ALWAYS, {"justify": "right", "no_wrap": True, "min_width": 6})
+    rank = Column("rank", 50, {"justify": "right", "no_wrap": True, "min_width": 4})
     if top_k:
-        top = _Column(f"top {top_k}", 45, {"no_wrap": True, "overflow": "ellipsis"})  # asked for: kept longer
+        top = Column(f"top {top_k}", 45, {"no_wrap": True, "overflow": "ellipsis"})  # asked for: kept longer
     else:
-        top = _Column("top choice", 20, {"no_wrap": True})
+        top = Column("top choice", 20, {"no_wrap": True})
     sections: set[int] = set()
     previous: object = object()
     previous_part: str | None = None
@@ -186,25 +179,40 @@ def _token_columns(
     return columns, sections
 
 
-def _fit_columns(columns: list[_Column], width: int) -> list[_Column]:
+def fitted(columns: list[Column], width: int | None, cut: str) -> tuple[list[Column], bool]:
+    """``columns`` fitted to ``width`` (None: as they are), and whether even the kept ones are too wide with
+    their padding: then the table drops its padding and the column named ``cut`` is cut with …, rather
+    than a column lost."""
+    if not width:
+        return columns, False
+    columns = fit_columns(columns, width)
+    tight = needed(columns, None) > width
+    if tight:
+        column = next(c for c in columns if c.header == cut)
+        others = sum(c.width() + 1 for c in columns if c is not column)
+        column.options.update(max_width=max(3, width - 2 - others), overflow="ellipsis")
+    return columns, tight
+
+
+def fit_columns(columns: list[Column], width: int) -> list[Column]:
     """The columns that fit ``width``, dropping the least important first; the top-k column takes what is left."""
     columns = list(columns)
     flexible = next((c for c in columns if c.options.get("overflow") == "ellipsis"), None)
-    while _needed(columns, flexible) > width:
-        droppable = [c for c in columns if c.keep < _ALWAYS]
+    while needed(columns, flexible) > width:
+        droppable = [c for c in columns if c.keep < ALWAYS]
         if not droppable:
             break
         columns.remove(min(droppable, key=lambda c: c.keep))
     if flexible in columns:
-        rest = _needed([c for c in columns if c is not flexible], None)
-        flexible.options["max_width"] = max(_FLEXIBLE_MIN, width - rest - 3)
+        rest = needed([c for c in columns if c is not flexible], None)
+        flexible.options["max_width"] = max(FLEXIBLE_MIN, width - rest - 3)
     return columns
 
 
-def _needed(columns: list[_Column], flexible: _Column | None) -> int:
+def needed(columns: list[Column], flexible: Column | None) -> int:
     """Characters the table takes: one space of padding either side of each column, a border on its right
     and one more on the left; ``flexible`` counts at its smallest."""
-    return 1 + sum((min(c.width(), _FLEXIBLE_MIN) if c is flexible else c.width()) + 3 for c in columns)
+    return 1 + sum((min(c.width(), FLEXIBLE_MIN) if c is flexible else c.width()) + 3 for c in columns)
 
 
 def summary_table(result: ScoreResult) -> Table:

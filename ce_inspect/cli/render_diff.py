@@ -8,7 +8,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ce_inspect.cli.render import clipped, visible
+from ce_inspect.cli.render import ALWAYS, Column, clipped, fitted, visible
 from ce_inspect.diff import DiffDatasetSummary, DiffResult, DiffSummary, TokenDiff
 from ce_inspect.display import fmt, prob_text
 
@@ -71,29 +71,26 @@ def top_choice(t: TokenDiff, side: str) -> Text:
     return clipped(visible(score.top_token), 10).append(f" {prob_text(score.top_prob)}", "dim")
 
 
-def disagreement_table(result: DiffResult, worst: int, color_by: str) -> Table:
+def disagreement_table(result: DiffResult, worst: int, color_by: str, width: int | None = None) -> Table:
+    """The tokens where the models disagree most. On a terminal narrower than the table (``width``) the less
+    important columns go first (top choices, ranks, probabilities, #), as ``run``'s table does; target, KL
+    and ΔNLL stay, and the borders with them."""
     key = (lambda t: t.kl) if color_by == "kl" else (lambda t: abs(t.dnll))
     rows = sorted(result.tokens, key=key, reverse=True)[:worst]
     rows.sort(key=lambda t: t.index)
-    table = Table(
-        title=f"Where the models disagree most ({len(rows)} of {len(result.tokens)} scored tokens, by "
-        + ("KL" if color_by == "kl" else "|ΔNLL|")
-        + ")",
-        title_justify="left",
-        caption="p, rank: the target's, reference → candidate; top: each one's most likely token (≠: they differ)",
-        caption_justify="left",
-    )
     last = max((t.index for t in rows), default=0)
-    table.add_column("#", justify="right", style="dim", no_wrap=True, min_width=len(str(last)))
-    table.add_column("target", no_wrap=True, max_width=14)
-    table.add_column("KL", justify="right", no_wrap=True)
-    table.add_column("ΔNLL", justify="right", no_wrap=True)
-    table.add_column("p ref→cand", justify="right", no_wrap=True)
-    table.add_column("rank", justify="right", no_wrap=True)
-    table.add_column("top ref", no_wrap=True)
-    table.add_column("top cand", no_wrap=True)
+    columns = [
+        Column("#", 40, {"justify": "right", "style": "dim", "no_wrap": True, "min_width": len(str(last))}),
+        Column("target", ALWAYS, {"no_wrap": True, "max_width": 14}),
+        Column("KL", ALWAYS, {"justify": "right", "no_wrap": True}),
+        Column("ΔNLL", ALWAYS, {"justify": "right", "no_wrap": True}),
+        Column("p ref→cand", 50, {"justify": "right", "no_wrap": True}),
+        Column("rank", 30, {"justify": "right", "no_wrap": True}),
+        Column("top ref", 20, {"no_wrap": True}),
+        Column("top cand", 25, {"no_wrap": True}),
+    ]
     for t in rows:
-        table.add_row(
+        cells = (
             str(t.index),
             clipped(visible(t.token, t.ref.special), 14),
             Text(f"{t.kl:.4g}", style=_style(t.kl, _KL_BG)),
@@ -103,6 +100,22 @@ def disagreement_table(result: DiffResult, worst: int, color_by: str) -> Table:
             top_choice(t, "ref"),
             top_choice(t, "cand").append("" if t.same_top1 else " ≠", "bold red"),
         )
+        for column, cell in zip(columns, cells):
+            column.cells.append(cell)
+    columns, tight = fitted(columns, width, "target")
+    table = Table(
+        padding=(0, 0) if tight else (0, 1),
+        title=f"Where the models disagree most ({len(rows)} of {len(result.tokens)} scored tokens, by "
+        + ("KL" if color_by == "kl" else "|ΔNLL|")
+        + ")",
+        title_justify="left",
+        caption="p, rank: the target's, reference → candidate; top: each one's most likely token (≠: they differ)",
+        caption_justify="left",
+    )
+    for column in columns:
+        table.add_column(column.header, **column.options)
+    for i in range(len(rows)):
+        table.add_row(*(column.cells[i] for column in columns))
     return table
 
 
@@ -143,7 +156,7 @@ def render_diff(result: DiffResult, color_by: str = "kl", worst: int = 10, conso
         Panel(Group(diff_strip(result, color_by), Text(), legend(color_by)), title="sequence", title_align="left")
     )
     if worst:
-        console.print(disagreement_table(result, worst, color_by))
+        console.print(disagreement_table(result, worst, color_by, width=console.width))
     console.print(summary_grid(result.summary))
     for note in result.notes:
         console.print(Text(f"note: {note}", style="yellow"))
