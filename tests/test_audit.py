@@ -957,3 +957,28 @@ def test_streamed_lines_say_they_lack_loss_outlier(tiny_llama_dir, audit_data, t
     assert [r["id"] for r in outliers["records"]] == ["outlier"] and STREAMED_NOTE in outliers["note"]
     streamed = [json.loads(raw) for raw in got[0].splitlines()]
     assert len(streamed) == doc["records"] and not any("loss-outlier" in line["failed"] for line in streamed)
+
+
+@pytest.mark.default_model
+@pytest.mark.parametrize("width", [60, 80, 140])
+def test_the_checks_table_fits_the_terminal_with_its_borders(width):
+    """Issue 20: on a narrow terminal the "what it means" column wrapped into a word per line. Below 100
+    columns the meanings follow the table; the table keeps its columns and borders at 60, 80 and 140."""
+    import io
+
+    from rich.console import Console
+
+    import ce_inspect
+    from ce_inspect.cli.render_audit import render_audit
+
+    data = Path(__file__).resolve().parents[1] / "samples" / "audit" / "eot-not-trained.jsonl"
+    report = ce_inspect.audit_without_model(lambda: ce_inspect.load_tokenizer(), data)
+    console = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+    render_audit(report, console)
+    lines = console.file.getvalue().splitlines()
+    table = [line for line in lines if line[:1] in "┏┃┡│└"][:16]
+    assert len(table) >= 14
+    assert all(len(line) <= width and line.rstrip()[-1] in "┓┃┩│┘" for line in table), "\n".join(table)
+    assert ("what it means" in table[1]) == (width >= 100)
+    meaning = report.check("eot-not-trained").description
+    assert " ".join(meaning.split()[:4]) in " ".join(" ".join(lines).split())  # said, in the table or below it

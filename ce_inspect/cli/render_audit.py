@@ -66,28 +66,44 @@ def _status(check: CheckResult, gate: tuple[str, ...]) -> Text:
     return Text(f"✗ {check.failed} failed", style=style)
 
 
-def checks_table(report: AuditReport) -> Table:
+#: Narrower than this, the checks table leaves out "what it means": the meanings follow the table, one per line.
+WIDE = 100
+
+
+def _meaning(c: CheckResult) -> Text:
+    # What a check means matters where it failed; elsewhere only its note (why it did not run, ...).
+    about = Text(c.description if c.failed else "")
+    if c.note and (c.failed or not c.ran):
+        about.append(("\n" if c.failed else "") + c.note, style="dim")
+    return about
+
+
+def checks_table(report: AuditReport, width: int | None = None) -> Group:
+    """One row per check; on a terminal narrower than ``WIDE`` the meanings follow the table, so that its
+    columns and borders keep their width."""
+    wide = width is None or width >= WIDE
     table = Table(title=f"Checks ({report.records} records)", title_justify="left")
     table.add_column("check", no_wrap=True)
     table.add_column("result", no_wrap=True)
-    table.add_column("checked", justify="right")
-    table.add_column("gate", justify="center")
-    table.add_column("what it means")
+    table.add_column("checked", justify="right", no_wrap=True)
+    table.add_column("gate", justify="center", no_wrap=True)
+    if wide:
+        table.add_column("what it means")
+    below: list[Text] = []
     for c in report.checks:
-        # What a check means matters where it failed; elsewhere only its note (why it did not run, ...).
-        about = Text(c.description if c.failed else "")
-        if c.note and (c.failed or not c.ran):
-            about.append(("\n" if c.failed else "") + c.note, style="dim")
-        table.add_row(
+        about = _meaning(c)
+        cells = [
             Text(c.name, style="bold"),
             _status(c, report.fail_on),
             str(c.checked) if c.ran else "-",
             Text("●", style="red") if c.name in report.fail_on else "",
-            about,
-        )
+        ]
+        table.add_row(*cells, *([about] if wide else []))
+        if not wide and about.plain:
+            below.append(Text.assemble((c.name, "bold"), ": ", about))
     table.caption = "gate ●: --fail-on (exit 3 when it fails)"
     table.caption_justify = "left"
-    return table
+    return Group(table, *below)
 
 
 def _record_name(shown: ShownFinding) -> str:
@@ -151,7 +167,7 @@ def render_audit(report: AuditReport, console: Console | None = None) -> None:
     if report.max_length is not None:
         head.append_text(Text.assemble(("  max length ", "dim"), str(report.max_length)))
     console.print(head)
-    console.print(checks_table(report))
+    console.print(checks_table(report, width=console.width))
     failing = [c for c in report.checks if c.failed and c.examples]
     if failing:
         console.print(legend(any(t.loss is not None for c in failing for s in c.examples for t in s.tokens)))
