@@ -442,3 +442,27 @@ def test_batch_exits_141_like_run_when_stdout_reader_goes_away(tmp_path, tiny_ll
     proc = broken_pipe_run(["batch", str(data), "-m", str(tiny_llama_dir)], tmp_path)
     assert proc.returncode == 141, proc.stderr
     assert b"Traceback" not in proc.stderr and b"Error" not in proc.stderr
+
+
+def test_on_a_terminal_without_output_batch_shows_the_summary_not_the_lines(tiny_llama_dir, capsys, monkeypatch):
+    """Issue 20: `batch data.jsonl` on a terminal printed hundreds of screen lines of JSON with the progress
+    bar among them. On a terminal it now shows the summary and says how to get the lines; piped, the lines."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    data = Path(__file__).resolve().parents[1] / "samples" / "pairs.jsonl"
+    args = ["batch", str(data), "-m", str(tiny_llama_dir), "--skip-invalid"]
+    assert main(args) == 0
+    piped, _ = capsys.readouterr()
+    assert all(json.loads(line)["schema_version"] for line in piped.splitlines())  # piped: the lines only
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert main(args) == 0
+    _, err = capsys.readouterr()
+    shown = terminal.getvalue()
+    assert "token-weighted mean loss" in shown and '"schema_version"' not in shown
+    assert "stdout is a terminal: the JSON lines are not printed; give -o FILE, or pipe stdout" in err

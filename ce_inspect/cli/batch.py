@@ -90,7 +90,13 @@ def batch(
     sort_window: SortWindowOpt = DEFAULT_SORT_WINDOW,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Write the JSON lines to FILE (default: stdout).", rich_help_panel=OUTPUT),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write the JSON lines to FILE (default: stdout when it is a pipe or a file; on a terminal only the "
+            "summary is shown).",
+            rich_help_panel=OUTPUT,
+        ),
     ] = None,
     summary_json: Annotated[
         Path | None,

@@ -53,14 +53,19 @@ class DatasetOutputs:
     summary_json: Path | None = None
     force: bool = False
     data_label: str = "the input"
-    streams: bool = True
+    streams: bool | None = None  # None: the lines go to stdout unless it is a terminal
     lines: bool = False
     worst: int = 0
     err: Console = field(default_factory=lambda: Console(stderr=True))
     stdout: Any = field(default_factory=lambda: sys.stdout)  # taken now: it may carry only the JSON lines
     kept: BatchLines | None = None
+    held_back: bool = False  # the lines are not printed: stdout is a terminal and no --output was given
 
     def __post_init__(self) -> None:
+        if self.streams is None:
+            # On a terminal the lines would scroll the summary away: it gets the summary alone (say so).
+            self.streams = not _is_terminal(self.stdout)
+            self.held_back = not self.streams and self.output is None
         if self.lines and (self.reports.html is not None or self.reports.markdown is not None):
             self.kept = BatchLines(self.worst)
 
@@ -81,6 +86,8 @@ class DatasetOutputs:
             stdout_busy=busy,
             force=self.force,
         )
+        if self.held_back:
+            self.notes("stdout is a terminal: the JSON lines are not printed; give -o FILE, or pipe stdout")
 
     def lines_on_stdout(self) -> bool:
         """Whether stdout carries the output lines (no ``--output`` on a command that prints them, or
@@ -159,6 +166,13 @@ class DatasetOutputs:
         if self.kept is not None and self._read_back() and self.output is not None and self.output.exists():
             self.kept.add_file(self.output, self.output.stat().st_size)  # the resumed and the new lines
         return self.kept
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a stand-in without a descriptor, or a closed stream
+        return False
 
 
 __all__ = ["SUMMARY_JSON", "DatasetOutputs", "command_line"]
