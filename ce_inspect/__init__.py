@@ -4,6 +4,7 @@ Notebook use::
 
     from ce_inspect import load, score
     lm = load()                      # bundled SmolLM2-135M-Instruct; or load("path/or/hub-id")
+    # lm = load(model=hf_model, tokenizer=tokenizer)   # objects already in memory
     result = score(lm, "Where is the capital of China?", " The capital is Beijing.")
     result.summary.mean, [(t.token, t.loss) for t in result.tokens]
 

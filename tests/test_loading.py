@@ -516,3 +516,29 @@ def test_large_weights_are_fingerprinted_by_size_and_mtime(tiny_llama_dir, tmp_p
 def test_fingerprint_is_none_when_the_files_cannot_be_read(tmp_path):
     assert fingerprint.model_fingerprint(tmp_path / "gone") is None
     assert fingerprint.model_fingerprint(tmp_path / "gone", "gguf") is None
+
+
+def test_load_takes_a_model_and_tokenizer_already_in_memory(tiny_llama_dir):
+    """Issue 20: a notebook's model and tokenizer, already loaded, are scored as they are: the same figures
+    as the same model loaded from its folder; a model object without its tokenizer, or a tokenizer with a
+    path, is refused naming the parameter."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import ce_inspect
+    from ce_inspect.errors import InputError, ModelLoadError
+
+    hf_model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    lm = ce_inspect.load(model=hf_model, tokenizer=tokenizer)
+    assert lm.model is hf_model and lm.source == "memory" and lm.device == "cpu" and lm.dtype == "float32"
+    from_folder = ce_inspect.load(str(tiny_llama_dir), device="cpu")
+    a = ce_inspect.score(lm, "the cat", " sat on the mat", options=ce_inspect.ScoreOptions(verify=True))
+    b = ce_inspect.score(from_folder, "the cat", " sat on the mat")
+    assert [t.loss for t in a.tokens] == pytest.approx([t.loss for t in b.tokens], abs=1e-6)
+    assert a.summary.model_loss == pytest.approx(a.summary.mean, abs=1e-5)  # the model's own loss agrees
+    with pytest.raises(InputError, match="needs its `tokenizer`"):
+        ce_inspect.load(model=hf_model)
+    with pytest.raises(InputError, match="`tokenizer` goes with a model object"):
+        ce_inspect.load(str(tiny_llama_dir), tokenizer=tokenizer)
+    with pytest.raises(ModelLoadError, match="not a transformers model"):
+        ce_inspect.load(model=object(), tokenizer=tokenizer)

@@ -34,9 +34,10 @@ from ce_inspect.model.gguf import (
     sha256_file,
 )
 from ce_inspect.model.hub import from_pretrained, urlparse_host
-from ce_inspect.model.loader import LoadedModel, load, load_tokenizer, log, quiet_transformers
+from ce_inspect.model.loader import LoadedModel, in_memory, load, load_tokenizer, log, quiet_transformers
 
 __all__ = [
+    "in_memory",
     "CACHE_FORMAT",
     "DEFAULT_GGUF",
     "DEFAULT_PACKAGE",

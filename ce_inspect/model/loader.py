@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ce_inspect.distributed import detect_launch, rank_gpus
-from ce_inspect.errors import DeviceError, ModelLoadError, ModelNotFoundError
+from ce_inspect.errors import DeviceError, ModelLoadError, ModelNotFoundError, UsageError
 from ce_inspect.model.checks import (
     check_causal_lm,
     check_tokenizer_files,
@@ -51,7 +51,7 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     name: str
-    source: str  # "default", "gguf", "folder" or "hub"
+    source: str  # "default", "gguf", "folder", "hub" or "memory" (a model object: `in_memory`)
     device: str
     dtype: str
     context_length: int | None
@@ -103,8 +103,9 @@ def _gc_paused(func: _F) -> _F:
 
 @_gc_paused
 def load(
-    model: str | os.PathLike[str] | None = None,
+    model: Any = None,
     *,
+    tokenizer: Any = None,
     revision: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
@@ -117,8 +118,13 @@ def load(
     ``model`` is a local Hugging Face folder, a Hub id (taken from the HF cache, or downloaded when the
     Hub is reachable), a ``.gguf`` file, or None for the bundled SmolLM2-135M-Instruct. ``quiet``
     silences transformers' own warnings and progress bars (ce-inspect's progress goes to the
-    ``ce_inspect`` logger).
+    ``ce_inspect`` logger). ``model`` may also be a model already in memory (a transformers causal LM),
+    with its ``tokenizer``: it is scored where it is, on its device and in its dtype (``in_memory``).
     """
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        return in_memory(model, tokenizer)
+    if tokenizer is not None:
+        raise UsageError("`tokenizer` goes with a model object; a path or Hub id brings its own tokenizer")
     # Fail fast when the Hub is unreachable instead of retrying for minutes (set before HF imports).
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
@@ -171,6 +177,33 @@ def load(
         path=str(folder),
         fingerprint=model_fingerprint(folder, source, revision),
         files=files,
+    )
+
+
+def in_memory(model: Any, tokenizer: Any, name: str | None = None) -> LoadedModel:
+    """A transformers causal LM and its tokenizer, already loaded (a notebook's), ready to score as they are:
+    put in eval mode, checked as ``load`` checks a model (a causal LM, a tokenizer whose ids it has rows
+    for). It has no files, so no fingerprint: a resumed data set cannot tell whether it changed."""
+    if tokenizer is None:
+        raise UsageError("a model object needs its `tokenizer`: load(model=model, tokenizer=tokenizer)")
+    config = getattr(model, "config", None)
+    if config is None or not callable(model) or not hasattr(model, "get_input_embeddings"):
+        raise ModelLoadError(
+            f"`model` is a {type(model).__name__}, not a transformers model: give a path, a Hub id, a .gguf or "
+            "a model object such as AutoModelForCausalLM.from_pretrained(...)"
+        )
+    name = name or getattr(config, "_name_or_path", None) or type(model).__name__
+    check_vocabulary(name, model, tokenizer)
+    model.eval()
+    parameter = next(model.parameters())
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=str(name),
+        source="memory",
+        device=str(parameter.device),
+        dtype=str(parameter.dtype).removeprefix("torch."),
+        context_length=context_length(config, tokenizer),
     )
 
 
