@@ -421,3 +421,62 @@ def test_the_documents_hold_their_typeddicts_and_schemas(lm, ref, tmp_path):
             check_keys(PrefsLineDict, line, "prefs line", set())
             assert not list(schemas["prefs-line.schema.json"].iter_errors(line))
         assert json.loads(json.dumps(summary)) == summary
+
+
+@pytest.mark.parametrize("command", [["batch", "{data}"], ["diff", "--input", "{data}", "--dtype-b", "float32"]])
+def test_batch_and_diff_refuse_a_preference_pair_naming_prefs(tiny_llama_dir, command, tmp_path, capsys):
+    data = _write(tmp_path / "d.jsonl", [GOOD])
+    args = [str(data) if a == "{data}" else a for a in command]
+    assert main([*args, "-m", str(tiny_llama_dir), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "line 1" in err and "`ce-inspect prefs` scores it" in err, err
+
+
+# --- --export-ref: the records with the reference's sums, as TRL's precompute step names them ---------------
+
+
+def test_export_ref_adds_the_reference_sums_and_trl_reads_them(lm, ref, tiny_llama_dir, ref_dir, tmp_path):
+    out, export = tmp_path / "out.jsonl", tmp_path / "export.jsonl"
+    data = _write(tmp_path / "d.jsonl", [*_rows("pairs.jsonl"), {"prompt": "x", "chosen": ""}])  # the last skipped
+    summary = ce_inspect.prefs_dataset(lm, data, out, ref=ref, export_ref=export, skip_invalid=True)
+    exported, lines = _lines(export), _lines(out)
+    assert [{k: v for k, v in e.items() if not k.startswith("ref_")} for e in exported] == _rows("pairs.jsonl")
+    for e, line in zip(exported, lines, strict=True):
+        assert (e["ref_chosen_logps"], e["ref_rejected_logps"]) == (
+            line["ref_chosen_logps"],
+            line["ref_rejected_logps"],
+        )
+    # TRL 1.x: DPOTrainer's collator passes the columns through; with its (internal) precompute flag set, the
+    # loss takes them instead of a reference forward pass, and gives ce-inspect's loss.
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    logging.getLogger("trl").setLevel(logging.ERROR)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), report_to=[], max_length=None, use_cpu=True, bf16=False,
+                     per_device_train_batch_size=len(exported), dataset_num_proc=None)  # fmt: skip
+    trainer = DPOTrainer(
+        model=policy,
+        ref_model=None,
+        args=args,
+        train_dataset=Dataset.from_list(exported),
+        processing_class=lm.tokenizer,
+    )
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(exported))])
+    trainer.precompute_ref_logps = True
+    policy.eval()
+    with torch.no_grad():
+        loss = float(trainer.compute_loss(policy, batch))
+    assert loss == pytest.approx(summary.to_dict()["loss"]["mean"], abs=1e-5)
+
+
+def test_export_ref_refuses_what_it_cannot_write(lm, tmp_path):
+    with pytest.raises(UsageError, match="scores no reference"):
+        ce_inspect.prefs_dataset(lm, SAMPLES / "pairs.jsonl", loss_type="orpo", export_ref=tmp_path / "e.jsonl")
+    taken = tmp_path / "taken.jsonl"
+    taken.write_text("someone's\n")
+    with pytest.raises(ce_inspect.CeInspectError, match="export_ref"):
+        ce_inspect.prefs_dataset(lm, SAMPLES / "pairs.jsonl", export_ref=taken)
+    assert taken.read_text() == "someone's\n"

@@ -71,6 +71,7 @@ FLAGS: dict[str, str] = {
     "beta": "--beta",
     "gamma": "--simpo-gamma",
     "truncation_mode": "--truncation-mode",
+    "export_ref": "--export-ref",
 }
 
 # `load`'s parameters -> the candidate's (`diff`'s second model): what a message about loading it names.

@@ -150,6 +150,14 @@ def prefs(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing --output file.", rich_help_panel=OUTPUT)
     ] = False,
+    export_ref: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the records with the reference's ref_chosen_logps and ref_rejected_logps added, as "
+            "TRL's DPOTrainer names its precomputed reference log-probs (JSON Lines).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
     worst: Annotated[
         int,
         typer.Option(
@@ -199,7 +207,7 @@ def prefs(
             policy.load, data, output, ref=reference.load if reference is not None else None, loss_type=loss_type,
             beta=beta, gamma=simpo_gamma, tokenization=tokenization, max_length=max_length,
             truncation_mode=truncation_mode, settings=settings, skip_invalid=skip_invalid, resume=resume, force=force,
-            stream=out.stream, progress=out.progress, notes=out.notes,
+            stream=out.stream, progress=out.progress, notes=out.notes, export_ref=export_ref,
         )  # fmt: skip
     if summary is None:
         return  # torchrun, not rank 0: rank 0 reports the run and applies the gate

@@ -2,7 +2,8 @@
 TRL's log-prob sums, implicit rewards, margin and loss, the pair's checks.
 
 The package: ``figures`` (the losses and TRL's metrics, plain math), ``score`` (both sides of each pair through
-the scorers, a pair's output line), ``dataset`` (the job for the one runner, its summary, its lines read back,
+the scorers, a pair's output line), ``export`` (``--export-ref``: the records with the reference's sums),
+``dataset`` (the job for the one runner, its summary, its lines read back,
 ``prefs_dataset``). The tokenization is ``text.encode_preference`` (TRL's DPO rule).
 """
 
@@ -20,6 +21,7 @@ from ce_inspect.prefs.dataset import (
     prefs_line_stats,
     prefs_settings,
 )
+from ce_inspect.prefs.export import EXPORT_LABEL, check_export, export_ref
 from ce_inspect.prefs.figures import (
     DEFAULT_BETA,
     DEFAULT_SIMPO_GAMMA,
@@ -37,6 +39,7 @@ from ce_inspect.prefs.score import Loss, PairResult, pair_line, score_pairs, sid
 
 __all__ = [
     "DEFAULT_BETA",
+    "EXPORT_LABEL",
     "DEFAULT_SIMPO_GAMMA",
     "LOSS_TYPES",
     "METRICS",
@@ -48,7 +51,9 @@ __all__ = [
     "PrefsReport",
     "ResumedPair",
     "Tokenization",
+    "check_export",
     "check_loss",
+    "export_ref",
     "check_same_pair",
     "log1mexp",
     "log_sigmoid",

@@ -31,6 +31,8 @@ from ce_inspect.dataset import (
 )
 from ce_inspect.distributed import current_session
 from ce_inspect.errors import InputError, SequenceTooLongError, UsageError
+from ce_inspect.prefs.export import check_export
+from ce_inspect.prefs.export import export_ref as write_export
 from ce_inspect.prefs.figures import LOSS_TYPES, METRICS, PairFigures, check_loss, metric, trl_metrics
 from ce_inspect.prefs.score import Loss, PairResult, pair_line, score_pairs
 from ce_inspect.scoring import ScoreOptions
@@ -362,14 +364,20 @@ def prefs_dataset(
     notes: Callable[[str], None] | None = None,
     data_label: str = "the data",
     describe: bool = True,
+    export_ref: str | Path | None = None,
 ) -> PrefsDatasetSummary:
     """Every preference pair of ``data`` through the policy and the reference (``ref``; None: the policy is its
     own reference), as TRL's DPOTrainer prepares and scores it: one JSON line per pair into ``output`` and the
-    data-set summary returned (resume, force, torchrun: as ``score_dataset``)."""
+    data-set summary returned (resume, force, torchrun: as ``score_dataset``). ``export_ref``: also write the
+    records with the reference's ``ref_chosen_logps`` and ``ref_rejected_logps`` added (``prefs.export_ref``)."""
     check_loss(loss_type, beta, gamma)
     loss, tok = Loss(loss_type, beta, gamma), Tokenization(tokenization, max_length, truncation_mode)
     if ref is not None and not loss.uses_reference:
         raise UsageError(f"`ref` is not used by `loss_type` {loss_type}, which compares with no reference; drop it")
+    if export_ref is not None:
+        if not loss.uses_reference:
+            raise UsageError(f"`export_ref`: `loss_type` {loss_type} scores no reference; nothing to export")
+        check_export(export_ref, data, output, force)
     settings, options = settings or BatchSettings(), ScoreOptions()
     with DatasetRun(
         data,
@@ -395,7 +403,10 @@ def prefs_dataset(
         )  # type: ignore[arg-type]
         written = prefs_settings(policy, reference, loss, tok, options, scan.fields)
         job = prefs_job(policy, reference, loss, written, settings.worst, options, settings.padding_side)
-        return run.run(policy, scan, job, options=options, settings=settings, stream=stream, progress=progress)
+        summary = run.run(policy, scan, job, options=options, settings=settings, stream=stream, progress=progress)
+    if export_ref is not None and summary is not None:  # torchrun: rank 0 writes it
+        write_export(summary, data, export_ref)
+    return summary
 
 
 __all__ = [
