@@ -22,7 +22,7 @@ def render_prefs_summary(summary: PrefsDatasetSummary, console: Console | None =
         f"{doc['pairs']} pairs, {doc['skipped_count']} skipped · policy {doc['policy']['model']} · "
         f"reference {reference} · loss {doc['loss_type']} (β {doc['beta']}{gamma})"
     )
-    metrics = Table(title="TRL's metrics (mean ± standard error over the pairs)", title_justify="left")
+    metrics = Table(title="TRL's metrics over the pairs", title_justify="left")
     for name, style in (("metric", None), ("mean", "bold"), ("± se", None), ("pairs", None)):
         metrics.add_column(name, style=style, justify="left" if name == "metric" else "right")
     for name, m in [*doc["metrics"].items(), ("loss", doc["loss"])]:
