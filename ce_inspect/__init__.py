@@ -14,7 +14,8 @@ Notebook use::
     [(t.turn, t.role, t.mean) for t in result.turns]
 
 A data set, as ``ce-inspect batch`` scores it (resumable, sharded under torchrun; ``diff_dataset``,
-``audit_dataset`` and, with a tokenizer only, ``audit_without_model`` likewise)::
+``audit_dataset``, ``prefs_dataset`` (preference pairs, TRL's DPO figures) and, with a tokenizer only,
+``audit_without_model`` likewise)::
 
     summary = score_dataset(lm, "samples/pairs.jsonl", output="scores.jsonl")
     summary.token_weighted_mean_loss
@@ -39,6 +40,7 @@ from ce_inspect.dataset import BatchSettings, DatasetSummary, score_dataset
 from ce_inspect.diff import DiffResult, DiffSummary, TokenDiff, diff, diff_dataset, diff_messages
 from ce_inspect.errors import CeInspectError
 from ce_inspect.model import LoadedModel, load, load_tokenizer
+from ce_inspect.prefs import PrefsDatasetSummary, prefs_dataset
 from ce_inspect.scoring import (
     ScoreOptions,
     cross_entropy,
@@ -74,6 +76,7 @@ __all__ = [
     "Fields",
     "Layout",
     "LoadedModel",
+    "PrefsDatasetSummary",
     "ScoreOptions",
     "ScoreResult",
     "SequenceToken",
@@ -95,6 +98,7 @@ __all__ = [
     "load",
     "load_tokenizer",
     "parse_messages",
+    "prefs_dataset",
     "score",
     "score_batch",
     "score_dataset",

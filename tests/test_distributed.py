@@ -681,3 +681,37 @@ def test_a_bad_record_fails_an_audit_run_with_its_line_and_no_output(tiny_llama_
     assert len(errors) == 1 and "line 7" in errors[0] and "--skip-invalid" in errors[0], proc.stderr
     assert re.search(r"exitcode\s*:\s*1 ", proc.stderr)
     assert not out.exists() and _no_parts(out)
+
+
+# --- prefs: the same sharded runner with prefs's job (both sides, policy and reference) --------------------
+
+PREFS = ROOT / "samples" / "prefs" / "planted.jsonl"
+
+
+def _prefs_cmd(model: Path, ref: Path, out: Path, summary: Path, *args: str) -> list[str]:
+    return [
+        *("-m", "ce_inspect", "prefs", str(PREFS), "-m", str(model), "--ref-model", str(ref), "--max-length", "24"),
+        *("-o", str(out), "--summary-json", str(summary), *OPTIONS, *args),
+    ]
+
+
+@pytest.mark.slow
+def test_two_ranks_score_the_pairs_one_process_scores(tiny_llama_dir, candidate_dir, tmp_path):
+    single, single_summary = tmp_path / "single.jsonl", tmp_path / "single.json"
+    cmd = [sys.executable, *_prefs_cmd(tiny_llama_dir, candidate_dir, single, single_summary)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port())]
+    cmd += _prefs_cmd(tiny_llama_dir, candidate_dir, out, summary)
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    ref_lines, lines = single.read_text().splitlines(), out.read_text().splitlines()
+    assert len(lines) == len(ref_lines) == 4 and _no_parts(out)
+    for k, (x, y) in enumerate(zip(ref_lines, lines), 1):
+        _close(json.loads(x), json.loads(y), f"line {k}", tol=1e-5)
+    ref, got = json.loads(single_summary.read_text()), json.loads(summary.read_text())
+    for key in ("batching", "output"):
+        ref.pop(key), got.pop(key)
+    _close(ref, got, "summary", tol=1e-5)
+    assert got["checks"] == {"identical": 3, "no-trained-tokens": 1, "prompt-differs": 0}

@@ -659,14 +659,14 @@ DATA_CASES: list[Case] = [
         "unknown --format",
         ["batch", "{tmp}/d.jsonl", "-m", "{llama}", "--format", "csv"],
         2,
-        "use one of tokenized, conversations, messages, prompt-completion, prompt-answer, text",
+        "use one of tokenized, preference, conversations, messages, prompt-completion, prompt-answer, text",
         files={"d.jsonl": '{"prompt": "p", "answer": "a"}\n'},
     ),
     Case(
         "audit: unknown --format (the same rule as batch)",
         ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--no-model", "--format", "csv"],
         2,
-        "use one of tokenized, conversations, messages, prompt-completion, prompt-answer, text",
+        "use one of tokenized, preference, conversations, messages, prompt-completion, prompt-answer, text",
         files={"d.jsonl": '{"prompt": "p", "answer": "a"}\n'},
     ),
     Case(
@@ -1063,7 +1063,86 @@ COMMAND_CASES: list[Case] = [
     ),
 ]
 
-CASES = LOADING_CASES + FILE_CASES + TEXT_CASES + DATA_CASES + COMMAND_CASES
+# --- prefs (issue 19): preference pairs ---------------------------------------------------------------------
+
+_PREFS = ["prefs", "d.jsonl", "-m", "{llama}", "--device", "cpu", "-o", "o.jsonl"]
+_GOOD_PAIR = '{"prompt": "Q?", "chosen": " yes", "rejected": " no"}\n'
+_CONV_PAIR = (
+    '{"prompt": [{"role": "user", "content": "Q?"}], "chosen": [{"role": "assistant", "content": "yes"}], '
+    '"rejected": [{"role": "assistant", "content": "no"}]}\n'
+)
+PREFS_CASES: list[Case] = [
+    Case("prefs-missing-side", _PREFS, 1, "d.jsonl line 1: missing field 'rejected'", {"d.jsonl": '{"chosen": "a"}\n'}),
+    Case(
+        "prefs-empty-side",
+        _PREFS,
+        1,
+        "d.jsonl line 2: field 'chosen' is empty",
+        {"d.jsonl": _GOOD_PAIR + '{"prompt": "Q?", "chosen": "", "rejected": " no"}\n'},
+    ),
+    Case(
+        "prefs-a-pair-mixing-text-and-messages",
+        _PREFS,
+        1,
+        "d.jsonl line 1: mixes plain text and messages",
+        {"d.jsonl": '{"prompt": "Q?", "chosen": [{"role": "assistant", "content": "yes"}], "rejected": " no"}\n'},
+    ),
+    Case(
+        "prefs-mixed-formats",
+        _PREFS,
+        1,
+        "d.jsonl line 2: the data set mixes formats",
+        {"d.jsonl": _GOOD_PAIR + _CONV_PAIR},
+    ),
+    Case(
+        "prefs-not-a-pair",
+        _PREFS,
+        1,
+        "d.jsonl line 1: not a preference pair (format prompt-answer)",
+        {"d.jsonl": '{"prompt": "Q?", "answer": " yes"}\n'},
+    ),
+    # The gpt2 model has no BOS token: its tokenizer lays the pair out otherwise.
+    Case(
+        "prefs-reference-tokenizer-differs",
+        [*_PREFS, "--ref-model", "{gpt2}"],
+        1,
+        "d.jsonl line 1: the reference's tokenizer gives the chosen side other tokens",
+        {"d.jsonl": _GOOD_PAIR},
+    ),
+    Case(
+        "prefs-longer-than-the-context",
+        _PREFS,
+        1,
+        "d.jsonl line 1: the chosen sequence is",
+        {"d.jsonl": '{"prompt": "Q?", "chosen": "' + "x" * 300 + '", "rejected": " no"}\n'},
+    ),
+    Case("prefs-bad-loss-type", [*_PREFS, "--loss-type", "kto"], 2, "--loss-type", {"d.jsonl": _GOOD_PAIR}),
+    Case("prefs-bad-beta", [*_PREFS, "--beta", "nan"], 2, "--beta", {"d.jsonl": _GOOD_PAIR}),
+    Case(
+        "prefs-reference-with-simpo",
+        [*_PREFS, "--loss-type", "simpo", "--ref-model", "{llama}"],
+        2,
+        "--loss-type simpo compares with no reference",
+        {"d.jsonl": _GOOD_PAIR},
+    ),
+    Case(
+        "prefs-separate-on-conversations",
+        [*_PREFS, "--tokenization", "separate"],
+        1,
+        "--tokenization separate applies to plain pairs",
+        {"d.jsonl": _CONV_PAIR},
+    ),
+    Case("prefs-bad-fail-on", [*_PREFS, "--fail-on", "length-bias"], 2, "unknown check", {"d.jsonl": _GOOD_PAIR}),
+    Case(
+        "prefs-output-is-input",
+        ["prefs", "d.jsonl", "-m", "{llama}", "-o", "d.jsonl", "--force"],
+        1,
+        "--output d.jsonl: is the same file as the input file",
+        {"d.jsonl": _GOOD_PAIR},
+    ),
+]
+
+CASES = LOADING_CASES + FILE_CASES + TEXT_CASES + DATA_CASES + COMMAND_CASES + PREFS_CASES
 
 # --- issue 22, runtime ---
 

@@ -201,6 +201,14 @@ COMMANDS: tuple[Command, ...] = (
             "ce-inspect audit samples/audit/loss-outlier.jsonl --fail-on loss-outlier",
         ),
     ),
+    Command(
+        "prefs:prefs",
+        examples=(
+            "ce-inspect prefs samples/prefs/pairs.jsonl -o prefs.jsonl --summary-json prefs-summary.json",
+            "ce-inspect prefs samples/prefs/conversational.jsonl --loss-type ipo --beta 0.5 --max-length 64",
+            "ce-inspect prefs samples/prefs/planted.jsonl --max-length 24 --fail-on identical,no-trained-tokens",
+        ),
+    ),
 )
 
 for _command in COMMANDS:

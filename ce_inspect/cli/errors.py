@@ -66,6 +66,12 @@ FLAGS: dict[str, str] = {
     "sequence": "--no-sequence",
     "max_length": "--max-length",
     "fail_on": "--fail-on",
+    "ref": "--ref-model",
+    "loss_type": "--loss-type",
+    "beta": "--beta",
+    "gamma": "--simpo-gamma",
+    "truncation_mode": "--truncation-mode",
+    "export_ref": "--export-ref",
 }
 
 # `load`'s parameters -> the candidate's (`diff`'s second model): what a message about loading it names.

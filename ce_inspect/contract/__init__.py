@@ -8,7 +8,7 @@ ce_inspect.contract.schema`` turns these types into the JSON Schema files in ``s
 
 ``wire`` holds the machinery (``SCHEMA_VERSION``, ``dumps``, ``conform``, and ``WireObject``, which derives a
 dataclass's ``to_dict``/``from_dict`` from its TypedDict, so each field is declared once); ``run``,
-``layout``, ``batch``, ``diff`` and ``audit`` each command's documents; ``schema`` the JSON Schema generator.
+``layout``, ``batch``, ``diff``, ``audit`` and ``prefs`` each command's documents; ``schema`` the JSON Schema generator.
 """
 
 from ce_inspect.contract.audit import (
@@ -58,6 +58,17 @@ from ce_inspect.contract.layout import (
     TrlLayoutDict,
     WindowsDict,
 )
+from ce_inspect.contract.prefs import (
+    PREFS_SCHEMA_VERSION,
+    MetricDict,
+    PrefsFindingDict,
+    PrefsLayoutDict,
+    PrefsLineDict,
+    PrefsModelDict,
+    PrefsSideDict,
+    PrefsSummaryDict,
+    PrefsWorstDict,
+)
 from ce_inspect.contract.run import (
     Alternative,
     AlternativeDict,
@@ -84,6 +95,15 @@ from ce_inspect.contract.wire import (
 )
 
 __all__ = [
+    "PREFS_SCHEMA_VERSION",
+    "MetricDict",
+    "PrefsFindingDict",
+    "PrefsLayoutDict",
+    "PrefsLineDict",
+    "PrefsModelDict",
+    "PrefsSideDict",
+    "PrefsSummaryDict",
+    "PrefsWorstDict",
     "DIFF_SCHEMA_VERSION",
     "TokenDiffDict",
     "DiffSummaryDict",

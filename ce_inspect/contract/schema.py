@@ -15,6 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from ce_inspect.contract.audit import AuditDict, AuditRecordLineDict
 from ce_inspect.contract.batch import BatchLineDict, BatchSummaryDict
 from ce_inspect.contract.diff import DiffDatasetDict, DiffDict, DiffLineDict
+from ce_inspect.contract.prefs import PrefsLineDict, PrefsSummaryDict
 from ce_inspect.contract.run import ResultDict
 from ce_inspect.contract.wire import SCHEMA_VERSION, dumps, get_type_hints, is_typeddict
 
@@ -31,6 +32,8 @@ DOCUMENTS: dict[str, tuple[Any, str]] = {
     "diff-summary.schema.json": (DiffDatasetDict, "ce-inspect diff --input --summary-json"),
     "audit.schema.json": (AuditDict, "ce-inspect audit --json"),
     "audit-record.schema.json": (AuditRecordLineDict, "ce-inspect audit --output: one line per record"),
+    "prefs-line.schema.json": (PrefsLineDict, "ce-inspect prefs: one output line per preference pair"),
+    "prefs-summary.schema.json": (PrefsSummaryDict, "ce-inspect prefs --summary-json"),
 }
 
 _SCALARS = {int: "integer", float: "number", str: "string", bool: "boolean", type(None): "null"}

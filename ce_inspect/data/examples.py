@@ -38,6 +38,8 @@ def encode_record(lm: LoadedModel, record: Record, layout: Layout) -> Encoded:
     """
     if record.error is not None:
         raise InputError(record.error)
+    if record.chosen is not None or record.rejected is not None:
+        raise InputError("a preference pair (chosen/rejected): `ce-inspect prefs` scores it")
     tokenizer, context = lm.tokenizer, lm.context_length
     trl = layout.tokenization == "trl"
     if record.input_ids is not None:

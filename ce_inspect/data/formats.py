@@ -9,6 +9,8 @@ Formats (detected per record from its fields, or forced with ``format``):
 - ``conversations``: ShareGPT, messages with ``from``/``value`` (human, gpt, system mapped to user,
   assistant, system);
 - ``text``: TRL's language-modelling type, every token scored;
+- ``preference``: TRL's preference type, ``{"prompt", "chosen", "rejected"}`` (plain or conversational), or
+  ``{"chosen", "rejected"}`` alone (the implicit-prompt form); read by ``prefs``, no other command scores it;
 - ``tokenized``: ``input_ids`` with ``labels``, or with TRL's ``completion_mask`` and/or ``assistant_masks``
   (or neither: every token trained, as TRL does), scored exactly as given.
 
@@ -26,7 +28,7 @@ from ce_inspect.errors import InputError
 from ce_inspect.text import check_text, parse_messages
 
 #: Record formats, in the order detection tries them.
-FORMATS = ("tokenized", "conversations", "messages", "prompt-completion", "prompt-answer", "text")
+FORMATS = ("tokenized", "preference", "conversations", "messages", "prompt-completion", "prompt-answer", "text")
 #: ShareGPT speakers -> chat roles. Other speakers (tool, function_call, ...) keep their name as the role.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 #: TRL's mask columns: 1 marks a trained token; TRL trains a token only where every mask present says 1.
@@ -72,6 +74,11 @@ class Record:
         None  # "labels", "completion_mask", "assistant_masks", both masks joined by "+", "input_ids"
     )
     attention_mask: tuple[int, ...] | None = None
+    #: preference: each side a string or a message list; the prompt in ``prompt`` or ``prompt_messages``,
+    #: or neither (the implicit-prompt form, ``implicit_prompt``).
+    chosen: str | list[dict[str, str]] | None = None
+    rejected: str | list[dict[str, str]] | None = None
+    implicit_prompt: bool = False
 
 
 # --- one object -> one record ---------------------------------------------------------------------------
@@ -90,6 +97,8 @@ def detect_format(obj: dict[str, Any], fields: Fields | None = None) -> str | No
     f = fields or Fields()
     if "input_ids" in obj:
         return "tokenized"
+    if "chosen" in obj or "rejected" in obj:
+        return "preference"
     if f.conversations in obj and f.messages not in obj:
         return "conversations"
     if f.messages in obj:
@@ -121,7 +130,7 @@ def parse_record(line: int, obj: Any, fields: Fields | None = None, format: str 
             line,
             rid,
             error=f"no known format (fields: {found}); expected prompt/answer, prompt/completion, messages, "
-            "conversations, text or input_ids (`format` and the field options pick others)",
+            "conversations, text, input_ids or chosen/rejected (`format` and the field options pick others)",
         )
     try:
         return _PARSERS[fmt](line, rid, obj, f)
@@ -170,6 +179,41 @@ def _parse_prompt_completion(line: int, rid: Any, obj: dict[str, Any], f: Fields
         f"fields {f.prompt!r} and {f.completion!r} must both be strings or both be message lists, not "
         f"{_type_name(prompt)} and {_type_name(completion)}"
     )
+
+
+def _side(obj: dict[str, Any], name: str) -> str | list[dict[str, str]]:
+    if name not in obj:
+        raise InputError(f"missing field {name!r}: a preference pair needs chosen and rejected")
+    value = obj[name]
+    if isinstance(value, str):
+        if not value:
+            raise InputError(f"field {name!r} is empty: there is nothing to score")
+        return _text(value, name)
+    if isinstance(value, list):
+        if not value:
+            raise InputError(f"field {name!r} is an empty message list: there is nothing to score")
+        return parse_messages(value, f"field {name!r}")
+    raise InputError(f"field {name!r} must be a string or a message list, not {_type_name(value)}")
+
+
+def _parse_preference(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Record:
+    """TRL's preference type: a prompt (or none: the implicit-prompt form) and the two sides."""
+    chosen, rejected = _side(obj, "chosen"), _side(obj, "rejected")
+    kinds = {"chosen": isinstance(chosen, str), "rejected": isinstance(rejected, str)}
+    prompt = obj.get(f.prompt)
+    if prompt is not None:
+        if not isinstance(prompt, (str, list)):
+            raise InputError(f"field {f.prompt!r} must be a string or a message list, not {_type_name(prompt)}")
+        kinds[f.prompt] = isinstance(prompt, str)
+    if len(set(kinds.values())) > 1:
+        found = ", ".join(f"{k!r} is {'a string' if v else 'a message list'}" for k, v in kinds.items())
+        raise InputError(f"mixes plain text and messages ({found}); give all strings or all message lists")
+    if prompt is None:
+        return Record(line, rid, chosen=chosen, rejected=rejected, implicit_prompt=True, format="preference")
+    if isinstance(prompt, str):
+        return Record(line, rid, prompt=_text(prompt, f.prompt), chosen=chosen, rejected=rejected, format="preference")
+    messages = parse_messages(prompt, f"field {f.prompt!r}")
+    return Record(line, rid, prompt_messages=messages, chosen=chosen, rejected=rejected, format="preference")
 
 
 def _parse_messages(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Record:
@@ -271,6 +315,7 @@ _PARSERS = {
     "conversations": _parse_conversations,
     "text": _parse_text,
     "tokenized": _parse_tokenized,
+    "preference": _parse_preference,
 }
 
 

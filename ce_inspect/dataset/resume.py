@@ -105,7 +105,7 @@ def read_resume(
                         "mixes two runs, start over with `force`"
                     )
                 last = stats.line
-                if not stats.count:
+                if not stats.fingerprint:  # a line with no result (audit: a record not scored)
                     others.add(stats.line)
                     size += len(raw)
                     continue

@@ -134,7 +134,7 @@ def _encode_for_scan(
             encoded = encoder(record) if encoder else encode_record(lm, record, layout)
         except InputError as exc:
             reason = str(exc)
-        if encoded is not None and not encoded.scored_positions:
+        if encoded is not None and encoded.requires_targets and not encoded.scored_positions:
             reason, encoded = "no token of it is scored (every label is ignored)", None
     return encoded, reason
 

@@ -19,6 +19,17 @@ from ce_inspect.text.encoded import (
     context_length,
 )
 from ce_inspect.text.pair import boundary_note, encode, encode_pair, joint_split
+from ce_inspect.text.preference import (
+    PAIR_CHECKS,
+    PREFERENCE_TOKENIZATIONS,
+    SIDES,
+    TRUNCATION_MODES,
+    Finding,
+    PreferenceExample,
+    check_preference_options,
+    encode_preference,
+    extract_prompt,
+)
 from ce_inspect.text.tokens import byte_hex, decode_tokens, special_ids, special_prefix, text_ids
 from ce_inspect.text.trl import encode_trl, encode_trl_language_modeling
 from ce_inspect.text.validate import (
@@ -36,6 +47,15 @@ from ce_inspect.text.windows import (
 )
 
 __all__ = [
+    "PAIR_CHECKS",
+    "PREFERENCE_TOKENIZATIONS",
+    "SIDES",
+    "TRUNCATION_MODES",
+    "Finding",
+    "PreferenceExample",
+    "check_preference_options",
+    "encode_preference",
+    "extract_prompt",
     "ANSWER",
     "BOS",
     "EOS",

@@ -7,7 +7,7 @@ by one happens in scoring, exactly where the model's own loss does it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ce_inspect.errors import InputError
 from ce_inspect.text.validate import check_text
@@ -47,6 +47,9 @@ class Encoded:
     turns: tuple[int | None, ...] = ()
     #: Chat only: the role of each message, indexed like ``turns``.
     turn_roles: tuple[str, ...] = ()
+    #: Whether an example with no target is invalid (the scan refuses it). A preference pair is not: one whose
+    #: prompt fills ``max_length`` is reported by its pair check, as the pair TRL drops.
+    requires_targets: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not (len(self.input_ids) == len(self.labels) == len(self.segments)):
