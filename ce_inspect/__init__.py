@@ -13,7 +13,7 @@ Notebook use::
     [(t.turn, t.role, t.mean) for t in result.turns]
 
 A data set, as ``ce-inspect batch`` scores it (resumable, sharded under torchrun; ``diff_dataset``,
-``audit_dataset`` and, with a tokenizer only, ``audit_without_model`` likewise)::
+``audit_dataset``, ``choices_dataset`` and, with a tokenizer only, ``audit_without_model`` likewise)::
 
     summary = score_dataset(lm, "samples/pairs.jsonl", output="scores.jsonl")
     summary.token_weighted_mean_loss
@@ -32,6 +32,7 @@ import os as _os
 _os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 from ce_inspect.audit import audit_dataset, audit_without_model
+from ce_inspect.choices import ChoicesSummary, choices_dataset
 from ce_inspect.contract import SCHEMA_VERSION, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
 from ce_inspect.data import Fields
 from ce_inspect.dataset import BatchSettings, DatasetSummary, score_dataset
@@ -83,6 +84,8 @@ __all__ = [
     "audit_dataset",
     "audit_without_model",
     "cross_entropy",
+    "ChoicesSummary",
+    "choices_dataset",
     "diff",
     "diff_dataset",
     "diff_messages",
