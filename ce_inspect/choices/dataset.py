@@ -200,14 +200,16 @@ def choices_dataset(
     resume: bool = False,
     force: bool = False,
     stream: IO[str] | None = None,
+    tee: Callable[[dict[str, Any]], None] | None = None,
     progress: Progress | None = None,
     notes: Callable[[str], None] | None = None,
 ) -> ChoicesSummary:
     """Every question of ``data`` (``{"prompt", "choices", "label"}``, lm-eval's ``query``/``context`` and
-    ``gold``, or chat ``messages`` as the context) through ``lm``, as ``ce-inspect choices`` scores it: one JSON
-    line per question into ``output`` and the summary returned (resume, force, torchrun: as ``score_dataset``).
-    ``tokenization`` None: exactly lm-eval's ``loglikelihood`` request; ``separate``, ``joint`` or ``trl``:
-    ``run``'s pair layouts without EOS; ``layout.chat``: each choice as the assistant's answer."""
+        ``gold``, or chat ``messages`` as the context) through ``lm``, as ``ce-inspect choices`` scores it: one JSON
+        line per question into ``output`` and the summary returned (resume, force, torchrun: as ``score_dataset``).
+        ``tokenization`` None: exactly lm-eval's ``loglikelihood`` request; ``separate``, ``joint`` or ``trl``:
+        ``run``'s pair layouts without EOS; ``layout.chat``: each choice as the assistant's answer. ``tee`` sees every
+    line written."""
     settings, options = settings or BatchSettings(), options or ScoreOptions()
     layout = choices_layout(layout or Layout(), tokenization)
     with DatasetRun(
@@ -231,7 +233,7 @@ def choices_dataset(
             encoder=lambda record: encode_question(lm, record, layout, tokenization),  # type: ignore[arg-type,return-value]
         )
         job = choices_job(lm, options, settings, effective_tokenization(layout, tokenization))
-        return run.run(lm, scan, job, options=options, settings=settings, stream=stream, progress=progress)
+        return run.run(lm, scan, job, options=options, settings=settings, stream=stream, tee=tee, progress=progress)
 
 
 __all__ = [

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ce_inspect.data import Record
-from ce_inspect.errors import InputError, SequenceTooLongError
+from ce_inspect.errors import InputError, SequenceTooLongError, UsageError
 from ce_inspect.text import ANSWER, BOS, PROMPT, Encoded, Layout, encode, encode_messages, special_prefix
 
 if TYPE_CHECKING:
@@ -150,11 +150,11 @@ def choices_layout(layout: Layout, tokenization: str | None) -> Layout:
     context is never scored. A pair's choice gets no EOS (lm-eval appends none); with the chat template the
     end-of-turn token is scored unless ``add_eos`` is off, as in ``run --chat``."""
     if layout.chat and tokenization is not None:
-        raise InputError("`tokenization` applies to prompt/choice pairs, not with `chat`; drop one")
+        raise UsageError("`tokenization` applies to prompt/choice pairs, not with `chat`; drop one")
     if not layout.mask_prompt:
-        raise InputError("`mask_prompt` off would score the context too; choices compare the choices only")
+        raise UsageError("`mask_prompt` off would score the context too; choices compare the choices only")
     if tokenization is None and layout.special_tokens != "parse":
-        raise InputError(
+        raise UsageError(
             "`special_tokens` text is not lm-eval's request (its tokenizer parses special-token text); "
             "give a `tokenization` with it"
         )

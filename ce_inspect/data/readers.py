@@ -43,6 +43,8 @@ class DataInfo:
         what = kind.get(self.kind, "a Hub dataset from the local cache") + (
             f", split {self.split}" if self.split else ""
         )
+        if self.format == CHOICES:  # never detected nor chosen: the `choices` command reads nothing else
+            return f"Reading {self.path} ({what}): one multiple-choice question per record."
         how = "as given (`format`)" if self.forced else "detected from the first record; `format` overrides"
         return f"Reading {self.path} ({what}): format {self.format or 'unknown'}, {how}."
 
