@@ -179,7 +179,7 @@ def choices_line_stats(obj: Any, worst: int) -> tuple[ExampleStats, list[Any]]:
         loss_sum=loss_sum,
         mean=loss_sum / len(tokens),
         nll_sum=-math.fsum(t["logprob"] for t in tokens),
-        greedy_hits=sum(t["is_greedy"] for t in tokens),
+        greedy_hits=sum(t["greedy"] for t in tokens),
         sequence_tokens=at,
         fingerprint=fingerprint_targets(targets),
         payload=Outcome(obj["correct"], obj["correct_norm"], len(choices)),
