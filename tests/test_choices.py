@@ -122,6 +122,8 @@ def test_every_choice_matches_lmeval_hflm_loglikelihood(arch, tiny_llama, tiny_g
 @pytest.mark.default_model
 def test_every_choice_matches_lmeval_on_the_bundled_model(smollm2, questions, tmp_path):
     check_parity(smollm2, questions, tmp_path / "out.jsonl")
+    greedy = {c["is_greedy"] for line in _lines(tmp_path / "out.jsonl") for c in line["choices"]}
+    assert greedy == {True, False}  # is_greedy's parity is not vacuous: both answers occur
 
 
 def test_the_questions_exercise_each_rule_of_lmevals_request(tiny_llama, tiny_gpt2):
