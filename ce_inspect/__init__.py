@@ -14,8 +14,8 @@ Notebook use::
     [(t.turn, t.role, t.mean) for t in result.turns]
 
 A data set, as ``ce-inspect batch`` scores it (resumable, sharded under torchrun; ``diff_dataset``,
-``audit_dataset``, ``prefs_dataset`` (preference pairs, TRL's DPO figures) and, with a tokenizer only,
-``audit_without_model`` likewise)::
+``audit_dataset``, ``prefs_dataset`` (preference pairs, TRL's DPO figures), ``choices_dataset`` (multiple
+choice as lm-eval scores it) and, with a tokenizer only, ``audit_without_model`` likewise)::
 
     summary = score_dataset(lm, "samples/pairs.jsonl", output="scores.jsonl")
     summary.token_weighted_mean_loss
@@ -34,6 +34,7 @@ import os as _os
 _os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 from ce_inspect.audit import audit_dataset, audit_without_model
+from ce_inspect.choices import ChoicesSummary, choices_dataset
 from ce_inspect.contract import SCHEMA_VERSION, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
 from ce_inspect.data import Fields
 from ce_inspect.dataset import BatchSettings, DatasetSummary, score_dataset
@@ -87,6 +88,8 @@ __all__ = [
     "audit_dataset",
     "audit_without_model",
     "cross_entropy",
+    "ChoicesSummary",
+    "choices_dataset",
     "diff",
     "diff_dataset",
     "diff_messages",

@@ -205,7 +205,9 @@ def test_run_documents_hold_exactly_the_declared_keys(run_documents):
     missing = declared(wire.ResultDict) - seen
     # Layouts only data-set records have (text, pre-tokenized, TRL's) are the batch test's to cover.
     missing = {
-        (t, k) for t, k in missing if not t.startswith(("TextLayout", "TokenizedLayout", "TrlLayout", "Windows"))
+        (t, k)
+        for t, k in missing
+        if not t.startswith(("TextLayout", "TokenizedLayout", "TrlLayout", "Windows", "LmEvalLayout"))
     }
     assert missing == set(), "declared but never written"
 
@@ -219,7 +221,10 @@ def test_batch_lines_and_summaries_hold_exactly_the_declared_keys(batch_outputs)
         check_keys(wire.BatchSummaryDict, summary, f"summary {k}", seen)
     missing = (declared(wire.BatchLineDict) | declared(wire.BatchSummaryDict)) - seen
     # Pair-only or chat-only layouts, template masks and tokens' bytes are the run test's to cover.
-    missing = {(t, k) for t, k in missing if not t.startswith(("TemplateMask", "Boundary")) and k != "bytes"}
+    # lm-eval's request is `choices`'s (tests/test_contract.py, the choices documents).
+    missing = {
+        (t, k) for t, k in missing if not t.startswith(("TemplateMask", "Boundary", "LmEvalLayout")) and k != "bytes"
+    }
     assert missing == set(), "declared but never written"
 
 
@@ -452,3 +457,38 @@ def test_diff_lines_are_diff_documents_with_their_record(other_documents):
     check_keys(DiffLineDict, line, "diff line", set())
     errors = sorted(_validator("diff-line.schema.json").iter_errors(line), key=str)
     assert not errors, errors[0]
+
+
+# --- choices: its line (a question) and its summary ---------------------------------------------------------
+
+
+def test_choices_lines_and_summary_hold_exactly_the_declared_keys(tiny_llama_dir, tmp_path):
+    """Pairs under lm-eval's request, run's separate split, and a chat context: every declared key written."""
+    rows = [
+        {"id": "a", "prompt": "The cat sat on the", "choices": [" mat", " hat that is red"], "label": 0},
+        {"query": "Q: 2+2=\nA:", "choices": [" 4", "5"], "gold": 1},
+        {"messages": [{"role": "user", "content": "Hi"}], "choices": ["Hello.", "Go away."], "label": 0},
+        {"prompt": "x", "choices": ["only one"], "label": 0},
+    ]
+    data = tmp_path / "q.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    lines, summaries = [], []
+    for k, extra in enumerate(([], ["--tokenization", "separate", "--top-k", "2"])):
+        out, summary = tmp_path / f"{k}.jsonl", tmp_path / f"{k}.json"
+        args = ["choices", str(data), "-m", str(tiny_llama_dir), "-o", str(out), "--summary-json", str(summary)]
+        assert main([*args, "--skip-invalid", *extra]) == 0
+        lines += [json.loads(line) for line in out.read_text().splitlines()]
+        summaries.append(json.loads(summary.read_text()))
+    seen: set[tuple[str, str]] = set()
+    for k, line in enumerate(lines):
+        check_keys(wire.ChoicesLineDict, line, f"line {k}", seen)
+        assert not sorted(_validator("choices-line.schema.json").iter_errors(line), key=str)
+    for k, summary in enumerate(summaries):
+        check_keys(wire.ChoicesSummaryDict, summary, f"summary {k}", seen)
+        assert not sorted(_validator("choices-summary.schema.json").iter_errors(summary), key=str)
+    missing = (declared(wire.ChoicesLineDict) | declared(wire.ChoicesSummaryDict)) - seen
+    # Other layouts and their parts are run's and batch's tests' to cover.
+    others = ("TemplateMask", "Boundary", "TextLayout", "TokenizedLayout", "TrlLayout", "Windows", "PairLayout")
+    missing = {(t, k) for t, k in missing if not t.startswith(others) and k not in ("bytes", "top_bytes")}
+    assert missing == set(), "declared but never written"
+    assert {line["choices"][0]["layout"]["kind"] for line in lines} == {"lm-eval", "pair", "chat"}

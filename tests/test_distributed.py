@@ -715,3 +715,46 @@ def test_two_ranks_score_the_pairs_one_process_scores(tiny_llama_dir, candidate_
         ref.pop(key), got.pop(key)
     _close(ref, got, "summary", tol=1e-5)
     assert got["checks"] == {"identical": 3, "no-trained-tokens": 1, "prompt-differs": 0}
+
+
+# --- choices: the same sharded runner with choices's score function and report -----------------------------
+
+
+@pytest.mark.slow
+def test_two_ranks_score_the_questions_one_process_scores(tiny_llama_dir, tmp_path):
+    questions = ROOT / "samples" / "choices.jsonl"
+
+    def cmd(out: Path, summary: Path) -> list[str]:
+        return [
+            *("-m", "ce_inspect", "choices", str(questions), "-m", str(tiny_llama_dir)),
+            *("-o", str(out), "--summary-json", str(summary), *OPTIONS),
+        ]
+
+    single, single_summary = tmp_path / "single.jsonl", tmp_path / "single.json"
+    proc = subprocess.run(
+        [sys.executable, *cmd(single, single_summary)],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=PROCESS_TIMEOUT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(_free_port()),
+    ]
+    proc = subprocess.run(
+        torchrun + cmd(out, summary), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=PROCESS_TIMEOUT
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _no_parts(out) and "Error" not in proc.stderr
+    ref_lines, lines = single.read_text().splitlines(), out.read_text().splitlines()
+    assert len(lines) == len(ref_lines) == 5
+    for k, (x, y) in enumerate(zip(ref_lines, lines), 1):
+        _close(json.loads(x), json.loads(y), f"line {k}", tol=1e-5)
+    ref, got = json.loads(single_summary.read_text()), json.loads(summary.read_text())
+    for key in ("acc", "acc_norm", "acc_stderr", "acc_norm_stderr", "questions", "choices"):
+        assert got[key] == ref[key], key

@@ -1263,6 +1263,32 @@ def _param(case: Case) -> object:
     return pytest.param(case, id=case.name, marks=[pytest.mark.slow] if case.process else [])
 
 
+# --- issue 18, choices: bad questions are one line naming the line ---
+
+_CHOICES = ["choices", "q.jsonl", "-m", "{llama}", "-o", "{tmp}/o.jsonl"]
+_GOOD_Q = '{"prompt": "Q:", "choices": [" a", " b"], "label": 0}\n'
+
+
+def _questions(bad: str) -> dict[str, str | bytes]:
+    return {"q.jsonl": _GOOD_Q + bad + "\n"}
+
+
+CASES += [
+    Case("choices-label-out-of-range", _CHOICES, 1, "line 2: field 'label' is 2, out of range for 2 choices",
+         _questions('{"prompt": "Q:", "choices": [" a", " b"], "label": 2}')),
+    Case("choices-one-choice", _CHOICES, 1, "line 2: field 'choices' has 1 choice(s); a question needs at least two",
+         _questions('{"prompt": "Q:", "choices": [" a"], "label": 0}')),
+    Case("choices-empty-choice", _CHOICES, 1, "line 2: choice 1 is empty",
+         _questions('{"prompt": "Q:", "choices": [" a", ""], "label": 0}')),
+    Case("choices-missing-label", _CHOICES, 1, "line 2: missing field for the right choice's index",
+         _questions('{"prompt": "Q:", "choices": [" a", " b"]}')),
+    Case("choices-mixed-context", _CHOICES, 1, "line 2: mixed fields 'prompt' and 'query'",
+         _questions('{"prompt": "Q:", "query": "Q:", "choices": [" a", " b"], "label": 0}')),
+    Case("choices-skip-invalid", [*_CHOICES, "--skip-invalid"], 0, "",
+         _questions('{"prompt": "Q:", "choices": [" a", " b"], "gold": 5}')),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize("case", [_param(c) for c in CASES])
 def test_hostile_input(case: Case, tmp_path, tiny_llama_dir, tiny_gpt2_dir, capsys):
     code, out, err = run_case(case, tmp_path, {"llama": str(tiny_llama_dir), "gpt2": str(tiny_gpt2_dir)}, capsys)

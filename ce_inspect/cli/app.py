@@ -194,6 +194,14 @@ COMMANDS: tuple[Command, ...] = (
         ),
     ),
     Command(
+        "choices:choices",
+        examples=(
+            "ce-inspect choices samples/choices.jsonl -o choices.jsonl --summary-json choices-summary.json",
+            "ce-inspect choices samples/choices.jsonl --tokenization separate --fail-below-acc 0.5",
+            "ce-inspect choices samples/choices.jsonl --chat --show 3",
+        ),
+    ),
+    Command(
         "audit:audit",
         examples=(
             "ce-inspect audit samples/audit/clean.jsonl --no-model",

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 #: Commands that split their data set over the ranks (``diff`` with --input, ``audit``'s forward pass); any
 #: other refuses to run under torchrun.
-SHARDED_COMMANDS = ("batch", "diff", "audit", "prefs")
+SHARDED_COMMANDS = ("batch", "diff", "audit", "prefs", "choices")
 INTERRUPTED = 130
 
 

@@ -8,7 +8,8 @@ ce_inspect.contract.schema`` turns these types into the JSON Schema files in ``s
 
 ``wire`` holds the machinery (``SCHEMA_VERSION``, ``dumps``, ``conform``, and ``WireObject``, which derives a
 dataclass's ``to_dict``/``from_dict`` from its TypedDict, so each field is declared once); ``run``,
-``layout``, ``batch``, ``diff``, ``audit`` and ``prefs`` each command's documents; ``schema`` the JSON Schema generator.
+``layout``, ``batch``, ``diff``, ``audit``, ``prefs`` and ``choices`` each command's documents; ``schema`` the
+JSON Schema generator.
 """
 
 from ce_inspect.contract.audit import (
@@ -34,6 +35,12 @@ from ce_inspect.contract.batch import (
     WorstTokenDict,
     batch_line_from_dict,
 )
+from ce_inspect.contract.choices import (
+    CHOICES_SCHEMA_VERSION,
+    ChoiceDict,
+    ChoicesLineDict,
+    ChoicesSummaryDict,
+)
 from ce_inspect.contract.diff import (
     DIFF_SCHEMA_VERSION,
     DiffDatasetDict,
@@ -49,6 +56,7 @@ from ce_inspect.contract.layout import (
     BoundaryTokenDict,
     ChatLayoutDict,
     LayoutDict,
+    LmEvalLayoutDict,
     PairLayoutDict,
     TemplateMaskDict,
     TemplateMaskUnusedDict,
@@ -95,6 +103,11 @@ from ce_inspect.contract.wire import (
 )
 
 __all__ = [
+    "CHOICES_SCHEMA_VERSION",
+    "ChoiceDict",
+    "ChoicesLineDict",
+    "ChoicesSummaryDict",
+    "LmEvalLayoutDict",
     "PREFS_SCHEMA_VERSION",
     "MetricDict",
     "PrefsFindingDict",

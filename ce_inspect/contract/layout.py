@@ -1,5 +1,5 @@
 """The ``layout`` of run's document and each batch line: how the example was laid out and tokenized, one
-TypedDict per form (pair, chat, trl, text, tokenized)."""
+TypedDict per form (pair, chat, trl, text, tokenized, and ``choices``'s lm-eval request)."""
 
 # No `from __future__ import annotations` here: TypedDicts read `NotRequired[...]` from evaluated
 # annotations only, and with string annotations every key would silently count as required.
@@ -126,4 +126,17 @@ class TokenizedLayoutDict(TypedDict):
     scored_tokens: int
 
 
-LayoutDict = PairLayoutDict | ChatLayoutDict | TrlLayoutDict | TextLayoutDict | TokenizedLayoutDict
+class LmEvalLayoutDict(TypedDict):
+    """``choices``'s default: a (context, continuation) request exactly as lm-evaluation-harness builds it."""
+
+    kind: Literal["lm-eval"]
+    prefix_tokens: int  # special tokens the tokenizer put before the context (BOS), or the empty context's prefix
+    context_tokens: int  # with prefix_tokens
+    answer_tokens: int
+    moved_spaces: int  # trailing whitespace of the context moved to the continuation
+    empty_context: bool  # the context was empty: the prefix token (BOS, else EOS) stands for it
+    sequence_tokens: int
+    scored_tokens: int
+
+
+LayoutDict = PairLayoutDict | ChatLayoutDict | TrlLayoutDict | TextLayoutDict | TokenizedLayoutDict | LmEvalLayoutDict

@@ -14,6 +14,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from ce_inspect.contract.audit import AuditDict, AuditRecordLineDict
 from ce_inspect.contract.batch import BatchLineDict, BatchSummaryDict
+from ce_inspect.contract.choices import ChoicesLineDict, ChoicesSummaryDict
 from ce_inspect.contract.diff import DiffDatasetDict, DiffDict, DiffLineDict
 from ce_inspect.contract.prefs import PrefsLineDict, PrefsSummaryDict
 from ce_inspect.contract.run import ResultDict
@@ -28,6 +29,8 @@ DOCUMENTS: dict[str, tuple[Any, str]] = {
     "batch-line.schema.json": (BatchLineDict, "ce-inspect batch: one output line"),
     "batch-summary.schema.json": (BatchSummaryDict, "ce-inspect batch --summary-json"),
     "diff.schema.json": (DiffDict, "ce-inspect diff --json"),
+    "choices-line.schema.json": (ChoicesLineDict, "ce-inspect choices: one output line (a question)"),
+    "choices-summary.schema.json": (ChoicesSummaryDict, "ce-inspect choices --summary-json"),
     "diff-line.schema.json": (DiffLineDict, "ce-inspect diff --input: one output line"),
     "diff-summary.schema.json": (DiffDatasetDict, "ce-inspect diff --input --summary-json"),
     "audit.schema.json": (AuditDict, "ce-inspect audit --json"),

@@ -2,7 +2,10 @@
 
 from ce_inspect.data.examples import encode_record, encode_text, encode_tokenized, encode_whole, vocab_size
 from ce_inspect.data.formats import (
+    CHOICES,
+    CONTEXT_FIELDS,
     FORMATS,
+    LABEL_FIELDS,
     MASK_FIELDS,
     SHAREGPT_ROLES,
     Fields,
@@ -23,7 +26,10 @@ from ce_inspect.data.readers import (
 )
 
 __all__ = [
+    "CHOICES",
+    "CONTEXT_FIELDS",
     "DataInfo",
+    "LABEL_FIELDS",
     "FILE_KINDS",
     "FORMATS",
     "Fields",

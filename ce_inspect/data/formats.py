@@ -29,6 +29,12 @@ from ce_inspect.text import check_text, parse_messages
 
 #: Record formats, in the order detection tries them.
 FORMATS = ("tokenized", "preference", "conversations", "messages", "prompt-completion", "prompt-answer", "text")
+#: ``ce-inspect choices``'s format (a question, its choices and the gold label): never detected, always forced
+#: by that command, so a data set of questions is never read as pairs nor a pair file as questions.
+CHOICES = "choices"
+#: Where a choices record's context and label may be, ce-inspect's names first, then lm-evaluation-harness's.
+CONTEXT_FIELDS = ("prompt", "query", "context", "messages")
+LABEL_FIELDS = ("label", "gold")
 #: ShareGPT speakers -> chat roles. Other speakers (tool, function_call, ...) keep their name as the role.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 #: TRL's mask columns: 1 marks a trained token; TRL trains a token only where every mask present says 1.
@@ -79,6 +85,10 @@ class Record:
     chosen: str | list[dict[str, str]] | None = None
     rejected: str | list[dict[str, str]] | None = None
     implicit_prompt: bool = False
+    #: ``choices`` records: the continuations to compare and the index of the right one (the context is
+    #: ``prompt``, or ``messages`` for a conversation).
+    choices: tuple[str, ...] | None = None
+    label: int | None = None
 
 
 # --- one object -> one record ---------------------------------------------------------------------------
@@ -308,6 +318,46 @@ def _parse_tokenized(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Rec
     )
 
 
+def _one_of(obj: dict[str, Any], names: tuple[str, ...], what: str) -> str:
+    given = [name for name in names if name in obj]
+    if not given:
+        raise InputError(f"missing field {what}: give one of {', '.join(repr(n) for n in names)}")
+    if len(given) > 1:
+        raise InputError(f"mixed fields {' and '.join(repr(n) for n in given)}: give one {what}")
+    return given[0]
+
+
+def _parse_choices(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Record:
+    """A multiple-choice question: a context (``prompt``, lm-eval's ``query`` or ``context``, or chat
+    ``messages``), at least two non-empty ``choices`` and the index of the right one (``label`` or ``gold``)."""
+    context = _one_of(obj, CONTEXT_FIELDS, "for the context")
+    label_name = _one_of(obj, LABEL_FIELDS, "for the right choice's index")
+    if "choices" not in obj:
+        raise InputError("missing field 'choices'")
+    choices = obj["choices"]
+    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+        raise InputError(f"field 'choices' must be an array of strings, not {_type_name(choices)}")
+    if len(choices) < 2:
+        raise InputError(f"field 'choices' has {len(choices)} choice(s); a question needs at least two")
+    for k, choice in enumerate(choices):
+        if not choice:
+            raise InputError(f"choice {k} is empty: there is nothing to score")
+        _text(choice, f"choices[{k}]")
+    label = obj[label_name]
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise InputError(f"field {label_name!r} must be an integer (the right choice's index), not {_type_name(label)}")
+    if not 0 <= label < len(choices):
+        raise InputError(
+            f"field {label_name!r} is {label}, out of range for {len(choices)} choices (0 to {len(choices) - 1})"
+        )
+    common = {"choices": tuple(choices), "label": label, "format": CHOICES}
+    if context == "messages":
+        return Record(line, rid, messages=parse_messages(obj[context], "field 'messages'"), **common)
+    if not isinstance(obj[context], str):
+        raise InputError(f"field {context!r} must be a string, not {_type_name(obj[context])}")
+    return Record(line, rid, prompt=_text(obj[context], context), **common)
+
+
 _PARSERS = {
     "prompt-answer": _parse_prompt_answer,
     "prompt-completion": _parse_prompt_completion,
@@ -316,11 +366,15 @@ _PARSERS = {
     "text": _parse_text,
     "tokenized": _parse_tokenized,
     "preference": _parse_preference,
+    CHOICES: _parse_choices,
 }
 
 
 __all__ = [
+    "CHOICES",
+    "CONTEXT_FIELDS",
     "FORMATS",
+    "LABEL_FIELDS",
     "MASK_FIELDS",
     "SHAREGPT_ROLES",
     "Fields",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ce_inspect.data.formats import FORMATS, Fields, Record, parse_record
+from ce_inspect.data.formats import CHOICES, FORMATS, Fields, Record, parse_record
 from ce_inspect.errors import InputError, read_error
 from ce_inspect.files import is_stream
 
@@ -43,6 +43,8 @@ class DataInfo:
         what = kind.get(self.kind, "a Hub dataset from the local cache") + (
             f", split {self.split}" if self.split else ""
         )
+        if self.format == CHOICES:  # never detected nor chosen: the `choices` command reads nothing else
+            return f"Reading {self.path} ({what}): one multiple-choice question per record."
         how = "as given (`format`)" if self.forced else "detected from the first record; `format` overrides"
         return f"Reading {self.path} ({what}): format {self.format or 'unknown'}, {how}."
 
@@ -339,7 +341,7 @@ def read_records(
     ``format`` (one of ``FORMATS``) forces how every record is read; None detects it per record.
     ``split`` picks the split of a saved or Hub dataset.
     """
-    if format is not None and format not in FORMATS:
+    if format is not None and format not in FORMATS and format != CHOICES:
         raise InputError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     fields = fields or Fields()
     for number, obj, error in read_objects(path, file_kind(path), split):
