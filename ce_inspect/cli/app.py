@@ -156,7 +156,7 @@ def run(
         result = score_messages(lm, example.conversation, layout=example.layout, options=options, last_turn=last_turn)
     else:
         result = score(lm, example.prompt, example.answer, layout=example.layout, options=options)
-    if json_out or reports.markdown_on_stdout():
+    if (json_out or reports.markdown_on_stdout()) and not common.quiet:
         for note in result.notes:  # the rendered view prints them; JSON or Markdown keeps stdout for itself
             print(f"note: {note}", file=sys.stderr)
 
