@@ -128,6 +128,7 @@ def batch_outputs(tiny_llama_dir, tmp_path_factory):
         "trl pair": ([{"prompt": "Q: ", "completion": "A."}], ["--tokenization", "trl"]),
         "trl text": ([{"text": "the cat sat"}], ["--tokenization", "trl"]),
         "trl windows": ([{"text": "the cat sat on the mat " * 30}], ["--tokenization", "trl", "--stride", "64"]),
+        "limited": ([{"text": "the cat"}, {"text": "sat"}], ["--limit", "1"]),  # a summary with its notes
     }
     for name, (rows, extra) in others.items():
         data = folder / f"{name}.jsonl"
@@ -413,6 +414,10 @@ def other_documents(tiny_llama_dir, tiny_gpt2_dir, tmp_path_factory):
         ["audit", str(data), "-m", str(tiny_llama_dir), "--no-model", "--fail-on", "none", "--json", "-o", str(records)]
     )
     docs["audit record"] = json.loads(records.read_text().splitlines()[0])
+    docs["audit limited"] = _cli_json(
+        ["audit", str(data), "-m", str(tiny_llama_dir), "--no-model", "--fail-on", "none", "--json", "--limit", "1"]
+    )
+    assert docs["audit limited"]["notes"]
     return docs
 
 
@@ -429,6 +434,7 @@ def _write(folder: Path, conversation) -> Path:
         ("diff messages", "diff.schema.json", "DiffDict"),
         ("diff summary", "diff-summary.schema.json", "DiffDatasetDict"),
         ("audit", "audit.schema.json", "AuditDict"),
+        ("audit limited", "audit.schema.json", "AuditDict"),
         ("audit record", "audit-record.schema.json", "AuditRecordLineDict"),
     ],
 )

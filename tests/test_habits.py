@@ -106,3 +106,123 @@ def test_model_env_is_named_in_help(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     assert main(["run", "--help"]) == 0
     assert "CE_INSPECT_MODEL" in capsys.readouterr().out
+
+
+# --- --limit N ----------------------------------------------------------------------------------------------
+
+
+def test_limit_reads_only_the_first_records_and_nothing_after(tmp_path):
+    from ce_inspect.data import open_data, read_objects, read_records
+
+    # Line 3 is not JSON and the array's third element is broken: with limit 2 neither is ever read.
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text(json.dumps(ROWS[0]) + "\n\n" + json.dumps(ROWS[1]) + "\n{not json\n", encoding="utf-8")
+    array = tmp_path / "d.json"
+    array.write_text("[" + json.dumps(ROWS[0]) + ", " + json.dumps(ROWS[1]) + ", {broken", encoding="utf-8")
+    for path in (jsonl, array):
+        records = list(read_records(path, limit=2))
+        assert [r.id for r in records] == ["a", "b"] and all(r.error is None for r in records)
+        assert len(list(read_records(path))) == 3  # the third record, invalid, is there without a limit
+        assert open_data(path, limit=2).to_dict()["limit"] == 2
+    assert len(list(read_objects(jsonl, "jsonl", None, 1))) == 1
+    assert "limit" not in open_data(jsonl).to_dict()
+
+
+@pytest.mark.parametrize("bad", [0, -3, True, 1.5, "2"])
+def test_limit_is_checked_once_in_the_core(bad, data):
+    from ce_inspect.data import check_limit
+    from ce_inspect.dataset import DatasetRun
+    from ce_inspect.errors import UsageError
+
+    with pytest.raises(UsageError, match="`limit` must be a positive number of records"):
+        check_limit(bad)
+    with pytest.raises(UsageError):
+        DatasetRun(data, limit=bad)
+
+
+@pytest.mark.parametrize(
+    "command", [["batch"], ["diff", "--dtype-b", "float32", "--input"], ["audit"], ["audit", "--no-model"]]
+)
+def test_a_bad_limit_is_a_usage_error_before_anything_loads(capsys, monkeypatch, data, command):
+    from ce_inspect.cli import audit as cli_audit
+    from ce_inspect.cli.options import Common
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded a model")
+
+    monkeypatch.setattr(Common, "load", never)
+    monkeypatch.setattr(cli_audit, "load_tokenizer", never)
+    assert main([*command, str(data), "--limit", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--limit must be a positive number of records, not 0" in err
+
+
+def test_score_dataset_with_a_limit(tiny_llama, data, tmp_path):
+    import ce_inspect
+
+    told: list[str] = []
+    out = tmp_path / "out.jsonl"
+    summary = ce_inspect.score_dataset(tiny_llama, data, out, limit=2, notes=told.append)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [d["id"] for d in lines] == ["a", "b"] and summary.examples == 2
+    note = f"read only the first 2 records of {data} (limit 2)"
+    doc = summary.to_dict()
+    assert doc["notes"] == [note] and doc["data"]["limit"] == 2 and f"note: {note}" in told
+    # The same figures as the first two records alone.
+    alone = tmp_path / "two.jsonl"
+    write_jsonl(alone, ROWS[:2])
+    whole = ce_inspect.score_dataset(tiny_llama, alone, tmp_path / "alone.jsonl")
+    assert whole.loss_sum == pytest.approx(summary.loss_sum, rel=1e-6) and "notes" not in whole.to_dict()
+    # A limit past the data set's end cuts nothing: no note.
+    assert "notes" not in ce_inspect.score_dataset(tiny_llama, data, limit=10).to_dict()
+
+
+def test_resume_treats_the_input_as_its_first_n_records(tiny_llama, data, tmp_path):
+    import ce_inspect
+    from ce_inspect.errors import ResumeError
+
+    out = tmp_path / "out.jsonl"
+    ce_inspect.score_dataset(tiny_llama, data, out, limit=2)
+    again = ce_inspect.score_dataset(tiny_llama, data, out, limit=2, resume=True)
+    assert again.resumed == 2 and again.examples == 2 and len(out.read_text().splitlines()) == 2
+    more = ce_inspect.score_dataset(tiny_llama, data, out, limit=3, resume=True)  # continues with record 3
+    assert more.resumed == 2 and more.examples == 3
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a", "b", "c"]
+    with pytest.raises(ResumeError, match="input line 3, past the first 2 records of .* that this run reads"):
+        ce_inspect.score_dataset(tiny_llama, data, out, limit=2, resume=True)
+
+
+def test_batch_limit_on_the_command_line(capsys, tiny_llama_dir, data, tmp_path):
+    summary_json = tmp_path / "summary.json"
+    args = ["batch", str(data), "-m", str(tiny_llama_dir), "--limit", "3", "--summary-json", str(summary_json)]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["id"] for line in out.splitlines()] == ["a", "b", "c"]
+    assert f"note: read only the first 3 records of {data} (limit 3)" in err
+    assert json.loads(summary_json.read_text())["notes"] == [f"read only the first 3 records of {data} (limit 3)"]
+
+
+def test_diff_input_limit(capsys, tiny_llama_dir, data, tmp_path):
+    summary_json = tmp_path / "summary.json"
+    args = ["diff", "-m", str(tiny_llama_dir), "--dtype-b", "float32", "--input", str(data), "--limit", "2"]
+    assert main([*args, "--summary-json", str(summary_json)]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["id"] for line in out.splitlines()] == ["a", "b"]
+    note = f"read only the first 2 records of {data} (limit 2)"
+    assert f"note: {note}" in err and json.loads(summary_json.read_text())["notes"] == [note]
+    assert main(["diff", "-m", str(tiny_llama_dir), "--dtype-b", "float32", "-p", "x", "-a", " y", "--limit", "2"]) == 2
+    assert "--limit goes with --input" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("no_model", [[], ["--no-model"]])
+def test_audit_limit(capsys, tiny_llama_dir, data, no_model):
+    assert main(["audit", str(data), "-m", str(tiny_llama_dir), "--limit", "2", "--json", *no_model]) == 0
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    note = f"read only the first 2 records of {data} (limit 2)"
+    assert doc["records"] == 2 and doc["notes"] == [note]
+    if not no_model:
+        assert doc["loss"]["examples"] == 2
+    assert main(["audit", str(data), "-m", str(tiny_llama_dir), "--json", *no_model]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["records"] == 4 and "notes" not in doc

@@ -21,6 +21,7 @@ from ce_inspect.cli.options import (
     DnllGateOpt,
     KlGateOpt,
     LastTurnOpt,
+    LimitOpt,
     MaxTokensOpt,
     MessagesOpt,
     PromptFileOpt,
@@ -121,6 +122,7 @@ def diff(
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Skip records that cannot be compared.", rich_help_panel=DATASET)
     ] = False,
+    limit: LimitOpt = None,
     batch_size: BatchSizeOpt = None,
     max_tokens: MaxTokensOpt = None,
     sort_window: SortWindowOpt = DEFAULT_SORT_WINDOW,
@@ -166,15 +168,15 @@ def diff(
             sort_window=sort_window,
             worst=worst,
         )
-        _diff_input(
-            common, candidate, reports, input, output, summary_json, settings, skip_invalid, force, resume, gates
-        )
+        run = {"skip_invalid": skip_invalid, "force": force, "resume": resume, "limit": limit}
+        _diff_input(common, candidate, reports, input, output, summary_json, settings, gates, **run)
         return
     for flag, value in (
         ("--summary-json", summary_json),
         ("--batch-size", batch_size),
         ("--max-tokens", max_tokens),
         ("--resume", resume or None),
+        ("--limit", limit),
     ):
         if value is not None:
             raise typer.BadParameter(f"{flag} goes with --input (a data set)", param_hint=flag)
@@ -205,10 +207,12 @@ def _diff_input(
     output: Path | None,
     summary_json: Path | None,
     settings: BatchSettings,
+    gates: tuple[float | None, float | None],
+    *,
     skip_invalid: bool,
     force: bool,
     resume: bool,
-    gates: tuple[float | None, float | None],
+    limit: int | None,
 ) -> None:
     """diff --input: the data set through both models with the library's ``diff_dataset``, its outputs, then the
     gates (on rank 0 under torchrun)."""
@@ -220,7 +224,7 @@ def _diff_input(
         summary = diff_dataset(
             common.load, lambda: load_candidate(candidate), input, output, layout=common.layout(),
             options=common.score_options(), settings=settings, skip_invalid=skip_invalid, resume=resume,
-            force=force, stream=out.stream, progress=out.progress, notes=out.notes, data_label="--input",
+            force=force, limit=limit, stream=out.stream, progress=out.progress, notes=out.notes, data_label="--input",
             describe=False,
         )  # fmt: skip
     if summary is None:

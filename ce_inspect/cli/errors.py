@@ -58,6 +58,7 @@ FLAGS: dict[str, str] = {
     "max_padding": "max_padding (library only)",
     "format": "--format",
     "split": "--split",
+    "limit": "--limit",
     "stride": "--stride",
     "output": "--output",
     "force": "--force",

@@ -206,6 +206,15 @@ FormatOpt = Annotated[
         rich_help_panel="Input",
     ),
 ]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--limit",
+        metavar="N",
+        help="Read only the first N records of the data set (a quick look; --resume reads the same N).",
+        rich_help_panel="Input",
+    ),
+]
 SplitOpt = Annotated[
     str | None,
     typer.Option(help="The split of a saved or Hub dataset (train, test, ...).", rich_help_panel="Input"),

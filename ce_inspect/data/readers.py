@@ -7,6 +7,7 @@ data set in the local cache (both memory-mapped Arrow, read in slices). Nothing 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ce_inspect.data.formats import FORMATS, Fields, Record, parse_record
-from ce_inspect.errors import InputError, read_error
+from ce_inspect.errors import InputError, UsageError, read_error
 from ce_inspect.files import is_stream
 
 #: File kinds ``open_data`` reads; the last three need the ``datasets`` extra.
@@ -36,6 +37,15 @@ class DataInfo:
     forced: bool  # format given by the caller, not detected
     split: str | None = None
     unit: str = "line"  # "line" for JSONL (Record.line is the file's line), else "record"
+    limit: int | None = None  # only the first `limit` records are read (``check_limit``)
+    limited: bool = False  # the data set held `limit` records at least: the run read only those
+
+    @property
+    def limit_note(self) -> str | None:
+        """What a run's notes say when ``limit`` cut the data set; None when it read every record."""
+        if not self.limited:
+            return None
+        return f"read only the first {self.limit} records of {self.path} (limit {self.limit})"
 
     def describe(self) -> str:
         """The one line shown on stderr: what is read and how it was recognised."""
@@ -52,7 +62,18 @@ class DataInfo:
         return f"{self.path} {self.unit} {record.line}{rid}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.kind, "format": self.format, "format_forced": self.forced, "split": self.split}
+        d = {"file": self.kind, "format": self.format, "format_forced": self.forced, "split": self.split}
+        return {**d, "limit": self.limit} if self.limit is not None else d
+
+
+def check_limit(limit: Any) -> int | None:
+    """The one check of `limit` (how many records a run reads from the start of the data set): None (all of
+    them) or a positive integer; anything else is a usage error."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise UsageError(f"`limit` must be a positive number of records, not {limit!r}")
+    return limit
 
 
 # --- files -> objects -----------------------------------------------------------------------------------
@@ -310,7 +331,16 @@ def _hub_objects(name: str, split: str | None) -> Iterator[tuple[int, Any, str |
     yield from _arrow_dataset_rows(_pick_split(ds, split if not hasattr(ds, "column_names") else None, name))
 
 
-def read_objects(path: str | os.PathLike[str], kind: str, split: str | None) -> Iterator[tuple[int, Any, str | None]]:
+def read_objects(
+    path: str | os.PathLike[str], kind: str, split: str | None, limit: int | None = None
+) -> Iterator[tuple[int, Any, str | None]]:
+    """The decoded objects of a data set, streamed, as ``(number, object, error)``; only the first ``limit``
+    (each one a record, an unreadable one too) when it is given: nothing after them is read."""
+    objects = _objects(path, kind, split)
+    return objects if check_limit(limit) is None else itertools.islice(objects, limit)
+
+
+def _objects(path: str | os.PathLike[str], kind: str, split: str | None) -> Iterator[tuple[int, Any, str | None]]:
     if split is not None and kind in ("jsonl", "json", "parquet"):
         raise InputError(f"{path} is a single file; `split` applies to saved and Hub datasets")
     if kind == "jsonl":
@@ -333,16 +363,17 @@ def read_records(
     *,
     format: str | None = None,
     split: str | None = None,
+    limit: int | None = None,
 ) -> Iterator[Record]:
     """Every record of a data set, in order, streamed; a record that is not an example carries ``error``.
 
     ``format`` (one of ``FORMATS``) forces how every record is read; None detects it per record.
-    ``split`` picks the split of a saved or Hub dataset.
+    ``split`` picks the split of a saved or Hub dataset; ``limit``: only the first ``limit`` records.
     """
     if format is not None and format not in FORMATS:
         raise InputError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     fields = fields or Fields()
-    for number, obj, error in read_objects(path, file_kind(path), split):
+    for number, obj, error in read_objects(path, file_kind(path), split, limit):
         if error is not None:
             yield Record(number, error=error)
         else:
@@ -355,8 +386,10 @@ def open_data(
     *,
     format: str | None = None,
     split: str | None = None,
+    limit: int | None = None,
 ) -> DataInfo:
-    """The file kind and the format of the data set (from its first valid record), for the one-line notice.
+    """The file kind and the format of the data set (from its first valid record), for the one-line notice;
+    ``limit``: the run reads only the first ``limit`` records (``DataInfo.limit``, ``check_limit``).
 
     Reads only until the first record that parses; raises for a file that cannot be opened at all, and for
     an input that can be read only once (stdin, a pipe, a FIFO: ``files.is_stream``), since every reader of
@@ -367,10 +400,11 @@ def open_data(
             f"{path}: can be read only once (stdin, a pipe or a FIFO), and a data set is read more than once; "
             "copy it to a file first (`files.spooled_input` does)"
         )
+    check_limit(limit)
     kind = file_kind(path)
     detected = format
     if detected is None:
-        for record in read_records(path, fields, split=split):
+        for record in read_records(path, fields, split=split, limit=limit):
             if record.format is not None:
                 detected = record.format
                 break
@@ -383,6 +417,7 @@ def open_data(
         forced=format is not None,
         split=split,
         unit="line" if kind == "jsonl" else "record",
+        limit=limit,
     )
 
 
@@ -391,6 +426,7 @@ __all__ = [
     "JSONL_SUFFIXES",
     "MAX_JSON_ELEMENT_BYTES",
     "DataInfo",
+    "check_limit",
     "file_kind",
     "open_data",
     "read_objects",
