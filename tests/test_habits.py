@@ -211,7 +211,7 @@ def test_diff_input_limit(capsys, tiny_llama_dir, data, tmp_path):
     note = f"read only the first 2 records of {data} (limit 2)"
     assert f"note: {note}" in err and json.loads(summary_json.read_text())["notes"] == [note]
     assert main(["diff", "-m", str(tiny_llama_dir), "--dtype-b", "float32", "-p", "x", "-a", " y", "--limit", "2"]) == 2
-    assert "--limit goes with --input" in capsys.readouterr().err
+    assert "--limit goes with a data set (DATA or --input)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("no_model", [[], ["--no-model"]])
@@ -226,3 +226,29 @@ def test_audit_limit(capsys, tiny_llama_dir, data, no_model):
     assert main(["audit", str(data), "-m", str(tiny_llama_dir), "--json", *no_model]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["records"] == 4 and "notes" not in doc
+
+
+# --- diff's data set is positional, --input its alias ---------------------------------------------------
+
+
+def test_diff_data_positional_is_input(capsys, tiny_llama_dir, data, tmp_path):
+    model = ["-m", str(tiny_llama_dir), "--dtype-b", "float32"]
+    by_option, by_argument = tmp_path / "option.jsonl", tmp_path / "argument.jsonl"
+    assert main(["diff", *model, "--input", str(data), "-o", str(by_option)]) == 0
+    assert main(["diff", str(data), *model, "-o", str(by_argument)]) == 0
+    assert main(["diff", *model, "-i", str(data), "-o", str(tmp_path / "short.jsonl")]) == 0
+    capsys.readouterr()
+    first, second = ([json.loads(line) for line in p.read_text().splitlines()] for p in (by_option, by_argument))
+    assert [d["id"] for d in second] == ["a", "b", "c", "d"]
+    assert [d["tokens"] for d in first] == [d["tokens"] for d in second]
+
+
+def test_diff_data_given_twice_is_a_usage_error(capsys, data):
+    assert main(["diff", str(data), "--input", str(data), "--dtype-b", "float32"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "give the data set once: DATA" in err and "not both" in err
+
+
+def test_diff_positional_data_refuses_single_example_options(capsys, data):
+    assert main(["diff", str(data), "--dtype-b", "float32", "-p", "x"]) == 2
+    assert "DATA reads every example from the data set; drop --prompt" in capsys.readouterr().err

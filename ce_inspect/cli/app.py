@@ -225,7 +225,7 @@ COMMANDS: tuple[Command, ...] = (
         "diff:diff",
         examples=(
             'ce-inspect diff --dtype-b bfloat16 -p "Where is the capital of China?" -a " Beijing."',
-            "ce-inspect diff --model-b ./finetuned --input samples/pairs.jsonl -o diff.jsonl",
+            "ce-inspect diff samples/pairs.jsonl --model-b ./finetuned -o diff.jsonl",
             "ce-inspect diff --model-b ./finetuned --messages samples/chat.json --fail-above-kl 0.05",
         ),
     ),
