@@ -138,6 +138,13 @@ def batch_outputs(tiny_llama_dir, tmp_path_factory):
         assert main(base + extra) == 0, name
         lines += [json.loads(line) for line in out.read_text().splitlines()]
         summaries.append(json.loads(summary.read_text()))
+    import gzip  # a compressed data set: the summary's data names its codec
+
+    packed, summary = folder / "packed.jsonl.gz", folder / "packed.summary.json"
+    packed.write_bytes(gzip.compress(json.dumps({"text": "the cat"}).encode() + b"\n"))
+    assert main(["batch", str(packed), "-m", str(tiny_llama_dir), "-o", str(folder / "packed.out.jsonl"),
+                 "--summary-json", str(summary)]) == 0  # fmt: skip
+    summaries.append(json.loads(summary.read_text()))
     kinds = {d["layout"]["kind"] for d in lines}
     assert {"pair", "chat", "text", "tokenized", "trl"} <= kinds, kinds
     return lines, summaries

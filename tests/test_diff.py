@@ -514,6 +514,7 @@ EVERY_FORM = [
     ("prompt-completion", {"prompt": "Where is it?", "completion": " In the north."}),
     ("prompt-completion conversational", {"prompt": _CHAT[:1], "completion": _CHAT[1:]}),
     ("prompt-answer", {"prompt": "Hi", "answer": " the answer is a longer one."}),
+    ("alpaca", {"instruction": "Name a colour.", "input": "One word.", "output": " Blue."}),
     ("text", {"text": "the cat sat on the mat"}),
 ]
 

@@ -201,8 +201,8 @@ FormatOpt = Annotated[
         "--format",
         metavar="FORMAT",
         callback=_known_format,
-        help="Read every record in this format (tokenized, conversations, messages, prompt-completion, "
-        "prompt-answer or text) instead of detecting each one's format from its fields.",
+        help=f"Read every record in this format ({', '.join(FORMATS)}) instead of detecting each one's format "
+        "from its fields.",
         rich_help_panel="Input",
     ),
 ]

@@ -71,6 +71,7 @@ class DataDict(TypedDict):
     format_forced: bool
     split: str | None
     limit: NotRequired[int]  # only the first `limit` records were read (--limit)
+    compression: NotRequired[str]  # gzip, bzip2 or zstd (by the file's suffix)
 
 
 class HistogramDict(TypedDict):

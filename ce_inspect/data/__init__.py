@@ -2,11 +2,14 @@
 
 from ce_inspect.data.examples import encode_record, encode_text, encode_tokenized, encode_whole, vocab_size
 from ce_inspect.data.formats import (
+    ALPACA_FIELDS,
+    ALPACA_NOTE,
     FORMATS,
     MASK_FIELDS,
     SHAREGPT_ROLES,
     Fields,
     Record,
+    alpaca_pair,
     detect_format,
     parse_record,
     sharegpt_messages,
@@ -24,6 +27,8 @@ from ce_inspect.data.readers import (
 )
 
 __all__ = [
+    "ALPACA_FIELDS",
+    "ALPACA_NOTE",
     "DataInfo",
     "FILE_KINDS",
     "FORMATS",
@@ -33,6 +38,7 @@ __all__ = [
     "MAX_JSON_ELEMENT_BYTES",
     "Record",
     "SHAREGPT_ROLES",
+    "alpaca_pair",
     "check_limit",
     "detect_format",
     "encode_record",

@@ -1,12 +1,14 @@
 """Data-set files -> objects -> ``Record``s, streamed, whatever the file; ``open_data`` says what it found.
 
-Files: JSONL (streamed line by line), a JSON array (streamed object by object), and, through the optional
+Files: JSONL (streamed line by line), a JSON array (streamed object by object), either one compressed
+(``.gz``, ``.bz2``, and ``.zst`` with the ``zstandard`` package: by the name's last suffix), and, through the optional
 ``datasets`` extra, Parquet (streamed in row groups), a folder written by ``Dataset.save_to_disk`` and a Hub
 data set in the local cache (both memory-mapped Arrow, read in slices). Nothing reads a whole file at once.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -14,11 +16,11 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ce_inspect.data.formats import FORMATS, Fields, Record, parse_record
 from ce_inspect.errors import InputError, UsageError, read_error
-from ce_inspect.files import is_stream
+from ce_inspect.files import COMPRESSION_SUFFIXES, is_stream
 
 #: File kinds ``open_data`` reads; the last three need the ``datasets`` extra.
 FILE_KINDS = ("jsonl", "json", "parquet", "saved-dataset", "hub")
@@ -38,6 +40,7 @@ class DataInfo:
     split: str | None = None
     unit: str = "line"  # "line" for JSONL (Record.line is the file's line), else "record"
     limit: int | None = None  # only the first `limit` records are read (``check_limit``)
+    compression: str | None = None  # gzip, bzip2 or zstd: the file is decompressed as it is read
     limited: bool = False  # the data set held `limit` records at least: the run read only those
 
     @property
@@ -53,6 +56,7 @@ class DataInfo:
         what = kind.get(self.kind, "a Hub dataset from the local cache") + (
             f", split {self.split}" if self.split else ""
         )
+        what += f", {self.compression}-compressed" if self.compression else ""
         how = "as given (`format`)" if self.forced else "detected from the first record; `format` overrides"
         return f"Reading {self.path} ({what}): format {self.format or 'unknown'}, {how}."
 
@@ -63,6 +67,8 @@ class DataInfo:
 
     def to_dict(self) -> dict[str, Any]:
         d = {"file": self.kind, "format": self.format, "format_forced": self.forced, "split": self.split}
+        if self.compression is not None:
+            d["compression"] = self.compression
         return {**d, "limit": self.limit} if self.limit is not None else d
 
 
@@ -83,18 +89,75 @@ def check_limit(limit: Any) -> int | None:
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
+def compression(path: str | os.PathLike[str]) -> str | None:
+    """The codec a data file is compressed with, by its name's last suffix (``.gz``, ``.bz2``, ``.zst``), or None."""
+    return COMPRESSION_SUFFIXES.get(Path(path).suffix.lower())
+
+
+def open_binary(path: str | os.PathLike[str]) -> IO[bytes]:
+    """A data file's bytes, decompressed as they are read when its name says it is compressed (``compression``).
+    ``.zst`` needs the ``zstandard`` package; without it, an InputError that names it."""
+    codec = compression(path)
+    if codec == "gzip":
+        import gzip
+
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if codec == "bzip2":
+        import bz2
+
+        return bz2.open(path, "rb")  # type: ignore[return-value]
+    if codec == "zstd":
+        try:
+            import zstandard  # noqa: TID253 - optional, imported only for .zst files
+        except ImportError:
+            raise InputError(
+                f"{path}: reading a .zst file needs the zstandard package: pip install zstandard"
+            ) from None
+        return io.BufferedReader(zstandard.open(path, "rb"))  # type: ignore[arg-type]
+    return open(path, "rb")
+
+
+def _decompression_errors() -> tuple[type[BaseException], ...]:
+    """What a decompressor raises for data that is not its format, or is cut short (zlib's, bz2's, zstandard's)."""
+    import sys
+    import zlib
+
+    errors: list[type[BaseException]] = [OSError, EOFError, zlib.error]
+    zstandard = sys.modules.get("zstandard")
+    if zstandard is not None:
+        errors.append(zstandard.ZstdError)
+    return tuple(errors)
+
+
+def _not_decompressed(path: str | os.PathLike[str], exc: BaseException) -> InputError:
+    reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+    return InputError(f"{path}: not valid {compression(path)} data ({reason})")
+
+
+def _decompressed_lines(fh: IO[bytes], path: Path) -> Iterator[bytes]:
+    """The lines of ``fh``; a compressed file's corrupt or truncated data is an InputError naming the file."""
+    if compression(path) is None:
+        yield from fh
+        return
+    try:
+        yield from fh
+    except _decompression_errors() as exc:
+        raise _not_decompressed(path, exc) from None
+
+
 def file_kind(path: str | os.PathLike[str]) -> str:
     """Which reader a path needs: by what it is (a folder, a Parquet file, a JSON array), else a Hub id.
 
     A ``.jsonl`` (or ``.ndjson``) name is JSON Lines; another file is a JSON array when its first character
     is ``[``. Only a regular file is looked into: a pipe's first bytes would be gone for its reader (such an
-    input is read by name: a ``.json`` name is a JSON array, any other JSON Lines).
+    input is read by name: a ``.json`` name is a JSON array, any other JSON Lines). A compressed file
+    (``data.jsonl.gz``) is named by the suffix before its compression's and looked into decompressed.
     """
     p = Path(path)
     if p.is_dir():
         return "saved-dataset"
     if p.is_file() or p.suffix:
-        suffix = p.suffix.lower()
+        suffix = (p.with_suffix("") if compression(p) else p).suffix.lower()
         if suffix == ".parquet":
             return "parquet"
         if suffix in JSONL_SUFFIXES:
@@ -110,20 +173,20 @@ def file_kind(path: str | os.PathLike[str]) -> str:
 
 def _first_char(path: Path) -> str:
     try:
-        with open(path, "rb") as fh:
+        with open_binary(path) as fh:
             head = fh.read(4096)
-    except OSError:
+    except (InputError, *_decompression_errors()):
         return ""
     return head.decode("utf-8", "ignore").lstrip("\ufeff \t\r\n")[:1]
 
 
 def _jsonl_objects(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     try:
-        fh = open(path, "rb")  # closed by the with below; opened first to map errors
+        fh = open_binary(path)  # closed by the with below; opened first to map errors
     except OSError as exc:
         raise read_error(str(path), exc, kind="data file") from None
     with fh:
-        for number, raw in enumerate(fh, 1):
+        for number, raw in enumerate(_decompressed_lines(fh, path), 1):
             if not raw.strip():
                 continue  # blank lines (a trailing newline, separators) are not records
             try:
@@ -147,11 +210,11 @@ def _json_array_objects(path: Path, chunk: int = 1 << 20) -> Iterator[tuple[int,
     cannot be resynchronised after one), as an error on the element where it happened.
     """
     try:
-        fh = open(path, encoding="utf-8")  # closed by the with below
+        fh = io.TextIOWrapper(open_binary(path), encoding="utf-8")  # closed by the with below
     except OSError as exc:
         raise read_error(str(path), exc, kind="data file") from None
     with fh:
-        reader = _ArrayReader(fh, str(path), chunk)
+        reader = _ArrayReader(fh, str(path), chunk, compressed=compression(path) is not None)
         if reader.next_char(skip="\ufeff") != "[":
             raise InputError(f"{path}: not a JSON array")
         reader.pos += 1
@@ -193,8 +256,9 @@ class _ArrayReader:
 
     _WS = re.compile(r"[ \t\r\n]*")
 
-    def __init__(self, fh: Any, label: str, chunk: int) -> None:
+    def __init__(self, fh: Any, label: str, chunk: int, compressed: bool = False) -> None:
         self.fh, self.label, self.chunk = fh, label, chunk
+        self.errors = _decompression_errors() if compressed else ()
         self.buf, self.pos, self.eof = "", 0, False
         self.decoder = json.JSONDecoder()
 
@@ -205,6 +269,8 @@ class _ArrayReader:
             more = self.fh.read(self.chunk)
         except UnicodeDecodeError as exc:
             raise read_error(self.label, exc) from None
+        except self.errors as exc:
+            raise _not_decompressed(self.label, exc) from None
         self.eof = not more
         self.buf += more
         return bool(more)
@@ -341,6 +407,8 @@ def read_objects(
 
 
 def _objects(path: str | os.PathLike[str], kind: str, split: str | None) -> Iterator[tuple[int, Any, str | None]]:
+    if compression(path) is not None and kind not in ("jsonl", "json"):
+        raise InputError(f"{path}: only JSONL and JSON files are read compressed; decompress it first")
     if split is not None and kind in ("jsonl", "json", "parquet"):
         raise InputError(f"{path} is a single file; `split` applies to saved and Hub datasets")
     if kind == "jsonl":
@@ -418,6 +486,7 @@ def open_data(
         split=split,
         unit="line" if kind == "jsonl" else "record",
         limit=limit,
+        compression=compression(path) if kind in ("jsonl", "json") else None,
     )
 
 
@@ -427,7 +496,9 @@ __all__ = [
     "MAX_JSON_ELEMENT_BYTES",
     "DataInfo",
     "check_limit",
+    "compression",
     "file_kind",
+    "open_binary",
     "open_data",
     "read_objects",
     "read_records",
