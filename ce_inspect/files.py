@@ -124,6 +124,19 @@ def is_stream(path: str | os.PathLike[str]) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
+#: Compressed data sets, recognised by their name's last suffix (``data.readers`` decompresses them): the codec.
+COMPRESSION_SUFFIXES = {".gz": "gzip", ".bz2": "bzip2", ".zst": "zstd"}
+
+
+def kept_suffix(path: str | os.PathLike[str]) -> str:
+    """The suffix a copy of ``path`` keeps to be read as ``path`` is: ``.jsonl``, and ``.jsonl.gz`` (both
+    suffixes) for a compressed file."""
+    p = Path(path)
+    if p.suffix.lower() in COMPRESSION_SUFFIXES:
+        return "".join(p.suffixes[-2:])
+    return p.suffix
+
+
 @contextmanager
 def spooled_input(path: str | os.PathLike[str], label: str) -> Iterator[Path]:
     """``path`` as a file that can be read as often as a reader needs, for the duration of the ``with``.
@@ -144,7 +157,7 @@ def spooled_input(path: str | os.PathLike[str], label: str) -> Iterator[Path]:
         except OSError as exc:
             raise read_error(f"{label} {path}", exc) from None
         with source:
-            spool = _spool(source, "input", Path(path).suffix, f"{label} {path}")
+            spool = _spool(source, "input", kept_suffix(path), f"{label} {path}")
     try:
         yield spool
     finally:

@@ -232,6 +232,7 @@ def smollm2_gguf_logits(models_cache) -> dict[str, torch.Tensor]:
 def _isolated_cache(monkeypatch, tmp_path_factory):
     """Every test that builds a cache writes it to a private folder, never the user's cache."""
     monkeypatch.setenv("CE_INSPECT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.delenv("CE_INSPECT_MODEL", raising=False)  # the user's default model never reaches a test
 
 
 def write_json(path: Path, data) -> Path:

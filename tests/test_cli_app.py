@@ -184,3 +184,32 @@ def test_each_example_is_shown_and_parses(monkeypatch, capsys, target, line):
     monkeypatch.setattr(cli_audit, "load_tokenizer", lambda *a, **k: (_ for _ in ()).throw(_Parsed()))
     with pytest.raises(_Parsed):
         main(args[1:])
+
+
+# --- habits: -h, a bare call, flags without a type (issue 20) -------------------------------------------
+
+
+@pytest.mark.parametrize("command", [[], *([c.target.split(":")[1]] for c in COMMANDS)])
+def test_h_is_help_on_the_app_and_every_command(capsys, command):
+    assert main([*command, "--help"]) == 0
+    long = capsys.readouterr().out
+    assert main([*command, "-h"]) == 0
+    out, err = capsys.readouterr()
+    assert out == long and "Usage: ce-inspect" in out and err == ""
+
+
+def test_a_bare_call_prints_the_help_and_no_empty_error(capsys):
+    assert main([]) == 2
+    out, err = capsys.readouterr()
+    assert "Usage: ce-inspect" in out and "Commands" in out
+    assert err == ""  # no "Error:  (see ...)" line with an empty message
+
+
+@pytest.mark.parametrize("command", [[], *([c.target.split(":")[1]] for c in COMMANDS)])
+def test_help_shows_no_type_beside_a_flag(capsys, monkeypatch, command):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "<bool>" not in out
+    if command == ["batch"]:  # options that take a value keep theirs
+        assert re.search(r"--split\s+<str>", out) and re.search(r"--force\s+Replace", out)

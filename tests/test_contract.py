@@ -128,6 +128,7 @@ def batch_outputs(tiny_llama_dir, tmp_path_factory):
         "trl pair": ([{"prompt": "Q: ", "completion": "A."}], ["--tokenization", "trl"]),
         "trl text": ([{"text": "the cat sat"}], ["--tokenization", "trl"]),
         "trl windows": ([{"text": "the cat sat on the mat " * 30}], ["--tokenization", "trl", "--stride", "64"]),
+        "limited": ([{"text": "the cat"}, {"text": "sat"}], ["--limit", "1"]),  # a summary with its notes
     }
     for name, (rows, extra) in others.items():
         data = folder / f"{name}.jsonl"
@@ -137,6 +138,13 @@ def batch_outputs(tiny_llama_dir, tmp_path_factory):
         assert main(base + extra) == 0, name
         lines += [json.loads(line) for line in out.read_text().splitlines()]
         summaries.append(json.loads(summary.read_text()))
+    import gzip  # a compressed data set: the summary's data names its codec
+
+    packed, summary = folder / "packed.jsonl.gz", folder / "packed.summary.json"
+    packed.write_bytes(gzip.compress(json.dumps({"text": "the cat"}).encode() + b"\n"))
+    assert main(["batch", str(packed), "-m", str(tiny_llama_dir), "-o", str(folder / "packed.out.jsonl"),
+                 "--summary-json", str(summary)]) == 0  # fmt: skip
+    summaries.append(json.loads(summary.read_text()))
     kinds = {d["layout"]["kind"] for d in lines}
     assert {"pair", "chat", "text", "tokenized", "trl"} <= kinds, kinds
     return lines, summaries
@@ -418,6 +426,10 @@ def other_documents(tiny_llama_dir, tiny_gpt2_dir, tmp_path_factory):
         ["audit", str(data), "-m", str(tiny_llama_dir), "--no-model", "--fail-on", "none", "--json", "-o", str(records)]
     )
     docs["audit record"] = json.loads(records.read_text().splitlines()[0])
+    docs["audit limited"] = _cli_json(
+        ["audit", str(data), "-m", str(tiny_llama_dir), "--no-model", "--fail-on", "none", "--json", "--limit", "1"]
+    )
+    assert docs["audit limited"]["notes"]
     return docs
 
 
@@ -434,6 +446,7 @@ def _write(folder: Path, conversation) -> Path:
         ("diff messages", "diff.schema.json", "DiffDict"),
         ("diff summary", "diff-summary.schema.json", "DiffDatasetDict"),
         ("audit", "audit.schema.json", "AuditDict"),
+        ("audit limited", "audit.schema.json", "AuditDict"),
         ("audit record", "audit-record.schema.json", "AuditRecordLineDict"),
     ],
 )

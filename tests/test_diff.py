@@ -479,7 +479,7 @@ def test_dataset_resume_needs_an_output_file(pair_dirs, tmp_path, capsys):
     code, out, err = cli(["diff", "-m", a, "--model-b", b, "--input", str(data), "--resume"], capsys)
     assert code == 2 and out == "" and "--output" in err
     code, out, err = cli(["diff", "-m", a, "--model-b", b, "-p", "x", "-a", " y", "--resume"], capsys)
-    assert code == 2 and out == "" and "--resume goes with --input" in err
+    assert code == 2 and out == "" and "--resume goes with a data set (DATA or --input)" in err
 
 
 def test_dataset_output_is_locked_against_a_second_writer(pair_dirs, tmp_path, capsys):
@@ -514,6 +514,7 @@ EVERY_FORM = [
     ("prompt-completion", {"prompt": "Where is it?", "completion": " In the north."}),
     ("prompt-completion conversational", {"prompt": _CHAT[:1], "completion": _CHAT[1:]}),
     ("prompt-answer", {"prompt": "Hi", "answer": " the answer is a longer one."}),
+    ("alpaca", {"instruction": "Name a colour.", "input": "One word.", "output": " Blue."}),
     ("text", {"text": "the cat sat on the mat"}),
 ]
 

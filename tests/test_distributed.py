@@ -585,7 +585,7 @@ def test_under_torchrun_diff_needs_input_and_audit_a_model(tiny_llama_dir, candi
     proc = torchrun("diff", *model, "-p", "a", "-a", " b")
     assert proc.returncode != 0 and proc.stdout == ""
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "give --input" in errors[0], proc.stderr
+    assert len(errors) == 1 and "give DATA (or --input)" in errors[0], proc.stderr
     assert re.search(r"exitcode\s*:\s*2 ", proc.stderr)
     out = tmp_path / "audit.jsonl"
     proc = torchrun("audit", str(PAIRS), "-m", str(tiny_llama_dir), "--no-model", "-o", str(out))

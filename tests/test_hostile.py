@@ -659,14 +659,14 @@ DATA_CASES: list[Case] = [
         "unknown --format",
         ["batch", "{tmp}/d.jsonl", "-m", "{llama}", "--format", "csv"],
         2,
-        "use one of tokenized, preference, conversations, messages, prompt-completion, prompt-answer, text",
+        "use one of tokenized, preference, conversations, messages, prompt-completion, prompt-answer, alpaca, text",
         files={"d.jsonl": '{"prompt": "p", "answer": "a"}\n'},
     ),
     Case(
         "audit: unknown --format (the same rule as batch)",
         ["audit", "{tmp}/d.jsonl", "-m", "{llama}", "--no-model", "--format", "csv"],
         2,
-        "use one of tokenized, preference, conversations, messages, prompt-completion, prompt-answer, text",
+        "use one of tokenized, preference, conversations, messages, prompt-completion, prompt-answer, alpaca, text",
         files={"d.jsonl": '{"prompt": "p", "answer": "a"}\n'},
     ),
     Case(

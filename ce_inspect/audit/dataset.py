@@ -21,6 +21,7 @@ from ce_inspect.contract import (
 )
 from ce_inspect.data import (
     FORMATS,
+    DataInfo,
     Fields,
     Record,
     detect_format,
@@ -68,14 +69,20 @@ TOKEN_FIELDS = ("input_ids", "labels", "attention_mask", "completion_mask", "ass
 
 
 def read_audit_records(
-    path: str | os.PathLike[str], fields: Any = None, *, format: str | None = None, split: str | None = None
+    path: str | os.PathLike[str],
+    fields: Any = None,
+    *,
+    format: str | None = None,
+    split: str | None = None,
+    limit: int | None = None,
 ) -> Iterator[tuple[Any, Any | None]]:
-    """Every record of the data set through ``data``'s reader, streamed: (record, its text as a second record
-    when it is pre-tokenized and also carries the text it was made from, e.g. ``messages``; else None)."""
+    """Every record of the data set (the first ``limit``) through ``data``'s reader, streamed: (record, its text
+    as a second record when it is pre-tokenized and also carries the text it was made from, e.g. ``messages``;
+    else None)."""
     if format is not None and format not in FORMATS:
         raise InputError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     fields = fields or Fields()
-    for number, obj, error in read_objects(path, file_kind(path), split):
+    for number, obj, error in read_objects(path, file_kind(path), split, limit):
         if error is not None:
             yield Record(number, error=error), None
             continue
@@ -173,7 +180,7 @@ def check_dataset(
     layout = layout or Layout()
     ctx = AuditContext(lm.tokenizer, layout=layout)
     audit = Audit(ctx, max_length=max_length, examples=examples)
-    for record, text in read_audit_records(path, fields, format=format, split=split):
+    for record, text in read_audit_records(path, fields, format=format, split=split, limit=info.limit):
         try:
             ex = example_from_record(lm, record, text, layout)
         except InputError as exc:
@@ -373,12 +380,14 @@ def audit_dataset(
     force: bool = False,
     format: str | None = None,
     split: str | None = None,
+    limit: int | None = None,
     progress: Progress | None = None,
     notes: Callable[[str], None] | None = None,
 ) -> AuditReport:
-    """``ce-inspect audit --model``: every check on every record, then the forward pass through the one
-    runner (each record's loss, the loss outliers); one line per record into ``output`` (marked with
-    ``loss-outlier`` once every loss is known) and the report returned. Under torchrun, None on ranks but 0."""
+    """``ce-inspect audit --model``: every check on every record (the first ``limit``), then the forward pass
+    through the one runner (each record's loss, the loss outliers); one line per record into ``output``
+    (marked with ``loss-outlier`` once every loss is known) and the report returned. Under torchrun, None on
+    ranks but 0."""
     settings, options, layout = settings or BatchSettings(), options or ScoreOptions(), layout or Layout()
     fields = fields or Fields()
     with DatasetRun(
@@ -392,6 +401,7 @@ def audit_dataset(
         fields=fields,
         format=format,
         split=split,
+        limit=limit,
         data_label="the data",
         session=current_session(),
         notes=notes,
@@ -440,9 +450,11 @@ def audit_without_model(
     force: bool = False,
     format: str | None = None,
     split: str | None = None,
+    limit: int | None = None,
     notes: Callable[[str], None] | None = None,
 ) -> AuditReport:
-    """``ce-inspect audit --no-model``: the checks that need no forward pass, with a tokenizer only (``name``
+    """``ce-inspect audit --no-model``: the checks that need no forward pass (on the first ``limit`` records
+    when it is given), with a tokenizer only (``name``
     names it), or with the function that loads it (returning ``(tokenizer, name)``; called once the output
     is checked and the data opened). One line per record into ``output``, written under a temporary name
     and renamed into place when complete, so a failed or interrupted audit leaves the old file intact."""
@@ -451,7 +463,7 @@ def audit_without_model(
         check_output(output, inputs=[("the data", data)], label="`output`", force=force)
     # stdin, a FIFO or a pipe given as a path is read once, into a temporary file: the checks read it twice.
     with spooled_input(data, "the data") as source, ExitStack() as stack:
-        info = replace(open_data(source, fields, format=format, split=split), path=input_name(data))
+        info = replace(open_data(source, fields, format=format, split=split, limit=limit), path=input_name(data))
         if notes is not None:
             notes(info.describe())  # before anything loads: a bad file fails fast
         sink = None
@@ -467,7 +479,18 @@ def audit_without_model(
         )  # fmt: skip
     where = str(output) if output is not None else None
     gate = DEFAULT_FAIL_ON if fail_on is None else fail_on
-    return audit.finish(input=info.path, model=None, tokenizer=name, fail_on=gate, output=where)
+    report = audit.finish(input=info.path, model=None, tokenizer=name, fail_on=gate, output=where)
+    return _limited(report, info, audit.records + len(audit.skipped), notes)
+
+
+def _limited(report: AuditReport, info: DataInfo, read: int, notes: Callable[[str], None] | None) -> AuditReport:
+    """The report with the note that ``limit`` cut the data set (``read`` records read), told to ``notes``."""
+    if info.limit is None or read < info.limit:
+        return report
+    note = replace(info, limited=True).limit_note
+    if notes is not None:
+        notes(f"note: {note}")
+    return replace(report, notes=(*report.notes, note))
 
 
 def _audit_report(
@@ -493,6 +516,8 @@ def _audit_report(
     }
     scored = score_shown(lm, scan, audit, options)
     report = audit.finish(input=name, model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss, scored=scored)
+    if scan.info is not None and scan.info.limit_note is not None:  # told to `notes` by the run's scan
+        report = replace(report, notes=(*report.notes, scan.info.limit_note))
     if output is None:
         return report
     report, streamed = outliers_in_lines(report, audit, output)

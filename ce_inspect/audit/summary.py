@@ -181,6 +181,7 @@ class AuditReport:
     skipped: tuple[dict[str, Any], ...] = ()
     output: str | None = None
     loss: dict[str, Any] | None = None
+    notes: tuple[str, ...] = ()  # what the audit does not cover (a `limit` that cut the data set)
 
     @property
     def failed_checks(self) -> list[str]:
@@ -211,6 +212,8 @@ class AuditReport:
         }
         if self.loss is not None:
             d["loss"] = self.loss  # type: ignore[typeddict-item]
+        if self.notes:
+            d["notes"] = list(self.notes)
         return d
 
 

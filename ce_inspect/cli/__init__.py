@@ -44,7 +44,8 @@ def _main(argv: list[str] | None) -> int:
             import traceback
 
             traceback.print_exception(exc, file=sys.stderr)
-        print(f"Error: {reported.message}", file=sys.stderr)
+        if reported.message:
+            print(f"Error: {reported.message}", file=sys.stderr)
         return reported.exit_code
     return result if isinstance(result, int) else 0
 

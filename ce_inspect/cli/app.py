@@ -34,9 +34,45 @@ from ce_inspect.files import check_output
 from ce_inspect.reports import run_html, run_markdown
 from ce_inspect.scoring import score, score_messages
 
+#: `-h` is `--help` on the app and, inherited through the context, on every command (as lm-eval, llm and hf take it).
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+class _Flags:
+    """Typer (0.29) shows each flag's Python type in --help (`--force  <bool>`), though a flag takes no value:
+    an empty metavar on every flag, and on the help option, leaves the type column blank for them only."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            _hide_flag_type(option)
+        return option
+
+    def get_params(self, ctx: Any) -> Any:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            _hide_flag_type(param)
+        return params
+
+
+def _hide_flag_type(param: Any) -> None:
+    if getattr(param, "is_flag", False) and param.metavar is None:
+        param.metavar = ""
+
+
+class _Group(_Flags, typer.core.TyperGroup):
+    """The app's group: flags shown without a type."""
+
+
+class _TyperCommand(_Flags, typer.core.TyperCommand):
+    """Every command's class: flags shown without a type."""
+
+
 app = typer.Typer(
     name="ce-inspect",
     help="See, token by token, the cross-entropy loss a causal LM gives an answer, exactly as training computes it.",
+    cls=_Group,
+    context_settings=CONTEXT,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -120,7 +156,7 @@ def run(
         result = score_messages(lm, example.conversation, layout=example.layout, options=options, last_turn=last_turn)
     else:
         result = score(lm, example.prompt, example.answer, layout=example.layout, options=options)
-    if json_out or reports.markdown_on_stdout():
+    if (json_out or reports.markdown_on_stdout()) and not common.quiet:
         for note in result.notes:  # the rendered view prints them; JSON or Markdown keeps stdout for itself
             print(f"note: {note}", file=sys.stderr)
 
@@ -189,7 +225,7 @@ COMMANDS: tuple[Command, ...] = (
         "diff:diff",
         examples=(
             'ce-inspect diff --dtype-b bfloat16 -p "Where is the capital of China?" -a " Beijing."',
-            "ce-inspect diff --model-b ./finetuned --input samples/pairs.jsonl -o diff.jsonl",
+            "ce-inspect diff samples/pairs.jsonl --model-b ./finetuned -o diff.jsonl",
             "ce-inspect diff --model-b ./finetuned --messages samples/chat.json --fail-above-kl 0.05",
         ),
     ),
@@ -220,4 +256,4 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 for _command in COMMANDS:
-    app.command(epilog=_command.epilog())(_command.load())
+    app.command(epilog=_command.epilog(), cls=_TyperCommand)(_command.load())

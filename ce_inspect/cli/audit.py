@@ -22,6 +22,7 @@ from ce_inspect.cli.options import (
     BatchSizeOpt,
     Common,
     FormatOpt,
+    LimitOpt,
     MaxTokensOpt,
     SortWindowOpt,
     SplitOpt,
@@ -101,6 +102,7 @@ def audit(
     ] = False,
     format: FormatOpt = None,
     split: SplitOpt = None,
+    limit: LimitOpt = None,
     id_field: Annotated[str, typer.Option(help="Field that names each record.", rich_help_panel=INPUT)] = "id",
     batch_size: BatchSizeOpt = None,
     max_tokens: MaxTokensOpt = None,
@@ -141,7 +143,7 @@ def audit(
     # Validated before anything loads.
     settings = BatchSettings(batch_size=batch_size, max_tokens=max_tokens, sort_window=sort_window)
     setup_logging(quiet=json_out or not sys.stderr.isatty())
-    read = {"layout": common.layout(), "fields": Fields(id=id_field), "format": format, "split": split}
+    read = {"layout": common.layout(), "fields": Fields(id=id_field), "format": format, "split": split, "limit": limit}
     checking = {"max_length": max_length, "skip_invalid": skip_invalid, "examples": examples, "fail_on": gate}
     if no_model:
         report = audit_without_model(

@@ -17,6 +17,7 @@ from ce_inspect.cli.options import (
     Common,
     FormatOpt,
     GateOpt,
+    LimitOpt,
     MaxTokensOpt,
     SortWindowOpt,
     SplitOpt,
@@ -57,6 +58,7 @@ def batch(
     ],
     format: FormatOpt = None,
     split: SplitOpt = None,
+    limit: LimitOpt = None,
     stride: Annotated[
         int | None,
         typer.Option(
@@ -156,7 +158,7 @@ def batch(
         summary = score_dataset(
             lambda: common.load(quiet=True), input, output, layout=layout, options=options, settings=settings,
             fields=fields, skip_invalid=skip_invalid, resume=resume, force=force, format=format, split=split,
-            stream=out.stream, tee=out.tee, progress=out.progress, notes=out.notes,
+            limit=limit, stream=out.stream, tee=out.tee, progress=out.progress, notes=out.notes,
         )  # fmt: skip
     if summary is None:
         return  # torchrun, not rank 0: rank 0 merges and reports

@@ -21,6 +21,7 @@ from ce_inspect.cli.options import (
     DnllGateOpt,
     KlGateOpt,
     LastTurnOpt,
+    LimitOpt,
     MaxTokensOpt,
     MessagesOpt,
     PromptFileOpt,
@@ -44,7 +45,7 @@ from ce_inspect.model import check_device, check_dtype
 from ce_inspect.reports import diff_dataset_html, diff_dataset_markdown, diff_html, diff_markdown
 
 CANDIDATE = "Candidate model (B)"
-DATASET = "Data set (--input)"
+DATASET = "Data set (DATA or --input)"
 
 
 @shared_options
@@ -52,6 +53,15 @@ DATASET = "Data set (--input)"
 def diff(
     common: Common,
     reports: Reports,
+    data: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="DATA",
+            help="Compare on every record of a data set, read as `batch` reads it (JSONL, JSON, Parquet, datasets): "
+            "one JSON line per example to --output (default stdout), then a summary. Same as --input DATA.",
+            show_default=False,
+        ),
+    ] = None,
     model_b: Annotated[
         str | None,
         typer.Option(
@@ -113,14 +123,14 @@ def diff(
         typer.Option(
             "--input",
             "-i",
-            help="Compare on every record of a JSONL data set ({prompt, answer} or {messages} per line), as "
-            "`batch` reads it: one JSON line per example to --output (default stdout), then a summary.",
+            help="The data set, as the DATA argument gives it (kept for scripts that name it).",
             rich_help_panel=DATASET,
         ),
     ] = None,
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Skip records that cannot be compared.", rich_help_panel=DATASET)
     ] = False,
+    limit: LimitOpt = None,
     batch_size: BatchSizeOpt = None,
     max_tokens: MaxTokensOpt = None,
     sort_window: SortWindowOpt = DEFAULT_SORT_WINDOW,
@@ -147,8 +157,11 @@ def diff(
         raise typer.BadParameter(f"{color_by!r}: use kl or dnll", param_hint="--color-by")
     candidate = candidate_options(common, model_b, revision_b, device_b, dtype_b, trust_remote_code_b)
     gates = (fail_above_kl, fail_above_dnll)
+    input, flag = data_set(data, input)
+    label = "--input" if flag == "--input" else "the data"  # how messages name it
     if input is not None:
         refuse_with_input(
+            flag,
             {
                 "--prompt": prompt,
                 "--answer": answer,
@@ -158,7 +171,7 @@ def diff(
                 "--last-turn": last_turn or None,
                 "--json": json_out or None,
                 "--sequential": sequential or None,
-            }
+            },
         )
         settings = BatchSettings(
             batch_size=batch_size,  # None: the device's default, as for max_tokens
@@ -166,20 +179,20 @@ def diff(
             sort_window=sort_window,
             worst=worst,
         )
-        _diff_input(
-            common, candidate, reports, input, output, summary_json, settings, skip_invalid, force, resume, gates
-        )
+        run = {"skip_invalid": skip_invalid, "force": force, "resume": resume, "limit": limit, "label": label}
+        _diff_input(common, candidate, reports, input, output, summary_json, settings, gates, **run)
         return
     for flag, value in (
         ("--summary-json", summary_json),
         ("--batch-size", batch_size),
         ("--max-tokens", max_tokens),
         ("--resume", resume or None),
+        ("--limit", limit),
     ):
         if value is not None:
-            raise typer.BadParameter(f"{flag} goes with --input (a data set)", param_hint=flag)
+            raise typer.BadParameter(f"{flag} goes with a data set (DATA or --input)", param_hint=flag)
     if current_session() is not None:
-        raise typer.BadParameter("under torchrun diff splits a data set over the ranks; give --input")
+        raise typer.BadParameter("under torchrun diff splits a data set over the ranks; give DATA (or --input)")
     example = read_example(common, prompt, answer, prompt_file, answer_file, messages, last_turn)
     if output is not None:
         inputs = [("an input file", p) for p in (prompt_file, answer_file, messages)]
@@ -205,14 +218,17 @@ def _diff_input(
     output: Path | None,
     summary_json: Path | None,
     settings: BatchSettings,
+    gates: tuple[float | None, float | None],
+    *,
     skip_invalid: bool,
     force: bool,
     resume: bool,
-    gates: tuple[float | None, float | None],
+    limit: int | None,
+    label: str,
 ) -> None:
     """diff --input: the data set through both models with the library's ``diff_dataset``, its outputs, then the
     gates (on rank 0 under torchrun)."""
-    out = DatasetOutputs(input, output, reports, summary_json, force=force, data_label="--input")
+    out = DatasetOutputs(input, output, reports, summary_json, force=force, data_label=label)
     check_run_arguments(input, output, resume=resume, force=force, session=current_session())
     out.check()
     setup_logging(quiet=not sys.stderr.isatty())
@@ -220,7 +236,7 @@ def _diff_input(
         summary = diff_dataset(
             common.load, lambda: load_candidate(candidate), input, output, layout=common.layout(),
             options=common.score_options(), settings=settings, skip_invalid=skip_invalid, resume=resume,
-            force=force, stream=out.stream, progress=out.progress, notes=out.notes, data_label="--input",
+            force=force, limit=limit, stream=out.stream, progress=out.progress, notes=out.notes, data_label=label,
             describe=False,
         )  # fmt: skip
     if summary is None:
@@ -271,11 +287,20 @@ def _write_example_outputs(result, reports: Reports, output: Path | None, *, jso
         render_diff(result, color_by=color_by, worst=worst)
 
 
-def refuse_with_input(flags: dict[str, object]) -> None:
-    """With --input every example comes from the data set: the single-example options are usage errors."""
+def data_set(data: Path | None, input: Path | None) -> tuple[Path | None, str]:
+    """The data set, from the DATA argument or its alias --input (not both), and how messages name it."""
+    if data is not None and input is not None:
+        raise typer.BadParameter(
+            f"give the data set once: DATA ({data}) or --input ({input}), not both", param_hint="--input"
+        )
+    return (data, "DATA") if data is not None else (input, "--input")
+
+
+def refuse_with_input(given_as: str, flags: dict[str, object]) -> None:
+    """With a data set every example comes from it: the single-example options are usage errors."""
     given = [flag for flag, value in flags.items() if value is not None]
     if given:
-        raise typer.BadParameter(f"--input reads every example from the data set; drop {', '.join(given)}")
+        raise typer.BadParameter(f"{given_as} reads every example from the data set; drop {', '.join(given)}")
 
 
 def candidate_options(

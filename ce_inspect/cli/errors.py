@@ -58,6 +58,7 @@ FLAGS: dict[str, str] = {
     "max_padding": "max_padding (library only)",
     "format": "--format",
     "split": "--split",
+    "limit": "--limit",
     "stride": "--stride",
     "output": "--output",
     "force": "--force",
@@ -100,7 +101,7 @@ def as_candidate(message: str) -> str:
 
 @dataclass(frozen=True)
 class Reported:
-    """What the command line prints for an error (after ``Error: ``) and the exit code it returns."""
+    """What the command line prints for an error (after ``Error: ``; nothing when empty) and the exit code."""
 
     message: str
     exit_code: int
@@ -118,6 +119,8 @@ ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if 
 
 def _usage(exc: BaseException) -> Reported:
     message = exc.format_message()  # type: ignore[attr-defined]
+    if not message.strip():  # a bare `ce-inspect`: the help is already printed, and there is nothing to add
+        return Reported("", int(exc.exit_code))  # type: ignore[attr-defined]
     return Reported(f"{cli_message(message)} (see `ce-inspect --help`)", int(exc.exit_code))  # type: ignore[attr-defined]
 
 

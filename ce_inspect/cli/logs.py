@@ -18,8 +18,24 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _Quiet:
+    """`--quiet`: this command prints no progress and no notes on stderr (warnings and errors still)."""
+
+    on = False
+
+
+def set_quiet(on: bool) -> None:
+    """Set by every command from its `--quiet` flag, before the command runs."""
+    _Quiet.on = on
+
+
+def is_quiet() -> bool:
+    return _Quiet.on
+
+
 def setup_logging(quiet: bool) -> None:
-    """Progress and warnings go to stderr; --json keeps only warnings."""
+    """Progress and warnings go to stderr; --json (and --quiet) keep only warnings."""
+    quiet = quiet or _Quiet.on
     logger = logging.getLogger("ce_inspect")
     if not logger.handlers:
         handler = _StderrHandler()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ce_inspect.cli.errors import cli_message
+from ce_inspect.cli.logs import set_quiet
 from ce_inspect.cli.stdout import BROKEN_PIPE, broken_pipe_raises, silence_stdout
 from ce_inspect.data import FORMATS
 from ce_inspect.dataset import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS
@@ -44,13 +45,17 @@ LAYOUT = "Layout"
 SCORING = "Scoring"
 OUTPUT = "Output"
 
+#: The environment variable that names the default model (`--model` wins over it).
+MODEL_ENV = "CE_INSPECT_MODEL"
+
 ModelOpt = Annotated[
     str | None,
     typer.Option(
         "--model",
         "-m",
-        help="Local HF folder, Hub id (from the HF cache, or downloaded), or .gguf file. "
-        "Default: the bundled SmolLM2-135M-Instruct.",
+        envvar=MODEL_ENV,
+        help=f"Local HF folder, Hub id (from the HF cache, or downloaded), or .gguf file. Default: ${MODEL_ENV} "
+        "when set, else the bundled SmolLM2-135M-Instruct.",
         rich_help_panel=MODEL,
     ),
 ]
@@ -148,6 +153,15 @@ VerifyOpt = Annotated[
     bool,
     typer.Option("--verify", help="Also run the model's own loss and report the difference.", rich_help_panel=SCORING),
 ]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="No progress bars and no notes on stderr (warnings and errors still).",
+        rich_help_panel=OUTPUT,
+    ),
+]
 ChunkOpt = Annotated[
     int | None,
     typer.Option(
@@ -187,8 +201,17 @@ FormatOpt = Annotated[
         "--format",
         metavar="FORMAT",
         callback=_known_format,
-        help="Read every record in this format (tokenized, conversations, messages, prompt-completion, "
-        "prompt-answer or text) instead of detecting each one's format from its fields.",
+        help=f"Read every record in this format ({', '.join(FORMATS)}) instead of detecting each one's format "
+        "from its fields.",
+        rich_help_panel="Input",
+    ),
+]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--limit",
+        metavar="N",
+        help="Read only the first N records of the data set (a quick look; --resume reads the same N).",
         rich_help_panel="Input",
     ),
 ]
@@ -254,6 +277,7 @@ class Common:
     top_k: int = 0
     verify: bool = False
     chunk_tokens: int | None = None
+    quiet: bool = False
 
     def check(self) -> None:
         """Reject malformed strings before anything heavy is imported."""
@@ -346,6 +370,7 @@ _SHARED: list[tuple[str, Any, Any]] = [
     ("top_k", TopKOpt, 0),
     ("verify", VerifyOpt, False),
     ("chunk_tokens", ChunkOpt, None),
+    ("quiet", QuietOpt, False),
 ]
 
 
@@ -368,6 +393,7 @@ def shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
     def command(**kwargs: Any) -> Any:
         common = Common(**{name: kwargs.pop(name) for name in names})
         common.check()
+        set_quiet(common.quiet)
 
         broken_pipe_raises()
         try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 
 from ce_inspect.cli.errors import cli_message
+from ce_inspect.cli.logs import is_quiet
 from ce_inspect.cli.render_batch import batch_progress
 from ce_inspect.cli.reports import Reports, command_line
 from ce_inspect.contract import dumps
@@ -97,11 +98,16 @@ class DatasetOutputs:
     # --- the library call's callbacks --------------------------------------------------------------------
 
     def notes(self, message: str) -> None:
-        """What the runner tells the user on the way (how the data is read, a torn line dropped), on stderr."""
+        """What the runner tells the user on the way (how the data is read, a torn line dropped), on stderr;
+        nothing with --quiet."""
+        if is_quiet():
+            return
         self.err.print(cli_message(message), markup=False, soft_wrap=True, highlight=False)
 
     def progress(self, scan: Scan) -> AbstractContextManager[Callable[[int, int], None]]:
-        """The runner's progress, as a bar on stderr when it is a terminal."""
+        """The runner's progress, as a bar on stderr when it is a terminal (and no --quiet)."""
+        if is_quiet():
+            return nullcontext(lambda examples, tokens: None)
         return batch_progress(self.err, scan)
 
     @property

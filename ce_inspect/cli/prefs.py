@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ce_inspect.cli.logs import setup_logging
+from ce_inspect.cli.logs import set_quiet, setup_logging
 from ce_inspect.cli.options import (
     OUTPUT,
     BatchSizeOpt,
@@ -18,6 +18,7 @@ from ce_inspect.cli.options import (
     DtypeOpt,
     MaxTokensOpt,
     ModelOpt,
+    QuietOpt,
     RevisionOpt,
     SortWindowOpt,
     TrustOpt,
@@ -74,6 +75,7 @@ def prefs(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     trust_remote_code: TrustOpt = False,
+    quiet: QuietOpt = False,
     ref_model: Annotated[
         str | None,
         typer.Option(
@@ -180,6 +182,7 @@ def prefs(
     """Score preference pairs ({prompt, chosen, rejected}, plain or conversational, or chosen/rejected alone) as
     TRL's DPOTrainer does: per pair both sides token by token, TRL's chosen_logps, rejected_logps, ref_*_logps,
     rewards, margin and loss, the pair checks; then TRL's metrics over the data set."""
+    set_quiet(quiet)
     gate = parse_fail_on(fail_on)
     _check_usage(loss_type, beta, simpo_gamma, tokenization, max_length, truncation_mode)
     policy = Common(model=model, revision=revision, device=device, dtype=dtype, trust_remote_code=trust_remote_code)

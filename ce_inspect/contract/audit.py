@@ -98,6 +98,7 @@ class _AuditDictRequired(TypedDict):
 
 class AuditDict(_AuditDictRequired, total=False):
     loss: AuditLossDict  # with a model
+    notes: list[str]  # what the audit does not cover (a --limit that cut the data set)
 
 
 class _AuditRecordLineDictRequired(TypedDict):

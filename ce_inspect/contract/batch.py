@@ -70,6 +70,8 @@ class DataDict(TypedDict):
     format: str | None
     format_forced: bool
     split: str | None
+    limit: NotRequired[int]  # only the first `limit` records were read (--limit)
+    compression: NotRequired[str]  # gzip, bzip2 or zstd (by the file's suffix)
 
 
 class HistogramDict(TypedDict):
@@ -105,6 +107,7 @@ class BatchSummaryDict(TypedDict):
     batching: BatchingDict
     data: NotRequired[DataDict]  # what was read: the file kind and the records' format
     example_loss_histogram: HistogramDict  # the per-example mean losses (what the reports draw)
+    notes: NotRequired[list[str]]  # what the figures do not cover (a --limit that cut the data set)
 
 
 def batch_line_from_dict(d: Any) -> tuple[int, Id, ScoreResult]:

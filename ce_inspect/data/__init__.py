@@ -2,6 +2,8 @@
 
 from ce_inspect.data.examples import encode_record, encode_text, encode_tokenized, encode_whole, vocab_size
 from ce_inspect.data.formats import (
+    ALPACA_FIELDS,
+    ALPACA_NOTE,
     CHOICES,
     CONTEXT_FIELDS,
     FORMATS,
@@ -10,6 +12,7 @@ from ce_inspect.data.formats import (
     SHAREGPT_ROLES,
     Fields,
     Record,
+    alpaca_pair,
     detect_format,
     parse_record,
     sharegpt_messages,
@@ -19,6 +22,7 @@ from ce_inspect.data.readers import (
     JSONL_SUFFIXES,
     MAX_JSON_ELEMENT_BYTES,
     DataInfo,
+    check_limit,
     file_kind,
     open_data,
     read_objects,
@@ -26,6 +30,8 @@ from ce_inspect.data.readers import (
 )
 
 __all__ = [
+    "ALPACA_FIELDS",
+    "ALPACA_NOTE",
     "CHOICES",
     "CONTEXT_FIELDS",
     "DataInfo",
@@ -38,6 +44,8 @@ __all__ = [
     "MAX_JSON_ELEMENT_BYTES",
     "Record",
     "SHAREGPT_ROLES",
+    "alpaca_pair",
+    "check_limit",
     "detect_format",
     "encode_record",
     "encode_text",

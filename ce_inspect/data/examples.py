@@ -79,7 +79,21 @@ def encode_record(lm: LoadedModel, record: Record, layout: Layout) -> Encoded:
             )
         return encode_messages(tokenizer, record.messages, _chat_layout(layout), max_length=context)
     assert record.prompt is not None and record.answer is not None
-    return encode(tokenizer, record.prompt, record.answer, layout, max_length=context)
+    encoded = encode(tokenizer, record.prompt, record.answer, _pair_layout(record, layout), max_length=context)
+    return replace(encoded, notes=(*record.notes, *encoded.notes)) if record.notes else encoded
+
+
+def _pair_layout(record: Record, layout: Layout) -> Layout:
+    """The layout of a pair with its own system prompt (alpaca's `system`): the record's replaces `system`. Only
+    a chat template renders a system prompt, so without `chat` the record is refused rather than its system
+    prompt dropped."""
+    if record.system is None:
+        return layout
+    if not layout.chat:
+        raise InputError(
+            "field 'system' is a system prompt, which only a chat template renders: pass `chat`, or drop the field"
+        )
+    return replace(layout, system=record.system)
 
 
 def encode_whole(lm: LoadedModel, record: Record, layout: Layout, command: str) -> Encoded:

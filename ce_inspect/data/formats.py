@@ -8,6 +8,9 @@ Formats (detected per record from its fields, or forced with ``format``):
 - ``messages``: a chat conversation (TRL's conversational language-modelling type);
 - ``conversations``: ShareGPT, messages with ``from``/``value`` (human, gpt, system mapped to user,
   assistant, system);
+- ``alpaca``: Alpaca's ``{"instruction", "input", "output"}`` with an optional ``system``, read as a pair
+  (``alpaca_pair``: the instruction, then a newline and the input when it is not empty, is the prompt; the
+  output is the answer; the system prompt goes to the chat template, so it needs ``chat``);
 - ``text``: TRL's language-modelling type, every token scored;
 - ``preference``: TRL's preference type, ``{"prompt", "chosen", "rejected"}`` (plain or conversational), or
   ``{"chosen", "rejected"}`` alone (the implicit-prompt form); read by ``prefs``, no other command scores it;
@@ -28,13 +31,29 @@ from ce_inspect.errors import InputError
 from ce_inspect.text import check_text, parse_messages
 
 #: Record formats, in the order detection tries them.
-FORMATS = ("tokenized", "preference", "conversations", "messages", "prompt-completion", "prompt-answer", "text")
+FORMATS = (
+    "tokenized",
+    "preference",
+    "conversations",
+    "messages",
+    "prompt-completion",
+    "prompt-answer",
+    "alpaca",
+    "text",
+)
 #: ``ce-inspect choices``'s format (a question, its choices and the gold label): never detected, always forced
 #: by that command, so a data set of questions is never read as pairs nor a pair file as questions.
 CHOICES = "choices"
 #: Where a choices record's context and label may be, ce-inspect's names first, then lm-evaluation-harness's.
 CONTEXT_FIELDS = ("prompt", "query", "context", "messages")
 LABEL_FIELDS = ("label", "gold")
+#: Alpaca's fields (fixed names, as Alpaca's data and LLaMA-Factory's `alpaca` format have them).
+ALPACA_FIELDS = ("instruction", "input", "output", "system")
+#: What every line of an Alpaca record says of how it was read (``alpaca_pair``'s rule).
+ALPACA_NOTE = (
+    "alpaca record: the prompt is 'instruction', then a newline and 'input' when it is not empty (LLaMA-Factory's "
+    "join); the answer is 'output'; 'system', when given, is the chat template's system prompt"
+)
 #: ShareGPT speakers -> chat roles. Other speakers (tool, function_call, ...) keep their name as the role.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 #: TRL's mask columns: 1 marks a trained token; TRL trains a token only where every mask present says 1.
@@ -89,6 +108,8 @@ class Record:
     #: ``prompt``, or ``messages`` for a conversation).
     choices: tuple[str, ...] | None = None
     label: int | None = None
+    system: str | None = None  # a pair's own system prompt (alpaca's `system`): replaces `system`, needs `chat`
+    notes: tuple[str, ...] = field(default=(), compare=False)  # how the record was read, for its line's notes
 
 
 # --- one object -> one record ---------------------------------------------------------------------------
@@ -117,6 +138,8 @@ def detect_format(obj: dict[str, Any], fields: Fields | None = None) -> str | No
         return "prompt-completion"
     if f.prompt in obj or f.answer in obj:
         return "prompt-answer"
+    if "instruction" in obj and "output" in obj:
+        return "alpaca"
     if f.text in obj:
         return "text"
     return None
@@ -140,7 +163,8 @@ def parse_record(line: int, obj: Any, fields: Fields | None = None, format: str 
             line,
             rid,
             error=f"no known format (fields: {found}); expected prompt/answer, prompt/completion, messages, "
-            "conversations, text, input_ids or chosen/rejected (`format` and the field options pick others)",
+            "conversations, instruction/output (Alpaca), text, input_ids or chosen/rejected (`format` and the field "
+            "options pick others)",
         )
     try:
         return _PARSERS[fmt](line, rid, obj, f)
@@ -224,6 +248,26 @@ def _parse_preference(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Re
         return Record(line, rid, prompt=_text(prompt, f.prompt), chosen=chosen, rejected=rejected, format="preference")
     messages = parse_messages(prompt, f"field {f.prompt!r}")
     return Record(line, rid, prompt_messages=messages, chosen=chosen, rejected=rejected, format="preference")
+
+
+def alpaca_pair(instruction: str, input: str = "", output: str = "") -> tuple[str, str]:
+    """Alpaca's fields as (prompt, answer): the instruction, then a newline and the input when there is one, as
+    LLaMA-Factory joins them into the user's turn; the output as it is. (Stanford Alpaca's own training wraps
+    them in its "Below is an instruction ..." template: render that into prompt/answer records to score it.)"""
+    return (f"{instruction}\n{input}" if input else instruction), output
+
+
+def _parse_alpaca(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Record:
+    instruction, output = _string(obj, "instruction"), _string(obj, "output")
+    optional = {}
+    for name in ("input", "system"):
+        value = obj.get(name)
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"field {name!r} must be a string, not {_type_name(value)}")
+        optional[name] = _text(value, name) if value else ""
+    prompt, answer = alpaca_pair(instruction, optional["input"], output)
+    system = optional["system"] or None
+    return Record(line, rid, prompt=prompt, answer=answer, system=system, format="alpaca", notes=(ALPACA_NOTE,))
 
 
 def _parse_messages(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Record:
@@ -360,6 +404,7 @@ def _parse_choices(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Recor
 
 _PARSERS = {
     "prompt-answer": _parse_prompt_answer,
+    "alpaca": _parse_alpaca,
     "prompt-completion": _parse_prompt_completion,
     "messages": _parse_messages,
     "conversations": _parse_conversations,
@@ -371,6 +416,8 @@ _PARSERS = {
 
 
 __all__ = [
+    "ALPACA_FIELDS",
+    "ALPACA_NOTE",
     "CHOICES",
     "CONTEXT_FIELDS",
     "FORMATS",
@@ -379,6 +426,7 @@ __all__ = [
     "SHAREGPT_ROLES",
     "Fields",
     "Record",
+    "alpaca_pair",
     "detect_format",
     "parse_record",
     "sharegpt_messages",

@@ -1,23 +1,26 @@
 """Data-set files -> objects -> ``Record``s, streamed, whatever the file; ``open_data`` says what it found.
 
-Files: JSONL (streamed line by line), a JSON array (streamed object by object), and, through the optional
+Files: JSONL (streamed line by line), a JSON array (streamed object by object), either one compressed
+(``.gz``, ``.bz2``, and ``.zst`` with the ``zstandard`` package: by the name's last suffix), and, through the optional
 ``datasets`` extra, Parquet (streamed in row groups), a folder written by ``Dataset.save_to_disk`` and a Hub
 data set in the local cache (both memory-mapped Arrow, read in slices). Nothing reads a whole file at once.
 """
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ce_inspect.data.formats import CHOICES, FORMATS, Fields, Record, parse_record
-from ce_inspect.errors import InputError, read_error
-from ce_inspect.files import is_stream
+from ce_inspect.errors import InputError, UsageError, read_error
+from ce_inspect.files import COMPRESSION_SUFFIXES, is_stream
 
 #: File kinds ``open_data`` reads; the last three need the ``datasets`` extra.
 FILE_KINDS = ("jsonl", "json", "parquet", "saved-dataset", "hub")
@@ -36,6 +39,16 @@ class DataInfo:
     forced: bool  # format given by the caller, not detected
     split: str | None = None
     unit: str = "line"  # "line" for JSONL (Record.line is the file's line), else "record"
+    limit: int | None = None  # only the first `limit` records are read (``check_limit``)
+    compression: str | None = None  # gzip, bzip2 or zstd: the file is decompressed as it is read
+    limited: bool = False  # the data set held `limit` records at least: the run read only those
+
+    @property
+    def limit_note(self) -> str | None:
+        """What a run's notes say when ``limit`` cut the data set; None when it read every record."""
+        if not self.limited:
+            return None
+        return f"read only the first {self.limit} records of {self.path} (limit {self.limit})"
 
     def describe(self) -> str:
         """The one line shown on stderr: what is read and how it was recognised."""
@@ -43,6 +56,7 @@ class DataInfo:
         what = kind.get(self.kind, "a Hub dataset from the local cache") + (
             f", split {self.split}" if self.split else ""
         )
+        what += f", {self.compression}-compressed" if self.compression else ""
         if self.format == CHOICES:  # never detected nor chosen: the `choices` command reads nothing else
             return f"Reading {self.path} ({what}): one multiple-choice question per record."
         how = "as given (`format`)" if self.forced else "detected from the first record; `format` overrides"
@@ -54,7 +68,20 @@ class DataInfo:
         return f"{self.path} {self.unit} {record.line}{rid}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.kind, "format": self.format, "format_forced": self.forced, "split": self.split}
+        d = {"file": self.kind, "format": self.format, "format_forced": self.forced, "split": self.split}
+        if self.compression is not None:
+            d["compression"] = self.compression
+        return {**d, "limit": self.limit} if self.limit is not None else d
+
+
+def check_limit(limit: Any) -> int | None:
+    """The one check of `limit` (how many records a run reads from the start of the data set): None (all of
+    them) or a positive integer; anything else is a usage error."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise UsageError(f"`limit` must be a positive number of records, not {limit!r}")
+    return limit
 
 
 # --- files -> objects -----------------------------------------------------------------------------------
@@ -64,18 +91,75 @@ class DataInfo:
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
+def compression(path: str | os.PathLike[str]) -> str | None:
+    """The codec a data file is compressed with, by its name's last suffix (``.gz``, ``.bz2``, ``.zst``), or None."""
+    return COMPRESSION_SUFFIXES.get(Path(path).suffix.lower())
+
+
+def open_binary(path: str | os.PathLike[str]) -> IO[bytes]:
+    """A data file's bytes, decompressed as they are read when its name says it is compressed (``compression``).
+    ``.zst`` needs the ``zstandard`` package; without it, an InputError that names it."""
+    codec = compression(path)
+    if codec == "gzip":
+        import gzip
+
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if codec == "bzip2":
+        import bz2
+
+        return bz2.open(path, "rb")  # type: ignore[return-value]
+    if codec == "zstd":
+        try:
+            import zstandard  # noqa: TID253 - optional, imported only for .zst files
+        except ImportError:
+            raise InputError(
+                f"{path}: reading a .zst file needs the zstandard package: pip install zstandard"
+            ) from None
+        return io.BufferedReader(zstandard.open(path, "rb"))  # type: ignore[arg-type]
+    return open(path, "rb")
+
+
+def _decompression_errors() -> tuple[type[BaseException], ...]:
+    """What a decompressor raises for data that is not its format, or is cut short (zlib's, bz2's, zstandard's)."""
+    import sys
+    import zlib
+
+    errors: list[type[BaseException]] = [OSError, EOFError, zlib.error]
+    zstandard = sys.modules.get("zstandard")
+    if zstandard is not None:
+        errors.append(zstandard.ZstdError)
+    return tuple(errors)
+
+
+def _not_decompressed(path: str | os.PathLike[str], exc: BaseException) -> InputError:
+    reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+    return InputError(f"{path}: not valid {compression(path)} data ({reason})")
+
+
+def _decompressed_lines(fh: IO[bytes], path: Path) -> Iterator[bytes]:
+    """The lines of ``fh``; a compressed file's corrupt or truncated data is an InputError naming the file."""
+    if compression(path) is None:
+        yield from fh
+        return
+    try:
+        yield from fh
+    except _decompression_errors() as exc:
+        raise _not_decompressed(path, exc) from None
+
+
 def file_kind(path: str | os.PathLike[str]) -> str:
     """Which reader a path needs: by what it is (a folder, a Parquet file, a JSON array), else a Hub id.
 
     A ``.jsonl`` (or ``.ndjson``) name is JSON Lines; another file is a JSON array when its first character
     is ``[``. Only a regular file is looked into: a pipe's first bytes would be gone for its reader (such an
-    input is read by name: a ``.json`` name is a JSON array, any other JSON Lines).
+    input is read by name: a ``.json`` name is a JSON array, any other JSON Lines). A compressed file
+    (``data.jsonl.gz``) is named by the suffix before its compression's and looked into decompressed.
     """
     p = Path(path)
     if p.is_dir():
         return "saved-dataset"
     if p.is_file() or p.suffix:
-        suffix = p.suffix.lower()
+        suffix = (p.with_suffix("") if compression(p) else p).suffix.lower()
         if suffix == ".parquet":
             return "parquet"
         if suffix in JSONL_SUFFIXES:
@@ -91,20 +175,20 @@ def file_kind(path: str | os.PathLike[str]) -> str:
 
 def _first_char(path: Path) -> str:
     try:
-        with open(path, "rb") as fh:
+        with open_binary(path) as fh:
             head = fh.read(4096)
-    except OSError:
+    except (InputError, *_decompression_errors()):
         return ""
     return head.decode("utf-8", "ignore").lstrip("\ufeff \t\r\n")[:1]
 
 
 def _jsonl_objects(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     try:
-        fh = open(path, "rb")  # closed by the with below; opened first to map errors
+        fh = open_binary(path)  # closed by the with below; opened first to map errors
     except OSError as exc:
         raise read_error(str(path), exc, kind="data file") from None
     with fh:
-        for number, raw in enumerate(fh, 1):
+        for number, raw in enumerate(_decompressed_lines(fh, path), 1):
             if not raw.strip():
                 continue  # blank lines (a trailing newline, separators) are not records
             try:
@@ -128,11 +212,11 @@ def _json_array_objects(path: Path, chunk: int = 1 << 20) -> Iterator[tuple[int,
     cannot be resynchronised after one), as an error on the element where it happened.
     """
     try:
-        fh = open(path, encoding="utf-8")  # closed by the with below
+        fh = io.TextIOWrapper(open_binary(path), encoding="utf-8")  # closed by the with below
     except OSError as exc:
         raise read_error(str(path), exc, kind="data file") from None
     with fh:
-        reader = _ArrayReader(fh, str(path), chunk)
+        reader = _ArrayReader(fh, str(path), chunk, compressed=compression(path) is not None)
         if reader.next_char(skip="\ufeff") != "[":
             raise InputError(f"{path}: not a JSON array")
         reader.pos += 1
@@ -174,8 +258,9 @@ class _ArrayReader:
 
     _WS = re.compile(r"[ \t\r\n]*")
 
-    def __init__(self, fh: Any, label: str, chunk: int) -> None:
+    def __init__(self, fh: Any, label: str, chunk: int, compressed: bool = False) -> None:
         self.fh, self.label, self.chunk = fh, label, chunk
+        self.errors = _decompression_errors() if compressed else ()
         self.buf, self.pos, self.eof = "", 0, False
         self.decoder = json.JSONDecoder()
 
@@ -186,6 +271,8 @@ class _ArrayReader:
             more = self.fh.read(self.chunk)
         except UnicodeDecodeError as exc:
             raise read_error(self.label, exc) from None
+        except self.errors as exc:
+            raise _not_decompressed(self.label, exc) from None
         self.eof = not more
         self.buf += more
         return bool(more)
@@ -312,7 +399,18 @@ def _hub_objects(name: str, split: str | None) -> Iterator[tuple[int, Any, str |
     yield from _arrow_dataset_rows(_pick_split(ds, split if not hasattr(ds, "column_names") else None, name))
 
 
-def read_objects(path: str | os.PathLike[str], kind: str, split: str | None) -> Iterator[tuple[int, Any, str | None]]:
+def read_objects(
+    path: str | os.PathLike[str], kind: str, split: str | None, limit: int | None = None
+) -> Iterator[tuple[int, Any, str | None]]:
+    """The decoded objects of a data set, streamed, as ``(number, object, error)``; only the first ``limit``
+    (each one a record, an unreadable one too) when it is given: nothing after them is read."""
+    objects = _objects(path, kind, split)
+    return objects if check_limit(limit) is None else itertools.islice(objects, limit)
+
+
+def _objects(path: str | os.PathLike[str], kind: str, split: str | None) -> Iterator[tuple[int, Any, str | None]]:
+    if compression(path) is not None and kind not in ("jsonl", "json"):
+        raise InputError(f"{path}: only JSONL and JSON files are read compressed; decompress it first")
     if split is not None and kind in ("jsonl", "json", "parquet"):
         raise InputError(f"{path} is a single file; `split` applies to saved and Hub datasets")
     if kind == "jsonl":
@@ -335,16 +433,17 @@ def read_records(
     *,
     format: str | None = None,
     split: str | None = None,
+    limit: int | None = None,
 ) -> Iterator[Record]:
     """Every record of a data set, in order, streamed; a record that is not an example carries ``error``.
 
     ``format`` (one of ``FORMATS``) forces how every record is read; None detects it per record.
-    ``split`` picks the split of a saved or Hub dataset.
+    ``split`` picks the split of a saved or Hub dataset; ``limit``: only the first ``limit`` records.
     """
     if format is not None and format not in FORMATS and format != CHOICES:
         raise InputError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     fields = fields or Fields()
-    for number, obj, error in read_objects(path, file_kind(path), split):
+    for number, obj, error in read_objects(path, file_kind(path), split, limit):
         if error is not None:
             yield Record(number, error=error)
         else:
@@ -357,8 +456,10 @@ def open_data(
     *,
     format: str | None = None,
     split: str | None = None,
+    limit: int | None = None,
 ) -> DataInfo:
-    """The file kind and the format of the data set (from its first valid record), for the one-line notice.
+    """The file kind and the format of the data set (from its first valid record), for the one-line notice;
+    ``limit``: the run reads only the first ``limit`` records (``DataInfo.limit``, ``check_limit``).
 
     Reads only until the first record that parses; raises for a file that cannot be opened at all, and for
     an input that can be read only once (stdin, a pipe, a FIFO: ``files.is_stream``), since every reader of
@@ -369,10 +470,11 @@ def open_data(
             f"{path}: can be read only once (stdin, a pipe or a FIFO), and a data set is read more than once; "
             "copy it to a file first (`files.spooled_input` does)"
         )
+    check_limit(limit)
     kind = file_kind(path)
     detected = format
     if detected is None:
-        for record in read_records(path, fields, split=split):
+        for record in read_records(path, fields, split=split, limit=limit):
             if record.format is not None:
                 detected = record.format
                 break
@@ -385,6 +487,8 @@ def open_data(
         forced=format is not None,
         split=split,
         unit="line" if kind == "jsonl" else "record",
+        limit=limit,
+        compression=compression(path) if kind in ("jsonl", "json") else None,
     )
 
 
@@ -393,7 +497,10 @@ __all__ = [
     "JSONL_SUFFIXES",
     "MAX_JSON_ELEMENT_BYTES",
     "DataInfo",
+    "check_limit",
+    "compression",
     "file_kind",
+    "open_binary",
     "open_data",
     "read_objects",
     "read_records",

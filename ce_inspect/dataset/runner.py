@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ce_inspect.data import DataInfo, Fields, Record, open_data
+from ce_inspect.data import DataInfo, Fields, Record, check_limit, open_data
 from ce_inspect.dataset.batching import BatchSettings, run_scan
 from ce_inspect.dataset.job import Job
 from ce_inspect.dataset.resume import ResumeState, read_resume
@@ -109,12 +109,14 @@ class DatasetRun:
         fields: Fields | None = None,
         format: str | None = None,
         split: str | None = None,
+        limit: int | None = None,
         data_label: str = "the input",
         session: Session | None = None,
         notes: Callable[[str], None] | None = None,
         describe: bool = True,
     ) -> None:
         check_run_arguments(data, output, resume=resume, force=force, session=session)
+        self.limit = check_limit(limit)
         self.data, self.output = Path(data), (Path(output) if output is not None else None)
         self.command, self.parse, self.worst = command, parse, worst
         self.resume, self.force = resume, force
@@ -152,7 +154,7 @@ class DatasetRun:
         self._read_resume()
         # stdin, a FIFO or a pipe given as a path is read once, into a temporary file: the scan reads it twice.
         self.source = self._stack.enter_context(spooled_input(self.data, self.data_label))
-        info = open_data(self.source, self.fields, format=self.format, split=self.split)
+        info = open_data(self.source, self.fields, format=self.format, split=self.split, limit=self.limit)
         self.info = replace(info, path=self.label) if self.label is not None else info
         if self.describe:
             self.notes(self.info.describe())  # how the data is read, before anything loads
@@ -183,8 +185,9 @@ class DatasetRun:
         skip_invalid: bool = False,
         encoder: Callable[[Record], Encoded] | None = None,
     ) -> Scan:
-        """Every record encoded (``encoder``, default the model's own encoding) and matched to the resumed lines."""
-        return scan_dataset(
+        """Every record encoded (``encoder``, default the model's own encoding) and matched to the resumed lines;
+        with ``limit``, only the first ``limit`` records (and ``notes`` says so when the data set has more)."""
+        scan = scan_dataset(
             lm,
             self.source,
             layout=layout,
@@ -196,6 +199,10 @@ class DatasetRun:
             label=self.label,
             encoder=encoder,
         )
+        note = scan.info.limit_note if scan.info is not None else None
+        if note is not None:
+            self.notes(f"note: {note}")
+        return scan
 
     def run(
         self,
@@ -368,6 +375,7 @@ def score_dataset(
     force: bool = False,
     format: str | None = None,
     split: str | None = None,
+    limit: int | None = None,
     stream: IO[str] | None = None,
     tee: Callable[[dict[str, Any]], None] | None = None,
     progress: Progress | None = None,
@@ -377,7 +385,8 @@ def score_dataset(
     into ``output`` (in input order; without it, to ``stream`` or nowhere) and the data-set summary returned.
     ``resume`` continues an interrupted ``output``; ``force`` replaces an existing one. Under torchrun, each
     rank scores its share and rank 0 merges (``output`` required; the other ranks return None). ``tee`` sees
-    every line written; ``progress`` and ``notes`` are as ``DatasetRun``'s."""
+    every line written; ``progress`` and ``notes`` are as ``DatasetRun``'s; ``limit``: only the first ``limit``
+    records are read (a resumed run reads the same ones)."""
     settings = settings or BatchSettings()
     with DatasetRun(
         data,
@@ -388,6 +397,7 @@ def score_dataset(
         fields=fields,
         format=format,
         split=split,
+        limit=limit,
         session=current_session(),
         notes=notes,
     ) as run:

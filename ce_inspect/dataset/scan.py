@@ -58,9 +58,11 @@ class Scan:
         return self.label if self.label is not None else str(self.path)
 
     def records(self) -> Iterator[Record]:
+        """The records the scan read (only the first ``info.limit`` when it is set), read again."""
         fmt = self.info.format if self.info is not None and self.info.forced else None
         split = self.info.split if self.info is not None else None
-        return read_records(self.path, self.fields, format=fmt, split=split)
+        limit = self.info.limit if self.info is not None else None
+        return read_records(self.path, self.fields, format=fmt, split=split, limit=limit)
 
     @property
     def pending(self) -> list[Entry]:
@@ -109,8 +111,10 @@ def scan_dataset(
     ]
     if not entries:
         raise InputError(f"{name} holds no records")
+    if info.limit is not None and len(entries) >= info.limit:
+        info = replace(info, limited=True)  # the run reads only the first `limit` records: its notes say so
     if resume is not None:
-        _check_resume_covered(resume, entries, name)
+        _check_resume_covered(resume, entries, name, info.limit if info.limited else None)
     return Scan(
         path=path,
         fields=fields,
@@ -177,14 +181,21 @@ def _scan_entry(
     return Entry(record.line, record.id, len(encoded), len(encoded.scored_positions))
 
 
-def _check_resume_covered(resume: ResumeState, entries: list[Entry], name: str) -> None:
-    """Refuse a resumed file that holds a result for an input line the input does not have."""
+def _check_resume_covered(resume: ResumeState, entries: list[Entry], name: str, limit: int | None) -> None:
+    """Refuse a resumed file that holds a result for an input line the input does not have: with ``limit``, the
+    input is its first ``limit`` records."""
     missing = sorted((set(resume.examples) | resume.others) - {e.line for e in entries})
-    if missing:
+    if not missing:
+        return
+    if limit is not None:
         raise ResumeError(
-            f"`resume`: {resume.path} has a result for input line {missing[0]}, which {name} does not have; "
-            "it was written for another input, start over with `force`"
+            f"`resume`: {resume.path} has a result for input line {missing[0]}, past the first {limit} records of "
+            f"{name} that this run reads (`limit`); resume with the `limit` it was written with, or a larger one"
         )
+    raise ResumeError(
+        f"`resume`: {resume.path} has a result for input line {missing[0]}, which {name} does not have; "
+        "it was written for another input, start over with `force`"
+    )
 
 
 def id_note(rid: str | int | None) -> str:

@@ -187,6 +187,12 @@ class DatasetSummary:
     example_loss_histogram: dict[str, list[Any]] = field(default_factory=lambda: histogram([]))
 
     @property
+    def notes(self) -> tuple[str, ...]:
+        """What the reader of the figures should know of the data they cover (a ``limit`` that cut it)."""
+        note = self.data.limit_note if self.data is not None else None
+        return (note,) if note is not None else ()
+
+    @property
     def token_weighted_mean_loss(self) -> float | None:
         """sum(loss) / scored tokens: CrossEntropyLoss(reduction='mean') over the flattened data set."""
         return self.loss_sum / self.scored_tokens if self.scored_tokens else None
@@ -230,6 +236,7 @@ class DatasetSummary:
                 "counts": list(self.example_loss_histogram["counts"]),
             },
             **({"data": self.data.to_dict()} if self.data is not None else {}),
+            **({"notes": list(self.notes)} if self.notes else {}),
         }
 
 

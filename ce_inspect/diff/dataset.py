@@ -158,7 +158,7 @@ class DiffReport:
             worst_by_kl=worst("kl_mean"),
             worst_by_dnll=worst("dnll_mean"),
             batching=batching,
-            notes=tuple(self.notes),
+            notes=(*self.notes, *((self.scan.info.limit_note,) if self.scan.info and self.scan.info.limited else ())),
         )
 
 
@@ -265,6 +265,7 @@ def diff_dataset(
     skip_invalid: bool = False,
     resume: bool = False,
     force: bool = False,
+    limit: int | None = None,
     stream: IO[str] | None = None,
     progress: Progress | None = None,
     notes: Callable[[str], None] | None = None,
@@ -274,7 +275,7 @@ def diff_dataset(
     """Every record of ``data`` through both models, as ``ce-inspect diff --input`` compares them: one JSON
     line per example into ``output`` and the data-set summary returned (resume, force, torchrun: as
     ``score_dataset``). Both tokenizers must give each record the same tokens. ``data_label`` names the data in
-    messages; ``describe``: tell ``notes`` how the data is read."""
+    messages; ``describe``: tell ``notes`` how the data is read; ``limit``: only the first ``limit`` records."""
     settings, options, layout = settings or BatchSettings(), options or ScoreOptions(), layout or Layout()
     with DatasetRun(
         data,
@@ -284,6 +285,7 @@ def diff_dataset(
         worst=settings.worst,
         resume=resume,
         force=force,
+        limit=limit,
         data_label=data_label,
         session=current_session(),
         notes=notes,
