@@ -111,9 +111,11 @@ class WireObject(Generic[D]):
     maps the key to another attribute; a dataclass field that is not a key is marked ``NOT_ON_WIRE``.
     ``to_dict`` writes the required keys in ``D``'s order, then the ``NotRequired`` ones in ``D``'s order,
     each left out when its value is None (an empty tuple, for a tuple field). A field's value converts by its
-    type: a WireObject, or a tuple of them, to their dicts; another tuple to a list; a dict to a copy.
-    ``from_dict`` reads back the dataclass fields ``d`` holds, converted the other way; derived keys are not
-    read.
+    type: a WireObject, or a tuple of them, to their dicts; another tuple to a list; a dict to a copy; an
+    ``X | None`` as an ``X`` unless it is None. A derived figure (a property, a ``ClassVar``) is written as it
+    is. ``from_dict`` reads back the dataclass fields ``d`` holds, converted the other way; derived keys are
+    not read, so an object with a ``NOT_ON_WIRE`` field that has no default (``ExampleStats``) cannot be read
+    back this way.
     """
 
     wire_type: ClassVar[Any]  # D, set for each subclass
@@ -200,7 +202,8 @@ def _compile_encoder(cls: Any) -> Callable[[Any], Any]:
             required.append(f"{key!r}: {_encoding(f'self.{attr}', tp)}")
         else:
             test = "v != ()" if get_origin(tp) is tuple else "v is not None"
-            optional += [f"    v = self.{attr}", f"    if {test}:", f"        d[{key!r}] = {_encoding('v', tp)}"]
+            present = _optional(tp) or tp  # v is not None here
+            optional += [f"    v = self.{attr}", f"    if {test}:", f"        d[{key!r}] = {_encoding('v', present)}"]
     source = "\n".join(["def to_dict(self):", f"    d = {{{', '.join(required)}}}", *optional, "    return d"])
     namespace: dict[str, Any] = {}
     exec(source, {}, namespace)  # the source is built from identifiers and key reprs only
@@ -213,8 +216,21 @@ def _is_wire_object(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, WireObject)
 
 
+def _optional(tp: Any) -> Any:
+    """``X`` of a field type ``X | None``, else None."""
+    if get_origin(tp) is Union or get_origin(tp) is types.UnionType:
+        args = get_args(tp)
+        if len(args) == 2 and type(None) in args:
+            return args[0] if args[1] is type(None) else args[1]
+    return None
+
+
 def _encoding(value: str, tp: Any) -> str:
     """The expression that puts ``value``, of the field type ``tp`` (None: derived), on the wire."""
+    present = _optional(tp)
+    if present is not None:
+        encoded = _encoding(value, present)
+        return value if encoded == value else f"(None if {value} is None else {encoded})"
     if _is_wire_object(tp):
         return f"{value}.to_dict()"
     if get_origin(tp) is tuple:
@@ -231,6 +247,10 @@ def _readers(cls: Any) -> tuple[tuple[str, str, Convert | None], ...]:
 
 def _decoding(tp: Any) -> Convert | None:
     """How a field of type ``tp`` comes back from JSON (None: as it is)."""
+    present = _optional(tp)
+    if present is not None:
+        convert = _decoding(present)
+        return None if convert is None else lambda value: None if value is None else convert(value)
     if _is_wire_object(tp):
         return tp.from_dict
     if get_origin(tp) is tuple:

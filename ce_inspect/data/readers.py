@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from ce_inspect.contract import NOT_ON_WIRE, DataDict, WireObject
 from ce_inspect.data.formats import FORMATS, Fields, Record, parse_record
 from ce_inspect.errors import InputError, read_error
 from ce_inspect.files import is_stream
@@ -27,15 +28,18 @@ _INSTALL = "pip install 'ce-inspect[datasets]'"
 
 
 @dataclass(frozen=True)
-class DataInfo:
+class DataInfo(WireObject[DataDict]):
     """What ``open_data`` found: the file kind, the format of the first record, and how records are numbered."""
 
-    path: str
+    wire_names: ClassVar[Mapping[str, str]] = {"file": "kind", "format_forced": "forced"}
+
+    path: str = field(metadata=NOT_ON_WIRE)
     kind: str  # one of FILE_KINDS
     format: str | None  # the forced format, or the first valid record's (None: no record had one)
     forced: bool  # format given by the caller, not detected
     split: str | None = None
-    unit: str = "line"  # "line" for JSONL (Record.line is the file's line), else "record"
+    #: "line" for JSONL (Record.line is the file's line), else "record"
+    unit: str = field(default="line", metadata=NOT_ON_WIRE)
 
     def describe(self) -> str:
         """The one line shown on stderr: what is read and how it was recognised."""
@@ -50,9 +54,6 @@ class DataInfo:
         """``path line N`` or ``path record N``, and the id when there is one: what error messages name."""
         rid = "" if record.id is None else f" (id {record.id!r})"
         return f"{self.path} {self.unit} {record.line}{rid}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"file": self.kind, "format": self.format, "format_forced": self.forced, "split": self.split}
 
 
 # --- files -> objects -----------------------------------------------------------------------------------
