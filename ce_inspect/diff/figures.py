@@ -4,13 +4,16 @@ and the JSON wire format."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from ce_inspect.contract import (
+    NOT_ON_WIRE,
     ResultDict,
     ScoreResult,
+    TokenScore,
+    WireObject,
     dumps,
 )
 from ce_inspect.contract.diff import DIFF_SCHEMA_VERSION, DiffDict, DiffSideDict, DiffSummaryDict, TokenDiffDict
@@ -38,15 +41,15 @@ COLOR_BY = ("kl", "dnll")
 
 
 @dataclass(frozen=True)
-class TokenDiff:
+class TokenDiff(WireObject[TokenDiffDict]):
     """One scored target under both models; ``ref`` and ``cand`` are what ``run`` reports for it."""
 
     index: int
     token_id: int
     token: str
     segment: str
-    ref: Any  # TokenScore
-    cand: Any  # TokenScore
+    ref: TokenScore
+    cand: TokenScore
     kl: float
     kl_reverse: float
     same_top1: bool
@@ -71,21 +74,6 @@ class TokenDiff:
             -self.ref.logprob,
             -self.cand.logprob,
         )
-
-    def to_dict(self) -> TokenDiffDict:
-        return {
-            "index": self.index,
-            "token_id": self.token_id,
-            "token": self.token,
-            "segment": self.segment,
-            "ref": self.ref.to_dict(),
-            "cand": self.cand.to_dict(),
-            "kl": self.kl,
-            "kl_reverse": self.kl_reverse,
-            "dnll": self.dnll,
-            "dp": self.dp,
-            "same_top1": self.same_top1,
-        }
 
 
 class TokenFigures(NamedTuple):
@@ -128,7 +116,7 @@ def percentile(ordered: Sequence[float], fraction: float) -> float:
 
 
 @dataclass(frozen=True)
-class DiffSummary:
+class DiffSummary(WireObject[DiffSummaryDict]):
     count: int
     ref_loss_mean: float
     cand_loss_mean: float
@@ -138,7 +126,8 @@ class DiffSummary:
     dnll_se: float | None
     kl_mean: float
     kl_se: float | None
-    kl_quantiles: dict[str, float]  # "max", "p999", ..., "median", ..., "min"
+    #: "max", "p999", ..., "median", ..., "min": on the wire as keys of their own (``kl_max``, ... ``kl_min``)
+    kl_quantiles: dict[str, float] = field(metadata=NOT_ON_WIRE)
     kl_reverse_mean: float
     kl_reverse_se: float | None
     dp_mean: float
@@ -191,39 +180,14 @@ class DiffSummary:
             shared_vocab=shared_vocab,
         )
 
-    def to_dict(self) -> DiffSummaryDict:
-        q = self.kl_quantiles
-        return {
-            "count": self.count,
-            "ref_loss_mean": self.ref_loss_mean,
-            "cand_loss_mean": self.cand_loss_mean,
-            "ref_nll_mean": self.ref_nll_mean,
-            "cand_nll_mean": self.cand_nll_mean,
-            "dnll_mean": self.dnll_mean,
-            "dnll_se": self.dnll_se,
-            "kl_mean": self.kl_mean,
-            "kl_se": self.kl_se,
-            "kl_max": q["max"],
-            "kl_p999": q["p999"],
-            "kl_p99": q["p99"],
-            "kl_p95": q["p95"],
-            "kl_p90": q["p90"],
-            "kl_median": q["median"],
-            "kl_p10": q["p10"],
-            "kl_p05": q["p05"],
-            "kl_p01": q["p01"],
-            "kl_p001": q["p001"],
-            "kl_min": q["min"],
-            "kl_reverse_mean": self.kl_reverse_mean,
-            "kl_reverse_se": self.kl_reverse_se,
-            "dp_mean": self.dp_mean,
-            "dp_rms": self.dp_rms,
-            "dp_rms_se": self.dp_rms_se,
-            "same_top1": self.same_top1,
-            "same_top1_pct": self.same_top1_pct,
-            "same_top1_se_pct": self.same_top1_se_pct,
-            "shared_vocab": self.shared_vocab,
-        }
+
+def _kl_quantile(name: str) -> property:
+    return property(lambda self: self.kl_quantiles[name], doc=f"``kl_quantiles[{name!r}]``, on the wire")
+
+
+# Each quantile is a key of its own in DiffSummaryDict: ``kl_max``, ``kl_p999``, ..., ``kl_min``.
+for _name in ("max", *(name for name, _ in KL_QUANTILES), "min"):
+    setattr(DiffSummary, f"kl_{_name}", _kl_quantile(_name))
 
 
 def _median(ordered: Sequence[float]) -> float:
@@ -243,26 +207,32 @@ def _side_dict(result: ScoreResult) -> DiffSideDict:
 
 
 @dataclass(frozen=True)
-class DiffResult:
+class DiffResult(WireObject[DiffDict]):
     """One example under two models: each side's ``run`` result, the per-token comparison and its summary."""
 
-    reference: ScoreResult
-    candidate: ScoreResult
+    schema_version: ClassVar[int] = DIFF_SCHEMA_VERSION
+    kind: ClassVar[str] = "diff"
+    #: Each side is on the wire as its DiffSideDict (model, device, dtype, summary, turns), not as run's document.
+    wire_names: ClassVar[Mapping[str, str]] = {"reference": "reference_side", "candidate": "candidate_side"}
+
+    reference: ScoreResult = field(metadata=NOT_ON_WIRE)
+    candidate: ScoreResult = field(metadata=NOT_ON_WIRE)
     tokens: tuple[TokenDiff, ...]
     summary: DiffSummary
     notes: tuple[str, ...] = field(default=())
 
-    def to_dict(self) -> DiffDict:
-        return {
-            "schema_version": DIFF_SCHEMA_VERSION,
-            "kind": "diff",
-            "reference": _side_dict(self.reference),
-            "candidate": _side_dict(self.candidate),
-            "layout": dict(self.reference.layout),
-            "tokens": [t.to_dict() for t in self.tokens],
-            "summary": self.summary.to_dict(),
-            "notes": list(self.notes),
-        }
+    @property
+    def reference_side(self) -> DiffSideDict:
+        return _side_dict(self.reference)
+
+    @property
+    def candidate_side(self) -> DiffSideDict:
+        return _side_dict(self.candidate)
+
+    @property
+    def layout(self) -> dict[str, Any]:
+        """The reference's layout (both sides score the same tokens)."""
+        return dict(self.reference.layout)
 
     def to_json(self, indent: int | None = 2) -> str:
         return dumps(self.to_dict(), indent=indent)
