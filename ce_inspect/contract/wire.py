@@ -112,10 +112,11 @@ class WireObject(Generic[D]):
     ``to_dict`` writes the required keys in ``D``'s order, then the ``NotRequired`` ones in ``D``'s order,
     each left out when its value is None (an empty tuple, for a tuple field). A field's value converts by its
     type: a WireObject, or a tuple of them, to their dicts; another tuple to a list; a dict to a copy; an
-    ``X | None`` as an ``X`` unless it is None. A derived figure (a property, a ``ClassVar``) is written as it
-    is. ``from_dict`` reads back the dataclass fields ``d`` holds, converted the other way; derived keys are
-    not read, so an object with a ``NOT_ON_WIRE`` field that has no default (``ExampleStats``) cannot be read
-    back this way.
+    ``X | None`` as an ``X`` unless it is None, but a ``dict | None`` as it is (audit's optional details: not
+    copied, so a per-record ``Finding.to_dict`` stays as fast as by hand). A derived figure (a property, a
+    ``ClassVar``) is written as it is. ``from_dict`` reads back the dataclass fields ``d`` holds, converted the
+    other way; derived keys are not read, so an object with a ``NOT_ON_WIRE`` field that has no default
+    (``ExampleStats``) cannot be read back this way.
     """
 
     wire_type: ClassVar[Any]  # D, set for each subclass
@@ -202,8 +203,8 @@ def _compile_encoder(cls: Any) -> Callable[[Any], Any]:
             required.append(f"{key!r}: {_encoding(f'self.{attr}', tp)}")
         else:
             test = "v != ()" if get_origin(tp) is tuple else "v is not None"
-            present = _optional(tp) or tp  # v is not None here
-            optional += [f"    v = self.{attr}", f"    if {test}:", f"        d[{key!r}] = {_encoding('v', present)}"]
+            encoded = _encoding("v", tp, present=True)
+            optional += [f"    v = self.{attr}", f"    if {test}:", f"        d[{key!r}] = {encoded}"]
     source = "\n".join(["def to_dict(self):", f"    d = {{{', '.join(required)}}}", *optional, "    return d"])
     namespace: dict[str, Any] = {}
     exec(source, {}, namespace)  # the source is built from identifiers and key reprs only
@@ -225,12 +226,15 @@ def _optional(tp: Any) -> Any:
     return None
 
 
-def _encoding(value: str, tp: Any) -> str:
-    """The expression that puts ``value``, of the field type ``tp`` (None: derived), on the wire."""
-    present = _optional(tp)
-    if present is not None:
-        encoded = _encoding(value, present)
-        return value if encoded == value else f"(None if {value} is None else {encoded})"
+def _encoding(value: str, tp: Any, present: bool = False) -> str:
+    """The expression that puts ``value``, of the field type ``tp`` (None: derived), on the wire; ``present``:
+    ``value`` is known not to be None."""
+    inner = _optional(tp)
+    if inner is not None:
+        if inner is dict or get_origin(inner) is dict:  # as it is (see WireObject)
+            return value
+        encoded = _encoding(value, inner)
+        return encoded if present or encoded == value else f"(None if {value} is None else {encoded})"
     if _is_wire_object(tp):
         return f"{value}.to_dict()"
     if get_origin(tp) is tuple:
