@@ -289,14 +289,14 @@ def test_every_wire_object_is_its_typeddict():
     from ce_inspect.contract.wire import WireObject
     from ce_inspect.data import DataInfo
     from ce_inspect.dataset import BatchStats, DatasetSummary, ExampleStats, Skipped, WorstToken
-    from ce_inspect.diff import DiffDatasetSummary, DiffResult, DiffSummary, TokenDiff
+    from ce_inspect.diff import DiffDatasetSummary, DiffResult, TokenDiff
 
     objects = set(_subclasses(WireObject))
     assert {wire.Alternative, wire.TokenScore, wire.SequenceToken, wire.Summary, wire.TurnSummary} <= objects
     assert wire.ScoreResult in objects
     assert {DataInfo, WorstToken, ExampleStats, Skipped, BatchStats, DatasetSummary} <= objects
     assert {Finding, TokenView, ShownFinding, RecordRef, CheckResult, AuditReport} <= objects
-    assert {TokenDiff, DiffSummary, DiffResult, DiffDatasetSummary} <= objects
+    assert {TokenDiff, DiffResult, DiffDatasetSummary} <= objects
     for cls in objects:
         keys = {cls.wire_names.get(key, key) for key in typing.get_type_hints(cls.wire_type)}
         assert set(cls.wire_names) <= set(typing.get_type_hints(cls.wire_type)), cls

@@ -111,7 +111,8 @@ class WireObject(Generic[D]):
     maps the key to another attribute; a dataclass field that is not a key is marked ``NOT_ON_WIRE``.
     ``to_dict`` writes the required keys in ``D``'s order, then the ``NotRequired`` ones in ``D``'s order,
     each left out when its value is None (an empty tuple, for a tuple field). A field's value converts by its
-    type: a WireObject, or a tuple of them, to their dicts; another tuple to a list; a dict to a copy; an
+    type: a WireObject, or a tuple of them, to their dicts (so does another class with a ``to_dict`` of its own,
+    such as the hand-written ``DiffSummary``); another tuple to a list; a dict to a copy; an
     ``X | None`` as an ``X`` unless it is None, but a ``dict | None`` as it is (audit's optional details: not
     copied, so a per-record ``Finding.to_dict`` stays as fast as by hand). A derived figure (a property, a
     ``ClassVar``) is written as it is. ``from_dict`` reads back the dataclass fields ``d`` holds, converted the
@@ -217,6 +218,11 @@ def _is_wire_object(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, WireObject)
 
 
+def _has_to_dict(tp: Any) -> bool:
+    """A WireObject, or a class that writes its own dict (``DiffSummary``)."""
+    return isinstance(tp, type) and callable(getattr(tp, "to_dict", None))
+
+
 def _optional(tp: Any) -> Any:
     """``X`` of a field type ``X | None``, else None."""
     if get_origin(tp) is Union or get_origin(tp) is types.UnionType:
@@ -235,10 +241,10 @@ def _encoding(value: str, tp: Any, present: bool = False) -> str:
             return value
         encoded = _encoding(value, inner)
         return encoded if present or encoded == value else f"(None if {value} is None else {encoded})"
-    if _is_wire_object(tp):
+    if _has_to_dict(tp):
         return f"{value}.to_dict()"
     if get_origin(tp) is tuple:
-        return f"[item.to_dict() for item in {value}]" if _is_wire_object(get_args(tp)[0]) else f"list({value})"
+        return f"[item.to_dict() for item in {value}]" if _has_to_dict(get_args(tp)[0]) else f"list({value})"
     if tp is dict or get_origin(tp) is dict:
         return f"dict({value})"
     return value

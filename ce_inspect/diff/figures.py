@@ -116,7 +116,7 @@ def percentile(ordered: Sequence[float], fraction: float) -> float:
 
 
 @dataclass(frozen=True)
-class DiffSummary(WireObject[DiffSummaryDict]):
+class DiffSummary:
     count: int
     ref_loss_mean: float
     cand_loss_mean: float
@@ -126,8 +126,7 @@ class DiffSummary(WireObject[DiffSummaryDict]):
     dnll_se: float | None
     kl_mean: float
     kl_se: float | None
-    #: "max", "p999", ..., "median", ..., "min": on the wire as keys of their own (``kl_max``, ... ``kl_min``)
-    kl_quantiles: dict[str, float] = field(metadata=NOT_ON_WIRE)
+    kl_quantiles: dict[str, float]  # "max", "p999", ..., "median", ..., "min"
     kl_reverse_mean: float
     kl_reverse_se: float | None
     dp_mean: float
@@ -180,14 +179,41 @@ class DiffSummary(WireObject[DiffSummaryDict]):
             shared_vocab=shared_vocab,
         )
 
-
-def _kl_quantile(name: str) -> property:
-    return property(lambda self: self.kl_quantiles[name], doc=f"``kl_quantiles[{name!r}]``, on the wire")
-
-
-# Each quantile is a key of its own in DiffSummaryDict: ``kl_max``, ``kl_p999``, ..., ``kl_min``.
-for _name in ("max", *(name for name, _ in KL_QUANTILES), "min"):
-    setattr(DiffSummary, f"kl_{_name}", _kl_quantile(_name))
+    # Hand-written: 11 of its keys are entries of one field, ``kl_quantiles``; derived through properties,
+    # to_dict ran 1.5-1.8x slower.
+    def to_dict(self) -> DiffSummaryDict:
+        q = self.kl_quantiles
+        return {
+            "count": self.count,
+            "ref_loss_mean": self.ref_loss_mean,
+            "cand_loss_mean": self.cand_loss_mean,
+            "ref_nll_mean": self.ref_nll_mean,
+            "cand_nll_mean": self.cand_nll_mean,
+            "dnll_mean": self.dnll_mean,
+            "dnll_se": self.dnll_se,
+            "kl_mean": self.kl_mean,
+            "kl_se": self.kl_se,
+            "kl_max": q["max"],
+            "kl_p999": q["p999"],
+            "kl_p99": q["p99"],
+            "kl_p95": q["p95"],
+            "kl_p90": q["p90"],
+            "kl_median": q["median"],
+            "kl_p10": q["p10"],
+            "kl_p05": q["p05"],
+            "kl_p01": q["p01"],
+            "kl_p001": q["p001"],
+            "kl_min": q["min"],
+            "kl_reverse_mean": self.kl_reverse_mean,
+            "kl_reverse_se": self.kl_reverse_se,
+            "dp_mean": self.dp_mean,
+            "dp_rms": self.dp_rms,
+            "dp_rms_se": self.dp_rms_se,
+            "same_top1": self.same_top1,
+            "same_top1_pct": self.same_top1_pct,
+            "same_top1_se_pct": self.same_top1_se_pct,
+            "shared_vocab": self.shared_vocab,
+        }
 
 
 def _median(ordered: Sequence[float]) -> float:
