@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ce_inspect.contract import (
     AuditFindingDict,
+    WireObject,
 )
 from ce_inspect.errors import InputError
 from ce_inspect.text import (
@@ -144,7 +145,7 @@ class AuditExample:
 
 
 @dataclass(frozen=True)
-class Finding:
+class Finding(WireObject[AuditFindingDict]):
     """What one check found in one record: the offending positions and what is wrong there."""
 
     check: str
@@ -152,12 +153,6 @@ class Finding:
     message: str
     #: Check-specific detail (``boundary``: the two splits of the prompt/completion boundary).
     detail: dict[str, Any] | None = None
-
-    def to_dict(self) -> AuditFindingDict:
-        d: AuditFindingDict = {"check": self.check, "positions": list(self.positions), "message": self.message}
-        if self.detail is not None:
-            d["detail"] = self.detail
-        return d
 
 
 def spans(positions: Sequence[int]) -> list[list[int]]:

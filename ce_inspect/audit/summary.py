@@ -9,8 +9,8 @@ import math
 import os
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ce_inspect.audit.checks import (
     CHECK_NAMES,
@@ -26,6 +26,7 @@ from ce_inspect.audit.checks import (
     RecordChecks,
 )
 from ce_inspect.contract import (
+    NOT_ON_WIRE,
     SCHEMA_VERSION,
     AuditCheckDict,
     AuditDict,
@@ -33,6 +34,7 @@ from ce_inspect.contract import (
     AuditRecordLineDict,
     AuditRecordRefDict,
     AuditTokenDict,
+    WireObject,
     dumps,
 )
 from ce_inspect.errors import InputError
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class TokenView:
+class TokenView(WireObject[AuditTokenDict]):
     """One token of a shown finding: its text, whether it is trained, its loss when a model ran."""
 
     index: int
@@ -58,43 +60,28 @@ class TokenView:
     special: bool
     loss: float | None = None
 
-    def to_dict(self) -> AuditTokenDict:
-        return {
-            "index": self.index,
-            "token_id": self.token_id,
-            "token": self.token,
-            "label": self.label,
-            "trained": self.trained,
-            "offending": self.offending,
-            "special": self.special,
-            "loss": self.loss,
-        }
-
 
 @dataclass(frozen=True)
-class ShownFinding:
+class ShownFinding(WireObject[AuditExampleDict]):
     """A finding shown in full: the record, the positions, and the tokens around them."""
 
     line: int
     id: str | int | None
-    finding: Finding
+    finding: Finding = field(metadata=NOT_ON_WIRE)  # on the wire as its positions, message and detail
     tokens: tuple[TokenView, ...]
     mean_loss: float | None = None
 
-    def to_dict(self) -> AuditExampleDict:
-        f = self.finding
-        d: AuditExampleDict = {
-            "line": self.line,
-            "id": self.id,
-            "positions": list(f.positions),
-            "message": f.message,
-            "tokens": [t.to_dict() for t in self.tokens],
-        }
-        if f.detail is not None:
-            d["detail"] = f.detail
-        if self.mean_loss is not None:
-            d["mean_loss"] = self.mean_loss
-        return d
+    @property
+    def positions(self) -> list[int]:
+        return list(self.finding.positions)
+
+    @property
+    def message(self) -> str:
+        return self.finding.message
+
+    @property
+    def detail(self) -> dict[str, Any] | None:
+        return self.finding.detail
 
 
 def token_window(ctx: AuditContext, ex: AuditExample, positions: Sequence[int], width: int = WINDOW) -> list[int]:
@@ -128,16 +115,13 @@ def show(ctx: AuditContext, ex: AuditExample, finding: Finding) -> ShownFinding:
 
 
 @dataclass(frozen=True)
-class RecordRef:
+class RecordRef(WireObject[AuditRecordRefDict]):
     line: int
     id: str | int | None
 
-    def to_dict(self) -> AuditRecordRefDict:
-        return {"line": self.line, "id": self.id}
-
 
 @dataclass(frozen=True)
-class CheckResult:
+class CheckResult(WireObject[AuditCheckDict]):
     """One check over the data set."""
 
     name: str
@@ -152,24 +136,13 @@ class CheckResult:
     def failed(self) -> int:
         return len(self.records)
 
-    def to_dict(self) -> AuditCheckDict:
-        d: AuditCheckDict = {
-            "name": self.name,
-            "description": self.description,
-            "ran": self.ran,
-            "checked": self.checked,
-            "failed": self.failed,
-            "records": [r.to_dict() for r in self.records],
-            "examples": [e.to_dict() for e in self.examples],
-        }
-        if self.note is not None:
-            d["note"] = self.note
-        return d
-
 
 @dataclass(frozen=True)
-class AuditReport:
+class AuditReport(WireObject[AuditDict]):
     """The audit of a data set: every check's result, and what the gate (``fail_on``) makes of them."""
+
+    schema_version: ClassVar[int] = SCHEMA_VERSION
+    kind: ClassVar[str] = "audit"
 
     input: str
     model: str | None
@@ -193,28 +166,6 @@ class AuditReport:
 
     def check(self, name: str) -> CheckResult:
         return next(c for c in self.checks if c.name == name)
-
-    def to_dict(self) -> AuditDict:
-        d: AuditDict = {
-            "schema_version": SCHEMA_VERSION,
-            "kind": "audit",
-            "input": self.input,
-            "output": self.output,
-            "model": self.model,
-            "tokenizer": self.tokenizer,
-            "records": self.records,
-            "max_length": self.max_length,
-            "skipped": list(self.skipped),
-            "checks": [c.to_dict() for c in self.checks],
-            "failed_checks": self.failed_checks,
-            "fail_on": list(self.fail_on),
-            "gate_failed": self.gate_failed,
-        }
-        if self.loss is not None:
-            d["loss"] = self.loss  # type: ignore[typeddict-item]
-        if self.notes:
-            d["notes"] = list(self.notes)
-        return d
 
 
 class Audit:

@@ -111,9 +111,13 @@ class WireObject(Generic[D]):
     maps the key to another attribute; a dataclass field that is not a key is marked ``NOT_ON_WIRE``.
     ``to_dict`` writes the required keys in ``D``'s order, then the ``NotRequired`` ones in ``D``'s order,
     each left out when its value is None (an empty tuple, for a tuple field). A field's value converts by its
-    type: a WireObject, or a tuple of them, to their dicts; another tuple to a list; a dict to a copy.
-    ``from_dict`` reads back the dataclass fields ``d`` holds, converted the other way; derived keys are not
-    read.
+    type: a WireObject, or a tuple of them, to their dicts (so does another class with a ``to_dict`` of its own,
+    such as the hand-written ``DiffSummary``); another tuple to a list; a dict to a copy; an
+    ``X | None`` as an ``X`` unless it is None, but a ``dict | None`` as it is (audit's optional details: not
+    copied, so a per-record ``Finding.to_dict`` stays as fast as by hand). A derived figure (a property, a
+    ``ClassVar``) is written as it is. ``from_dict`` reads back the dataclass fields ``d`` holds, converted the
+    other way; derived keys are not read, so an object with a ``NOT_ON_WIRE`` field that has no default
+    (``ExampleStats``) cannot be read back this way.
     """
 
     wire_type: ClassVar[Any]  # D, set for each subclass
@@ -199,8 +203,10 @@ def _compile_encoder(cls: Any) -> Callable[[Any], Any]:
         if key in wire.__required_keys__:
             required.append(f"{key!r}: {_encoding(f'self.{attr}', tp)}")
         else:
-            test = "v != ()" if get_origin(tp) is tuple else "v is not None"
-            optional += [f"    v = self.{attr}", f"    if {test}:", f"        d[{key!r}] = {_encoding('v', tp)}"]
+            # A tuple is left out when empty; so is a derived tuple (a property: ``tp`` None), written as a list.
+            test = "v != ()" if get_origin(tp) is tuple else "v is not None and v != ()"
+            encoded = "(list(v) if type(v) is tuple else v)" if tp is None else _encoding("v", tp, present=True)
+            optional += [f"    v = self.{attr}", f"    if {test}:", f"        d[{key!r}] = {encoded}"]
     source = "\n".join(["def to_dict(self):", f"    d = {{{', '.join(required)}}}", *optional, "    return d"])
     namespace: dict[str, Any] = {}
     exec(source, {}, namespace)  # the source is built from identifiers and key reprs only
@@ -213,12 +219,33 @@ def _is_wire_object(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, WireObject)
 
 
-def _encoding(value: str, tp: Any) -> str:
-    """The expression that puts ``value``, of the field type ``tp`` (None: derived), on the wire."""
-    if _is_wire_object(tp):
+def _has_to_dict(tp: Any) -> bool:
+    """A WireObject, or a class that writes its own dict (``DiffSummary``)."""
+    return isinstance(tp, type) and callable(getattr(tp, "to_dict", None))
+
+
+def _optional(tp: Any) -> Any:
+    """``X`` of a field type ``X | None``, else None."""
+    if get_origin(tp) is Union or get_origin(tp) is types.UnionType:
+        args = get_args(tp)
+        if len(args) == 2 and type(None) in args:
+            return args[0] if args[1] is type(None) else args[1]
+    return None
+
+
+def _encoding(value: str, tp: Any, present: bool = False) -> str:
+    """The expression that puts ``value``, of the field type ``tp`` (None: derived), on the wire; ``present``:
+    ``value`` is known not to be None."""
+    inner = _optional(tp)
+    if inner is not None:
+        if inner is dict or get_origin(inner) is dict:  # as it is (see WireObject)
+            return value
+        encoded = _encoding(value, inner)
+        return encoded if present or encoded == value else f"(None if {value} is None else {encoded})"
+    if _has_to_dict(tp):
         return f"{value}.to_dict()"
     if get_origin(tp) is tuple:
-        return f"[item.to_dict() for item in {value}]" if _is_wire_object(get_args(tp)[0]) else f"list({value})"
+        return f"[item.to_dict() for item in {value}]" if _has_to_dict(get_args(tp)[0]) else f"list({value})"
     if tp is dict or get_origin(tp) is dict:
         return f"dict({value})"
     return value
@@ -231,6 +258,10 @@ def _readers(cls: Any) -> tuple[tuple[str, str, Convert | None], ...]:
 
 def _decoding(tp: Any) -> Convert | None:
     """How a field of type ``tp`` comes back from JSON (None: as it is)."""
+    present = _optional(tp)
+    if present is not None:
+        convert = _decoding(present)
+        return None if convert is None else lambda value: None if value is None else convert(value)
     if _is_wire_object(tp):
         return tp.from_dict
     if get_origin(tp) is tuple:

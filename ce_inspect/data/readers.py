@@ -13,11 +13,12 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
+from ce_inspect.contract import NOT_ON_WIRE, DataDict, WireObject
 from ce_inspect.data.formats import CHOICES, FORMATS, Fields, Record, parse_record
 from ce_inspect.errors import InputError, UsageError, read_error
 from ce_inspect.files import COMPRESSION_SUFFIXES, is_stream
@@ -30,18 +31,22 @@ _INSTALL = "pip install 'ce-inspect[datasets]'"
 
 
 @dataclass(frozen=True)
-class DataInfo:
+class DataInfo(WireObject[DataDict]):
     """What ``open_data`` found: the file kind, the format of the first record, and how records are numbered."""
 
-    path: str
+    wire_names: ClassVar[Mapping[str, str]] = {"file": "kind", "format_forced": "forced"}
+
+    path: str = field(metadata=NOT_ON_WIRE)
     kind: str  # one of FILE_KINDS
     format: str | None  # the forced format, or the first valid record's (None: no record had one)
     forced: bool  # format given by the caller, not detected
     split: str | None = None
-    unit: str = "line"  # "line" for JSONL (Record.line is the file's line), else "record"
+    #: "line" for JSONL (Record.line is the file's line), else "record"
+    unit: str = field(default="line", metadata=NOT_ON_WIRE)
     limit: int | None = None  # only the first `limit` records are read (``check_limit``)
     compression: str | None = None  # gzip, bzip2 or zstd: the file is decompressed as it is read
-    limited: bool = False  # the data set held `limit` records at least: the run read only those
+    #: the data set held `limit` records at least: the run read only those
+    limited: bool = field(default=False, metadata=NOT_ON_WIRE)
 
     @property
     def limit_note(self) -> str | None:
@@ -66,12 +71,6 @@ class DataInfo:
         """``path line N`` or ``path record N``, and the id when there is one: what error messages name."""
         rid = "" if record.id is None else f" (id {record.id!r})"
         return f"{self.path} {self.unit} {record.line}{rid}"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {"file": self.kind, "format": self.format, "format_forced": self.forced, "split": self.split}
-        if self.compression is not None:
-            d["compression"] = self.compression
-        return {**d, "limit": self.limit} if self.limit is not None else d
 
 
 def check_limit(limit: Any) -> int | None:

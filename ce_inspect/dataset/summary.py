@@ -12,16 +12,18 @@ from __future__ import annotations
 import heapq
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ce_inspect.contract import (
+    NOT_ON_WIRE,
     SCHEMA_VERSION,
     BatchingDict,
     BatchSummaryDict,
     ScoreResult,
     SkippedDict,
+    WireObject,
     WorstExampleDict,
     WorstTokenDict,
     perplexity,
@@ -36,7 +38,7 @@ DEFAULT_WORST = 10
 
 
 @dataclass(frozen=True)
-class WorstToken:
+class WorstToken(WireObject[WorstTokenDict]):
     """One scored token, located in the data set, for the list of highest losses."""
 
     line: int
@@ -49,19 +51,6 @@ class WorstToken:
     prob: float
     rank: int
 
-    def to_dict(self) -> WorstTokenDict:
-        return {
-            "line": self.line,
-            "id": self.id,
-            "index": self.index,
-            "token": self.token,
-            "token_id": self.token_id,
-            "segment": self.segment,
-            "loss": self.loss,
-            "prob": self.prob,
-            "rank": self.rank,
-        }
-
 
 def fingerprint_targets(targets: Sequence[tuple[int, int]]) -> str:
     """A digest of the (position, token id) of every scored target: what resume compares with the input.
@@ -72,21 +61,24 @@ def fingerprint_targets(targets: Sequence[tuple[int, int]]) -> str:
 
 
 @dataclass(frozen=True)
-class ExampleStats:
-    """What the data-set summary needs of one scored example (also rebuilt from an output line)."""
+class ExampleStats(WireObject[WorstExampleDict]):
+    """What the data-set summary needs of one scored example (also rebuilt from an output line); on the wire
+    as one of the worst examples."""
+
+    wire_names: ClassVar[Mapping[str, str]] = {"sum": "loss_sum"}
 
     line: int
     id: str | int | None
     count: int
     loss_sum: float
     mean: float
-    nll_sum: float
-    greedy_hits: int
-    sequence_tokens: int
-    fingerprint: str  # fingerprint_targets of its scored targets
+    nll_sum: float = field(metadata=NOT_ON_WIRE)
+    greedy_hits: int = field(metadata=NOT_ON_WIRE)
+    sequence_tokens: int = field(metadata=NOT_ON_WIRE)
+    fingerprint: str = field(metadata=NOT_ON_WIRE)  # fingerprint_targets of its scored targets
     #: What another command's report needs to rebuild its summary from the line (``diff``: every token's
     #: figures); None for ``batch``, whose summary needs only the fields above.
-    payload: Any = field(default=None, compare=False, repr=False)
+    payload: Any = field(default=None, compare=False, repr=False, metadata=NOT_ON_WIRE)
 
     @classmethod
     def from_result(cls, line: int, rid: str | int | None, result: ScoreResult) -> ExampleStats:
@@ -103,9 +95,6 @@ class ExampleStats:
             fingerprint=fingerprint_targets([(t.index, t.token_id) for t in result.tokens]),
         )
 
-    def to_dict(self) -> WorstExampleDict:
-        return {"line": self.line, "id": self.id, "mean": self.mean, "sum": self.loss_sum, "count": self.count}
-
 
 def worst_tokens_of(line: int, rid: str | int | None, result: ScoreResult, n: int) -> list[WorstToken]:
     top = heapq.nlargest(n, result.tokens, key=lambda t: t.loss)
@@ -113,17 +102,14 @@ def worst_tokens_of(line: int, rid: str | int | None, result: ScoreResult, n: in
 
 
 @dataclass(frozen=True)
-class Skipped:
+class Skipped(WireObject[SkippedDict]):
     line: int
     id: str | int | None
     reason: str
 
-    def to_dict(self) -> SkippedDict:
-        return {"line": self.line, "id": self.id, "reason": self.reason}
-
 
 @dataclass
-class BatchStats:
+class BatchStats(WireObject[BatchingDict]):
     """How this run batched its work (resumed examples excluded)."""
 
     batch_size: int | None
@@ -145,24 +131,13 @@ class BatchStats:
     def tokens_per_second(self) -> float | None:
         return self.sequence_tokens / self.seconds if self.seconds > 0 else None
 
-    def to_dict(self) -> BatchingDict:
-        return {
-            "batch_size": self.batch_size,
-            "max_tokens": self.max_tokens,
-            "padding_side": self.padding_side,
-            "batches": self.batches,
-            "examples": self.examples,
-            "sequence_tokens": self.sequence_tokens,
-            "padded_positions": self.padded_positions,
-            "padding_fraction": self.padding_fraction,
-            "seconds": self.seconds,
-            "tokens_per_second": self.tokens_per_second,
-        }
-
 
 @dataclass(frozen=True)
-class DatasetSummary:
+class DatasetSummary(WireObject[BatchSummaryDict]):
     """The data-set figures. ``token_weighted_mean_loss`` is what a training step over the whole set reports."""
+
+    schema_version: ClassVar[int] = SCHEMA_VERSION
+    kind: ClassVar[str] = "batch_summary"
 
     model: str
     device: str
@@ -173,7 +148,7 @@ class DatasetSummary:
     resumed: int  # of which were read back from the output file (--resume)
     scored_tokens: int
     loss_sum: float
-    nll_sum: float
+    nll_sum: float = field(metadata=NOT_ON_WIRE)  # on the wire as ``mean_nll``
     example_weighted_mean_loss: float | None
     greedy_hits: int
     label_smoothing: float
@@ -193,6 +168,10 @@ class DatasetSummary:
         return (note,) if note is not None else ()
 
     @property
+    def skipped_count(self) -> int:
+        return len(self.skipped)
+
+    @property
     def token_weighted_mean_loss(self) -> float | None:
         """sum(loss) / scored tokens: CrossEntropyLoss(reduction='mean') over the flattened data set."""
         return self.loss_sum / self.scored_tokens if self.scored_tokens else None
@@ -205,39 +184,6 @@ class DatasetSummary:
     @property
     def perplexity(self) -> float | None:
         return perplexity(self.mean_nll) if self.mean_nll is not None else None
-
-    def to_dict(self) -> BatchSummaryDict:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "kind": "batch_summary",
-            "model": self.model,
-            "device": self.device,
-            "dtype": self.dtype,
-            "input": self.input,
-            "output": self.output,
-            "examples": self.examples,
-            "resumed": self.resumed,
-            "skipped_count": len(self.skipped),
-            "scored_tokens": self.scored_tokens,
-            "token_weighted_mean_loss": self.token_weighted_mean_loss,
-            "example_weighted_mean_loss": self.example_weighted_mean_loss,
-            "loss_sum": self.loss_sum,
-            "mean_nll": self.mean_nll,
-            "perplexity": self.perplexity,
-            "greedy_hits": self.greedy_hits,
-            "label_smoothing": self.label_smoothing,
-            "ignore_index": self.ignore_index,
-            "worst_examples": [e.to_dict() for e in self.worst_examples],
-            "worst_tokens": [t.to_dict() for t in self.worst_tokens],
-            "skipped": [s.to_dict() for s in self.skipped],
-            "batching": self.batching.to_dict(),
-            "example_loss_histogram": {
-                "edges": list(self.example_loss_histogram["edges"]),
-                "counts": list(self.example_loss_histogram["counts"]),
-            },
-            **({"data": self.data.to_dict()} if self.data is not None else {}),
-            **({"notes": list(self.notes)} if self.notes else {}),
-        }
 
 
 class SummaryBuilder:

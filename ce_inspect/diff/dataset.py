@@ -7,21 +7,24 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 from ce_inspect.contract import (
     DIFF_SCHEMA_VERSION,
     DiffLineDict,
+    WireObject,
     conform,
 )
 from ce_inspect.contract.diff import DiffDatasetDict, WorstExampleDict
 from ce_inspect.data import encode_whole
 from ce_inspect.dataset import (
     BatchSettings,
+    BatchStats,
     DatasetRun,
     ExampleStats,
     Job,
     Progress,
+    Skipped,
     as_loaded,
     check_resume_settings,
     fingerprint_targets,
@@ -70,36 +73,25 @@ def record_encoder(ref_lm: LoadedModel, cand_lm: LoadedModel, layout: Layout) ->
 
 
 @dataclass(frozen=True)
-class DiffDatasetSummary:
+class DiffDatasetSummary(WireObject[DiffDatasetDict]):
+    schema_version: ClassVar[int] = DIFF_SCHEMA_VERSION
+    kind: ClassVar[str] = "diff_summary"
+
     reference: dict[str, str]
     candidate: dict[str, str]
     input: str
     output: str | None
     examples: int
-    skipped: tuple[Any, ...]
+    skipped: tuple[Skipped, ...]
     summary: DiffSummary | None  # None when no example was scored
     worst_by_kl: tuple[WorstExampleDict, ...]
     worst_by_dnll: tuple[WorstExampleDict, ...]
-    batching: Any  # batch.BatchStats
+    batching: BatchStats
     notes: tuple[str, ...] = ()
 
-    def to_dict(self) -> DiffDatasetDict:
-        return {
-            "schema_version": DIFF_SCHEMA_VERSION,
-            "kind": "diff_summary",
-            "reference": dict(self.reference),
-            "candidate": dict(self.candidate),
-            "input": self.input,
-            "output": self.output,
-            "examples": self.examples,
-            "skipped_count": len(self.skipped),
-            "skipped": [s.to_dict() for s in self.skipped],
-            "summary": self.summary.to_dict() if self.summary is not None else None,
-            "worst_by_kl": list(self.worst_by_kl),
-            "worst_by_dnll": list(self.worst_by_dnll),
-            "batching": self.batching.to_dict(),
-            "notes": list(self.notes),
-        }
+    @property
+    def skipped_count(self) -> int:
+        return len(self.skipped)
 
 
 class DiffReport:
