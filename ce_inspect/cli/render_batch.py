@@ -126,6 +126,8 @@ def _figures(s: DatasetSummary) -> Table:
         if s.label_smoothing:
             grid.add_row("mean NLL", fmt(s.mean_nll), f"without label smoothing {s.label_smoothing}")
         grid.add_row("greedy hits", f"{s.greedy_hits}/{s.scored_tokens}", "targets that are the top choice")
+    if s.bits_per_byte is not None:
+        grid.add_row("bits per byte", fmt(s.bits_per_byte), f"sum NLL / ln 2 / {s.scored_bytes:,} scored UTF-8 bytes")
     b = s.batching
     if b.batches:
         speed = f"{b.tokens_per_second:,.0f} tok/s" if b.tokens_per_second else ""

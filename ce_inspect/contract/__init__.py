@@ -81,6 +81,7 @@ from ce_inspect.contract.run import (
     Alternative,
     AlternativeDict,
     DocumentDict,
+    PerByteFigures,
     ResultDict,
     ScoreResult,
     SequenceToken,
@@ -91,6 +92,8 @@ from ce_inspect.contract.run import (
     TokenScore,
     TurnDict,
     TurnSummary,
+    bits_per_byte,
+    per_unit_perplexity,
     perplexity,
 )
 from ce_inspect.contract.wire import (
@@ -175,5 +178,8 @@ __all__ = [
     "batch_line_from_dict",
     "conform",
     "dumps",
+    "PerByteFigures",
+    "bits_per_byte",
+    "per_unit_perplexity",
     "perplexity",
 ]

@@ -108,6 +108,12 @@ class BatchSummaryDict(TypedDict):
     data: NotRequired[DataDict]  # what was read: the file kind and the records' format
     example_loss_histogram: HistogramDict  # the per-example mean losses (what the reports draw)
     notes: NotRequired[list[str]]  # what the figures do not cover (a --limit that cut the data set)
+    # Over the scored texts of the set (each example's ``summary.scored_bytes``/``scored_words`` summed):
+    scored_bytes: NotRequired[int]
+    scored_words: NotRequired[int]
+    bits_per_byte: NotRequired[float]  # sum NLL over the set / ln 2 / scored_bytes
+    byte_perplexity: NotRequired[float]  # exp(sum NLL / scored_bytes); left out when it overflows
+    word_perplexity: NotRequired[float]  # exp(sum NLL / scored_words); left out when it overflows
 
 
 def batch_line_from_dict(d: Any) -> tuple[int, Id, ScoreResult]:

@@ -58,6 +58,12 @@ class SummaryDict(TypedDict):
     model_loss: NotRequired[float]  # only with verify
     verify_abs_diff: NotRequired[float]  # only with verify
     sum_logprob: NotRequired[float]  # log-likelihood of the scored tokens (lm-evaluation-harness's loglikelihood)
+    # The scored text: the UTF-8 bytes of the scored target tokens, joined (``text.token_bytes``).
+    scored_bytes: NotRequired[int]  # its length in bytes
+    scored_words: NotRequired[int]  # its words as lm-eval counts them (``text.count_words``)
+    bits_per_byte: NotRequired[float]  # sum NLL / ln 2 / scored_bytes
+    byte_perplexity: NotRequired[float]  # exp(sum NLL / scored_bytes); left out when it overflows
+    word_perplexity: NotRequired[float]  # exp(sum NLL / scored_words); left out when it overflows
 
 
 class TurnDict(TypedDict):
@@ -171,6 +177,40 @@ def perplexity(mean_nll: float) -> float | None:
         return None
 
 
+def bits_per_byte(nll_sum: float, n_bytes: int | None) -> float | None:
+    """``sum NLL / ln 2 / bytes`` (lm-evaluation-harness's ``bits_per_byte``); None without bytes."""
+    return nll_sum / math.log(2) / n_bytes if n_bytes else None
+
+
+def per_unit_perplexity(nll_sum: float, units: int | None) -> float | None:
+    """``exp(sum NLL / units)``: lm-eval's ``byte_perplexity`` (bytes) and ``word_perplexity`` (words)."""
+    return perplexity(nll_sum / units) if units else None
+
+
+class PerByteFigures:
+    """Bits per byte, byte and word perplexity of a span's summed NLL over its scored text (the example's
+    summary and the data set's): computed here only."""
+
+    scored_bytes: int | None
+    scored_words: int | None
+
+    @property
+    def nll_total(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def bits_per_byte(self) -> float | None:
+        return bits_per_byte(self.nll_total, self.scored_bytes)
+
+    @property
+    def byte_perplexity(self) -> float | None:
+        return per_unit_perplexity(self.nll_total, self.scored_bytes)
+
+    @property
+    def word_perplexity(self) -> float | None:
+        return per_unit_perplexity(self.nll_total, self.scored_words)
+
+
 class _DerivedFigures:
     """Figures derived from a span's mean NLL and greedy hits (the overall summary and each turn)."""
 
@@ -189,7 +229,7 @@ class _DerivedFigures:
 
 
 @dataclass(frozen=True)
-class Summary(_DerivedFigures, WireObject[SummaryDict]):
+class Summary(_DerivedFigures, PerByteFigures, WireObject[SummaryDict]):
     reduction: str
     mean: float
     sum: float
@@ -202,6 +242,13 @@ class Summary(_DerivedFigures, WireObject[SummaryDict]):
     verify_abs_diff: float | None = None
     per_token: tuple[float, ...] = field(default=(), metadata=NOT_ON_WIRE)  # on the wire as ``loss``
     sum_logprob: float | None = None
+    scored_bytes: int | None = None  # UTF-8 bytes of the scored target tokens (``text.token_bytes``)
+    scored_words: int | None = None  # words of that text decoded, as lm-eval counts them (``text.count_words``)
+
+    @property
+    def nll_total(self) -> float:
+        """The scored tokens' summed NLL, ``-sum_logprob``."""
+        return -self.sum_logprob if self.sum_logprob is not None else self.mean_nll * self.count
 
     @property
     def loss(self) -> float | list[float]:

@@ -21,6 +21,7 @@ from ce_inspect.contract import (
     SCHEMA_VERSION,
     BatchingDict,
     BatchSummaryDict,
+    PerByteFigures,
     ScoreResult,
     SkippedDict,
     WireObject,
@@ -79,6 +80,9 @@ class ExampleStats(WireObject[WorstExampleDict]):
     #: What another command's report needs to rebuild its summary from the line (``diff``: every token's
     #: figures); None for ``batch``, whose summary needs only the fields above.
     payload: Any = field(default=None, compare=False, repr=False, metadata=NOT_ON_WIRE)
+    #: The summary's ``scored_bytes`` and ``scored_words`` (None on a line written without them).
+    scored_bytes: int | None = field(default=None, metadata=NOT_ON_WIRE)
+    scored_words: int | None = field(default=None, metadata=NOT_ON_WIRE)
 
     @classmethod
     def from_result(cls, line: int, rid: str | int | None, result: ScoreResult) -> ExampleStats:
@@ -93,6 +97,8 @@ class ExampleStats(WireObject[WorstExampleDict]):
             greedy_hits=s.greedy_hits,
             sequence_tokens=len(result.sequence),
             fingerprint=fingerprint_targets([(t.index, t.token_id) for t in result.tokens]),
+            scored_bytes=s.scored_bytes,
+            scored_words=s.scored_words,
         )
 
 
@@ -133,7 +139,7 @@ class BatchStats(WireObject[BatchingDict]):
 
 
 @dataclass(frozen=True)
-class DatasetSummary(WireObject[BatchSummaryDict]):
+class DatasetSummary(PerByteFigures, WireObject[BatchSummaryDict]):
     """The data-set figures. ``token_weighted_mean_loss`` is what a training step over the whole set reports."""
 
     schema_version: ClassVar[int] = SCHEMA_VERSION
@@ -160,6 +166,15 @@ class DatasetSummary(WireObject[BatchSummaryDict]):
     data: DataInfo | None = None  # the file kind and record format read
     #: Per-example mean losses counted in round bins (``display.histogram``): the shape of the data set.
     example_loss_histogram: dict[str, list[Any]] = field(default_factory=lambda: histogram([]))
+    #: The scored texts' bytes and words summed over the set; None when an example lacks them (a line
+    #: read back from an older output), so that bits per byte never covers part of the set.
+    scored_bytes: int | None = None
+    scored_words: int | None = None
+
+    @property
+    def nll_total(self) -> float:
+        """The set's summed NLL: bits per byte is ``nll_sum / ln 2 / scored_bytes`` over the whole set."""
+        return self.nll_sum
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -198,6 +213,8 @@ class SummaryBuilder:
         self._loss_sums: list[float] = []
         self._nll_sums: list[float] = []
         self._means: list[float] = []
+        self._bytes: list[int | None] = []
+        self._words: list[int | None] = []
         self._worst_examples: list[tuple[float, int, ExampleStats]] = []  # min-heap of (mean, -line, stats)
         self._worst_tokens: list[tuple[float, int, int, WorstToken]] = []  # min-heap of (loss, -line, -index, tok)
         self.skipped: list[Skipped] = []
@@ -210,6 +227,8 @@ class SummaryBuilder:
         self._loss_sums.append(stats.loss_sum)
         self._nll_sums.append(stats.nll_sum)
         self._means.append(stats.mean)
+        self._bytes.append(stats.scored_bytes)
+        self._words.append(stats.scored_words)
         if self.worst:
             push_largest(self._worst_examples, (stats.mean, -stats.line, stats), self.worst)
 
@@ -253,7 +272,16 @@ class SummaryBuilder:
             batching=batching,
             data=data,
             example_loss_histogram=histogram(self._means),
+            scored_bytes=total_or_none(self._bytes),
+            scored_words=total_or_none(self._words),
         )
+
+
+def total_or_none(counts: Sequence[int | None]) -> int | None:
+    """The sum of ``counts``; None when one of them is None (or there are none)."""
+    if not counts or any(c is None for c in counts):
+        return None
+    return sum(c for c in counts if c is not None)
 
 
 def push_largest(heap: list[Any], item: tuple[Any, ...], n: int) -> None:

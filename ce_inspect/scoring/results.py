@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ce_inspect.contract import Alternative, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
 from ce_inspect.scoring.options import ScoreOptions
-from ce_inspect.text import Encoded, byte_hex, decode_tokens, special_ids
+from ce_inspect.text import Encoded, byte_hex, count_words, decode_tokens, special_ids, token_bytes
 
 if TYPE_CHECKING:
     from ce_inspect.model import LoadedModel
@@ -25,6 +25,7 @@ def build_results(
     special = special_ids(lm.tokenizer)
     text = _texts(lm.tokenizer, examples, figures["top_ids"], figures["target"])
     raw = {i: byte_hex(lm.tokenizer, i, t) for i, t in text.items()}  # bytes of ids that do not decode alone
+    utf8 = token_bytes(lm.tokenizer, figures["target"])
     results = []
     cursor = 0
     for example, model_loss in zip(examples, model_losses):
@@ -41,7 +42,7 @@ def build_results(
                 device=lm.device,
                 dtype=lm.dtype,
                 tokens=tuple(tokens),
-                summary=_summary(example, tokens, loss_at, model_loss, options),
+                summary=_summary(example, tokens, loss_at, model_loss, options, scored_text_counts(tokens, utf8)),
                 sequence=_sequence(example, text, raw, loss_at, special),
                 layout=layout,
                 notes=example.notes,
@@ -105,12 +106,26 @@ def _alternatives(
     )
 
 
+def scored_text(tokens: Sequence[TokenScore], utf8: dict[int, bytes]) -> bytes:
+    """The scored text of an example: the UTF-8 bytes of its scored target tokens (``text.token_bytes``),
+    joined in order. Its length is the ``scored_bytes`` of bits per byte."""
+    return b"".join(utf8[t.token_id] for t in tokens)
+
+
+def scored_text_counts(tokens: Sequence[TokenScore], utf8: dict[int, bytes]) -> dict[str, int]:
+    """A summary's ``scored_bytes`` (the scored text's length) and ``scored_words`` (its words, the text
+    decoded as UTF-8 with U+FFFD for a cut character, counted as lm-eval does: ``text.count_words``)."""
+    text = scored_text(tokens, utf8)
+    return {"scored_bytes": len(text), "scored_words": count_words(text.decode("utf-8", errors="replace"))}
+
+
 def _summary(
     example: Encoded,
     tokens: Sequence[TokenScore],
     loss_at: dict[int, float],
     model_loss: float | None,
     options: ScoreOptions,
+    counts: dict[str, int],
 ) -> Summary:
     total = math.fsum(t.loss for t in tokens)
     sum_logprob = math.fsum(t.logprob for t in tokens)
@@ -129,6 +144,7 @@ def _summary(
         # CrossEntropyLoss(reduction="none") over the shifted sequence: 0 where the label is ignored.
         per_token=tuple(loss_at.get(i, 0.0) for i in range(1, len(example))),
         sum_logprob=sum_logprob,
+        **counts,
     )
 
 

@@ -18,7 +18,8 @@ from ce_inspect.contract import ScoreResult, SequenceToken, Summary, TokenScore
 from ce_inspect.errors import InputError, NonFiniteError
 from ce_inspect.scoring.api import score_batch
 from ce_inspect.scoring.figures import nonfinite_error
-from ce_inspect.text import Encoded, decode_tokens, is_windowed, special_ids, window_plan
+from ce_inspect.scoring.results import scored_text_counts
+from ce_inspect.text import Encoded, decode_tokens, is_windowed, special_ids, token_bytes, window_plan
 
 if TYPE_CHECKING:
     from ce_inspect.model import LoadedModel
@@ -99,6 +100,7 @@ def _merged(
     loss_at = {t.index: t.loss for t in tokens}
     total = math.fsum(t.loss for t in tokens)
     sum_logprob = math.fsum(t.logprob for t in tokens)
+    counts = scored_text_counts(tokens, token_bytes(lm.tokenizer, [t.token_id for t in tokens]))
     summary = Summary(
         reduction=options.reduction,
         mean=total / len(tokens),
@@ -110,6 +112,7 @@ def _merged(
         greedy_hits=sum(t.is_greedy for t in tokens),
         per_token=tuple(loss_at.get(i, 0.0) for i in range(1, len(example))),
         sum_logprob=sum_logprob,
+        **counts,
     )
     special = special_ids(lm.tokenizer)
     sequence = tuple(

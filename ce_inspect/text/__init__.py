@@ -30,7 +30,16 @@ from ce_inspect.text.preference import (
     encode_preference,
     extract_prompt,
 )
-from ce_inspect.text.tokens import byte_hex, decode_tokens, special_ids, special_prefix, text_ids
+from ce_inspect.text.tokens import (
+    byte_hex,
+    count_words,
+    decode_tokens,
+    is_byte_level,
+    special_ids,
+    special_prefix,
+    text_ids,
+    token_bytes,
+)
 from ce_inspect.text.trl import encode_trl, encode_trl_language_modeling
 from ce_inspect.text.validate import (
     check_answer,
@@ -70,6 +79,7 @@ __all__ = [
     "TOKENIZATIONS",
     "boundary_note",
     "byte_hex",
+    "count_words",
     "chat_template",
     "check_answer",
     "check_chat_layout",
@@ -77,6 +87,7 @@ __all__ = [
     "check_text",
     "context_length",
     "decode_tokens",
+    "is_byte_level",
     "encode",
     "encode_chat",
     "encode_messages",
@@ -93,6 +104,7 @@ __all__ = [
     "special_ids",
     "special_prefix",
     "text_ids",
+    "token_bytes",
     "text_notes",
     "window_plan",
 ]

@@ -88,3 +88,42 @@ def byte_hex(tokenizer: PreTrainedTokenizerBase, token_id: int, text: str) -> st
     except UnicodeDecodeError:
         return raw.hex(" ").upper()
     return None
+
+
+def is_byte_level(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer is byte-level BPE (GPT-2's scheme: its decoder is ``ByteLevel``)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return type(getattr(backend, "decoder", None)).__name__ == "ByteLevel"
+
+
+def token_bytes(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> dict[int, bytes]:
+    """The UTF-8 bytes each distinct id stands for, as the tokenizer maps it.
+
+    A byte-level BPE token: the bytes its stand-in characters map to (exact, a part of a character too; a
+    special token, the bytes of its text). A SentencePiece ``<0xF0>`` byte-fallback token: that byte. Any
+    other token: its vocabulary entry with SentencePiece's ``▁`` as a space, else the token decoded alone,
+    in UTF-8.
+    """
+    byte_level = is_byte_level(tokenizer)
+    distinct = sorted(set(ids))
+    pieces = tokenizer.convert_ids_to_tokens(distinct)
+    texts = dict(zip(distinct, decode_tokens(tokenizer, distinct)))
+    out: dict[int, bytes] = {}
+    for tid, piece in zip(distinct, pieces):
+        piece = piece if isinstance(piece, str) else ""
+        match = _BYTE_FALLBACK.fullmatch(piece)
+        if byte_level and piece and all(ch in _BYTE_LEVEL for ch in piece):
+            out[tid] = bytes(_BYTE_LEVEL[ch] for ch in piece)
+        elif match:
+            out[tid] = bytes([int(match[1], 16)])
+        elif "\u2581" in piece:
+            out[tid] = piece.replace("\u2581", " ").encode("utf-8")
+        else:
+            out[tid] = texts[tid].encode("utf-8")
+    return out
+
+
+def count_words(text: str) -> int:
+    """Words as lm-evaluation-harness counts them for ``word_perplexity`` (``Task.count_words``):
+    ``len(re.split(r"\\s+", text))``, so a leading or trailing space counts one more."""
+    return len(re.split(r"\s+", text))
