@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ce_inspect import load
+from ce_inspect.cli import main
 from ce_inspect.dataset import BatchSettings, JsonlSink, run_scan, scan_dataset
 from ce_inspect.text import count_words, token_bytes
 
@@ -93,3 +94,20 @@ def test_token_bytes_are_exact_for_parts_of_characters(tiny_llama):
 def test_count_words_is_lm_evals_rule():
     assert count_words("a b\n c") == 3
     assert count_words(" a b") == 3  # re.split counts the empty string before a leading space, as lm-eval does
+
+
+def test_batch_table_and_summary_json_show_bits_per_byte(capsys, tiny_llama_dir, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS), encoding="utf-8")
+    summary_json = tmp_path / "s.json"
+    args = ["batch", str(data), "--model", str(tiny_llama_dir), "-o", str(tmp_path / "o.jsonl")]
+    assert main([*args, "--summary-json", str(summary_json)]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(summary_json.read_text(encoding="utf-8"))
+    expected = independent(tiny_llama_dir, RECORDS)
+    total_bytes = sum(e[1] for e in expected)
+    assert doc["scored_bytes"] == total_bytes
+    assert doc["bits_per_byte"] == pytest.approx(
+        math.fsum(e[0] for e in expected) / math.log(2) / total_bytes, rel=1e-5
+    )
+    assert "bits per byte" in out and f"{doc['bits_per_byte']:.4f}" in out and f"{total_bytes:,} scored UTF-8" in out
