@@ -30,8 +30,8 @@ from ce_inspect import load
 from ce_inspect.cli import main
 from ce_inspect.contract import PrefsLineDict, PrefsSummaryDict
 from ce_inspect.errors import UsageError
-from ce_inspect.prefs import PairFigures
-from ce_inspect.text import encode_preference, extract_prompt
+from ce_inspect.prefs import REF_PREFERENCE_NATS, PairFigures
+from ce_inspect.text import LENGTH_BIAS_MIN_PAIRS, LengthCounts, encode_preference, extract_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "prefs"
@@ -310,7 +310,14 @@ def test_each_pair_check_fires_on_its_planted_pair_and_nothing_in_clean_sets(lm,
         "identical-after-truncation": ["identical"],
         "prompt-fills-max-length": ["identical", "no-trained-tokens"],
     }
-    assert summary.to_dict()["checks"] == {"identical": 3, "no-trained-tokens": 1, "prompt-differs": 0}
+    assert summary.to_dict()["checks"] == {
+        "identical": 3,
+        "no-trained-tokens": 1,
+        "prompt-differs": 0,
+        "side-is-prompt": 0,
+        "length-bias": 0,
+        "ref-prefers-rejected": 0,
+    }
     ce_inspect.prefs_dataset(lm, SAMPLES / "planted-implicit.jsonl", out, force=True)
     assert _findings(out) == {"clean": [], "prompt-differs": ["prompt-differs"]}
     for name in CLEAN:
@@ -318,6 +325,88 @@ def test_each_pair_check_fires_on_its_planted_pair_and_nothing_in_clean_sets(lm,
         summary = ce_inspect.prefs_dataset(lm, SAMPLES / name, clean)
         assert set(map(tuple, _findings(clean).values())) == {()}, name
         assert summary.to_dict()["flagged"] == 0
+
+
+def test_side_is_prompt_and_ref_prefers_rejected_fire_on_their_planted_pairs(lm, ref, tmp_path):
+    out = tmp_path / "sides.jsonl"
+    summary = ce_inspect.prefs_dataset(lm, SAMPLES / "planted-sides.jsonl", out, ref=ref).to_dict()
+    assert _findings(out) == {
+        "clean": [],
+        "side-is-prompt": ["side-is-prompt"],
+        "ref-prefers-rejected": ["ref-prefers-rejected"],
+    }
+    assert summary["checks"]["side-is-prompt"] == 1 and summary["checks"]["ref-prefers-rejected"] == 1
+    for line in _lines(out):  # the rule on the line's own figures
+        gap = line["ref_rejected_logps"] - line["ref_chosen_logps"]
+        assert (gap > REF_PREFERENCE_NATS) == (line["id"] == "ref-prefers-rejected"), (line["id"], gap)
+    ce_inspect.prefs_dataset(lm, SAMPLES / "planted-sides.jsonl", out, force=True)  # no reference model: not run
+    assert _findings(out)["ref-prefers-rejected"] == []
+    for name in CLEAN:
+        clean = tmp_path / f"{name}.ref.out"
+        assert ce_inspect.prefs_dataset(lm, SAMPLES / name, clean, ref=ref).to_dict()["flagged"] == 0, name
+        assert set(map(tuple, _findings(clean).values())) == {()}, name
+
+
+def test_side_is_prompt_on_a_conversation_echoing_the_last_prompt_message(lm):
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is  2 + 2?"}]
+    echo, answer = [{"role": "assistant", "content": "What is 2 + 2? "}], [{"role": "assistant", "content": "4."}]
+    found = encode_preference(lm.tokenizer, prompt, answer, echo).findings
+    assert [(f.check, "rejected" in f.message) for f in found] == [("side-is-prompt", True)]
+    assert encode_preference(lm.tokenizer, prompt, answer, [{"role": "assistant", "content": "5."}]).findings == ()
+
+
+def test_length_counts_thresholds():
+    def counts(chosen_longer: int, rejected_longer: int, same: int = 0) -> LengthCounts:
+        c = LengthCounts()
+        for a, b in [(3, 1)] * chosen_longer + [(1, 3)] * rejected_longer + [(2, 2)] * same:
+            c.add(a, b)
+        return c
+
+    assert counts(15, 5).longer == "chosen" and counts(15, 5).biased == 15  # 75%: fires
+    assert counts(14, 6).longer is None and counts(14, 3, 3).longer is None  # 70%: does not
+    assert counts(5, 15).longer == "rejected"  # either side
+    assert counts(LENGTH_BIAS_MIN_PAIRS - 1, 0).finding() is None  # too few pairs to say
+    assert "16 of 20 pairs" in counts(16, 4).finding().message
+
+
+def test_length_bias_fires_on_a_biased_set_with_its_counts_and_not_on_a_balanced_one(lm, tmp_path):
+    out = tmp_path / "bias.jsonl"
+    summary = ce_inspect.prefs_dataset(lm, SAMPLES / "length-bias.jsonl", out).to_dict()
+    lines = _lines(out)
+    longer = sum(1 for line in lines if line["chosen"]["count"] > line["rejected"]["count"])
+    shorter = sum(1 for line in lines if line["chosen"]["count"] < line["rejected"]["count"])
+    assert (longer, shorter) == (16, 4)
+    bias = summary["length_bias"]
+    assert (bias["pairs"], bias["chosen_longer"], bias["rejected_longer"], bias["same_length"]) == (20, 16, 4, 0)
+    assert bias["finding"]["check"] == "length-bias" and "16 of 20 pairs" in bias["finding"]["message"]
+    assert summary["checks"]["length-bias"] == 16
+    rows = _rows("length-bias.jsonl")
+    balanced = [
+        {**r, "chosen": r["rejected"], "rejected": r["chosen"]}
+        if i % 2 and len(r["chosen"]) > len(r["rejected"])
+        else r
+        for i, r in enumerate(rows)
+    ]
+    for data in (_write(tmp_path / "balanced.jsonl", balanced), _write(tmp_path / "few.jsonl", rows[:19])):
+        summary = ce_inspect.prefs_dataset(lm, data, tmp_path / "o.jsonl", force=True).to_dict()
+        assert summary["length_bias"]["finding"] is None and summary["checks"]["length-bias"] == 0, data
+    for name in CLEAN:
+        assert ce_inspect.prefs_dataset(lm, SAMPLES / name).to_dict()["length_bias"]["finding"] is None
+
+
+def test_fail_on_takes_the_new_checks(tiny_llama_dir, ref_dir, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+
+    def run(name: str, *args: str) -> int:
+        base = ["prefs", str(SAMPLES / name), "-m", str(tiny_llama_dir), "-o", str(out), "--force"]
+        return main([*base, *args])
+
+    assert run("planted-sides.jsonl", "--fail-on", "side-is-prompt") == 3
+    assert run("planted-sides.jsonl", "--fail-on", "ref-prefers-rejected") == 2  # no reference model
+    assert run("planted-sides.jsonl", "--ref-model", str(ref_dir), "--fail-on", "ref-prefers-rejected") == 3
+    assert run("length-bias.jsonl", "--fail-on", "length-bias") == 3
+    assert "length-bias (16 pairs) failed" in capsys.readouterr().err
+    assert run("pairs.jsonl", "--fail-on", "length-bias,side-is-prompt") == 0
 
 
 def test_fail_on_exits_3_after_writing_everything(tiny_llama_dir, tmp_path, capsys):
@@ -480,3 +569,155 @@ def test_export_ref_refuses_what_it_cannot_write(lm, tmp_path):
     with pytest.raises(ce_inspect.CeInspectError, match="export_ref"):
         ce_inspect.prefs_dataset(lm, SAMPLES / "pairs.jsonl", export_ref=taken)
     assert taken.read_text() == "someone's\n"
+
+
+# --- audit on preference data: prefs's checks that need no model --------------------------------------------
+
+
+def _tok(lm):
+    return lambda: (lm.tokenizer, "tiny")
+
+
+def _failed(report) -> dict[str, list]:
+    return {c.name: [r.id for r in c.records] for c in report.checks if c.failed}
+
+
+def test_audit_on_preference_data_finds_what_prefs_finds(lm, tmp_path):
+    for name, max_length in [("planted.jsonl", 24), ("planted-sides.jsonl", None), ("planted-implicit.jsonl", None)]:
+        out, lines = tmp_path / f"{name}.audit", tmp_path / f"{name}.prefs"
+        report = ce_inspect.audit_without_model(_tok(lm), SAMPLES / name, out, max_length=max_length)
+        ce_inspect.prefs_dataset(lm, SAMPLES / name, lines, max_length=max_length)
+        by_prefs = _findings(lines)
+        assert {line["id"]: sorted({f["check"] for f in line["findings"]}) for line in _lines(out)} == by_prefs
+        expected: dict[str, list] = {}
+        for rid, checks in by_prefs.items():
+            for check in checks:
+                expected.setdefault(check, []).append(rid)
+        assert _failed(report) == expected, name
+        names = [c.name for c in report.checks]
+        assert names == ["no-trained-tokens", "loss-outlier", "identical", "prompt-differs", "side-is-prompt",
+                         "length-bias"]  # fmt: skip
+    for name in (*CLEAN, "length-bias.jsonl"):
+        report = ce_inspect.audit_without_model(_tok(lm), SAMPLES / name)
+        expected = {}
+        if name == "length-bias.jsonl":
+            summary = ce_inspect.prefs_dataset(lm, SAMPLES / name, tmp_path / "bias.jsonl").to_dict()
+            lines = _lines(tmp_path / "bias.jsonl")
+            expected = {"length-bias": [x["id"] for x in lines if x["chosen"]["count"] > x["rejected"]["count"]]}
+            assert report.check("length-bias").note == summary["length_bias"]["finding"]["message"]
+        assert _failed(report) == expected, name
+
+
+def test_audit_fail_on_takes_the_pair_checks_and_sft_data_lists_none(lm, tiny_llama_dir, tmp_path, capsys):
+    args = ["audit", str(SAMPLES / "planted-sides.jsonl"), "-m", str(tiny_llama_dir), "--no-model"]
+    assert main([*args, "--fail-on", "side-is-prompt"]) == 3
+    assert main([*args, "--fail-on", "identical"]) == 0
+    assert main(["audit", str(SAMPLES / "length-bias.jsonl"), "-m", str(tiny_llama_dir), "--no-model",
+                 "--fail-on", "length-bias"]) == 3  # fmt: skip
+    capsys.readouterr()
+    sft = _write(tmp_path / "sft.jsonl", [{"prompt": "Q?", "answer": " yes"}])
+    report = ce_inspect.audit_without_model(_tok(lm), sft)
+    assert not {c.name for c in report.checks} & {"identical", "prompt-differs", "side-is-prompt", "length-bias"}
+    mixed = _write(tmp_path / "mixed.jsonl", [{"prompt": "Q?", "answer": " yes"}, GOOD, {**GOOD, "rejected": "Q?"}])
+    report = ce_inspect.audit_without_model(_tok(lm), mixed)
+    assert "bos" in {c.name for c in report.checks} and _failed(report) == {"side-is-prompt": [None]}
+
+
+# --- the reports: --html, --markdown ------------------------------------------------------------------------
+
+
+def _report_doc(summary: dict, lines: dict):
+    from test_report import resolve
+
+    def doc(path: str):
+        if path.startswith("line-"):
+            head, rest = path.split(".", 1)
+            return resolve(lines[int(head.removeprefix("line-"))], rest)
+        return resolve(summary, path)
+
+    return doc
+
+
+def _check_page(html: str, summary: dict, lines: dict) -> None:
+    from test_report import check_fields, check_tips, parse
+
+    page = parse(html)
+    doc = _report_doc(summary, lines)
+    assert check_fields(page, doc) > 10 * len(lines)  # the summary's figures and every pair's
+    check_tips(page, doc)  # every strip token: its text and figures are the line's
+    shown = [field for field, _, _ in page.tips]
+    assert len(shown) == len(set(shown))  # each token once
+    for n, line in lines.items():
+        assert f'<section class="pair" id="line-{n}">' in html
+        at = line["layout"]["divergence"]
+        for name in ("chosen", "rejected"):
+            for k, t in enumerate(line[name]["tokens"]):
+                # the tokens both sides share are shown once, from the chosen side
+                once = name == "chosen" or (at is not None and t["index"] >= at)
+                assert (f"line-{n}.{name}.tokens.{k}" in shown) == once, (n, name, k)
+        for f in line["findings"]:
+            assert f["check"] in html
+    for name, m in summary["metrics"].items():
+        assert (f"metrics.{name}.mean", f"{m['mean']:.4f}") in page.fields
+        if m["se"] is not None:
+            assert (f"metrics.{name}.se", f"{m['se']:.4f}") in page.fields
+
+
+def test_prefs_reports_hold_every_pair_both_strips_and_the_json_figures(tiny_llama_dir, ref_dir, tmp_path, capsys):
+    out, page, md, sj = (tmp_path / n for n in ("out.jsonl", "p.html", "p.md", "s.json"))
+    data = _write(tmp_path / "d.jsonl", [*_rows("planted.jsonl"), *_rows("planted-sides.jsonl")[1:]])
+    args = ["prefs", str(data), "-m", str(tiny_llama_dir), "--ref-model", str(ref_dir), "--max-length", "24"]
+    assert main([*args, "-o", str(out), "--summary-json", str(sj), "--html", str(page), "--markdown", str(md)]) == 0
+    summary, lines = json.loads(sj.read_text()), {line["line"]: line for line in _lines(out)}
+    assert len(lines) == 6 and summary["flagged"] == 5
+    _check_page(page.read_text(encoding="utf-8"), summary, lines)
+    text = md.read_text(encoding="utf-8")
+    assert text.startswith("<!-- ce-inspect report: prefs -->")
+    for name, m in summary["metrics"].items():
+        assert f"| {name.replace('/', '/')} | {m['mean']:.4f} |" in text
+    for n, line in lines.items():
+        assert f"**line {n}**" in text and f"margin {line['margin']:.4f} · loss {line['loss']:.4f}" in text
+    # the lines on stdout (no --output): the report sees them as they are written
+    capsys.readouterr()
+    assert main([*args, "--html", str(page), "--force", "--summary-json", str(sj)]) == 0
+    streamed = {json.loads(raw)["line"]: json.loads(raw) for raw in capsys.readouterr().out.splitlines()}
+    assert streamed == lines
+    _check_page(page.read_text(encoding="utf-8"), json.loads(sj.read_text()), lines)
+
+
+def test_prefs_reports_leave_no_file_on_error(tiny_llama_dir, tmp_path, capsys):
+    page, md = tmp_path / "p.html", tmp_path / "p.md"
+    data = _write(tmp_path / "bad.jsonl", [GOOD, {"prompt": "Q?", "chosen": " yes"}])
+    args = ["prefs", str(data), "-m", str(tiny_llama_dir), "-o", str(tmp_path / "o.jsonl")]
+    assert main([*args, "--html", str(page), "--markdown", str(md)]) == 1
+    assert not page.exists() and not md.exists()
+    page.write_text("not a report")  # not ce-inspect's: refused before anything loads, left as it is
+    assert main(["prefs", str(SAMPLES / "pairs.jsonl"), "-m", "no-such-model", "--html", str(page), "--force"]) == 1
+    assert page.read_text() == "not a report"
+    capsys.readouterr()
+
+
+# --- the terminal: the most negative margins with both sides from their divergence ---------------------------
+
+
+def test_the_terminal_shows_both_sides_of_the_worst_margins_when_it_fits(tiny_llama_dir, ref_dir, tmp_path, capsys,
+                                                                       monkeypatch):  # fmt: skip
+    from ce_inspect.cli.render_prefs import side_text
+
+    out = tmp_path / "out.jsonl"
+    args = ["prefs", str(SAMPLES / "planted-sides.jsonl"), "-m", str(tiny_llama_dir), "--ref-model", str(ref_dir)]
+    monkeypatch.setenv("COLUMNS", "120")
+    assert main([*args, "-o", str(out)]) == 0
+    wide = capsys.readouterr().out
+    lines = _lines(out)
+    assert "from where they diverge" in wide
+    for line in lines:  # each side's first tokens from the divergence, as the line has them
+        for name in ("chosen", "rejected"):
+            head = side_text(line, name).plain[:20]
+            assert head in wide, (line["id"], name, head)
+    assert main(args) == 0  # the lines on stdout: the table takes them as they are written
+    streamed = capsys.readouterr()
+    assert "from where they diverge" in streamed.err and side_text(lines[0], "chosen").plain in streamed.err
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main([*args, "-o", str(out), "--force"]) == 0
+    assert "from where they diverge" not in capsys.readouterr().out

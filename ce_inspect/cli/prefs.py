@@ -4,6 +4,7 @@ and the reference, TRL's figures per pair, its metrics over the data set, the pa
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -25,17 +26,30 @@ from ce_inspect.cli.options import (
 )
 from ce_inspect.cli.output import DatasetOutputs
 from ce_inspect.cli.render_prefs import render_prefs_summary
-from ce_inspect.cli.reports import Reports
+from ce_inspect.cli.reports import Reports, command_line, report_options
 from ce_inspect.dataset import DEFAULT_SORT_WINDOW, BatchSettings, check_run_arguments
 from ce_inspect.distributed import current_session
 from ce_inspect.errors import InputError
-from ce_inspect.prefs import DEFAULT_BETA, DEFAULT_SIMPO_GAMMA, LOSS_TYPES, REFERENCE_LOSSES, check_loss, prefs_dataset
-from ce_inspect.text import PAIR_CHECKS, PREFERENCE_TOKENIZATIONS, TRUNCATION_MODES, check_preference_options
+from ce_inspect.files import writes_through
+from ce_inspect.prefs import (
+    DEFAULT_BETA,
+    DEFAULT_SIMPO_GAMMA,
+    LOSS_TYPES,
+    PREFS_CHECKS,
+    REF_CHECK,
+    REFERENCE_LOSSES,
+    check_loss,
+    prefs_dataset,
+)
+from ce_inspect.reports import MostNegative, PrefsLines, prefs_html, prefs_markdown
+from ce_inspect.text import PREFERENCE_TOKENIZATIONS, TRUNCATION_MODES, check_preference_options
 
 REFERENCE = "Reference model"
 LOSS = "Loss"
 PAIRS = "Tokenization"
 GATE_EXIT = 3
+#: How many of the most negative margins the terminal shows token by token (at most --worst).
+TERMINAL_PAIRS = 5
 
 
 def parse_fail_on(value: str | None) -> tuple[str, ...]:
@@ -43,10 +57,10 @@ def parse_fail_on(value: str | None) -> tuple[str, ...]:
     if value is None or value.strip() == "none":
         return ()
     names = tuple(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
-    unknown = [name for name in names if name not in PAIR_CHECKS]
+    unknown = [name for name in names if name not in PREFS_CHECKS]
     if unknown or not names:
         raise typer.BadParameter(
-            f"unknown check {', '.join(map(repr, unknown)) or repr(value)}; use {', '.join(PAIR_CHECKS)} or none",
+            f"unknown check {', '.join(map(repr, unknown)) or repr(value)}; use {', '.join(PREFS_CHECKS)} or none",
             param_hint="--fail-on",
         )
     return names
@@ -68,7 +82,9 @@ def _check_usage(loss_type: str, beta: float, gamma: float, tokenization: str, m
         ) from None
 
 
+@report_options
 def prefs(
+    reports: Reports,
     data: Annotated[Path, typer.Argument(help="Preference data: JSONL, JSON, Parquet or a saved dataset.")],
     model: ModelOpt = None,
     revision: RevisionOpt = None,
@@ -171,7 +187,7 @@ def prefs(
         typer.Option(
             metavar="CHECK[,CHECK]",
             help=f"Exit with code {GATE_EXIT} (after writing all output) when one of these checks fires on a pair; "
-            f"'none' (the default) never. Checks: {', '.join(PAIR_CHECKS)}.",
+            f"'none' (the default) never. Checks: {', '.join(PREFS_CHECKS)} ({REF_CHECK}: with --ref-model only).",
             rich_help_panel=OUTPUT,
         ),
     ] = None,
@@ -190,6 +206,10 @@ def prefs(
     given_ref = any(v is not None for v in (ref_model, ref_revision, ref_device, ref_dtype))
     if given_ref and loss_type not in REFERENCE_LOSSES:
         raise typer.BadParameter(f"--loss-type {loss_type} compares with no reference; drop the --ref-* options")
+    if REF_CHECK in gate and not given_ref:
+        raise typer.BadParameter(
+            f"{REF_CHECK} compares the sides under a reference model: give --ref-model", param_hint="--fail-on"
+        )
     reference = None
     if given_ref:
         reference = Common(
@@ -201,27 +221,45 @@ def prefs(
         )
         reference.check()
     settings = BatchSettings(batch_size=batch_size, max_tokens=max_tokens, sort_window=sort_window, worst=worst)
-    out = DatasetOutputs(data, output, Reports(), summary_json, force=force, data_label="the data")
+    out = DatasetOutputs(
+        data, output, reports, summary_json, force=force, data_label="the data", lines=True, keep=PrefsLines
+    )
     check_run_arguments(data, output, resume=resume, force=force, session=current_session())
     out.check()
+    shown = MostNegative(min(worst, TERMINAL_PAIRS))  # the pairs the terminal shows token by token
+    read_back = output is not None and not writes_through(output)
+    tee = out.tee if read_back else _both(out.tee, shown.add)
     setup_logging(quiet=not sys.stderr.isatty())
     with out.interrupts():
         summary = prefs_dataset(
             policy.load, data, output, ref=reference.load if reference is not None else None, loss_type=loss_type,
             beta=beta, gamma=simpo_gamma, tokenization=tokenization, max_length=max_length,
             truncation_mode=truncation_mode, settings=settings, skip_invalid=skip_invalid, resume=resume, force=force,
-            stream=out.stream, progress=out.progress, notes=out.notes, export_ref=export_ref,
+            stream=out.stream, tee=tee, progress=out.progress, notes=out.notes, export_ref=export_ref,
         )  # fmt: skip
     if summary is None:
         return  # torchrun, not rank 0: rank 0 reports the run and applies the gate
+    if read_back and output.exists():  # the resumed, merged and new lines
+        shown.add_file(output, output.stat().st_size)
     out.write(
         summary,
         kind="prefs_summary",
-        html=lambda doc, lines: "",
-        markdown=lambda doc, lines: "",
-        terminal=lambda console: render_prefs_summary(summary, console),
+        html=lambda doc, lines: prefs_html(doc, lines, command_line()),
+        markdown=lambda doc, lines: prefs_markdown(doc, lines, command_line()),
+        terminal=lambda console: render_prefs_summary(summary, console, shown.ranked()),
     )
     _apply_gate(summary, gate, out)
+
+
+def _both(first: Callable[[dict], None] | None, second: Callable[[dict], None]) -> Callable[[dict], None]:
+    if first is None:
+        return second
+
+    def tee(line: dict) -> None:
+        first(line)
+        second(line)
+
+    return tee
 
 
 def _apply_gate(summary, gate: tuple[str, ...], out: DatasetOutputs) -> None:

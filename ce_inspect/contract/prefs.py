@@ -18,8 +18,22 @@ class PrefsModelDict(TypedDict):
 
 
 class PrefsFindingDict(TypedDict):
-    check: str  # one of the pair checks: identical, no-trained-tokens, prompt-differs
+    # one of the pair checks: identical, no-trained-tokens, prompt-differs, side-is-prompt, ref-prefers-rejected;
+    # or (the data set's) length-bias
+    check: str
     message: str
+
+
+class PrefsLengthBiasDict(TypedDict):
+    """length-bias over the pairs: trained tokens of chosen against rejected."""
+
+    pairs: int
+    chosen_longer: int
+    rejected_longer: int
+    same_length: int
+    share: float  # the check fires when one side is longer in at least this share of the pairs
+    min_pairs: int  # ... and there are at least this many pairs
+    finding: PrefsFindingDict | None  # null: it does not fire
 
 
 class PrefsSideDict(TypedDict):
@@ -106,8 +120,9 @@ class PrefsSummaryDict(TypedDict):
     # TRL's metric names, as DPOTrainer logs them, over every pair (the mean and its standard error)
     metrics: dict[str, MetricDict]
     loss: MetricDict
-    checks: dict[str, int]  # pairs where each check fired
-    flagged: int  # pairs with at least one finding
+    checks: dict[str, int]  # pairs where each check fired (length-bias: the pairs on the longer side when it fires)
+    flagged: int  # pairs with at least one finding of their own
+    length_bias: PrefsLengthBiasDict
     most_negative_margins: list[PrefsWorstDict]
     batching: BatchingDict
     notes: list[str]

@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 from ce_inspect.contract import (
     PREFS_SCHEMA_VERSION,
@@ -17,7 +17,7 @@ from ce_inspect.contract import (
     as_read_back,
     conform,
 )
-from ce_inspect.data import Record
+from ce_inspect.data import Record, check_pair_record, encode_pair_record
 from ce_inspect.dataset import (
     BatchSettings,
     DatasetRun,
@@ -31,12 +31,28 @@ from ce_inspect.dataset import (
 )
 from ce_inspect.distributed import current_session
 from ce_inspect.errors import InputError, SequenceTooLongError, UsageError
+from ce_inspect.notebook import LineFrame
 from ce_inspect.prefs.export import check_export
 from ce_inspect.prefs.export import export_ref as write_export
-from ce_inspect.prefs.figures import LOSS_TYPES, METRICS, PairFigures, check_loss, metric, trl_metrics
+from ce_inspect.prefs.figures import (
+    LOSS_TYPES,
+    METRICS,
+    PREFS_CHECKS,
+    PairFigures,
+    check_loss,
+    metric,
+    trl_metrics,
+)
 from ce_inspect.prefs.score import Loss, PairResult, pair_line, score_pairs
 from ce_inspect.scoring import ScoreOptions
-from ce_inspect.text import PAIR_CHECKS, SIDES, Layout, PreferenceExample, check_preference_options, encode_preference
+from ce_inspect.text import (
+    LENGTH_BIAS,
+    SIDES,
+    Layout,
+    LengthCounts,
+    PreferenceExample,
+    check_preference_options,
+)
 
 if TYPE_CHECKING:
     from ce_inspect.model import LoadedModel
@@ -73,11 +89,7 @@ def pair_encoder(
     first: dict[str, Any] = {}
 
     def encoder(record: Record) -> PreferenceExample:
-        if record.chosen is None or record.rejected is None:
-            raise InputError(
-                f"not a preference pair (format {record.format}): prefs reads prompt, chosen and rejected, or "
-                "chosen and rejected alone"
-            )
+        check_pair_record(record)
         kind = _kind(record)
         first.setdefault("kind", (kind, record.line))
         if first["kind"][0] != kind:
@@ -94,12 +106,9 @@ def pair_encoder(
 
 
 def _encode(lm: LoadedModel, record: Record, tokenization: Tokenization) -> PreferenceExample:
-    prompt = record.prompt if record.prompt is not None else record.prompt_messages
-    example = encode_preference(
+    example = encode_pair_record(
         lm.tokenizer,
-        None if record.implicit_prompt else prompt,
-        record.chosen,  # type: ignore[arg-type]
-        record.rejected,  # type: ignore[arg-type]
+        record,
         tokenization=tokenization.tokenization,
         max_length=tokenization.max_length,
         truncation_mode=tokenization.truncation_mode,
@@ -141,8 +150,18 @@ class ResumedPair:
     id: str | int | None
 
 
+def pair_lengths(pairs: Any) -> LengthCounts:
+    """length-bias over the pairs: each pair's trained tokens, chosen against rejected (what the sums cover)."""
+    counts = LengthCounts()
+    for p in pairs:
+        counts.add(p.figures.chosen_count, p.figures.rejected_count)
+    return counts
+
+
 @dataclass(frozen=True)
-class PrefsDatasetSummary:
+class PrefsDatasetSummary(LineFrame):
+    view: ClassVar[str] = "prefs_summary"
+
     policy: dict[str, str]
     reference: dict[str, str] | None
     loss: Loss
@@ -158,6 +177,10 @@ class PrefsDatasetSummary:
     @property
     def metrics(self) -> dict[str, Any]:
         return trl_metrics([p.figures for p in self.pairs])
+
+    @property
+    def lengths(self) -> LengthCounts:
+        return pair_lengths(self.pairs)
 
     @property
     def mean_loss(self) -> dict[str, Any]:
@@ -188,8 +211,9 @@ class PrefsDatasetSummary:
             "skipped": [s.to_dict() for s in self.skipped],
             "metrics": {name: self.metrics[name] for name in METRICS},  # type: ignore[misc]
             "loss": self.mean_loss,  # type: ignore[typeddict-item]
-            "checks": {name: self.checks.get(name, 0) for name in PAIR_CHECKS},
+            "checks": {name: self.checks.get(name, 0) for name in PREFS_CHECKS},
             "flagged": sum(1 for p in self.pairs if p.checks),
+            "length_bias": self.lengths.to_dict(),  # type: ignore[typeddict-item]
             "most_negative_margins": self.most_negative(),
             "batching": self.batching.to_dict(),
             "notes": list(self.notes),
@@ -216,7 +240,7 @@ class PrefsReport:
         return pair_line(entry, result, self.written)
 
     def add(self, entry: Any, result: PairResult) -> None:
-        checks = tuple(f.check for f in result.example.findings)
+        checks = tuple(f.check for f in result.findings)
         self.pairs.append(ResumedPair(result.figures, checks, entry.line, entry.id))
 
     def resumed(self, entry: Any) -> None:
@@ -226,7 +250,9 @@ class PrefsReport:
         self.skipped.append(skipped)
 
     def finish(self, *, output: str | None, batching: Any) -> PrefsDatasetSummary:
-        counts = {name: sum(1 for p in self.pairs if name in p.checks) for name in PAIR_CHECKS}
+        counts = {name: sum(1 for p in self.pairs if name in p.checks) for name in PREFS_CHECKS}
+        # a data set's check: it counts the pairs on the longer side when it fires
+        counts[LENGTH_BIAS] = pair_lengths(self.pairs).biased
         notes = []
         if self.loss.uses_reference and self.reference is None:
             notes.append(
@@ -360,6 +386,7 @@ def prefs_dataset(
     resume: bool = False,
     force: bool = False,
     stream: IO[str] | None = None,
+    tee: Callable[[dict[str, Any]], None] | None = None,
     progress: Progress | None = None,
     notes: Callable[[str], None] | None = None,
     data_label: str = "the data",
@@ -369,7 +396,8 @@ def prefs_dataset(
     """Every preference pair of ``data`` through the policy and the reference (``ref``; None: the policy is its
     own reference), as TRL's DPOTrainer prepares and scores it: one JSON line per pair into ``output`` and the
     data-set summary returned (resume, force, torchrun: as ``score_dataset``). ``export_ref``: also write the
-    records with the reference's ``ref_chosen_logps`` and ``ref_rejected_logps`` added (``prefs.export_ref``)."""
+    records with the reference's ``ref_chosen_logps`` and ``ref_rejected_logps`` added (``prefs.export_ref``).
+    ``tee`` also sees every line written (the reports)."""
     check_loss(loss_type, beta, gamma)
     loss, tok = Loss(loss_type, beta, gamma), Tokenization(tokenization, max_length, truncation_mode)
     if ref is not None and not loss.uses_reference:
@@ -403,7 +431,9 @@ def prefs_dataset(
         )  # type: ignore[arg-type]
         written = prefs_settings(policy, reference, loss, tok, options, scan.fields)
         job = prefs_job(policy, reference, loss, written, settings.worst, options, settings.padding_side)
-        summary = run.run(policy, scan, job, options=options, settings=settings, stream=stream, progress=progress)
+        summary = run.run(
+            policy, scan, job, options=options, settings=settings, stream=stream, tee=tee, progress=progress
+        )
     if export_ref is not None and summary is not None:  # torchrun: rank 0 writes it
         write_export(summary, data, export_ref)
     return summary

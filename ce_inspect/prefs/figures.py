@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ce_inspect.errors import InputError
+from ce_inspect.text import LENGTH_BIAS, PAIR_CHECKS, Finding
 
 LOSS_TYPES = ("sigmoid", "ipo", "simpo", "orpo")
 #: Losses that compare with a reference model; simpo and orpo have none.
@@ -38,6 +39,14 @@ METRICS = (
     "logps/chosen",
     "logps/rejected",
 )
+#: The check that needs the reference model: it already prefers the rejected side by a wide margin.
+REF_CHECK = "ref-prefers-rejected"
+#: ref-prefers-rejected fires when ``ref_rejected_logps − ref_chosen_logps`` exceeds this many nats: the
+#: reference finds the rejected completion e¹⁰ ≈ 22,000 times likelier than the chosen one. The sums are the
+#: figures DPO compares, so a much longer chosen side also lowers its sum: the message gives the per-token view.
+REF_PREFERENCE_NATS = 10.0
+#: Every check ``prefs`` runs, as ``--fail-on`` names them: the pair's own, the data set's, the reference's.
+PREFS_CHECKS = (*PAIR_CHECKS, LENGTH_BIAS, REF_CHECK)
 
 
 def check_loss(loss_type: str, beta: float, gamma: float) -> None:
@@ -131,6 +140,24 @@ class PairFigures:
         return self.chosen_avg, self.rejected_avg
 
 
+def ref_finding(figures: PairFigures) -> Finding | None:
+    """ref-prefers-rejected on one pair scored under a reference model; None when it does not fire."""
+    c, r = figures.ref_chosen_logps, figures.ref_rejected_logps
+    if c is None or r is None or not r - c > REF_PREFERENCE_NATS:
+        return None
+    per_token = ""
+    if figures.chosen_count and figures.rejected_count:
+        per_token = (
+            f"; per token {c / figures.chosen_count:.3f} chosen vs {r / figures.rejected_count:.3f} rejected over "
+            f"{figures.chosen_count} and {figures.rejected_count} tokens"
+        )
+    return Finding(
+        REF_CHECK,
+        f"the reference already prefers the rejected side by {r - c:.2f} nats (ref_rejected_logps {r:.2f} − "
+        f"ref_chosen_logps {c:.2f}, above {REF_PREFERENCE_NATS:g}){per_token}",
+    )
+
+
 def mean_se(values: Sequence[float]) -> tuple[float | None, float | None]:
     """The mean and its standard error: the sample standard deviation (ddof=1) over sqrt(n)."""
     n = len(values)
@@ -170,12 +197,16 @@ __all__ = [
     "DEFAULT_SIMPO_GAMMA",
     "LOSS_TYPES",
     "METRICS",
+    "PREFS_CHECKS",
     "REFERENCE_LOSSES",
+    "REF_CHECK",
+    "REF_PREFERENCE_NATS",
     "PairFigures",
     "check_loss",
     "log1mexp",
     "log_sigmoid",
     "mean_se",
     "metric",
+    "ref_finding",
     "trl_metrics",
 ]

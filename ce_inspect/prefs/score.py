@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ce_inspect.contract import PREFS_SCHEMA_VERSION, PrefsLineDict, PrefsSideDict, ScoreResult
-from ce_inspect.prefs.figures import DEFAULT_SIMPO_GAMMA, REFERENCE_LOSSES, PairFigures
+from ce_inspect.prefs.figures import DEFAULT_SIMPO_GAMMA, REFERENCE_LOSSES, PairFigures, ref_finding
 from ce_inspect.scoring import ScoreOptions, scorer_for
-from ce_inspect.text import SIDES, PreferenceExample
+from ce_inspect.text import SIDES, Finding, PreferenceExample
 
 if TYPE_CHECKING:
     from ce_inspect.model import LoadedModel
@@ -33,12 +33,14 @@ class Loss:
 @dataclass(frozen=True)
 class PairResult:
     """A pair scored: each side's result under the policy (None: the side has no trained token) and the
-    reference's log-prob of each of its tokens (None: no reference), and the pair's figures."""
+    reference's log-prob of each of its tokens (None: no reference), the pair's figures, and its findings: the
+    pair's own checks (``example.findings``) and, under a reference model, ref-prefers-rejected."""
 
     example: PreferenceExample
     policy: tuple[ScoreResult | None, ScoreResult | None]
     reference: tuple[list[float] | None, list[float] | None]
     figures: PairFigures
+    findings: tuple[Finding, ...] = ()
 
 
 def side_logps(result: ScoreResult | None) -> float:
@@ -85,7 +87,9 @@ def score_pairs(
             math.fsum(ref[1]) if ref[1] is not None else None,
             loss.gamma,
         )
-        results.append(PairResult(ex, pol, ref, figures))  # type: ignore[arg-type]
+        found = ref_finding(figures) if reference is not None else None
+        findings = (*ex.findings, found) if found is not None else ex.findings
+        results.append(PairResult(ex, pol, ref, figures, findings))  # type: ignore[arg-type]
     return results
 
 
@@ -131,7 +135,7 @@ def pair_line(entry: Any, result: PairResult, settings: dict[str, Any]) -> Prefs
         "layout": dict(ex.pair_layout),  # type: ignore[typeddict-item]
         "chosen": sides[0],
         "rejected": sides[1],
-        "findings": [finding.to_dict() for finding in ex.findings],  # type: ignore[misc]
+        "findings": [finding.to_dict() for finding in result.findings],  # type: ignore[misc]
         "notes": list(ex.notes),
         "settings": settings,
     }

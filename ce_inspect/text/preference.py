@@ -35,8 +35,25 @@ if TYPE_CHECKING:
 PREFERENCE_TOKENIZATIONS = ("trl", "separate", "joint")
 #: TRL's ``truncation_mode``: which end of a sequence longer than ``max_length`` is kept.
 TRUNCATION_MODES = ("keep_start", "keep_end")
-#: The checks of a pair (its tokens alone, no model), in the order findings are listed.
-PAIR_CHECKS = ("identical", "no-trained-tokens", "prompt-differs")
+#: The checks of a pair (its text and tokens alone, no model), in the order findings are listed.
+PAIR_CHECKS = ("identical", "no-trained-tokens", "prompt-differs", "side-is-prompt")
+#: The check of a whole preference data set (no model): one side longer than the other in most pairs.
+LENGTH_BIAS = "length-bias"
+#: length-bias fires when one side has more trained tokens than the other in at least this share of the pairs
+#: (chosen longer, or rejected longer), over at least ``LENGTH_BIAS_MIN_PAIRS`` pairs. With 20 pairs of
+#: random lengths, 15 or more one way happens about 4% of the time (two-sided binomial); real preference sets
+#: with a verbosity bias reach it (a DPO run then learns length as much as quality).
+LENGTH_BIAS_SHARE = 0.75
+LENGTH_BIAS_MIN_PAIRS = 20
+#: What each check of a pair, and of a preference data set, finds (``audit`` lists them with its own checks).
+PAIR_CHECK_INFO = {
+    "identical": "chosen and rejected are the same tokens (also after truncation to `max_length`): no gradient",
+    "no-trained-tokens": "a side has no trained token (after truncation to `max_length`)",
+    "prompt-differs": "the prompts of the two sides differ (implicit-prompt pairs that differ before their answers)",
+    "side-is-prompt": "a side's text is the prompt's (whitespace aside): an answer that echoes the question",
+    "length-bias": f"one side has more trained tokens than the other in at least {LENGTH_BIAS_SHARE:.0%} of the pairs "
+    f"({LENGTH_BIAS_MIN_PAIRS} pairs or more)",
+}
 SIDES = ("chosen", "rejected")
 
 Text = str | Sequence[dict[str, Any]]
@@ -44,10 +61,12 @@ Text = str | Sequence[dict[str, Any]]
 
 @dataclass(frozen=True)
 class Finding:
-    """One failed check of a pair: its name (one of ``PAIR_CHECKS``) and what was found."""
+    """One failed check of a pair: its name (one of ``PAIR_CHECKS``), what was found, and the side it concerns
+    (None: both)."""
 
     check: str
     message: str
+    side: str | None = None
 
     def to_dict(self) -> dict[str, str]:
         return {"check": self.check, "message": self.message}
@@ -295,7 +314,8 @@ def pair_findings(
     chosen: Text,
     rejected: Text,
 ) -> tuple[Finding, ...]:
-    """The pair's checks on its tokens: the sides identical, a side with nothing trained, prompts that differ."""
+    """The pair's checks on its tokens: the sides identical, a side with nothing trained, prompts that differ, a
+    side that repeats the prompt."""
     found: list[Finding] = []
     chosen_enc, rejected_enc = sides
     if chosen_enc.input_ids == rejected_enc.input_ids and chosen_enc.labels == rejected_enc.labels:
@@ -310,11 +330,97 @@ def pair_findings(
                 if not chosen_enc.scored_positions and not rejected_enc.scored_positions
                 else ""
             )
-            found.append(Finding("no-trained-tokens", f"the {name} side has no trained token{why}{drop}"))
+            found.append(Finding("no-trained-tokens", f"the {name} side has no trained token{why}{drop}", name))
     differs = _prompt_difference(implicit, conversational, prompt, chosen, rejected)
     if differs:
         found.append(Finding("prompt-differs", differs))
+    for name, side in zip(SIDES, (chosen, rejected)):
+        if _side_is_prompt(prompt, side):
+            found.append(
+                Finding("side-is-prompt", f"the {name} side repeats the prompt: its text is the prompt's", name)
+            )
     return tuple(found)
+
+
+def _plain(text: Text) -> str:
+    """A side's or prompt's text with its whitespace runs made one space: a string as it is, a conversation
+    its messages' contents."""
+    if not isinstance(text, str):
+        text = " ".join(str(m.get("content", "")) for m in text)
+    return " ".join(text.split())
+
+
+def _side_is_prompt(prompt: Text, side: Text) -> bool:
+    """The side's text is the prompt's (whitespace aside), or, for a conversation, the last prompt message's:
+    an answer that echoes the question (a copy error, or a generation that repeated its input)."""
+    text = _plain(side)
+    if not text:
+        return False
+    if text == _plain(prompt):
+        return True
+    return not isinstance(prompt, str) and len(prompt) > 0 and text == _plain([prompt[-1]])
+
+
+@dataclass
+class LengthCounts:
+    """length-bias over a data set: in how many pairs the chosen side has more trained tokens than the rejected,
+    fewer, or as many (``add`` each pair's two counts)."""
+
+    chosen_longer: int = 0
+    rejected_longer: int = 0
+    same_length: int = 0
+    chosen_tokens: int = 0
+    rejected_tokens: int = 0
+
+    def add(self, chosen: int, rejected: int) -> None:
+        self.chosen_longer += chosen > rejected
+        self.rejected_longer += rejected > chosen
+        self.same_length += chosen == rejected
+        self.chosen_tokens += chosen
+        self.rejected_tokens += rejected
+
+    @property
+    def pairs(self) -> int:
+        return self.chosen_longer + self.rejected_longer + self.same_length
+
+    @property
+    def longer(self) -> str | None:
+        """The side longer in at least ``LENGTH_BIAS_SHARE`` of the pairs (over enough pairs), else None."""
+        if self.pairs < LENGTH_BIAS_MIN_PAIRS:
+            return None
+        for name, count in (("chosen", self.chosen_longer), ("rejected", self.rejected_longer)):
+            if count >= LENGTH_BIAS_SHARE * self.pairs:
+                return name
+        return None
+
+    @property
+    def biased(self) -> int:
+        """The pairs on the biased side: the pairs where ``longer`` is longer (0 when it is None)."""
+        return {"chosen": self.chosen_longer, "rejected": self.rejected_longer}.get(self.longer or "", 0)
+
+    def finding(self) -> Finding | None:
+        if self.longer is None:
+            return None
+        other = "rejected" if self.longer == "chosen" else "chosen"
+        mean = {n: t / self.pairs for n, t in (("chosen", self.chosen_tokens), ("rejected", self.rejected_tokens))}
+        return Finding(
+            LENGTH_BIAS,
+            f"the {self.longer} side is longer than the {other} in {self.biased} of {self.pairs} pairs "
+            f"({self.biased / self.pairs:.0%}; mean {mean['chosen']:.1f} chosen vs {mean['rejected']:.1f} rejected "
+            f"trained tokens): a preference run can learn length instead of quality",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        finding = self.finding()
+        return {
+            "pairs": self.pairs,
+            "chosen_longer": self.chosen_longer,
+            "rejected_longer": self.rejected_longer,
+            "same_length": self.same_length,
+            "share": LENGTH_BIAS_SHARE,
+            "min_pairs": LENGTH_BIAS_MIN_PAIRS,
+            "finding": finding.to_dict() if finding is not None else None,
+        }
 
 
 def _prompt_difference(implicit: bool, conversational: bool, prompt: Text, chosen: Text, rejected: Text) -> str | None:
@@ -337,11 +443,16 @@ def _prompt_difference(implicit: bool, conversational: bool, prompt: Text, chose
 
 
 __all__ = [
+    "LENGTH_BIAS",
+    "LENGTH_BIAS_MIN_PAIRS",
+    "LENGTH_BIAS_SHARE",
     "PAIR_CHECKS",
+    "PAIR_CHECK_INFO",
     "PREFERENCE_TOKENIZATIONS",
     "SIDES",
     "TRUNCATION_MODES",
     "Finding",
+    "LengthCounts",
     "PreferenceExample",
     "check_preference_options",
     "common_prefix_length",
