@@ -4,10 +4,10 @@ acc_norm with lm-eval's standard errors), its lines read back for ``resume`` and
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 from ce_inspect.choices.encoding import LM_EVAL, choices_layout, encode_question
 from ce_inspect.choices.figures import QuestionResult, mean_stderr, score_questions
@@ -15,6 +15,7 @@ from ce_inspect.contract import (
     CHOICES_SCHEMA_VERSION,
     ChoicesLineDict,
     ChoicesSummaryDict,
+    bits_per_byte,
     conform,
 )
 from ce_inspect.data import CHOICES
@@ -30,6 +31,7 @@ from ce_inspect.dataset import (
     line_settings,
 )
 from ce_inspect.distributed import current_session
+from ce_inspect.notebook import LineFrame
 from ce_inspect.scoring import ScoreOptions
 from ce_inspect.text import Layout
 
@@ -59,10 +61,20 @@ class Outcome:
     correct: bool
     correct_norm: bool
     choices: int
+    gold_nll: float = 0.0  # -sum_logprob of the gold choice
+    gold_bytes: int | None = None  # its scored_bytes (None: a line without them)
+
+    @classmethod
+    def of(cls, label: int, correct: bool, correct_norm: bool, choices: Sequence[Any]) -> Outcome:
+        """From a question's choices (``ChoiceDict``s): the gold one's NLL and bytes."""
+        gold = choices[label]
+        return cls(correct, correct_norm, len(choices), -gold["sum_logprob"], gold.get("scored_bytes"))
 
 
 @dataclass(frozen=True)
-class ChoicesSummary:
+class ChoicesSummary(LineFrame):
+    view: ClassVar[str] = "choices_summary"
+
     model: dict[str, str]
     input: str
     output: str | None
@@ -85,6 +97,13 @@ class ChoicesSummary:
     def acc_norm(self) -> float | None:
         return sum(o.correct_norm for o in self.outcomes) / self.questions if self.outcomes else None
 
+    def bits_per_byte(self) -> dict[str, float]:
+        n_bytes = [o.gold_bytes for o in self.outcomes]
+        if not n_bytes or any(b is None for b in n_bytes):
+            return {}
+        figure = bits_per_byte(math.fsum(o.gold_nll for o in self.outcomes), sum(b or 0 for b in n_bytes))
+        return {"bits_per_byte": figure} if figure is not None else {}
+
     def to_dict(self) -> ChoicesSummaryDict:
         acc = [float(o.correct) for o in self.outcomes]
         norm = [float(o.correct_norm) for o in self.outcomes]
@@ -106,6 +125,7 @@ class ChoicesSummary:
             "acc_stderr": mean_stderr(acc),
             "acc_norm": self.acc_norm,
             "acc_norm_stderr": mean_stderr(norm),
+            **self.bits_per_byte(),
             "skipped_count": len(self.skipped),
             "skipped": [s.to_dict() for s in self.skipped],
             "batching": self.batching.to_dict(),
@@ -132,9 +152,10 @@ class ChoicesReport:
         return {**line, **d, "settings": self.written}  # type: ignore[typeddict-item]
 
     def add(self, entry: Any, result: QuestionResult) -> None:
-        self.outcomes.append(
-            Outcome(result.pred == result.label, result.pred_norm == result.label, len(result.choices))
-        )
+        gold = result.choices[result.label]
+        correct, norm = result.pred == result.label, result.pred_norm == result.label
+        nll, n_bytes = -gold.sum_logprob, gold.result.summary.scored_bytes
+        self.outcomes.append(Outcome(correct, norm, len(result.choices), nll, n_bytes))
 
     def resumed(self, entry: Any) -> None:
         self.outcomes.append(entry.done.payload)  # read back by ``choices_line_stats``
@@ -182,7 +203,7 @@ def choices_line_stats(obj: Any, worst: int) -> tuple[ExampleStats, list[Any]]:
         greedy_hits=sum(t["greedy"] for t in tokens),
         sequence_tokens=at,
         fingerprint=fingerprint_targets(targets),
-        payload=Outcome(obj["correct"], obj["correct_norm"], len(choices)),
+        payload=Outcome.of(obj["label"], obj["correct"], obj["correct_norm"], choices),
     )
     return stats, []
 

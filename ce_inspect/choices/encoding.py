@@ -20,7 +20,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ce_inspect.data import Record
 from ce_inspect.errors import InputError, SequenceTooLongError, UsageError
-from ce_inspect.text import ANSWER, BOS, PROMPT, Encoded, Layout, encode, encode_messages, special_prefix
+from ce_inspect.text import (
+    ANSWER,
+    BOS,
+    PROMPT,
+    Encoded,
+    Layout,
+    encode,
+    encode_messages,
+    lmeval_tok_encode,
+    prefix_token_id,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -29,23 +39,6 @@ if TYPE_CHECKING:
 
 #: ``choices``'s default: the request lm-eval's ``loglikelihood`` builds (``None`` as ``tokenization``).
 LM_EVAL = "lm-eval"
-
-
-def prefix_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """lm-eval HFLM's ``prefix_token_id``: what stands for an empty context (BOS, else EOS)."""
-    tid = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if tid is None:
-        raise InputError("this tokenizer has neither a BOS nor an EOS token to stand for an empty context")
-    return int(tid)
-
-
-def _tok_encode(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], int]:
-    """HFLM's ``tok_encode(text)``: the tokenizer's special tokens unless ``text`` starts with the prefix
-    token's text; and how many leading special tokens the tokenizer added."""
-    starts_with_prefix = text.startswith(tokenizer.decode(prefix_token_id(tokenizer)))
-    ids = list(tokenizer.encode(text, add_special_tokens=False if starts_with_prefix else True))
-    added = 0 if starts_with_prefix else len(special_prefix(tokenizer))
-    return ids, added
 
 
 def lmeval_request(
@@ -62,8 +55,8 @@ def lmeval_request(
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
-    whole, _ = _tok_encode(tokenizer, context + continuation)
-    ctx, added = _tok_encode(tokenizer, context)
+    whole, _ = lmeval_tok_encode(tokenizer, context + continuation)
+    ctx, added = lmeval_tok_encode(tokenizer, context)
     return ctx, whole[len(ctx) :], added
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ce_inspect.contract import CHOICES_SCHEMA_VERSION, ChoiceDict, ScoreResult
 from ce_inspect.errors import NonFiniteError
 from ce_inspect.scoring import ScoreOptions, scorer_for
+from ce_inspect.stats import mean_stderr
 
 if TYPE_CHECKING:
     from ce_inspect.choices.encoding import Question
@@ -25,15 +26,6 @@ if TYPE_CHECKING:
 def argmax(values: Sequence[float]) -> int:
     """The index of the largest value, the first of equal ones (as ``numpy.argmax``)."""
     return max(range(len(values)), key=lambda i: (values[i], -i))
-
-
-def mean_stderr(values: Sequence[float]) -> float | None:
-    """lm-eval's ``mean_stderr``: the sample standard deviation (ddof=1) over sqrt(n); None below two values."""
-    n = len(values)
-    if n < 2:
-        return None
-    mu = math.fsum(values) / n
-    return math.sqrt(math.fsum((x - mu) ** 2 for x in values) / (n - 1)) / math.sqrt(n)
 
 
 @dataclass(frozen=True)
@@ -75,6 +67,7 @@ class ChoiceScore:
             "tokens": [t.to_dict() for t in self.result.tokens],
             "layout": self.result.layout,  # type: ignore[typeddict-item]
             "notes": list(self.result.notes),
+            **({"scored_bytes": b} if (b := self.result.summary.scored_bytes) is not None else {}),
         }
 
 

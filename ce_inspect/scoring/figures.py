@@ -19,12 +19,18 @@ if TYPE_CHECKING:
 
 
 def token_figures(
-    logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0, top_k: int = 0
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    top_k: int = 0,
+    entropy: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-row figures for ``logits`` [n, vocab] (any dtype) and class-index ``targets`` [n].
 
     The log-softmax runs in float32 whatever the model's dtype. With label smoothing ε the loss is
-    ``(1-ε)·(-log p_target) + ε·mean_j(-log p_j)``, which is what CrossEntropyLoss computes.
+    ``(1-ε)·(-log p_target) + ε·mean_j(-log p_j)``, which is what CrossEntropyLoss computes. ``entropy``
+    adds ``-sum_j p_j log p_j`` of each row (nats; a probability of 0 contributes 0), on the chunk's rows only.
     """
     import torch
 
@@ -36,7 +42,11 @@ def token_figures(
     # [n]; ties count in the target's favour. An int32 sum is twice as fast as the default int64 on CPU.
     rank = (logp > target_logp[:, None]).sum(dim=-1, dtype=torch.int32) + 1
     top_logp, top_ids = logp.topk(max(top_k, 1), dim=-1)  # [n, k]
-    return {"logprob": target_logp, "loss": loss, "rank": rank, "top_logp": top_logp, "top_ids": top_ids}
+    figures = {"logprob": target_logp, "loss": loss, "rank": rank, "top_logp": top_logp, "top_ids": top_ids}
+    if entropy:
+        p_logp = logp.exp() * logp  # [n, vocab]; 0 * -inf is NaN where a logit is -inf: that term is 0
+        figures["entropy"] = -torch.where(torch.isneginf(logp), 0.0, p_logp).sum(dim=-1)  # [n]
+    return figures
 
 
 def nonfinite_row(

@@ -122,6 +122,7 @@ def _figures(
             target_tensor[start : start + rows].to(chunk_logits.device),
             label_smoothing=options.label_smoothing,
             top_k=options.top_k,
+            entropy=options.entropy,
         )
         bad = nonfinite_row(chunk_logits, target_tensor[start : start + rows], chunk)
         if bad is not None:

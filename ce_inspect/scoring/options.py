@@ -26,6 +26,8 @@ class ScoreOptions:
     verify: bool = False
     chunk_tokens: int | None = None  # head rows per chunk; None: derived from chunk_bytes and the vocab
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    #: Also the entropy of the model's distribution at each scored position (nats), computed chunk by chunk.
+    entropy: bool = False
 
     def __post_init__(self) -> None:
         check_reduction(self.reduction)

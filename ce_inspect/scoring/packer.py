@@ -53,5 +53,9 @@ def pack(lm: LoadedModel, examples: Sequence[Encoded], *, padding_side: str = "r
             rows_b.append(b)
             rows_t.append(offset + p - 1)  # the logits at p - 1 predict the token at p
             targets.append(example.labels[p])  # the label is the target, as in training (== the id unless given)
+    if lm.context_length is not None and width > lm.context_length:
+        # lm-eval's rolling windows: the context's length of inputs and the target after them. No logit
+        # predicts from the last column, and a causal model's others do not see it: it is never input.
+        input_ids, attention = input_ids[:, :-1], attention[:, :-1]
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # [batch, seq]
     return Packed(input_ids, attention, position_ids, rows_b, rows_t, targets)

@@ -93,6 +93,7 @@ def _token_scores(
                 turn=example.turns[position] if example.turns else None,
                 bytes=raw[target_ids[j]],
                 top_bytes=raw[top_ids[j][0]],
+                entropy=rows["entropy"][j] if "entropy" in rows else None,
             )
         )
     return tokens
@@ -144,8 +145,16 @@ def _summary(
         # CrossEntropyLoss(reduction="none") over the shifted sequence: 0 where the label is ignored.
         per_token=tuple(loss_at.get(i, 0.0) for i in range(1, len(example))),
         sum_logprob=sum_logprob,
+        mean_entropy=mean_entropy(tokens),
         **counts,
     )
+
+
+def mean_entropy(tokens: Sequence[TokenScore]) -> float | None:
+    """The mean of the scored tokens' entropies; None when they carry none (``entropy`` off)."""
+    if not tokens or tokens[0].entropy is None:
+        return None
+    return math.fsum(t.entropy or 0.0 for t in tokens) / len(tokens)
 
 
 def _sequence(

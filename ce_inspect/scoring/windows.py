@@ -18,8 +18,8 @@ from ce_inspect.contract import ScoreResult, SequenceToken, Summary, TokenScore
 from ce_inspect.errors import InputError, NonFiniteError
 from ce_inspect.scoring.api import score_batch
 from ce_inspect.scoring.figures import nonfinite_error
-from ce_inspect.scoring.results import scored_text_counts
-from ce_inspect.text import Encoded, decode_tokens, is_windowed, special_ids, token_bytes, window_plan
+from ce_inspect.scoring.results import mean_entropy, scored_text_counts
+from ce_inspect.text import Encoded, decode_tokens, is_windowed, special_ids, token_bytes, windows_plan
 
 if TYPE_CHECKING:
     from ce_inspect.model import LoadedModel
@@ -48,26 +48,38 @@ def score_windows(
     lm: LoadedModel, example: Encoded, options: ScoreOptions, *, padding_side: str = "right"
 ) -> ScoreResult:
     """Score every trained position of ``example`` once, in windows of ``layout["windows"]``."""
-    spec = example.layout["windows"]
-    plan = window_plan(len(example), spec["window"], spec["stride"])
+    plan = windows_plan(example)
     pieces = [(begin, _window(example, begin, end, first)) for begin, end, first in plan]
     pieces = [(begin, piece) for begin, piece in pieces if piece.scored_positions]  # a window of masked labels
     tokens: list[TokenScore] = []
+    each = replace(options, verify=False)  # the model's own loss of a window is no figure of the text
     for start in range(0, len(pieces), WINDOWS_PER_BATCH):
         group = pieces[start : start + WINDOWS_PER_BATCH]
         try:
-            scored = score_batch(lm, [piece for _, piece in group], options, padding_side=padding_side)
+            scored = score_batch(lm, [piece for _, piece in group], each, padding_side=padding_side)
         except NonFiniteError as exc:
             raise _in_text(lm, example, options, exc, len(tokens), [piece for _, piece in group]) from None
         for (begin, _), result in zip(group, scored):
             tokens.extend(replace(t, index=t.index + begin) for t in result.tokens)
-    note = (
-        f"scored in {len(plan)} windows of {spec['window']} tokens (the model's context) starting every "
+    note = _windows_note(example, len(plan))
+    return _merged(lm, example, tokens, options, note, len(plan))
+
+
+def _windows_note(example: Encoded, windows: int) -> str:
+    rolling = example.layout.get("rolling")
+    if rolling:
+        return (
+            f"scored in {windows} disjoint windows of {rolling['window']} predicted tokens, each after one token of "
+            "context (the last reaching back to fill its window): lm-eval's loglikelihood_rolling; its total is "
+            "summary.sum_logprob"
+        )
+    spec = example.layout["windows"]
+    return (
+        f"scored in {windows} windows of {spec['window']} tokens (the model's context) starting every "
         f"{spec['stride']} tokens (`stride`): every token scored once, with at least {spec['window'] - spec['stride']} "
         "tokens of left context after the first window (the sliding-window protocol of the transformers "
         "perplexity guide)"
     )
-    return _merged(lm, example, tokens, options, note, len(plan))
 
 
 def _in_text(
@@ -112,6 +124,7 @@ def _merged(
         greedy_hits=sum(t.is_greedy for t in tokens),
         per_token=tuple(loss_at.get(i, 0.0) for i in range(1, len(example))),
         sum_logprob=sum_logprob,
+        mean_entropy=mean_entropy(tokens),
         **counts,
     )
     special = special_ids(lm.tokenizer)
