@@ -37,11 +37,13 @@ from ce_inspect.audit import audit_dataset, audit_without_model
 from ce_inspect.choices import ChoicesSummary, choices_dataset
 from ce_inspect.contract import SCHEMA_VERSION, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
 from ce_inspect.data import Fields
-from ce_inspect.dataset import BatchSettings, DatasetSummary, score_dataset
+from ce_inspect.dataset import BatchSettings, DatasetSummary, KeepFilter, score_dataset
 from ce_inspect.diff import DiffResult, DiffSummary, TokenDiff, diff, diff_dataset, diff_messages
 from ce_inspect.errors import CeInspectError
 from ce_inspect.model import LoadedModel, load, load_tokenizer
+from ce_inspect.notebook import lines_to_pandas, read_lines
 from ce_inspect.prefs import PrefsDatasetSummary, prefs_dataset
+from ce_inspect.reports.notebook import register as _register_notebook_views
 from ce_inspect.scoring import (
     ScoreOptions,
     cross_entropy,
@@ -65,10 +67,13 @@ from ce_inspect.text import (
 
 __version__ = "0.1.0"
 
+_register_notebook_views()  # every result's _repr_html_ (ce_inspect.notebook)
+
 __all__ = [
     "IGNORE_INDEX",
     "SCHEMA_VERSION",
     "BatchSettings",
+    "KeepFilter",
     "CeInspectError",
     "DatasetSummary",
     "DiffResult",
@@ -88,6 +93,8 @@ __all__ = [
     "audit_dataset",
     "audit_without_model",
     "cross_entropy",
+    "lines_to_pandas",
+    "read_lines",
     "ChoicesSummary",
     "choices_dataset",
     "diff",

@@ -1,7 +1,8 @@
 """Render the HTML reports of a run and of a batch in headless Chromium, write PNG screenshots, and measure
 how a 2,000-record batch report opens.
 
-    python scripts/screenshots.py            # pictures into docs/ (the README's), measurements printed
+    python scripts/screenshots.py            # pictures into docs/ (the README's, and every report at 800
+                                             # and 1400 px: docs/<report>-<width>.png), measurements printed
     python scripts/screenshots.py --out DIR  # pictures elsewhere
     python scripts/screenshots.py --check    # CI: only the 2,000-record measurement, fails over the limits
                                              # (5 MB; opening it at most 3 x the time of a 20-record one)
@@ -151,6 +152,22 @@ def measure(browser: str, work: Path) -> bool:
     return ok
 
 
+#: The reports pictured at each width of WIDTHS (docs/<name>-<width>.png): the README's examples, on the
+#: bundled model (diff: against itself in bfloat16).
+REPORTS = {
+    "run": ["run", "--prompt-file", "samples/capital/prompt.txt", "--answer-file", "samples/capital/answer.txt",
+            "--top-k", "3"],
+    "batch": ["batch", "samples/pairs.jsonl", "--top-k", "3", "--worst", "3", "-o", "{work}/scores.jsonl"],
+    "diff": ["diff", "--prompt-file", "samples/capital/prompt.txt", "--answer-file", "samples/capital/answer.txt",
+             "--dtype-b", "bfloat16"],
+    "diff-input": ["diff", "samples/pairs.jsonl", "--dtype-b", "bfloat16", "--worst", "3", "-o", "{work}/diff.jsonl"],
+    "audit": ["audit", "samples/audit/clean.jsonl", "-o", "{work}/audit.jsonl"],
+    "prefs": ["prefs", "samples/prefs/pairs.jsonl", "-o", "{work}/prefs.jsonl"],
+}  # fmt: skip
+#: Every report at the narrowest window it must fit (tests/test_report_fit.py) and at a wide one.
+WIDTHS = (800, 1400)
+
+
 def pictures(browser: str, out: Path, work: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     run_html, batch_html = work / "run.html", work / "batch.html"
@@ -158,7 +175,7 @@ def pictures(browser: str, out: Path, work: Path) -> None:
     ce_inspect("run", "--prompt-file", "samples/capital/prompt.txt", "--answer-file", "samples/capital/answer.txt",
                "--top-k", "3", "--html", str(run_html), "--svg", str(out / "run-terminal.svg"))  # fmt: skip
     ce_inspect("batch", "samples/pairs.jsonl", "--top-k", "3", "--worst", "3", "-o", str(work / "scores.jsonl"),
-               "--html", str(batch_html), "--svg", str(out / "batch-terminal.svg"))  # fmt: skip
+               "--html", str(batch_html), "--svg", str(out / "batch-terminal.svg"), "--force")  # fmt: skip
     markdown = work / "run.md"
     ce_inspect("run", "--prompt-file", "samples/capital/prompt.txt", "--answer-file", "samples/capital/answer.txt",
                "--top-k", "3", "--markdown", str(markdown))  # fmt: skip
@@ -169,6 +186,13 @@ def pictures(browser: str, out: Path, work: Path) -> None:
     print(f"{out / 'run-html.png'} ({seconds:.1f} s in Chromium)")
     seconds = screenshot(browser, batch_html, out / "batch-html.png", 1000, 1300)
     print(f"{out / 'batch-html.png'} ({seconds:.1f} s in Chromium)")
+    for name, args in REPORTS.items():
+        html = work / f"{name}-report.html"
+        ce_inspect(*(a.format(work=work) for a in args), "--html", str(html), "--force")
+        for width in WIDTHS:
+            png = out / f"{name}-{width}.png"
+            seconds = screenshot(browser, html, png, width, 1200)
+            print(f"{png} ({seconds:.1f} s in Chromium)")
 
 
 def main() -> int:

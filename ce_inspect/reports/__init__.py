@@ -10,12 +10,12 @@ an element whose ``data-f`` attribute names the JSON field it shows (``tokens.3.
 tests check every number against the JSON document.
 
 ``pieces`` holds what every report shares (the strip, the token rows, the legend, ``script_json``),
-``environment`` the template environments and Markdown escaping; ``run``, ``batch``, ``diff`` and ``audit``
+``environment`` the template environments and Markdown escaping; ``run``, ``batch``, ``diff``, ``audit`` and ``prefs``
 each hold one command's context and its HTML and Markdown.
 """
 
 from ce_inspect.reports.audit import AUDIT_RECORDS_SHOWN, audit_context, audit_html, audit_markdown
-from ce_inspect.reports.batch import BatchLines, batch_context, batch_html, batch_markdown
+from ce_inspect.reports.batch import batch_context, batch_html, batch_markdown
 from ce_inspect.reports.diff import (
     KL_BINS,
     diff_context,
@@ -27,6 +27,7 @@ from ce_inspect.reports.diff import (
     kl_bin,
 )
 from ce_inspect.reports.environment import MarkdownText, fence, html_environment, markdown_environment, markdown_escape
+from ce_inspect.reports.lines import BatchLines
 from ce_inspect.reports.pieces import (
     REPORT_MARK,
     REPORT_MARK_TEXT,
@@ -38,6 +39,7 @@ from ce_inspect.reports.pieces import (
     strip_lines,
     token_rows,
 )
+from ce_inspect.reports.prefs import MostNegative, PrefsLines, aligned_strips, prefs_context, prefs_html, prefs_markdown
 from ce_inspect.reports.run import run_context, run_html, run_markdown
 
 __all__ = [
@@ -45,11 +47,14 @@ __all__ = [
     "BatchLines",
     "KL_BINS",
     "MarkdownText",
+    "MostNegative",
+    "PrefsLines",
     "REPORT_MARK",
     "REPORT_MARK_TEXT",
     "TARGET_SEGMENTS",
     "audit_context",
     "audit_html",
+    "aligned_strips",
     "audit_markdown",
     "batch_context",
     "batch_html",
@@ -66,6 +71,9 @@ __all__ = [
     "legend",
     "markdown_environment",
     "markdown_escape",
+    "prefs_context",
+    "prefs_html",
+    "prefs_markdown",
     "run_context",
     "run_html",
     "run_markdown",

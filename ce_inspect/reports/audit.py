@@ -8,7 +8,7 @@ from typing import Any
 
 from ce_inspect.display import fmt, loss_bin, printable, shown_token
 from ce_inspect.reports.environment import fence, html_environment, markdown_environment
-from ce_inspect.reports.pieces import legend, script_json, shown_id, skipped_rows
+from ce_inspect.reports.pieces import legend, script_json, shown_id, skipped_rows, stderr_row
 
 #: Failing records listed by line in a check's row (the JSON document lists them all).
 AUDIT_RECORDS_SHOWN = 20
@@ -83,6 +83,9 @@ def _audit_loss_rows(loss: dict[str, Any] | None) -> list[tuple[str, str, str]]:
     ):
         if loss.get(key) is not None:
             rows.append((label, fmt(loss[key]), f"loss.{key}"))
+            rows += stderr_row(loss, key, "loss.")
+    if loss.get("bits_per_byte") is not None:
+        rows.append(("bits per byte", fmt(loss["bits_per_byte"]), "loss.bits_per_byte"))
     return rows
 
 

@@ -4,63 +4,12 @@ histogram, loss by position), its context, and its HTML and Markdown.
 
 from __future__ import annotations
 
-import heapq
-import os
-from collections.abc import Iterable
 from typing import Any
 
 from ce_inspect.display import fmt, histogram, loss_bin, printable, shown_token, sparkline
 from ce_inspect.reports.environment import fence, html_environment, markdown_environment
-from ce_inspect.reports.pieces import legend, script_json, shown_id, skipped_rows, strip_lines, token_rows
-
-
-class BatchLines:
-    """What a batch report needs of the output lines, in bounded memory: the sum and count of the loss at
-    each position among an example's scored tokens, and the ``worst`` lines (by mean loss) whole.
-
-    The worst lines are ranked as the data-set summary ranks them (mean, then the earlier line first), so
-    the report finds every example of the summary's ``worst_examples`` here.
-    """
-
-    def __init__(self, worst: int) -> None:
-        self.worst = worst
-        self.position_sum: list[float] = []
-        self.position_count: list[int] = []
-        self._heap: list[tuple[float, int, int, dict[str, Any]]] = []
-        self._order = 0
-
-    def add(self, line: dict[str, Any]) -> None:
-        for k, t in enumerate(line["tokens"]):
-            if k == len(self.position_sum):
-                self.position_sum.append(0.0)
-                self.position_count.append(0)
-            self.position_sum[k] += t["loss"]
-            self.position_count[k] += 1
-        if self.worst:
-            item = (line["summary"]["mean"], -line["line"], self._order, line)
-            self._order += 1
-            if len(self._heap) < self.worst:
-                heapq.heappush(self._heap, item)
-            elif item[:2] > self._heap[0][:2]:
-                heapq.heapreplace(self._heap, item)
-
-    def add_all(self, lines: Iterable[dict[str, Any]]) -> None:
-        for line in lines:
-            self.add(line)
-
-    def add_file(self, path: str | os.PathLike[str], size: int) -> None:
-        """The complete lines in the first ``size`` bytes of an output file (what ``--resume`` keeps)."""
-        import json
-
-        with open(path, "rb") as fh:
-            data = fh.read(size)
-        self.add_all(json.loads(raw) for raw in data.splitlines() if raw.strip())
-
-    def line(self, number: int) -> dict[str, Any] | None:
-        return next((item[-1] for item in self._heap if item[-1]["line"] == number), None)
-
-    def position_means(self) -> list[float]:
-        return [s / n for s, n in zip(self.position_sum, self.position_count)]
+from ce_inspect.reports.lines import BatchLines
+from ce_inspect.reports.pieces import legend, script_json, shown_id, skipped_rows, stderr_row, strip_lines, token_rows
 
 
 def _batch_summary_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -70,14 +19,17 @@ def _batch_summary_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
     if s.get("token_weighted_mean_loss") is not None:
         rows.append(("token-weighted mean loss", fmt(s["token_weighted_mean_loss"]), "token_weighted_mean_loss"))
+        rows += stderr_row(s, "token_weighted_mean_loss")
     if s.get("example_weighted_mean_loss") is not None:
         rows.append(("example-weighted mean loss", fmt(s["example_weighted_mean_loss"]), "example_weighted_mean_loss"))
+        rows += stderr_row(s, "example_weighted_mean_loss")
     rows.append(("loss sum", fmt(s["loss_sum"]), "loss_sum"))
     if s.get("mean_nll") is not None:
         ppl = fmt(s["perplexity"], 3) if s["perplexity"] is not None else "overflow"
         rows.append(("perplexity", ppl, "perplexity"))
         if s["label_smoothing"]:
             rows.append(("mean NLL", fmt(s["mean_nll"]), "mean_nll"))
+            rows += stderr_row(s, "mean_nll")
         rows.append(("greedy hits", str(s["greedy_hits"]), "greedy_hits"))
     if s.get("resumed"):
         rows.append(("read back (--resume)", str(s["resumed"]), "resumed"))

@@ -8,6 +8,7 @@ from typing import Any
 
 from ce_inspect.display import fmt, printable, prob_text, shown_token
 from ce_inspect.reports.environment import fence, html_environment, markdown_environment
+from ce_inspect.reports.lines import BatchLines
 from ce_inspect.reports.pieces import script_json, shown_id
 
 #: KL(ref‖cand) thresholds of the diff strip's colours (nats), as ``cli/render_diff.py``'s scale.
@@ -68,19 +69,25 @@ def _diff_side(t: dict[str, Any], side: str) -> dict[str, Any]:
     }
 
 
-def diff_context(doc: dict[str, Any], command: str, worst: int = 10) -> dict[str, Any]:
-    """What the diff templates show, all from ``doc`` (a ``DiffResult.to_dict()``). The strip holds the scored
-    tokens (the document keeps no masked context), coloured by KL; the table the ``worst`` by KL, in order."""
-    tokens = doc["tokens"]
-    strip = [
+def kl_strip(tokens: list[dict[str, Any]], prefix: str | None = "") -> list[dict[str, Any]]:
+    """A diff's scored tokens as strip tokens coloured by KL(ref‖cand), each with both models' figures;
+    ``prefix`` None: tokens of an output line, not of the page's document (no ``data-f`` field)."""
+    return [
         {
             "text": shown_token(t["token"], t["ref"].get("special", False), t["ref"].get("bytes")),
             "cls": f"t k{kl_bin(t['kl'])}",
             "tip": _diff_tooltip(t),
-            "field": f"tokens.{k}",
+            "field": None if prefix is None else f"{prefix}tokens.{k}",
         }
         for k, t in enumerate(tokens)
     ]
+
+
+def diff_context(doc: dict[str, Any], command: str, worst: int = 10) -> dict[str, Any]:
+    """What the diff templates show, all from ``doc`` (a ``DiffResult.to_dict()``). The strip holds the scored
+    tokens (the document keeps no masked context), coloured by KL; the table the ``worst`` by KL, in order."""
+    tokens = doc["tokens"]
+    strip = kl_strip(tokens)
     chosen = sorted(range(len(tokens)), key=lambda k: tokens[k]["kl"], reverse=True)[:worst]
     rows = [
         {
@@ -128,8 +135,21 @@ def diff_markdown(doc: dict[str, Any], command: str, worst: int = 10) -> str:
     return markdown_environment().get_template("diff.md.j2").render(context, fence=fence(command))
 
 
-def diff_dataset_context(doc: dict[str, Any], command: str) -> dict[str, Any]:
-    """What the data-set diff templates show, from ``doc`` (a ``DiffDatasetSummary.to_dict()``)."""
+def _worst_strips(doc: dict[str, Any], lines: BatchLines | None) -> list[dict[str, Any]]:
+    """The strips of the examples that moved most by mean KL, from the kept output lines (none without them)."""
+    strips = []
+    for k, entry in enumerate(doc["worst_by_kl"] if lines is not None else ()):
+        line = lines.line(entry["line"])
+        if line is not None:
+            strips.append({"field": f"worst_by_kl.{k}", "line": entry["line"], "id": shown_id(entry["id"]),
+                           "kl_mean": fmt(entry["kl_mean"], 6),
+                           "strip": [{"label": None, "tokens": kl_strip(line["tokens"], None)}]})  # fmt: skip
+    return strips
+
+
+def diff_dataset_context(doc: dict[str, Any], command: str, lines: BatchLines | None = None) -> dict[str, Any]:
+    """What the data-set diff templates show, from ``doc`` (a ``DiffDatasetSummary.to_dict()``) and, when the
+    output lines were kept, the strips of the examples that moved most."""
     worst = []
     for key, title in (("worst_by_kl", "by mean KL"), ("worst_by_dnll", "by mean ΔNLL")):
         rows = [
@@ -164,6 +184,8 @@ def diff_dataset_context(doc: dict[str, Any], command: str) -> dict[str, Any]:
         "skipped_count": doc["skipped_count"],
         "summary": _diff_summary_rows(doc["summary"]) if doc.get("summary") is not None else [],
         "worst": worst,
+        "strips": _worst_strips(doc, lines),
+        "legend": [{"cls": f"k{k}", "label": label} for k, label in enumerate(_KL_LABELS)],
         "skipped": [
             {"line": k["line"], "id": shown_id(k["id"]), "reason": printable(k["reason"])} for k in doc["skipped"]
         ],
@@ -172,10 +194,10 @@ def diff_dataset_context(doc: dict[str, Any], command: str) -> dict[str, Any]:
     }
 
 
-def diff_dataset_html(doc: dict[str, Any], command: str) -> str:
-    return html_environment().get_template("diff_dataset.html.j2").render(diff_dataset_context(doc, command))
+def diff_dataset_html(doc: dict[str, Any], command: str, lines: BatchLines | None = None) -> str:
+    return html_environment().get_template("diff_dataset.html.j2").render(diff_dataset_context(doc, command, lines))
 
 
-def diff_dataset_markdown(doc: dict[str, Any], command: str) -> str:
-    context = diff_dataset_context(doc, command)
+def diff_dataset_markdown(doc: dict[str, Any], command: str, lines: BatchLines | None = None) -> str:
+    context = diff_dataset_context(doc, command, lines)
     return markdown_environment().get_template("diff_dataset.md.j2").render(context, fence=fence(command))

@@ -16,6 +16,9 @@ class MarkdownText(str):
 
 #: Characters that mean something to GitHub-flavoured Markdown inline (emphasis, code, links, HTML,
 #: tables, strikethrough, entities, math, emoji, mentions, issue links), written as numeric references.
+#: A strip line longer than this many tokens shows them and folds the rest into a "show all" <details>, so a
+#: long example neither runs off nor fills the page (HTML; Markdown folds its per-token table the same way).
+FOLD_TOKENS = 400
 _MD_SPECIAL = re.compile(r"[\\`*_\[\]<>|~&$:@#]")
 
 
@@ -47,6 +50,7 @@ def html_environment() -> Any:
     )
     env.globals["LOSS_BINS"] = LOSS_BINS
     env.globals["LOSS_CSS"] = loss_css()  # no character autoescaping changes
+    env.globals["FOLD_TOKENS"] = FOLD_TOKENS
     return env
 
 

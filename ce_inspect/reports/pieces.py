@@ -4,6 +4,7 @@ field it shows), the loss legend, shown ids and skipped lines, and JSON for a ``
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -136,6 +137,15 @@ def script_json(obj: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def complete_lines(path: str | os.PathLike[str], size: int) -> list[dict[str, Any]]:
+    """The complete JSON lines in the first ``size`` bytes of an output file (what ``--resume`` keeps)."""
+    import json
+
+    with open(path, "rb") as fh:
+        data = fh.read(size)
+    return [json.loads(raw) for raw in data.splitlines() if raw.strip()]
+
+
 def shown_id(rid: str | int | None) -> str:
     return "" if rid is None else printable(str(rid))
 
@@ -143,3 +153,9 @@ def shown_id(rid: str | int | None) -> str:
 def skipped_rows(skipped: list[dict[str, Any]]) -> list[dict[str, str]]:
     """The skipped lines as a report lists them: line, shown id and printable reason."""
     return [{"line": k["line"], "id": shown_id(k["id"]), "reason": printable(k["reason"])} for k in skipped]
+
+
+def stderr_row(d: dict[str, Any], key: str, prefix: str = "") -> list[tuple[str, str, str]]:
+    """The ± row under the figure ``key`` of ``d`` when it has a standard error (its own field, ``key_stderr``)."""
+    stderr = d.get(f"{key}_stderr")
+    return [("± standard error", fmt(stderr), f"{prefix}{key}_stderr")] if stderr is not None else []
