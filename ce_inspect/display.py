@@ -57,6 +57,11 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if abs(value) < 1e6 else f"{value:.3e}"
 
 
+def fmt_pm(value: float | None, stderr: float | None = None, digits: int = 4) -> str:
+    """``fmt(value)``, followed by `` ± stderr`` when its standard error is known."""
+    return fmt(value, digits) if stderr is None else f"{fmt(value, digits)} ± {fmt(stderr, digits)}"
+
+
 def prob_text(prob: float) -> str:
     """A probability in 3 characters or so: .41, .05, <.01."""
     if prob >= 0.995:
@@ -69,9 +74,11 @@ def loss_bin(loss: float) -> int:
     return next((i for i, limit in enumerate(LOSS_BINS) if loss < limit), len(LOSS_BINS))
 
 
-def loss_css() -> str:
-    """The HTML reports' CSS for the loss bins (``.b0`` .. ``.b3``, and their bars in SVG), from ``LOSS_SCALE``."""
-    cells = " ".join(f".b{k} {{ background: {bg}; color: {fg}; }}" for k, (_, bg, fg) in enumerate(LOSS_SCALE))
+def loss_css(scope: str = "") -> str:
+    """The HTML reports' CSS for the loss bins (``.b0`` .. ``.b3``, and their bars in SVG), from ``LOSS_SCALE``;
+    ``scope`` (a selector such as ``.ce-nb``) confines the cells' rules to it, as a notebook fragment needs."""
+    prefix = f"{scope} " if scope else ""
+    cells = " ".join(f"{prefix}.b{k} {{ background: {bg}; color: {fg}; }}" for k, (_, bg, fg) in enumerate(LOSS_SCALE))
     bars = " ".join(f"svg .b{k} {{ fill: {bg}; }}" for k, (_, bg, _fg) in enumerate(LOSS_SCALE))
     return f"{cells}\n{bars}"
 

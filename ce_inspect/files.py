@@ -614,4 +614,6 @@ __all__ = [
     "write_output",
     "write_outputs",
     "writes_through",
+    "write_all",
+    "atomic_stream",
 ]

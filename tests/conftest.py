@@ -279,7 +279,7 @@ def write_audit_data(path: Path, model_dir: Path) -> Path:
 def batch_tolerance(lm, examples) -> float:
     """How far a token's loss (or a mean of them) batched may lie from the example alone: the float32
     rounding bound of ``ce_inspect.numerics`` for this model, these examples' logits and their longest
-    length. Batched figures are not bit-identical to one-by-one ones on every CPU (see README, Numerics)."""
+    length. Batched figures are not bit-identical to one-by-one ones on every CPU (see docs/batch.md, Numerics)."""
     from ce_inspect.numerics import logit_scale, loss_tolerance
 
     return loss_tolerance(lm.model.config, logit_scale(lm, examples), max(len(e) for e in examples))

@@ -604,7 +604,7 @@ def test_chat_records_batched_equal_alone_and_the_models_loss(tiny_llama, tmp_pa
 def test_default_model_samples_batched_agree_with_one_by_one(smollm2, tmp_path):
     """SmolLM2 (30 layers, float32): tokens, per-example and data-set means agree across batchings within
     the float32 bound (1.9e-2 nats; measured: 2e-5 on an AMD EPYC, where the body's matmuls sum a row in
-    another order for another batch shape, and 0 on Intel with MKL_CBWR; see README, Numerics)."""
+    another order for another batch shape, and 0 on Intel with MKL_CBWR; see docs/batch.md, Numerics)."""
     data = Path(__file__).resolve().parents[1] / "samples" / "pairs.jsonl"
     one_summary, one = run_to_file(smollm2, data, tmp_path / "one.jsonl", batch_size=1)
     # Heavily padded batches (55% of positions; the tiny models cover left padding).
@@ -628,7 +628,7 @@ def scan_records(lm, data: Path):
 
 def test_the_float32_bound_follows_the_widths_and_depth():
     """``loss_tolerance`` is 2 (loss from logits) x 2 (two summation orders) x 5 (lambda) x sqrt(roundings on a
-    token's path) x 2**-24 x the largest |logit| (README, Numerics), computed here by hand for SmolLM2's
+    token's path) x 2**-24 x the largest |logit| (docs/batch.md, Numerics), computed here by hand for SmolLM2's
     shape: 30 layers x (6 x 576 + 64 + 129 positions + 1536) + 576 for the head."""
     from transformers import LlamaConfig
 

@@ -63,6 +63,7 @@ def run_documents(tiny_llama, tiny_llama_dir, tmp_path_factory):
         "separate boundary": score(lm, "Answer: ", "the cat").to_dict(),
         "top-k": score(lm, "Q", " A.", options=ScoreOptions(top_k=3)).to_dict(),
         "verify": score(lm, "Q", " A.", options=ScoreOptions(verify=True)).to_dict(),
+        "entropy": score(lm, "Q", " A.", options=ScoreOptions(entropy=True)).to_dict(),
         "reduction none": score(lm, "Q", " A.", options=ScoreOptions(reduction="none")).to_dict(),
         "reduction sum": score(lm, "Q", " A.", options=ScoreOptions(reduction="sum")).to_dict(),
         # Byte-level pieces of characters that do not decode on their own carry their bytes.
@@ -124,11 +125,16 @@ def batch_outputs(tiny_llama_dir, tmp_path_factory):
     others = {
         "text": ([{"text": "the cat sat on the mat"}], []),
         "windows": ([{"text": "the cat sat on the mat " * 30}], ["--stride", "64"]),
+        "rolling": (
+            [{"text": "the cat sat on the mat " * 30}, {"text": "the mat"}],
+            ["--rolling", "--rolling-window", "64", "--entropy", "--bootstrap", "20"],
+        ),
         "tokenized": ([{"input_ids": [1, 40, 41, 42, 2], "labels": [-100, -100, 41, 42, 2]}], []),
         "trl pair": ([{"prompt": "Q: ", "completion": "A."}], ["--tokenization", "trl"]),
         "trl text": ([{"text": "the cat sat"}], ["--tokenization", "trl"]),
         "trl windows": ([{"text": "the cat sat on the mat " * 30}], ["--tokenization", "trl", "--stride", "64"]),
         "limited": ([{"text": "the cat"}, {"text": "sat"}], ["--limit", "1"]),  # a summary with its notes
+        "filtered": ([{"text": "the cat"}, {"text": "sat"}], ["--keep-below", "4", "--kept", str(folder / "kept")]),
     }
     for name, (rows, extra) in others.items():
         data = folder / f"{name}.jsonl"
@@ -215,7 +221,7 @@ def test_run_documents_hold_exactly_the_declared_keys(run_documents):
     missing = {
         (t, k)
         for t, k in missing
-        if not t.startswith(("TextLayout", "TokenizedLayout", "TrlLayout", "Windows", "LmEvalLayout"))
+        if not t.startswith(("TextLayout", "TokenizedLayout", "TrlLayout", "Windows", "Rolling", "LmEvalLayout"))
     }
     assert missing == set(), "declared but never written"
 
@@ -509,7 +515,9 @@ def test_choices_lines_and_summary_hold_exactly_the_declared_keys(tiny_llama_dir
         assert not sorted(_validator("choices-summary.schema.json").iter_errors(summary), key=str)
     missing = (declared(wire.ChoicesLineDict) | declared(wire.ChoicesSummaryDict)) - seen
     # Other layouts and their parts are run's and batch's tests' to cover.
-    others = ("TemplateMask", "Boundary", "TextLayout", "TokenizedLayout", "TrlLayout", "Windows", "PairLayout")
-    missing = {(t, k) for t, k in missing if not t.startswith(others) and k not in ("bytes", "top_bytes")}
+    others = ("TemplateMask", "Boundary", "TextLayout", "TokenizedLayout", "TrlLayout", "Windows", "Rolling")
+    others += ("PairLayout",)
+    skip = ("bytes", "top_bytes", "entropy", "mean_entropy")  # a token's bytes, --entropy: run's and batch's to cover
+    missing = {(t, k) for t, k in missing if not t.startswith(others) and k not in skip}
     assert missing == set(), "declared but never written"
     assert {line["choices"][0]["layout"]["kind"] for line in lines} == {"lm-eval", "pair", "chat"}

@@ -347,7 +347,7 @@ def test_sharded_resume_is_the_union_of_the_output_and_the_parts(tmp_path, tiny_
 
 @pytest.mark.slow
 def test_accelerate_launch_on_cpus_writes_what_one_process_writes(tiny_llama_dir, reference, tmp_path):
-    # The README's command. accelerate's --multi_gpu starts the ranks through torchrun's launcher whether or
+    # docs/torchrun.md's command. accelerate's --multi_gpu starts the ranks through torchrun's launcher whether or
     # not there is a GPU (its --cpu starts one process, or mpirun ranks: see the MPI test above). HF_HOME
     # in tmp_path: no user's default_config.yaml steers the launch, and accelerate must write nothing there.
     out, summary, home = tmp_path / "out.jsonl", tmp_path / "summary.json", tmp_path / "hf"
@@ -714,7 +714,14 @@ def test_two_ranks_score_the_pairs_one_process_scores(tiny_llama_dir, candidate_
     for key in ("batching", "output"):
         ref.pop(key), got.pop(key)
     _close(ref, got, "summary", tol=1e-5)
-    assert got["checks"] == {"identical": 3, "no-trained-tokens": 1, "prompt-differs": 0}
+    assert got["checks"] == {
+        "identical": 3,
+        "no-trained-tokens": 1,
+        "prompt-differs": 0,
+        "side-is-prompt": 0,
+        "length-bias": 0,
+        "ref-prefers-rejected": 0,
+    }
 
 
 # --- choices: the same sharded runner with choices's score function and report -----------------------------

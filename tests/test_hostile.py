@@ -1132,7 +1132,7 @@ PREFS_CASES: list[Case] = [
         "--tokenization separate applies to plain pairs",
         {"d.jsonl": _CONV_PAIR},
     ),
-    Case("prefs-bad-fail-on", [*_PREFS, "--fail-on", "length-bias"], 2, "unknown check", {"d.jsonl": _GOOD_PAIR}),
+    Case("prefs-bad-fail-on", [*_PREFS, "--fail-on", "no-such-check"], 2, "unknown check", {"d.jsonl": _GOOD_PAIR}),
     Case(
         "prefs-output-is-input",
         ["prefs", "d.jsonl", "-m", "{llama}", "-o", "d.jsonl", "--force"],

@@ -41,6 +41,27 @@ def test_help_and_argument_errors_import_no_torch(argv, code):
     assert f"HEAVY [] {code}" in out.stdout, out.stdout + out.stderr
 
 
+@pytest.mark.parametrize("command", [["batch"], ["diff", "--model-b", "other-model"]])
+@pytest.mark.parametrize(
+    ("first_line", "message"),
+    [
+        ('{"prompt": 1', "line 1: not valid JSON"),
+        ('{"question": "q"}', "line 1: no known format"),
+    ],
+)
+def test_an_unreadable_first_record_is_refused_before_torch_loads(command, first_line, message, tmp_path):
+    """Issue 20: an input mistake that needs no model is reported before torch is imported (torch alone takes
+    seconds); the model named is never opened. With --skip-invalid the run goes on to load it."""
+    data = tmp_path / "bad.jsonl"
+    data.write_text(first_line + '\n{"prompt": "p", "answer": " a"}\n')
+    argv = [command[0], str(data), "-m", str(tmp_path / "no-such-model"), *command[1:]]
+    out = python("-c", PROBE.format(argv=argv))
+    assert "HEAVY [] 1" in out.stdout, out.stdout + out.stderr
+    assert message in out.stderr and "(fix the line, or pass --skip-invalid)" in out.stderr
+    skipping = python("-c", PROBE.format(argv=[*argv, "--skip-invalid"]))
+    assert "no-such-model" in skipping.stderr  # it went on to the model, which does not exist
+
+
 @pytest.mark.slow
 def test_entry_writes_everything_then_exits(tiny_llama_dir, tmp_path):
     target = tmp_path / "out.json"

@@ -14,6 +14,9 @@ from ce_inspect.contract import (
 from ce_inspect.errors import InputError
 from ce_inspect.text import (
     IGNORE_INDEX,
+    LENGTH_BIAS,
+    PAIR_CHECK_INFO,
+    PAIR_CHECKS,
     Encoded,
     Layout,
     decode_tokens,
@@ -69,8 +72,13 @@ CHECKS: tuple[CheckInfo, ...] = (
         f"mean loss more than {OUTLIER_K:g} robust standard deviations and {OUTLIER_MIN_GAP:g} nat above the "
         "median of the records that pass every other check, or not finite",
     ),
+    # Preference pairs (prompt, chosen, rejected): ``prefs``'s checks that need no model, from its own code
+    # (``text.encode_preference``); no-trained-tokens is shared with the records' checks above.
+    *(CheckInfo(name, PAIR_CHECK_INFO[name]) for name in (*PAIR_CHECKS, LENGTH_BIAS) if name != "no-trained-tokens"),
 )
 CHECK_NAMES = tuple(c.name for c in CHECKS)
+#: The checks of preference pairs only (a data set without pairs does not list them).
+PAIR_ONLY = tuple(name for name in (*PAIR_CHECKS, LENGTH_BIAS) if name != "no-trained-tokens")
 #: The checks that mean a broken training run: the default of ``fail_on``.
 DEFAULT_FAIL_ON = ("no-trained-tokens", "eot-not-trained", "pre-shifted-labels", "label-mismatch", "padding-trained")
 

@@ -25,6 +25,7 @@ from ce_inspect.data import (
     Fields,
     Record,
     detect_format,
+    encode_pair_record,
     encode_record,
     encode_tokenized,
     encode_whole,
@@ -56,7 +57,7 @@ from ce_inspect.errors import InputError, InvalidRecordError, ResumeError
 from ce_inspect.files import atomic_stream, check_output, output_lock, spooled_input
 from ce_inspect.model import LoadedModel
 from ce_inspect.scoring import ScoreOptions, score_examples
-from ce_inspect.text import Encoded, Layout
+from ce_inspect.text import Encoded, Layout, PreferenceExample
 
 if TYPE_CHECKING:
     from ce_inspect.contract import ScoreResult
@@ -155,6 +156,16 @@ def example_from_record(lm: LoadedModel, record: Any, text: Any, layout: Layout)
     )
 
 
+def pair_or_example(
+    lm: LoadedModel, record: Any, text: Any, layout: Layout, max_length: int | None
+) -> AuditExample | PreferenceExample:
+    """A preference pair as ``prefs`` lays it out (TRL's DPO rule, cut to ``max_length`` as TRL's keep_start
+    does), with its checks; any other record as ``example_from_record`` makes it."""
+    if record.error is None and (record.chosen is not None or record.rejected is not None):
+        return encode_pair_record(lm.tokenizer, record, max_length=max_length)
+    return example_from_record(lm, record, text, layout)
+
+
 def check_dataset(
     lm: LoadedModel,
     path: str | os.PathLike[str],
@@ -182,7 +193,7 @@ def check_dataset(
     audit = Audit(ctx, max_length=max_length, examples=examples)
     for record, text in read_audit_records(path, fields, format=format, split=split, limit=info.limit):
         try:
-            ex = example_from_record(lm, record, text, layout)
+            ex = pair_or_example(lm, record, text, layout, max_length)
         except InputError as exc:
             if not skip_invalid:
                 raise InvalidRecordError(
@@ -190,11 +201,14 @@ def check_dataset(
                 ) from None
             audit.skip(record.line, record.id, str(exc))
             continue
-        findings = audit.add(ex)
+        if isinstance(ex, PreferenceExample):
+            findings = audit.add_pair(record.line, record.id, ex)
+        else:
+            findings = audit.add(ex)
         if keep_findings and findings:
-            audit.findings[ex.line] = findings
+            audit.findings[record.line] = findings
         if sink is not None:
-            sink.write(record_line(ex.line, ex.id, findings))
+            sink.write(record_line(record.line, record.id, findings))
     if not audit.records and not audit.skipped:
         raise InputError(f"{info.path} holds no records")
     return audit
@@ -233,6 +247,8 @@ def line_emitter(audit: Audit, settings: dict[str, Any]) -> Callable[[Any, Any],
             loss = {"scored": True, "mean": s.mean, "sum": s.sum, "count": s.count}
             loss["sequence_tokens"] = result.layout["sequence_tokens"]
             loss["targets"] = fingerprint_targets([(t.index, t.token_id) for t in result.tokens])
+            if s.scored_bytes is not None:
+                loss["scored_bytes"] = s.scored_bytes
         return record_line(entry.line, entry.id, findings, loss, settings)
 
     return emit
@@ -265,6 +281,7 @@ def audit_line_stats(obj: Any, worst: int) -> tuple[Any, list[Any]]:
         sequence_tokens=loss["sequence_tokens"],
         fingerprint=loss["targets"],
         payload=_checked_findings(obj),
+        scored_bytes=loss.get("scored_bytes"),
     )
     return stats, []
 
@@ -513,7 +530,10 @@ def _audit_report(
         "example_weighted_mean_loss": summary.example_weighted_mean_loss,
         "unscored": audit.unscored,
         "resumed": summary.resumed,
+        "example_weighted_mean_loss_stderr": summary.example_weighted_mean_loss_stderr,
     }
+    if summary.bits_per_byte is not None:
+        loss["bits_per_byte"] = summary.bits_per_byte
     scored = score_shown(lm, scan, audit, options)
     report = audit.finish(input=name, model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss, scored=scored)
     if scan.info is not None and scan.info.limit_note is not None:  # told to `notes` by the run's scan

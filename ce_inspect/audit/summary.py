@@ -19,6 +19,7 @@ from ce_inspect.audit.checks import (
     OUTLIER_K,
     OUTLIER_MIN_GAP,
     OUTLIER_MIN_RECORDS,
+    PAIR_ONLY,
     WINDOW,
     AuditContext,
     AuditExample,
@@ -39,7 +40,8 @@ from ce_inspect.contract import (
 )
 from ce_inspect.errors import InputError
 from ce_inspect.files import atomic_stream, write_all, writes_through
-from ce_inspect.text import IGNORE_INDEX
+from ce_inspect.notebook import LineFrame
+from ce_inspect.text import IGNORE_INDEX, LENGTH_BIAS, PAIR_CHECKS, SIDES, LengthCounts, PreferenceExample
 
 if TYPE_CHECKING:
     from ce_inspect.contract import ScoreResult
@@ -138,10 +140,11 @@ class CheckResult(WireObject[AuditCheckDict]):
 
 
 @dataclass(frozen=True)
-class AuditReport(WireObject[AuditDict]):
+class AuditReport(WireObject[AuditDict], LineFrame):
     """The audit of a data set: every check's result, and what the gate (``fail_on``) makes of them."""
 
     schema_version: ClassVar[int] = SCHEMA_VERSION
+    view: ClassVar[str] = "audit"
     kind: ClassVar[str] = "audit"
 
     input: str
@@ -194,6 +197,10 @@ class Audit:
         #: Failing records' findings by line, kept between the checks and the forward pass.
         self.findings: dict[int, list[Finding]] = {}
         self._unscored: dict[int, dict[str, Any]] = {}
+        #: Preference pairs: how many, their trained tokens side against side, the pairs where each is longer.
+        self.pairs = 0
+        self._lengths = LengthCounts()
+        self._longer: dict[str, list[RecordRef]] = {name: [] for name in SIDES}
 
     @property
     def unscored(self) -> list[dict[str, Any]]:
@@ -213,6 +220,49 @@ class Audit:
             if len(self._shown[finding.check]) < self.examples:
                 self._shown[finding.check].append(show(self.ctx, ex, finding))
         return findings
+
+    def add_pair(self, line: int, rid: str | int | None, pair: PreferenceExample) -> list[Finding]:
+        """Check one preference pair with ``prefs``'s own checks (``pair.findings``, made by
+        ``text.encode_preference``); count its sides' trained tokens for length-bias. Returns its findings."""
+        self.records += 1
+        self.pairs += 1
+        ref = RecordRef(line, rid)
+        counts = [len(pair.side(name).scored_positions) for name in SIDES]
+        self._lengths.add(*counts)
+        if counts[0] != counts[1]:
+            self._longer[SIDES[0] if counts[0] > counts[1] else SIDES[1]].append(ref)
+        for name in PAIR_CHECKS:
+            self._checked[name] += 1
+        findings: list[Finding] = []
+        for found in pair.findings:
+            side = pair.side(found.side or SIDES[0])
+            # identical, side-is-prompt: the side's trained tokens are the offending ones
+            positions = () if found.check in ("no-trained-tokens", "prompt-differs") else side.scored_positions
+            finding = Finding(found.check, tuple(positions), found.message)
+            if any(f.check == found.check for f in findings):
+                findings.append(finding)
+                continue  # both sides fail the same check: the record is listed once
+            findings.append(finding)
+            self._failing[found.check].append(ref)
+            if len(self._shown[found.check]) < self.examples:
+                view = AuditExample(line, rid, side.input_ids, side.labels, side.ignore_index, pretokenized=False)
+                self._shown[found.check].append(show(self.ctx, view, finding))
+        return findings
+
+    def _length_bias(self) -> CheckResult:
+        counts = self._lengths
+        finding = counts.finding()
+        records = tuple(self._longer[counts.longer]) if counts.longer is not None else ()
+        note = (
+            finding.message
+            if finding is not None
+            else (
+                f"chosen longer in {counts.chosen_longer}, rejected longer in {counts.rejected_longer}, the same in "
+                f"{counts.same_length} of {counts.pairs} pairs"
+            )
+        )
+        info = next(c for c in CHECKS if c.name == LENGTH_BIAS)
+        return CheckResult(LENGTH_BIAS, info.description, True, counts.pairs, records, (), note)
 
     def _count_checked(self, rc: RecordChecks) -> None:
         ex = rc.ex
@@ -343,6 +393,16 @@ class Audit:
         for info in CHECKS:
             records, shown, note, ran = self._failing[info.name], self._shown[info.name], None, True
             checked = self._checked[info.name]
+            if info.name in PAIR_ONLY and not self.pairs:
+                continue  # a data set without preference pairs
+            if info.name == LENGTH_BIAS:
+                results.append(self._length_bias())
+                continue
+            if self.pairs and self.records == self.pairs and info.name not in PAIR_CHECKS:
+                if info.name == "loss-outlier":  # listed, as the gate and the model's pass look it up
+                    note = "a training record's check; this data set holds preference pairs only: not run"
+                    results.append(CheckResult(info.name, info.description, False, 0, (), (), note))
+                continue  # the records' checks: no record but pairs
             if info.name == "eot-not-trained":
                 note = self._eot_note()
             elif info.name == "loss-outlier":

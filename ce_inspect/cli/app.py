@@ -18,6 +18,7 @@ from ce_inspect.cli.options import (
     AnswerFileOpt,
     AnswerOpt,
     Common,
+    EntropyOpt,
     GateOpt,
     LastTurnOpt,
     MessagesOpt,
@@ -134,6 +135,7 @@ def run(
         bool,
         typer.Option("--force", help="Let --output replace a file ce-inspect did not write.", rich_help_panel=OUTPUT),
     ] = False,
+    entropy: EntropyOpt = False,
     fail_above_loss: GateOpt = None,
 ) -> None:
     """Score ANSWER given PROMPT (or the assistant turns of a conversation): per-token target, probability,
@@ -148,7 +150,7 @@ def run(
         stdout_busy="--json" if json_out else None,
         force=force,
     )
-    options = common.score_options()
+    options = common.score_options(entropy=entropy)
     setup_logging(quiet=json_out)
 
     lm = common.load()

@@ -9,16 +9,20 @@ from typing import Annotated
 
 import typer
 
+from ce_inspect.cli.errors import cli_message
 from ce_inspect.cli.logs import setup_logging
 from ce_inspect.cli.options import (
     BATCHING,
     OUTPUT,
     BatchSizeOpt,
+    BootstrapOpt,
     Common,
+    EntropyOpt,
     FormatOpt,
     GateOpt,
     LimitOpt,
     MaxTokensOpt,
+    SeedOpt,
     SortWindowOpt,
     SplitOpt,
     gate,
@@ -31,14 +35,19 @@ from ce_inspect.data import Fields
 from ce_inspect.dataset import (
     DEFAULT_SORT_WINDOW,
     DEFAULT_WORST,
+    KEEP_BY,
     BatchSettings,
+    KeepFilter,
     check_run_arguments,
     score_dataset,
 )
 from ce_inspect.distributed import current_session
+from ce_inspect.errors import InputError
 from ce_inspect.reports import BatchLines, batch_html, batch_markdown
+from ce_inspect.text import Layout
 
 INPUT = "Input"
+FILTER = "Filter"
 
 
 @shared_options
@@ -65,6 +74,24 @@ def batch(
             min=1,
             help="Score text records longer than the context in windows of the context's length starting every "
             "STRIDE tokens: every token scored once, with at least context - STRIDE tokens of left context.",
+            rich_help_panel=INPUT,
+        ),
+    ] = None,
+    rolling: Annotated[
+        bool,
+        typer.Option(
+            "--rolling",
+            help="Score text records as lm-eval's loglikelihood_rolling: the prefix token (BOS, else EOS), the text "
+            "as lm-eval encodes it, disjoint windows of the context's length, each after one token of context; "
+            "summary.sum_logprob is lm-eval's number. --stride slides instead (more context per token).",
+            rich_help_panel=INPUT,
+        ),
+    ] = False,
+    rolling_window: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="The window of --rolling, lm-eval's max_length (default: the model's context).",
             rich_help_panel=INPUT,
         ),
     ] = None,
@@ -96,7 +123,7 @@ def batch(
             "--output",
             "-o",
             help="Write the JSON lines to FILE (default: stdout when it is a pipe or a file; on a terminal only the "
-            "summary is shown).",
+            "summary is shown). A .parquet FILE gets them as one Parquet table, written when the run ends.",
             rich_help_panel=OUTPUT,
         ),
     ] = None,
@@ -134,7 +161,41 @@ def batch(
             min=0, help="How many worst examples and highest-loss tokens the summary lists.", rich_help_panel=OUTPUT
         ),
     ] = DEFAULT_WORST,
+    entropy: EntropyOpt = False,
+    bootstrap: BootstrapOpt = 0,
+    seed: SeedOpt = 0,
     fail_above_loss: GateOpt = None,
+    keep_below: Annotated[
+        float | None,
+        typer.Option(
+            help="Keep the records whose --keep-by figure is below X (strictly): their input lines go to --kept, "
+            "the others' to --dropped. With --keep-above too: the records in between.",
+            metavar="X",
+            rich_help_panel=FILTER,
+        ),
+    ] = None,
+    keep_above: Annotated[
+        float | None,
+        typer.Option(
+            help="Keep the records whose --keep-by figure is above X (strictly).", metavar="X", rich_help_panel=FILTER
+        ),
+    ] = None,
+    keep_by: Annotated[
+        str | None,
+        typer.Option(
+            help=f"The figure the filter compares: {', '.join(KEEP_BY)} (each line's summary; max: the largest "
+            "token loss). Default: mean.",
+            rich_help_panel=FILTER,
+        ),
+    ] = None,
+    kept: Annotated[
+        Path | None,
+        typer.Option(help="Write the kept records' input lines, verbatim, to FILE.", rich_help_panel=FILTER),
+    ] = None,
+    dropped: Annotated[
+        Path | None,
+        typer.Option(help="Write the other scored records' input lines, verbatim, to FILE.", rich_help_panel=FILTER),
+    ] = None,
 ) -> None:
     """Score every record of a data set (JSONL, JSON, Parquet, datasets; '-': JSONL on stdin): one JSON line per
     example, in input order, then a summary."""
@@ -145,10 +206,13 @@ def batch(
         sort_window=sort_window,
         worst=worst,
         sequence=not no_sequence,
+        bootstrap=bootstrap,
+        seed=seed,
     )
     fields = Fields(prompt=prompt_field, answer=answer_field, messages=messages_field, id=id_field)
     # Bad values are usage errors, before loading.
-    layout, options = replace(common.layout(), stride=stride), common.score_options()
+    layout, options = _windows_layout(common, stride, rolling, rolling_window), common.score_options(entropy=entropy)
+    keep = KeepFilter.from_options(keep_below, keep_above, keep_by, kept, dropped)
     out = DatasetOutputs(input, output, reports, summary_json, force=force, lines=True, worst=worst)
     check_run_arguments(input, output, resume=resume, force=force, session=current_session())
     out.check()
@@ -158,7 +222,7 @@ def batch(
         summary = score_dataset(
             lambda: common.load(quiet=True), input, output, layout=layout, options=options, settings=settings,
             fields=fields, skip_invalid=skip_invalid, resume=resume, force=force, format=format, split=split,
-            limit=limit, stream=out.stream, tee=out.tee, progress=out.progress, notes=out.notes,
+            limit=limit, stream=out.stream, tee=out.tee, progress=out.progress, notes=out.notes, keep=keep,
         )  # fmt: skip
     if summary is None:
         return  # torchrun, not rank 0: rank 0 merges and reports
@@ -170,3 +234,11 @@ def batch(
         terminal=lambda console: render_dataset_summary(summary, console),
     )
     gate("token-weighted mean loss", summary.token_weighted_mean_loss, fail_above_loss, "--fail-above-loss")
+
+
+def _windows_layout(common: Common, stride: int | None, rolling: bool, rolling_window: int | None) -> Layout:
+    """The shared layout with the long-text options; a conflict between them is a usage error."""
+    try:
+        return replace(common.layout(), stride=stride, rolling=rolling, rolling_window=rolling_window)
+    except InputError as exc:
+        raise typer.BadParameter(cli_message(str(exc))) from None

@@ -42,7 +42,7 @@ from ce_inspect.distributed import current_session
 from ce_inspect.errors import CeInspectError, DeviceError
 from ce_inspect.files import check_output
 from ce_inspect.model import check_device, check_dtype
-from ce_inspect.reports import diff_dataset_html, diff_dataset_markdown, diff_html, diff_markdown
+from ce_inspect.reports import BatchLines, diff_dataset_html, diff_dataset_markdown, diff_html, diff_markdown
 
 CANDIDATE = "Candidate model (B)"
 DATASET = "Data set (DATA or --input)"
@@ -228,7 +228,10 @@ def _diff_input(
 ) -> None:
     """diff --input: the data set through both models with the library's ``diff_dataset``, its outputs, then the
     gates (on rank 0 under torchrun)."""
-    out = DatasetOutputs(input, output, reports, summary_json, force=force, data_label=label)
+    out = DatasetOutputs(
+        input, output, reports, summary_json, force=force, data_label=label, lines=True,
+        keep=lambda: BatchLines(settings.worst, rank="kl_mean"),
+    )  # fmt: skip
     check_run_arguments(input, output, resume=resume, force=force, session=current_session())
     out.check()
     setup_logging(quiet=not sys.stderr.isatty())
@@ -244,8 +247,8 @@ def _diff_input(
     out.write(
         summary,
         kind="diff_summary",
-        html=lambda doc, lines: diff_dataset_html(doc, command_line()),
-        markdown=lambda doc, lines: diff_dataset_markdown(doc, command_line()),
+        html=lambda doc, lines: diff_dataset_html(doc, command_line(), lines),
+        markdown=lambda doc, lines: diff_dataset_markdown(doc, command_line(), lines),
         terminal=lambda console: render_diff_dataset(summary, console),
     )
     compared = summary.summary

@@ -153,6 +153,15 @@ VerifyOpt = Annotated[
     bool,
     typer.Option("--verify", help="Also run the model's own loss and report the difference.", rich_help_panel=SCORING),
 ]
+EntropyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--entropy",
+        help="Also the entropy of the model's distribution at each scored position (nats): a table column, each "
+        "token's `entropy`, the mean in the summary.",
+        rich_help_panel=SCORING,
+    ),
+]
 QuietOpt = Annotated[
     bool,
     typer.Option(
@@ -323,10 +332,12 @@ class Common:
         except InputError as exc:
             raise typer.BadParameter(cli_message(str(exc))) from None
 
-    def score_options(self) -> ScoreOptions:
-        """The scoring options; an out-of-range value (``--label-smoothing nan``) is a usage error."""
+    def score_options(self, *, entropy: bool = False) -> ScoreOptions:
+        """The scoring options (``entropy``: the command's --entropy); an out-of-range value
+        (``--label-smoothing nan``) is a usage error."""
         try:
             return ScoreOptions(
+                entropy=entropy,
                 reduction=self.reduction,
                 label_smoothing=self.label_smoothing,
                 top_k=self.top_k,
@@ -470,6 +481,21 @@ def _gate_option(what: str) -> Any:
 GateOpt = Annotated[float | None, _gate_option("mean loss")]
 KlGateOpt = Annotated[float | None, _gate_option("mean KL(ref‖cand)")]
 DnllGateOpt = Annotated[float | None, _gate_option("mean ΔNLL (candidate − reference)")]
+
+
+BootstrapOpt = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        metavar="N",
+        help="Also give the token-weighted figures a standard error: a bootstrap of N resamples of the examples "
+        "(0: off; 1,000 is usual). The example-weighted means always carry theirs.",
+        rich_help_panel=OUTPUT,
+    ),
+]
+SeedOpt = Annotated[
+    int, typer.Option(help="The seed of --bootstrap (the same seed, the same figures).", rich_help_panel=OUTPUT)
+]
 
 
 def gate(what: str, value: float | None, limit: float | None, flag: str, *, verb: str = "scored") -> None:

@@ -46,7 +46,7 @@ class DatasetOutputs:
     """A data-set command's outputs: ``data`` as the user named it (``data_label`` in messages), the
     runner's ``output`` (None: the lines go to stdout when ``streams`` says the command prints them, else
     nowhere), ``summary_json`` and the ``reports``. ``worst`` is how many examples the reports list when
-    they show the lines (``lines=True``: batch's reports)."""
+    they show the lines (``lines=True``: batch's, diff --input's and prefs's reports)."""
 
     data: Path
     output: Path | None
@@ -59,8 +59,10 @@ class DatasetOutputs:
     worst: int = 0
     err: Console = field(default_factory=lambda: Console(stderr=True))
     stdout: Any = field(default_factory=lambda: sys.stdout)  # taken now: it may carry only the JSON lines
-    kept: BatchLines | None = None
+    kept: Any = None  # what the reports keep of the lines: a BatchLines, or what ``keep`` makes
     held_back: bool = False  # the lines are not printed: stdout is a terminal and no --output was given
+    #: What the reports keep of the lines (``add``, ``add_file``) when not batch's ``BatchLines(worst)``.
+    keep: Callable[[], Any] | None = None
 
     def __post_init__(self) -> None:
         if self.streams is None:
@@ -68,7 +70,7 @@ class DatasetOutputs:
             self.streams = not _is_terminal(self.stdout)
             self.held_back = not self.streams and self.output is None
         if self.lines and (self.reports.html is not None or self.reports.markdown is not None):
-            self.kept = BatchLines(self.worst)
+            self.kept = self.keep() if self.keep is not None else BatchLines(self.worst)
 
     # --- before anything loads ---------------------------------------------------------------------------
 

@@ -141,6 +141,8 @@ def _token_columns(
     prob = Column("prob", ALWAYS, {"justify": "right", "no_wrap": True, "min_width": 6})
     loss = Column("loss", ALWAYS, {"justify": "right", "no_wrap": True, "min_width": 6})
     rank = Column("rank", 50, {"justify": "right", "no_wrap": True, "min_width": 4})
+    entropy = Column("entropy", 45, {"justify": "right", "no_wrap": True, "min_width": 7})  # asked for: kept longer
+    with_entropy = bool(tokens) and tokens[0].entropy is not None
     if top_k:
         top = Column(f"top {top_k}", 45, {"no_wrap": True, "overflow": "ellipsis"})  # asked for: kept longer
     else:
@@ -168,6 +170,7 @@ def _token_columns(
         prob.cells.append(Text(f"{t.prob:.4f}", style=style))
         loss.cells.append(Text(fmt(t.loss), style=style))
         rank.cells.append(Text(f"{t.rank} ✓", style="green") if t.is_greedy else Text(str(t.rank)))
+        entropy.cells.append(fmt(t.entropy))
         if top_k:
             top.cells.append(top_k_cell(t))
         elif t.is_greedy:
@@ -175,7 +178,8 @@ def _token_columns(
         else:
             shown = clipped(visible(t.top_token, False, t.top_bytes), _TOP_K_WIDTH)
             top.cells.append(shown.append(f" {prob_text(t.top_prob)}", "dim"))
-    columns = [*([turn] if by_turn else []), *([part] if by_part else []), index, target, ids, prob, loss, rank, top]
+    columns = [*([turn] if by_turn else []), *([part] if by_part else []), index, target, ids, prob, loss, rank]
+    columns += [*([entropy] if with_entropy else []), top]
     return columns, sections
 
 
@@ -227,6 +231,8 @@ def summary_table(result: ScoreResult) -> Table:
     grid.add_row("perplexity", fmt(s.perplexity, 3) if s.perplexity is not None else "overflow")
     if s.sum_logprob is not None:
         grid.add_row("log-likelihood", f"{fmt(s.sum_logprob)}  (sum of log p over the scored tokens)")
+    if s.mean_entropy is not None:
+        grid.add_row("mean entropy", f"{fmt(s.mean_entropy)}  (nats, of the model's distribution at each scored token)")
     grid.add_row(
         "greedy hits",
         f"{s.greedy_hits}/{s.count}"

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ce_inspect.cli.render import HEAT_BG, loss_key, loss_style, visible
-from ce_inspect.display import fmt
+from ce_inspect.display import fmt, fmt_pm
 
 if TYPE_CHECKING:
     from ce_inspect.audit import AuditReport, CheckResult, ShownFinding, TokenView
@@ -177,12 +177,15 @@ def render_audit(report: AuditReport, console: Console | None = None) -> None:
         console.print(panel)
     if report.loss is not None:
         loss = report.loss
+        ew = loss.get("example_weighted_mean_loss")
         console.print(
             Text.assemble(
                 ("loss ", "dim"),
                 f"token-weighted mean {fmt(loss.get('token_weighted_mean_loss'))}, "
-                f"example-weighted mean {fmt(loss.get('example_weighted_mean_loss'))} over {loss.get('examples')} "
+                f"example-weighted mean {fmt_pm(ew, loss.get('example_weighted_mean_loss_stderr'))} over "
+                f"{loss.get('examples')} "
                 f"records ({loss.get('scored_tokens')} trained tokens)",
+                f", {fmt(loss['bits_per_byte'])} bits per byte" if loss.get("bits_per_byte") is not None else "",
                 f"; {loss['resumed']} read back from the output (--resume)" if loss.get("resumed") else "",
             )
         )

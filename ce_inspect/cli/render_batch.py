@@ -20,10 +20,10 @@ from rich.table import Table
 from rich.text import Text
 
 from ce_inspect.cli.render import HEAT_BAR, loss_figure, loss_style, visible
-from ce_inspect.display import fmt
+from ce_inspect.display import fmt, fmt_pm
 
 if TYPE_CHECKING:
-    from ce_inspect.dataset import DatasetSummary, Scan
+    from ce_inspect.dataset import DatasetSummary, FilterCounts, Scan
 
 
 class _TokensPerSecond(ProgressColumn):
@@ -94,6 +94,13 @@ def _header(s: DatasetSummary) -> Text:
     )
 
 
+def _bootstrap_note(s: DatasetSummary) -> str:
+    if s.bootstrap is None or s.token_weighted_mean_loss_stderr is None:
+        return ""
+    resamples, seed = s.bootstrap["resamples"], s.bootstrap["seed"]
+    return f"; ± bootstrap standard error, {resamples:,} resamples of the examples, seed {seed}"
+
+
 def _figures(s: DatasetSummary) -> Table:
     """The data-set figures: counts, the two means, perplexity, and how this run batched its work."""
     grid = Table.grid(padding=(0, 2))
@@ -110,24 +117,39 @@ def _figures(s: DatasetSummary) -> Table:
     if s.token_weighted_mean_loss is not None:
         grid.add_row(
             "token-weighted mean loss",
-            loss_figure(fmt(s.token_weighted_mean_loss), s.token_weighted_mean_loss),
-            "sum / tokens, as CrossEntropyLoss(mean) over the whole set",
+            loss_figure(
+                fmt_pm(s.token_weighted_mean_loss, s.token_weighted_mean_loss_stderr), s.token_weighted_mean_loss
+            ),
+            "sum / tokens, as CrossEntropyLoss(mean) over the whole set" + _bootstrap_note(s),
         )
     if s.example_weighted_mean_loss is not None:
         grid.add_row(
             "example-weighted mean loss",
-            loss_figure(fmt(s.example_weighted_mean_loss), s.example_weighted_mean_loss),
-            "mean of per-example means",
+            loss_figure(
+                fmt_pm(s.example_weighted_mean_loss, s.example_weighted_mean_loss_stderr), s.example_weighted_mean_loss
+            ),
+            "mean of per-example means" + ("; ± its standard error" if s.example_weighted_mean_loss_stderr else ""),
         )
     grid.add_row("loss sum", fmt(s.loss_sum), "")
     if s.mean_nll is not None:
         ppl = fmt(s.perplexity, 3) if s.perplexity is not None else "overflow"
         grid.add_row("perplexity", ppl, "exp(token-weighted mean NLL)")
         if s.label_smoothing:
-            grid.add_row("mean NLL", fmt(s.mean_nll), f"without label smoothing {s.label_smoothing}")
+            grid.add_row(
+                "mean NLL", fmt_pm(s.mean_nll, s.mean_nll_stderr), f"without label smoothing {s.label_smoothing}"
+            )
         grid.add_row("greedy hits", f"{s.greedy_hits}/{s.scored_tokens}", "targets that are the top choice")
+    if s.mean_entropy is not None:
+        grid.add_row("mean entropy", fmt(s.mean_entropy), "nats, of the model's distribution at the scored tokens")
     if s.bits_per_byte is not None:
-        grid.add_row("bits per byte", fmt(s.bits_per_byte), f"sum NLL / ln 2 / {s.scored_bytes:,} scored UTF-8 bytes")
+        grid.add_row(
+            "bits per byte",
+            fmt_pm(s.bits_per_byte, s.bits_per_byte_stderr),
+            f"sum NLL / ln 2 / {s.scored_bytes:,} scored UTF-8 bytes",
+        )
+    if s.filter is not None:
+        grid.add_row("kept", str(s.filter.kept), _filter_rule(s.filter, s.filter.kept_file, "<"))
+        grid.add_row("dropped", str(s.filter.dropped), _filter_rule(s.filter, s.filter.dropped_file, ">="))
     b = s.batching
     if b.batches:
         speed = f"{b.tokens_per_second:,.0f} tok/s" if b.tokens_per_second else ""
@@ -138,6 +160,18 @@ def _figures(s: DatasetSummary) -> Table:
             f"{_count(b.examples, 'example')} in {_count(b.batches, 'batch')}{padding}, {speed}",
         )
     return grid
+
+
+def _filter_rule(f: FilterCounts, file: str | None, below: str) -> str:
+    """What one side of ``--keep-below/--keep-above`` holds: its rule and its file."""
+    kept = below == "<"
+    rules = []
+    if f.above is not None:
+        rules.append(f"{f.by} {'>' if kept else '<='} {f.above:g}")
+    if f.below is not None:
+        rules.append(f"{f.by} {below} {f.below:g}")
+    rule = (" and " if kept else " or ").join(rules)
+    return f"{rule}, in {file}" if file else f"{rule}, not written"
 
 
 def loss_histogram(histogram: dict[str, list[Any]], bar_width: int = 30) -> Table | None:

@@ -33,6 +33,8 @@ def summary_table(summary: ChoicesSummary) -> Table:
     table.add_row("questions", f"{d['questions']} ({d['resumed']} resumed, {d['skipped_count']} skipped)")
     table.add_row("acc", f"{_pm(d['acc'], d['acc_stderr'])}  ({d['correct']} right)")
     table.add_row("acc_norm", f"{_pm(d['acc_norm'], d['acc_norm_stderr'])}  ({d['correct_norm']} right)")
+    if d.get("bits_per_byte") is not None:
+        table.add_row("bits per byte", f"{d['bits_per_byte']:.4f}  (of the right choices)")
     table.add_row("model", Text(f"{d['model']} ({d['device']}, {d['dtype']})"))
     return table
 

@@ -78,6 +78,8 @@ class AuditLossDict(_AuditLossDictRequired, total=False):
     # {median, mad, threshold, records, basis}: the statistics' records, basis "passing" (those that pass every
     # other check) or "all" (fewer than 5 pass)
     outlier_rule: dict[str, Any]
+    example_weighted_mean_loss_stderr: float | None  # sample std (ddof=1) / sqrt(n); null below two records
+    bits_per_byte: float  # sum NLL / ln 2 / UTF-8 bytes of the trained text, over the scored records
 
 
 class _AuditDictRequired(TypedDict):
@@ -120,6 +122,7 @@ class AuditRecordLossDict(_AuditRecordLossDictRequired, total=False):
     count: int  # trained tokens scored
     sequence_tokens: int  # tokens of the record's sequence (``--resume`` compares it with the input)
     targets: str  # a digest of the scored (position, token id) pairs (``--resume`` compares it with the input)
+    scored_bytes: int  # UTF-8 bytes of the trained text (the set's bits per byte, on resume too)
     reason: str  # not scored: why
 
 

@@ -74,11 +74,30 @@ class DataDict(TypedDict):
     compression: NotRequired[str]  # gzip, bzip2 or zstd (by the file's suffix)
 
 
+class FilterDict(TypedDict):
+    """``batch --keep-below/--keep-above``: the figure and thresholds, the records each file received."""
+
+    by: str  # mean, sum, max or bits_per_byte
+    below: float | None  # kept: figure < below (null: no upper bound)
+    above: float | None  # kept: figure > above (null: no lower bound)
+    kept: int
+    dropped: int
+    kept_file: str | None
+    dropped_file: str | None
+
+
 class HistogramDict(TypedDict):
     """Counts of values in equal bins: bin k holds edges[k] <= v < edges[k+1] (the last bin is closed)."""
 
     edges: list[float]  # one more than counts; empty when nothing was counted
     counts: list[int]
+
+
+class BootstrapDict(TypedDict):
+    """How the token-weighted figures' standard errors were drawn: examples resampled with replacement."""
+
+    resamples: int
+    seed: int
 
 
 class BatchSummaryDict(TypedDict):
@@ -114,6 +133,15 @@ class BatchSummaryDict(TypedDict):
     bits_per_byte: NotRequired[float]  # sum NLL over the set / ln 2 / scored_bytes
     byte_perplexity: NotRequired[float]  # exp(sum NLL / scored_bytes); left out when it overflows
     word_perplexity: NotRequired[float]  # exp(sum NLL / scored_words); left out when it overflows
+    filter: NotRequired[FilterDict]  # only with --keep-below/--keep-above
+    # Standard errors (docs/evaluation.md): of the mean over examples, sample std (ddof=1) / sqrt(n), null below
+    # two examples; of the token-weighted figures, the bootstrap's (with --bootstrap only, as ``bootstrap`` says).
+    example_weighted_mean_loss_stderr: float | None
+    token_weighted_mean_loss_stderr: NotRequired[float]
+    mean_nll_stderr: NotRequired[float]
+    bits_per_byte_stderr: NotRequired[float]
+    bootstrap: NotRequired[BootstrapDict]
+    mean_entropy: NotRequired[float]  # with --entropy: sum of the scored tokens' entropies / scored tokens (nats)
 
 
 def batch_line_from_dict(d: Any) -> tuple[int, Id, ScoreResult]:

@@ -3,7 +3,7 @@
 # No `from __future__ import annotations` here: TypedDicts read `NotRequired[...]` from evaluated
 # annotations only, and with string annotations every key would silently count as required.
 
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired
 
 from ce_inspect.contract.batch import BatchingDict, Id, SkippedDict
 from ce_inspect.contract.layout import LayoutDict
@@ -26,6 +26,7 @@ class ChoiceDict(TypedDict):
     tokens: list[TokenDict]  # keys as in `run`
     layout: LayoutDict
     notes: list[str]
+    scored_bytes: NotRequired[int]  # UTF-8 bytes of the scored tokens (the summary's bits per byte)
 
 
 class ChoicesLineDict(TypedDict):
@@ -66,6 +67,9 @@ class ChoicesSummaryDict(TypedDict):
     acc_stderr: float | None  # lm-eval's mean_stderr: sample std (ddof=1) / sqrt(n); null below two questions
     acc_norm: float | None
     acc_norm_stderr: float | None
+    # The gold choices' -sum_logprob / ln 2 / their scored_bytes, over every question (lm-eval's bits_per_byte of
+    # the right answers); left out when a line lacks its bytes.
+    bits_per_byte: NotRequired[float]
     skipped_count: int
     skipped: list[SkippedDict]
     batching: BatchingDict

@@ -103,6 +103,15 @@ class TrlLayoutDict(TypedDict):
     scored_tokens: int
 
 
+class RollingDict(TypedDict):
+    """A ``text`` record scored as lm-eval's ``loglikelihood_rolling``: disjoint windows of ``window`` predicted
+    tokens after ``prefix_token_id``; ``special_tokens``: the tokenizer's own leading ones, scored as lm-eval does."""
+
+    window: int
+    prefix_token_id: int
+    special_tokens: int
+
+
 class TextLayoutDict(TypedDict):
     """A ``text`` record (language modelling): every token after the first is scored."""
 
@@ -111,6 +120,7 @@ class TextLayoutDict(TypedDict):
     eos: bool
     text_tokens: int
     windows: NotRequired[WindowsDict]
+    rolling: NotRequired[RollingDict]
     window_count: NotRequired[int]
     sequence_tokens: int
     scored_tokens: int

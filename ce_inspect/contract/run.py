@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from ce_inspect.contract.layout import LayoutDict
 from ce_inspect.contract.wire import NOT_ON_WIRE, SCHEMA_VERSION, NotRequired, TypedDict, WireObject, conform, dumps
+from ce_inspect.notebook import TokenFrame
 
 # --- the wire format: run's document --------------------------------------------------------------------
 
@@ -41,6 +42,7 @@ class TokenDict(TypedDict):
     top_k: NotRequired[list[AlternativeDict]]  # only with top_k > 0
     greedy: bool  # the target is the model's most likely next token (rank 1)
     turn: int | None  # chat: index of the message the token belongs to; null for pairs
+    entropy: NotRequired[float]  # only with entropy: -sum p log p of the model's distribution there (nats)
 
 
 class SummaryDict(TypedDict):
@@ -64,6 +66,7 @@ class SummaryDict(TypedDict):
     bits_per_byte: NotRequired[float]  # sum NLL / ln 2 / scored_bytes
     byte_perplexity: NotRequired[float]  # exp(sum NLL / scored_bytes); left out when it overflows
     word_perplexity: NotRequired[float]  # exp(sum NLL / scored_words); left out when it overflows
+    mean_entropy: NotRequired[float]  # only with entropy: the mean over the scored tokens (nats)
 
 
 class TurnDict(TypedDict):
@@ -149,6 +152,7 @@ class TokenScore(WireObject[TokenDict]):
     #: on their own; for those, their bytes in hex ("F0 9F"), so that different tokens look different.
     bytes: str | None = None
     top_bytes: str | None = None
+    entropy: float | None = None  # of the model's whole distribution at this position (nats); with ``entropy``
 
     @property
     def is_greedy(self) -> bool:
@@ -244,6 +248,7 @@ class Summary(_DerivedFigures, PerByteFigures, WireObject[SummaryDict]):
     sum_logprob: float | None = None
     scored_bytes: int | None = None  # UTF-8 bytes of the scored target tokens (``text.token_bytes``)
     scored_words: int | None = None  # words of that text decoded, as lm-eval counts them (``text.count_words``)
+    mean_entropy: float | None = None  # with ``entropy``: the scored tokens' mean entropy (nats)
 
     @property
     def nll_total(self) -> float:
@@ -283,10 +288,12 @@ class TurnSummary(_DerivedFigures, WireObject[TurnDict]):
 
 
 @dataclass(frozen=True)
-class ScoreResult(WireObject[ResultDict]):
-    """What one example scores to: the figures the CLI renders and ``--json`` serialises."""
+class ScoreResult(WireObject[ResultDict], TokenFrame):
+    """What one example scores to: the figures the CLI renders and ``--json`` serialises; in a notebook, the
+    report's strip and summary (``_repr_html_``) and a row per scored token (``to_pandas()``)."""
 
     schema_version: ClassVar[int] = SCHEMA_VERSION
+    view: ClassVar[str] = "run"
 
     model: str
     device: str

@@ -1,6 +1,14 @@
 """Data sets: files (JSONL, JSON, Parquet, saved and Hub datasets) and record formats -> ``Record`` -> ``Encoded``."""
 
-from ce_inspect.data.examples import encode_record, encode_text, encode_tokenized, encode_whole, vocab_size
+from ce_inspect.data.examples import (
+    check_pair_record,
+    encode_pair_record,
+    encode_record,
+    encode_text,
+    encode_tokenized,
+    encode_whole,
+    vocab_size,
+)
 from ce_inspect.data.formats import (
     ALPACA_FIELDS,
     ALPACA_NOTE,
@@ -24,12 +32,15 @@ from ce_inspect.data.readers import (
     DataInfo,
     check_limit,
     file_kind,
+    jsonl_lines,
     open_data,
     read_objects,
     read_records,
 )
 
 __all__ = [
+    "check_pair_record",
+    "encode_pair_record",
     "ALPACA_FIELDS",
     "ALPACA_NOTE",
     "CHOICES",
@@ -52,6 +63,7 @@ __all__ = [
     "encode_tokenized",
     "encode_whole",
     "file_kind",
+    "jsonl_lines",
     "open_data",
     "parse_record",
     "read_objects",

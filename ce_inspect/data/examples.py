@@ -12,11 +12,15 @@ from ce_inspect.text import (
     BOS,
     EOS,
     IGNORE_INDEX,
+    LMEVAL_MAX_LENGTH,
     PROMPT,
     Encoded,
     Layout,
+    PreferenceExample,
     encode,
     encode_messages,
+    encode_preference,
+    encode_rolling,
     encode_trl,
     encode_trl_language_modeling,
     special_prefix,
@@ -40,6 +44,8 @@ def encode_record(lm: LoadedModel, record: Record, layout: Layout) -> Encoded:
         raise InputError(record.error)
     if record.chosen is not None or record.rejected is not None:
         raise InputError("a preference pair (chosen/rejected): `ce-inspect prefs` scores it")
+    if layout.rolling and record.text is None:
+        raise InputError("`rolling` scores text records only (lm-eval's loglikelihood_rolling takes a text)")
     tokenizer, context = lm.tokenizer, lm.context_length
     trl = layout.tokenization == "trl"
     if record.input_ids is not None:
@@ -109,6 +115,13 @@ def encode_whole(lm: LoadedModel, record: Record, layout: Layout, command: str) 
 
 
 def _encode_text_record(lm: LoadedModel, text: str, layout: Layout) -> Encoded:
+    if layout.rolling:
+        if layout.chat or layout.sep:
+            raise InputError("a `text` record has no prompt and answer: `chat` and `sep` do not apply")
+        window = layout.rolling_window or lm.context_length or LMEVAL_MAX_LENGTH
+        return encode_rolling(
+            lm.tokenizer, text, window=window, ignore_index=layout.ignore_index, context=lm.context_length
+        )
     if layout.tokenization == "trl":
         return encode_trl_language_modeling(
             lm.tokenizer,
@@ -135,6 +148,40 @@ def _encode_chat_completion(lm: LoadedModel, record: Record, layout: Layout) -> 
         )
     messages = [*(record.prompt_messages or []), *completion]
     return encode_messages(lm.tokenizer, messages, _chat_layout(layout), max_length=lm.context_length, last_turn=True)
+
+
+def check_pair_record(record: Record) -> None:
+    """Refuse a record that is not a preference pair (or that could not be read)."""
+    if record.error is not None:
+        raise InputError(record.error)
+    if record.chosen is None or record.rejected is None:
+        raise InputError(
+            f"not a preference pair (format {record.format}): prefs reads prompt, chosen and rejected, or "
+            "chosen and rejected alone"
+        )
+
+
+def encode_pair_record(
+    tokenizer: PreTrainedTokenizerBase,
+    record: Record,
+    *,
+    tokenization: str = "trl",
+    max_length: int | None = None,
+    truncation_mode: str = "keep_start",
+) -> PreferenceExample:
+    """A preference record (prompt, chosen, rejected; or chosen and rejected alone) -> its two sequences and
+    the pair's checks (``text.encode_preference``): what ``prefs`` scores and ``audit`` checks."""
+    check_pair_record(record)
+    prompt = record.prompt if record.prompt is not None else record.prompt_messages
+    return encode_preference(
+        tokenizer,
+        None if record.implicit_prompt else prompt,
+        record.chosen,
+        record.rejected,
+        tokenization=tokenization,
+        max_length=max_length,
+        truncation_mode=truncation_mode,
+    )
 
 
 def vocab_size(lm: LoadedModel) -> int:
@@ -237,6 +284,8 @@ def encode_tokenized(
 
 
 __all__ = [
+    "check_pair_record",
+    "encode_pair_record",
     "encode_record",
     "encode_text",
     "encode_tokenized",

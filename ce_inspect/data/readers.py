@@ -204,6 +204,21 @@ def _jsonl_objects(path: Path) -> Iterator[tuple[int, Any, str | None]]:
                 yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
 
 
+def jsonl_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
+    """The lines of a JSONL file exactly as they are (decompressed), end of line included, numbered as
+    ``read_records`` numbers its records: the blank lines it skips are skipped here too. ``batch --kept``
+    copies a record's line from here."""
+    path = Path(path)
+    try:
+        fh = open_binary(path)
+    except OSError as exc:
+        raise read_error(str(path), exc, kind="data file") from None
+    with fh:
+        for number, raw in enumerate(_decompressed_lines(fh, path), 1):
+            if raw.strip():
+                yield number, raw
+
+
 def _json_array_objects(path: Path, chunk: int = 1 << 20) -> Iterator[tuple[int, Any, str | None]]:
     """The elements of a JSON array file, one at a time: only the element being parsed is in memory.
 
@@ -499,6 +514,7 @@ __all__ = [
     "check_limit",
     "compression",
     "file_kind",
+    "jsonl_lines",
     "open_binary",
     "open_data",
     "read_objects",

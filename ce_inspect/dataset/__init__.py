@@ -16,8 +16,23 @@ from ce_inspect.dataset.batching import (
     plan_batches,
     run_scan,
 )
+from ce_inspect.dataset.filter import (
+    KEEP_BY,
+    FilterCounts,
+    FilterReport,
+    KeepFilter,
+    check_filter_files,
+    check_filter_outputs,
+    figure_of_line,
+)
 from ce_inspect.dataset.job import (
     Job,
+)
+from ce_inspect.dataset.parquet import (
+    PARQUET_SUFFIX,
+    flat_row,
+    is_parquet,
+    write_parquet,
 )
 from ce_inspect.dataset.resume import (
     LINE_PREFIX,
@@ -26,6 +41,7 @@ from ce_inspect.dataset.resume import (
     check_resume_settings,
     line_settings,
     read_resume,
+    stats_from_line,
 )
 from ce_inspect.dataset.runner import (
     STDIN,
@@ -34,6 +50,8 @@ from ce_inspect.dataset.runner import (
     Progress,
     as_loaded,
     check_run_arguments,
+    filter_job,
+    filter_parse,
     input_name,
     score_dataset,
 )
@@ -73,6 +91,20 @@ from ce_inspect.dataset.summary import (
 )
 
 __all__ = [
+    "PARQUET_SUFFIX",
+    "flat_row",
+    "is_parquet",
+    "write_parquet",
+    "KEEP_BY",
+    "FilterCounts",
+    "FilterReport",
+    "KeepFilter",
+    "check_filter_files",
+    "check_filter_outputs",
+    "figure_of_line",
+    "filter_job",
+    "filter_parse",
+    "stats_from_line",
     "BatchReport",
     "BatchSettings",
     "BatchStats",

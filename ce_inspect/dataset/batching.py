@@ -79,6 +79,9 @@ class BatchSettings:
     sort_window: int = DEFAULT_SORT_WINDOW
     worst: int = DEFAULT_WORST
     sequence: bool = True  # keep each result's whole-sequence view in the output lines
+    #: Resamples of the bootstrap over examples for the token-weighted figures' standard errors (0: none), its seed.
+    bootstrap: int = 0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -93,6 +96,8 @@ class BatchSettings:
             raise UsageError(f"`sort_window` must be at least 1 example, got {self.sort_window}")
         if self.worst < 0:
             raise UsageError(f"`worst` must be 0 or more, got {self.worst}")
+        if self.bootstrap < 0 or self.bootstrap == 1:
+            raise UsageError(f"`bootstrap` must be 0 (off) or at least 2 resamples, got {self.bootstrap}")
 
     def resolved(self, device: str) -> BatchSettings:
         """These settings with each unset limit taken from ``device``'s defaults."""
@@ -293,7 +298,7 @@ class BatchReport:
     def __init__(self, lm: LoadedModel, scan: Scan, options: ScoreOptions, settings: BatchSettings) -> None:
         self.lm, self.scan, self.options, self.settings = lm, scan, options, settings
         self.written = line_settings(lm, scan.layout, options, scan.fields, sequence=settings.sequence)
-        self.builder = SummaryBuilder(settings.worst)
+        self.builder = SummaryBuilder(settings.worst, bootstrap=settings.bootstrap, seed=settings.seed)
         if scan.resume is not None:
             check_resume_settings(scan.resume, self.written)
             self.builder.add_tokens(scan.resume.worst_tokens)

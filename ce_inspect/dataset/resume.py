@@ -72,7 +72,7 @@ def read_resume(
     means the file is not ours: refuse it, change nothing.
     """
     path = Path(path)
-    parse = parse or _stats_from_line
+    parse = parse or stats_from_line
     examples: dict[int, ExampleStats] = {}
     others: set[int] = set()
     last = 0
@@ -159,7 +159,7 @@ def _why(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _stats_from_line(obj: Any, worst: int) -> tuple[ExampleStats, list[WorstToken]]:
+def stats_from_line(obj: Any, worst: int) -> tuple[ExampleStats, list[WorstToken]]:
     # The line is parsed by the contract itself: exactly the keys and types of result.BatchLineDict.
     line, rid, result = batch_line_from_dict(obj)
     if line < 1 or not result.tokens:
@@ -215,6 +215,8 @@ def check_resume_settings(state: ResumeState, current: dict[str, Any]) -> None:
                     f"from this one's (fingerprint {str(old)[:12]} vs {str(value)[:12]}); start over with `force`"
                 )
             continue
+        if key not in state.settings and value in (None, False):
+            continue  # an option newer than the file, left off: its lines were written as this run writes them
         if old != value:
             raise ResumeError(
                 f"`resume`: {state.path} was written with {_setting(key, old)}, this run has {_setting(key, value)}; "
@@ -233,6 +235,7 @@ def _setting(key: str, value: Any) -> str:
 
 
 __all__ = [
+    "stats_from_line",
     "LINE_PREFIX",
     "LineParser",
     "ResumeState",

@@ -30,17 +30,25 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ce_inspect.data import DataInfo, Fields, Record, check_limit, open_data
-from ce_inspect.dataset.batching import BatchSettings, run_scan
+from ce_inspect.data import DataInfo, Fields, Record, check_limit, open_data, read_records
+from ce_inspect.dataset.batching import BatchReport, BatchSettings, run_scan
+from ce_inspect.dataset.filter import (
+    FilterReport,
+    KeepFilter,
+    check_filter_files,
+    check_filter_outputs,
+    figure_of_line,
+)
 from ce_inspect.dataset.job import Job
-from ce_inspect.dataset.resume import ResumeState, read_resume
+from ce_inspect.dataset.parquet import check_parquet_output, is_parquet, parquet_output
+from ce_inspect.dataset.resume import LineParser, ResumeState, read_resume, stats_from_line
 from ce_inspect.dataset.scan import Scan, scan_dataset
 from ce_inspect.dataset.sharded import add_batching, merge_and_sum_up, read_sharded_resume, score_share
 from ce_inspect.dataset.sink import JsonlSink, check_batch_output
 from ce_inspect.dataset.summary import DEFAULT_WORST, BatchStats
 from ce_inspect.distributed import check_parts, current_session, part_path
-from ce_inspect.errors import UsageError
-from ce_inspect.files import is_stream, output_lock, spooled_input, writes_through
+from ce_inspect.errors import InvalidRecordError, UsageError
+from ce_inspect.files import atomic_stream, is_stream, output_lock, spooled_input, writes_through
 from ce_inspect.model import LoadedModel
 from ce_inspect.scoring import ScoreOptions, top_k_note
 from ce_inspect.text import Encoded, Layout
@@ -147,6 +155,10 @@ class DatasetRun:
     def _open(self) -> None:
         session, output = self.session, self.output
         if output is not None:
+            if is_parquet(output):
+                if self.command != "batch":
+                    raise UsageError(f"`output` {output}: only `batch` writes Parquet; give a .jsonl `output`")
+                check_parquet_output(output, resume=self.resume, torchrun=session is not None)
             check_batch_output(output, self.data, resume=self.resume, force=self.force)
             check_parts(output, session.world if session else None, resume=self.resume, force=self.force)
             if session is None or session.rank == 0:  # torchrun: rank 0 holds the lock for the run
@@ -158,6 +170,20 @@ class DatasetRun:
         self.info = replace(info, path=self.label) if self.label is not None else info
         if self.describe:
             self.notes(self.info.describe())  # how the data is read, before anything loads
+
+    def refuse_unreadable_first(self, skip_invalid: bool) -> None:
+        """A first record the reader cannot make a record of (not JSON, no known format, a missing field) is
+        refused here, before a model loads (torch alone takes seconds to import), in the words the scan would
+        use after the load. Not with ``skip_invalid``, nor on ``resume`` (the scan then checks the line
+        against the output file), nor for commands whose records are not batch's (pairs, questions)."""
+        if skip_invalid or self.state is not None or self.sharded is not None or self.info is None:
+            return
+        first = next(read_records(self.source, self.fields, format=self.format, split=self.split, limit=1), None)
+        if first is not None and first.error is not None:
+            info = self.info
+            raise InvalidRecordError(
+                f"{info.where(first)}: {first.error} (fix the {info.unit}, or pass --skip-invalid)"
+            )
 
     def _read_resume(self) -> None:
         session, output = self.session, self.output
@@ -239,26 +265,31 @@ class DatasetRun:
     ) -> Any:
         output = self.output
         report = job.report(lm, scan, options, settings)  # before any line is written: it refuses a changed option
-        sink = (
-            JsonlSink.open(output, resume=scan.resume)
-            if output is not None
-            else JsonlSink.to_stdout(stream or _Nowhere())
-        )
+        parquet = is_parquet(output)
         try:
-            with sink, progress(scan) as advance:
-                target = sink if tee is None else _Tee(sink, tee)
-                return run_scan(
-                    lm,
-                    scan,
-                    target,  # type: ignore[arg-type]
-                    options=options,
-                    settings=settings,
-                    on_batch=advance,
-                    score=job.score,
-                    report=report,
-                    emit=job.emit,
+            with parquet_output(output) if parquet else nullcontext(output) as lines_to:  # type: ignore[arg-type]
+                sink = (
+                    JsonlSink.open(lines_to, resume=scan.resume)
+                    if lines_to is not None
+                    else JsonlSink.to_stdout(stream or _Nowhere())
                 )
+                with sink, progress(scan) as advance:
+                    target = sink if tee is None else _Tee(sink, tee)
+                    summary = run_scan(
+                        lm,
+                        scan,
+                        target,  # type: ignore[arg-type]
+                        options=options,
+                        settings=settings,
+                        on_batch=advance,
+                        score=job.score,
+                        report=report,
+                        emit=job.emit,
+                    )
+            return replace(summary, output=str(output)) if parquet else summary
         except KeyboardInterrupt:
+            if parquet:
+                raise Interrupted(f"a Parquet output is written when the run ends: {output} was not written") from None
             if output is None and stream is None:
                 raise Interrupted("no --output was given, so nothing is kept") from None
             if output is None or not sink.regular:
@@ -380,33 +411,82 @@ def score_dataset(
     tee: Callable[[dict[str, Any]], None] | None = None,
     progress: Progress | None = None,
     notes: Callable[[str], None] | None = None,
+    keep: KeepFilter | None = None,
 ) -> DatasetSummary:
     """Every record of ``data`` through ``lm``, as ``ce-inspect batch`` scores it: one JSON line per example
     into ``output`` (in input order; without it, to ``stream`` or nowhere) and the data-set summary returned.
     ``resume`` continues an interrupted ``output``; ``force`` replaces an existing one. Under torchrun, each
     rank scores its share and rank 0 merges (``output`` required; the other ranks return None). ``tee`` sees
     every line written; ``progress`` and ``notes`` are as ``DatasetRun``'s; ``limit``: only the first ``limit``
-    records are read (a resumed run reads the same ones)."""
-    settings = settings or BatchSettings()
-    with DatasetRun(
-        data,
-        output,
-        worst=settings.worst,
-        resume=resume,
-        force=force,
-        fields=fields,
-        format=format,
-        split=split,
-        limit=limit,
-        session=current_session(),
-        notes=notes,
-    ) as run:
+    records are read (a resumed run reads the same ones). ``keep``: each scored record's input line copied into
+    its ``kept`` or ``dropped`` file (``dataset.filter``), the counts in the summary's ``filter``."""
+    settings, session = settings or BatchSettings(), current_session()
+    if keep is not None:
+        check_filter_files(keep)
+        if session is not None:
+            raise UsageError("`kept` and `dropped` are written by one process; run the filter without torchrun")
+    with (
+        DatasetRun(
+            data,
+            output,
+            parse=filter_parse(keep.by) if keep is not None else None,
+            worst=settings.worst,
+            resume=resume,
+            force=force,
+            fields=fields,
+            format=format,
+            split=split,
+            limit=limit,
+            session=session,
+            notes=notes,
+        ) as run,
+        ExitStack() as files,
+    ):
+        if keep is not None:
+            check_filter_outputs(keep, data, output, kind=run.info.kind, resume=resume, force=force)  # type: ignore[union-attr]
+        run.refuse_unreadable_first(skip_invalid)
         lm = as_loaded(lm)
         note = top_k_note(lm, options or ScoreOptions())
         if note and notes is not None:  # every line's notes carry it too
             notes(f"note: {note}")
         scan = run.scan(lm, layout=layout, options=options, skip_invalid=skip_invalid)
-        return run.run(lm, scan, options=options, settings=settings, stream=stream, tee=tee, progress=progress)
+        job = None if keep is None else filter_job(lm, scan, keep, run, files, options, settings)
+        return run.run(lm, scan, job, options=options, settings=settings, stream=stream, tee=tee, progress=progress)
+
+
+def filter_parse(by: str) -> LineParser:
+    """``batch``'s line parser that also keeps the line's ``by`` figure (``ExampleStats.payload``), so that a
+    resumed record is routed as the run that scored it would have routed it."""
+
+    def parse(obj: Any, worst: int) -> Any:
+        stats, tokens = stats_from_line(obj, worst)
+        return replace(stats, payload=figure_of_line(obj, by)), tokens
+
+    return parse
+
+
+def filter_job(
+    lm: LoadedModel,
+    scan: Scan,
+    keep: KeepFilter,
+    run: DatasetRun,
+    files: ExitStack,
+    options: ScoreOptions | None,
+    settings: BatchSettings,
+) -> Job:
+    """``batch``'s job with its report wrapped in a ``FilterReport`` writing the ``kept`` and ``dropped`` files,
+    each replaced only when the run ends without an error (``files`` closes them)."""
+    kept, dropped = (
+        files.enter_context(atomic_stream(path, label=label)) if path is not None else None
+        for path, label in ((keep.kept, "`kept`"), (keep.dropped, "`dropped`"))
+    )
+    name = run.label if run.label is not None else str(run.data)
+
+    def make_report(scan: Scan) -> FilterReport:
+        report = BatchReport(lm, scan, options or ScoreOptions(), settings)
+        return FilterReport(report, keep, run.source, name, kept, dropped)
+
+    return Job(make_report=make_report, parse=filter_parse(keep.by))
 
 
 __all__ = [
@@ -415,6 +495,8 @@ __all__ = [
     "Job",
     "as_loaded",
     "check_run_arguments",
+    "filter_job",
+    "filter_parse",
     "input_name",
     "score_dataset",
 ]

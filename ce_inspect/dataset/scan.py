@@ -15,7 +15,7 @@ from ce_inspect.dataset.resume import ResumeState, check_resume_settings, line_s
 from ce_inspect.dataset.summary import ExampleStats, fingerprint_targets
 from ce_inspect.errors import InputError, InvalidRecordError, ResumeError
 from ce_inspect.scoring import ScoreOptions
-from ce_inspect.text import Encoded, Layout, check_stride
+from ce_inspect.text import Encoded, Layout, check_windows
 
 if TYPE_CHECKING:
     from ce_inspect.model import LoadedModel
@@ -97,7 +97,7 @@ def scan_dataset(
     """
     path, layout, fields = Path(path), layout or Layout(), fields or Fields()
     name = label if label is not None else str(path)
-    check_stride(layout.stride, lm.context_length)  # once, not as an error of every long record
+    check_windows(layout, lm.context_length)  # once, not as an error of every long record
     if info is None:
         info = open_data(path, fields, format=format, split=split)
     if label is not None:

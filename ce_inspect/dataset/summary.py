@@ -21,6 +21,7 @@ from ce_inspect.contract import (
     SCHEMA_VERSION,
     BatchingDict,
     BatchSummaryDict,
+    BootstrapDict,
     PerByteFigures,
     ScoreResult,
     SkippedDict,
@@ -30,7 +31,10 @@ from ce_inspect.contract import (
     perplexity,
 )
 from ce_inspect.data import DataInfo
+from ce_inspect.dataset.filter import FilterCounts
 from ce_inspect.display import histogram
+from ce_inspect.notebook import LineFrame
+from ce_inspect.stats import bootstrap_stderrs, mean_stderr
 
 if TYPE_CHECKING:
     from ce_inspect.model import LoadedModel
@@ -83,6 +87,8 @@ class ExampleStats(WireObject[WorstExampleDict]):
     #: The summary's ``scored_bytes`` and ``scored_words`` (None on a line written without them).
     scored_bytes: int | None = field(default=None, metadata=NOT_ON_WIRE)
     scored_words: int | None = field(default=None, metadata=NOT_ON_WIRE)
+    #: The scored tokens' summed entropy (None without ``entropy``).
+    entropy_sum: float | None = field(default=None, metadata=NOT_ON_WIRE)
 
     @classmethod
     def from_result(cls, line: int, rid: str | int | None, result: ScoreResult) -> ExampleStats:
@@ -99,6 +105,7 @@ class ExampleStats(WireObject[WorstExampleDict]):
             fingerprint=fingerprint_targets([(t.index, t.token_id) for t in result.tokens]),
             scored_bytes=s.scored_bytes,
             scored_words=s.scored_words,
+            entropy_sum=s.mean_entropy * s.count if s.mean_entropy is not None else None,
         )
 
 
@@ -139,10 +146,11 @@ class BatchStats(WireObject[BatchingDict]):
 
 
 @dataclass(frozen=True)
-class DatasetSummary(PerByteFigures, WireObject[BatchSummaryDict]):
+class DatasetSummary(PerByteFigures, WireObject[BatchSummaryDict], LineFrame):
     """The data-set figures. ``token_weighted_mean_loss`` is what a training step over the whole set reports."""
 
     schema_version: ClassVar[int] = SCHEMA_VERSION
+    view: ClassVar[str] = "batch_summary"
     kind: ClassVar[str] = "batch_summary"
 
     model: str
@@ -170,6 +178,16 @@ class DatasetSummary(PerByteFigures, WireObject[BatchSummaryDict]):
     #: read back from an older output), so that bits per byte never covers part of the set.
     scored_bytes: int | None = None
     scored_words: int | None = None
+    filter: FilterCounts | None = None  # batch --keep-below/--keep-above: what each file received
+    #: Standard errors: of the example-weighted mean (sample std / sqrt(n), null below two examples); of the
+    #: token-weighted figures only with ``bootstrap`` (its resamples and seed), else None.
+    example_weighted_mean_loss_stderr: float | None = None
+    token_weighted_mean_loss_stderr: float | None = None
+    mean_nll_stderr: float | None = None
+    bits_per_byte_stderr: float | None = None
+    bootstrap: BootstrapDict | None = None
+    #: The token-weighted mean entropy of the model's distribution at the scored tokens (nats), with ``entropy``.
+    mean_entropy: float | None = None
 
     @property
     def nll_total(self) -> float:
@@ -204,8 +222,11 @@ class DatasetSummary(PerByteFigures, WireObject[BatchSummaryDict]):
 class SummaryBuilder:
     """Accumulates examples in input order; keeps only the ``worst`` highest examples and tokens."""
 
-    def __init__(self, worst: int = DEFAULT_WORST) -> None:
+    def __init__(self, worst: int = DEFAULT_WORST, *, bootstrap: int = 0, seed: int = 0) -> None:
         self.worst = worst
+        self.bootstrap, self.seed = bootstrap, seed
+        self._counts: list[int] = []
+        self._entropy: list[float | None] = []
         self.examples = 0
         self.resumed = 0
         self.tokens = 0
@@ -224,6 +245,8 @@ class SummaryBuilder:
         self.resumed += resumed
         self.tokens += stats.count
         self.greedy_hits += stats.greedy_hits
+        self._counts.append(stats.count)
+        self._entropy.append(stats.entropy_sum)
         self._loss_sums.append(stats.loss_sum)
         self._nll_sums.append(stats.nll_sum)
         self._means.append(stats.mean)
@@ -274,7 +297,30 @@ class SummaryBuilder:
             example_loss_histogram=histogram(self._means),
             scored_bytes=total_or_none(self._bytes),
             scored_words=total_or_none(self._words),
+            example_weighted_mean_loss_stderr=mean_stderr(self._means),
+            mean_entropy=self.mean_entropy(),
+            **self.bootstrapped(),
         )
+
+    def mean_entropy(self) -> float | None:
+        """sum of entropies / scored tokens; None unless every example carries its entropy."""
+        if not self._entropy or any(e is None for e in self._entropy) or not self.tokens:
+            return None
+        return math.fsum(e for e in self._entropy if e is not None) / self.tokens
+
+    def bootstrapped(self) -> dict[str, Any]:
+        """The token-weighted figures' bootstrap standard errors and how they were drawn; {} without ``bootstrap``."""
+        if not self.bootstrap:
+            return {}
+        ratios: dict[str, tuple[Sequence[float], Sequence[float]]] = {
+            "token_weighted_mean_loss_stderr": (self._loss_sums, self._counts),
+            "mean_nll_stderr": (self._nll_sums, self._counts),
+        }
+        if total_or_none(self._bytes) is not None:
+            bits = [nll / math.log(2) for nll in self._nll_sums]
+            ratios["bits_per_byte_stderr"] = (bits, [b or 0 for b in self._bytes])
+        figures: dict[str, Any] = bootstrap_stderrs(ratios, self.bootstrap, self.seed)
+        return {**figures, "bootstrap": {"resamples": self.bootstrap, "seed": self.seed}}
 
 
 def total_or_none(counts: Sequence[int | None]) -> int | None:

@@ -33,6 +33,7 @@ from ce_inspect.dataset import (
 from ce_inspect.diff.compare import check_same_tokens, diff_encoded
 from ce_inspect.diff.figures import DiffResult, DiffSummary, TokenFigures
 from ce_inspect.distributed import current_session
+from ce_inspect.notebook import LineFrame
 from ce_inspect.scoring import (
     ScoreOptions,
 )
@@ -73,8 +74,9 @@ def record_encoder(ref_lm: LoadedModel, cand_lm: LoadedModel, layout: Layout) ->
 
 
 @dataclass(frozen=True)
-class DiffDatasetSummary(WireObject[DiffDatasetDict]):
+class DiffDatasetSummary(WireObject[DiffDatasetDict], LineFrame):
     schema_version: ClassVar[int] = DIFF_SCHEMA_VERSION
+    view: ClassVar[str] = "diff_summary"
     kind: ClassVar[str] = "diff_summary"
 
     reference: dict[str, str]
@@ -283,6 +285,7 @@ def diff_dataset(
         notes=notes,
         describe=describe,
     ) as run:
+        run.refuse_unreadable_first(skip_invalid)
         ref, cand = as_loaded(ref), as_loaded(cand)
         scan = run.scan(
             ref, layout=layout, options=options, skip_invalid=skip_invalid, encoder=record_encoder(ref, cand, layout)

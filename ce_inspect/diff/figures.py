@@ -17,6 +17,7 @@ from ce_inspect.contract import (
     dumps,
 )
 from ce_inspect.contract.diff import DIFF_SCHEMA_VERSION, DiffDict, DiffSideDict, DiffSummaryDict, TokenDiffDict
+from ce_inspect.notebook import TokenFrame
 
 if TYPE_CHECKING:
     pass
@@ -233,10 +234,11 @@ def _side_dict(result: ScoreResult) -> DiffSideDict:
 
 
 @dataclass(frozen=True)
-class DiffResult(WireObject[DiffDict]):
+class DiffResult(WireObject[DiffDict], TokenFrame):
     """One example under two models: each side's ``run`` result, the per-token comparison and its summary."""
 
     schema_version: ClassVar[int] = DIFF_SCHEMA_VERSION
+    view: ClassVar[str] = "diff"
     kind: ClassVar[str] = "diff"
     #: Each side is on the wire as its DiffSideDict (model, device, dtype, summary, turns), not as run's document.
     wire_names: ClassVar[Mapping[str, str]] = {"reference": "reference_side", "candidate": "candidate_side"}

@@ -101,10 +101,15 @@ class Layout:
     special_tokens: str = "parse"
     #: ``text`` records longer than the context: scored in windows that advance by this many tokens.
     stride: int | None = None
+    #: ``text`` records scored as lm-eval's ``loglikelihood_rolling`` (disjoint windows, one token of context).
+    rolling: bool = False
+    #: lm-eval's ``max_length`` for ``rolling`` (None: the model's context).
+    rolling_window: int | None = None
 
     def __post_init__(self) -> None:
         if self.stride is not None and self.stride < 1:
             raise InputError(f"`stride` must be at least 1 token, got {self.stride}")
+        self._check_rolling()
         if self.tokenization not in TOKENIZATIONS:
             raise InputError(f"unknown `tokenization` {self.tokenization!r}; use separate, joint or trl")
         if self.tokenization == "trl" and (self.sep or self.truncate_prompt):
@@ -126,6 +131,14 @@ class Layout:
             check_chat_layout(self)
         elif self.system is not None:
             raise InputError("`system` needs `chat`: the chat template is what places a system prompt")
+
+    def _check_rolling(self) -> None:
+        if self.rolling_window is not None and (not self.rolling or self.rolling_window < 1):
+            raise InputError(f"`rolling_window` needs `rolling` and at least 1 token, got {self.rolling_window}")
+        if self.rolling and self.stride is not None:
+            raise InputError("`rolling` and `stride` are two window protocols for long text; pick one")
+        if self.rolling and self.tokenization == "trl":
+            raise InputError("`rolling` is lm-eval's own tokenization of a text; drop `tokenization` trl")
 
 
 def check_chat_layout(layout: Layout) -> None:

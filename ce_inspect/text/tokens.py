@@ -7,6 +7,8 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ce_inspect.errors import InputError
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -127,3 +129,20 @@ def count_words(text: str) -> int:
     """Words as lm-evaluation-harness counts them for ``word_perplexity`` (``Task.count_words``):
     ``len(re.split(r"\\s+", text))``, so a leading or trailing space counts one more."""
     return len(re.split(r"\s+", text))
+
+
+def prefix_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """lm-eval HFLM's ``prefix_token_id``: what stands for an empty context (BOS, else EOS)."""
+    tid = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if tid is None:
+        raise InputError("this tokenizer has neither a BOS nor an EOS token to stand for an empty context")
+    return int(tid)
+
+
+def lmeval_tok_encode(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], int]:
+    """HFLM's ``tok_encode(text)``: the tokenizer's special tokens unless ``text`` starts with the prefix
+    token's text; and how many leading special tokens the tokenizer added."""
+    starts_with_prefix = text.startswith(tokenizer.decode(prefix_token_id(tokenizer)))
+    ids = list(tokenizer.encode(text, add_special_tokens=False if starts_with_prefix else True))
+    added = 0 if starts_with_prefix else len(special_prefix(tokenizer))
+    return ids, added
