@@ -96,11 +96,11 @@ def lmeval_run(lm, rows):
     return results, [built[a] for a in args], figures
 
 
-def check_parity(lm, data: Path, out: Path) -> None:
-    results, built, figures = lmeval_run(lm, QUESTIONS)
+def check_parity(lm, data: Path, out: Path, rows=QUESTIONS) -> None:
+    results, built, figures = lmeval_run(lm, rows)
     summary = ce_inspect.choices_dataset(lm, data, out, force=True)
     ours = [c for line in _lines(out) for c in line["choices"]]
-    assert len(ours) == len(results) == sum(len(q["choices"]) for q in QUESTIONS)
+    assert len(ours) == len(results) == sum(len(q["choices"]) for q in rows)
     records = list(read_records(data, format=CHOICES))
     examples = [e for r in records for e in encode_question(lm, r, Layout(), None).examples]
     for choice, (ll, greedy), (ctx, cont), example in zip(ours, results, built, examples):
@@ -124,6 +124,115 @@ def test_every_choice_matches_lmeval_on_the_bundled_model(smollm2, questions, tm
     check_parity(smollm2, questions, tmp_path / "out.jsonl")
     greedy = {c["is_greedy"] for line in _lines(tmp_path / "out.jsonl") for c in line["choices"]}
     assert greedy == {True, False}  # is_greedy's parity is not vacuous: both answers occur
+
+
+# Contexts long enough that a question's shared start runs once and its choices after it from the KV cache
+# (``HFScorer.score_groups``, at least ``SHARED_START_MIN`` shared tokens): choices that share their first
+# words (the shared start then reaches into them), differ at once, or are one character.
+PASSAGE = (
+    "The river rises in the northern hills, runs south past three market towns and a ruined abbey, and "
+    "reaches the sea at a wide estuary where fishing boats have landed their catch for six hundred years. "
+)
+LONG_QUESTIONS = [
+    {
+        "prompt": PASSAGE + "Question: where does the river reach the sea?\nAnswer:",
+        "choices": [" at a wide estuary", " at a wide lake", " in the hills", " nowhere"],
+        "label": 0,
+    },
+    {"query": PASSAGE + "How old is the fishing trade? ", "choices": ["six hundred years", "ten", "x"], "gold": 0},
+    {"prompt": PASSAGE + "The abbey is", "choices": [" ruined", " ruined.", " new and tall"], "label": 0},
+]
+
+
+@pytest.fixture(scope="module")
+def long_questions(tmp_path_factory) -> Path:
+    return _write(tmp_path_factory.mktemp("choices") / "long.jsonl", LONG_QUESTIONS)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_a_long_context_runs_once_and_every_choice_still_matches_lmeval(
+    arch, tiny_llama, tiny_gpt2, long_questions, tmp_path
+):
+    from ce_inspect.scoring.hf import SHARED_START_MIN
+    from ce_inspect.scoring.packer import shared_start
+
+    lm = tiny_llama if arch == "llama" else tiny_gpt2
+    groups = [encode_question(lm, r, Layout(), None).examples for r in read_records(long_questions, format=CHOICES)]
+    assert all(shared_start(g) >= SHARED_START_MIN for g in groups)  # the shared-start path is the one tested
+    check_parity(lm, long_questions, tmp_path / "out.jsonl", LONG_QUESTIONS)
+    assert lm.shared_start is True  # checked against the full pass on the first question, and kept
+
+
+@pytest.mark.default_model
+def test_a_long_context_matches_lmeval_on_the_bundled_model(smollm2, long_questions, tmp_path):
+    check_parity(smollm2, long_questions, tmp_path / "out.jsonl", LONG_QUESTIONS)
+    assert smollm2.shared_start is True
+
+
+def test_score_groups_equals_each_example_alone_and_falls_back_when_the_cache_differs(
+    tiny_llama, long_questions, monkeypatch
+):
+    """Groups with and without a long shared start, and a group of one, each result equal to the example
+    scored alone; a model whose KV cache gives other figures is caught by the first group's check and
+    scored in full from then on."""
+    from dataclasses import replace
+
+    from ce_inspect.scoring import ScoreOptions, scorer_for
+    from ce_inspect.scoring.forward import SharedStart
+
+    records = list(read_records(long_questions, format=CHOICES))
+    groups = [encode_question(tiny_llama, r, Layout(), None).examples for r in records]
+    groups = [groups[0], groups[1][:1], *groups[1:]]
+    options = ScoreOptions(top_k=3)
+    lm = replace(tiny_llama, shared_start=None)
+    got = scorer_for(lm).score_groups(groups, options)
+    assert lm.shared_start is True
+    for group, results in zip(groups, got):
+        for example, result in zip(group, results, strict=True):
+            alone = scorer_for(lm).score([example], options)[0]
+            assert [t.token_id for t in result.tokens] == [t.token_id for t in alone.tokens]
+            assert [t.loss for t in result.tokens] == pytest.approx([t.loss for t in alone.tokens], abs=1e-5)
+            assert [t.rank for t in result.tokens] == [t.rank for t in alone.tokens]
+
+    fresh = SharedStart.fresh
+    monkeypatch.setattr(SharedStart, "fresh", lambda self, batch: (self.cache.crop(-1), fresh(self, batch))[1])
+    broken = replace(tiny_llama, shared_start=None)  # its cache loses the context's last token
+    again = scorer_for(broken).score_groups(groups, options)
+    assert broken.shared_start is False
+    for results, want in zip(again, got):
+        assert [t.loss for r in results for t in r.tokens] == pytest.approx(
+            [t.loss for r in want for t in r.tokens], abs=1e-5
+        )
+
+
+def test_mutual_info_is_lmevals_acc_mutual_info(tiny_llama, questions, tmp_path):
+    """lm-eval's acc_mutual_info: each choice's log-likelihood less its ("", choice) request's, argmax against
+    the gold index; every unconditional log-likelihood equal to HFLM's for that request."""
+    import numpy as np
+
+    conditional, _, _ = lmeval_run(tiny_llama, QUESTIONS)
+    bare = [{"prompt": "", "choices": q["choices"], "label": _label(q)} for q in QUESTIONS]
+    unconditional, _, _ = lmeval_run(tiny_llama, bare)
+    hits, at = [], 0
+    for q in QUESTIONS:
+        n = len(q["choices"])
+        mi = [c[0] - u[0] for c, u in zip(conditional[at : at + n], unconditional[at : at + n])]
+        hits.append(float(np.argmax(mi) == _label(q)))
+        at += n
+    assert 0 < sum(hits) < len(hits)  # neither all right nor all wrong: the comparison is not vacuous
+    out = tmp_path / "out.jsonl"
+    d = ce_inspect.choices_dataset(tiny_llama, questions, out, mutual_info=True).to_dict()
+    choices = [c for line in _lines(out) for c in line["choices"]]
+    for choice, (ll, _), (ll_u, _) in zip(choices, conditional, unconditional, strict=True):
+        assert choice["unconditional_logprob"] == pytest.approx(ll_u, abs=1e-3)
+        assert choice["mutual_info"] == pytest.approx(ll - ll_u, abs=2e-3)
+    assert [float(line["correct_mutual_info"]) for line in _lines(out)] == hits
+    assert d["acc_mutual_info"] == sum(hits) / len(hits)  # exactly
+    assert d["acc_mutual_info_stderr"] == pytest.approx(lmeval_stderr(hits), rel=1e-12)
+    with pytest.raises(ce_inspect.CeInspectError, match="resume"):  # the lines say how they were scored
+        ce_inspect.choices_dataset(tiny_llama, questions, out, resume=True)
+    plain = ce_inspect.choices_dataset(tiny_llama, questions, tmp_path / "plain.jsonl").to_dict()
+    assert "acc_mutual_info" not in plain and "mutual_info" not in _lines(tmp_path / "plain.jsonl")[0]["choices"][0]
 
 
 def test_the_questions_exercise_each_rule_of_lmevals_request(tiny_llama, tiny_gpt2):
@@ -232,6 +341,9 @@ def test_the_cli_table_marks_gold_and_predictions_and_the_gate_trips(tiny_llama_
     acc = sum(line["correct"] for line in lines) / len(lines)
     assert acc < 1 and code == 3 and "acc" in captured.err and "below --fail-below-acc 1" in captured.err
     assert "gold" in captured.out and "pred" in captured.out and "acc_norm" in captured.out
+    assert "acc_mutual_info" not in captured.out
+    code = main(["choices", str(questions), "-m", str(tiny_llama_dir), "-o", str(out), "--force", "--mutual-info"])
+    assert code == 0 and "acc_mutual_info" in capsys.readouterr().out
     assert (
         main(["choices", str(questions), "-m", str(tiny_llama_dir), "-o", str(out), "--force", "--fail-below-acc", "0"])
         == 0
@@ -293,6 +405,8 @@ def test_a_bad_question_is_one_line_naming_it_or_skipped(name, row, words, tiny_
         (["--tokenization", "joint", "--chat"], "drop --tokenization"),
         (["--no-mask-prompt"], "--no-mask-prompt"),
         (["--fail-below-acc", "2"], "a fraction in [0, 1]"),
+        (["--mutual-info", "--tokenization", "joint"], "--mutual-info is lm-eval's acc_mutual_info"),
+        (["--mutual-info", "--chat"], "drop --tokenization/--chat"),
     ],
 )
 def test_options_that_make_no_sense_for_choices_are_usage_errors(

@@ -67,6 +67,9 @@ class LoadedModel:
     #: Filled by scoring on the first right-padded batch: whether the model's outputs at real positions are
     #: those of the example alone when the padding after them is not masked (a causal model's are).
     unmasked_padding: bool | None = field(default=None, repr=False)
+    #: Filled by scoring on the first group that shares a start (a question's choices after its context):
+    #: whether running the start once and the rest from its KV cache gives the full pass's figures.
+    shared_start: bool | None = field(default=None, repr=False)
 
 
 def quiet_transformers() -> None:

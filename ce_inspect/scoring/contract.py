@@ -87,6 +87,21 @@ class Scorer(ABC):
     ) -> ScoredLogits:
         """One forward pass over ``examples``; their scored rows, to be read in chunks."""
 
+    def score_groups(
+        self, groups: Sequence[Sequence[Encoded]], options: ScoreOptions, *, padding_side: str = "right"
+    ) -> list[list[ScoreResult]]:
+        """Examples in groups whose members start with the same tokens (a question's choices after its
+        context): each group's results, equal to scoring every example alone.
+
+        A backend that can run a shared start once and reuse its state overrides this (``HFScorer`` does);
+        by default every example goes through ``score`` in one padded pass."""
+        results = self.score([e for group in groups for e in group], options, padding_side=padding_side)
+        out, at = [], 0
+        for group in groups:
+            out.append(results[at : at + len(group)])
+            at += len(group)
+        return out
+
     @abstractmethod
     def own_losses(self, examples: Sequence[Encoded]) -> list[float]:
         """The model's own loss of each example, computed its own way (``ScoreOptions.verify`` compares it)."""

@@ -71,8 +71,53 @@ def vocab_size(model: Any) -> int:
     return int(weight.shape[0]) if weight is not None else int(_text_config(model).vocab_size)
 
 
+class SharedStart:
+    """The first ``length`` tokens that every example of a batch shares, run once: the model's KV cache of
+    them, copied afresh for each forward pass over what follows (a pass adds its own tokens to the cache)."""
+
+    def __init__(self, lm: LoadedModel, ids: Sequence[int]) -> None:
+        import torch
+
+        model = lm.model
+        inputs = {"input_ids": torch.tensor([list(ids)], device=_input_device(model)), "use_cache": True}
+        try:
+            out = model(**inputs, logits_to_keep=1)
+        except TypeError as exc:
+            if "logits_to_keep" not in str(exc):
+                raise
+            out = model(**inputs)
+        self.length = len(ids)
+        self.keyword = cache_keyword(model)
+        self.cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        if self.cache is None or not callable(getattr(self.cache, "batch_repeat_interleave", None)):
+            raise ModelLoadError("the model returned no KV cache to share a start from")
+
+    def fresh(self, batch: int) -> Any:
+        """A copy of the cache for a batch of ``batch`` rows."""
+        import copy
+
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(batch)
+        return cache
+
+
+def cache_keyword(model: Any) -> str:
+    """The keyword a model's forward takes its KV cache by: ``cache`` (transformers 5.2x on), else
+    ``past_key_values``."""
+    import inspect
+
+    try:
+        return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    except (TypeError, ValueError):
+        return "past_key_values"
+
+
 def _call(model: Any, inputs: dict[str, Any], columns: torch.Tensor) -> Any:
     """The model's own forward, asking it to run its head only at ``columns`` where it supports that."""
+    start = inputs.get("shared_start")
+    if isinstance(start, SharedStart):  # each call extends its own copy of the shared start's cache
+        inputs = {k: v for k, v in inputs.items() if k != "shared_start"}
+        inputs[start.keyword] = start.fresh(inputs["input_ids"].shape[0])
     try:
         return model(**inputs, logits_to_keep=columns)
     except TypeError as exc:
@@ -190,12 +235,14 @@ def scored_rows(
     rows_b: list[int],
     rows_t: list[int],
     options: ScoreOptions,
+    start: SharedStart | None = None,
 ) -> tuple[torch.Tensor, Any, int]:
     """Run the model's body once; return ``(selected, head, rows)``: ``head(selected[i:j])`` is the logits
     [j - i, vocab] of scored targets i..j-1 (in ``rows_b``/``rows_t`` order), to be taken ``rows`` at a time.
 
     ``selected`` is [n_scored, hidden] (the head's input) or, when the model projected them itself,
     [n_scored, vocab] logits with ``head`` the identity. ``HFScorer`` runs every command's pass through this step.
+    With ``start``, the batch is what follows a shared start already run (``packer.pack_after``'s layout).
     """
     import torch
 
@@ -203,10 +250,13 @@ def scored_rows(
     device = _input_device(model)
     inputs: dict[str, Any] = {
         "input_ids": input_ids.to(device),
-        "use_cache": False,  # a KV cache is memory that scoring never reads
+        "use_cache": start is not None,  # without a shared start, a KV cache is memory that scoring never reads
     }
+    if start is not None:
+        inputs["shared_start"] = start
     if not bool(attention.all()) and not (_right_padded(attention) and _unmasked_padding_ok(lm, input_ids, attention)):
-        inputs["attention_mask"] = attention.to(device)
+        before = torch.ones((attention.shape[0], start.length if start else 0), dtype=attention.dtype)
+        inputs["attention_mask"] = torch.cat([before, attention], dim=1).to(device)  # the shared start's too
         inputs["position_ids"] = position_ids.to(device)
     # Without padding, or with padding only after each example's tokens (which a causal model's real
     # positions never attend to), the model's defaults are the same positions and mask, and SDPA can then

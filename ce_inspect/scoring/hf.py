@@ -10,9 +10,9 @@ from ce_inspect.contract import ScoreResult
 from ce_inspect.model import check_model_unchanged
 from ce_inspect.scoring.contract import ScoredLogits, Scorer
 from ce_inspect.scoring.figures import nonfinite_error, nonfinite_row, token_figures
-from ce_inspect.scoring.forward import own_losses, scored_rows, vocab_size
+from ce_inspect.scoring.forward import SharedStart, log, own_losses, scored_rows, vocab_size
 from ce_inspect.scoring.options import ScoreOptions
-from ce_inspect.scoring.packer import Packed, pack
+from ce_inspect.scoring.packer import Packed, pack, pack_after, shared_start
 from ce_inspect.scoring.results import build_results
 from ce_inspect.text import Encoded
 
@@ -61,15 +61,57 @@ class HFScorer(Scorer):
 
         Position ids are derived from the attention mask, so left and right padding give the same figures.
         """
-        import torch
-
         if not examples:
             return []
+        return self._results(examples, pack(self.lm, examples, padding_side=padding_side), options)
+
+    def score_groups(
+        self, groups: Sequence[Sequence[Encoded]], options: ScoreOptions, *, padding_side: str = "right"
+    ) -> list[list[ScoreResult]]:
+        """Each group whose members share at least ``SHARED_START_MIN`` first tokens runs them once, and
+        the rest of its members in one pass after them from the start's KV cache; the other groups go
+        through one padded pass together (``Scorer.score_groups``). The figures are those of each example
+        alone: checked once per model against the full pass, which it falls back to if they differ."""
+        starts = [shared_start(g) if len(g) > 1 and self.lm.shared_start is not False else 0 for g in groups]
+        if self.lm.context_length is not None:  # past the context: the windowed layout ``pack`` truncates
+            starts = [0 if max(len(e) for e in g) > self.lm.context_length else n for g, n in zip(groups, starts)]
+        rest = [g for g, n in zip(groups, starts) if n < SHARED_START_MIN]
+        together = iter(super().score_groups(rest, options, padding_side=padding_side) if rest else [])
+        out = []
+        for group, n in zip(groups, starts):
+            if n < SHARED_START_MIN:
+                out.append(next(together))
+            elif self.lm.shared_start is False:  # the first group's check found other figures
+                out.append(self.score(group, options, padding_side=padding_side))
+            else:
+                out.append(self._after_start(group, n, options))
+        return out
+
+    def _after_start(self, group: Sequence[Encoded], start: int, options: ScoreOptions) -> list[ScoreResult]:
+        """One group's results from its shared ``start`` tokens run once (checked on the model's first group)."""
+        import torch
+
         lm = self.lm
-        packed = pack(lm, examples, padding_side=padding_side)
+        with torch.inference_mode():
+            shared = SharedStart(lm, group[0].input_ids[:start])
+        results = self._results(group, pack_after(lm, group, start), options, start=shared)
+        if lm.shared_start is None:
+            full = self.score(group, options)
+            lm.shared_start = all(_same_figures(a, b, exact=lm.dtype == "float32") for a, b in zip(results, full))
+            if not lm.shared_start:
+                log.warning("%s: a shared start's KV cache gives other figures; scoring every choice in full", lm.name)
+                return full
+        return results
+
+    def _results(
+        self, examples: Sequence[Encoded], packed: Packed, options: ScoreOptions, *, start: SharedStart | None = None
+    ) -> list[ScoreResult]:
+        import torch
+
+        lm = self.lm
         options, top_k_note = _fit_top_k(lm, options)
         with torch.inference_mode():
-            figures = _figures(lm, examples, packed, options)
+            figures = _figures(lm, examples, packed, options, start)
             model_losses = self.own_losses(examples) if options.verify else [None] * len(examples)
         check_model_unchanged(lm)  # the pass read the weights from their files: were they the loaded ones?
 
@@ -93,25 +135,44 @@ class HFScorer(Scorer):
             return own_losses(self.lm, examples)
 
 
+#: The fewest shared first tokens for which ``HFScorer.score_groups`` runs a group's start once: below it,
+#: one padded pass over every group costs less than two passes per group (bench/choices_speed.py).
+SHARED_START_MIN = 32
+
+
+def _same_figures(got: ScoreResult, want: ScoreResult, *, exact: bool) -> bool:
+    """Whether two results of one example hold the same per-token losses: within 1e-4 in float32, 2e-2 else
+    (relative, as ``forward``'s check of the head)."""
+    tol = 1e-4 if exact else 2e-2
+    if len(got.tokens) != len(want.tokens):
+        return False
+    return all(abs(a.loss - b.loss) <= tol * max(1.0, abs(b.loss)) for a, b in zip(got.tokens, want.tokens))
+
+
 def _scored_logits(
-    lm: LoadedModel, examples: Sequence[Encoded], packed: Packed, options: ScoreOptions
+    lm: LoadedModel,
+    examples: Sequence[Encoded],
+    packed: Packed,
+    options: ScoreOptions,
+    start: SharedStart | None = None,
 ) -> HFScoredLogits:
     import torch
 
     with torch.inference_mode():
         selected, head, rows = scored_rows(
-            lm, packed.input_ids, packed.attention, packed.position_ids, packed.rows_b, packed.rows_t, options
+            lm, packed.input_ids, packed.attention, packed.position_ids, packed.rows_b, packed.rows_t, options, start
         )
     return HFScoredLogits(examples, packed.targets, selected, head, rows)
 
 
 def _figures(
-    lm: LoadedModel, examples: Sequence[Encoded], packed: Packed, options: ScoreOptions
+    lm: LoadedModel, examples: Sequence[Encoded], packed: Packed, options: ScoreOptions, start: SharedStart | None
 ) -> dict[str, list[Any]]:
-    """The forward pass over ``packed`` and every scored target's figures, a chunk of rows at a time."""
+    """The forward pass over ``packed`` (after ``start``, if any) and every scored target's figures, a chunk
+    of rows at a time."""
     import torch
 
-    scored = _scored_logits(lm, examples, packed, options)
+    scored = _scored_logits(lm, examples, packed, options, start)
     targets, rows = packed.targets, scored.rows
     target_tensor = torch.tensor(targets)
     parts: dict[str, list[torch.Tensor]] = {}
