@@ -4,7 +4,7 @@ acc_norm with lm-eval's standard errors), its lines read back for ``resume`` and
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar
@@ -44,11 +44,13 @@ def effective_tokenization(layout: Layout, tokenization: str | None) -> str:
     return "chat" if layout.chat else (tokenization or LM_EVAL)
 
 
-def choices_job(lm: LoadedModel, options: ScoreOptions, settings: BatchSettings, tokenization: str) -> Job:
-    """``choices``'s job: every choice of a batch of questions in one forward pass, one line per question."""
+def choices_job(
+    lm: LoadedModel, options: ScoreOptions, settings: BatchSettings, tokenization: str, *, mutual_info: bool = False
+) -> Job:
+    """``choices``'s job: every choice of a batch of questions through the scorer, one line per question."""
     return Job(
         command="choices",
-        make_report=lambda scan: ChoicesReport(lm, scan, options, tokenization),
+        make_report=lambda scan: ChoicesReport(lm, scan, options, tokenization, mutual_info=mutual_info),
         score=lambda questions: score_questions(lm, questions, options, padding_side=settings.padding_side),
         parse=choices_line_stats,
     )
@@ -63,12 +65,15 @@ class Outcome:
     choices: int
     gold_nll: float = 0.0  # -sum_logprob of the gold choice
     gold_bytes: int | None = None  # its scored_bytes (None: a line without them)
+    correct_mutual_info: bool | None = None  # None: scored without ``mutual_info``
 
     @classmethod
-    def of(cls, label: int, correct: bool, correct_norm: bool, choices: Sequence[Any]) -> Outcome:
-        """From a question's choices (``ChoiceDict``s): the gold one's NLL and bytes."""
-        gold = choices[label]
-        return cls(correct, correct_norm, len(choices), -gold["sum_logprob"], gold.get("scored_bytes"))
+    def of(cls, line: Any) -> Outcome:
+        """From a question's line (``ChoicesLineDict``): the gold choice's NLL and bytes."""
+        choices = line["choices"]
+        gold = choices[line["label"]]
+        nll, n_bytes = -gold["sum_logprob"], gold.get("scored_bytes")
+        return cls(line["correct"], line["correct_norm"], len(choices), nll, n_bytes, line.get("correct_mutual_info"))
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,17 @@ class ChoicesSummary(LineFrame):
     @property
     def acc_norm(self) -> float | None:
         return sum(o.correct_norm for o in self.outcomes) / self.questions if self.outcomes else None
+
+    def mutual_info(self) -> dict[str, Any]:
+        """acc_mutual_info and its standard error, when every question was scored with ``mutual_info``."""
+        if not self.outcomes or any(o.correct_mutual_info is None for o in self.outcomes):
+            return {}
+        hits = [float(bool(o.correct_mutual_info)) for o in self.outcomes]
+        return {
+            "correct_mutual_info": int(sum(hits)),
+            "acc_mutual_info": sum(hits) / len(hits),
+            "acc_mutual_info_stderr": mean_stderr(hits),
+        }
 
     def bits_per_byte(self) -> dict[str, float]:
         n_bytes = [o.gold_bytes for o in self.outcomes]
@@ -125,6 +141,7 @@ class ChoicesSummary(LineFrame):
             "acc_stderr": mean_stderr(acc),
             "acc_norm": self.acc_norm,
             "acc_norm_stderr": mean_stderr(norm),
+            **self.mutual_info(),
             **self.bits_per_byte(),
             "skipped_count": len(self.skipped),
             "skipped": [s.to_dict() for s in self.skipped],
@@ -136,8 +153,11 @@ class ChoicesSummary(LineFrame):
 class ChoicesReport:
     """``run_scan``'s report for ``choices``: a question's line, then the accuracies over every question."""
 
-    def __init__(self, lm: LoadedModel, scan: Any, options: ScoreOptions, tokenization: str) -> None:
+    def __init__(
+        self, lm: LoadedModel, scan: Any, options: ScoreOptions, tokenization: str, *, mutual_info: bool = False
+    ) -> None:
         self.written = {**line_settings(lm, scan.layout, options, scan.fields), "choices_tokenization": tokenization}
+        self.written["mutual_info"] = mutual_info  # lines from before the option (no key) resume as False
         if scan.resume is not None:  # before any line is written: a changed model or option changes nothing
             check_resume_settings(scan.resume, self.written)
         self.model = {"model": lm.name, "device": lm.device, "dtype": lm.dtype}
@@ -155,7 +175,10 @@ class ChoicesReport:
         gold = result.choices[result.label]
         correct, norm = result.pred == result.label, result.pred_norm == result.label
         nll, n_bytes = -gold.sum_logprob, gold.result.summary.scored_bytes
-        self.outcomes.append(Outcome(correct, norm, len(result.choices), nll, n_bytes))
+        mi = result.pred_mutual_info
+        self.outcomes.append(
+            Outcome(correct, norm, len(result.choices), nll, n_bytes, None if mi is None else mi == result.label)
+        )
 
     def resumed(self, entry: Any) -> None:
         self.outcomes.append(entry.done.payload)  # read back by ``choices_line_stats``
@@ -203,7 +226,7 @@ def choices_line_stats(obj: Any, worst: int) -> tuple[ExampleStats, list[Any]]:
         greedy_hits=sum(t["greedy"] for t in tokens),
         sequence_tokens=at,
         fingerprint=fingerprint_targets(targets),
-        payload=Outcome.of(obj["label"], obj["correct"], obj["correct_norm"], choices),
+        payload=Outcome.of(obj),
     )
     return stats, []
 
@@ -215,6 +238,7 @@ def choices_dataset(
     *,
     layout: Layout | None = None,
     tokenization: str | None = None,
+    mutual_info: bool = False,
     options: ScoreOptions | None = None,
     settings: BatchSettings | None = None,
     skip_invalid: bool = False,
@@ -226,13 +250,13 @@ def choices_dataset(
     notes: Callable[[str], None] | None = None,
 ) -> ChoicesSummary:
     """Every question of ``data`` (``{"prompt", "choices", "label"}``, lm-eval's ``query``/``context`` and
-        ``gold``, or chat ``messages`` as the context) through ``lm``, as ``ce-inspect choices`` scores it: one JSON
-        line per question into ``output`` and the summary returned (resume, force, torchrun: as ``score_dataset``).
-        ``tokenization`` None: exactly lm-eval's ``loglikelihood`` request; ``separate``, ``joint`` or ``trl``:
-        ``run``'s pair layouts without EOS; ``layout.chat``: each choice as the assistant's answer. ``tee`` sees every
-    line written."""
+    ``gold``, or chat ``messages`` as the context) through ``lm``, as ``ce-inspect choices`` scores it: one JSON
+    line per question into ``output`` and the summary returned (resume, force, torchrun: as ``score_dataset``).
+    ``tokenization`` None: exactly lm-eval's ``loglikelihood`` request; ``separate``, ``joint`` or ``trl``:
+    ``run``'s pair layouts without EOS; ``layout.chat``: each choice as the assistant's answer. ``mutual_info``:
+    each choice after an empty context too, for lm-eval's ``acc_mutual_info``. ``tee`` sees every line written."""
     settings, options = settings or BatchSettings(), options or ScoreOptions()
-    layout = choices_layout(layout or Layout(), tokenization)
+    layout = choices_layout(layout or Layout(), tokenization, mutual_info=mutual_info)
     with DatasetRun(
         data,
         output,
@@ -251,9 +275,9 @@ def choices_dataset(
             layout=layout,
             options=options,
             skip_invalid=skip_invalid,
-            encoder=lambda record: encode_question(lm, record, layout, tokenization),  # type: ignore[arg-type,return-value]
+            encoder=lambda record: encode_question(lm, record, layout, tokenization, mutual_info=mutual_info),  # type: ignore[arg-type,return-value]
         )
-        job = choices_job(lm, options, settings, effective_tokenization(layout, tokenization))
+        job = choices_job(lm, options, settings, effective_tokenization(layout, tokenization), mutual_info=mutual_info)
         return run.run(lm, scan, job, options=options, settings=settings, stream=stream, tee=tee, progress=progress)
 
 

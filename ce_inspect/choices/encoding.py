@@ -120,6 +120,9 @@ class Question:
     examples: tuple[Encoded, ...]
     texts: tuple[str, ...]
     label: int
+    #: With ``mutual_info``: each choice after an empty context (lm-eval's ``("", choice)`` requests of
+    #: ``acc_mutual_info``). Left out of the length and fingerprint: a line's resume check reads the choices.
+    unconditional: tuple[Encoded, ...] = ()
 
     def __len__(self) -> int:
         return sum(len(e) for e in self.examples)
@@ -141,10 +144,13 @@ class Question:
         return [at + p for at, e in zip(self.offsets, self.examples) for p in e.scored_positions]
 
 
-def choices_layout(layout: Layout, tokenization: str | None) -> Layout:
+def choices_layout(layout: Layout, tokenization: str | None, *, mutual_info: bool = False) -> Layout:
     """The checked layout of a run: ``tokenization`` (None: lm-eval's request) applies to pairs only; the
     context is never scored. A pair's choice gets no EOS (lm-eval appends none); with the chat template the
-    end-of-turn token is scored unless ``add_eos`` is off, as in ``run --chat``."""
+    end-of-turn token is scored unless ``add_eos`` is off, as in ``run --chat``. ``mutual_info`` is lm-eval's
+    metric of its own request."""
+    if mutual_info and (layout.chat or tokenization is not None):
+        raise UsageError("`mutual_info` is lm-eval's acc_mutual_info of its own request; drop `tokenization`/`chat`")
     if layout.chat and tokenization is not None:
         raise UsageError("`tokenization` applies to prompt/choice pairs, not with `chat`; drop one")
     if not layout.mask_prompt:
@@ -157,12 +163,28 @@ def choices_layout(layout: Layout, tokenization: str | None) -> Layout:
     return layout if layout.chat else replace(layout, tokenization=tokenization or "separate")
 
 
-def encode_question(lm: LoadedModel, record: Record, layout: Layout, tokenization: str | None) -> Question:
+def encode_question(
+    lm: LoadedModel, record: Record, layout: Layout, tokenization: str | None, *, mutual_info: bool = False
+) -> Question:
     """Every choice of ``record`` with its context: lm-eval's request (``tokenization`` None), ``run``'s
     pair layouts, or the chat template (``layout.chat``, or a ``messages`` context) with the choice as the
-    assistant's answer, scored as ``run --chat`` scores it."""
+    assistant's answer, scored as ``run --chat`` scores it. ``mutual_info`` (lm-eval's request only): each
+    choice after an empty context too."""
     if record.error is not None:
         raise InputError(record.error)
+    question = _encode_choices(lm, record, layout, tokenization)
+    if not mutual_info:
+        return question
+    if record.messages is not None:
+        raise InputError("`mutual_info` is lm-eval's unconditional request of a text context, not of `messages`")
+    unconditional = tuple(
+        encode_lmeval(lm.tokenizer, "", choice, max_length=lm.context_length, ignore_index=layout.ignore_index)
+        for choice in question.texts
+    )
+    return replace(question, unconditional=unconditional)
+
+
+def _encode_choices(lm: LoadedModel, record: Record, layout: Layout, tokenization: str | None) -> Question:
     assert record.choices is not None and record.label is not None
     tokenizer, context_length = lm.tokenizer, lm.context_length
     examples: list[Encoded] = []

@@ -35,6 +35,7 @@ class ChoiceScore:
     index: int
     text: str
     result: ScoreResult
+    unconditional: ScoreResult | None = None  # the choice after an empty context (``mutual_info``)
 
     @property
     def count(self) -> int:
@@ -47,6 +48,16 @@ class ChoiceScore:
     @property
     def norm_logprob(self) -> float:
         return self.sum_logprob / len(self.text)
+
+    @property
+    def unconditional_logprob(self) -> float | None:
+        return None if self.unconditional is None else math.fsum(t.logprob for t in self.unconditional.tokens)
+
+    @property
+    def mutual_info(self) -> float | None:
+        """lm-eval's ``ll_c - ll_u``: the log-likelihood given the context less that given none."""
+        u = self.unconditional_logprob
+        return None if u is None else self.sum_logprob - u
 
     @property
     def greedy_hits(self) -> int:
@@ -68,6 +79,11 @@ class ChoiceScore:
             "layout": self.result.layout,  # type: ignore[typeddict-item]
             "notes": list(self.result.notes),
             **({"scored_bytes": b} if (b := self.result.summary.scored_bytes) is not None else {}),
+            **(
+                {"unconditional_logprob": u, "mutual_info": total - u}
+                if (u := self.unconditional_logprob) is not None
+                else {}
+            ),
         }
 
 
@@ -86,6 +102,12 @@ class QuestionResult:
     def pred_norm(self) -> int:
         return argmax([c.norm_logprob for c in self.choices])
 
+    @property
+    def pred_mutual_info(self) -> int | None:
+        """argmax of ``mutual_info`` (lm-eval's acc_mutual_info); None without the unconditional scores."""
+        values = [c.mutual_info for c in self.choices]
+        return None if any(v is None for v in values) else argmax([v or 0.0 for v in values])
+
     def to_dict(self) -> dict[str, Any]:
         first = self.choices[0].result
         return {
@@ -100,27 +122,31 @@ class QuestionResult:
             "correct": self.pred == self.label,
             "correct_norm": self.pred_norm == self.label,
             "choices": [c.to_dict() for c in self.choices],
+            **(
+                {"pred_mutual_info": mi, "correct_mutual_info": mi == self.label}
+                if (mi := self.pred_mutual_info) is not None
+                else {}
+            ),
         }
 
 
 def score_questions(
     lm: LoadedModel, questions: Sequence[Question], options: ScoreOptions, *, padding_side: str = "right"
 ) -> list[QuestionResult]:
-    """Every choice of every question as the rows of one padded forward pass through the one scorer; each
-    row's figures equal the choice scored alone (the scorer's contract)."""
-    flat = [example for q in questions for example in q.examples]
+    """Every choice of every question through the one scorer, a question's choices as one group
+    (``Scorer.score_groups``: a long shared context runs once); each choice's figures equal it scored alone."""
+    groups = [q.examples for q in questions] + [q.unconditional for q in questions if q.unconditional]
     try:
-        results = scorer_for(lm).score(flat, options, padding_side=padding_side)
+        grouped = scorer_for(lm).score_groups(groups, options, padding_side=padding_side)
     except NonFiniteError as exc:  # the runner names the record: tell it which question holds the choice
         owner = next((q for q in questions if any(e is exc.example for e in q.examples)), exc.example)
         raise NonFiniteError(str(exc), example=owner, scored=exc.scored, why=exc.why, target=exc.target) from None
-    out, at = [], 0
-    for q in questions:
-        scored = results[at : at + len(q.examples)]
-        at += len(q.examples)
-        out.append(
-            QuestionResult(q.label, tuple(ChoiceScore(i, t, r) for i, (t, r) in enumerate(zip(q.texts, scored))))
-        )
+    unconditional = iter(grouped[len(questions) :])
+    out = []
+    for q, scored in zip(questions, grouped):
+        bare = next(unconditional) if q.unconditional else [None] * len(scored)
+        choices = (ChoiceScore(i, t, r, u) for i, (t, r, u) in enumerate(zip(q.texts, scored, bare)))
+        out.append(QuestionResult(q.label, tuple(choices)))
     return out
 
 

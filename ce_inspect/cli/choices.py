@@ -88,6 +88,15 @@ def choices(
         bool,
         typer.Option("--skip-invalid", help="Report and skip questions that cannot be scored.", rich_help_panel=INPUT),
     ] = False,
+    mutual_info: Annotated[
+        bool,
+        typer.Option(
+            "--mutual-info",
+            help="Also score each choice after an empty context, for lm-eval's acc_mutual_info "
+            "(log P(choice | context) - log P(choice)); about twice the work.",
+            rich_help_panel=INPUT,
+        ),
+    ] = False,
     batch_size: BatchSizeOpt = None,
     max_tokens: MaxTokensOpt = None,
     padding_side: Annotated[
@@ -138,8 +147,9 @@ def choices(
     with out.interrupts():
         summary = choices_dataset(
             lambda: common.load(quiet=True), input, output, layout=layout, tokenization=common.tokenization,
-            options=options, settings=settings, skip_invalid=skip_invalid, resume=resume, force=force,
-            stream=out.stream, tee=None if kept.read_back else kept.add, progress=out.progress, notes=out.notes,
+            mutual_info=mutual_info, options=options, settings=settings, skip_invalid=skip_invalid, resume=resume,
+            force=force, stream=out.stream, tee=None if kept.read_back else kept.add, progress=out.progress,
+            notes=out.notes,
         )  # fmt: skip
     if summary is None:
         return  # torchrun, not rank 0: rank 0 merges and reports

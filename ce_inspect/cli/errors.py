@@ -42,6 +42,7 @@ FLAGS: dict[str, str] = {
     "chat": "--chat",
     "system": "--system",
     "tokenization": "--tokenization",
+    "mutual_info": "--mutual-info",
     "special_tokens": "--special-tokens",
     "messages": "--messages",
     "label_smoothing": "--label-smoothing",

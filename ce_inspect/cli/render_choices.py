@@ -33,6 +33,9 @@ def summary_table(summary: ChoicesSummary) -> Table:
     table.add_row("questions", f"{d['questions']} ({d['resumed']} resumed, {d['skipped_count']} skipped)")
     table.add_row("acc", f"{_pm(d['acc'], d['acc_stderr'])}  ({d['correct']} right)")
     table.add_row("acc_norm", f"{_pm(d['acc_norm'], d['acc_norm_stderr'])}  ({d['correct_norm']} right)")
+    if "acc_mutual_info" in d:
+        mutual = _pm(d["acc_mutual_info"], d["acc_mutual_info_stderr"])
+        table.add_row("acc_mutual_info", f"{mutual}  ({d['correct_mutual_info']} right)")
     if d.get("bits_per_byte") is not None:
         table.add_row("bits per byte", f"{d['bits_per_byte']:.4f}  (of the right choices)")
     table.add_row("model", Text(f"{d['model']} ({d['device']}, {d['dtype']})"))

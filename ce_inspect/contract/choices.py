@@ -27,6 +27,10 @@ class ChoiceDict(TypedDict):
     layout: LayoutDict
     notes: list[str]
     scored_bytes: NotRequired[int]  # UTF-8 bytes of the scored tokens (the summary's bits per byte)
+    # With --mutual-info: the choice's log-likelihood after an empty context (lm-eval's ("", choice) request),
+    # and sum_logprob less it (what acc_mutual_info compares).
+    unconditional_logprob: NotRequired[float]
+    mutual_info: NotRequired[float]
 
 
 class ChoicesLineDict(TypedDict):
@@ -45,6 +49,8 @@ class ChoicesLineDict(TypedDict):
     correct: bool
     correct_norm: bool
     choices: list[ChoiceDict]
+    pred_mutual_info: NotRequired[int]  # with --mutual-info: argmax of mutual_info
+    correct_mutual_info: NotRequired[bool]
     # ``batch.line_settings`` plus ``choices_tokenization``: ``--resume`` refuses to mix lines whose settings differ.
     settings: dict[str, Any]
 
@@ -67,6 +73,10 @@ class ChoicesSummaryDict(TypedDict):
     acc_stderr: float | None  # lm-eval's mean_stderr: sample std (ddof=1) / sqrt(n); null below two questions
     acc_norm: float | None
     acc_norm_stderr: float | None
+    # With --mutual-info (every question scored with it): lm-eval's acc_mutual_info and its mean_stderr.
+    correct_mutual_info: NotRequired[int]
+    acc_mutual_info: NotRequired[float]
+    acc_mutual_info_stderr: NotRequired[float | None]
     # The gold choices' -sum_logprob / ln 2 / their scored_bytes, over every question (lm-eval's bits_per_byte of
     # the right answers); left out when a line lacks its bytes.
     bits_per_byte: NotRequired[float]
