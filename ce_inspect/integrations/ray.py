@@ -96,7 +96,8 @@ class RayBatches:
     through ``DatasetRun`` (the record reader, the scan, token-budget batches, the command's job and lines),
     each row's line and its reason for having none made columns. A subclass sets ``lm`` (the model the scan
     encodes with) and, where they are not ``batch``'s, ``command``, ``encoder``, ``job`` and ``settings``, and
-    says its ``figures``; ``types``: its columns (the figures, ``ce_error``, ``ce_inspect``), their Arrow types."""
+    says its ``figures``; ``types``: its columns (the figures, ``ce_error``, ``ce_inspect``), their Arrow types.
+    The keywords here (how records are read and laid out, ``skip_invalid``, ``line_column``) are both classes'."""
 
     #: How messages name the class.
     label: ClassVar[str] = "RayBatches"
@@ -106,13 +107,13 @@ class RayBatches:
         self,
         types: Mapping[str, str],
         *,
-        layout: Layout | None,
-        layout_options: dict[str, Any],
-        options: ScoreOptions | None,
-        fields: Fields | None,
-        format: str | None,
-        skip_invalid: bool,
-        line_column: str | None,
+        layout: Layout | None = None,
+        options: ScoreOptions | None = None,
+        fields: Fields | None = None,
+        format: str | None = None,
+        skip_invalid: bool = False,
+        line_column: str | None = None,
+        **layout_options: Any,
     ) -> None:
         if layout is not None and layout_options:
             raise UsageError(f"give `layout` or its options ({', '.join(sorted(layout_options))}), not both")
@@ -209,32 +210,17 @@ class ScoreBatch(RayBatches):
         dtype: str = "auto",
         revision: str | None = None,
         trust_remote_code: bool = False,
-        layout: Layout | None = None,
-        options: ScoreOptions | None = None,
         batch_size: int | None = None,
         max_tokens: int | None = None,
         sequence: bool = True,
-        fields: Fields | None = None,
-        format: str | None = None,
-        skip_invalid: bool = False,
-        line_column: str | None = None,
         keep_below: float | None = None,
         keep_above: float | None = None,
         keep_by: str = "mean",
-        **layout_options: Any,
+        **common: Any,
     ) -> None:
         thresholds = keep_below is not None or keep_above is not None
         self.keep = KeepFilter(below=keep_below, above=keep_above, by=keep_by) if thresholds else None
-        super().__init__(
-            {name: t for name, t in COLUMNS.items() if name != "keep" or self.keep is not None},
-            layout=layout,
-            layout_options=layout_options,
-            options=options,
-            fields=fields,
-            format=format,
-            skip_invalid=skip_invalid,
-            line_column=line_column,
-        )
+        super().__init__({name: t for name, t in COLUMNS.items() if name != "keep" or self.keep is not None}, **common)
         self.settings = BatchSettings(batch_size=batch_size, max_tokens=max_tokens, sequence=sequence)
         self.lm = loaded(model, device, dtype, revision, trust_remote_code)
 
@@ -274,26 +260,11 @@ class DiffBatch(RayBatches):
         dtype_b: str | None = None,
         revision_b: str | None = None,
         trust_remote_code_b: bool = False,
-        layout: Layout | None = None,
-        options: ScoreOptions | None = None,
         batch_size: int | None = None,
         max_tokens: int | None = None,
-        fields: Fields | None = None,
-        format: str | None = None,
-        skip_invalid: bool = False,
-        line_column: str | None = None,
-        **layout_options: Any,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            DIFF_COLUMNS,
-            layout=layout,
-            layout_options=layout_options,
-            options=options,
-            fields=fields,
-            format=format,
-            skip_invalid=skip_invalid,
-            line_column=line_column,
-        )
+        super().__init__(DIFF_COLUMNS, **common)
         if model_b is None and device_b is None and dtype_b is None and revision_b is None:
             raise UsageError(
                 "DiffBatch: give the candidate model: `model_b`, or model_a at another `dtype_b`, `device_b` or "
