@@ -1,6 +1,6 @@
 """``ce_inspect.integrations.ray.ScoreBatch``: Ray Data's ``map_batches`` with one model per actor gives the lines
 ``ce-inspect batch`` writes for the same records; an invalid record's reason in ``ce_error``; an actor killed
-mid-run still gives every record exactly once.
+mid-run still gives every record exactly once. ``DiffBatch``, two models per actor, gives ``diff DATA``'s lines.
 
 The Ray tests run a local cluster on the loopback with 4 CPUs: with 2, two 1-CPU actors leave no CPU for the
 read task and Ray Data waits forever."""
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import json_close
+from conftest import build_model, json_close
 
 import ce_inspect
 from ce_inspect import KeepFilter, load
@@ -22,7 +22,7 @@ from ce_inspect.errors import InputError, UsageError
 pd = pytest.importorskip("pandas")
 pa = pytest.importorskip("pyarrow")
 np = pytest.importorskip("numpy")
-from ce_inspect.integrations.ray import ScoreBatch  # noqa: E402 - after the skips: pandas/pyarrow are optional
+from ce_inspect.integrations.ray import DIFF_FIGURES, DiffBatch, ScoreBatch  # noqa: E402 - after the skips
 
 CONVERSATION = [
     {"role": "user", "content": "Say hello."},
@@ -59,6 +59,25 @@ def batch_lines(lm, data) -> dict[int, dict]:
     out = data.parent / "out.jsonl"
     ce_inspect.score_dataset(lm, data, output=out, skip_invalid=True)
     return {d["line"]: d for d in map(json.loads, out.read_text(encoding="utf-8").splitlines())}
+
+
+@pytest.fixture(scope="module")
+def model_b_dir(tmp_path_factory) -> Path:
+    """A second tiny model with the same tokenizer and other weights: the candidate of the diff tests."""
+    return build_model(tmp_path_factory.mktemp("ray-b"), seed=1)
+
+
+@pytest.fixture(scope="module")
+def lm_b(model_b_dir):
+    return load(str(model_b_dir), device="cpu", quiet=True)
+
+
+@pytest.fixture(scope="module")
+def diff_out(lm, lm_b, data) -> Path:
+    """What `ce-inspect diff DATA --skip-invalid` writes for the records (the library call the CLI makes)."""
+    out = data.parent / "diff.jsonl"
+    ce_inspect.diff_dataset(lm, lm_b, data, output=out, skip_invalid=True)
+    return out
 
 
 def _as_formats(rows: list[dict]) -> dict[str, object]:
@@ -127,6 +146,33 @@ def test_the_keep_column_is_batchs_filter_rule(lm, data, batch_lines):
         n: rule.keeps(d["summary"]["mean"]) for n, d in batch_lines.items()
     }
     assert {n: d["summary"]["mean"] < median for n, d in batch_lines.items()} == {n: bool(keep[n]) for n in batch_lines}
+
+
+def test_one_diff_call_writes_diffs_own_lines_and_their_figures(lm, lm_b, diff_out):
+    out = DiffBatch(lm, lm_b, skip_invalid=True)(_as_formats(_rows())["arrow"])
+    ce = _column(out, "arrow", "ce_inspect")
+    assert [c for c in ce if c is not None] == diff_out.read_text(encoding="utf-8").splitlines()  # byte for byte
+    assert _column(out, "arrow", "ce_error") == [None] * 4 + ["missing field 'answer'"] + [None] * 7
+    assert all(_column(out, "arrow", name)[4] is None for name in DIFF_FIGURES)
+    for line in map(json.loads, filter(None, ce)):
+        for name, path in DIFF_FIGURES.items():
+            want = line
+            for key in path:
+                want = want[key]
+            assert _column(out, "arrow", name)[line["line"] - 1] == want, name
+    assert _column(out, "arrow", "kl_mean")[0] > 0  # two models that differ
+    assert _column(out, "arrow", "id") == [r["id"] for r in _rows()]
+
+
+def test_an_invalid_record_without_skip_invalid_fails_the_diff_call_naming_it(lm, lm_b):
+    with pytest.raises(InputError) as caught:
+        DiffBatch(lm, lm_b, line_column="n")(pd.DataFrame(_rows()))
+    assert str(caught.value) == (
+        "DiffBatch: line 5 (id 'bad'): missing field 'answer' (fix the record, or pass skip_invalid=True to get "
+        "the reason in ce_error)"
+    )
+    with pytest.raises(UsageError, match="give the candidate model: `model_b`"):
+        DiffBatch(lm)
 
 
 # --- on a local Ray cluster ------------------------------------------------------------------------------------
@@ -198,3 +244,18 @@ def test_an_actor_killed_mid_run_still_gives_every_record_exactly_once(
     for r in rows:
         if r["n"] in batch_lines:
             json_close(json.loads(r["ce_inspect"]), batch_lines[r["n"]], f"line {r['n']}", tol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_actors_give_diffs_lines(ray_cluster, tiny_llama_dir, model_b_dir, data, diff_out):
+    kwargs = {"model_a": str(tiny_llama_dir), "model_b": str(model_b_dir), "device": "cpu", "skip_invalid": True}
+    rows = _scored_by_ray(
+        ray_cluster, data, DiffBatch, {**kwargs, "line_column": "n"}, compute=ray_cluster.data.ActorPoolStrategy(size=2)
+    )
+    assert sorted(r["n"] for r in rows) == list(range(1, 13))
+    by_n = {r["n"]: r for r in rows}
+    assert by_n[5]["ce_error"] == "missing field 'answer'" and by_n[5]["ce_inspect"] is None
+    for want in map(json.loads, diff_out.read_text(encoding="utf-8").splitlines()):
+        got = json.loads(by_n[want["line"]]["ce_inspect"])
+        json_close(got, want, f"line {want['line']}", tol=1e-5)  # other forward passes: the float32 bound
+        assert by_n[want["line"]]["kl_mean"] == got["summary"]["kl_mean"]
