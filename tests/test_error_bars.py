@@ -107,3 +107,58 @@ def test_choices_bits_per_byte_is_the_gold_choices_nll_over_their_bytes(tiny_lla
     assert summary["bits_per_byte"] == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-12)
     resumed = ce_inspect.choices_dataset(tiny_llama, data, out, resume=True).to_dict()
     assert resumed["bits_per_byte"] == summary["bits_per_byte"]  # read back from the lines
+
+
+@pytest.fixture(scope="module")
+def candidate_dir(tmp_path_factory) -> Path:
+    from conftest import build_model
+
+    return build_model(tmp_path_factory.mktemp("bars-b"), seed=1)  # the same tokenizer, other weights
+
+
+def test_diff_bootstrap_gives_the_data_set_means_their_errors(
+    tiny_llama, tiny_llama_dir, candidate_dir, texts, tmp_path, capsys
+):
+    """``diff DATA --bootstrap N --seed S``: the token-weighted mean ΔNLL and KL over examples resampled with
+    replacement, reproducible with the seed and within 10% of the delta-method error from the lines."""
+    from ce_inspect import load
+
+    cand = load(str(candidate_dir), device="cpu", quiet=True)
+    out = tmp_path / "diff.jsonl"
+    settings = BatchSettings(bootstrap=2000, seed=5)
+    d = ce_inspect.diff_dataset(tiny_llama, cand, texts, out, settings=settings).to_dict()
+    lines = [json.loads(line)["summary"] for line in out.read_text().splitlines()]
+    counts = [s["count"] for s in lines]
+    b = d["bootstrap"]
+    assert (b["resamples"], b["seed"]) == (2000, 5)
+    for key in ("dnll_mean", "kl_mean"):
+        sums = [s[key] * s["count"] for s in lines]
+        assert sum(sums) / sum(counts) == pytest.approx(d["summary"][key], rel=1e-6)  # the mean it is the error of
+        assert b[f"{key}_stderr"] == pytest.approx(ratio_stderr(sums, counts), rel=0.10)
+    again = ce_inspect.diff_dataset(tiny_llama, cand, texts, out, settings=settings, force=True).to_dict()
+    assert again["bootstrap"] == b  # seeded
+    assert "bootstrap" not in ce_inspect.diff_dataset(tiny_llama, cand, texts, out, force=True).to_dict()
+    args = ["diff", str(texts), "-m", str(tiny_llama_dir), "--model-b", str(candidate_dir), "-o", str(out), "--force"]
+    report = tmp_path / "diff.html"
+    assert main([*args, "--bootstrap", "200", "--seed", "1", "--html", str(report)]) == 0
+    assert "bootstrap over examples (200 resamples, seed 1)" in capsys.readouterr().out
+    assert "bootstrap.kl_mean_stderr" in report.read_text(encoding="utf-8")
+    assert (
+        main(
+            [
+                "diff",
+                "-m",
+                str(tiny_llama_dir),
+                "--model-b",
+                str(candidate_dir),
+                "-p",
+                "a",
+                "-a",
+                "b",
+                "--bootstrap",
+                "9",
+            ]
+        )
+        == 2
+    )
+    assert "--bootstrap goes with a data set" in capsys.readouterr().err

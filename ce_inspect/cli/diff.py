@@ -17,6 +17,7 @@ from ce_inspect.cli.options import (
     AnswerFileOpt,
     AnswerOpt,
     BatchSizeOpt,
+    BootstrapOpt,
     Common,
     DnllGateOpt,
     KlGateOpt,
@@ -26,6 +27,7 @@ from ce_inspect.cli.options import (
     MessagesOpt,
     PromptFileOpt,
     PromptOpt,
+    SeedOpt,
     SortWindowOpt,
     gate,
     read_example,
@@ -134,6 +136,8 @@ def diff(
     batch_size: BatchSizeOpt = None,
     max_tokens: MaxTokensOpt = None,
     sort_window: SortWindowOpt = DEFAULT_SORT_WINDOW,
+    bootstrap: BootstrapOpt = 0,
+    seed: SeedOpt = 0,
     summary_json: Annotated[
         Path | None,
         typer.Option(help="Also write the data-set summary as one JSON document to FILE.", rich_help_panel=DATASET),
@@ -178,6 +182,8 @@ def diff(
             max_tokens=max_tokens,
             sort_window=sort_window,
             worst=worst,
+            bootstrap=bootstrap,
+            seed=seed,
         )
         run = {"skip_invalid": skip_invalid, "force": force, "resume": resume, "limit": limit, "label": label}
         _diff_input(common, candidate, reports, input, output, summary_json, settings, gates, **run)
@@ -188,6 +194,7 @@ def diff(
         ("--max-tokens", max_tokens),
         ("--resume", resume or None),
         ("--limit", limit),
+        ("--bootstrap", bootstrap or None),
     ):
         if value is not None:
             raise typer.BadParameter(f"{flag} goes with a data set (DATA or --input)", param_hint=flag)

@@ -174,6 +174,12 @@ def render_diff_dataset(summary: DiffDatasetSummary, console: Console | None = N
     console.print(Text(f"{summary.examples} examples compared, {len(summary.skipped)} skipped; input {summary.input}"))
     if summary.summary is not None:
         console.print(summary_grid(summary.summary))
+    if summary.bootstrap is not None:
+        b = summary.bootstrap
+        console.print(
+            f"bootstrap over examples ({b['resamples']} resamples, seed {b['seed']}): mean ΔNLL ± "
+            f"{fmt(b['dnll_mean_stderr'], 6)}, mean KL(ref‖cand) ± {fmt(b['kl_mean_stderr'], 6)}"
+        )
     for title, rows in (("by mean KL", summary.worst_by_kl), ("by mean ΔNLL", summary.worst_by_dnll)):
         if not rows:
             continue

@@ -45,6 +45,7 @@ from ce_inspect.contract.choices import (
 )
 from ce_inspect.contract.diff import (
     DIFF_SCHEMA_VERSION,
+    DiffBootstrapDict,
     DiffDatasetDict,
     DiffDict,
     DiffLineDict,
@@ -131,6 +132,7 @@ __all__ = [
     "DiffDict",
     "DiffLineDict",
     "DiffModelDict",
+    "DiffBootstrapDict",
     "DiffDatasetDict",
     "Alternative",
     "AlternativeDict",

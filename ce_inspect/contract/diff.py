@@ -1,13 +1,14 @@
 """diff's JSON documents: ``diff --json`` (a pair under two models), a ``diff --input`` line and its summary."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: TypedDicts read `NotRequired[...]` from evaluated
+# annotations only, and with string annotations every key would silently count as required.
 
 from typing import Any, Literal
 
 from ce_inspect.contract.batch import BatchingDict, SkippedDict
 from ce_inspect.contract.layout import LayoutDict
 from ce_inspect.contract.run import SummaryDict, TokenDict, TurnDict
-from ce_inspect.contract.wire import TypedDict
+from ce_inspect.contract.wire import NotRequired, TypedDict
 
 DIFF_SCHEMA_VERSION = 1
 
@@ -108,6 +109,16 @@ class WorstExampleDict(TypedDict):
     same_top1_pct: float
 
 
+class DiffBootstrapDict(TypedDict):
+    """``diff DATA --bootstrap N``: the standard errors of the data set's token-weighted means from N resamples
+    of the examples with replacement (``seed``), the examples' own tokens kept together."""
+
+    resamples: int
+    seed: int
+    dnll_mean_stderr: float | None  # of summary.dnll_mean; null below two examples
+    kl_mean_stderr: float | None  # of summary.kl_mean
+
+
 class DiffDatasetDict(TypedDict):
     schema_version: int
     kind: Literal["diff_summary"]
@@ -123,3 +134,4 @@ class DiffDatasetDict(TypedDict):
     worst_by_dnll: list[WorstExampleDict]
     batching: BatchingDict
     notes: list[str]
+    bootstrap: NotRequired[DiffBootstrapDict]  # with --bootstrap N

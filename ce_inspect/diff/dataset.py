@@ -15,7 +15,7 @@ from ce_inspect.contract import (
     WireObject,
     conform,
 )
-from ce_inspect.contract.diff import DiffDatasetDict, WorstExampleDict
+from ce_inspect.contract.diff import DiffBootstrapDict, DiffDatasetDict, WorstExampleDict
 from ce_inspect.data import encode_whole
 from ce_inspect.dataset import (
     BatchSettings,
@@ -37,6 +37,7 @@ from ce_inspect.notebook import LineFrame
 from ce_inspect.scoring import (
     ScoreOptions,
 )
+from ce_inspect.stats import bootstrap_stderrs
 from ce_inspect.text import Encoded, Layout
 
 if TYPE_CHECKING:
@@ -46,12 +47,15 @@ if TYPE_CHECKING:
 # --- data sets: `batch`'s runner with a two-model score function and this report --------------------------
 
 
-def diff_job(ref: LoadedModel, cand: LoadedModel, options: ScoreOptions, worst: int) -> Job:
+def diff_job(
+    ref: LoadedModel, cand: LoadedModel, options: ScoreOptions, worst: int, *, bootstrap: int = 0, seed: int = 0
+) -> Job:
     """``diff --input``'s job for the one runner: both models on the same tokens, one line of KL, ΔNLL and top-1
-    agreement per example, the lines read back for ``resume`` and the torchrun merge."""
+    agreement per example, the lines read back for ``resume`` and the torchrun merge. ``bootstrap``: the
+    resamples of the data-set means' standard errors (0: none), drawn from ``seed``."""
     return Job(
         command="diff",
-        make_report=lambda scan: DiffReport(ref, cand, scan, worst, options),
+        make_report=lambda scan: DiffReport(ref, cand, scan, worst, options, bootstrap=bootstrap, seed=seed),
         score=lambda examples: diff_encoded(ref, cand, examples, options),
         parse=diff_line_stats,
         counts_resumed=False,  # diff's summary has no count of resumed examples
@@ -90,6 +94,7 @@ class DiffDatasetSummary(WireObject[DiffDatasetDict], LineFrame):
     worst_by_dnll: tuple[WorstExampleDict, ...]
     batching: BatchStats
     notes: tuple[str, ...] = ()
+    bootstrap: DiffBootstrapDict | None = None  # with ``bootstrap`` resamples
 
     @property
     def skipped_count(self) -> int:
@@ -101,7 +106,15 @@ class DiffReport:
     summary (token-weighted statistics over every scored token, and the worst examples by KL and ΔNLL)."""
 
     def __init__(
-        self, ref_lm: LoadedModel, cand_lm: LoadedModel, scan: Any, worst: int, options: ScoreOptions | None = None
+        self,
+        ref_lm: LoadedModel,
+        cand_lm: LoadedModel,
+        scan: Any,
+        worst: int,
+        options: ScoreOptions | None = None,
+        *,
+        bootstrap: int = 0,
+        seed: int = 0,
     ) -> None:
         self.written = diff_line_settings(ref_lm, cand_lm, scan.layout, options or ScoreOptions(), scan.fields)
         if scan.resume is not None:  # before any line is written: a changed model or option changes nothing
@@ -114,6 +127,7 @@ class DiffReport:
         self.skipped: list[Any] = []
         self.notes: dict[str, None] = {}
         self.shared_vocab = 0
+        self.resamples, self.seed = bootstrap, seed
 
     def line(self, entry: Any, result: DiffResult) -> DiffLineDict:
         d: dict[str, Any] = dict(result.to_dict())
@@ -153,7 +167,25 @@ class DiffReport:
             worst_by_dnll=worst("dnll_mean"),
             batching=batching,
             notes=(*self.notes, *((self.scan.info.limit_note,) if self.scan.info and self.scan.info.limited else ())),
+            bootstrap=self.bootstrapped(),
         )
+
+    def bootstrapped(self) -> DiffBootstrapDict | None:
+        """The token-weighted means' standard errors over resamples of the examples (None without ``bootstrap``)."""
+        if not self.resamples:
+            return None
+        counts = [float(e["count"]) for e in self.examples]
+        ratios = {
+            name: ([e[name] * e["count"] for e in self.examples], counts)  # type: ignore[literal-required]
+            for name in ("dnll_mean", "kl_mean")
+        }
+        se = bootstrap_stderrs(ratios, self.resamples, self.seed)
+        return {
+            "resamples": self.resamples,
+            "seed": self.seed,
+            "dnll_mean_stderr": se["dnll_mean"],
+            "kl_mean_stderr": se["kl_mean"],
+        }
 
 
 def _worst_entry(
@@ -290,5 +322,5 @@ def diff_dataset(
         scan = run.scan(
             ref, layout=layout, options=options, skip_invalid=skip_invalid, encoder=record_encoder(ref, cand, layout)
         )
-        job = diff_job(ref, cand, options, settings.worst)
+        job = diff_job(ref, cand, options, settings.worst, bootstrap=settings.bootstrap, seed=settings.seed)
         return run.run(ref, scan, job, options=options, settings=settings, stream=stream, progress=progress)

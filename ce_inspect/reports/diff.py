@@ -48,6 +48,17 @@ def _diff_summary_rows(s: dict[str, Any], prefix: str = "summary.") -> list[tupl
     return rows
 
 
+def _bootstrap_rows(b: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    """``--bootstrap``'s standard errors of the data set's means, as rows of the summary table."""
+    if b is None:
+        return []
+    drawn = f"({b['resamples']} resamples of the examples, seed {b['seed']})"
+    return [
+        (f"mean ΔNLL ± bootstrap {drawn}", fmt(b["dnll_mean_stderr"], 6), "bootstrap.dnll_mean_stderr"),
+        (f"mean KL ± bootstrap {drawn}", fmt(b["kl_mean_stderr"], 6), "bootstrap.kl_mean_stderr"),
+    ]
+
+
 def _diff_tooltip(t: dict[str, Any]) -> str:
     token = shown_token(t["token"], t["ref"].get("special", False), t["ref"].get("bytes"))
     lines = [f"#{t['index']} {token}  id {t['token_id']}"]
@@ -182,7 +193,8 @@ def diff_dataset_context(doc: dict[str, Any], command: str, lines: BatchLines | 
         ],
         "examples": doc["examples"],
         "skipped_count": doc["skipped_count"],
-        "summary": _diff_summary_rows(doc["summary"]) if doc.get("summary") is not None else [],
+        "summary": (_diff_summary_rows(doc["summary"]) if doc.get("summary") is not None else [])
+        + _bootstrap_rows(doc.get("bootstrap")),
         "worst": worst,
         "strips": _worst_strips(doc, lines),
         "legend": [{"cls": f"k{k}", "label": label} for k, label in enumerate(_KL_LABELS)],
