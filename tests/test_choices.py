@@ -127,7 +127,7 @@ def test_every_choice_matches_lmeval_on_the_bundled_model(smollm2, questions, tm
 
 
 # Contexts long enough that a question's shared start runs once and its choices after it from the KV cache
-# (``HFScorer.score_groups``, at least ``SHARED_START_MIN`` shared tokens): choices that share their first
+# (``HFScorer.score_groups``, when it saves ``SHARED_START_SAVING`` tokens): choices that share their first
 # words (the shared start then reaches into them), differ at once, or are one character.
 PASSAGE = (
     "The river rises in the northern hills, runs south past three market towns and a ruined abbey, and "
@@ -140,7 +140,7 @@ LONG_QUESTIONS = [
         "label": 0,
     },
     {"query": PASSAGE + "How old is the fishing trade? ", "choices": ["six hundred years", "ten", "x"], "gold": 0},
-    {"prompt": PASSAGE + "The abbey is", "choices": [" ruined", " ruined.", " new and tall"], "label": 0},
+    {"prompt": PASSAGE + "The abbey is", "choices": [" ruined", " ruined.", " new and tall", " gone"], "label": 0},
 ]
 
 
@@ -153,12 +153,11 @@ def long_questions(tmp_path_factory) -> Path:
 def test_a_long_context_runs_once_and_every_choice_still_matches_lmeval(
     arch, tiny_llama, tiny_gpt2, long_questions, tmp_path
 ):
-    from ce_inspect.scoring.hf import SHARED_START_MIN
-    from ce_inspect.scoring.packer import shared_start
+    from ce_inspect.scoring.hf import worth_sharing
 
     lm = tiny_llama if arch == "llama" else tiny_gpt2
     groups = [encode_question(lm, r, Layout(), None).examples for r in read_records(long_questions, format=CHOICES)]
-    assert all(shared_start(g) >= SHARED_START_MIN for g in groups)  # the shared-start path is the one tested
+    assert all(worth_sharing(g) for g in groups)  # the shared-start path is the one tested
     check_parity(lm, long_questions, tmp_path / "out.jsonl", LONG_QUESTIONS)
     assert lm.shared_start is True  # checked against the full pass on the first question, and kept
 

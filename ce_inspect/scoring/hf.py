@@ -68,18 +68,18 @@ class HFScorer(Scorer):
     def score_groups(
         self, groups: Sequence[Sequence[Encoded]], options: ScoreOptions, *, padding_side: str = "right"
     ) -> list[list[ScoreResult]]:
-        """Each group whose members share at least ``SHARED_START_MIN`` first tokens runs them once, and
-        the rest of its members in one pass after them from the start's KV cache; the other groups go
+        """Each group whose shared first tokens are worth running once (``worth_sharing``) runs them once,
+        and the rest of its members in one pass after them from the start's KV cache; the other groups go
         through one padded pass together (``Scorer.score_groups``). The figures are those of each example
         alone: checked once per model against the full pass, which it falls back to if they differ."""
-        starts = [shared_start(g) if len(g) > 1 and self.lm.shared_start is not False else 0 for g in groups]
+        starts = [shared_start(g) if worth_sharing(g) and self.lm.shared_start is not False else 0 for g in groups]
         if self.lm.context_length is not None:  # past the context: the windowed layout ``pack`` truncates
             starts = [0 if max(len(e) for e in g) > self.lm.context_length else n for g, n in zip(groups, starts)]
-        rest = [g for g, n in zip(groups, starts) if n < SHARED_START_MIN]
+        rest = [g for g, n in zip(groups, starts) if n == 0]
         together = iter(super().score_groups(rest, options, padding_side=padding_side) if rest else [])
         out = []
         for group, n in zip(groups, starts):
-            if n < SHARED_START_MIN:
+            if n == 0:
                 out.append(next(together))
             elif self.lm.shared_start is False:  # the first group's check found other figures
                 out.append(self.score(group, options, padding_side=padding_side))
@@ -135,9 +135,16 @@ class HFScorer(Scorer):
             return own_losses(self.lm, examples)
 
 
-#: The fewest shared first tokens for which ``HFScorer.score_groups`` runs a group's start once: below it,
-#: one padded pass over every group costs less than two passes per group (bench/choices_speed.py).
-SHARED_START_MIN = 32
+#: The fewest tokens of forward pass that running a group's shared start once must save ((members - 1) x
+#: its length) for ``HFScorer.score_groups`` to do it: below it, one padded pass over every group costs less
+#: than two passes per group (bench/choices_speed.py: 4 choices after 43 shared tokens were slower shared,
+#: after 511 2.4x faster). 384: a start of 128 tokens for 4 choices, 384 for a pair.
+SHARED_START_SAVING = 384
+
+
+def worth_sharing(group: Sequence[Encoded]) -> bool:
+    """Whether ``group``'s shared start saves ``SHARED_START_SAVING`` tokens of forward pass run once."""
+    return len(group) > 1 and (len(group) - 1) * shared_start(group) >= SHARED_START_SAVING
 
 
 def _same_figures(got: ScoreResult, want: ScoreResult, *, exact: bool) -> bool:
