@@ -47,6 +47,8 @@ class DataInfo(WireObject[DataDict]):
     compression: str | None = None  # gzip, bzip2 or zstd: the file is decompressed as it is read
     #: the data set held `limit` records at least: the run read only those
     limited: bool = field(default=False, metadata=NOT_ON_WIRE)
+    #: the scan's warning that most answers are glued to their prompts (``dataset.GluedAnswers``)
+    glued_note: str | None = field(default=None, metadata=NOT_ON_WIRE)
 
     @property
     def limit_note(self) -> str | None:
@@ -54,6 +56,11 @@ class DataInfo(WireObject[DataDict]):
         if not self.limited:
             return None
         return f"read only the first {self.limit} records of {self.path} (limit {self.limit})"
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What a data-set summary's ``notes`` say of the data read: ``limit_note``, ``glued_note``."""
+        return tuple(n for n in (self.limit_note, self.glued_note) if n is not None)
 
     def describe(self) -> str:
         """The one line shown on stderr: what is read and how it was recognised."""
