@@ -248,3 +248,16 @@ def test_batch_scores_a_tool_call_conversation_it_used_to_refuse(capsys, tool_mo
     assert len(lines) == 2 and all(line["layout"]["scored_turns"] == [1, 3] for line in lines)
     texts = ["".join(t["token"] for t in line["tokens"]) for line in lines]
     assert all('"name": "f"' in text and "tool_response" not in text for text in texts), texts
+
+
+def test_run_messages_scores_tool_calls_and_refuses_tools_it_cannot_pass(capsys, tool_model_dir, tmp_path):
+    conv = tmp_path / "conv.json"
+    conv.write_text(json.dumps(conversation("Rome")), encoding="utf-8")
+    assert main(["run", "--messages", str(conv), "-m", str(tool_model_dir), "--json"]) == 0, capsys.readouterr().err
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["layout"]["scored_turns"] == [1, 3]
+    with_tools = tmp_path / "tools.json"
+    with_tools.write_text(json.dumps({"messages": conversation("Rome"), "tools": TOOLS}), encoding="utf-8")
+    assert main(["run", "--messages", str(with_tools), "-m", str(tool_model_dir)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "has 'tools', which --messages does not give the chat template" in err
