@@ -126,3 +126,11 @@ def test_prefs_and_choices_warn_too(tiny_llama, tmp_path):
     spaced = [{**q, "choices": [" blue", " green"]} for q in questions]
     summary = ce_inspect.choices_dataset(tiny_llama, write_jsonl(tmp_path / "s.jsonl", spaced))
     assert summary.to_dict()["notes"] == []
+
+
+def test_quiet_keeps_the_warning(capsys, tiny_llama_dir, tmp_path):
+    data = write_jsonl(tmp_path / "glued.jsonl", GLUED)
+    assert main(["batch", str(data), "-m", str(tiny_llama_dir), "-o", str(tmp_path / "o.jsonl"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line] == [line for line in err.splitlines() if "warning: " in line]
+    assert "2 of 3 answers start without whitespace" in err and "Reading " not in err
