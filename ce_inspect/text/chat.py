@@ -211,7 +211,6 @@ def _encode_conversation(
     _mark_messages(tokenizer, msgs, r, injected_end)
     _mark_tokens(r)
     scored, eot_positions, inside_turn = _locate_turns(tokenizer, msgs, r, targets, notes)
-
     template_mask = None
     if _GENERATION_TAG.search(template):
         template_mask, scored = _apply_generation_mask(tokenizer, msgs, r, targets, scored, notes)

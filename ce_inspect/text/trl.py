@@ -37,9 +37,8 @@ def encode_trl(
     token sequences diverge (their common prefix), and every token after it is trained: for a chat template
     that ends a turn with ``<|im_end|>\\n``, the newline too. When the prompt alone has tokens past that point
     (a word merged across the boundary, a template that renders the prompt differently when it is last),
-    they are not in the sequence; a note says which. ``add_eos=False`` (TRL always appends it) and
-    ``mask_prompt=False`` (TRL's ``completion_only_loss=False``) are stated in the notes. ``tools`` go to
-    the chat template with both renderings, as TRL passes a record's ``tools``.
+    they are not in the sequence; a note says which. ``add_eos=False`` (TRL always appends it), ``mask_prompt=
+    False`` (TRL's ``completion_only_loss=False``) are in the notes. ``tools`` go to the template, as in TRL.
     """
     conversational = not isinstance(prompt, str)
     if conversational != (not isinstance(completion, str)):
