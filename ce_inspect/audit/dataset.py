@@ -40,6 +40,7 @@ from ce_inspect.dataset import (
     DatasetRun,
     DatasetSummary,
     ExampleStats,
+    GluedAnswers,
     Job,
     JsonlSink,
     Progress,
@@ -180,18 +181,22 @@ def check_dataset(
     format: str | None = None,
     split: str | None = None,
     info: Any = None,
+    joins: GluedAnswers | None = None,
 ) -> Audit:
     """The checks that need no forward pass, over every record, streamed.
 
     ``lm`` may be ``tokenizer_only``. ``sink`` (a ``batch.JsonlSink``) receives one line per record as it is
     checked; ``keep_findings`` keeps each failing record's findings for a later pass (the model's) instead.
-    A record that is not an example stops the run, naming it, unless ``skip_invalid``.
+    A record that is not an example stops the run, naming it, unless ``skip_invalid``. ``joins`` counts the
+    answers glued to their prompts.
     """
     info = info or open_data(path, fields, format=format, split=split)
     layout = layout or Layout()
     ctx = AuditContext(lm.tokenizer, layout=layout)
     audit = Audit(ctx, max_length=max_length, examples=examples)
     for record, text in read_audit_records(path, fields, format=format, split=split, limit=info.limit):
+        if joins is not None:
+            joins.add(record)
         try:
             ex = pair_or_example(lm, record, text, layout, max_length)
         except InputError as exc:
@@ -489,15 +494,21 @@ def audit_without_model(
             fh = stack.enter_context(atomic_stream(output, label="`output`"))
             sink = JsonlSink(fh, name=str(output), regular=False)
         tok, name = tokenizer() if callable(tokenizer) else (tokenizer, name)
+        joins = GluedAnswers(layout or Layout(), info)  # with a model, the run's scan counts them
         audit = check_dataset(
             tokenizer_only(tok, name), source, layout=layout, fields=fields, max_length=max_length,
             skip_invalid=skip_invalid, examples=DEFAULT_EXAMPLES if examples is None else examples, sink=sink,
-            format=format, split=split, info=info,
+            format=format, split=split, info=info, joins=joins,
         )  # fmt: skip
     where = str(output) if output is not None else None
     gate = DEFAULT_FAIL_ON if fail_on is None else fail_on
     report = audit.finish(input=info.path, model=None, tokenizer=name, fail_on=gate, output=where)
-    return _limited(report, info, audit.records + len(audit.skipped), notes)
+    report = _limited(report, info, audit.records + len(audit.skipped), notes)
+    if joins.note is None:
+        return report
+    if notes is not None:
+        notes(f"warning: {joins.note}")
+    return replace(report, notes=(*report.notes, joins.note))
 
 
 def _limited(report: AuditReport, info: DataInfo, read: int, notes: Callable[[str], None] | None) -> AuditReport:
@@ -536,8 +547,8 @@ def _audit_report(
         loss["bits_per_byte"] = summary.bits_per_byte
     scored = score_shown(lm, scan, audit, options)
     report = audit.finish(input=name, model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss, scored=scored)
-    if scan.info is not None and scan.info.limit_note is not None:  # told to `notes` by the run's scan
-        report = replace(report, notes=(*report.notes, scan.info.limit_note))
+    if scan.info is not None and scan.info.notes:  # told to `notes` by the run's scan
+        report = replace(report, notes=(*report.notes, *scan.info.notes))
     if output is None:
         return report
     report, streamed = outliers_in_lines(report, audit, output)

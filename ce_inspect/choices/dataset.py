@@ -197,6 +197,7 @@ class ChoicesReport:
             resumed=self.resumed_count,
             skipped=tuple(self.skipped),
             batching=batching,
+            notes=self.scan.info.notes if self.scan.info is not None else (),
         )
 
 

@@ -75,7 +75,7 @@ app = typer.Typer(
     cls=_Group,
     context_settings=CONTEXT,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 

@@ -196,9 +196,9 @@ class DatasetSummary(PerByteFigures, WireObject[BatchSummaryDict], LineFrame):
 
     @property
     def notes(self) -> tuple[str, ...]:
-        """What the reader of the figures should know of the data they cover (a ``limit`` that cut it)."""
-        note = self.data.limit_note if self.data is not None else None
-        return (note,) if note is not None else ()
+        """What the reader of the figures should know of the data they cover (a ``limit`` that cut it, answers
+        glued to their prompts)."""
+        return self.data.notes if self.data is not None else ()
 
     @property
     def skipped_count(self) -> int:

@@ -166,7 +166,7 @@ class DiffReport:
             worst_by_kl=worst("kl_mean"),
             worst_by_dnll=worst("dnll_mean"),
             batching=batching,
-            notes=(*self.notes, *((self.scan.info.limit_note,) if self.scan.info and self.scan.info.limited else ())),
+            notes=(*self.notes, *(self.scan.info.notes if self.scan.info else ())),
             bootstrap=self.bootstrapped(),
         )
 

@@ -259,6 +259,7 @@ class PrefsReport:
                 "no reference model: the policy is its own reference (TRL's DPOTrainer copies the model it starts "
                 "from), so every reward and margin is 0 and the sigmoid loss is ln 2"
             )
+        notes.extend(self.scan.info.notes if self.scan.info is not None else ())
         return PrefsDatasetSummary(
             policy=self.policy,
             reference=self.reference,
