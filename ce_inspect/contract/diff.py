@@ -7,6 +7,7 @@ from typing import Any, Literal
 from ce_inspect.contract.batch import BatchingDict, SkippedDict
 from ce_inspect.contract.layout import LayoutDict
 from ce_inspect.contract.run import SummaryDict, TokenDict, TurnDict
+from ce_inspect.contract.versions import VersionsDict
 from ce_inspect.contract.wire import TypedDict
 
 DIFF_SCHEMA_VERSION = 1
@@ -74,6 +75,7 @@ class DiffDict(TypedDict):
     kind: Literal["diff"]
     reference: DiffSideDict
     candidate: DiffSideDict
+    versions: VersionsDict  # device: the reference's, then the candidate's when it is another
     layout: LayoutDict
     tokens: list[TokenDiffDict]
     summary: DiffSummaryDict
@@ -113,6 +115,7 @@ class DiffDatasetDict(TypedDict):
     kind: Literal["diff_summary"]
     reference: DiffModelDict
     candidate: DiffModelDict
+    versions: VersionsDict  # device: the reference's, then the candidate's when it is another
     input: str
     output: str | None
     examples: int
