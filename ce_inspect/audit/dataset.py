@@ -16,8 +16,10 @@ from ce_inspect.audit.summary import STREAMED_NOTE, Audit, AuditReport, outliers
 from ce_inspect.contract import (
     SCHEMA_VERSION,
     AuditRecordLineDict,
+    VersionsDict,
     as_read_back,
     conform,
+    versions,
 )
 from ce_inspect.data import (
     FORMATS,
@@ -213,7 +215,7 @@ def check_dataset(
         if keep_findings and findings:
             audit.findings[record.line] = findings
         if sink is not None:
-            sink.write(record_line(record.line, record.id, findings))
+            sink.write(record_line(record.line, record.id, findings, lm.versions))
     if not audit.records and not audit.skipped:
         raise InputError(f"{info.path} holds no records")
     return audit
@@ -236,7 +238,9 @@ def audit_line_settings(lm: LoadedModel, scan: Any, options: Any, max_length: in
     return {**line_settings(lm, scan.layout, options, scan.fields), "max_length": max_length}
 
 
-def line_emitter(audit: Audit, settings: dict[str, Any]) -> Callable[[Any, Any], AuditRecordLineDict | None]:
+def line_emitter(
+    audit: Audit, settings: dict[str, Any], versions: VersionsDict
+) -> Callable[[Any, Any], AuditRecordLineDict | None]:
     """``run_scan``'s ``emit`` for audit: every record the checks took gets one line (its findings, its loss or
     why the model could not score it); records the checks skipped (``--skip-invalid``) get none."""
     skipped = audit.skipped_lines
@@ -254,7 +258,7 @@ def line_emitter(audit: Audit, settings: dict[str, Any]) -> Callable[[Any, Any],
             loss["targets"] = fingerprint_targets([(t.index, t.token_id) for t in result.tokens])
             if s.scored_bytes is not None:
                 loss["scored_bytes"] = s.scored_bytes
-        return record_line(entry.line, entry.id, findings, loss, settings)
+        return record_line(entry.line, entry.id, findings, versions, loss, settings)
 
     return emit
 
@@ -352,7 +356,7 @@ def audit_job(lm: LoadedModel, scan: Any, audit: Audit, options: Any, settings: 
     return Job(
         command="audit",
         make_report=lambda share: AuditLosses(lm, share, audit, options, settings or BatchSettings()),
-        emit=line_emitter(audit, audit_line_settings(lm, scan, options, audit.max_length)),
+        emit=line_emitter(audit, audit_line_settings(lm, scan, options, audit.max_length), lm.versions),
         parse=audit_line_stats,
     )
 
@@ -502,7 +506,7 @@ def audit_without_model(
         )  # fmt: skip
     where = str(output) if output is not None else None
     gate = DEFAULT_FAIL_ON if fail_on is None else fail_on
-    report = audit.finish(input=info.path, model=None, tokenizer=name, fail_on=gate, output=where)
+    report = audit.finish(input=info.path, model=None, tokenizer=name, versions=versions(), fail_on=gate, output=where)
     report = _limited(report, info, audit.records + len(audit.skipped), notes)
     if joins.note is None:
         return report
@@ -546,7 +550,9 @@ def _audit_report(
     if summary.bits_per_byte is not None:
         loss["bits_per_byte"] = summary.bits_per_byte
     scored = score_shown(lm, scan, audit, options)
-    report = audit.finish(input=name, model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss, scored=scored)
+    report = audit.finish(
+        input=name, model=lm.name, tokenizer=lm.name, versions=lm.versions, fail_on=gate, loss=loss, scored=scored
+    )
     if scan.info is not None and scan.info.notes:  # told to `notes` by the run's scan
         report = replace(report, notes=(*report.notes, *scan.info.notes))
     if output is None:

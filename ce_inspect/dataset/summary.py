@@ -25,6 +25,7 @@ from ce_inspect.contract import (
     PerByteFigures,
     ScoreResult,
     SkippedDict,
+    VersionsDict,
     WireObject,
     WorstExampleDict,
     WorstTokenDict,
@@ -156,6 +157,7 @@ class DatasetSummary(PerByteFigures, WireObject[BatchSummaryDict], LineFrame):
     model: str
     device: str
     dtype: str
+    versions: VersionsDict  # ce-inspect, torch, transformers, Python and the device's name (``contract.versions``)
     input: str
     output: str | None
     examples: int  # scored examples, resumed ones included
@@ -278,6 +280,7 @@ class SummaryBuilder:
             model=lm.name,
             device=lm.device,
             dtype=lm.dtype,
+            versions=lm.versions,
             input=input,
             output=output,
             examples=self.examples,
