@@ -134,15 +134,23 @@ PASSAGE = (
     "The river rises in the northern hills, runs south past three market towns and a ruined abbey, and "
     "reaches the sea at a wide estuary where fishing boats have landed their catch for six hundred years. "
 )
-LONG_QUESTIONS = [
-    {
-        "prompt": PASSAGE + "Question: where does the river reach the sea?\nAnswer:",
-        "choices": [" at a wide estuary", " at a wide lake", " in the hills", " nowhere"],
-        "label": 0,
-    },
-    {"query": PASSAGE + "How old is the fishing trade? ", "choices": ["six hundred years", "ten", "x"], "gold": 0},
-    {"prompt": PASSAGE + "The abbey is", "choices": [" ruined", " ruined.", " new and tall", " gone"], "label": 0},
-]
+
+
+def long_questions(passage: str) -> list[dict]:
+    return [
+        {
+            "prompt": passage + "Question: where does the river reach the sea?\nAnswer:",
+            "choices": [" at a wide estuary", " at a wide lake", " in the hills", " nowhere"],
+            "label": 0,
+        },
+        {"query": passage + "How old is the fishing trade? ", "choices": ["six hundred years", "ten", "x"], "gold": 0},
+        {"prompt": passage + "The abbey is", "choices": [" ruined", " ruined.", " new and tall", " gone"], "label": 0},
+    ]
+
+
+LONG_QUESTIONS = long_questions(PASSAGE)  # about 200 tokens of context for the tiny models' byte tokenizer
+#: SmolLM2's tokenizer reads the passage in about 40 tokens: eight times it, for a start worth sharing.
+LONG_QUESTIONS_SMOLLM2 = long_questions(PASSAGE * 8)
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +172,13 @@ def test_a_long_context_runs_once_and_every_choice_still_matches_lmeval(
 
 
 @pytest.mark.default_model
-def test_a_long_context_matches_lmeval_on_the_bundled_model(smollm2, long_questions, tmp_path):
-    check_parity(smollm2, long_questions, tmp_path / "out.jsonl", LONG_QUESTIONS)
+def test_a_long_context_matches_lmeval_on_the_bundled_model(smollm2, tmp_path):
+    from ce_inspect.scoring.hf import worth_sharing
+
+    data = _write(tmp_path / "long.jsonl", LONG_QUESTIONS_SMOLLM2)
+    groups = [encode_question(smollm2, r, Layout(), None).examples for r in read_records(data, format=CHOICES)]
+    assert all(worth_sharing(g) for g in groups)
+    check_parity(smollm2, data, tmp_path / "out.jsonl", LONG_QUESTIONS_SMOLLM2)
     assert smollm2.shared_start is True
 
 
