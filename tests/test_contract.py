@@ -500,7 +500,7 @@ def test_choices_lines_and_summary_hold_exactly_the_declared_keys(tiny_llama_dir
     data = tmp_path / "q.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     lines, summaries = [], []
-    for k, extra in enumerate(([], ["--tokenization", "separate", "--top-k", "2"])):
+    for k, extra in enumerate(([], ["--tokenization", "separate", "--top-k", "2"], ["--mutual-info"])):
         out, summary = tmp_path / f"{k}.jsonl", tmp_path / f"{k}.json"
         args = ["choices", str(data), "-m", str(tiny_llama_dir), "-o", str(out), "--summary-json", str(summary)]
         assert main([*args, "--skip-invalid", *extra]) == 0
