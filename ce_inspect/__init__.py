@@ -35,7 +35,15 @@ _os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 from ce_inspect.audit import audit_dataset, audit_without_model
 from ce_inspect.choices import ChoicesSummary, choices_dataset
-from ce_inspect.contract import SCHEMA_VERSION, ScoreResult, SequenceToken, Summary, TokenScore, TurnSummary
+from ce_inspect.contract import (
+    SCHEMA_VERSION,
+    SOURCE_VERSION,
+    ScoreResult,
+    SequenceToken,
+    Summary,
+    TokenScore,
+    TurnSummary,
+)
 from ce_inspect.data import Fields
 from ce_inspect.dataset import BatchSettings, DatasetSummary, KeepFilter, score_dataset
 from ce_inspect.diff import DiffResult, DiffSummary, TokenDiff, diff, diff_dataset, diff_messages
@@ -65,7 +73,7 @@ from ce_inspect.text import (
     parse_messages,
 )
 
-__version__ = "0.1.0"
+__version__ = SOURCE_VERSION
 
 _register_notebook_views()  # every result's _repr_html_ (ce_inspect.notebook)
 

@@ -30,6 +30,7 @@ from ce_inspect.audit import (
     tokenizer_only,
 )
 from ce_inspect.cli import main
+from ce_inspect.contract import versions
 from ce_inspect.errors import InputError, InvalidRecordError
 from ce_inspect.text import Layout, encode_messages
 
@@ -159,7 +160,7 @@ def _broken(tok, breaker, bad: set[int]) -> list[dict]:
 
 def _audit(tok, path: Path, **kwargs):
     audit = check_dataset(tokenizer_only(tok, "tiny"), path, **kwargs)
-    return audit.finish(input=str(path), model=None, tokenizer="tiny", fail_on=DEFAULT_FAIL_ON)
+    return audit.finish(input=str(path), model=None, tokenizer="tiny", versions=versions(), fail_on=DEFAULT_FAIL_ON)
 
 
 def _flagged(report) -> dict[str, list]:
@@ -311,7 +312,7 @@ def test_loss_outlier_rule_median_mad(tok):
     audit = Audit(AuditContext(tok))
     for line, m in enumerate(means, 1):
         audit.add_result(line, f"r{line}", _fake_result(m))
-    report = audit.finish(input="x", model="m", tokenizer="t", fail_on=())
+    report = audit.finish(input="x", model="m", tokenizer="t", versions=versions("cpu"), fail_on=())
     finite = sorted(m for m in means if math.isfinite(m))
     median = finite[len(finite) // 2 - 1 : len(finite) // 2 + 1]
     median = sum(median) / 2 if len(finite) % 2 == 0 else finite[len(finite) // 2]
@@ -327,7 +328,12 @@ def test_loss_outlier_identical_losses_flag_nothing(tok):
     audit = Audit(AuditContext(tok))
     for line in range(1, 9):
         audit.add_result(line, None, _fake_result(2.0 + 1e-3 * line))
-    assert audit.finish(input="x", model="m", tokenizer="t", fail_on=()).check("loss-outlier").failed == 0
+    assert (
+        audit.finish(input="x", model="m", tokenizer="t", versions=versions("cpu"), fail_on=())
+        .check("loss-outlier")
+        .failed
+        == 0
+    )
 
 
 def test_loss_outlier_statistics_skip_records_that_fail_other_checks(tok):
@@ -348,7 +354,7 @@ def test_loss_outlier_statistics_skip_records_that_fail_other_checks(tok):
         labels = [*row["labels"][1:], IGNORE]
         audit.add(AuditExample(line, f"b{line}", tuple(row["input_ids"]), tuple(labels)))
         audit.add_result(line, f"b{line}", _fake_result(m))
-    report = audit.finish(input="x", model="m", tokenizer="t", fail_on=())
+    report = audit.finish(input="x", model="m", tokenizer="t", versions=versions("cpu"), fail_on=())
     assert [r.id for r in report.check("pre-shifted-labels").records] == ["b8", "b9", "b10", "b11", "b12"]
     everything = [*clean, 3.0, 0.1, 9.0, 12.0, 0.2, 8.0]
     old_median = statistics_median(everything)
@@ -680,7 +686,9 @@ def _audit_with(lm, path: Path):
     audit = check_dataset(tokenizer_only(lm.tokenizer, "smollm2"), path, keep_findings=True)
     lines: list[dict] = []
     score_losses(lm, scan_dataset(lm, path, skip_invalid=True), audit, SimpleNamespace(name=None, write=lines.append))
-    return audit.finish(input=str(path), model="smollm2", tokenizer="smollm2", fail_on=()), lines
+    return audit.finish(
+        input=str(path), model="smollm2", tokenizer="smollm2", versions=versions("cpu"), fail_on=()
+    ), lines
 
 
 @pytest.mark.default_model
@@ -726,7 +734,9 @@ def test_loss_outlier_sample_with_smollm2(smollm2):
     sink = SimpleNamespace(name=None, write=lines.append)
     score_losses(smollm2, scan, audit, sink)
     scored = score_shown(smollm2, scan, audit)
-    report = audit.finish(input=str(path), model="smollm2", tokenizer="smollm2", fail_on=(), scored=scored)
+    report = audit.finish(
+        input=str(path), model="smollm2", tokenizer="smollm2", versions=versions("cpu"), fail_on=(), scored=scored
+    )
     assert [r.id for r in report.check("loss-outlier").records] == ["bad-3"]
     assert report.check("loss-outlier").examples[0].mean_loss == max(line["loss"]["mean"] for line in lines)
     rows = [json.loads(line) for line in path.read_text().splitlines()]

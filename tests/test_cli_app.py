@@ -213,3 +213,36 @@ def test_help_shows_no_type_beside_a_flag(capsys, monkeypatch, command):
     assert "<bool>" not in out
     if command == ["batch"]:  # options that take a value keep theirs
         assert re.search(r"--split\s+<str>", out) and re.search(r"--force\s+Replace", out)
+
+
+# --- shell completion (issue 20) ----------------------------------------------------------------------------
+
+
+def test_help_offers_shell_completion(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--install-completion" in out and "--show-completion" in out
+
+
+def test_show_completion_prints_the_bash_script(capsys, monkeypatch):
+    # The shell given, not detected: Typer then reads `bash` as the option's value (no terminal, no parent shell).
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
+    with pytest.raises(SystemExit) as stop:
+        main(["--show-completion", "bash"])
+    out, err = capsys.readouterr()
+    assert stop.value.code == 0 and err == ""
+    assert "_ce_inspect_completion()" in out and "_CE_INSPECT_COMPLETE=complete_bash" in out
+    assert "complete -o default -F _ce_inspect_completion ce-inspect" in out
+
+
+@pytest.mark.parametrize(
+    "words, cword, expected", [("ce-inspect ba", 1, "batch"), ("ce-inspect batch --ski", 2, "--skip-invalid")]
+)
+def test_the_completion_script_completes_commands_and_options(capsys, monkeypatch, words, cword, expected):
+    """What the script asks ce-inspect when Tab is pressed: the command or option that starts so."""
+    monkeypatch.setenv("_CE_INSPECT_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", words)
+    monkeypatch.setenv("COMP_CWORD", str(cword))
+    with pytest.raises(SystemExit):
+        main([])
+    assert capsys.readouterr().out.split() == [expected]

@@ -333,7 +333,8 @@ def test_documents_keep_their_key_order(run_documents):
     document alone has ``sequence`` right after ``summary``."""
     doc = run_documents["cli pair"]
     assert list(doc) == [
-        "schema_version", "model", "device", "dtype", "layout", "tokens", "summary", "sequence", "notes", "turns"
+        "schema_version", "model", "device", "dtype", "versions", "layout", "tokens", "summary", "sequence", "notes",
+        "turns",
     ]  # fmt: skip
     for tp, obj in [
         (wire.TokenDict, doc["tokens"][0]),

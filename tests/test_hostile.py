@@ -800,7 +800,8 @@ DATA_CASES: list[Case] = [
         files={
             "d.jsonl": '{"input_ids": [1, 70, 2], "labels": [-100, 70, 2]}\n',
             "o.jsonl": '{"schema_version": 1, "kind": "audit_record", "line": 1, "id": null, "failed": [], '
-            '"findings": []}\n',
+            '"findings": [], "versions": {"ce_inspect": "0.1.0", "torch": "2.13.0", "transformers": "5.25.0", '
+            '"python": "3.11.7", "device": "none"}}\n',
         },
     ),
     Case(

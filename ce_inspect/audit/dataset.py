@@ -16,8 +16,10 @@ from ce_inspect.audit.summary import STREAMED_NOTE, Audit, AuditReport, outliers
 from ce_inspect.contract import (
     SCHEMA_VERSION,
     AuditRecordLineDict,
+    VersionsDict,
     as_read_back,
     conform,
+    versions,
 )
 from ce_inspect.data import (
     FORMATS,
@@ -40,6 +42,7 @@ from ce_inspect.dataset import (
     DatasetRun,
     DatasetSummary,
     ExampleStats,
+    GluedAnswers,
     Job,
     JsonlSink,
     Progress,
@@ -180,18 +183,22 @@ def check_dataset(
     format: str | None = None,
     split: str | None = None,
     info: Any = None,
+    joins: GluedAnswers | None = None,
 ) -> Audit:
     """The checks that need no forward pass, over every record, streamed.
 
     ``lm`` may be ``tokenizer_only``. ``sink`` (a ``batch.JsonlSink``) receives one line per record as it is
     checked; ``keep_findings`` keeps each failing record's findings for a later pass (the model's) instead.
-    A record that is not an example stops the run, naming it, unless ``skip_invalid``.
+    A record that is not an example stops the run, naming it, unless ``skip_invalid``. ``joins`` counts the
+    answers glued to their prompts.
     """
     info = info or open_data(path, fields, format=format, split=split)
     layout = layout or Layout()
     ctx = AuditContext(lm.tokenizer, layout=layout)
     audit = Audit(ctx, max_length=max_length, examples=examples)
     for record, text in read_audit_records(path, fields, format=format, split=split, limit=info.limit):
+        if joins is not None:
+            joins.add(record)
         try:
             ex = pair_or_example(lm, record, text, layout, max_length)
         except InputError as exc:
@@ -208,7 +215,7 @@ def check_dataset(
         if keep_findings and findings:
             audit.findings[record.line] = findings
         if sink is not None:
-            sink.write(record_line(record.line, record.id, findings))
+            sink.write(record_line(record.line, record.id, findings, lm.versions))
     if not audit.records and not audit.skipped:
         raise InputError(f"{info.path} holds no records")
     return audit
@@ -231,7 +238,9 @@ def audit_line_settings(lm: LoadedModel, scan: Any, options: Any, max_length: in
     return {**line_settings(lm, scan.layout, options, scan.fields), "max_length": max_length}
 
 
-def line_emitter(audit: Audit, settings: dict[str, Any]) -> Callable[[Any, Any], AuditRecordLineDict | None]:
+def line_emitter(
+    audit: Audit, settings: dict[str, Any], versions: VersionsDict
+) -> Callable[[Any, Any], AuditRecordLineDict | None]:
     """``run_scan``'s ``emit`` for audit: every record the checks took gets one line (its findings, its loss or
     why the model could not score it); records the checks skipped (``--skip-invalid``) get none."""
     skipped = audit.skipped_lines
@@ -249,7 +258,7 @@ def line_emitter(audit: Audit, settings: dict[str, Any]) -> Callable[[Any, Any],
             loss["targets"] = fingerprint_targets([(t.index, t.token_id) for t in result.tokens])
             if s.scored_bytes is not None:
                 loss["scored_bytes"] = s.scored_bytes
-        return record_line(entry.line, entry.id, findings, loss, settings)
+        return record_line(entry.line, entry.id, findings, versions, loss, settings)
 
     return emit
 
@@ -347,7 +356,7 @@ def audit_job(lm: LoadedModel, scan: Any, audit: Audit, options: Any, settings: 
     return Job(
         command="audit",
         make_report=lambda share: AuditLosses(lm, share, audit, options, settings or BatchSettings()),
-        emit=line_emitter(audit, audit_line_settings(lm, scan, options, audit.max_length)),
+        emit=line_emitter(audit, audit_line_settings(lm, scan, options, audit.max_length), lm.versions),
         parse=audit_line_stats,
     )
 
@@ -489,15 +498,21 @@ def audit_without_model(
             fh = stack.enter_context(atomic_stream(output, label="`output`"))
             sink = JsonlSink(fh, name=str(output), regular=False)
         tok, name = tokenizer() if callable(tokenizer) else (tokenizer, name)
+        joins = GluedAnswers(layout or Layout(), info)  # with a model, the run's scan counts them
         audit = check_dataset(
             tokenizer_only(tok, name), source, layout=layout, fields=fields, max_length=max_length,
             skip_invalid=skip_invalid, examples=DEFAULT_EXAMPLES if examples is None else examples, sink=sink,
-            format=format, split=split, info=info,
+            format=format, split=split, info=info, joins=joins,
         )  # fmt: skip
     where = str(output) if output is not None else None
     gate = DEFAULT_FAIL_ON if fail_on is None else fail_on
-    report = audit.finish(input=info.path, model=None, tokenizer=name, fail_on=gate, output=where)
-    return _limited(report, info, audit.records + len(audit.skipped), notes)
+    report = audit.finish(input=info.path, model=None, tokenizer=name, versions=versions(), fail_on=gate, output=where)
+    report = _limited(report, info, audit.records + len(audit.skipped), notes)
+    if joins.note is None:
+        return report
+    if notes is not None:
+        notes(f"warning: {joins.note}")
+    return replace(report, notes=(*report.notes, joins.note))
 
 
 def _limited(report: AuditReport, info: DataInfo, read: int, notes: Callable[[str], None] | None) -> AuditReport:
@@ -535,9 +550,11 @@ def _audit_report(
     if summary.bits_per_byte is not None:
         loss["bits_per_byte"] = summary.bits_per_byte
     scored = score_shown(lm, scan, audit, options)
-    report = audit.finish(input=name, model=lm.name, tokenizer=lm.name, fail_on=gate, loss=loss, scored=scored)
-    if scan.info is not None and scan.info.limit_note is not None:  # told to `notes` by the run's scan
-        report = replace(report, notes=(*report.notes, scan.info.limit_note))
+    report = audit.finish(
+        input=name, model=lm.name, tokenizer=lm.name, versions=lm.versions, fail_on=gate, loss=loss, scored=scored
+    )
+    if scan.info is not None and scan.info.notes:  # told to `notes` by the run's scan
+        report = replace(report, notes=(*report.notes, *scan.info.notes))
     if output is None:
         return report
     report, streamed = outliers_in_lines(report, audit, output)

@@ -35,6 +35,7 @@ from ce_inspect.contract import (
     AuditRecordLineDict,
     AuditRecordRefDict,
     AuditTokenDict,
+    VersionsDict,
     WireObject,
     dumps,
 )
@@ -150,6 +151,7 @@ class AuditReport(WireObject[AuditDict], LineFrame):
     input: str
     model: str | None
     tokenizer: str
+    versions: VersionsDict  # ce-inspect, torch, transformers, Python, the device's name ("none" without a model)
     records: int
     max_length: int | None
     checks: tuple[CheckResult, ...]
@@ -380,6 +382,7 @@ class Audit:
         input: str,
         model: str | None,
         tokenizer: str,
+        versions: VersionsDict,
         fail_on: Sequence[str],
         output: str | None = None,
         loss: dict[str, Any] | None = None,
@@ -426,6 +429,7 @@ class Audit:
             input=input,
             model=model,
             tokenizer=tokenizer,
+            versions=versions,
             records=self.records,
             max_length=self.max_length,
             checks=tuple(results),
@@ -486,11 +490,13 @@ def record_line(
     ex_line: int,
     rid: str | int | None,
     findings: Sequence[Finding],
+    versions: VersionsDict,
     loss: dict[str, Any] | None = None,
     settings: dict[str, Any] | None = None,
 ) -> AuditRecordLineDict:
-    """The per-record output line: which checks the record fails, and where; with a model, its loss and
-    the settings it was written with (``audit_line_settings``), which ``--resume`` compares."""
+    """The per-record output line: which checks the record fails, and where, and what wrote it (``versions``);
+    with a model, its loss and the settings it was written with (``audit_line_settings``), which ``--resume``
+    compares."""
     d: AuditRecordLineDict = {
         "schema_version": SCHEMA_VERSION,
         "kind": "audit_record",
@@ -498,6 +504,7 @@ def record_line(
         "id": rid,
         "failed": [f.check for f in findings],
         "findings": [f.to_dict() for f in findings],
+        "versions": versions,
     }
     if loss is not None:
         d["loss"] = loss

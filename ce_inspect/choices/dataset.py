@@ -81,6 +81,7 @@ class ChoicesSummary(LineFrame):
     view: ClassVar[str] = "choices_summary"
 
     model: dict[str, str]
+    versions: dict[str, str]  # a VersionsDict: ce-inspect, torch, transformers, Python, the device's name
     input: str
     output: str | None
     tokenization: str
@@ -129,6 +130,7 @@ class ChoicesSummary(LineFrame):
             "model": self.model["model"],
             "device": self.model["device"],
             "dtype": self.model["dtype"],
+            "versions": dict(self.versions),  # type: ignore[typeddict-item]
             "input": self.input,
             "output": self.output,
             "tokenization": self.tokenization,
@@ -169,6 +171,7 @@ class ChoicesReport:
         if scan.resume is not None:  # before any line is written: a changed model or option changes nothing
             check_resume_settings(scan.resume, self.written)
         self.model = {"model": lm.name, "device": lm.device, "dtype": lm.dtype}
+        self.versions = lm.versions
         self.scan, self.tokenization = scan, tokenization
         self.outcomes: list[Outcome] = []
         self.skipped: list[Any] = []
@@ -198,6 +201,7 @@ class ChoicesReport:
     def finish(self, *, output: str | None, batching: Any) -> ChoicesSummary:
         return ChoicesSummary(
             model=self.model,
+            versions=self.versions,
             input=self.scan.name,
             output=output,
             tokenization=self.tokenization,
@@ -205,6 +209,7 @@ class ChoicesReport:
             resumed=self.resumed_count,
             skipped=tuple(self.skipped),
             batching=batching,
+            notes=self.scan.info.notes if self.scan.info is not None else (),
         )
 
 

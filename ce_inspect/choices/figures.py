@@ -116,6 +116,7 @@ class QuestionResult:
             "model": first.model,
             "device": first.device,
             "dtype": first.dtype,
+            "versions": first.versions,
             "label": self.label,
             "pred": self.pred,
             "pred_norm": self.pred_norm,

@@ -11,7 +11,6 @@ from typing import Annotated, Any
 
 import typer
 
-from ce_inspect import __version__
 from ce_inspect.cli.logs import setup_logging
 from ce_inspect.cli.options import (
     OUTPUT,
@@ -31,6 +30,7 @@ from ce_inspect.cli.options import (
 )
 from ce_inspect.cli.render import render_result
 from ce_inspect.cli.reports import Reports, command_line, report_options
+from ce_inspect.contract import ce_inspect_version
 from ce_inspect.files import check_output
 from ce_inspect.reports import run_html, run_markdown
 from ce_inspect.scoring import score, score_messages
@@ -75,25 +75,14 @@ app = typer.Typer(
     cls=_Group,
     context_settings=CONTEXT,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
 
-def version() -> str:
-    """This installation's version: the package metadata's, or the source tree's when it is not installed."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
-
-    try:
-        return installed("ce-inspect")
-    except PackageNotFoundError:
-        return __version__
-
-
 def _print_version(value: bool) -> None:
     if value:
-        sys.stdout.write(f"ce-inspect {version()}\n")
+        sys.stdout.write(f"ce-inspect {ce_inspect_version()}\n")
         raise typer.Exit()
 
 

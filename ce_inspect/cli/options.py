@@ -449,6 +449,11 @@ def read_messages(file: Path) -> list[dict[str, str]]:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise InputError(f"{name}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    if isinstance(data, dict) and data.get("tools") is not None:  # refused rather than rendered without them
+        raise InputError(
+            f"{name}: has 'tools', which --messages does not give the chat template; score the conversation with "
+            "`ce-inspect batch` (a JSONL line with messages and tools)"
+        )
     return parse_messages(data, name)
 
 

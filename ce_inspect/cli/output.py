@@ -101,8 +101,8 @@ class DatasetOutputs:
 
     def notes(self, message: str) -> None:
         """What the runner tells the user on the way (how the data is read, a torn line dropped), on stderr;
-        nothing with --quiet."""
-        if is_quiet():
+        with --quiet only its warnings (``warning: ...``), as the log keeps warnings."""
+        if is_quiet() and not message.startswith("warning: "):
             return
         self.err.print(cli_message(message), markup=False, soft_wrap=True, highlight=False)
 

@@ -8,8 +8,8 @@ ce_inspect.contract.schema`` turns these types into the JSON Schema files in ``s
 
 ``wire`` holds the machinery (``SCHEMA_VERSION``, ``dumps``, ``conform``, and ``WireObject``, which derives a
 dataclass's ``to_dict``/``from_dict`` from its TypedDict, so each field is declared once); ``run``,
-``layout``, ``batch``, ``diff``, ``audit``, ``prefs`` and ``choices`` each command's documents; ``schema`` the
-JSON Schema generator.
+``layout``, ``batch``, ``diff``, ``audit``, ``prefs`` and ``choices`` each command's documents; ``versions``
+what produced a document (in every one); ``schema`` the JSON Schema generator.
 """
 
 from ce_inspect.contract.audit import (
@@ -99,6 +99,14 @@ from ce_inspect.contract.run import (
     bits_per_byte,
     per_unit_perplexity,
     perplexity,
+)
+from ce_inspect.contract.versions import (
+    SOURCE_VERSION,
+    VersionsDict,
+    ce_inspect_version,
+    device_name,
+    joined,
+    versions,
 )
 from ce_inspect.contract.wire import (
     NOT_ON_WIRE,
@@ -190,4 +198,10 @@ __all__ = [
     "bits_per_byte",
     "per_unit_perplexity",
     "perplexity",
+    "SOURCE_VERSION",
+    "VersionsDict",
+    "ce_inspect_version",
+    "device_name",
+    "joined",
+    "versions",
 ]

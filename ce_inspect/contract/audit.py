@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from ce_inspect.contract.versions import VersionsDict
 from ce_inspect.contract.wire import TypedDict
 
 # --- audit (ce_inspect/audit/): the `audit --json` document and its --output lines ---------------------
@@ -89,6 +90,7 @@ class _AuditDictRequired(TypedDict):
     output: str | None  # the --output file of per-record lines
     model: str | None  # null with --no-model
     tokenizer: str
+    versions: VersionsDict  # device "none" with --no-model
     records: int  # records checked (skipped ones excluded)
     max_length: int | None
     skipped: list[dict[str, Any]]  # {line, id, reason}
@@ -110,6 +112,7 @@ class _AuditRecordLineDictRequired(TypedDict):
     id: str | int | None
     failed: list[str]
     findings: list[AuditFindingDict]
+    versions: VersionsDict  # device "none" with --no-model
 
 
 class _AuditRecordLossDictRequired(TypedDict):

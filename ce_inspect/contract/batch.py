@@ -7,6 +7,7 @@ summary of ``--summary-json``, and reading a line back."""
 from typing import Any, Literal
 
 from ce_inspect.contract.run import DocumentDict, ScoreResult, SequenceTokenDict
+from ce_inspect.contract.versions import VersionsDict
 from ce_inspect.contract.wire import SCHEMA_VERSION, NotRequired, TypedDict, conform
 
 Id = str | int | None  # a batch record's id field, copied as is; null when the record has none
@@ -106,6 +107,7 @@ class BatchSummaryDict(TypedDict):
     model: str
     device: str
     dtype: str
+    versions: VersionsDict
     input: str
     output: str | None
     examples: int

@@ -8,6 +8,7 @@ from typing import Any, Literal, NotRequired
 from ce_inspect.contract.batch import BatchingDict, Id, SkippedDict
 from ce_inspect.contract.layout import LayoutDict
 from ce_inspect.contract.run import TokenDict
+from ce_inspect.contract.versions import VersionsDict
 from ce_inspect.contract.wire import TypedDict
 
 CHOICES_SCHEMA_VERSION = 1
@@ -43,6 +44,7 @@ class ChoicesLineDict(TypedDict):
     model: str
     device: str
     dtype: str
+    versions: VersionsDict
     label: int  # the right choice's index
     pred: int  # argmax of sum_logprob (first on a tie, as numpy's argmax)
     pred_norm: int  # argmax of norm_logprob
@@ -64,6 +66,7 @@ class ChoicesSummaryDict(TypedDict):
     model: str
     device: str
     dtype: str
+    versions: VersionsDict
     input: str
     output: str | None
     tokenization: str  # lm-eval, separate, joint, trl or chat

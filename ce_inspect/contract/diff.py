@@ -8,6 +8,7 @@ from typing import Any, Literal
 from ce_inspect.contract.batch import BatchingDict, SkippedDict
 from ce_inspect.contract.layout import LayoutDict
 from ce_inspect.contract.run import SummaryDict, TokenDict, TurnDict
+from ce_inspect.contract.versions import VersionsDict
 from ce_inspect.contract.wire import NotRequired, TypedDict
 
 DIFF_SCHEMA_VERSION = 1
@@ -75,6 +76,7 @@ class DiffDict(TypedDict):
     kind: Literal["diff"]
     reference: DiffSideDict
     candidate: DiffSideDict
+    versions: VersionsDict  # device: the reference's, then the candidate's when it is another
     layout: LayoutDict
     tokens: list[TokenDiffDict]
     summary: DiffSummaryDict
@@ -124,6 +126,7 @@ class DiffDatasetDict(TypedDict):
     kind: Literal["diff_summary"]
     reference: DiffModelDict
     candidate: DiffModelDict
+    versions: VersionsDict  # device: the reference's, then the candidate's when it is another
     input: str
     output: str | None
     examples: int

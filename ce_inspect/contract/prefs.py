@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from ce_inspect.contract.batch import BatchingDict, SkippedDict
 from ce_inspect.contract.run import SummaryDict, TokenDict
+from ce_inspect.contract.versions import VersionsDict
 from ce_inspect.contract.wire import TypedDict
 
 PREFS_SCHEMA_VERSION = 1
@@ -86,6 +87,7 @@ class PrefsLineDict(TypedDict):
     rejected: PrefsSideDict
     findings: list[PrefsFindingDict]
     notes: list[str]
+    versions: VersionsDict  # device: the policy's, then the reference's when it is another
     # ``batch.line_settings`` of the policy plus the reference, the loss and the tokenization: ``--resume``
     # refuses to mix lines whose settings differ.
     settings: dict[str, Any]
@@ -109,6 +111,7 @@ class PrefsSummaryDict(TypedDict):
     kind: Literal["prefs_summary"]
     policy: PrefsModelDict
     reference: PrefsModelDict | None  # null: the policy is its own reference (or the loss needs none)
+    versions: VersionsDict  # device: the policy's, then the reference's when it is another
     loss_type: str
     beta: float
     gamma: float | None  # simpo's target margin; null for the other losses

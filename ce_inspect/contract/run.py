@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ce_inspect.contract.layout import LayoutDict
+from ce_inspect.contract.versions import VersionsDict
 from ce_inspect.contract.wire import NOT_ON_WIRE, SCHEMA_VERSION, NotRequired, TypedDict, WireObject, conform, dumps
 from ce_inspect.notebook import TokenFrame
 
@@ -103,6 +104,7 @@ class DocumentDict(TypedDict):
     model: str
     device: str
     dtype: str
+    versions: VersionsDict  # what produced the figures (docs/json.md)
     layout: LayoutDict
     tokens: list[TokenDict]
     summary: SummaryDict
@@ -298,6 +300,7 @@ class ScoreResult(WireObject[ResultDict], TokenFrame):
     model: str
     device: str
     dtype: str
+    versions: VersionsDict  # ce-inspect, torch, transformers, Python and the device's name (``contract.versions``)
     tokens: tuple[TokenScore, ...]
     summary: Summary
     sequence: tuple[SequenceToken, ...]

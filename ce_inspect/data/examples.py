@@ -76,14 +76,15 @@ def encode_record(lm: LoadedModel, record: Record, layout: Layout) -> Encoded:
                 add_eos=layout.add_eos,
                 mask_prompt=layout.mask_prompt,
                 max_length=context,
+                tools=record.tools,
             )
         return _encode_chat_completion(lm, record, layout)
     if record.messages is not None:
         if trl:
             return encode_trl_language_modeling(
-                tokenizer, record.messages, ignore_index=layout.ignore_index, max_length=context
+                tokenizer, record.messages, ignore_index=layout.ignore_index, max_length=context, tools=record.tools
             )
-        return encode_messages(tokenizer, record.messages, _chat_layout(layout), max_length=context)
+        return encode_messages(tokenizer, record.messages, _chat_layout(layout), max_length=context, tools=record.tools)
     assert record.prompt is not None and record.answer is not None
     encoded = encode(tokenizer, record.prompt, record.answer, _pair_layout(record, layout), max_length=context)
     return replace(encoded, notes=(*record.notes, *encoded.notes)) if record.notes else encoded
@@ -147,7 +148,9 @@ def _encode_chat_completion(lm: LoadedModel, record: Record, layout: Layout) -> 
             "`tokenization` trl, which trains everything after the prompt"
         )
     messages = [*(record.prompt_messages or []), *completion]
-    return encode_messages(lm.tokenizer, messages, _chat_layout(layout), max_length=lm.context_length, last_turn=True)
+    return encode_messages(
+        lm.tokenizer, messages, _chat_layout(layout), max_length=lm.context_length, last_turn=True, tools=record.tools
+    )
 
 
 def check_pair_record(record: Record) -> None:

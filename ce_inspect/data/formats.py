@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ce_inspect.errors import InputError
-from ce_inspect.text import check_text, parse_messages
+from ce_inspect.text import check_text, parse_messages, parse_tools
 
 #: Record formats, in the order detection tries them.
 FORMATS = (
@@ -109,6 +109,8 @@ class Record:
     choices: tuple[str, ...] | None = None
     label: int | None = None
     system: str | None = None  # a pair's own system prompt (alpaca's `system`): replaces `system`, needs `chat`
+    #: a conversation's ``tools`` (``text.parse_tools``): given to the chat template, as TRL gives them
+    tools: list[dict[str, Any]] | None = None
     notes: tuple[str, ...] = field(default=(), compare=False)  # how the record was read, for its line's notes
 
 
@@ -208,6 +210,7 @@ def _parse_prompt_completion(line: int, rid: Any, obj: dict[str, Any], f: Fields
             prompt_messages=parse_messages(prompt, f"field {f.prompt!r}"),
             completion_messages=parse_messages(completion, f"field {f.completion!r}"),
             format="prompt-completion",
+            tools=parse_tools(obj.get("tools")),
         )
     raise InputError(
         f"fields {f.prompt!r} and {f.completion!r} must both be strings or both be message lists, not "
@@ -275,7 +278,8 @@ def _parse_messages(line: int, rid: Any, obj: dict[str, Any], f: Fields) -> Reco
         raise InputError(f"has both {f.messages!r} and {f.prompt!r}/{f.answer!r}; keep one")
     if f.messages not in obj:
         raise InputError(f"missing field {f.messages!r}")
-    return Record(line, rid, messages=parse_messages(obj[f.messages], f"field {f.messages!r}"), format="messages")
+    messages = parse_messages(obj[f.messages], f"field {f.messages!r}")
+    return Record(line, rid, messages=messages, format="messages", tools=parse_tools(obj.get("tools")))
 
 
 def sharegpt_messages(data: Any, source: str = "conversations") -> list[dict[str, Any]]:

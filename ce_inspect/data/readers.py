@@ -3,7 +3,8 @@
 Files: JSONL (streamed line by line), a JSON array (streamed object by object), either one compressed
 (``.gz``, ``.bz2``, and ``.zst`` with the ``zstandard`` package: by the name's last suffix), and, through the optional
 ``datasets`` extra, Parquet (streamed in row groups), a folder written by ``Dataset.save_to_disk`` and a Hub
-data set in the local cache (both memory-mapped Arrow, read in slices). Nothing reads a whole file at once.
+data set (from the local cache, else downloaded when the Hub is reachable; both memory-mapped Arrow, read in
+slices). Nothing reads a whole file at once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ce_inspect.contract import NOT_ON_WIRE, DataDict, WireObject
 from ce_inspect.data.formats import CHOICES, FORMATS, Fields, Record, parse_record
 from ce_inspect.errors import InputError, UsageError, read_error
 from ce_inspect.files import COMPRESSION_SUFFIXES, is_stream
+from ce_inspect.online import hub_offline, hub_reachable, hub_unavailable
 
 #: File kinds ``open_data`` reads; the last three need the ``datasets`` extra.
 FILE_KINDS = ("jsonl", "json", "parquet", "saved-dataset", "hub")
@@ -47,6 +49,8 @@ class DataInfo(WireObject[DataDict]):
     compression: str | None = None  # gzip, bzip2 or zstd: the file is decompressed as it is read
     #: the data set held `limit` records at least: the run read only those
     limited: bool = field(default=False, metadata=NOT_ON_WIRE)
+    #: the scan's warning that most answers are glued to their prompts (``dataset.GluedAnswers``)
+    glued_note: str | None = field(default=None, metadata=NOT_ON_WIRE)
 
     @property
     def limit_note(self) -> str | None:
@@ -55,12 +59,15 @@ class DataInfo(WireObject[DataDict]):
             return None
         return f"read only the first {self.limit} records of {self.path} (limit {self.limit})"
 
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What a data-set summary's ``notes`` say of the data read: ``limit_note``, ``glued_note``."""
+        return tuple(n for n in (self.limit_note, self.glued_note) if n is not None)
+
     def describe(self) -> str:
         """The one line shown on stderr: what is read and how it was recognised."""
         kind = {"jsonl": "JSONL", "json": "a JSON array", "parquet": "Parquet", "saved-dataset": "a saved dataset"}
-        what = kind.get(self.kind, "a Hub dataset from the local cache") + (
-            f", split {self.split}" if self.split else ""
-        )
+        what = kind.get(self.kind, "a Hub dataset") + (f", split {self.split}" if self.split else "")
         what += f", {self.compression}-compressed" if self.compression else ""
         if self.format == CHOICES:  # never detected nor chosen: the `choices` command reads nothing else
             return f"Reading {self.path} ({what}): one multiple-choice question per record."
@@ -397,20 +404,41 @@ def _saved_dataset_objects(path: Path, split: str | None) -> Iterator[tuple[int,
 
 
 def _hub_objects(name: str, split: str | None) -> Iterator[tuple[int, Any, str | None]]:
+    """A Hub dataset: from the local cache, else downloaded when the Hub is reachable (one connection attempt,
+    ``online.hub_reachable``, as for models); otherwise one line that says why."""
     datasets = _require_datasets(f"the Hub dataset {name}")
+    try:
+        ds = _load_hub_dataset(datasets, name, split, cache_only=True)
+    except Exception as cached:  # noqa: BLE001 - datasets raises many types for a dataset it cannot find offline
+        if hub_offline() or not hub_reachable():
+            raise InputError(
+                f"{name}: no such file, and not a Hub dataset in the local cache; {hub_unavailable()}, so it cannot "
+                f"be downloaded: download it where the Hub is reachable, or give a local file ({_one_line(cached)})"
+            ) from None
+        try:
+            ds = _load_hub_dataset(datasets, name, split, cache_only=False)
+        except Exception as exc:  # noqa: BLE001 - as above: not found, private, gated, a network failure
+            raise InputError(
+                f"{name}: no such file, and not a Hub dataset in the local cache nor one the Hub gives "
+                f"(no such dataset, or it is private or gated) ({_one_line(exc)})"
+            ) from None
+    yield from _arrow_dataset_rows(_pick_split(ds, split if not hasattr(ds, "column_names") else None, name))
+
+
+def _load_hub_dataset(datasets: Any, name: str, split: str | None, *, cache_only: bool) -> Any:
+    """``datasets.load_dataset`` from the local cache only, or from the Hub (``cache_only`` False)."""
     from datasets import config as ds_config
 
     saved = ds_config.HF_HUB_OFFLINE
-    ds_config.HF_HUB_OFFLINE = True  # the local cache only: ce-inspect never downloads data
+    ds_config.HF_HUB_OFFLINE = cache_only
     try:
-        ds = datasets.load_dataset(name, split=split)
-    except Exception as exc:  # noqa: BLE001 - datasets raises many types for a dataset it cannot find offline
-        raise InputError(
-            f"{name}: no such file, and not a Hub dataset in the local cache ({' '.join(str(exc).split())[:160]})"
-        ) from None
+        return datasets.load_dataset(name, split=split)
     finally:
         ds_config.HF_HUB_OFFLINE = saved
-    yield from _arrow_dataset_rows(_pick_split(ds, split if not hasattr(ds, "column_names") else None, name))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:160] or type(exc).__name__
 
 
 def read_objects(

@@ -57,7 +57,9 @@ from ce_inspect.dataset.runner import (
 )
 from ce_inspect.dataset.scan import (
     Entry,
+    GluedAnswers,
     Scan,
+    answer_joins,
     id_note,
     scan_dataset,
 )
@@ -116,6 +118,7 @@ __all__ = [
     "DatasetRun",
     "DatasetSummary",
     "Entry",
+    "GluedAnswers",
     "ExampleStats",
     "Interrupted",
     "Job",
@@ -136,6 +139,7 @@ __all__ = [
     "SummaryBuilder",
     "WorstToken",
     "add_batching",
+    "answer_joins",
     "check_batch_output",
     "check_resume_settings",
     "check_shares",

@@ -212,7 +212,8 @@ class DatasetRun:
         encoder: Callable[[Record], Encoded] | None = None,
     ) -> Scan:
         """Every record encoded (``encoder``, default the model's own encoding) and matched to the resumed lines;
-        with ``limit``, only the first ``limit`` records (and ``notes`` says so when the data set has more)."""
+        with ``limit``, only the first ``limit`` records (and ``notes`` says so when the data set has more).
+        ``notes`` also gets the warning when most answers are glued to their prompts (``GluedAnswers``)."""
         scan = scan_dataset(
             lm,
             self.source,
@@ -225,9 +226,11 @@ class DatasetRun:
             label=self.label,
             encoder=encoder,
         )
-        note = scan.info.limit_note if scan.info is not None else None
-        if note is not None:
-            self.notes(f"note: {note}")
+        info = scan.info
+        if info is not None and info.limit_note is not None:
+            self.notes(f"note: {info.limit_note}")
+        if info is not None and info.glued_note is not None:
+            self.notes(f"warning: {info.glued_note}")
         return scan
 
     def run(

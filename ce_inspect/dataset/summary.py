@@ -25,6 +25,7 @@ from ce_inspect.contract import (
     PerByteFigures,
     ScoreResult,
     SkippedDict,
+    VersionsDict,
     WireObject,
     WorstExampleDict,
     WorstTokenDict,
@@ -156,6 +157,7 @@ class DatasetSummary(PerByteFigures, WireObject[BatchSummaryDict], LineFrame):
     model: str
     device: str
     dtype: str
+    versions: VersionsDict  # ce-inspect, torch, transformers, Python and the device's name (``contract.versions``)
     input: str
     output: str | None
     examples: int  # scored examples, resumed ones included
@@ -196,9 +198,9 @@ class DatasetSummary(PerByteFigures, WireObject[BatchSummaryDict], LineFrame):
 
     @property
     def notes(self) -> tuple[str, ...]:
-        """What the reader of the figures should know of the data they cover (a ``limit`` that cut it)."""
-        note = self.data.limit_note if self.data is not None else None
-        return (note,) if note is not None else ()
+        """What the reader of the figures should know of the data they cover (a ``limit`` that cut it, answers
+        glued to their prompts)."""
+        return self.data.notes if self.data is not None else ()
 
     @property
     def skipped_count(self) -> int:
@@ -278,6 +280,7 @@ class SummaryBuilder:
             model=lm.name,
             device=lm.device,
             dtype=lm.dtype,
+            versions=lm.versions,
             input=input,
             output=output,
             examples=self.examples,

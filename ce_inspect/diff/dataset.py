@@ -12,8 +12,10 @@ from typing import IO, TYPE_CHECKING, Any, ClassVar
 from ce_inspect.contract import (
     DIFF_SCHEMA_VERSION,
     DiffLineDict,
+    VersionsDict,
     WireObject,
     conform,
+    versions,
 )
 from ce_inspect.contract.diff import DiffBootstrapDict, DiffDatasetDict, WorstExampleDict
 from ce_inspect.data import encode_whole
@@ -85,6 +87,7 @@ class DiffDatasetSummary(WireObject[DiffDatasetDict], LineFrame):
 
     reference: dict[str, str]
     candidate: dict[str, str]
+    versions: VersionsDict  # the reference's device, then the candidate's when it is another
     input: str
     output: str | None
     examples: int
@@ -121,6 +124,7 @@ class DiffReport:
             check_resume_settings(scan.resume, self.written)
         self.ref = {"model": ref_lm.name, "device": ref_lm.device, "dtype": ref_lm.dtype}
         self.cand = {"model": cand_lm.name, "device": cand_lm.device, "dtype": cand_lm.dtype}
+        self.versions = versions(ref_lm.device, cand_lm.device)
         self.scan, self.worst = scan, worst
         self.tokens: list[TokenFigures] = []
         self.examples: list[WorstExampleDict] = []
@@ -158,6 +162,7 @@ class DiffReport:
         return DiffDatasetSummary(
             reference=self.ref,
             candidate=self.cand,
+            versions=self.versions,
             input=self.scan.name,
             output=output,
             examples=len(self.examples),
@@ -166,7 +171,7 @@ class DiffReport:
             worst_by_kl=worst("kl_mean"),
             worst_by_dnll=worst("dnll_mean"),
             batching=batching,
-            notes=(*self.notes, *((self.scan.info.limit_note,) if self.scan.info and self.scan.info.limited else ())),
+            notes=(*self.notes, *(self.scan.info.notes if self.scan.info else ())),
             bootstrap=self.bootstrapped(),
         )
 

@@ -13,8 +13,10 @@ from ce_inspect.contract import (
     ResultDict,
     ScoreResult,
     TokenScore,
+    VersionsDict,
     WireObject,
     dumps,
+    joined,
 )
 from ce_inspect.contract.diff import DIFF_SCHEMA_VERSION, DiffDict, DiffSideDict, DiffSummaryDict, TokenDiffDict
 from ce_inspect.notebook import TokenFrame
@@ -256,6 +258,10 @@ class DiffResult(WireObject[DiffDict], TokenFrame):
     @property
     def candidate_side(self) -> DiffSideDict:
         return _side_dict(self.candidate)
+
+    @property
+    def versions(self) -> VersionsDict:
+        return joined(self.reference.versions, self.candidate.versions)
 
     @property
     def layout(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ce_inspect.contract import VersionsDict, versions
 from ce_inspect.distributed import detect_launch, rank_gpus
 from ce_inspect.errors import DeviceError, ModelLoadError, ModelNotFoundError, UsageError
 from ce_inspect.model.checks import (
@@ -70,6 +71,11 @@ class LoadedModel:
     #: Filled by scoring on the first group that shares a start (a question's choices after its context):
     #: whether running the start once and the rest from its KV cache gives the full pass's figures.
     shared_start: bool | None = field(default=None, repr=False)
+
+    @property
+    def versions(self) -> VersionsDict:
+        """What the figures are computed with: ce-inspect, torch, transformers, Python, the device's name."""
+        return versions(self.device)
 
 
 def quiet_transformers() -> None:

@@ -16,6 +16,7 @@ from ce_inspect.contract import (
     PrefsWorstDict,
     as_read_back,
     conform,
+    versions,
 )
 from ce_inspect.data import Record, check_pair_record, encode_pair_record
 from ce_inspect.dataset import (
@@ -164,6 +165,7 @@ class PrefsDatasetSummary(LineFrame):
 
     policy: dict[str, str]
     reference: dict[str, str] | None
+    versions: dict[str, str]  # a VersionsDict: the policy's device, then the reference's when it is another
     loss: Loss
     input: str
     output: str | None
@@ -201,6 +203,7 @@ class PrefsDatasetSummary(LineFrame):
             "kind": "prefs_summary",
             "policy": dict(self.policy),  # type: ignore[typeddict-item]
             "reference": dict(self.reference) if self.reference is not None else None,  # type: ignore[typeddict-item]
+            "versions": dict(self.versions),  # type: ignore[typeddict-item]
             "loss_type": self.loss.loss_type,
             "beta": self.loss.beta,
             "gamma": self.loss.gamma if self.loss.loss_type == "simpo" else None,
@@ -232,12 +235,13 @@ class PrefsReport:
         if scan.resume is not None:  # before any line is written: a changed model or option changes nothing
             check_resume_settings(scan.resume, written)
         self.policy, self.reference = _model(policy), (_model(reference) if reference is not None else None)
+        self.versions = versions(policy.device, *((reference.device,) if reference is not None else ()))
         self.scan, self.loss, self.worst = scan, loss, worst
         self.pairs: list[ResumedPair] = []
         self.skipped: list[Any] = []
 
     def line(self, entry: Any, result: PairResult) -> PrefsLineDict:
-        return pair_line(entry, result, self.written)
+        return pair_line(entry, result, self.written, self.versions)
 
     def add(self, entry: Any, result: PairResult) -> None:
         checks = tuple(f.check for f in result.findings)
@@ -259,9 +263,11 @@ class PrefsReport:
                 "no reference model: the policy is its own reference (TRL's DPOTrainer copies the model it starts "
                 "from), so every reward and margin is 0 and the sigmoid loss is ln 2"
             )
+        notes.extend(self.scan.info.notes if self.scan.info is not None else ())
         return PrefsDatasetSummary(
             policy=self.policy,
             reference=self.reference,
+            versions=self.versions,
             loss=self.loss,
             input=self.scan.name,
             output=output,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ce_inspect.contract import PREFS_SCHEMA_VERSION, PrefsLineDict, PrefsSideDict, ScoreResult
+from ce_inspect.contract import PREFS_SCHEMA_VERSION, PrefsLineDict, PrefsSideDict, ScoreResult, VersionsDict
 from ce_inspect.prefs.figures import DEFAULT_SIMPO_GAMMA, REFERENCE_LOSSES, PairFigures, ref_finding
 from ce_inspect.scoring import ScoreOptions, scorer_for
 from ce_inspect.text import SIDES, Finding, PreferenceExample
@@ -111,8 +111,9 @@ def _side_dict(
     }
 
 
-def pair_line(entry: Any, result: PairResult, settings: dict[str, Any]) -> PrefsLineDict:
-    """A pair's output line: TRL's figures, both sides token by token, the pair's checks."""
+def pair_line(entry: Any, result: PairResult, settings: dict[str, Any], versions: VersionsDict) -> PrefsLineDict:
+    """A pair's output line: TRL's figures, both sides token by token, the pair's checks; ``versions``: the
+    policy's and the reference's (``contract.versions``)."""
     f, ex = result.figures, result.example
     rewards = f.rewards()
     sides = [_side_dict(ex, name, result.policy[k], result.reference[k], rewards[k]) for k, name in enumerate(SIDES)]
@@ -137,6 +138,7 @@ def pair_line(entry: Any, result: PairResult, settings: dict[str, Any]) -> Prefs
         "rejected": sides[1],
         "findings": [finding.to_dict() for finding in result.findings],  # type: ignore[misc]
         "notes": list(ex.notes),
+        "versions": versions,
         "settings": settings,
     }
 

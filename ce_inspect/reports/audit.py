@@ -8,7 +8,7 @@ from typing import Any
 
 from ce_inspect.display import fmt, loss_bin, printable, shown_token
 from ce_inspect.reports.environment import fence, html_environment, markdown_environment
-from ce_inspect.reports.pieces import legend, script_json, shown_id, skipped_rows, stderr_row
+from ce_inspect.reports.pieces import legend, script_json, shown_id, skipped_rows, stderr_row, version_rows
 
 #: Failing records listed by line in a check's row (the JSON document lists them all).
 AUDIT_RECORDS_SHOWN = 20
@@ -103,6 +103,7 @@ def audit_context(doc: dict[str, Any], command: str) -> dict[str, Any]:
         "input": printable(doc["input"]),
         "model": printable(doc["model"]) if doc.get("model") is not None else None,
         "tokenizer": printable(doc["tokenizer"]),
+        "versions": version_rows(doc),
         "records": doc["records"],
         "max_length": doc.get("max_length"),
         "checks": checks,

@@ -9,7 +9,16 @@ from typing import Any
 from ce_inspect.display import fmt, histogram, loss_bin, printable, shown_token, sparkline
 from ce_inspect.reports.environment import fence, html_environment, markdown_environment
 from ce_inspect.reports.lines import BatchLines
-from ce_inspect.reports.pieces import legend, script_json, shown_id, skipped_rows, stderr_row, strip_lines, token_rows
+from ce_inspect.reports.pieces import (
+    legend,
+    script_json,
+    shown_id,
+    skipped_rows,
+    stderr_row,
+    strip_lines,
+    token_rows,
+    version_rows,
+)
 
 
 def _batch_summary_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -159,6 +168,7 @@ def batch_context(summary: dict[str, Any], lines: BatchLines, command: str) -> d
         "summary": summary,
         "command": printable(command),
         "model": printable(summary["model"]),
+        "versions": version_rows(summary),
         "input": printable(summary["input"]),
         "output": printable(summary["output"] or "stdout"),
         "rows": _batch_summary_rows(summary),

@@ -9,7 +9,7 @@ from typing import Any
 from ce_inspect.display import fmt, printable, prob_text, shown_token
 from ce_inspect.reports.environment import fence, html_environment, markdown_environment
 from ce_inspect.reports.lines import BatchLines
-from ce_inspect.reports.pieces import script_json, shown_id
+from ce_inspect.reports.pieces import script_json, shown_id, version_rows
 
 #: KL(ref‖cand) thresholds of the diff strip's colours (nats), as ``cli/render_diff.py``'s scale.
 KL_BINS = (0.001, 0.01, 0.1)
@@ -127,6 +127,7 @@ def diff_context(doc: dict[str, Any], command: str, worst: int = 10) -> dict[str
             }
             for label, key in (("reference", "reference"), ("candidate", "candidate"))
         ],
+        "versions": version_rows(doc),
         "strip": strip,
         "rows": rows,
         "count": len(tokens),
@@ -191,6 +192,7 @@ def diff_dataset_context(doc: dict[str, Any], command: str, lines: BatchLines | 
             }
             for key in ("reference", "candidate")
         ],
+        "versions": version_rows(doc),
         "examples": doc["examples"],
         "skipped_count": doc["skipped_count"],
         "summary": (_diff_summary_rows(doc["summary"]) if doc.get("summary") is not None else [])

@@ -159,3 +159,18 @@ def stderr_row(d: dict[str, Any], key: str, prefix: str = "") -> list[tuple[str,
     """The ± row under the figure ``key`` of ``d`` when it has a standard error (its own field, ``key_stderr``)."""
     stderr = d.get(f"{key}_stderr")
     return [("± standard error", fmt(stderr), f"{prefix}{key}_stderr")] if stderr is not None else []
+
+
+#: The ``versions`` keys a report shows, with their labels (``contract.VersionsDict``).
+VERSION_LABELS = (
+    ("ce_inspect", "ce-inspect"),
+    ("torch", "torch"),
+    ("transformers", "transformers"),
+    ("python", "Python"),
+    ("device", "device"),
+)
+
+
+def version_rows(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(label, shown value, JSON field) of what produced ``doc``: its ``versions``, where the model is shown."""
+    return [(label, printable(doc["versions"][key]), f"versions.{key}") for key, label in VERSION_LABELS]

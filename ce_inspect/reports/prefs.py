@@ -14,7 +14,15 @@ from typing import Any
 
 from ce_inspect.display import fmt, loss_bin, printable, shown_token
 from ce_inspect.reports.environment import fence, html_environment, markdown_environment
-from ce_inspect.reports.pieces import complete_lines, legend, script_json, shown_id, skipped_rows, strip_lines
+from ce_inspect.reports.pieces import (
+    complete_lines,
+    legend,
+    script_json,
+    shown_id,
+    skipped_rows,
+    strip_lines,
+    version_rows,
+)
 
 SIDES = ("chosen", "rejected")
 #: The per-pair figures the page shows, in order: (label, the line's key).
@@ -146,6 +154,7 @@ def prefs_context(summary: dict[str, Any], lines: PrefsLines | None, command: st
         "command": printable(command),
         "policy": printable(summary["policy"]["model"]),
         "reference": printable(reference),
+        "versions": version_rows(summary),
         "input": printable(summary["input"]),
         "output": printable(summary["output"] or "stdout"),
         "beta": fmt(summary["beta"]),

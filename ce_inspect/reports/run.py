@@ -6,7 +6,7 @@ from typing import Any
 
 from ce_inspect.display import fmt, printable, sparkline
 from ce_inspect.reports.environment import fence, html_environment, markdown_environment
-from ce_inspect.reports.pieces import TARGET_SEGMENTS, legend, script_json, strip_lines, token_rows
+from ce_inspect.reports.pieces import TARGET_SEGMENTS, legend, script_json, strip_lines, token_rows, version_rows
 
 
 def _run_summary_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -46,6 +46,7 @@ def run_context(doc: dict[str, Any], command: str) -> dict[str, Any]:
         "model": printable(doc["model"]),
         "device": doc["device"],
         "dtype": doc["dtype"],
+        "versions": version_rows(doc),
         "strip": strip_lines(doc),
         "rows": token_rows(doc),
         "by_turn": layout.get("kind") == "chat",

@@ -41,6 +41,7 @@ def build_results(
                 model=lm.name,
                 device=lm.device,
                 dtype=lm.dtype,
+                versions=lm.versions,
                 tokens=tuple(tokens),
                 summary=_summary(example, tokens, loss_at, model_loss, options, scored_text_counts(tokens, utf8)),
                 sequence=_sequence(example, text, raw, loss_at, special),

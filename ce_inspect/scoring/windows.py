@@ -149,6 +149,7 @@ def _merged(
         model=lm.name,
         device=lm.device,
         dtype=lm.dtype,
+        versions=lm.versions,
         tokens=tuple(tokens),
         summary=summary,
         sequence=sequence,

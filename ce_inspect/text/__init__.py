@@ -50,9 +50,12 @@ from ce_inspect.text.tokens import (
 from ce_inspect.text.trl import encode_trl, encode_trl_language_modeling
 from ce_inspect.text.validate import (
     check_answer,
+    check_message,
     check_text,
+    check_tool_calls,
     ignored_targets_note,
     parse_messages,
+    parse_tools,
     scored_turns,
     text_notes,
 )
@@ -119,7 +122,10 @@ __all__ = [
     "rolling_plan",
     "joint_split",
     "one_line",
+    "check_message",
+    "check_tool_calls",
     "parse_messages",
+    "parse_tools",
     "render_template",
     "scored_turns",
     "special_ids",

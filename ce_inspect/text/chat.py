@@ -60,12 +60,15 @@ def encode_messages(
     *,
     max_length: int | None = None,
     last_turn: bool = False,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> Encoded:
     """A conversation, rendered with the tokenizer's chat template; every assistant turn is scored.
 
     ``last_turn`` scores only the last assistant turn. ``layout.system`` adds a system message (an error
     when the conversation has one). Pair-only options of ``layout`` (sep, joint tokenization,
-    truncation, plain-text special tokens) are rejected; ``layout.chat`` need not be set.
+    truncation, plain-text special tokens) are rejected; ``layout.chat`` need not be set. ``tools`` (the
+    record's functions) go to the template with every rendering, as TRL passes them; an assistant turn that
+    calls tools is scored as the template renders its calls, from its generation prompt to its end of turn.
     """
     msgs = parse_messages(messages)
     check_chat_layout(layout)
@@ -78,7 +81,9 @@ def encode_messages(
         if msgs[0]["role"] == "system":
             raise InputError("the conversation already starts with a system message; drop `system` or that message")
         msgs.insert(0, {"role": "system", "content": layout.system})
-    return _encode_conversation(tokenizer, msgs, layout, max_length=max_length, last_turn=last_turn, source="messages")
+    return _encode_conversation(
+        tokenizer, msgs, layout, max_length=max_length, last_turn=last_turn, source="messages", tools=tools
+    )
 
 
 def one_line(exc: BaseException) -> str:
@@ -100,21 +105,30 @@ def chat_template(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def render_template(
-    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], generation_prompt: bool = False
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[dict[str, Any]],
+    generation_prompt: bool = False,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> str:
     try:
         return tokenizer.apply_chat_template(
-            [dict(m) for m in messages], tokenize=False, add_generation_prompt=generation_prompt
+            [dict(m) for m in messages],
+            tools=list(tools) if tools is not None else None,
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
         )
     except Exception as exc:  # noqa: BLE001 - a template raising on this conversation is an input problem
         raise InputError(f"the chat template failed on this conversation: {one_line(exc)}") from exc
 
 
 def _try_render(
-    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], generation_prompt: bool = False
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[dict[str, Any]],
+    generation_prompt: bool = False,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> str | None:
     try:
-        return render_template(tokenizer, messages, generation_prompt)
+        return render_template(tokenizer, messages, generation_prompt, tools)
     except InputError:
         return None
 
@@ -128,17 +142,19 @@ def _parting(a: str, b: str) -> int:
 
 
 def _injected_prefix(
-    tokenizer: PreTrainedTokenizerBase, first: dict[str, str], text: str
+    tokenizer: PreTrainedTokenizerBase, first: dict[str, Any], text: str, tools: Sequence[dict[str, Any]] | None
 ) -> tuple[int, tuple[int, int] | None] | None:
     """Text the template puts before the first message's own block when no system message is given.
 
     Returns (its length, the span of its system-prompt content if it has the shape of a system block), or
     None when the template injects nothing (or its structure cannot be told apart).
     """
-    own = _try_render(tokenizer, [{"role": first["role"], "content": _CONTENT_MARK}])
-    system_only = _try_render(tokenizer, [{"role": "system", "content": _SYSTEM_MARK}])
+    own = _try_render(tokenizer, [{"role": first["role"], "content": _CONTENT_MARK}], tools=tools)
+    system_only = _try_render(tokenizer, [{"role": "system", "content": _SYSTEM_MARK}], tools=tools)
     with_system = _try_render(
-        tokenizer, [{"role": "system", "content": _SYSTEM_MARK}, {"role": first["role"], "content": _CONTENT_MARK}]
+        tokenizer,
+        [{"role": "system", "content": _SYSTEM_MARK}, {"role": first["role"], "content": _CONTENT_MARK}],
+        tools=tools,
     )
     if own is None or system_only is None or with_system is None:
         return None
@@ -174,26 +190,27 @@ class _Rendering:
     segments: list[str] = field(default_factory=list)
     turns: list[int | None] = field(default_factory=list)
     default_system: str | None = None
+    tools: Sequence[dict[str, Any]] | None = None  # the record's tools, given to every rendering
 
 
 def _encode_conversation(
     tokenizer: PreTrainedTokenizerBase,
-    msgs: list[dict[str, str]],
+    msgs: list[dict[str, Any]],
     layout: Layout,
     *,
     max_length: int | None,
     last_turn: bool,
     source: str,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> Encoded:
     template = _check_chat_tokenizer(tokenizer)
     targets = scored_turns(msgs, last_turn, source)
-    notes: list[str] = []
-    r = _render_conversation(tokenizer, msgs)
+    notes: list[str] = _tool_notes(msgs, targets, tools)
+    r = _render_conversation(tokenizer, msgs, tools)
     injected_end = _mark_default_system(tokenizer, msgs, r, layout, notes)
     _mark_messages(tokenizer, msgs, r, injected_end)
     _mark_tokens(r)
     scored, eot_positions, inside_turn = _locate_turns(tokenizer, msgs, r, targets, notes)
-
     template_mask = None
     if _GENERATION_TAG.search(template):
         template_mask, scored = _apply_generation_mask(tokenizer, msgs, r, targets, scored, notes)
@@ -238,6 +255,18 @@ def _encode_conversation(
     )
 
 
+def _tool_notes(msgs: list[dict[str, Any]], targets: list[int], tools: Sequence[dict[str, Any]] | None) -> list[str]:
+    """What the notes say of tool use: the record's tools given to the template, the turns scored by their calls."""
+    notes = [f"the record's {len(tools)} tool(s) are given to the chat template, as TRL gives them"] if tools else []
+    calling = [k for k in targets if msgs[k].get("tool_calls")]
+    if calling:
+        notes.append(
+            f"assistant message(s) {', '.join(map(str, calling))} call tools: scored as the chat template renders "
+            "their calls, from the generation prompt to the end of the turn"
+        )
+    return notes
+
+
 def _check_fits(length: int, max_length: int | None) -> None:
     if max_length is not None and length > max_length:
         raise SequenceTooLongError(
@@ -257,9 +286,11 @@ def _check_chat_tokenizer(tokenizer: PreTrainedTokenizerBase) -> str:
     return template
 
 
-def _render_conversation(tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]]) -> _Rendering:
+def _render_conversation(
+    tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, Any]], tools: Sequence[dict[str, Any]] | None
+) -> _Rendering:
     """The whole conversation's rendering and tokens, every character still template text."""
-    text = render_template(tokenizer, msgs)
+    text = render_template(tokenizer, msgs, tools=tools)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     return _Rendering(
         text=text,
@@ -267,14 +298,15 @@ def _render_conversation(tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str
         offsets=[(int(s), int(e)) for s, e in enc["offset_mapping"]],
         char_seg=[TEMPLATE] * len(text),
         char_turn=[None] * len(text),
+        tools=tools,
     )
 
 
 def _mark_default_system(
-    tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]], r: _Rendering, layout: Layout, notes: list[str]
+    tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, Any]], r: _Rendering, layout: Layout, notes: list[str]
 ) -> int:
     """Mark a system prompt the template injects when none is given; returns where the injected text ends."""
-    injected = _injected_prefix(tokenizer, msgs[0], r.text) if msgs[0]["role"] != "system" else None
+    injected = _injected_prefix(tokenizer, msgs[0], r.text, r.tools) if msgs[0]["role"] != "system" else None
     if not injected:
         return 0
     end, span = injected
@@ -290,7 +322,7 @@ def _mark_default_system(
 
 
 def _mark_messages(
-    tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]], r: _Rendering, injected_end: int
+    tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, Any]], r: _Rendering, injected_end: int
 ) -> None:
     """Find each message's content and the end of its rendering; mark characters with their role and turn.
 
@@ -298,11 +330,11 @@ def _mark_messages(
     whole; else (a template that renders a message differently when it is last) at the end of its content.
     """
     for i in range(len(msgs)):
-        upto = r.text if i == len(msgs) - 1 else _try_render(tokenizer, msgs[: i + 1])
+        upto = r.text if i == len(msgs) - 1 else _try_render(tokenizer, msgs[: i + 1], tools=r.tools)
         r.ends.append(len(upto) if upto is not None and r.text.startswith(upto) else None)
     cursor = injected_end
     for i, message in enumerate(msgs):
-        span = _content_span(tokenizer, msgs, i, r.text, cursor)
+        span = _content_span(tokenizer, msgs, i, r.text, cursor, r.tools)
         r.contents.append(span)
         if span is not None:
             r.char_seg[span[0] : span[1]] = [message["role"]] * (span[1] - span[0])
@@ -318,11 +350,16 @@ def _mark_messages(
 
 
 def _content_span(
-    tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]], i: int, text: str, cursor: int
+    tokenizer: PreTrainedTokenizerBase,
+    msgs: list[dict[str, Any]],
+    i: int,
+    text: str,
+    cursor: int,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> tuple[int, int] | None:
     """Where the template puts message ``i``'s content in ``text``: render it with a marker in its place."""
     message = msgs[i]
-    marked = _try_render(tokenizer, [*msgs[:i], {"role": message["role"], "content": _CONTENT_MARK}])
+    marked = _try_render(tokenizer, [*msgs[:i], {"role": message["role"], "content": _CONTENT_MARK}], tools=tools)
     if marked is None or _CONTENT_MARK not in marked:
         return None
     at = marked.index(_CONTENT_MARK)
@@ -343,7 +380,7 @@ def _mark_tokens(r: _Rendering) -> None:
 
 
 def _locate_turns(
-    tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]], r: _Rendering, targets: list[int], notes: list[str]
+    tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, Any]], r: _Rendering, targets: list[int], notes: list[str]
 ) -> tuple[set[int], list[int], list[int]]:
     """The positions each scored turn trains on: from the end of its generation prompt to its end-of-turn token.
 
@@ -365,8 +402,13 @@ def _locate_turns(
         stop = next((j for j in range(start, len(r.ids)) if r.offsets[j][0] >= end_k), len(r.ids))
         content = [j for j in range(start, stop) if r.segments[j] == "assistant" and r.turns[j] == k]
         last = content[-1] if content else start - 1
-        eot = next((j for j in range(last + 1, stop) if r.ids[j] in special), None)
-        end = eot if eot is not None else last
+        closers = [j for j in range(last + 1, stop) if r.ids[j] in special]
+        if msgs[k].get("tool_calls"):
+            _check_calls_rendered(tokenizer, msgs, k, r.tools)
+            eot, end = _tool_call_turn(r, start, stop, closers)
+        else:
+            eot = closers[0] if closers else None
+            end = eot if eot is not None else last
         if end < start:
             raise InputError(f"{where} renders to no tokens after the generation prompt; nothing to score")
         if eot is not None:
@@ -382,11 +424,38 @@ def _locate_turns(
     return scored, eot_positions, inside_turn
 
 
+def _check_calls_rendered(
+    tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, Any]], k: int, tools: Sequence[dict[str, Any]] | None
+) -> None:
+    """Refuse a template that renders assistant message ``k`` the same without its ``tool_calls``: the calls
+    would be missing from the text, and the turn scored as if it said nothing."""
+    without = {key: value for key, value in msgs[k].items() if key != "tool_calls"}
+    if render_template(tokenizer, [*msgs[:k], without], tools=tools) == render_template(
+        tokenizer, msgs[: k + 1], tools=tools
+    ):
+        raise InputError(
+            f"assistant message {k} calls tools, but this chat template does not render `tool_calls` (it shows "
+            "only the content), so the calls would not be scored; use a model whose template renders tool calls"
+        )
+
+
+def _tool_call_turn(r: _Rendering, start: int, stop: int, closers: list[int]) -> tuple[int | None, int]:
+    """(end-of-turn position, last scored position) of a turn that calls tools: the template renders the calls
+    after the content and closes the turn with its last special token. The calls' tokens are what the
+    assistant generates, so they take its segment rather than the template's."""
+    eot = closers[-1] if closers else None
+    end = eot if eot is not None else stop - 1
+    for j in range(start, eot if eot is not None else stop):
+        if r.segments[j] == TEMPLATE:
+            r.segments[j] = "assistant"
+    return eot, end
+
+
 def _answer_start(
-    tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]], k: int, r: _Rendering, where: str
+    tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, Any]], k: int, r: _Rendering, where: str
 ) -> int:
     """The first token after turn ``k``'s generation prompt, which must be a text and a token prefix."""
-    prompt_text = render_template(tokenizer, msgs[:k], generation_prompt=True)
+    prompt_text = render_template(tokenizer, msgs[:k], generation_prompt=True, tools=r.tools)
     if not r.text.startswith(prompt_text):
         at = _parting(prompt_text, r.text)
         raise InputError(
@@ -411,7 +480,7 @@ def _answer_start(
     return start
 
 
-def _conversation_text_notes(tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, str]], source: str) -> list[str]:
+def _conversation_text_notes(tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, Any]], source: str) -> list[str]:
     if source == "pair":
         names = {"user": "the prompt", "assistant": "the answer", "system": "the system prompt"}
         named = [(names.get(m["role"], m["role"]), m["content"]) for m in msgs]
@@ -422,14 +491,14 @@ def _conversation_text_notes(tokenizer: PreTrainedTokenizerBase, msgs: list[dict
 
 def _apply_generation_mask(
     tokenizer: PreTrainedTokenizerBase,
-    msgs: list[dict[str, str]],
+    msgs: list[dict[str, Any]],
     r: _Rendering,
     targets: list[int],
     scored: set[int],
     notes: list[str],
 ) -> tuple[dict[str, Any], set[int]]:
     """The template's own mask, where it marks the scored turns, replaces the prefix method's positions."""
-    report, marked = _generation_mask(tokenizer, msgs, r.ids, r.turns, set(targets), scored)
+    report, marked = _generation_mask(tokenizer, msgs, r.ids, r.turns, set(targets), scored, r.tools)
     if report.get("agrees") is False:
         notes.append(_mask_note(tokenizer, r.ids, report))
     return report, marked or scored
@@ -437,11 +506,12 @@ def _apply_generation_mask(
 
 def _generation_mask(
     tokenizer: PreTrainedTokenizerBase,
-    msgs: list[dict[str, str]],
+    msgs: list[dict[str, Any]],
     ids: list[int],
     turns: list[int | None],
     targets: set[int],
     prefix_scored: set[int],
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], set[int]]:
     """The template's own ``{% generation %}`` mask over the scored turns, cross-checked with the prefix method.
 
@@ -449,7 +519,11 @@ def _generation_mask(
     """
     try:
         out = tokenizer.apply_chat_template(
-            [dict(m) for m in msgs], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+            [dict(m) for m in msgs],
+            tools=list(tools) if tools is not None else None,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
         )
         mask, mask_ids = list(out["assistant_masks"]), list(out["input_ids"])
     except Exception as exc:  # noqa: BLE001 - the prefix method still stands without it

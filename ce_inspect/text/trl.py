@@ -4,7 +4,7 @@ and its language-modelling types (``text``, ``messages``) with every token train
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ce_inspect.errors import WINDOWS_REMEDY, InputError, SequenceTooLongError
 from ce_inspect.text.chat import chat_template, one_line
@@ -19,13 +19,14 @@ if TYPE_CHECKING:
 
 def encode_trl(
     tokenizer: PreTrainedTokenizerBase,
-    prompt: str | Sequence[dict[str, str]],
-    completion: str | Sequence[dict[str, str]],
+    prompt: str | Sequence[dict[str, Any]],
+    completion: str | Sequence[dict[str, Any]],
     *,
     ignore_index: int = IGNORE_INDEX,
     add_eos: bool = True,
     mask_prompt: bool = True,
     max_length: int | None = None,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> Encoded:
     """A prompt-completion pair exactly as TRL's ``SFTTrainer`` prepares it (TRL 1.x, ``completion_only_loss``).
 
@@ -36,14 +37,14 @@ def encode_trl(
     token sequences diverge (their common prefix), and every token after it is trained: for a chat template
     that ends a turn with ``<|im_end|>\\n``, the newline too. When the prompt alone has tokens past that point
     (a word merged across the boundary, a template that renders the prompt differently when it is last),
-    they are not in the sequence; a note says which. ``add_eos=False`` (TRL always appends it) and
-    ``mask_prompt=False`` (TRL's ``completion_only_loss=False``) are stated in the notes.
+    they are not in the sequence; a note says which. ``add_eos=False`` (TRL always appends it), ``mask_prompt=
+    False`` (TRL's ``completion_only_loss=False``) are in the notes. ``tools`` go to the template, as in TRL.
     """
     conversational = not isinstance(prompt, str)
     if conversational != (not isinstance(completion, str)):
         raise InputError("prompt and completion must both be strings or both be message lists")
     notes: list[str] = []
-    prompt_ids, full_ids = _trl_pair_ids(tokenizer, prompt, completion, add_eos, notes)
+    prompt_ids, full_ids = _trl_pair_ids(tokenizer, prompt, completion, add_eos, notes, tools)
     start = _trl_completion_start(tokenizer, prompt_ids, full_ids, notes)
     if max_length is not None and len(full_ids) > max_length:
         raise SequenceTooLongError(
@@ -80,15 +81,16 @@ def encode_trl(
 
 def _trl_pair_ids(
     tokenizer: PreTrainedTokenizerBase,
-    prompt: str | Sequence[dict[str, str]],
-    completion: str | Sequence[dict[str, str]],
+    prompt: str | Sequence[dict[str, Any]],
+    completion: str | Sequence[dict[str, Any]],
     add_eos: bool,
     notes: list[str],
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> tuple[list[int], list[int]]:
     """TRL's two tokenizations: the prompt alone (with the generation prompt) and prompt + completion."""
     if not isinstance(prompt, str):
-        prompt_ids = _trl_chat_ids(tokenizer, list(prompt), generation_prompt=True)
-        return prompt_ids, _trl_chat_ids(tokenizer, [*prompt, *completion])  # type: ignore[list-item]
+        prompt_ids = _trl_chat_ids(tokenizer, list(prompt), generation_prompt=True, tools=tools)
+        return prompt_ids, _trl_chat_ids(tokenizer, [*prompt, *completion], tools=tools)  # type: ignore[list-item]
     assert isinstance(completion, str)
     if not completion:
         raise InputError("the answer is empty: there is nothing to score")
@@ -126,15 +128,17 @@ def _trl_completion_start(
 
 def encode_trl_language_modeling(
     tokenizer: PreTrainedTokenizerBase,
-    data: str | Sequence[dict[str, str]],
+    data: str | Sequence[dict[str, Any]],
     *,
     ignore_index: int = IGNORE_INDEX,
     add_eos: bool = True,
     max_length: int | None = None,
     stride: int | None = None,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> Encoded:
     """TRL's language-modelling types: ``text`` (EOS text appended, special tokens added) or ``messages``
-    (rendered by the chat template); every token trained, as TRL does without ``assistant_only_loss``."""
+    (rendered by the chat template, with ``tools`` as TRL passes them); every token trained, as TRL does
+    without ``assistant_only_loss``."""
     notes: list[str] = []
     if isinstance(data, str):
         text = data
@@ -143,7 +147,7 @@ def encode_trl_language_modeling(
         ids = list(tokenizer(text)["input_ids"])
         kind = "text"
     else:
-        ids = _trl_chat_ids(tokenizer, list(data))
+        ids = _trl_chat_ids(tokenizer, list(data), tools=tools)
         kind = "messages"
         notes.append("every token of the conversation is trained, as TRL does for `messages` data by default")
     if len(ids) < 2:
@@ -179,12 +183,19 @@ def encode_trl_language_modeling(
 
 
 def _trl_chat_ids(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool = False
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    generation_prompt: bool = False,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> list[int]:
     chat_template(tokenizer)
     try:
         out = tokenizer.apply_chat_template(
-            [dict(m) for m in messages], tokenize=True, return_dict=True, add_generation_prompt=generation_prompt
+            [dict(m) for m in messages],
+            tools=list(tools) if tools is not None else None,
+            tokenize=True,
+            return_dict=True,
+            add_generation_prompt=generation_prompt,
         )
     except Exception as exc:  # noqa: BLE001 - a template raising on this conversation is an input problem
         raise InputError(f"the chat template failed on this conversation: {one_line(exc)}") from exc

@@ -3,6 +3,7 @@ notes on what encoding does to the text."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -97,46 +98,103 @@ def ignored_targets_note(
     ]
 
 
-def parse_messages(data: Any, source: str = "messages") -> list[dict[str, str]]:
+def parse_messages(data: Any, source: str = "messages") -> list[dict[str, Any]]:
     """Validate a conversation: a list of ``{"role", "content"}`` objects (OpenAI / HF chat data).
 
     Also takes ``{"messages": [...]}``, and OpenAI content parts when all of them are text. Every role and
-    content passes ``check_text``. ``source`` names the input in error messages.
+    content passes ``check_text``. Tool use as OpenAI and TRL's data have it: an assistant message may carry
+    ``tool_calls`` instead of content (its content, empty or null, becomes ""), a message's ``tool_call_id``
+    and ``name`` are kept, and a ``tool`` message carries the tool's result as its content (``check_message``).
+    ``source`` names the input in error messages.
     """
     if isinstance(data, dict) and "messages" in data:
         data = data["messages"]
     if not isinstance(data, list) or not data:
         raise InputError(f'{source}: expected a non-empty JSON list of {{"role": ..., "content": ...}} messages')
-    messages = []
-    for i, message in enumerate(data):
-        if not isinstance(message, dict):
-            raise InputError(f"{source}: message {i} is not an object with role and content")
-        role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str) or not role:
-            raise InputError(f'{source}: message {i} has no "role" string (system, user, assistant, ...)')
-        check_text(role, f"{source}: the role of message {i}")
-        if isinstance(content, list):
-            texts = [
-                part.get("text") if isinstance(part, dict) and part.get("type") == "text" else None for part in content
-            ]
-            if any(not isinstance(t, str) for t in texts):
-                raise InputError(
-                    f"{source}: message {i} ({role}) has a content part that is not text; only text is scored"
-                )
-            content = "".join(texts)  # type: ignore[arg-type]
-        if not isinstance(content, str):
-            raise InputError(f'{source}: message {i} ({role}) has no "content" string')
-        check_text(content, f"{source}: message {i} ({role})")
-        messages.append({"role": role, "content": content})
-    return messages
+    return [check_message(message, i, source) for i, message in enumerate(data)]
 
 
-def scored_turns(msgs: Sequence[dict[str, str]], last_turn: bool = False, source: str = "messages") -> list[int]:
+#: The keys of a message the chat template is given besides role and content (tool use), when they are strings.
+MESSAGE_KEYS = ("tool_call_id", "name")
+
+
+def check_message(message: Any, i: int, source: str = "messages") -> dict[str, Any]:
+    """The one validator of a conversation's message ``i``: a role, and a content string, which an assistant
+    message with ``tool_calls`` (``check_tool_calls``) may leave empty or null. Returns the message the template
+    renders: role, content (text parts joined), and the tool-use keys it has."""
+    if not isinstance(message, dict):
+        raise InputError(f"{source}: message {i} is not an object with role and content")
+    role, content = message.get("role"), message.get("content")
+    if not isinstance(role, str) or not role:
+        raise InputError(f'{source}: message {i} has no "role" string (system, user, assistant, ...)')
+    check_text(role, f"{source}: the role of message {i}")
+    where = f"{source}: message {i} ({role})"
+    calls = message.get("tool_calls")
+    if calls is not None and role != "assistant":
+        raise InputError(f'{where} has "tool_calls": only an assistant message calls tools')
+    if isinstance(content, list):
+        texts = [
+            part.get("text") if isinstance(part, dict) and part.get("type") == "text" else None for part in content
+        ]
+        if any(not isinstance(t, str) for t in texts):
+            raise InputError(f"{where} has a content part that is not text; only text is scored")
+        content = "".join(texts)  # type: ignore[arg-type]
+    if content is None and calls is not None:
+        content = ""  # a tool call's message has no text of its own
+    if not isinstance(content, str):
+        result = " (a tool message carries the tool's result)" if role == "tool" else ""
+        raise InputError(f'{where} has no "content" string{result}')
+    out: dict[str, Any] = {"role": role, "content": check_text(content, where)}
+    if calls is not None:
+        out["tool_calls"] = check_tool_calls(calls, where)
+    for key in MESSAGE_KEYS:
+        if isinstance(message.get(key), str):
+            out[key] = check_text(message[key], f"{where}: {key!r}")
+    return out
+
+
+def check_tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:
+    """An assistant message's ``tool_calls``, as OpenAI's and TRL's data have them: a non-empty list of calls,
+    each ``{"type": "function", "function": {"name", "arguments"}}`` or ``{"name", "arguments"}``, the name a
+    string, the arguments an object or its JSON text. Returned as given: the chat template renders them."""
+    shape = '[{"type": "function", "function": {"name": ..., "arguments": {...}}}]'
+    if not isinstance(calls, list) or not calls:
+        raise InputError(f'{where}: "tool_calls" must be a non-empty list of calls, {shape}')
+    for k, call in enumerate(calls):
+        body = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"]:
+            raise InputError(f'{where}: tool call {k} has no function "name" string; expected {shape}')
+        check_text(body["name"], f"{where}: the name of tool call {k}")
+        arguments = body.get("arguments")
+        if arguments is not None and not isinstance(arguments, (dict, str)):
+            raise InputError(f'{where}: tool call {k} has "arguments" that are neither an object nor JSON text')
+        if isinstance(arguments, str):
+            check_text(arguments, f"{where}: the arguments of tool call {k}")
+    return calls
+
+
+def parse_tools(value: Any, source: str = "field 'tools'") -> list[dict[str, Any]] | None:
+    """A record's ``tools`` (the functions its conversation may call), given to the chat template as TRL gives
+    them: a list of JSON-schema objects, or its JSON text (TRL ``json.loads`` a string); None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(check_text(value, source))
+        except ValueError as exc:
+            raise InputError(f"{source} is a string but not JSON ({exc.msg}); give a list of tool objects") from None
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise InputError(f"{source} must be a list of tool objects (JSON schemas of the functions)")
+    return value
+
+
+def scored_turns(msgs: Sequence[dict[str, Any]], last_turn: bool = False, source: str = "messages") -> list[int]:
     """The indices of the assistant messages a conversation scores (all, or the last with ``last_turn``).
 
     The rules on what can be scored, checked before any model or tokenizer is needed: there is an
     assistant message, the conversation does not open with one, and each scored one passes
-    ``check_answer`` (the rule a pair's answer follows).
+    ``check_answer`` (the rule a pair's answer follows) unless it calls tools (its ``tool_calls`` are what it
+    generates; the chat template renders them).
     """
     assistant = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
     if not assistant:
@@ -147,5 +205,6 @@ def scored_turns(msgs: Sequence[dict[str, str]], last_turn: bool = False, source
         )
     targets = assistant[-1:] if last_turn else assistant
     for k in targets:
-        check_answer(msgs[k]["content"], f"{source}: assistant message {k}")
+        if not msgs[k].get("tool_calls"):
+            check_answer(msgs[k]["content"], f"{source}: assistant message {k}")
     return targets
