@@ -30,6 +30,8 @@ LL_KEYS = ("sum_logprob", "norm_logprob", "mutual_info")
 def want(path: str, value) -> str:
     """The text a choices report shows for the JSON value at ``path``, written out here rather than imported."""
     key = path.rsplit(".", 1)[-1]
+    if path.startswith("versions."):  # as they are
+        return value
     if key in LL_KEYS:
         return f"{value:.3f}"
     if key == "is_greedy":
@@ -97,6 +99,7 @@ def check_page(html: str, summary: dict, lines: dict) -> None:
         fields[path] = text
     for name in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "acc_mutual_info", "acc_mutual_info_stderr"):
         assert name in fields
+    assert {f"versions.{k}" for k in summary["versions"]} <= set(fields)
     assert {"questions", "bits_per_byte", "correct", "correct_norm", "correct_mutual_info", "skipped_count"} <= set(
         fields
     )

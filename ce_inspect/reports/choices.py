@@ -15,7 +15,15 @@ from typing import Any
 
 from ce_inspect.display import fmt, printable, shown_token
 from ce_inspect.reports.environment import fence, html_environment, markdown_environment
-from ce_inspect.reports.pieces import complete_lines, legend, script_json, shown_id, skipped_rows, strip_lines
+from ce_inspect.reports.pieces import (
+    complete_lines,
+    legend,
+    script_json,
+    shown_id,
+    skipped_rows,
+    strip_lines,
+    version_rows,
+)
 
 #: The questions a report holds whole (the first by input line; the JSON lines hold every one).
 QUESTIONS_KEPT = 200
@@ -145,6 +153,7 @@ def choices_context(summary: dict[str, Any], lines: ChoicesLines | None, command
         "input": printable(summary["input"]),
         "output": printable(summary["output"] or "stdout"),
         "tokenization": printable(summary["tokenization"]),
+        "versions": version_rows(summary),
         "accuracies": _summary_rows(summary),
         "bits_per_byte": fmt(bpb) if bpb is not None else None,
         "questions": questions[:QUESTIONS_OPEN],
