@@ -242,3 +242,11 @@ def test_a_bad_report_path_is_refused_before_the_model_loads(flag, tmp_path, cap
     assert main(["choices", str(data), "--markdown", "-"]) == 2  # stdout carries the JSON lines
     out, err = capsys.readouterr()
     assert out == "" and "--markdown" in err
+
+
+def test_each_line_holds_its_context_as_the_model_read_it(outputs):
+    """The tokens ahead of the first choice: the BOS token the tiny tokenizer adds, then the context as given
+    (one byte a token, so the join is the text itself)."""
+    _, lines, _, _ = outputs
+    contexts = [next(r[k] for k in ("prompt", "query", "context") if k in r) for r in ROWS]
+    assert [lines[n]["context"] for n in sorted(lines)] == ["<s>" + c for c in contexts]
