@@ -4,6 +4,7 @@ how a 2,000-record batch report opens.
     python scripts/screenshots.py            # pictures into docs/ (the README's, and every report at 800
                                              # and 1400 px: docs/<report>-<width>.png), measurements printed
     python scripts/screenshots.py --out DIR  # pictures elsewhere
+    python scripts/screenshots.py --only choices  # one report's pictures (docs/choices-800.png, -1400.png)
     python scripts/screenshots.py --check    # CI: only the 2,000-record measurement, fails over the limits
                                              # (5 MB; opening it at most 3 x the time of a 20-record one)
 
@@ -163,9 +164,21 @@ REPORTS = {
     "diff-input": ["diff", "samples/pairs.jsonl", "--dtype-b", "bfloat16", "--worst", "3", "-o", "{work}/diff.jsonl"],
     "audit": ["audit", "samples/audit/clean.jsonl", "-o", "{work}/audit.jsonl"],
     "prefs": ["prefs", "samples/prefs/pairs.jsonl", "-o", "{work}/prefs.jsonl"],
+    "choices": ["choices", "samples/choices.jsonl", "-o", "{work}/choices.jsonl"],
 }  # fmt: skip
 #: Every report at the narrowest window it must fit (tests/test_report_fit.py) and at a wide one.
 WIDTHS = (800, 1400)
+
+
+def report_pictures(browser: str, out: Path, work: Path, names: list[str]) -> None:
+    """docs/<name>-<width>.png of each report in ``names``, at each width of WIDTHS."""
+    for name in names:
+        html = work / f"{name}-report.html"
+        ce_inspect(*(a.format(work=work) for a in REPORTS[name]), "--html", str(html), "--force")
+        for width in WIDTHS:
+            png = out / f"{name}-{width}.png"
+            seconds = screenshot(browser, html, png, width, 1200)
+            print(f"{png} ({seconds:.1f} s in Chromium)")
 
 
 def pictures(browser: str, out: Path, work: Path) -> None:
@@ -186,13 +199,7 @@ def pictures(browser: str, out: Path, work: Path) -> None:
     print(f"{out / 'run-html.png'} ({seconds:.1f} s in Chromium)")
     seconds = screenshot(browser, batch_html, out / "batch-html.png", 1000, 1300)
     print(f"{out / 'batch-html.png'} ({seconds:.1f} s in Chromium)")
-    for name, args in REPORTS.items():
-        html = work / f"{name}-report.html"
-        ce_inspect(*(a.format(work=work) for a in args), "--html", str(html), "--force")
-        for width in WIDTHS:
-            png = out / f"{name}-{width}.png"
-            seconds = screenshot(browser, html, png, width, 1200)
-            print(f"{png} ({seconds:.1f} s in Chromium)")
+    report_pictures(browser, out, work, list(REPORTS))
 
 
 def main() -> int:
@@ -200,6 +207,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where the pictures go (default: docs/)")
     parser.add_argument("--check", action="store_true", help="only measure the 2,000-record report (CI)")
     parser.add_argument("--no-measure", action="store_true", help="only the pictures")
+    parser.add_argument("--only", choices=sorted(REPORTS), action="append", help="only this report's pictures")
     args = parser.parse_args()
     browser = chromium()
     if browser is None:
@@ -207,6 +215,10 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="ce-inspect-shots-") as tmp:
         work = Path(tmp)
+        if args.only:
+            args.out.mkdir(parents=True, exist_ok=True)
+            report_pictures(browser, args.out, work, args.only)
+            return 0
         if not args.check:
             pictures(browser, args.out, work)
         return 0 if args.no_measure or measure(browser, work) else 1

@@ -1,7 +1,7 @@
 """Every HTML report fits an 800 px window (issue 20): token strips wrap at any width, a long example folds
 the rest of its tokens into a "show all" <details> (no JavaScript), a long command folds, and a table wider
 than the page scrolls inside itself. Measured in headless Chromium: the page's ``scrollWidth`` after layout,
-for run, batch, diff, diff --input, audit and prefs, at 800 and 1400 px. Skipped where no Chromium is installed
+for run, batch, diff, diff --input, audit, prefs and choices, at 800 and 1400 px. Skipped where no Chromium is installed
 (CI installs Debian's ``chromium`` before the tests: ``.ci/run``)."""
 
 from __future__ import annotations
@@ -72,6 +72,12 @@ def reports(long_models, tmp_path_factory) -> dict[str, Path]:
         {"prompt": "Scream:", "chosen": " no", "rejected": RUN_ON},
     ]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in pair_rows), encoding="utf-8")
+    questions = out / "questions.jsonl"
+    question_rows = [
+        {"prompt": "Count:" + WORDS, "choices": [" one", RUN_ON], "label": 0},
+        {"prompt": "Scream:" + RUN_ON, "choices": [WORDS, " no"], "label": 1},
+    ]
+    questions.write_text("".join(json.dumps(r) + "\n" for r in question_rows), encoding="utf-8")
     one = ["-p", "Count:", "-a", WORDS, "--device", "cpu"]
     commands = {
         "run": ["run", "-m", a, *one, "--top-k", "5"],
@@ -81,6 +87,7 @@ def reports(long_models, tmp_path_factory) -> dict[str, Path]:
         "diff-input": ["diff", str(data), "-m", a, "--model-b", b, "--device", "cpu", "-o", str(out / "d.jsonl")],
         "audit": ["audit", str(data), "-m", a, "--device", "cpu", "-o", str(out / "a.jsonl")],
         "prefs": ["prefs", str(pairs), "-m", a, "--device", "cpu", "-o", str(out / "p.jsonl")],
+        "choices": ["choices", str(questions), "-m", a, "--device", "cpu", "--mutual-info", "-o", str(out / "c.jsonl")],
     }
     pages = {}
     for name, args in commands.items():
@@ -91,7 +98,7 @@ def reports(long_models, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.skipif(BROWSER is None, reason="no Chromium (Debian: apt-get install chromium)")
 @pytest.mark.parametrize("width", [800, 1400])
-@pytest.mark.parametrize("page", ["run", "run-on", "batch", "diff", "diff-input", "audit", "prefs"])
+@pytest.mark.parametrize("page", ["run", "run-on", "batch", "diff", "diff-input", "audit", "prefs", "choices"])
 def test_every_report_fits_the_window(reports, page, width):
     scroll, client = page_width(reports[page], width)
     assert client <= width

@@ -69,7 +69,7 @@ def outputs(tiny_llama_dir, tmp_path_factory):
     run("batch", ["batch", chat], "lines", "summary", "html", "md")
     run("diff", ["diff", "-p", "Q: 1+2?", "-a", " 3", "--dtype-b", "bfloat16"], "json", "html", "md")
     run("diff-input", ["diff", "--input", chat, "--dtype-b", "bfloat16"], "lines", "summary", "html", "md")
-    run("choices", ["choices", str(SAMPLES / "choices.jsonl")], "lines", "summary")
+    run("choices", ["choices", str(SAMPLES / "choices.jsonl")], "lines", "summary", "html", "md")
     run("prefs", ["prefs", str(SAMPLES / "prefs" / "planted.jsonl")], "lines", "summary", "html", "md")
     audit = ["audit", str(SAMPLES / "audit" / "loss-outlier.jsonl"), "--fail-on", "none"]
     run("audit", audit, "lines", "html", "md")
@@ -119,7 +119,7 @@ def test_every_line_says_what_produced_it(outputs, name):
         assert "versions" not in line.get("settings", {})  # not compared by --resume (a fresh torch may resume)
 
 
-@pytest.mark.parametrize("name", ["run", "batch", "diff", "diff-input", "prefs", "audit"])
+@pytest.mark.parametrize("name", ["run", "batch", "diff", "diff-input", "choices", "prefs", "audit"])
 def test_every_report_shows_the_versions(outputs, name):
     want = installed("cpu")
     html = (outputs / f"{name}.html").read_text()

@@ -152,6 +152,14 @@ class ChoicesSummary(LineFrame):
         }
 
 
+def context_text(result: QuestionResult) -> str:
+    """The question's context as the model read it before its first choice: the tokens ahead of that choice's
+    first scored one, joined as the lines show tokens (special tokens and a chat template's text included)."""
+    first = result.choices[0].result
+    start = min(t.index for t in first.tokens)
+    return "".join(s.token for s in first.sequence if s.index < start)
+
+
 class ChoicesReport:
     """``run_scan``'s report for ``choices``: a question's line, then the accuracies over every question."""
 
@@ -172,7 +180,7 @@ class ChoicesReport:
     def line(self, entry: Any, result: QuestionResult) -> ChoicesLineDict:
         d = result.to_dict()
         line = {"schema_version": d.pop("schema_version"), "kind": d.pop("kind"), "id": entry.id, "line": entry.line}
-        return {**line, **d, "settings": self.written}  # type: ignore[typeddict-item]
+        return {**line, **d, "context": context_text(result), "settings": self.written}  # type: ignore[typeddict-item]
 
     def add(self, entry: Any, result: QuestionResult) -> None:
         gold = result.choices[result.label]
@@ -293,5 +301,6 @@ __all__ = [
     "choices_dataset",
     "choices_job",
     "choices_line_stats",
+    "context_text",
     "effective_tokenization",
 ]

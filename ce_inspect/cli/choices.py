@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,10 +25,11 @@ from ce_inspect.cli.options import (
 )
 from ce_inspect.cli.output import DatasetOutputs
 from ce_inspect.cli.render_choices import render_choices
-from ce_inspect.cli.reports import Reports
+from ce_inspect.cli.reports import Reports, command_line, report_options
 from ce_inspect.dataset import DEFAULT_SORT_WINDOW, BatchSettings, check_run_arguments
 from ce_inspect.distributed import current_session
 from ce_inspect.files import writes_through
+from ce_inspect.reports import ChoicesLines, choices_html, choices_markdown
 
 INPUT = "Input"
 
@@ -72,9 +74,24 @@ class _Kept:
         return self.lines
 
 
+def _both(*tees: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], None] | None:
+    """One tee that calls each given one (None: none given)."""
+    given = [t for t in tees if t is not None]
+    if len(given) < 2:
+        return given[0] if given else None
+
+    def tee(line: dict[str, Any]) -> None:
+        for t in given:
+            t(line)
+
+    return tee
+
+
 @shared_options
+@report_options
 def choices(
     common: Common,
+    reports: Reports,
     input: Annotated[
         Path,
         typer.Argument(
@@ -139,7 +156,7 @@ def choices(
         batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side, sort_window=sort_window
     )
     layout, options = common.layout(), common.score_options()
-    out = DatasetOutputs(input, output, Reports(), summary_json, force=force)
+    out = DatasetOutputs(input, output, reports, summary_json, force=force, lines=True, keep=ChoicesLines)
     check_run_arguments(input, output, resume=resume, force=force, session=current_session())
     out.check()
     setup_logging(quiet=not sys.stderr.isatty())
@@ -148,16 +165,16 @@ def choices(
         summary = choices_dataset(
             lambda: common.load(quiet=True), input, output, layout=layout, tokenization=common.tokenization,
             mutual_info=mutual_info, options=options, settings=settings, skip_invalid=skip_invalid, resume=resume,
-            force=force, stream=out.stream, tee=None if kept.read_back else kept.add, progress=out.progress,
-            notes=out.notes,
+            force=force, stream=out.stream, tee=_both(out.tee, None if kept.read_back else kept.add),
+            progress=out.progress, notes=out.notes,
         )  # fmt: skip
     if summary is None:
         return  # torchrun, not rank 0: rank 0 merges and reports
     out.write(
         summary,
         kind="choices",
-        html=lambda doc, lines: "",
-        markdown=lambda doc, lines: "",
+        html=lambda doc, lines: choices_html(doc, lines, command_line()),
+        markdown=lambda doc, lines: choices_markdown(doc, lines, command_line()),
         terminal=lambda console: render_choices(summary, kept.all(), console, show=show),
     )
     fail_below(summary.acc, fail_below_acc)

@@ -53,6 +53,9 @@ class ChoicesLineDict(TypedDict):
     choices: list[ChoiceDict]
     pred_mutual_info: NotRequired[int]  # with --mutual-info: argmax of mutual_info
     correct_mutual_info: NotRequired[bool]
+    # The context as the model read it before the first choice: the tokens ahead of its first scored one, joined
+    # (the prompt with its template, special tokens included); lines written before it lack it.
+    context: NotRequired[str]
     # ``batch.line_settings`` plus ``choices_tokenization``: ``--resume`` refuses to mix lines whose settings differ.
     settings: dict[str, Any]
 

@@ -10,12 +10,13 @@ an element whose ``data-f`` attribute names the JSON field it shows (``tokens.3.
 tests check every number against the JSON document.
 
 ``pieces`` holds what every report shares (the strip, the token rows, the legend, ``script_json``),
-``environment`` the template environments and Markdown escaping; ``run``, ``batch``, ``diff``, ``audit`` and ``prefs``
-each hold one command's context and its HTML and Markdown.
+``environment`` the template environments and Markdown escaping; ``run``, ``batch``, ``diff``, ``audit``,
+``prefs`` and ``choices`` each hold one command's context and its HTML and Markdown.
 """
 
 from ce_inspect.reports.audit import AUDIT_RECORDS_SHOWN, audit_context, audit_html, audit_markdown
 from ce_inspect.reports.batch import batch_context, batch_html, batch_markdown
+from ce_inspect.reports.choices import ChoicesLines, choices_context, choices_html, choices_markdown
 from ce_inspect.reports.diff import (
     KL_BINS,
     diff_context,
@@ -45,6 +46,7 @@ from ce_inspect.reports.run import run_context, run_html, run_markdown
 __all__ = [
     "AUDIT_RECORDS_SHOWN",
     "BatchLines",
+    "ChoicesLines",
     "KL_BINS",
     "MarkdownText",
     "MostNegative",
@@ -59,6 +61,9 @@ __all__ = [
     "batch_context",
     "batch_html",
     "batch_markdown",
+    "choices_context",
+    "choices_html",
+    "choices_markdown",
     "diff_context",
     "diff_dataset_context",
     "diff_dataset_html",
