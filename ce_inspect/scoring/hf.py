@@ -137,8 +137,8 @@ class HFScorer(Scorer):
 
 #: The fewest tokens of forward pass that running a group's shared start once must save ((members - 1) x
 #: its length) for ``HFScorer.score_groups`` to do it: below it, one padded pass over every group costs less
-#: than two passes per group (bench/choices_speed.py: 4 choices after 43 shared tokens were slower shared,
-#: after 511 2.4x faster). 384: a start of 128 tokens for 4 choices, 384 for a pair.
+#: than two passes per group (bench/choices_speed.py: after 43 shared tokens neither way wins by much, and
+#: sharing was slower on a loaded machine; after 511, 3.5x faster). 384: 128 tokens for 4 choices, 384 for a pair.
 SHARED_START_SAVING = 384
 
 
