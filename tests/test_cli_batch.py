@@ -466,3 +466,30 @@ def test_on_a_terminal_without_output_batch_shows_the_summary_not_the_lines(tiny
     shown = terminal.getvalue()
     assert "token-weighted mean loss" in shown and '"schema_version"' not in shown
     assert "stdout is a terminal: the JSON lines are not printed; give -o FILE, or pipe stdout" in err
+
+
+@pytest.mark.parametrize("width", [60, 80, 140])
+def test_the_batch_summary_tables_keep_their_borders_and_key_columns(tiny_llama, tmp_path, width):
+    """Issue 20: every table of the batch summary (figures, worst examples, highest-loss tokens, skipped lines)
+    keeps its right border within the terminal's width, and its key columns, at 60, 80 and 140 columns."""
+    import io
+
+    from rich.console import Console
+
+    import ce_inspect
+    from ce_inspect.cli.render_batch import render_dataset_summary
+
+    samples = Path(__file__).resolve().parents[1] / "samples" / "pairs.jsonl"
+    summary = ce_inspect.score_dataset(tiny_llama, samples, tmp_path / "out.jsonl", skip_invalid=True)
+    console = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+    render_dataset_summary(summary, console)
+    lines = console.file.getvalue().splitlines()
+    table = [line for line in lines if line[:1] in "┏┃┡│└╭╰┌"]
+    assert len(table) >= 10, "\n".join(lines)
+    assert all(len(line) <= width and line[-1] in "┓┃┩│┘╮╯┐┤" for line in table), "\n".join(table)
+    text = "\n".join(lines)
+    for title, columns in (("Worst", ("mean", "tokens")), ("Highest-loss tokens", ("target", "loss", "rank"))):
+        start = next(i for i, line in enumerate(lines) if line.startswith(title))
+        header = "\n".join(lines[start + 1 : start + 5])
+        assert all(name in header for name in columns), (title, header)
+    assert "Skipped" in text
