@@ -208,6 +208,13 @@ def test_score_groups_equals_each_example_alone_and_falls_back_when_the_cache_di
             assert [t.loss for t in result.tokens] == pytest.approx([t.loss for t in alone.tokens], abs=tol)
             assert [t.rank for t in result.tokens] == [t.rank for t in alone.tokens]
 
+    masked = replace(tiny_llama, shared_start=None, unmasked_padding=False)  # the padding masked, the start too
+    for results, want in zip(scorer_for(masked).score_groups(groups, options), got):
+        assert [t.loss for r in results for t in r.tokens] == pytest.approx(
+            [t.loss for r in want for t in r.tokens], abs=tol
+        )
+    assert masked.shared_start is True
+
     fresh = SharedStart.fresh
     monkeypatch.setattr(SharedStart, "fresh", lambda self, batch: (self.cache.crop(-1), fresh(self, batch))[1])
     broken = replace(tiny_llama, shared_start=None)  # its cache loses the context's last token

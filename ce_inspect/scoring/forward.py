@@ -255,8 +255,9 @@ def scored_rows(
     if start is not None:
         inputs["shared_start"] = start
     if not bool(attention.all()) and not (_right_padded(attention) and _unmasked_padding_ok(lm, input_ids, attention)):
-        before = torch.ones((attention.shape[0], start.length if start else 0), dtype=attention.dtype)
-        inputs["attention_mask"] = torch.cat([before, attention], dim=1).to(device)  # the shared start's too
+        if start is not None:  # the mask covers the shared start's positions too
+            attention = torch.cat([torch.ones((attention.shape[0], start.length), dtype=attention.dtype), attention], 1)
+        inputs["attention_mask"] = attention.to(device)
         inputs["position_ids"] = position_ids.to(device)
     # Without padding, or with padding only after each example's tokens (which a causal model's real
     # positions never attend to), the model's defaults are the same positions and mask, and SDPA can then

@@ -68,11 +68,11 @@ class HFScorer(Scorer):
     def score_groups(
         self, groups: Sequence[Sequence[Encoded]], options: ScoreOptions, *, padding_side: str = "right"
     ) -> list[list[ScoreResult]]:
-        """Each group whose shared first tokens are worth running once (``worth_sharing``) runs them once,
+        """Each group whose shared first tokens are worth running once (``start_to_share``) runs them once,
         and the rest of its members in one pass after them from the start's KV cache; the other groups go
         through one padded pass together (``Scorer.score_groups``). The figures are those of each example
         alone: checked once per model against the full pass, which it falls back to if they differ."""
-        starts = [shared_start(g) if worth_sharing(g) and self.lm.shared_start is not False else 0 for g in groups]
+        starts = [start_to_share(g) if self.lm.shared_start is not False else 0 for g in groups]
         if self.lm.context_length is not None:  # past the context: the windowed layout ``pack`` truncates
             starts = [0 if max(len(e) for e in g) > self.lm.context_length else n for g, n in zip(groups, starts)]
         rest = [g for g, n in zip(groups, starts) if n == 0]
@@ -142,9 +142,17 @@ class HFScorer(Scorer):
 SHARED_START_SAVING = 384
 
 
+def start_to_share(group: Sequence[Encoded]) -> int:
+    """``group``'s shared start when running it once saves ``SHARED_START_SAVING`` tokens of forward pass, else 0."""
+    if len(group) < 2:
+        return 0
+    start = shared_start(group)
+    return start if (len(group) - 1) * start >= SHARED_START_SAVING else 0
+
+
 def worth_sharing(group: Sequence[Encoded]) -> bool:
-    """Whether ``group``'s shared start saves ``SHARED_START_SAVING`` tokens of forward pass run once."""
-    return len(group) > 1 and (len(group) - 1) * shared_start(group) >= SHARED_START_SAVING
+    """Whether ``group``'s shared start is run once (``start_to_share``)."""
+    return start_to_share(group) > 0
 
 
 def _same_figures(got: ScoreResult, want: ScoreResult, *, exact: bool) -> bool:
