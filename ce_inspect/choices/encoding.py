@@ -176,7 +176,10 @@ def encode_question(
     if not mutual_info:
         return question
     if record.messages is not None:
-        raise InputError("`mutual_info` is lm-eval's unconditional request of a text context, not of `messages`")
+        raise InputError(
+            "`mutual_info` is lm-eval's unconditional request of a text context, not of a conversation "
+            "(the record's messages)"
+        )
     unconditional = tuple(
         encode_lmeval(lm.tokenizer, "", choice, max_length=lm.context_length, ignore_index=layout.ignore_index)
         for choice in question.texts
